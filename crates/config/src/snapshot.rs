@@ -1,0 +1,351 @@
+//! The compiled, immutable form of a valid config: what the data plane and
+//! the safety tools read. Built only by `compile` from a validated config, so
+//! every reference in it (route → pool, backend index) is known to resolve.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, Method};
+use regex::Regex;
+
+/// One whole config, ready to serve. Cheap to share: the data plane holds it
+/// in an `Arc` behind an `ArcSwap` and never mutates it.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// Identifies this config in logs, the access log and metrics: a short
+    /// hash of the source text, so the same file always has the same version.
+    pub version: Arc<str>,
+    pub admin: Option<Admin>,
+    pub listeners: Vec<Listener>,
+    /// In config order: the first route that matches a request wins.
+    pub routes: Vec<Route>,
+    /// Indexed by `Route::pool`; in config (name) order.
+    pub pools: Vec<Pool>,
+    pub access_log: Option<AccessLog>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admin {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    pub name: Arc<str>,
+    pub bind: SocketAddr,
+    /// Deadline for a client to send a complete request head; also bounds
+    /// how long an idle keep-alive connection waits for its next request.
+    pub header_timeout: Duration,
+    /// How long a client keep-alive connection may sit idle between requests.
+    pub idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub name: Arc<str>,
+    pub matcher: RouteMatch,
+    /// Index into `Snapshot::pools`.
+    pub pool: usize,
+}
+
+/// All present conditions must hold; an absent condition matches anything.
+#[derive(Debug, Clone, Default)]
+pub struct RouteMatch {
+    pub host: Option<HostMatch>,
+    pub path: Option<PathMatch>,
+    /// Upper-case method names; empty means any method.
+    pub methods: Vec<Method>,
+    pub headers: Vec<HeaderMatch>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMatch {
+    /// Lower-case host without port.
+    Exact(String),
+    /// `*.example.com` is stored as `.example.com`: matches any host that
+    /// ends with it and has at least one more label (not `example.com`).
+    Suffix(String),
+}
+
+#[derive(Debug, Clone)]
+pub enum PathMatch {
+    Exact(String),
+    Prefix(String),
+    /// Anchored at both ends when compiled: it must match the whole path.
+    Regex(Regex),
+}
+
+#[derive(Debug, Clone)]
+pub struct HeaderMatch {
+    /// Lower-case header name.
+    pub name: http::HeaderName,
+    pub value: HeaderValueMatch,
+}
+
+#[derive(Debug, Clone)]
+pub enum HeaderValueMatch {
+    Present,
+    Exact(String),
+    /// Anchored at both ends when compiled.
+    Regex(Regex),
+}
+
+#[derive(Debug, Clone)]
+pub struct Pool {
+    pub name: Arc<str>,
+    pub algorithm: Algorithm,
+    pub backends: Vec<Backend>,
+    pub health: Option<HealthCheck>,
+    pub outlier: Option<Outlier>,
+    /// Below this fraction of healthy backends the pool balances over all of
+    /// them, healthy or not, rather than overload the few that are left.
+    /// 0.0 disables panic mode.
+    pub panic_threshold: f64,
+    pub timeouts: Timeouts,
+    pub retries: Retries,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Backend {
+    pub addr: SocketAddr,
+    /// At least 1 (validated).
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Algorithm {
+    RoundRobin,
+    LeastRequest,
+    Random,
+    Hash(HashPolicy),
+    First,
+}
+
+impl Algorithm {
+    /// The config spelling, also used in diagnostics and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Algorithm::RoundRobin => "round_robin",
+            Algorithm::LeastRequest => "least_request",
+            Algorithm::Random => "random",
+            Algorithm::Hash(_) => "hash",
+            Algorithm::First => "first",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HashPolicy {
+    pub key: HashKey,
+    pub on_missing: MissingKey,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// Lower-case header name.
+    Header(http::HeaderName),
+    Cookie(String),
+    ClientIp,
+    Path,
+}
+
+/// What a `hash` pool does with a request that lacks the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MissingKey {
+    /// Hash the empty key: every such request goes to the same backend.
+    /// Predictable, and exactly the skew `check` standards look for.
+    HashEmpty,
+    /// Pick a backend at random by weight.
+    Random,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive passes before an unhealthy backend is healthy again.
+    pub healthy_threshold: u32,
+    /// Consecutive failures before a healthy backend is unhealthy.
+    pub unhealthy_threshold: u32,
+    /// Inclusive range of status codes that count as a pass.
+    pub expect_status: (u16, u16),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outlier {
+    /// Consecutive 5xx responses or connect failures that eject a backend.
+    pub consecutive_failures: u32,
+    /// First ejection lasts this long; each further ejection in a row adds it again.
+    pub base_ejection: Duration,
+    pub max_ejection: Duration,
+    /// Never eject more than this fraction of a pool's backends at once.
+    pub max_ejected_fraction: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    /// From the request being sent to the response head arriving.
+    pub response: Duration,
+    /// How long an unused keep-alive connection to a backend is kept.
+    pub idle: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Retries {
+    /// Further attempts after the first; 0 disables retries.
+    pub attempts: u32,
+    /// Retries in flight may not exceed this fraction of requests in flight…
+    pub budget: f64,
+    /// …except that this many concurrent retries are always allowed.
+    pub min_concurrent: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLog {
+    pub target: LogTarget,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogTarget {
+    Stdout,
+    File(std::path::PathBuf),
+}
+
+/// What routing needs to know of a request. Borrowed, so the data plane
+/// builds it from a live request without copying.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestView<'a> {
+    pub method: &'a Method,
+    /// Host without port, from the `Host` header or the URI authority.
+    pub host: Option<&'a str>,
+    pub path: &'a str,
+    pub headers: &'a HeaderMap,
+}
+
+impl Snapshot {
+    /// The first route whose conditions all hold, with its index.
+    pub fn route(&self, req: &RequestView<'_>) -> Option<(usize, &Route)> {
+        self.routes
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.matcher.matches(req))
+    }
+
+    pub fn pool(&self, name: &str) -> Option<(usize, &Pool)> {
+        self.pools
+            .iter()
+            .enumerate()
+            .find(|(_, p)| &*p.name == name)
+    }
+}
+
+impl RouteMatch {
+    pub fn matches(&self, req: &RequestView<'_>) -> bool {
+        self.host.as_ref().is_none_or(|h| h.matches(req.host))
+            && self.path.as_ref().is_none_or(|p| p.matches(req.path))
+            && (self.methods.is_empty() || self.methods.contains(req.method))
+            && self.headers.iter().all(|h| h.matches(req.headers))
+    }
+}
+
+impl HostMatch {
+    pub fn matches(&self, host: Option<&str>) -> bool {
+        let Some(host) = host else { return false };
+        match self {
+            HostMatch::Exact(want) => host.eq_ignore_ascii_case(want),
+            HostMatch::Suffix(suffix) => {
+                host.len() > suffix.len()
+                    && host
+                        .get(host.len() - suffix.len()..)
+                        .is_some_and(|tail| tail.eq_ignore_ascii_case(suffix))
+            }
+        }
+    }
+}
+
+impl PathMatch {
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            PathMatch::Exact(p) => path == p,
+            PathMatch::Prefix(p) => path.starts_with(p.as_str()),
+            PathMatch::Regex(re) => re.is_match(path),
+        }
+    }
+}
+
+impl HeaderMatch {
+    pub fn matches(&self, headers: &HeaderMap) -> bool {
+        let mut values = headers.get_all(&self.name).iter();
+        match &self.value {
+            HeaderValueMatch::Present => values.next().is_some(),
+            HeaderValueMatch::Exact(want) => values.any(|v| v.as_bytes() == want.as_bytes()),
+            HeaderValueMatch::Regex(re) => values.any(|v| v.to_str().is_ok_and(|s| re.is_match(s))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view<'a>(
+        method: &'a Method,
+        host: Option<&'a str>,
+        path: &'a str,
+        headers: &'a HeaderMap,
+    ) -> RequestView<'a> {
+        RequestView {
+            method,
+            host,
+            path,
+            headers,
+        }
+    }
+
+    #[test]
+    fn wildcard_host_needs_a_subdomain() {
+        let m = HostMatch::Suffix(".example.com".into());
+        assert!(m.matches(Some("app.example.com")));
+        assert!(m.matches(Some("A.Example.COM")));
+        assert!(!m.matches(Some("example.com")));
+        assert!(!m.matches(Some("badexample.com")));
+        assert!(!m.matches(None));
+    }
+
+    #[test]
+    fn all_conditions_must_hold() {
+        let m = RouteMatch {
+            host: Some(HostMatch::Exact("app.example.com".into())),
+            path: Some(PathMatch::Prefix("/auth/".into())),
+            methods: vec![Method::POST],
+            headers: vec![HeaderMatch {
+                name: http::HeaderName::from_static("x-tenant"),
+                value: HeaderValueMatch::Exact("blue".into()),
+            }],
+        };
+        let mut h = HeaderMap::new();
+        h.insert("x-tenant", "blue".parse().unwrap());
+        assert!(m.matches(&view(
+            &Method::POST,
+            Some("app.example.com"),
+            "/auth/login",
+            &h
+        )));
+        assert!(!m.matches(&view(
+            &Method::GET,
+            Some("app.example.com"),
+            "/auth/login",
+            &h
+        )));
+        assert!(!m.matches(&view(&Method::POST, Some("app.example.com"), "/web", &h)));
+        assert!(!m.matches(&view(
+            &Method::POST,
+            Some("app.example.com"),
+            "/auth/login",
+            &HeaderMap::new()
+        )));
+    }
+}
