@@ -2,12 +2,22 @@
 //! every problem collected, and compiled into an immutable [`Snapshot`].
 //! Pure: no I/O, no clock, no sockets, so `check`, `test`, `diff` and `serve`
 //! all read exactly the same thing.
+//!
+//! Stages: [`raw`] (shape, per item) → `validate` (rules, references, lints)
+//! → `compile` (snapshot). [`render`] prints the diagnostics.
 #![forbid(unsafe_code)]
 
+mod compile;
 pub mod diag;
+mod raw;
+pub mod render;
+mod shadow;
 pub mod snapshot;
+mod validate;
 
+pub use compile::content_version;
 pub use diag::{Diagnostic, Severity};
+pub use render::{render_diagnostic, render_human, render_json};
 pub use snapshot::Snapshot;
 
 /// The outcome of checking one config file.
@@ -19,9 +29,31 @@ pub struct Checked {
     pub diagnostics: Vec<Diagnostic>,
 }
 
+impl Checked {
+    pub fn errors(&self) -> usize {
+        self.diagnostics.iter().filter(|d| d.is_error()).count()
+    }
+
+    pub fn warnings(&self) -> usize {
+        self.diagnostics.len() - self.errors()
+    }
+}
+
 /// Parse, validate and compile `source`, read from `file` (used only to
 /// label diagnostics).
 pub fn check(file: &str, source: &str) -> Checked {
-    let _ = (file, source);
-    todo!("raw → valid → snapshot")
+    let mut diags = diag::Diags::new(file, source);
+    let valid = raw::parse(source, &mut diags).and_then(|doc| validate::validate(&doc, &mut diags));
+    // `validate` yields a config only when it reported no error, but the
+    // invariant "snapshot iff no error" is the contract, so hold it here too.
+    let snapshot = valid
+        .filter(|_| !diags.has_errors())
+        .map(|v| compile::compile(v, source));
+    Checked {
+        snapshot,
+        diagnostics: diags.into_sorted(),
+    }
 }
+
+#[cfg(test)]
+mod tests;

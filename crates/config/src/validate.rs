@@ -1,0 +1,1138 @@
+//! Valid stage: every rule a config must obey beyond its TOML shape (values,
+//! ranges, references between items, lints), checked on the raw items with
+//! every problem collected. What comes out holds only checked, typed values,
+//! so compiling it into a snapshot cannot fail.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::{HeaderName, Method};
+use regex::Regex;
+use toml::Spanned;
+
+use crate::diag::{Diags, did_you_mean, list, suggest};
+use crate::raw::{
+    Item, RawBackend, RawDoc, RawHash, RawHeader, RawHealth, RawListener, RawMatch, RawOutlier,
+    RawPool, RawRetries, RawRoute, RawTimeouts, Span,
+};
+use crate::shadow;
+use crate::snapshot::{
+    AccessLog, Admin, Algorithm, Backend, HashKey, HashPolicy, HeaderMatch, HeaderValueMatch,
+    HealthCheck, HostMatch, Listener, LogTarget, MissingKey, Outlier, PathMatch, Pool, Retries,
+    Route, RouteMatch, Timeouts,
+};
+
+/// A config that passed every check: only typed, in-range values, and route
+/// → pool references already resolved to indices into `pools`.
+#[derive(Debug)]
+pub(crate) struct Valid {
+    pub version: Option<String>,
+    pub admin: Option<Admin>,
+    pub access_log: Option<AccessLog>,
+    pub listeners: Vec<Listener>,
+    pub routes: Vec<Route>,
+    /// Sorted by name, so indices do not depend on how TOML orders tables.
+    pub pools: Vec<Pool>,
+}
+
+pub(crate) const ALGORITHMS: &[&str] = &["round_robin", "least_request", "random", "hash", "first"];
+const ON_MISSING: &[&str] = &["hash_empty", "random"];
+const HASH_KEYS: &[&str] = &["header:NAME", "cookie:NAME", "client_ip", "path"];
+const STANDARD_METHODS: &[&str] = &[
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+pub(crate) const MAX_WEIGHT: i64 = 1000;
+
+const DURATION_HINT: &str = "write a number and a unit, e.g. \"500ms\", \"2s\" or \"1m\"";
+
+/// Check `doc`; `None` when any error was reported.
+pub(crate) fn validate(doc: &RawDoc, diags: &mut Diags<'_>) -> Option<Valid> {
+    let mut v = Validator {
+        d: diags,
+        partial: false,
+    };
+    let version = doc.version.as_ref().and_then(|ver| {
+        if ver.get_ref().trim().is_empty() {
+            v.d.error(
+                "invalid-value",
+                Some(ver.span()),
+                "version",
+                "`version` is empty",
+            )
+            .hint("remove it to use a hash of the file, or write a label like \"2026-11-21.1\"");
+            None
+        } else {
+            Some(ver.get_ref().clone())
+        }
+    });
+    let admin = doc.admin.as_ref().and_then(|item| v.admin(item));
+    let access_log = doc.access_log.as_ref().and_then(|item| {
+        let raw = item.value.as_ref()?;
+        let path = raw.path.get_ref().trim();
+        if path.is_empty() {
+            v.d.error(
+                "invalid-value",
+                Some(raw.path.span()),
+                "access_log.path",
+                "`path` is empty",
+            )
+            .hint("write \"stdout\" or a file path, or remove [access_log] to turn it off");
+            return None;
+        }
+        Some(AccessLog {
+            target: if path == "stdout" {
+                LogTarget::Stdout
+            } else {
+                LogTarget::File(path.into())
+            },
+        })
+    });
+    let listeners = v.listeners(doc);
+
+    // Pools first: routes resolve their `pool` against them.
+    let mut pools: Vec<(&str, Span, Option<Pool>)> = doc
+        .pools
+        .iter()
+        .map(|p| {
+            (
+                p.name.as_str(),
+                p.name_span.clone(),
+                v.pool(&p.name, p.name_span.clone(), &p.item),
+            )
+        })
+        .collect();
+    pools.sort_by(|a, b| a.0.cmp(b.0));
+    let pool_names: Vec<&str> = pools.iter().map(|p| p.0).collect();
+
+    let routes = v.routes(doc, &pool_names, &pools);
+
+    // A pool no route sends traffic to is usually a typo on one side. Only
+    // say so when every route was readable, or the warning may be false.
+    if doc.routes.iter().all(|r| r.value.is_some()) {
+        for (name, span, _) in &pools {
+            let used = doc
+                .routes
+                .iter()
+                .filter_map(|r| r.value.as_ref())
+                .any(|r| r.pool.get_ref() == name);
+            if !used {
+                v.d.warning(
+                    "unused-pool",
+                    Some(span.clone()),
+                    format!("pool.{name}"),
+                    format!("no route sends traffic to pool `{name}`"),
+                )
+                .hint(format!(
+                    "point a route at it with `pool = \"{name}\"`, or remove it"
+                ));
+            }
+        }
+    }
+
+    if v.d.has_errors() {
+        return None;
+    }
+    Some(Valid {
+        version,
+        admin,
+        access_log,
+        listeners: listeners.into_iter().flatten().collect(),
+        routes: routes.into_iter().flatten().collect(),
+        pools: pools.into_iter().filter_map(|p| p.2).collect(),
+    })
+}
+
+struct Validator<'a, 's> {
+    d: &'a mut Diags<'s>,
+    /// The item being checked had shape errors: some keys were set aside
+    /// and hold defaults. Its own values are still checked, but checks that
+    /// relate one key to another are skipped, since a default standing in
+    /// for a broken key could make them fire falsely.
+    partial: bool,
+}
+
+impl Validator<'_, '_> {
+    fn admin(&mut self, item: &Item<crate::raw::RawAdmin>) -> Option<Admin> {
+        let raw = item.value.as_ref()?;
+        let listen = self.socket_addr(&raw.listen, "admin.listen")?;
+        if !listen.ip().is_loopback() {
+            self.d
+                .warning(
+                    "admin-not-loopback",
+                    Some(raw.listen.span()),
+                    "admin.listen",
+                    format!("the admin API listens on {listen}, reachable from other hosts"),
+                )
+                .hint("bind it to 127.0.0.1 or [::1] unless other hosts must reach it");
+        }
+        Some(Admin { listen })
+    }
+
+    fn listeners(&mut self, doc: &RawDoc) -> Vec<Option<Listener>> {
+        if doc.listeners.is_empty() && !doc.listener_key {
+            self.d
+                .error("no-listener", None, "listener", "no listener is defined")
+                .hint("add one: [[listener]] with `name` and `bind = \"127.0.0.1:8080\"`");
+        }
+        let mut names: HashMap<&str, &str> = HashMap::new();
+        let mut binds: Vec<(SocketAddr, &str)> = Vec::new();
+        let mut out = Vec::new();
+        for item in &doc.listeners {
+            let Some(raw) = item.value.as_ref() else {
+                out.push(None);
+                continue;
+            };
+            self.partial = !item.clean;
+            out.push(self.listener(item, raw, &mut names, &mut binds));
+        }
+        out
+    }
+
+    fn listener<'r>(
+        &mut self,
+        item: &'r Item<RawListener>,
+        raw: &'r RawListener,
+        names: &mut HashMap<&'r str, &'r str>,
+        binds: &mut Vec<(SocketAddr, &'r str)>,
+    ) -> Option<Listener> {
+        let p = &item.path;
+        let mut ok = self.name(&raw.name, &format!("{p}.name"));
+        let name = raw.name.get_ref().as_str();
+        if let Some(first) = names.get(name) {
+            self.d
+                .error(
+                    "duplicate-listener",
+                    Some(raw.name.span()),
+                    format!("{p}.name"),
+                    format!("listener `{name}` is already defined at {first}"),
+                )
+                .hint("listener names must be unique: rename one of them");
+            ok = false;
+        } else {
+            names.insert(name, &item.path);
+        }
+        let bind = self.socket_addr(&raw.bind, &format!("{p}.bind"));
+        if let Some(bind) = bind {
+            // Port 0 asks the OS for a free port: never a clash.
+            let clash = binds
+                .iter()
+                .find(|(other, _)| bind.port() != 0 && binds_overlap(bind, *other));
+            if let Some((other, other_path)) = clash {
+                self.d
+                    .error(
+                        "duplicate-bind",
+                        Some(raw.bind.span()),
+                        format!("{p}.bind"),
+                        format!("{bind} overlaps {other}, already bound by {other_path}"),
+                    )
+                    .hint("give each listener its own address or port");
+                ok = false;
+            } else {
+                binds.push((bind, &item.path));
+            }
+        }
+        let header_timeout = self.duration(
+            raw.header_timeout.as_ref(),
+            &format!("{p}.header_timeout"),
+            Duration::from_secs(10),
+        );
+        let idle_timeout = self.duration(
+            raw.idle_timeout.as_ref(),
+            &format!("{p}.idle_timeout"),
+            Duration::from_secs(60),
+        );
+        Some(Listener {
+            name: name.into(),
+            bind: bind?,
+            header_timeout: header_timeout?,
+            idle_timeout: idle_timeout?,
+        })
+        .filter(|_| ok)
+    }
+
+    fn routes(
+        &mut self,
+        doc: &RawDoc,
+        pool_names: &[&str],
+        pools: &[(&str, Span, Option<Pool>)],
+    ) -> Vec<Option<Route>> {
+        if doc.routes.is_empty() {
+            self.d
+                .warning("no-route", None, "route", "no route is defined: every request gets 404")
+                .hint("add a [[route]] with `pool = \"NAME\"`; without `match` it takes every request");
+        }
+        let mut names: HashMap<&str, &str> = HashMap::new();
+        let mut out: Vec<Option<Route>> = Vec::new();
+        // (name, key path, read cleanly) of each route, beside `out`, for
+        // the shadowing lint.
+        let mut seen: Vec<(&str, &str, bool)> = Vec::new();
+        for item in &doc.routes {
+            let Some(raw) = item.value.as_ref() else {
+                out.push(None);
+                seen.push(("", &item.path, false));
+                continue;
+            };
+            self.partial = !item.clean;
+            let route = self.route(item, raw, &mut names, pool_names, pools);
+            if let Some(route) = route.as_ref().filter(|_| item.clean) {
+                let earlier = out
+                    .iter()
+                    .zip(&seen)
+                    .filter(|(_, s)| s.2)
+                    .filter_map(|(r, s)| r.as_ref().map(|r| (r, s)))
+                    .find(|(r, _)| shadow::shadows(&r.matcher, &route.matcher));
+                if let Some((_, (earlier_name, earlier_path, _))) = earlier {
+                    let span = raw.matcher.as_ref().map_or(raw.name.span(), |m| m.span());
+                    self.d
+                        .warning(
+                            "shadowed-route",
+                            Some(span),
+                            item.path.clone(),
+                            format!(
+                                "route `{}` can never match: route `{earlier_name}` ({earlier_path}) comes first and matches every request it would",
+                                raw.name.get_ref()
+                            ),
+                        )
+                        .hint(format!(
+                            "move `{}` above `{earlier_name}`, or narrow `{earlier_name}`'s match",
+                            raw.name.get_ref()
+                        ));
+                }
+            }
+            out.push(route);
+            seen.push((raw.name.get_ref(), &item.path, item.clean));
+        }
+        out
+    }
+
+    fn route<'r>(
+        &mut self,
+        item: &'r Item<RawRoute>,
+        raw: &'r RawRoute,
+        names: &mut HashMap<&'r str, &'r str>,
+        pool_names: &[&str],
+        pools: &[(&str, Span, Option<Pool>)],
+    ) -> Option<Route> {
+        let p = &item.path;
+        let mut ok = self.name(&raw.name, &format!("{p}.name"));
+        let name = raw.name.get_ref().as_str();
+        if let Some(first) = names.get(name) {
+            self.d
+                .error(
+                    "duplicate-route",
+                    Some(raw.name.span()),
+                    format!("{p}.name"),
+                    format!("route `{name}` is already defined at {first}"),
+                )
+                .hint("route names must be unique: rename one of them");
+            ok = false;
+        } else {
+            names.insert(name, &item.path);
+        }
+        let matcher = match &raw.matcher {
+            Some(m) => self.route_match(m.get_ref(), &format!("{p}.match")),
+            None => Some(RouteMatch::default()),
+        };
+        let pool_name = raw.pool.get_ref().as_str();
+        let pool = pool_names.iter().position(|n| *n == pool_name);
+        if pool.is_none() {
+            let hint = match did_you_mean(pool_name, pool_names.iter().copied()) {
+                Some(m) => format!("did you mean `{m}`?"),
+                None if pool_names.is_empty() => {
+                    format!("define it as [pool.{pool_name}] with `backends = [...]`")
+                }
+                None => format!("defined pools: {}", list(pool_names)),
+            };
+            self.d
+                .error(
+                    "unknown-pool",
+                    Some(raw.pool.span()),
+                    format!("{p}.pool"),
+                    format!("no pool named `{pool_name}`"),
+                )
+                .hint(hint);
+        }
+        // Indices count only pools that compiled; if one did not, there is
+        // an error already and no snapshot will be built.
+        let pool = pool.filter(|&i| pools[i].2.is_some())?;
+        let index = pools[..pool].iter().filter(|p| p.2.is_some()).count();
+        Some(Route {
+            name: name.into(),
+            matcher: matcher?,
+            pool: index,
+        })
+        .filter(|_| ok)
+    }
+
+    fn route_match(&mut self, raw: &RawMatch, p: &str) -> Option<RouteMatch> {
+        let mut ok = true;
+        let host = raw.host.as_ref().and_then(|h| {
+            let m = self.host(h, &format!("{p}.host"));
+            ok &= m.is_some();
+            m
+        });
+
+        let paths = [
+            ("path", &raw.path),
+            ("path_prefix", &raw.path_prefix),
+            ("path_regex", &raw.path_regex),
+        ];
+        let given: Vec<(&str, &Spanned<String>)> = paths
+            .iter()
+            .filter_map(|(k, v)| v.as_ref().map(|v| (*k, v)))
+            .collect();
+        for (key, value) in given.iter().skip(1) {
+            self.d
+                .error(
+                    "conflicting-path-match",
+                    Some(value.span()),
+                    format!("{p}.{key}"),
+                    format!("`{key}` given together with `{}`", given[0].0),
+                )
+                .hint("a route matches the path one way: keep one of `path`, `path_prefix`, `path_regex`");
+            ok = false;
+        }
+        let path = given.first().and_then(|(key, value)| {
+            let kp = format!("{p}.{key}");
+            let s = value.get_ref();
+            let m = match *key {
+                "path_regex" => self.regex(value, &kp).map(PathMatch::Regex),
+                _ if !s.starts_with('/') => {
+                    self.d
+                        .error(
+                            "invalid-path",
+                            Some(value.span()),
+                            kp,
+                            format!("path `{s}` does not start with `/`"),
+                        )
+                        .hint(format!("write \"/{s}\""));
+                    None
+                }
+                "path" => Some(PathMatch::Exact(s.clone())),
+                _ => Some(PathMatch::Prefix(s.clone())),
+            };
+            ok &= m.is_some();
+            m
+        });
+
+        let mut methods = Vec::new();
+        for (i, m) in raw.methods.iter().flatten().enumerate() {
+            let kp = format!("{p}.methods[{i}]");
+            let upper = m.get_ref().to_ascii_uppercase();
+            match Method::from_bytes(upper.as_bytes()) {
+                Ok(method) if !upper.is_empty() => {
+                    if !STANDARD_METHODS.contains(&upper.as_str()) {
+                        self.d
+                            .warning(
+                                "unknown-method",
+                                Some(m.span()),
+                                kp,
+                                format!("`{upper}` is not a standard HTTP method"),
+                            )
+                            .hint(suggest(&upper, STANDARD_METHODS, "standard methods"));
+                    }
+                    if !methods.contains(&method) {
+                        methods.push(method);
+                    }
+                }
+                _ => {
+                    self.d
+                        .error(
+                            "invalid-method",
+                            Some(m.span()),
+                            kp,
+                            format!("`{}` is not a valid HTTP method", m.get_ref()),
+                        )
+                        .hint(suggest(&upper, STANDARD_METHODS, "methods"));
+                    ok = false;
+                }
+            }
+        }
+
+        let mut headers = Vec::new();
+        for (i, h) in raw.headers.iter().flatten().enumerate() {
+            match self.header(h.get_ref(), &format!("{p}.headers[{i}]")) {
+                Some(h) => headers.push(h),
+                None => ok = false,
+            }
+        }
+        ok.then_some(RouteMatch {
+            host,
+            path,
+            methods,
+            headers,
+        })
+    }
+
+    fn host(&mut self, raw: &Spanned<String>, kp: &str) -> Option<HostMatch> {
+        let host = raw.get_ref().to_ascii_lowercase();
+        let (wildcard, name) = match host.strip_prefix("*.") {
+            Some(rest) => (true, rest),
+            None => (false, host.as_str()),
+        };
+        let problem = if name.contains(':') {
+            Some((
+                format!("host `{host}` includes a port"),
+                "routes match the host without its port: remove `:PORT`".to_owned(),
+            ))
+        } else if name.contains('*') {
+            Some((
+                format!("host `{host}` has a `*` that is not a leading `*.`"),
+                "only a leading wildcard is supported, e.g. \"*.example.com\"".to_owned(),
+            ))
+        } else if name.is_empty()
+            || name.starts_with('.')
+            || name.ends_with('.')
+            || name.contains("..")
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+        {
+            Some((
+                format!("`{}` is not a valid host name", raw.get_ref()),
+                "write a host like \"app.example.com\" or \"*.example.com\"".to_owned(),
+            ))
+        } else {
+            None
+        };
+        if let Some((message, hint)) = problem {
+            self.d
+                .error("invalid-host", Some(raw.span()), kp, message)
+                .hint(hint);
+            return None;
+        }
+        Some(if wildcard {
+            HostMatch::Suffix(format!(".{name}"))
+        } else {
+            HostMatch::Exact(name.to_owned())
+        })
+    }
+
+    fn header(&mut self, raw: &RawHeader, p: &str) -> Option<HeaderMatch> {
+        let name = match HeaderName::from_bytes(raw.name.get_ref().as_bytes()) {
+            Ok(n) => Some(n),
+            Err(_) => {
+                self.d
+                    .error(
+                        "invalid-header-name",
+                        Some(raw.name.span()),
+                        format!("{p}.name"),
+                        format!("`{}` is not a valid header name", raw.name.get_ref()),
+                    )
+                    .hint("header names are tokens: letters, digits and `-`, e.g. \"x-tenant\"");
+                None
+            }
+        };
+        let value = match (&raw.value, &raw.regex) {
+            (Some(_), Some(re)) => {
+                self.d
+                    .error(
+                        "conflicting-header-match",
+                        Some(re.span()),
+                        format!("{p}.regex"),
+                        "`value` and `regex` given together",
+                    )
+                    .hint("keep `value` for an exact match or `regex` for a pattern, not both");
+                None
+            }
+            (Some(v), None) => Some(HeaderValueMatch::Exact(v.get_ref().clone())),
+            (None, Some(re)) => self
+                .regex(re, &format!("{p}.regex"))
+                .map(HeaderValueMatch::Regex),
+            (None, None) => Some(HeaderValueMatch::Present),
+        };
+        Some(HeaderMatch {
+            name: name?,
+            value: value?,
+        })
+    }
+
+    fn regex(&mut self, raw: &Spanned<String>, kp: &str) -> Option<Regex> {
+        // Anchored so a pattern means the whole value, as users expect from
+        // a "match" key; the group keeps alternations inside the anchors.
+        match Regex::new(&format!("^(?:{})$", raw.get_ref())) {
+            Ok(re) => Some(re),
+            Err(e) => {
+                // regex's message repeats the pattern over several lines;
+                // its last line is the reason.
+                let text = e.to_string();
+                let reason = text
+                    .lines()
+                    .last()
+                    .unwrap_or_default()
+                    .trim_start_matches("error: ")
+                    .to_owned();
+                self.d
+                    .error(
+                        "invalid-regex",
+                        Some(raw.span()),
+                        kp,
+                        format!("invalid regex `{}`: {reason}", raw.get_ref()),
+                    )
+                    .hint("fix the pattern (Rust regex syntax); it is matched against the whole value");
+                None
+            }
+        }
+    }
+
+    fn pool(&mut self, name: &str, name_span: Span, item: &Item<RawPool>) -> Option<Pool> {
+        let raw = item.value.as_ref()?;
+        self.partial = !item.clean;
+        let p = &item.path;
+        let mut ok = self.name(&Spanned::new(name_span, name.to_owned()), p);
+
+        let algorithm_name = raw
+            .algorithm
+            .as_ref()
+            .map_or("round_robin", |a| a.get_ref());
+        let known_algorithm = ALGORITHMS.contains(&algorithm_name);
+        if let Some(a) = raw.algorithm.as_ref().filter(|_| !known_algorithm) {
+            self.d
+                .error(
+                    "unknown-algorithm",
+                    Some(a.span()),
+                    format!("{p}.algorithm"),
+                    format!("unknown algorithm `{algorithm_name}`"),
+                )
+                .hint(
+                    match did_you_mean(algorithm_name, ALGORITHMS.iter().copied()) {
+                        Some(m) => {
+                            format!("did you mean `{m}`? valid algorithms: {}", list(ALGORITHMS))
+                        }
+                        None => format!("valid algorithms: {}", list(ALGORITHMS)),
+                    },
+                );
+            ok = false;
+        }
+        let hash = raw.hash.as_ref().and_then(|h| {
+            let policy = self.hash(h.get_ref(), &format!("{p}.hash"));
+            ok &= policy.is_some();
+            policy
+        });
+        if let Some(h) = &raw.hash
+            && !self.partial
+            && known_algorithm
+            && algorithm_name != "hash"
+        {
+            self.d
+                .warning(
+                    "unused-hash",
+                    Some(h.span()),
+                    format!("{p}.hash"),
+                    format!("`hash` is ignored: the algorithm is `{algorithm_name}`"),
+                )
+                .hint("remove `hash`, or set `algorithm = \"hash\"`");
+        }
+        let algorithm = match algorithm_name {
+            "least_request" => Some(Algorithm::LeastRequest),
+            "random" => Some(Algorithm::Random),
+            "first" => Some(Algorithm::First),
+            "hash" => {
+                if raw.hash.is_none() && !self.partial {
+                    let span = raw.algorithm.as_ref().map(|a| a.span());
+                    self.d
+                        .error(
+                            "missing-hash-key",
+                            span,
+                            format!("{p}.hash"),
+                            "`algorithm = \"hash\"` needs a `hash` table saying what to hash",
+                        )
+                        .hint("add `hash = { key = \"header:x-user\" }` (or \"cookie:NAME\", \"client_ip\", \"path\")");
+                    ok = false;
+                }
+                hash.map(Algorithm::Hash)
+            }
+            _ => Some(Algorithm::RoundRobin),
+        };
+
+        let backends = self.backends(raw, p);
+        ok &= backends.is_some();
+        let health = raw
+            .health
+            .as_ref()
+            .map(|h| self.health(h.get_ref(), &format!("{p}.health")));
+        let outlier = self.outlier(
+            raw.outlier.as_ref().map(|o| o.get_ref()),
+            &format!("{p}.outlier"),
+        );
+        let panic_threshold = self.fraction(
+            raw.panic_threshold.as_ref(),
+            &format!("{p}.panic_threshold"),
+            0.5,
+        );
+        let timeouts = self.timeouts(
+            raw.timeouts.as_ref().map(|t| t.get_ref()),
+            &format!("{p}.timeouts"),
+        );
+        let retries = self.retries(
+            raw.retries.as_ref().map(|r| r.get_ref()),
+            &format!("{p}.retries"),
+        );
+
+        let health = match health {
+            Some(Some(h)) => Some(h),
+            Some(None) => return None,
+            None => None,
+        };
+        Some(Pool {
+            name: name.into(),
+            algorithm: algorithm?,
+            backends: backends?,
+            health,
+            outlier: outlier?,
+            panic_threshold: panic_threshold?,
+            timeouts: timeouts?,
+            retries: retries?,
+        })
+        .filter(|_| ok)
+    }
+
+    fn hash(&mut self, raw: &RawHash, p: &str) -> Option<HashPolicy> {
+        let key_str = raw.key.get_ref().as_str();
+        let key = if let Some(name) = key_str.strip_prefix("header:") {
+            HeaderName::from_bytes(name.as_bytes())
+                .ok()
+                .map(HashKey::Header)
+        } else if let Some(name) = key_str.strip_prefix("cookie:") {
+            (!name.is_empty()).then(|| HashKey::Cookie(name.to_owned()))
+        } else {
+            match key_str {
+                "client_ip" => Some(HashKey::ClientIp),
+                "path" => Some(HashKey::Path),
+                _ => None,
+            }
+        };
+        if key.is_none() {
+            self.d
+                .error(
+                    "invalid-hash-key",
+                    Some(raw.key.span()),
+                    format!("{p}.key"),
+                    format!("cannot hash on `{key_str}`"),
+                )
+                .hint(format!(
+                    "valid keys: {} (NAME a header or cookie name)",
+                    list(HASH_KEYS)
+                ));
+        }
+        let on_missing = match raw.on_missing.as_ref() {
+            None => Some(MissingKey::HashEmpty),
+            Some(m) => match m.get_ref().as_str() {
+                "hash_empty" => Some(MissingKey::HashEmpty),
+                "random" => Some(MissingKey::Random),
+                other => {
+                    self.d
+                        .error(
+                            "invalid-value",
+                            Some(m.span()),
+                            format!("{p}.on_missing"),
+                            format!("unknown `on_missing` value `{other}`"),
+                        )
+                        .hint(suggest(other, ON_MISSING, "values"));
+                    None
+                }
+            },
+        };
+        Some(HashPolicy {
+            key: key?,
+            on_missing: on_missing?,
+        })
+    }
+
+    fn backends(&mut self, raw: &RawPool, p: &str) -> Option<Vec<Backend>> {
+        let list = raw.backends.get_ref();
+        if list.is_empty() {
+            self.d
+                .error(
+                    "empty-pool",
+                    Some(raw.backends.span()),
+                    format!("{p}.backends"),
+                    "the pool has no backends: every request to it would fail",
+                )
+                .hint("add one: `backends = [{ addr = \"127.0.0.1:9000\" }]`");
+            return None;
+        }
+        let mut ok = true;
+        let mut out: Vec<Backend> = Vec::new();
+        let mut seen: Vec<(SocketAddr, usize)> = Vec::new();
+        for (i, b) in list.iter().enumerate() {
+            match self.backend(b.get_ref(), &format!("{p}.backends[{i}]")) {
+                Some(backend) => {
+                    if let Some((_, first)) = seen.iter().find(|(a, _)| *a == backend.addr) {
+                        self.d
+                            .error(
+                                "duplicate-backend",
+                                Some(b.get_ref().addr.span()),
+                                format!("{p}.backends[{i}].addr"),
+                                format!(
+                                    "backend {} is already listed as backends[{first}]",
+                                    backend.addr
+                                ),
+                            )
+                            .hint("list each backend once; to send it more traffic, raise its `weight`");
+                        ok = false;
+                    } else {
+                        seen.push((backend.addr, i));
+                    }
+                    out.push(backend);
+                }
+                None => ok = false,
+            }
+        }
+        if ok && !self.partial && out.iter().all(|b| b.weight == 0) {
+            self.d
+                .error(
+                    "zero-weight",
+                    Some(raw.backends.span()),
+                    format!("{p}.backends"),
+                    "every backend has weight 0 (drained): the pool can never pick one",
+                )
+                .hint("give at least one backend a weight of 1 or more");
+            ok = false;
+        }
+        ok.then_some(out)
+    }
+
+    fn backend(&mut self, raw: &RawBackend, p: &str) -> Option<Backend> {
+        let addr = self.socket_addr(&raw.addr, &format!("{p}.addr"));
+        let weight = self.int(
+            raw.weight.as_ref(),
+            &format!("{p}.weight"),
+            1,
+            0,
+            MAX_WEIGHT,
+        );
+        Some(Backend {
+            addr: addr?,
+            weight: weight?,
+        })
+    }
+
+    fn health(&mut self, raw: &RawHealth, p: &str) -> Option<HealthCheck> {
+        let path = raw.path.get_ref();
+        let path_ok = path.starts_with('/');
+        if !path_ok {
+            self.d
+                .error(
+                    "invalid-path",
+                    Some(raw.path.span()),
+                    format!("{p}.path"),
+                    format!("health check path `{path}` does not start with `/`"),
+                )
+                .hint(format!("write \"/{path}\""));
+        }
+        let interval = self.duration(
+            raw.interval.as_ref(),
+            &format!("{p}.interval"),
+            Duration::from_secs(5),
+        );
+        let timeout = self.duration(
+            raw.timeout.as_ref(),
+            &format!("{p}.timeout"),
+            Duration::from_secs(2),
+        );
+        let healthy = self.int(
+            raw.healthy_threshold.as_ref(),
+            &format!("{p}.healthy_threshold"),
+            2,
+            1,
+            100,
+        );
+        let unhealthy = self.int(
+            raw.unhealthy_threshold.as_ref(),
+            &format!("{p}.unhealthy_threshold"),
+            3,
+            1,
+            100,
+        );
+        let expect = match &raw.expect_status {
+            None => Some((200, 399)),
+            Some(s) => self.status_range(s, &format!("{p}.expect_status")),
+        };
+        Some(HealthCheck {
+            path: path.clone(),
+            interval: interval?,
+            timeout: timeout?,
+            healthy_threshold: healthy?,
+            unhealthy_threshold: unhealthy?,
+            expect_status: expect?,
+        })
+        .filter(|_| path_ok)
+    }
+
+    fn status_range(&mut self, raw: &Spanned<String>, kp: &str) -> Option<(u16, u16)> {
+        let s = raw.get_ref().trim();
+        let parse = |t: &str| {
+            t.trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|c| (100..=599).contains(c))
+        };
+        let range = match s.split_once('-') {
+            Some((lo, hi)) => parse(lo).zip(parse(hi)).filter(|(lo, hi)| lo <= hi),
+            None => parse(s).map(|c| (c, c)),
+        };
+        if range.is_none() {
+            self.d
+                .error(
+                    "invalid-value",
+                    Some(raw.span()),
+                    kp,
+                    format!("`{s}` is not a status code or range"),
+                )
+                .hint("write one code like \"200\" or an inclusive range like \"200-399\" (codes 100 to 599)");
+        }
+        range
+    }
+
+    fn outlier(&mut self, raw: Option<&RawOutlier>, p: &str) -> Option<Option<Outlier>> {
+        let failures = self.int(
+            raw.and_then(|r| r.consecutive_failures.as_ref()),
+            &format!("{p}.consecutive_failures"),
+            5,
+            1,
+            1000,
+        );
+        let base = self.duration(
+            raw.and_then(|r| r.base_ejection.as_ref()),
+            &format!("{p}.base_ejection"),
+            Duration::from_secs(30),
+        );
+        let max = self.duration(
+            raw.and_then(|r| r.max_ejection.as_ref()),
+            &format!("{p}.max_ejection"),
+            Duration::from_secs(300),
+        );
+        let fraction = self.fraction(
+            raw.and_then(|r| r.max_ejected_fraction.as_ref()),
+            &format!("{p}.max_ejected_fraction"),
+            0.5,
+        );
+        let (base, max) = (base?, max?);
+        if max < base && !self.partial {
+            let span = raw.and_then(|r| r.max_ejection.as_ref().or(r.base_ejection.as_ref()));
+            self.d
+                .error(
+                    "out-of-range",
+                    span.map(|s| s.span()),
+                    format!("{p}.max_ejection"),
+                    format!(
+                        "`max_ejection` ({}) is shorter than `base_ejection` ({})",
+                        humantime::format_duration(max),
+                        humantime::format_duration(base)
+                    ),
+                )
+                .hint("make `max_ejection` at least `base_ejection`");
+            return None;
+        }
+        let outlier = Outlier {
+            consecutive_failures: failures?,
+            base_ejection: base,
+            max_ejection: max,
+            max_ejected_fraction: fraction?,
+        };
+        // Checked even when disabled, so turning it back on cannot surprise.
+        let enabled = raw
+            .and_then(|r| r.enabled.as_ref())
+            .is_none_or(|e| *e.get_ref());
+        Some(enabled.then_some(outlier))
+    }
+
+    fn timeouts(&mut self, raw: Option<&RawTimeouts>, p: &str) -> Option<Timeouts> {
+        let connect = self.duration(
+            raw.and_then(|r| r.connect.as_ref()),
+            &format!("{p}.connect"),
+            Duration::from_secs(2),
+        );
+        let response = self.duration(
+            raw.and_then(|r| r.response.as_ref()),
+            &format!("{p}.response"),
+            Duration::from_secs(30),
+        );
+        let idle = self.duration(
+            raw.and_then(|r| r.idle.as_ref()),
+            &format!("{p}.idle"),
+            Duration::from_secs(60),
+        );
+        Some(Timeouts {
+            connect: connect?,
+            response: response?,
+            idle: idle?,
+        })
+    }
+
+    fn retries(&mut self, raw: Option<&RawRetries>, p: &str) -> Option<Retries> {
+        let attempts = self.int(
+            raw.and_then(|r| r.attempts.as_ref()),
+            &format!("{p}.attempts"),
+            1,
+            0,
+            10,
+        );
+        let budget = self.fraction(
+            raw.and_then(|r| r.budget.as_ref()),
+            &format!("{p}.budget"),
+            0.2,
+        );
+        let min = self.int(
+            raw.and_then(|r| r.min_concurrent.as_ref()),
+            &format!("{p}.min_concurrent"),
+            3,
+            0,
+            1000,
+        );
+        Some(Retries {
+            attempts: attempts?,
+            budget: budget?,
+            min_concurrent: min?,
+        })
+    }
+
+    // --- leaf values ---
+
+    /// Names appear in metrics labels, logs and URLs of the admin API, so
+    /// they keep to a plain alphabet.
+    fn name(&mut self, raw: &Spanned<String>, kp: &str) -> bool {
+        let name = raw.get_ref();
+        let ok = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !ok {
+            self.d
+                .error(
+                    "invalid-name",
+                    Some(raw.span()),
+                    kp,
+                    format!("`{name}` is not a valid name"),
+                )
+                .hint("use letters, digits, `-`, `_` and `.` only, e.g. \"auth\"");
+        }
+        ok
+    }
+
+    fn socket_addr(&mut self, raw: &Spanned<String>, kp: &str) -> Option<SocketAddr> {
+        let s = raw.get_ref().trim();
+        if let Ok(addr) = s.parse::<SocketAddr>() {
+            return Some(addr);
+        }
+        let has_port = s
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        let hint = if has_port {
+            "use an IP address; Fulcrum does not resolve DNS names in config"
+        } else {
+            "write IP:PORT, e.g. \"127.0.0.1:8080\" or \"[::1]:8080\""
+        };
+        self.d
+            .error(
+                "invalid-address",
+                Some(raw.span()),
+                kp,
+                format!("`{s}` is not an IP:port address"),
+            )
+            .hint(hint);
+        None
+    }
+
+    /// A humantime duration, `default` when absent. Zero is refused: every
+    /// duration in the config is an interval or a deadline, and zero would
+    /// mean "never" or "immediately", both outages.
+    fn duration(
+        &mut self,
+        raw: Option<&Spanned<String>>,
+        kp: &str,
+        default: Duration,
+    ) -> Option<Duration> {
+        let Some(raw) = raw else {
+            return Some(default);
+        };
+        match humantime::parse_duration(raw.get_ref().trim()) {
+            Ok(d) if d.is_zero() => {
+                self.d
+                    .error(
+                        "invalid-duration",
+                        Some(raw.span()),
+                        kp,
+                        "duration must be greater than zero",
+                    )
+                    .hint(format!(
+                        "remove it for the default ({}) or give a positive duration",
+                        humantime::format_duration(default)
+                    ));
+                None
+            }
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.d
+                    .error(
+                        "invalid-duration",
+                        Some(raw.span()),
+                        kp,
+                        format!("`{}` is not a duration: {e}", raw.get_ref()),
+                    )
+                    .hint(DURATION_HINT);
+                None
+            }
+        }
+    }
+
+    fn int(
+        &mut self,
+        raw: Option<&Spanned<i64>>,
+        kp: &str,
+        default: u32,
+        lo: i64,
+        hi: i64,
+    ) -> Option<u32> {
+        let Some(raw) = raw else {
+            return Some(default);
+        };
+        let v = *raw.get_ref();
+        match u32::try_from(v) {
+            Ok(n) if (lo..=hi).contains(&v) => Some(n),
+            _ => {
+                self.d
+                    .error(
+                        "out-of-range",
+                        Some(raw.span()),
+                        kp,
+                        format!("{v} is out of range: must be {lo} to {hi}"),
+                    )
+                    .hint(format!(
+                        "pick a value from {lo} to {hi} (default {default})"
+                    ));
+                None
+            }
+        }
+    }
+
+    fn fraction(&mut self, raw: Option<&Spanned<f64>>, kp: &str, default: f64) -> Option<f64> {
+        let Some(raw) = raw else {
+            return Some(default);
+        };
+        let v = *raw.get_ref();
+        if (0.0..=1.0).contains(&v) {
+            Some(v)
+        } else {
+            self.d
+                .error(
+                    "out-of-range",
+                    Some(raw.span()),
+                    kp,
+                    format!("{v} is out of range: must be 0.0 to 1.0"),
+                )
+                .hint(format!("a fraction from 0.0 to 1.0 (default {default})"));
+            None
+        }
+    }
+}
+
+/// Whether two listeners would fight over one socket: the same address, or
+/// the same port with one of them on the wildcard address of that family.
+fn binds_overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port()
+        && (a.ip() == b.ip()
+            || (a.is_ipv4() == b.is_ipv4() && (a.ip().is_unspecified() || b.ip().is_unspecified())))
+}
