@@ -166,11 +166,18 @@ impl<'s> Diags<'s> {
         self.list.iter().any(Diagnostic::is_error)
     }
 
-    /// In file order; at one position, errors before warnings. The sort is
+    /// In file order; at one position, errors before warnings; findings
+    /// about the whole file (no span, such as `no-route`) last. The sort is
     /// stable, so diagnostics at the same spot keep the order they were found.
     pub(crate) fn into_sorted(mut self) -> Vec<Diagnostic> {
-        self.list
-            .sort_by(|a, b| (a.line, a.col, b.severity).cmp(&(b.line, b.col, a.severity)));
+        self.list.sort_by_key(|d| {
+            (
+                d.span.is_none(),
+                d.line,
+                d.col,
+                std::cmp::Reverse(d.severity),
+            )
+        });
         self.list
     }
 }

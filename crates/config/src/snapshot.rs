@@ -109,7 +109,7 @@ pub struct Pool {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Backend {
     pub addr: SocketAddr,
-    /// At least 1 (validated).
+    /// 0..=1000 (validated); 0 means drained: never picked.
     pub weight: u32,
 }
 

@@ -1,39 +1,1028 @@
 //! Unit tests of the whole pipeline: source text in, snapshot and
 //! diagnostics (and their rendering) out.
 
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::Method;
+
 use super::*;
+use crate::snapshot::*;
 
-fn dump(src: &str) {
-    let c = check("fulcrum.toml", src);
-    print!("{}", render_human("fulcrum.toml", src, &c));
-}
+/// The config shape from DESIGN.md, verbatim.
+const CONTRACT: &str = r#"[admin]
+listen = "127.0.0.1:9901"            # API, dashboard and /metrics
 
-#[test]
-fn scratch() {
-    dump(
-        r#"
 [[listener]]
 name = "public"
 bind = "127.0.0.1:8080"
-header_timout = "1s"
+# tls = { cert = "cert.pem", key = "key.pem" }   # terminates TLS; ALPN h2 + http/1.1
 
 [[route]]
-name = 5
-match = { path_prefix = "/auth/", methods = ["GET", 7], headerz = [] }
+name = "auth"
+match = { path_prefix = "/auth/", methods = ["GET", "POST"] }
 pool = "auth"
 
 [[route]]
-name = "x"
-pool = "auht"
+name = "web"
+match = { path_prefix = "/" }
+pool = "web"
 
 [pool.auth]
-algoritm = "least_request"
-backends = [{ addr = "127.0.0.1:9101" }, { addr = "127.0.0.1:9101", weight = 2 }, { weight = 1.5 }, {addr = "localhost:80"}]
-health = { interval = "1s" }
+algorithm = "least_request"
+backends = [{ addr = "127.0.0.1:9101" }, { addr = "127.0.0.1:9102", weight = 2 }]
+health = { path = "/healthz", interval = "1s" }
 
 [pool.web]
-backends = []
-"#,
+algorithm = "round_robin"
+backends = [{ addr = "127.0.0.1:9201" }, { addr = "127.0.0.1:9202" }]
+"#;
+
+/// A small valid base that tests append to.
+const BASE: &str = r#"[[listener]]
+name = "public"
+bind = "127.0.0.1:8080"
+
+[[route]]
+name = "web"
+pool = "web"
+
+[pool.web]
+backends = [{ addr = "127.0.0.1:9201" }]
+"#;
+
+fn run(src: &str) -> Checked {
+    check("fulcrum.toml", src)
+}
+
+fn codes(src: &str) -> Vec<&'static str> {
+    run(src).diagnostics.iter().map(|d| d.code).collect()
+}
+
+/// The one diagnostic with `code`, failing with everything found if there
+/// is not exactly one.
+fn only(src: &str, code: &str) -> Diagnostic {
+    let checked = run(src);
+    let found: Vec<&Diagnostic> = checked
+        .diagnostics
+        .iter()
+        .filter(|d| d.code == code)
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "expected one `{code}`, got: {:#?}",
+        checked.diagnostics
     );
-    dump("a = [");
+    found[0].clone()
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().expect("test address")
+}
+
+#[test]
+fn contract_config_compiles() {
+    let checked = run(CONTRACT);
+    assert!(checked.diagnostics.is_empty(), "{:#?}", checked.diagnostics);
+    let s = checked.snapshot.expect("valid");
+    assert_eq!(&*s.version, content_version(CONTRACT));
+    assert_eq!(s.version.len(), 12);
+    assert_eq!(
+        s.admin,
+        Some(Admin {
+            listen: addr("127.0.0.1:9901")
+        })
+    );
+    assert_eq!(
+        s.listeners,
+        vec![Listener {
+            name: "public".into(),
+            bind: addr("127.0.0.1:8080"),
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+        }]
+    );
+    assert!(s.access_log.is_none());
+
+    assert_eq!(s.routes.len(), 2);
+    let auth = &s.routes[0];
+    assert_eq!(&*auth.name, "auth");
+    assert!(matches!(&auth.matcher.path, Some(PathMatch::Prefix(p)) if p == "/auth/"));
+    assert_eq!(auth.matcher.methods, vec![Method::GET, Method::POST]);
+    assert!(auth.matcher.host.is_none() && auth.matcher.headers.is_empty());
+    assert_eq!(&*s.pools[auth.pool].name, "auth");
+    assert_eq!(&*s.pools[s.routes[1].pool].name, "web");
+
+    let (_, pool) = s.pool("auth").expect("auth pool");
+    assert_eq!(pool.algorithm, Algorithm::LeastRequest);
+    assert_eq!(
+        pool.backends,
+        vec![
+            Backend {
+                addr: addr("127.0.0.1:9101"),
+                weight: 1
+            },
+            Backend {
+                addr: addr("127.0.0.1:9102"),
+                weight: 2
+            },
+        ]
+    );
+    assert_eq!(
+        pool.health,
+        Some(HealthCheck {
+            path: "/healthz".into(),
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(2),
+            healthy_threshold: 2,
+            unhealthy_threshold: 3,
+            expect_status: (200, 399),
+        })
+    );
+    assert_eq!(
+        pool.outlier,
+        Some(Outlier {
+            consecutive_failures: 5,
+            base_ejection: Duration::from_secs(30),
+            max_ejection: Duration::from_secs(300),
+            max_ejected_fraction: 0.5,
+        })
+    );
+    assert_eq!(pool.panic_threshold, 0.5);
+    assert_eq!(
+        pool.timeouts,
+        Timeouts {
+            connect: Duration::from_secs(2),
+            response: Duration::from_secs(30),
+            idle: Duration::from_secs(60),
+        }
+    );
+    assert_eq!(
+        pool.retries,
+        Retries {
+            attempts: 1,
+            budget: 0.2,
+            min_concurrent: 3,
+        }
+    );
+    let (_, web) = s.pool("web").expect("web pool");
+    assert_eq!(web.algorithm, Algorithm::RoundRobin);
+    assert!(web.health.is_none());
+}
+
+#[test]
+fn every_key_compiles() {
+    let src = r#"version = "2026-11-21.1"
+[access_log]
+path = "/var/log/fulcrum.log"
+[[listener]]
+name = "public"
+bind = "127.0.0.1:0"
+header_timeout = "5s"
+idle_timeout = "500ms"
+[[route]]
+name = "auth"
+match = { host = "App.Example.com", path_regex = "/auth/(login|logout)", methods = ["get"], headers = [{ name = "X-Tenant", value = "blue" }, { name = "x-user", regex = "[a-z]+" }, { name = "x-debug" }] }
+pool = "auth"
+[[route]]
+name = "wild"
+match = { host = "*.example.com", path = "/" }
+pool = "auth"
+[pool.auth]
+algorithm = "hash"
+hash = { key = "header:X-User", on_missing = "random" }
+backends = [{ addr = "[::1]:9101", weight = 0 }, { addr = "127.0.0.1:9102", weight = 1000 }]
+health = { path = "/healthz", interval = "1s", timeout = "1s", healthy_threshold = 1, unhealthy_threshold = 5, expect_status = "204" }
+outlier = { enabled = false }
+panic_threshold = 0
+timeouts = { connect = "1s", response = "5s", idle = "10s" }
+retries = { attempts = 0, budget = 1, min_concurrent = 0 }
+"#;
+    let checked = run(src);
+    assert!(checked.diagnostics.is_empty(), "{:#?}", checked.diagnostics);
+    let s = checked.snapshot.expect("valid");
+    assert_eq!(&*s.version, "2026-11-21.1");
+    assert_eq!(
+        s.access_log,
+        Some(AccessLog {
+            target: LogTarget::File("/var/log/fulcrum.log".into())
+        })
+    );
+    assert_eq!(s.listeners[0].idle_timeout, Duration::from_millis(500));
+    let m = &s.routes[0].matcher;
+    assert_eq!(m.host, Some(HostMatch::Exact("app.example.com".into())));
+    assert!(
+        matches!(&m.path, Some(PathMatch::Regex(re)) if re.is_match("/auth/login") && !re.is_match("/auth/login/x"))
+    );
+    assert_eq!(m.methods, vec![Method::GET]);
+    assert_eq!(m.headers.len(), 3);
+    assert_eq!(m.headers[0].name.as_str(), "x-tenant");
+    assert!(matches!(&m.headers[1].value, HeaderValueMatch::Regex(re) if !re.is_match("ab1")));
+    assert!(matches!(m.headers[2].value, HeaderValueMatch::Present));
+    assert_eq!(
+        s.routes[1].matcher.host,
+        Some(HostMatch::Suffix(".example.com".into()))
+    );
+    let p = &s.pools[0];
+    assert_eq!(
+        p.algorithm,
+        Algorithm::Hash(HashPolicy {
+            key: HashKey::Header(http::HeaderName::from_static("x-user")),
+            on_missing: MissingKey::Random,
+        })
+    );
+    assert_eq!(p.backends[0].weight, 0);
+    assert_eq!(p.health.as_ref().map(|h| h.expect_status), Some((204, 204)));
+    assert!(p.outlier.is_none());
+    assert_eq!(p.panic_threshold, 0.0);
+    assert_eq!(p.retries.attempts, 0);
+}
+
+#[test]
+fn hash_defaults_to_hash_empty() {
+    let src = BASE.replace(
+        "[pool.web]\n",
+        "[pool.web]\nalgorithm = \"hash\"\nhash = { key = \"client_ip\" }\n",
+    );
+    let s = run(&src).snapshot.expect("valid");
+    assert_eq!(
+        s.pools[0].algorithm,
+        Algorithm::Hash(HashPolicy {
+            key: HashKey::ClientIp,
+            on_missing: MissingKey::HashEmpty
+        })
+    );
+}
+
+#[test]
+fn version_is_a_stable_content_hash() {
+    let a = run(BASE).snapshot.expect("valid");
+    let b = run(BASE).snapshot.expect("valid");
+    assert_eq!(a.version, b.version);
+    let c = run(&format!("{BASE}\n")).snapshot.expect("valid");
+    assert_ne!(a.version, c.version);
+    assert!(a.version.chars().all(|c| c.is_ascii_hexdigit()));
+}
+
+#[test]
+fn base_is_clean() {
+    let checked = run(BASE);
+    assert!(checked.diagnostics.is_empty(), "{:#?}", checked.diagnostics);
+}
+
+// --- one test per diagnostic code ---
+
+#[test]
+fn toml_syntax() {
+    let d = only("[[listener]\nname = 1", "toml-syntax");
+    assert_eq!((d.line, d.col), (1, 12));
+    assert_eq!(run("[[listener]\nname = 1").diagnostics.len(), 1);
+}
+
+#[test]
+fn unknown_key() {
+    let src = BASE.replace("[pool.web]\n", "[pool.web]\nalgoritm = \"random\"\n");
+    let d = only(&src, "unknown-key");
+    assert_eq!(d.key_path, "pool.web.algoritm");
+    assert_eq!(d.hint.as_deref(), Some("did you mean `algorithm`?"));
+
+    let src = BASE.replace(
+        "name = \"web\"\n",
+        "name = \"web\"\nmatch = { path_prefx = \"/\" }\n",
+    );
+    let d = only(&src, "unknown-key");
+    assert_eq!(d.key_path, "route[0].match.path_prefx");
+    assert_eq!(d.hint.as_deref(), Some("did you mean `path_prefix`?"));
+
+    let d = only(&format!("listeners = 1\n{BASE}"), "unknown-key");
+    assert_eq!(d.key_path, "listeners");
+    assert_eq!(d.hint.as_deref(), Some("did you mean `listener`?"));
+}
+
+#[test]
+fn invalid_type() {
+    let src = BASE.replace("name = \"web\"", "name = 7");
+    let d = only(&src, "invalid-type");
+    assert_eq!(d.key_path, "route[0].name");
+    assert_eq!(d.message, "expected a string, found an integer");
+    assert_eq!((d.line, d.col), (6, 8));
+
+    let src = BASE.replace("9201\" }", "9201\", weight = \"2\" }");
+    let d = only(&src, "invalid-type");
+    assert_eq!(d.key_path, "pool.web.backends[0].weight");
+    assert_eq!(d.message, "expected an integer, found a string");
+}
+
+#[test]
+fn invalid_type_for_a_single_bracket_listener() {
+    let src = BASE.replace("[[listener]]", "[listener]");
+    let d = only(&src, "invalid-type");
+    assert_eq!(d.key_path, "listener");
+    assert_eq!(
+        d.hint.as_deref(),
+        Some("write each one as `[[listener]]`, with two brackets")
+    );
+    // A malformed `listener` is not also reported as absent.
+    assert!(!codes(&src).contains(&"no-listener"));
+}
+
+#[test]
+fn missing_key() {
+    let src = BASE.replace("pool = \"web\"\n", "");
+    let d = only(&src, "missing-key");
+    assert_eq!(d.key_path, "route[0].pool");
+    assert_eq!(d.message, "required key `pool` is missing");
+
+    let src = format!("{BASE}health = {{ interval = \"1s\" }}\n");
+    let d = only(&src, "missing-key");
+    assert_eq!(d.key_path, "pool.web.health.path");
+}
+
+#[test]
+fn invalid_value() {
+    let src = BASE.replace(
+        "[pool.web]\n",
+        "[pool.web]\nalgorithm = \"hash\"\nhash = { key = \"path\", on_missing = \"rnadom\" }\n",
+    );
+    let d = only(&src, "invalid-value");
+    assert_eq!(d.key_path, "pool.web.hash.on_missing");
+    assert_eq!(d.hint.as_deref(), Some("did you mean `random`?"));
+
+    let d = only(
+        &format!("{BASE}health = {{ path = \"/\", expect_status = \"299-200\" }}\n"),
+        "invalid-value",
+    );
+    assert_eq!(d.key_path, "pool.web.health.expect_status");
+}
+
+#[test]
+fn no_listener() {
+    let src = BASE.replace(
+        "[[listener]]\nname = \"public\"\nbind = \"127.0.0.1:8080\"\n",
+        "",
+    );
+    let d = only(&src, "no-listener");
+    assert_eq!(d.severity, Severity::Error);
+    assert!(run(&src).snapshot.is_none());
+}
+
+#[test]
+fn duplicate_listener() {
+    let src = format!("{BASE}[[listener]]\nname = \"public\"\nbind = \"127.0.0.1:8081\"\n");
+    let d = only(&src, "duplicate-listener");
+    assert_eq!(d.key_path, "listener[1].name");
+    assert_eq!(
+        d.message,
+        "listener `public` is already defined at listener[0]"
+    );
+}
+
+#[test]
+fn duplicate_bind() {
+    let src = format!("{BASE}[[listener]]\nname = \"other\"\nbind = \"127.0.0.1:8080\"\n");
+    let d = only(&src, "duplicate-bind");
+    assert_eq!(d.key_path, "listener[1].bind");
+
+    let src = format!("{BASE}[[listener]]\nname = \"other\"\nbind = \"0.0.0.0:8080\"\n");
+    only(&src, "duplicate-bind");
+
+    // Port 0 means "any free port": two of them never clash.
+    let src = BASE.replace(":8080", ":0");
+    let src = format!("{src}[[listener]]\nname = \"other\"\nbind = \"127.0.0.1:0\"\n");
+    assert!(run(&src).diagnostics.is_empty());
+}
+
+#[test]
+fn invalid_address() {
+    let src = BASE.replace("127.0.0.1:9201", "backend.internal:9201");
+    let d = only(&src, "invalid-address");
+    assert_eq!(d.key_path, "pool.web.backends[0].addr");
+    assert_eq!(
+        d.hint.as_deref(),
+        Some("use an IP address; Fulcrum does not resolve DNS names in config")
+    );
+
+    let src = BASE.replace("127.0.0.1:8080", "8080");
+    let d = only(&src, "invalid-address");
+    assert_eq!(d.key_path, "listener[0].bind");
+}
+
+#[test]
+fn admin_not_loopback() {
+    let src = format!("[admin]\nlisten = \"0.0.0.0:9901\"\n{BASE}");
+    let d = only(&src, "admin-not-loopback");
+    assert_eq!(d.severity, Severity::Warning);
+    assert!(run(&src).snapshot.is_some());
+    assert!(
+        run(&format!("[admin]\nlisten = \"[::1]:9901\"\n{BASE}"))
+            .diagnostics
+            .is_empty()
+    );
+}
+
+#[test]
+fn no_route() {
+    let src = BASE.replace("[[route]]\nname = \"web\"\npool = \"web\"\n", "");
+    let d = only(&src, "no-route");
+    assert_eq!(d.severity, Severity::Warning);
+    // The pool is then unused too; both are warnings, the config is valid.
+    assert_eq!(codes(&src), vec!["unused-pool", "no-route"]);
+    assert!(run(&src).snapshot.is_some());
+}
+
+#[test]
+fn duplicate_route() {
+    let src =
+        format!("{BASE}[[route]]\nname = \"web\"\nmatch = {{ path = \"/x\" }}\npool = \"web\"\n");
+    let d = only(&src, "duplicate-route");
+    assert_eq!(d.key_path, "route[1].name");
+}
+
+#[test]
+fn unknown_pool() {
+    let src =
+        format!("{BASE}[[route]]\nname = \"x\"\nmatch = {{ path = \"/x\" }}\npool = \"wbe\"\n");
+    let d = only(&src, "unknown-pool");
+    assert_eq!(d.key_path, "route[1].pool");
+    assert_eq!(d.message, "no pool named `wbe`");
+    assert_eq!(d.hint.as_deref(), Some("did you mean `web`?"));
+
+    let src = BASE.replace("pool = \"web\"", "pool = \"billing\"");
+    let d = only(&src, "unknown-pool");
+    assert_eq!(d.hint.as_deref(), Some("defined pools: `web`"));
+}
+
+#[test]
+fn unknown_pool_is_not_reported_for_a_broken_pool() {
+    let src = BASE.replace("9201\" }", "9201\", wieght = 2 }");
+    assert_eq!(codes(&src), vec!["unknown-key"]);
+}
+
+#[test]
+fn unused_pool() {
+    let src = format!("{BASE}[pool.spare]\nbackends = [{{ addr = \"127.0.0.1:9301\" }}]\n");
+    let d = only(&src, "unused-pool");
+    assert_eq!(d.key_path, "pool.spare");
+    assert_eq!(d.severity, Severity::Warning);
+}
+
+#[test]
+fn empty_pool() {
+    let src = BASE.replace("[{ addr = \"127.0.0.1:9201\" }]", "[]");
+    let d = only(&src, "empty-pool");
+    assert_eq!(d.key_path, "pool.web.backends");
+}
+
+#[test]
+fn zero_weight() {
+    let src = BASE.replace("9201\" }", "9201\", weight = 0 }");
+    let d = only(&src, "zero-weight");
+    assert_eq!(d.key_path, "pool.web.backends");
+}
+
+#[test]
+fn duplicate_backend() {
+    let src = BASE.replace(
+        "[{ addr = \"127.0.0.1:9201\" }]",
+        "[{ addr = \"127.0.0.1:9201\" }, { addr = \"127.0.0.1:9201\", weight = 3 }]",
+    );
+    let d = only(&src, "duplicate-backend");
+    assert_eq!(d.key_path, "pool.web.backends[1].addr");
+    assert_eq!(
+        d.message,
+        "backend 127.0.0.1:9201 is already listed as backends[0]"
+    );
+}
+
+#[test]
+fn unknown_algorithm() {
+    let src = BASE.replace(
+        "[pool.web]\n",
+        "[pool.web]\nalgorithm = \"least_requests\"\n",
+    );
+    let d = only(&src, "unknown-algorithm");
+    assert_eq!(
+        d.hint.as_deref(),
+        Some(
+            "did you mean `least_request`? valid algorithms: `round_robin`, `least_request`, `random`, `hash`, `first`"
+        )
+    );
+}
+
+#[test]
+fn missing_hash_key() {
+    let src = BASE.replace("[pool.web]\n", "[pool.web]\nalgorithm = \"hash\"\n");
+    let d = only(&src, "missing-hash-key");
+    assert_eq!(d.key_path, "pool.web.hash");
+}
+
+#[test]
+fn unused_hash() {
+    let src = BASE.replace("[pool.web]\n", "[pool.web]\nhash = { key = \"path\" }\n");
+    let d = only(&src, "unused-hash");
+    assert_eq!(d.severity, Severity::Warning);
+    assert!(run(&src).snapshot.is_some());
+}
+
+#[test]
+fn invalid_hash_key() {
+    let src = BASE.replace(
+        "[pool.web]\n",
+        "[pool.web]\nalgorithm = \"hash\"\nhash = { key = \"user\" }\n",
+    );
+    let d = only(&src, "invalid-hash-key");
+    assert_eq!(d.key_path, "pool.web.hash.key");
+}
+
+#[test]
+fn invalid_regex() {
+    let src = BASE.replace(
+        "name = \"web\"\n",
+        "name = \"web\"\nmatch = { path_regex = \"/(a\" }\n",
+    );
+    let d = only(&src, "invalid-regex");
+    assert_eq!(d.key_path, "route[0].match.path_regex");
+    assert_eq!(d.message, "invalid regex `/(a`: unclosed group");
+}
+
+#[test]
+fn conflicting_path_match() {
+    let src = BASE.replace(
+        "name = \"web\"\n",
+        "name = \"web\"\nmatch = { path = \"/a\", path_prefix = \"/b\" }\n",
+    );
+    let d = only(&src, "conflicting-path-match");
+    assert_eq!(d.key_path, "route[0].match.path_prefix");
+}
+
+#[test]
+fn conflicting_header_match() {
+    let src = BASE.replace(
+        "name = \"web\"\n",
+        "name = \"web\"\nmatch = { headers = [{ name = \"x\", value = \"a\", regex = \"a\" }] }\n",
+    );
+    let d = only(&src, "conflicting-header-match");
+    assert_eq!(d.key_path, "route[0].match.headers[0].regex");
+}
+
+#[test]
+fn invalid_header_name() {
+    let src = BASE.replace(
+        "name = \"web\"\n",
+        "name = \"web\"\nmatch = { headers = [{ name = \"x tenant\" }] }\n",
+    );
+    let d = only(&src, "invalid-header-name");
+    assert_eq!(d.key_path, "route[0].match.headers[0].name");
+}
+
+#[test]
+fn invalid_path() {
+    let src = BASE.replace(
+        "name = \"web\"\n",
+        "name = \"web\"\nmatch = { path_prefix = \"auth/\" }\n",
+    );
+    let d = only(&src, "invalid-path");
+    assert_eq!(d.hint.as_deref(), Some("write \"/auth/\""));
+}
+
+#[test]
+fn invalid_host() {
+    for host in ["app.example.com:8080", "app.*.com", "", "a b"] {
+        let src = BASE.replace(
+            "name = \"web\"\n",
+            &format!("name = \"web\"\nmatch = {{ host = \"{host}\" }}\n"),
+        );
+        let d = only(&src, "invalid-host");
+        assert_eq!(d.key_path, "route[0].match.host");
+    }
+}
+
+#[test]
+fn invalid_method_and_unknown_method() {
+    let src = BASE.replace(
+        "name = \"web\"\n",
+        "name = \"web\"\nmatch = { methods = [\"G ET\"] }\n",
+    );
+    let d = only(&src, "invalid-method");
+    assert_eq!(d.key_path, "route[0].match.methods[0]");
+
+    let src = BASE.replace(
+        "name = \"web\"\n",
+        "name = \"web\"\nmatch = { methods = [\"PSOT\"] }\n",
+    );
+    let d = only(&src, "unknown-method");
+    assert_eq!(d.severity, Severity::Warning);
+    assert_eq!(d.hint.as_deref(), Some("did you mean `POST`?"));
+}
+
+#[test]
+fn invalid_name() {
+    let src = BASE.replace("name = \"public\"", "name = \"my listener\"");
+    let d = only(&src, "invalid-name");
+    assert_eq!(d.key_path, "listener[0].name");
+}
+
+#[test]
+fn invalid_duration() {
+    let src = BASE.replace("8080\"\n", "8080\"\nheader_timeout = \"10 parsecs\"\n");
+    let d = only(&src, "invalid-duration");
+    assert_eq!(d.key_path, "listener[0].header_timeout");
+
+    let src = format!("{BASE}health = {{ path = \"/\", interval = \"0s\" }}\n");
+    let d = only(&src, "invalid-duration");
+    assert_eq!(d.key_path, "pool.web.health.interval");
+    assert_eq!(d.message, "duration must be greater than zero");
+}
+
+#[test]
+fn out_of_range() {
+    let src = BASE.replace("9201\" }", "9201\", weight = 1001 }");
+    let d = only(&src, "out-of-range");
+    assert_eq!(d.key_path, "pool.web.backends[0].weight");
+    assert_eq!(d.message, "1001 is out of range: must be 0 to 1000");
+
+    for extra in [
+        "panic_threshold = 1.5",
+        "retries = { budget = -0.1 }",
+        "outlier = { max_ejected_fraction = 2 }",
+        "outlier = { base_ejection = \"60s\", max_ejection = \"10s\" }",
+        "health = { path = \"/\", unhealthy_threshold = 0 }",
+    ] {
+        only(&format!("{BASE}{extra}\n"), "out-of-range");
+    }
+}
+
+// --- several problems at once ---
+
+#[test]
+fn independent_errors_are_all_reported() {
+    let src = r#"[[listener]]
+name = "public"
+bind = "127.0.0.1:8080"
+
+[[route]]
+name = "auth"
+match = { path_prefix = 5 }
+pool = "auth"
+
+[[route]]
+name = "web"
+pool = "wbe"
+
+[pool.auth]
+algorithm = "least_request"
+backends = [{ addr = "127.0.0.1:9101" }, { addr = "127.0.0.1:9101" }]
+
+[pool.web]
+backends = [{ addr = "127.0.0.1:9201" }]
+retrys = { attempts = 2 }
+"#;
+    let checked = run(src);
+    let found: Vec<(&str, &str)> = checked
+        .diagnostics
+        .iter()
+        .map(|d| (d.code, d.key_path.as_str()))
+        .collect();
+    assert_eq!(
+        found,
+        vec![
+            ("invalid-type", "route[0].match.path_prefix"),
+            ("unknown-pool", "route[1].pool"),
+            ("duplicate-backend", "pool.auth.backends[1].addr"),
+            // Right, too: with the typo, nothing routes to `web`.
+            ("unused-pool", "pool.web"),
+            ("unknown-key", "pool.web.retrys"),
+        ]
+    );
+    assert!(checked.snapshot.is_none());
+}
+
+#[test]
+fn a_broken_key_does_not_hide_others_in_the_same_item() {
+    let src = r#"[[listener]]
+name = "public"
+bind = "127.0.0.1:8080"
+
+[[route]]
+name = "web"
+pool = "web"
+
+[pool.web]
+algoritm = "random"
+backends = [{ addr = "127.0.0.1:9201" }, { addr = "127.0.0.1:9201", weight = "1" }]
+panic_threshold = 2.0
+"#;
+    let found: Vec<(&str, String)> = run(src)
+        .diagnostics
+        .into_iter()
+        .map(|d| (d.code, d.key_path))
+        .collect();
+    assert_eq!(
+        found,
+        vec![
+            ("unknown-key", "pool.web.algoritm".to_owned()),
+            ("duplicate-backend", "pool.web.backends[1].addr".to_owned()),
+            ("invalid-type", "pool.web.backends[1].weight".to_owned()),
+            ("out-of-range", "pool.web.panic_threshold".to_owned()),
+        ]
+    );
+}
+
+#[test]
+fn diagnostics_are_in_file_order() {
+    let src = format!("{BASE}[pool.spare]\nbackends = []\n")
+        .replace("name = \"public\"", "name = \"a b\"");
+    let lines: Vec<usize> = run(&src).diagnostics.iter().map(|d| d.line).collect();
+    let mut sorted = lines.clone();
+    sorted.sort();
+    assert_eq!(lines, sorted);
+    assert!(lines.len() >= 2);
+}
+
+// --- shadowing ---
+
+fn routes(defs: &[(&str, &str)]) -> String {
+    let mut src = String::from("[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\n");
+    for (name, m) in defs {
+        src.push_str(&format!(
+            "[[route]]\nname = \"{name}\"\nmatch = {m}\npool = \"p\"\n"
+        ));
+    }
+    src.push_str("[pool.p]\nbackends = [{ addr = \"127.0.0.1:9000\" }]\n");
+    src
+}
+
+fn shadowed(defs: &[(&str, &str)]) -> Vec<String> {
+    run(&routes(defs))
+        .diagnostics
+        .into_iter()
+        .filter(|d| d.code == "shadowed-route")
+        .map(|d| d.key_path)
+        .collect()
+}
+
+#[test]
+fn catch_all_prefix_shadows_a_later_specific_route() {
+    let src = routes(&[
+        ("web", "{ path_prefix = \"/\" }"),
+        ("auth", "{ path_prefix = \"/auth/\" }"),
+    ]);
+    let d = only(&src, "shadowed-route");
+    assert_eq!(d.key_path, "route[1]");
+    assert_eq!(
+        d.message,
+        "route `auth` can never match: route `web` (route[0]) comes first and matches every request it would"
+    );
+    assert_eq!(
+        d.hint.as_deref(),
+        Some("move `auth` above `web`, or narrow `web`'s match")
+    );
+}
+
+#[test]
+fn shadowing_true_positives() {
+    let cases: &[&[(&str, &str)]] = &[
+        &[("a", "{}"), ("b", "{ path = \"/x\" }")],
+        &[
+            ("a", "{ path_prefix = \"/auth\" }"),
+            ("b", "{ path = \"/auth/login\" }"),
+        ],
+        &[
+            ("a", "{ host = \"*.example.com\" }"),
+            ("b", "{ host = \"app.example.com\" }"),
+        ],
+        &[
+            ("a", "{ host = \"*.example.com\" }"),
+            ("b", "{ host = \"*.eu.example.com\" }"),
+        ],
+        &[
+            ("a", "{ methods = [\"GET\", \"POST\"] }"),
+            ("b", "{ methods = [\"POST\"] }"),
+        ],
+        &[
+            ("a", "{ path_regex = \"/a+\" }"),
+            ("b", "{ path_regex = \"/a+\", methods = [\"GET\"] }"),
+        ],
+        &[
+            ("a", "{ headers = [{ name = \"x-t\" }] }"),
+            ("b", "{ headers = [{ name = \"x-t\", value = \"blue\" }] }"),
+        ],
+        &[
+            ("a", "{ headers = [{ name = \"x-t\", value = \"blue\" }] }"),
+            (
+                "b",
+                "{ path = \"/\", headers = [{ name = \"x-t\", value = \"blue\" }] }",
+            ),
+        ],
+    ];
+    for defs in cases {
+        assert_eq!(shadowed(defs), vec!["route[1]"], "{defs:?}");
+    }
+}
+
+#[test]
+fn shadowing_false_positives_are_avoided() {
+    let cases: &[&[(&str, &str)]] = &[
+        // Specific before generic is the right order.
+        &[
+            ("auth", "{ path_prefix = \"/auth/\" }"),
+            ("web", "{ path_prefix = \"/\" }"),
+        ],
+        &[("app", "{ host = \"app.example.com\" }"), ("any", "{}")],
+        &[
+            ("app", "{ host = \"app.example.com\" }"),
+            ("wild", "{ host = \"*.example.com\" }"),
+        ],
+        // A method-restricted route leaves the other methods to the next.
+        &[("get", "{ methods = [\"GET\"] }"), ("all", "{}")],
+        &[
+            ("get", "{ methods = [\"GET\"] }"),
+            ("post", "{ methods = [\"POST\"] }"),
+        ],
+        // `*.example.com` does not match `example.com` itself.
+        &[
+            ("wild", "{ host = \"*.example.com\" }"),
+            ("apex", "{ host = \"example.com\" }"),
+        ],
+        // Different regexes are never assumed to overlap.
+        &[
+            ("a", "{ path_regex = \"/.*\" }"),
+            ("b", "{ path_regex = \"/a\" }"),
+        ],
+        &[
+            ("a", "{ path_prefix = \"/\" }"),
+            ("b", "{ path_regex = \"/a\" }"),
+        ],
+        &[
+            ("a", "{ path = \"/a\" }"),
+            ("b", "{ path_prefix = \"/a\" }"),
+        ],
+        &[
+            ("a", "{ headers = [{ name = \"x-t\", value = \"blue\" }] }"),
+            ("b", "{ headers = [{ name = \"x-t\" }] }"),
+        ],
+        &[
+            ("a", "{ headers = [{ name = \"x-t\", regex = \"b.*\" }] }"),
+            ("b", "{ headers = [{ name = \"x-t\", value = \"blue\" }] }"),
+        ],
+    ];
+    for defs in cases {
+        assert!(shadowed(defs).is_empty(), "{defs:?}");
+    }
+}
+
+// --- rendering ---
+
+#[test]
+fn renders_a_diagnostic_like_rustc() {
+    let src = r#"[[listener]]
+name = "public"
+bind = "127.0.0.1:8080"
+
+[[route]]
+name = "auth"
+match = { path_prefix = "/auth/" }
+pool = "auth"
+
+[pool.auth]
+backends = [{ addr = "127.0.0.1:9101" }]
+
+[[route]]
+name = "web"
+pool = "auht"
+"#;
+    let checked = run(src);
+    assert_eq!(
+        render_human("fulcrum.toml", src, &checked),
+        "error[unknown-pool]: route[1].pool: no pool named `auht`
+  --> fulcrum.toml:15:8
+   |
+15 | pool = \"auht\"
+   |        ^^^^^^
+   = hint: did you mean `auth`?
+
+fulcrum.toml: 1 error, 0 warnings
+"
+    );
+}
+
+#[test]
+fn renders_an_unknown_key_and_a_warning() {
+    let src =
+        "[[listener]]\nname = \"public\"\nbind = \"127.0.0.1:8080\"\nheader_timout = \"5s\"\n";
+    let checked = run(src);
+    assert_eq!(
+        render_human("fulcrum.toml", src, &checked),
+        "error[unknown-key]: listener[0].header_timout: unknown key `header_timout`
+ --> fulcrum.toml:4:1
+  |
+4 | header_timout = \"5s\"
+  | ^^^^^^^^^^^^^
+  = hint: did you mean `header_timeout`?
+
+warning[no-route]: route: no route is defined: every request gets 404
+ --> fulcrum.toml:1:1
+  = hint: add a [[route]] with `pool = \"NAME\"`; without `match` it takes every request
+
+fulcrum.toml: 1 error, 1 warning
+"
+    );
+}
+
+#[test]
+fn renders_a_clean_summary() {
+    let checked = run(CONTRACT);
+    assert_eq!(
+        render_human("fulcrum.toml", CONTRACT, &checked),
+        "fulcrum.toml: ok — 1 listener, 2 routes, 2 pools, 4 backends\n"
+    );
+    let src = format!("[admin]\nlisten = \"0.0.0.0:9901\"\n{BASE}");
+    let text = render_human("fulcrum.toml", &src, &run(&src));
+    assert!(
+        text.ends_with("\nfulcrum.toml: ok — 1 listener, 1 route, 1 pool, 1 backend, 1 warning\n"),
+        "{text}"
+    );
+}
+
+#[test]
+fn renders_a_syntax_error() {
+    let src = "[[listener]\nname = \"x\"\n";
+    let checked = run(src);
+    assert_eq!(
+        render_human("fulcrum.toml", src, &checked),
+        "error[toml-syntax]: unclosed array table, expected `]`
+ --> fulcrum.toml:1:12
+  |
+1 | [[listener]
+  |            ^
+  = hint: fix the TOML syntax at this position; nothing else is checked until it parses
+
+fulcrum.toml: 1 error, 0 warnings
+"
+    );
+}
+
+#[test]
+fn caret_counts_characters_not_bytes() {
+    let src = BASE.replace("name = \"web\"\npool", "name = \"wéb\"\npool");
+    let d = only(&src, "invalid-name");
+    assert_eq!((d.line, d.col), (6, 8));
+    let text = render_diagnostic(&src, &d);
+    assert!(text.contains("\n  |        ^^^^^\n"), "{text}");
+}
+
+#[test]
+fn one_line_form_for_logs() {
+    let src = BASE.replace("pool = \"web\"", "pool = \"wbe\"");
+    let d = only(&src, "unknown-pool");
+    assert_eq!(
+        d.to_string(),
+        "fulcrum.toml:7:8: error[unknown-pool] route[0].pool: no pool named `wbe` (hint: did you mean `web`?)"
+    );
+}
+
+#[test]
+fn json_shape() {
+    let src = BASE.replace("pool = \"web\"", "pool = \"wbe\"");
+    let json: serde_json::Value =
+        serde_json::from_str(&render_json("fulcrum.toml", &run(&src))).expect("json");
+    assert_eq!(
+        json,
+        serde_json::json!({
+            "file": "fulcrum.toml",
+            "valid": false,
+            "errors": 1,
+            "warnings": 1,
+            "version": null,
+            "diagnostics": [
+                {
+                    "severity": "error",
+                    "code": "unknown-pool",
+                    "message": "no pool named `wbe`",
+                    "file": "fulcrum.toml",
+                    "line": 7,
+                    "col": 8,
+                    "key_path": "route[0].pool",
+                    "hint": "did you mean `web`?"
+                },
+                {
+                    "severity": "warning",
+                    "code": "unused-pool",
+                    "message": "no route sends traffic to pool `web`",
+                    "file": "fulcrum.toml",
+                    "line": 9,
+                    "col": 7,
+                    "key_path": "pool.web",
+                    "hint": "point a route at it with `pool = \"web\"`, or remove it"
+                }
+            ]
+        })
+    );
+
+    let json: serde_json::Value =
+        serde_json::from_str(&render_json("fulcrum.toml", &run(BASE))).expect("json");
+    assert_eq!(json["valid"], true);
+    assert_eq!(json["version"], content_version(BASE).as_str());
+    assert_eq!(json["diagnostics"], serde_json::json!([]));
 }
