@@ -44,9 +44,14 @@ pub fn render_diagnostic(source: &str, d: &Diagnostic) -> String {
     let pad = " ".repeat(number.len());
     out.push_str(&format!("{pad}--> {}:{}:{}\n", d.file, d.line, d.col));
     if let Some(span) = &d.span {
-        let text = source.lines().nth(d.line - 1).unwrap_or_default();
+        // `Diagnostic` is public: tolerate a hand-made one with line/col 0.
+        let col = d.col.max(1);
+        let text = source
+            .lines()
+            .nth(d.line.saturating_sub(1))
+            .unwrap_or_default();
         // Underline the span, but only as far as the end of its first line.
-        let rest = text.chars().count().saturating_sub(d.col - 1);
+        let rest = text.chars().count().saturating_sub(col - 1);
         let span_chars = source
             .get(span.clone())
             .map_or(1, |s| s.lines().next().unwrap_or_default().chars().count());
@@ -55,7 +60,7 @@ pub fn render_diagnostic(source: &str, d: &Diagnostic) -> String {
         out.push_str(&format!("{number} | {text}\n"));
         out.push_str(&format!(
             "{pad} | {}{}\n",
-            " ".repeat(d.col - 1),
+            " ".repeat(col - 1),
             "^".repeat(width)
         ));
     }
