@@ -8,6 +8,7 @@
 pub mod access_log;
 pub mod backend;
 pub mod balance;
+mod connect;
 pub mod error;
 pub mod headers;
 pub mod health;

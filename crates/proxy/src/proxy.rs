@@ -17,11 +17,12 @@ use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderValue, Method, Request, Response, Uri, Version, header};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use tokio::time::{Instant, timeout};
+use tokio::time::Instant;
 
 use crate::access_log::Entry;
 use crate::backend::InFlight;
 use crate::balance::{Census, hash_key};
+use crate::connect::with_response_timeout;
 use crate::error::ProxyError;
 use crate::headers::{self, REQUEST_ID};
 use crate::listener::ConnGuard;
@@ -415,11 +416,13 @@ async fn forward(
         };
 
         let in_flight = backend.start();
-        // The legacy client cannot tell connect time from wait time, so the
-        // deadline allows both: connect is bounded by the connector itself.
-        let deadline = pool.timeouts.connect + pool.timeouts.response;
-        let outcome = match timeout(deadline, pool.client.request(out)).await {
-            Err(_) => Err(ProxyError::ResponseTimeout {
+        let sent = with_response_timeout(
+            pool.timeouts.response,
+            pool.timeouts.connect,
+            pool.client.request(out),
+        );
+        let outcome = match sent.await {
+            Err(()) => Err(ProxyError::ResponseTimeout {
                 pool: pool.name.clone(),
                 backend: backend.addr(),
             }),

@@ -18,10 +18,11 @@ use tokio::task::JoinHandle;
 use crate::access_log::AccessLog;
 use crate::backend::{BackendState, BackendStatus};
 use crate::balance::{Balancer, PoolView};
+use crate::connect::Connector;
 use crate::health::{self, HealthClient};
 use crate::proxy::RequestBody;
 
-pub(crate) type BackendClient = Client<HttpConnector, RequestBody>;
+pub(crate) type BackendClient = Client<Connector, RequestBody>;
 
 /// One snapshot, compiled for serving. Requests hold an `Arc` of it for
 /// their whole life, so a reload never changes a request midway.
@@ -253,7 +254,7 @@ fn backend_client(pool: &Pool) -> BackendClient {
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(pool.timeouts.idle)
         .pool_timer(TokioTimer::new())
-        .build(connector)
+        .build(Connector(connector))
 }
 
 /// Stops the health tasks of removed backends, restarts those whose check

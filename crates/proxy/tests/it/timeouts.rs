@@ -26,13 +26,11 @@ async fn response_timeout_is_504_naming_pool_and_backend() {
 #[tokio::test]
 async fn connect_timeout_is_504() {
     let hole = Blackhole::start().await;
-    let proxy = TestProxy::start(
-        SnapshotBuilder::new()
-            .pool(pool("p", &[hole.addr]))
-            .catch_all("p")
-            .build(),
-    )
-    .await;
+    let mut p = pool("p", &[hole.addr]);
+    // Shorter than the connect timeout: the response timeout only starts
+    // once connected, so it must not be what fires here.
+    p.timeouts.response = Duration::from_millis(50);
+    let proxy = TestProxy::start(SnapshotBuilder::new().pool(p).catch_all("p").build()).await;
     let r = Client::new(proxy.addr).get("x.test", "/").await;
     assert_eq!(r.status, 504, "{}", r.body);
     assert!(r.body.contains("connecting to backend"), "{}", r.body);
