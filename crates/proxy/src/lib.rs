@@ -1,1 +1,25 @@
-//! placeholder
+//! Fulcrum's data plane: serves listeners, routes requests to pools, balances
+//! them over backends, health-checks and ejects backends, retries within a
+//! budget, and writes the access log. Reads the config only as an immutable
+//! [`Snapshot`] swapped in behind an `ArcSwap`, so reloads never take a lock
+//! on the request path.
+#![forbid(unsafe_code)]
+
+pub mod access_log;
+pub mod backend;
+pub mod balance;
+mod connect;
+pub mod error;
+pub mod headers;
+pub mod health;
+pub mod listener;
+pub mod outlier;
+pub mod proxy;
+mod runtime;
+
+pub use backend::{BackendState, BackendStatus};
+pub use error::{Cause, ProxyError};
+pub use listener::serve;
+pub use runtime::DataPlane;
+
+pub use fulcrum_config::Snapshot;

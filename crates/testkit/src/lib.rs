@@ -1,1 +1,520 @@
-//! placeholder
+//! Test kit: real backends on 127.0.0.1:0 whose behaviour tests switch at
+//! runtime, a snapshot builder, an in-process proxy, and a small client.
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use fulcrum_config::Snapshot;
+use fulcrum_config::snapshot::{
+    Algorithm, Backend as BackendCfg, HealthCheck, Listener, Pool, Retries, Route, RouteMatch,
+    Timeouts,
+};
+use fulcrum_proxy::DataPlane;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::{Client as HyperClient, connect::HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+/// How a test backend answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// 200 with body = name.
+    Normal,
+    /// This status, body = name.
+    Status(u16),
+    /// Answer normally after this delay.
+    Delay(Duration),
+    /// Read the request, never answer.
+    Hang,
+    /// Read the request, then drop the connection without a response.
+    Reset,
+    /// Send the head and part of the body, then drop the connection.
+    CloseMidResponse,
+}
+
+/// A request as the backend received it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: Method,
+    pub path: String,
+    pub headers: HeaderMap,
+}
+
+struct Shared {
+    name: String,
+    mode: Mutex<Mode>,
+    health_fails: AtomicBool,
+    hits: AtomicU64,
+    health_hits: AtomicU64,
+    seen: Mutex<Vec<Seen>>,
+}
+
+/// A real HTTP/1.1 backend on loopback.
+pub struct Backend {
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: Mutex<CancellationToken>,
+}
+
+impl Backend {
+    pub async fn start(name: &str) -> Backend {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).expect("bind a test backend");
+        let addr = listener.local_addr().unwrap();
+        let shared = Arc::new(Shared {
+            name: name.to_owned(),
+            mode: Mutex::new(Mode::Normal),
+            health_fails: AtomicBool::new(false),
+            hits: AtomicU64::new(0),
+            health_hits: AtomicU64::new(0),
+            seen: Mutex::new(Vec::new()),
+        });
+        let stop = CancellationToken::new();
+        tokio::spawn(accept_loop(listener, shared.clone(), stop.clone()));
+        Backend {
+            addr,
+            shared,
+            stop: Mutex::new(stop),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+    pub fn set_mode(&self, mode: Mode) {
+        *self.shared.mode.lock().unwrap() = mode;
+    }
+    /// Health checks get 503 while requests are still served normally.
+    pub fn fail_health(&self, fail: bool) {
+        self.shared.health_fails.store(fail, Relaxed);
+    }
+    /// Requests received, health checks excluded.
+    pub fn hits(&self) -> u64 {
+        self.shared.hits.load(Relaxed)
+    }
+    pub fn health_hits(&self) -> u64 {
+        self.shared.health_hits.load(Relaxed)
+    }
+    /// The last request received (health checks excluded).
+    pub fn last(&self) -> Option<Seen> {
+        self.shared.seen.lock().unwrap().last().cloned()
+    }
+    /// Closes the listener and every open connection.
+    pub fn kill(&self) {
+        self.stop.lock().unwrap().cancel();
+    }
+    /// Listens again on the same port.
+    pub async fn restart(&self) {
+        let listener = bind(self.addr).expect("rebind the test backend's port");
+        let stop = CancellationToken::new();
+        *self.stop.lock().unwrap() = stop.clone();
+        tokio::spawn(accept_loop(listener, self.shared.clone(), stop));
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let s = TcpSocket::new_v4()?;
+    s.set_reuseaddr(true)?;
+    s.bind(addr)?;
+    s.listen(1024)
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
+    loop {
+        let stream = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
+        };
+        let shared = shared.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| answer(shared.clone(), req));
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc);
+            tokio::select! {
+                _ = conn => {}
+                _ = stop.cancelled() => {}
+            }
+        });
+    }
+}
+
+/// Signals hyper to drop the connection without answering.
+#[derive(Debug)]
+struct Abort;
+impl std::fmt::Display for Abort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("test backend drops the connection")
+    }
+}
+impl std::error::Error for Abort {}
+
+async fn answer(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<TestBody>, Abort> {
+    let (parts, body) = req.into_parts();
+    let _ = body.collect().await;
+    if parts.uri.path() == "/healthz" {
+        shared.health_hits.fetch_add(1, Relaxed);
+        let down = shared.health_fails.load(Relaxed);
+        let status = if down {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::OK
+        };
+        return Ok(reply(
+            &shared.name,
+            status,
+            TestBody::Full(Some(Bytes::from_static(b"ok"))),
+        ));
+    }
+    shared.hits.fetch_add(1, Relaxed);
+    shared.seen.lock().unwrap().push(Seen {
+        method: parts.method.clone(),
+        path: parts.uri.path().to_owned(),
+        headers: parts.headers.clone(),
+    });
+    let mode = shared.mode.lock().unwrap().clone();
+    let body = || TestBody::Full(Some(Bytes::from(shared.name.clone())));
+    match mode {
+        Mode::Normal => Ok(reply(&shared.name, StatusCode::OK, body())),
+        Mode::Status(s) => Ok(reply(
+            &shared.name,
+            StatusCode::from_u16(s).unwrap(),
+            body(),
+        )),
+        Mode::Delay(d) => {
+            tokio::time::sleep(d).await;
+            Ok(reply(&shared.name, StatusCode::OK, body()))
+        }
+        Mode::Hang => std::future::pending().await,
+        Mode::Reset => Err(Abort),
+        Mode::CloseMidResponse => {
+            let mut r = reply(
+                &shared.name,
+                StatusCode::OK,
+                TestBody::Broken(Some(Bytes::from_static(b"part"))),
+            );
+            r.headers_mut()
+                .insert(http::header::CONTENT_LENGTH, "100".parse().unwrap());
+            Ok(r)
+        }
+    }
+}
+
+fn reply(name: &str, status: StatusCode, body: TestBody) -> Response<TestBody> {
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    r.headers_mut().insert("x-backend", name.parse().unwrap());
+    r
+}
+
+/// A body that is either whole, or breaks after its first chunk.
+enum TestBody {
+    Full(Option<Bytes>),
+    Broken(Option<Bytes>),
+}
+
+impl Body for TestBody {
+    type Data = Bytes;
+    type Error = Abort;
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Abort>>> {
+        match self.get_mut() {
+            TestBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            TestBody::Broken(b) => Poll::Ready(Some(match b.take() {
+                Some(b) => Ok(Frame::data(b)),
+                None => Err(Abort),
+            })),
+        }
+    }
+}
+
+/// A loopback address whose connects hang: a listener with backlog 1 that
+/// never accepts, its accept queue filled, so the kernel drops further SYNs.
+pub struct Blackhole {
+    pub addr: SocketAddr,
+    _listener: TcpListener,
+    _fill: Vec<TcpStream>,
+}
+
+impl Blackhole {
+    pub async fn start() -> Blackhole {
+        let s = TcpSocket::new_v4().unwrap();
+        s.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = s.listen(1).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut fill = Vec::new();
+        for _ in 0..16 {
+            match tokio::time::timeout(Duration::from_millis(100), TcpStream::connect(addr)).await {
+                Ok(Ok(c)) => fill.push(c),
+                _ => break,
+            }
+        }
+        Blackhole {
+            addr,
+            _listener: listener,
+            _fill: fill,
+        }
+    }
+}
+
+// ---- snapshots ----
+
+/// A pool of `backends` (weight 1 each) with short test timeouts, round
+/// robin, no health checks, no outlier ejection, no retries.
+pub fn pool(name: &str, backends: &[SocketAddr]) -> Pool {
+    Pool {
+        name: name.into(),
+        algorithm: Algorithm::RoundRobin,
+        backends: backends
+            .iter()
+            .map(|&addr| BackendCfg { addr, weight: 1 })
+            .collect(),
+        health: None,
+        outlier: None,
+        panic_threshold: 0.0,
+        timeouts: Timeouts {
+            connect: Duration::from_millis(300),
+            response: Duration::from_millis(300),
+            idle: Duration::from_secs(30),
+        },
+        retries: Retries {
+            attempts: 0,
+            budget: 0.2,
+            min_concurrent: 3,
+        },
+    }
+}
+
+/// A fast health check: every 50 ms, flips after 2 results.
+pub fn health_check() -> HealthCheck {
+    HealthCheck {
+        path: "/healthz".into(),
+        interval: Duration::from_millis(50),
+        timeout: Duration::from_millis(200),
+        healthy_threshold: 2,
+        unhealthy_threshold: 2,
+        expect_status: (200, 299),
+    }
+}
+
+/// Builds a [`Snapshot`] with one listener named "test".
+pub struct SnapshotBuilder(Snapshot);
+
+impl Default for SnapshotBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SnapshotBuilder {
+    pub fn new() -> Self {
+        SnapshotBuilder(Snapshot {
+            version: "test-1".into(),
+            admin: None,
+            listeners: vec![Listener {
+                name: "test".into(),
+                bind: "127.0.0.1:0".parse().unwrap(),
+                header_timeout: Duration::from_secs(5),
+                idle_timeout: Duration::from_secs(30),
+            }],
+            routes: Vec::new(),
+            pools: Vec::new(),
+            access_log: None,
+        })
+    }
+    pub fn version(mut self, v: &str) -> Self {
+        self.0.version = v.into();
+        self
+    }
+    pub fn pool(mut self, pool: Pool) -> Self {
+        self.0.pools.push(pool);
+        self
+    }
+    /// A route to the pool named `pool` (which must be added first).
+    pub fn route(mut self, name: &str, matcher: RouteMatch, pool: &str) -> Self {
+        let (idx, _) = self.0.pool(pool).expect("add the pool before its route");
+        self.0.routes.push(Route {
+            name: name.into(),
+            matcher,
+            pool: idx,
+        });
+        self
+    }
+    /// A route taking every request to `pool`.
+    pub fn catch_all(self, pool: &str) -> Self {
+        self.route("all", RouteMatch::default(), pool)
+    }
+    pub fn listener_timeouts(mut self, header: Duration, idle: Duration) -> Self {
+        self.0.listeners[0].header_timeout = header;
+        self.0.listeners[0].idle_timeout = idle;
+        self
+    }
+    pub fn edit(mut self, f: impl FnOnce(&mut Snapshot)) -> Self {
+        f(&mut self.0);
+        self
+    }
+    pub fn build(self) -> Snapshot {
+        self.0
+    }
+}
+
+/// `DataPlane` + `serve` on 127.0.0.1:0, in-process.
+pub struct TestProxy {
+    pub addr: SocketAddr,
+    pub plane: Arc<DataPlane>,
+    shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestProxy {
+    pub async fn start(snapshot: Snapshot) -> TestProxy {
+        let name = snapshot.listeners[0].name.clone();
+        let plane = DataPlane::new(snapshot);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(fulcrum_proxy::serve(
+            listener,
+            name,
+            plane.clone(),
+            shutdown.clone(),
+        ));
+        TestProxy {
+            addr,
+            plane,
+            shutdown,
+            task: Some(task),
+        }
+    }
+    pub fn swap(&self, snapshot: Snapshot) {
+        self.plane.swap(snapshot);
+    }
+    /// Starts a graceful shutdown; the returned handle finishes when
+    /// `serve` returns.
+    pub fn begin_shutdown(&mut self) -> tokio::task::JoinHandle<std::io::Result<()>> {
+        self.shutdown.cancel();
+        self.task.take().expect("shut down once")
+    }
+    pub async fn shutdown(mut self) {
+        self.begin_shutdown().await.unwrap().unwrap();
+    }
+}
+
+impl Drop for TestProxy {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+// ---- client ----
+
+/// A response, fully read.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Reply {
+    /// The backend that answered, from its `x-backend` header.
+    pub fn backend(&self) -> Option<&str> {
+        self.headers.get("x-backend").and_then(|v| v.to_str().ok())
+    }
+}
+
+/// A keep-alive HTTP/1.1 client aimed at one proxy.
+#[derive(Clone)]
+pub struct Client {
+    addr: SocketAddr,
+    inner: HyperClient<HttpConnector, Full<Bytes>>,
+}
+
+impl Client {
+    pub fn new(addr: SocketAddr) -> Client {
+        Client {
+            addr,
+            inner: HyperClient::builder(TokioExecutor::new()).build(HttpConnector::new()),
+        }
+    }
+
+    /// A request to `http://host{path}` sent to the proxy.
+    pub fn request(&self, method: Method, host: &str, path: &str) -> http::request::Builder {
+        Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.addr))
+            .header("host", host)
+    }
+
+    pub async fn send(&self, req: http::request::Builder, body: impl Into<Bytes>) -> Reply {
+        let resp = self
+            .inner
+            .request(req.body(Full::new(body.into())).unwrap())
+            .await
+            .expect("the proxy answers");
+        let status = resp.status().as_u16();
+        let (parts, body) = resp.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        Reply {
+            status,
+            headers: parts.headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    }
+
+    pub async fn get(&self, host: &str, path: &str) -> Reply {
+        self.send(self.request(Method::GET, host, path), Bytes::new())
+            .await
+    }
+
+    /// Sends `n` GETs one after another; counts answers per backend name
+    /// (or "status NNN" for answers without one).
+    pub async fn tally(&self, n: usize, host: &str, path: &str) -> HashMap<String, usize> {
+        let mut t = HashMap::new();
+        for _ in 0..n {
+            let r = self.get(host, path).await;
+            let k = r
+                .backend()
+                .map_or_else(|| format!("status {}", r.status), str::to_owned);
+            *t.entry(k).or_insert(0) += 1;
+        }
+        t
+    }
+}
+
+/// Polls `cond` every 10 ms until it holds, for at most `limit`. For
+/// waiting on background tasks (health checks) without a fixed sleep.
+pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

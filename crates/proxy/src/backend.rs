@@ -1,0 +1,131 @@
+//! Per-backend runtime state: health, ejection, in-flight and counters.
+//! Keyed by (pool name, addr) in the data plane's registry so it survives
+//! reloads; read by the balancers, written by health checks, outlier
+//! ejection and the request path, all through atomics.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+
+/// Live state of one backend of one pool.
+#[derive(Debug)]
+pub struct BackendState {
+    pool: Arc<str>,
+    addr: SocketAddr,
+    /// Active health: starts healthy so a fresh pool serves at once.
+    healthy: AtomicBool,
+    ejected: AtomicBool,
+    in_flight: AtomicU64,
+    requests: AtomicU64,
+    failures: AtomicU64,
+    /// Outlier bookkeeping: failures in a row, and ejections in a row (the
+    /// multiplier of the next ejection's length).
+    pub(crate) streak: AtomicU32,
+    pub(crate) ejections_in_row: AtomicU32,
+}
+
+/// A point-in-time copy of a backend's state, for status and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendStatus {
+    pub pool: Arc<str>,
+    pub addr: SocketAddr,
+    pub healthy: bool,
+    pub ejected: bool,
+    pub in_flight: u64,
+    pub requests: u64,
+    pub failures: u64,
+}
+
+impl BackendState {
+    pub fn new(pool: Arc<str>, addr: SocketAddr) -> Self {
+        BackendState {
+            pool,
+            addr,
+            healthy: AtomicBool::new(true),
+            ejected: AtomicBool::new(false),
+            in_flight: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            streak: AtomicU32::new(0),
+            ejections_in_row: AtomicU32::new(0),
+        }
+    }
+
+    pub fn pool(&self) -> &Arc<str> {
+        &self.pool
+    }
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+    /// Up according to active health checks (always true without checks).
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Relaxed)
+    }
+    /// Currently ejected by passive outlier detection.
+    pub fn is_ejected(&self) -> bool {
+        self.ejected.load(Relaxed)
+    }
+    /// Healthy and not ejected: what balancing calls "healthy".
+    pub fn is_available(&self) -> bool {
+        self.is_healthy() && !self.is_ejected()
+    }
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Relaxed)
+    }
+    /// Attempts sent to this backend (retries count once per backend tried).
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Relaxed)
+    }
+    /// Attempts that failed: connect failure, reset, timeout or 5xx.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Relaxed)
+    }
+
+    pub fn status(&self) -> BackendStatus {
+        BackendStatus {
+            pool: self.pool.clone(),
+            addr: self.addr,
+            healthy: self.is_healthy(),
+            ejected: self.is_ejected(),
+            in_flight: self.in_flight(),
+            requests: self.requests(),
+            failures: self.failures(),
+        }
+    }
+
+    /// Returns the previous value so callers log only real flips.
+    pub(crate) fn set_healthy(&self, up: bool) -> bool {
+        self.healthy.swap(up, Relaxed)
+    }
+    pub(crate) fn set_ejected(&self, ejected: bool) -> bool {
+        self.ejected.swap(ejected, Relaxed)
+    }
+    pub(crate) fn count_failure(&self) {
+        self.failures.fetch_add(1, Relaxed);
+    }
+
+    /// Counts an attempt and holds it in flight until the guard drops.
+    pub(crate) fn start(self: &Arc<Self>) -> InFlight {
+        self.requests.fetch_add(1, Relaxed);
+        self.in_flight.fetch_add(1, Relaxed);
+        InFlight(self.clone())
+    }
+}
+
+/// Keeps one request counted in its backend's in-flight gauge; dropping it
+/// (response streamed, client gone, or attempt failed) releases it, so the
+/// gauge cannot leak on any error path.
+#[derive(Debug)]
+pub struct InFlight(Arc<BackendState>);
+
+impl InFlight {
+    pub fn backend(&self) -> &Arc<BackendState> {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Relaxed);
+    }
+}

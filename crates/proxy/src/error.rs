@@ -1,0 +1,133 @@
+//! Why a request failed, who caused it, whether it may be retried, and the
+//! short text response the client gets for it.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::StatusCode;
+
+/// Who is to blame for a failed request: the first question an operator asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    Client,
+    Backend,
+    Proxy,
+}
+
+/// A request the data plane could not complete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProxyError {
+    /// No route matches the request.
+    NoRoute,
+    /// The client's request body could not be read.
+    ClientBody,
+    /// The pool has no backend to send to (all down, ejected, or drained).
+    NoBackend {
+        pool: Arc<str>,
+        healthy: usize,
+        weighted: usize,
+    },
+    /// The TCP connect failed: nothing reached the backend.
+    ConnectFailed { backend: SocketAddr },
+    /// The TCP connect took longer than the pool's `timeouts.connect`:
+    /// nothing reached the backend either.
+    ConnectTimeout { pool: Arc<str>, backend: SocketAddr },
+    /// The connection broke before a response head: the request may have
+    /// reached the backend, so only idempotent requests may be retried.
+    BackendReset { backend: SocketAddr },
+    /// No response head within the pool's `timeouts.response`. Never
+    /// retried: the backend may still be working on it.
+    ResponseTimeout { pool: Arc<str>, backend: SocketAddr },
+}
+
+impl ProxyError {
+    pub fn cause(&self) -> Cause {
+        match self {
+            ProxyError::NoRoute | ProxyError::ClientBody => Cause::Client,
+            ProxyError::NoBackend { .. } => Cause::Proxy,
+            ProxyError::ConnectFailed { .. }
+            | ProxyError::ConnectTimeout { .. }
+            | ProxyError::BackendReset { .. }
+            | ProxyError::ResponseTimeout { .. } => Cause::Backend,
+        }
+    }
+
+    /// May this failed attempt be sent again to another backend?
+    /// `idempotent`: the request's method is safe to repeat.
+    pub fn retryable(&self, idempotent: bool) -> bool {
+        match self {
+            ProxyError::ConnectFailed { .. } | ProxyError::ConnectTimeout { .. } => true,
+            ProxyError::BackendReset { .. } => idempotent,
+            _ => false,
+        }
+    }
+
+    /// Does this count against the backend for outlier ejection?
+    pub fn is_backend_failure(&self) -> bool {
+        self.cause() == Cause::Backend
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::ClientBody => StatusCode::BAD_REQUEST,
+            ProxyError::NoBackend { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::ConnectFailed { .. } | ProxyError::BackendReset { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
+            ProxyError::ConnectTimeout { .. } | ProxyError::ResponseTimeout { .. } => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+        }
+    }
+
+    /// The response body: the status line's text, what went wrong, newline.
+    pub fn body(&self) -> String {
+        let s = self.status();
+        format!(
+            "{} {}: {self}\n",
+            s.as_u16(),
+            s.canonical_reason().unwrap_or("")
+        )
+    }
+}
+
+impl fmt::Display for ProxyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProxyError::NoRoute => write!(f, "no route matches this request"),
+            ProxyError::ClientBody => write!(f, "could not read the request body"),
+            ProxyError::NoBackend {
+                pool,
+                healthy,
+                weighted,
+            } => write!(
+                f,
+                "pool \"{pool}\" has no healthy backend ({} of {weighted} down)",
+                weighted - healthy
+            ),
+            ProxyError::ConnectFailed { backend } => {
+                write!(f, "could not connect to backend {backend}")
+            }
+            ProxyError::ConnectTimeout { pool, backend } => {
+                write!(
+                    f,
+                    "connecting to backend {backend} of pool \"{pool}\" timed out"
+                )
+            }
+            ProxyError::BackendReset { backend } => {
+                write!(
+                    f,
+                    "backend {backend} closed the connection without a response"
+                )
+            }
+            ProxyError::ResponseTimeout { pool, backend } => write!(
+                f,
+                "backend {backend} of pool \"{pool}\" did not respond in time"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ProxyError {}

@@ -1,0 +1,135 @@
+//! Header rewriting between client and backend: hop-by-hop headers removed
+//! (RFC 9110 §7.6.1), X-Forwarded-* added, and the request id.
+
+use std::net::IpAddr;
+
+use fastrand::Rng;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+
+/// Headers that describe one connection, not the message: never forwarded.
+/// `Upgrade` is dropped too until WebSocket upgrades are proxied.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == KEEP_ALIVE
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == header::PROXY_AUTHORIZATION
+        || name == header::PROXY_AUTHENTICATE
+        || name.as_str().starts_with("proxy-")
+}
+
+/// Removes hop-by-hop headers, including those the Connection header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Names listed in Connection are removed first, while it is still there.
+    // Allocation happens only when a client actually lists some.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    let hop: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| is_hop_by_hop(n))
+        .cloned()
+        .collect();
+    for name in hop {
+        headers.remove(name);
+    }
+}
+
+/// Adds X-Forwarded-For (appended to any the client sent), -Proto and -Host.
+pub fn add_forwarded(headers: &mut HeaderMap, client_ip: IpAddr, host: Option<&HeaderValue>) {
+    let xff = match headers.get(&X_FORWARDED_FOR) {
+        // A proxy in front of us already listed the chain: extend it.
+        Some(prev) => {
+            let mut v = Vec::with_capacity(prev.len() + 41);
+            v.extend_from_slice(prev.as_bytes());
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(client_ip.to_string().as_bytes());
+            HeaderValue::from_bytes(&v).ok()
+        }
+        None => HeaderValue::from_str(&client_ip.to_string()).ok(),
+    };
+    if let Some(xff) = xff {
+        headers.insert(X_FORWARDED_FOR.clone(), xff);
+    }
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    if let Some(host) = host {
+        headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+    }
+}
+
+/// The client's request id if it sent a usable one, else a fresh one:
+/// 16 lower-case hex digits from the fast RNG, formatted on the stack.
+pub fn request_id(headers: &HeaderMap, rng: &mut Rng) -> HeaderValue {
+    if let Some(v) = headers
+        .get(&REQUEST_ID)
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+    {
+        return v.clone();
+    }
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut n = rng.u64(..);
+    let mut buf = [0u8; 16];
+    for b in buf.iter_mut().rev() {
+        *b = HEX[(n & 0xf) as usize];
+        n >>= 4;
+    }
+    HeaderValue::from_bytes(&buf).expect("hex digits are a valid header value")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_named() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "keep-alive, x-secret".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert("proxy-connection", "x".parse().unwrap());
+        h.insert("te", "trailers".parse().unwrap());
+        h.insert("x-kept", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn appends_forwarded_for() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", "10.0.0.1".parse().unwrap());
+        add_forwarded(
+            &mut h,
+            "127.0.0.1".parse().unwrap(),
+            Some(&"a.test".parse().unwrap()),
+        );
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "a.test");
+    }
+
+    #[test]
+    fn request_id_kept_or_generated() {
+        let mut rng = Rng::with_seed(1);
+        let id = request_id(&HeaderMap::new(), &mut rng);
+        assert_eq!(id.len(), 16);
+        let mut h = HeaderMap::new();
+        h.insert("x-request-id", "abc".parse().unwrap());
+        assert_eq!(request_id(&h, &mut rng), "abc");
+    }
+}

@@ -1,0 +1,111 @@
+//! Active health checks: one tokio task per (pool, backend) that probes the
+//! backend's health path and flips its `healthy` flag after enough passes or
+//! failures in a row. The data plane reconciles these tasks on every reload.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use fulcrum_config::snapshot::HealthCheck;
+use http::{Request, header};
+use http_body_util::Empty;
+use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use hyper_util::rt::TokioExecutor;
+use tokio::task::JoinHandle;
+use tokio::time::{MissedTickBehavior, interval, timeout};
+
+use crate::backend::BackendState;
+
+/// The client health checks share. It keeps no idle connections, so every
+/// probe also tests that the backend still accepts new ones (what a killed
+/// or overloaded backend fails first).
+pub(crate) type HealthClient = Client<HttpConnector, Empty<Bytes>>;
+
+pub(crate) fn client() -> HealthClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(0)
+        .build(connector)
+}
+
+/// Starts probing `backend` per `check`. The task runs until aborted.
+pub(crate) fn spawn(
+    backend: Arc<BackendState>,
+    check: HealthCheck,
+    client: HealthClient,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = interval(check.interval);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // Streaks live in the task: a restarted task (changed config)
+        // starts counting afresh but keeps the backend's current state.
+        let (mut passes, mut fails) = (0u32, 0u32);
+        loop {
+            tick.tick().await;
+            match probe(&backend, &check, &client).await {
+                Ok(()) => {
+                    fails = 0;
+                    passes = passes.saturating_add(1);
+                    if passes >= check.healthy_threshold && !backend.set_healthy(true) {
+                        tracing::info!(
+                            pool = %backend.pool(), backend = %backend.addr(), passes,
+                            "backend is healthy again: passed {passes} health checks in a row"
+                        );
+                    }
+                }
+                Err(reason) => {
+                    passes = 0;
+                    fails = fails.saturating_add(1);
+                    if fails >= check.unhealthy_threshold && backend.set_healthy(false) {
+                        tracing::warn!(
+                            pool = %backend.pool(), backend = %backend.addr(), fails, %reason,
+                            "backend is unhealthy: failed {fails} health checks in a row, last: {reason}"
+                        );
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Why one probe failed.
+#[derive(Debug)]
+enum ProbeFailure {
+    Status(u16),
+    Timeout,
+    Error(hyper_util::client::legacy::Error),
+}
+
+impl std::fmt::Display for ProbeFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProbeFailure::Status(s) => write!(f, "status {s}"),
+            ProbeFailure::Timeout => write!(f, "timed out"),
+            ProbeFailure::Error(e) if e.is_connect() => write!(f, "connect failed"),
+            ProbeFailure::Error(_) => write!(f, "connection failed before a response"),
+        }
+    }
+}
+
+async fn probe(
+    backend: &BackendState,
+    check: &HealthCheck,
+    client: &HealthClient,
+) -> Result<(), ProbeFailure> {
+    let addr = backend.addr();
+    let req = Request::get(format!("http://{addr}{}", check.path))
+        .header(header::HOST, addr.to_string())
+        .header(header::USER_AGENT, "fulcrum-health")
+        .body(Empty::new())
+        .expect("a socket address and a validated path form a valid URI");
+    let resp = timeout(check.timeout, client.request(req))
+        .await
+        .map_err(|_| ProbeFailure::Timeout)?
+        .map_err(ProbeFailure::Error)?;
+    let status = resp.status().as_u16();
+    if (check.expect_status.0..=check.expect_status.1).contains(&status) {
+        Ok(())
+    } else {
+        Err(ProbeFailure::Status(status))
+    }
+}

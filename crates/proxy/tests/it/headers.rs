@@ -1,0 +1,65 @@
+//! What the backend and the client see of each other's headers.
+
+use fulcrum_testkit::{Backend, Client, SnapshotBuilder, TestProxy, pool};
+use http::Method;
+
+#[tokio::test]
+async fn hop_by_hop_removed_and_forwarded_headers_added() {
+    let a = Backend::start("a").await;
+    let proxy = TestProxy::start(
+        SnapshotBuilder::new()
+            .pool(pool("p", &[a.addr]))
+            .catch_all("p")
+            .build(),
+    )
+    .await;
+    let c = Client::new(proxy.addr);
+    let req = c
+        .request(Method::GET, "App.test", "/x")
+        .header("connection", "keep-alive, x-private")
+        .header("x-private", "secret")
+        .header("keep-alive", "timeout=5")
+        .header("proxy-authorization", "Basic abc")
+        .header("te", "trailers")
+        .header("x-forwarded-for", "203.0.113.7")
+        .header("x-kept", "yes");
+    let r = c.send(req, "").await;
+    assert_eq!(r.status, 200);
+    let seen = a.last().unwrap().headers;
+    for gone in ["x-private", "keep-alive", "proxy-authorization", "te"] {
+        assert!(!seen.contains_key(gone), "{gone} reached the backend");
+    }
+    assert_eq!(seen["x-kept"], "yes");
+    assert_eq!(seen["host"], "App.test", "Host is passed through");
+    assert_eq!(seen["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+    assert_eq!(seen["x-forwarded-proto"], "http");
+    assert_eq!(seen["x-forwarded-host"], "App.test");
+    let id = &seen["x-request-id"];
+    assert_eq!(id.len(), 16);
+    assert_eq!(
+        &r.headers["x-request-id"], id,
+        "client sees the id the backend saw"
+    );
+}
+
+#[tokio::test]
+async fn client_request_id_is_kept() {
+    let a = Backend::start("a").await;
+    let proxy = TestProxy::start(
+        SnapshotBuilder::new()
+            .pool(pool("p", &[a.addr]))
+            .catch_all("p")
+            .build(),
+    )
+    .await;
+    let c = Client::new(proxy.addr);
+    let r = c
+        .send(
+            c.request(Method::GET, "x.test", "/")
+                .header("x-request-id", "abc-123"),
+            "",
+        )
+        .await;
+    assert_eq!(r.headers["x-request-id"], "abc-123");
+    assert_eq!(a.last().unwrap().headers["x-request-id"], "abc-123");
+}

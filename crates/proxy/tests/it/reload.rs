@@ -1,0 +1,178 @@
+//! Reloads and shutdown: state survives a swap, in-flight requests finish.
+
+use std::time::Duration;
+
+use fulcrum_config::snapshot::{AccessLog, LogTarget};
+use fulcrum_testkit::{
+    Backend, Client, Mode, SnapshotBuilder, TestProxy, eventually, health_check, pool,
+};
+
+use crate::PATIENCE;
+
+#[tokio::test]
+async fn health_and_counters_survive_a_swap() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let c3 = Backend::start("c").await;
+    let mut p = pool("p", &[a.addr, b.addr]);
+    p.health = Some(health_check());
+    let proxy = TestProxy::start(
+        SnapshotBuilder::new()
+            .pool(p.clone())
+            .catch_all("p")
+            .build(),
+    )
+    .await;
+    let c = Client::new(proxy.addr);
+    c.tally(10, "x.test", "/").await;
+    b.fail_health(true);
+    let plane = proxy.plane.clone();
+    assert!(
+        eventually(PATIENCE, || !plane
+            .backend("p", b.addr)
+            .unwrap()
+            .is_healthy())
+        .await
+    );
+    let a_requests = plane.backend("p", a.addr).unwrap().requests();
+    assert!(a_requests >= 5);
+
+    // Add a backend and change the health interval: the check restarts,
+    // but b stays down and a keeps its counters.
+    let mut p2 = pool("p", &[a.addr, b.addr, c3.addr]);
+    let mut h = health_check();
+    h.interval = Duration::from_millis(60);
+    p2.health = Some(h);
+    proxy.swap(
+        SnapshotBuilder::new()
+            .version("test-2")
+            .pool(p2)
+            .catch_all("p")
+            .build(),
+    );
+    assert!(!plane.backend("p", b.addr).unwrap().is_healthy());
+    assert_eq!(plane.backend("p", a.addr).unwrap().requests(), a_requests);
+    let t = c.tally(10, "x.test", "/").await;
+    assert!(!t.contains_key("b"), "{t:?}");
+
+    // Removed backends' checks stop.
+    proxy.swap(
+        SnapshotBuilder::new()
+            .version("test-3")
+            .pool(pool("p", &[a.addr]))
+            .catch_all("p")
+            .build(),
+    );
+    let before = b.health_hits();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        b.health_hits() <= before + 1,
+        "b is still probed after removal"
+    );
+}
+
+#[tokio::test]
+async fn in_flight_request_finishes_on_its_snapshot() {
+    let old = Backend::start("old").await;
+    let new = Backend::start("new").await;
+    old.set_mode(Mode::Delay(Duration::from_millis(200)));
+    let proxy = TestProxy::start(
+        SnapshotBuilder::new()
+            .pool(pool("p", &[old.addr]))
+            .catch_all("p")
+            .build(),
+    )
+    .await;
+    let c = Client::new(proxy.addr);
+    let slow = tokio::spawn({
+        let c = c.clone();
+        async move { c.get("x.test", "/").await }
+    });
+    assert!(eventually(PATIENCE, || old.hits() == 1).await);
+    proxy.swap(
+        SnapshotBuilder::new()
+            .version("v2")
+            .pool(pool("q", &[new.addr]))
+            .catch_all("q")
+            .build(),
+    );
+    assert_eq!(c.get("x.test", "/").await.backend(), Some("new"));
+    let r = slow.await.unwrap();
+    assert_eq!((r.status, r.backend()), (200, Some("old")));
+}
+
+#[tokio::test]
+async fn graceful_shutdown_lets_in_flight_finish() {
+    let a = Backend::start("a").await;
+    a.set_mode(Mode::Delay(Duration::from_millis(200)));
+    let mut proxy = TestProxy::start(
+        SnapshotBuilder::new()
+            .pool(pool("p", &[a.addr]))
+            .catch_all("p")
+            .build(),
+    )
+    .await;
+    let c = Client::new(proxy.addr);
+    let slow = tokio::spawn({
+        let c = c.clone();
+        async move { c.get("x.test", "/").await }
+    });
+    assert!(eventually(PATIENCE, || a.hits() == 1).await);
+    let done = proxy.begin_shutdown();
+    let r = slow.await.unwrap();
+    assert_eq!(r.status, 200);
+    tokio::time::timeout(PATIENCE, done)
+        .await
+        .expect("serve returned")
+        .unwrap()
+        .unwrap();
+    assert!(
+        tokio::net::TcpStream::connect(proxy.addr).await.is_err(),
+        "still accepting"
+    );
+}
+
+#[tokio::test]
+async fn access_log_writes_one_json_line_per_request() {
+    let a = Backend::start("a").await;
+    let path = std::env::temp_dir().join(format!("fulcrum-access-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let snap = SnapshotBuilder::new()
+        .pool(pool("p", &[a.addr]))
+        .catch_all("p")
+        .edit(|s| {
+            s.access_log = Some(AccessLog {
+                target: LogTarget::File(path.clone()),
+            })
+        })
+        .build();
+    let proxy = TestProxy::start(snap).await;
+    let c = Client::new(proxy.addr);
+    let r = c.get("App.test:80", "/hello?x=1").await;
+    c.get("x.test", "/two").await;
+    let read = || std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        eventually(PATIENCE, || read().lines().count() == 2).await,
+        "{}",
+        read()
+    );
+    let line: serde_json::Value = serde_json::from_str(read().lines().next().unwrap()).unwrap();
+    assert_eq!(line["method"], "GET");
+    assert_eq!(line["host"], "app.test");
+    assert_eq!(line["path"], "/hello");
+    assert_eq!(line["route"], "all");
+    assert_eq!(line["pool"], "p");
+    assert_eq!(line["backend"], a.addr.to_string());
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["bytes"], 1);
+    assert_eq!(line["version"], "test-1");
+    assert_eq!(
+        line["request_id"],
+        r.headers["x-request-id"].to_str().unwrap()
+    );
+    assert_eq!(line["client_ip"], "127.0.0.1");
+    assert_eq!(line["attempts"], 1);
+    assert!(line["duration_ms"].as_f64().unwrap() > 0.0);
+    assert!(line["time"].as_str().unwrap().ends_with('Z'));
+    let _ = std::fs::remove_file(&path);
+}
