@@ -69,8 +69,15 @@ pub struct Backend {
 
 impl Backend {
     pub async fn start(name: &str) -> Backend {
-        let listener = bind("127.0.0.1:0".parse().unwrap()).expect("bind a test backend");
-        let addr = listener.local_addr().unwrap();
+        Backend::start_on(name, "127.0.0.1:0".parse().unwrap())
+            .await
+            .expect("bind a test backend")
+    }
+
+    /// A backend on a given address (the demo backends of `serve`).
+    pub async fn start_on(name: &str, addr: SocketAddr) -> std::io::Result<Backend> {
+        let listener = bind(addr)?;
+        let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             name: name.to_owned(),
             mode: Mutex::new(Mode::Normal),
@@ -81,11 +88,11 @@ impl Backend {
         });
         let stop = CancellationToken::new();
         tokio::spawn(accept_loop(listener, shared.clone(), stop.clone()));
-        Backend {
+        Ok(Backend {
             addr,
             shared,
             stop: Mutex::new(stop),
-        }
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -129,7 +136,11 @@ impl Drop for Backend {
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let s = TcpSocket::new_v4()?;
+    let s = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
     s.set_reuseaddr(true)?;
     s.bind(addr)?;
     s.listen(1024)

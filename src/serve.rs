@@ -1,0 +1,284 @@
+//! `fulcrum serve`: owns the process around the data plane — binding
+//! listeners, SIGHUP reload (all-or-nothing: a refused config leaves the
+//! running one serving) and SIGTERM drain.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fulcrum_config::{Severity, Snapshot};
+use fulcrum_proxy::DataPlane;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::{EXIT_INVALID, EXIT_USAGE};
+
+pub fn run(path: &Path, grace: Duration, threads: Option<usize>, demo_backends: bool) -> ExitCode {
+    init_tracing();
+    let snapshot = match load(path) {
+        Ok(s) => s,
+        Err(Refused::Unreadable(e)) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+        Err(Refused::Invalid(report)) => {
+            eprintln!("{report}");
+            eprintln!(
+                "fulcrum: not starting: fix the errors above (`fulcrum check` shows them too)"
+            );
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
+    let runtime = match threads {
+        // One thread means one: the whole proxy runs on the thread that can
+        // be pinned to a core.
+        Some(1) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+        None => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+    };
+    let runtime = match runtime {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("fulcrum: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(serve(path, snapshot, grace, demo_backends))
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+enum Refused {
+    Unreadable(String),
+    /// The rendered diagnostics.
+    Invalid(String),
+}
+
+/// Read and compile the config; warnings are logged, errors refuse it.
+fn load(path: &Path) -> Result<Snapshot, Refused> {
+    let source = crate::read_config(path).map_err(Refused::Unreadable)?;
+    let label = path.display().to_string();
+    let checked = fulcrum_config::check(&label, &source);
+    match checked.snapshot {
+        Some(snapshot) => {
+            for d in checked
+                .diagnostics
+                .iter()
+                .filter(|d| d.severity == Severity::Warning)
+            {
+                warn!("{d}");
+            }
+            Ok(snapshot)
+        }
+        None => Err(Refused::Invalid(fulcrum_config::render_human(
+            &label, &source, &checked,
+        ))),
+    }
+}
+
+async fn serve(path: &Path, snapshot: Snapshot, grace: Duration, demo_backends: bool) -> ExitCode {
+    let (Ok(mut hup), Ok(mut term)) = (
+        signal(SignalKind::hangup()),
+        signal(SignalKind::terminate()),
+    ) else {
+        eprintln!("fulcrum: cannot install signal handlers");
+        return ExitCode::FAILURE;
+    };
+    // Started before the data plane so its first health checks pass; kept
+    // alive for the life of the process.
+    let _demo = if demo_backends {
+        match crate::demo::start_backends(&snapshot).await {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("fulcrum: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        Vec::new()
+    };
+    let mut listeners = Listeners::default();
+    let bound = match listeners.bind_new(&snapshot).await {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("fulcrum: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    info!(version = %snapshot.version, "config loaded");
+    let plane = DataPlane::new(snapshot);
+    listeners.commit(&plane.snapshot(), bound, &plane);
+
+    loop {
+        tokio::select! {
+            _ = hup.recv() => reload(path, &plane, &mut listeners).await,
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    info!(grace = ?grace, "draining: no new connections; waiting for in-flight requests");
+    if listeners.drain(grace).await {
+        info!("drained; exiting");
+    } else {
+        warn!("grace period over with requests still in flight; exiting anyway");
+    }
+    ExitCode::SUCCESS
+}
+
+/// SIGHUP: re-read the file and swap only if it is valid and its listeners
+/// can all be bound. Otherwise nothing changes.
+async fn reload(path: &Path, plane: &Arc<DataPlane>, listeners: &mut Listeners) {
+    let current = plane.snapshot();
+    let snapshot = match load(path) {
+        Ok(s) => s,
+        Err(Refused::Unreadable(e)) => {
+            error!(version = %current.version, "reload refused, still serving the running config: {e}");
+            return;
+        }
+        Err(Refused::Invalid(report)) => {
+            error!(version = %current.version, "reload refused, still serving the running config:\n{report}");
+            return;
+        }
+    };
+    let bound = match listeners.bind_new(&snapshot).await {
+        Ok(b) => b,
+        Err(e) => {
+            error!(version = %current.version, "reload refused, still serving the running config: {e}");
+            return;
+        }
+    };
+    let version = snapshot.version.clone();
+    plane.swap(snapshot);
+    listeners.commit(&plane.snapshot(), bound, plane);
+    info!(from = %current.version, to = %version, "config reloaded");
+}
+
+struct Running {
+    /// The address as configured (port 0 stays 0), to tell a moved listener.
+    bind: SocketAddr,
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+/// The listeners being served, by name. A reload binds what is new first
+/// and only then stops what went away, so a bind failure changes nothing.
+#[derive(Default)]
+struct Listeners {
+    running: HashMap<Arc<str>, Running>,
+    /// Listeners removed by a reload, finishing their in-flight requests.
+    draining: Vec<JoinHandle<()>>,
+}
+
+struct Bound {
+    name: Arc<str>,
+    bind: SocketAddr,
+    socket: TcpListener,
+}
+
+impl Listeners {
+    async fn bind_new(&self, snapshot: &Snapshot) -> Result<Vec<Bound>, String> {
+        let mut bound = Vec::new();
+        for l in &snapshot.listeners {
+            if self.running.get(&l.name).is_some_and(|r| r.bind == l.bind) {
+                continue;
+            }
+            let socket = TcpListener::bind(l.bind).await.map_err(|e| {
+                format!(
+                    "listener {:?}: cannot bind {}: {e} (is another process using it?)",
+                    l.name, l.bind
+                )
+            })?;
+            bound.push(Bound {
+                name: l.name.clone(),
+                bind: l.bind,
+                socket,
+            });
+        }
+        Ok(bound)
+    }
+
+    fn commit(&mut self, snapshot: &Snapshot, bound: Vec<Bound>, plane: &Arc<DataPlane>) {
+        // Stop listeners that are gone or moved; let them drain in the background.
+        let gone: Vec<Arc<str>> = self
+            .running
+            .iter()
+            .filter(|(name, r)| {
+                !snapshot
+                    .listeners
+                    .iter()
+                    .any(|l| &l.name == *name && l.bind == r.bind)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in gone {
+            if let Some(r) = self.running.remove(&name) {
+                info!(listener = %name, "listener removed; draining");
+                r.shutdown.cancel();
+                self.draining.push(r.task);
+            }
+        }
+        for b in bound {
+            let addr = b
+                .socket
+                .local_addr()
+                .map_or_else(|_| b.bind.to_string(), |a| a.to_string());
+            info!(listener = %b.name, addr = %addr, "listening");
+            let shutdown = CancellationToken::new();
+            let task = tokio::spawn({
+                let (name, plane, shutdown) = (b.name.clone(), plane.clone(), shutdown.clone());
+                async move {
+                    if let Err(e) =
+                        fulcrum_proxy::serve(b.socket, name.clone(), plane, shutdown).await
+                    {
+                        error!(listener = %name, "listener failed: {e}");
+                    }
+                }
+            });
+            self.running.insert(
+                b.name,
+                Running {
+                    bind: b.bind,
+                    shutdown,
+                    task,
+                },
+            );
+        }
+    }
+
+    /// Stop every listener and wait up to `grace` for in-flight requests.
+    /// True when everything finished in time.
+    async fn drain(self, grace: Duration) -> bool {
+        let mut tasks = self.draining;
+        for r in self.running.into_values() {
+            r.shutdown.cancel();
+            tasks.push(r.task);
+        }
+        tokio::time::timeout(grace, async {
+            for t in tasks {
+                let _ = t.await;
+            }
+        })
+        .await
+        .is_ok()
+    }
+}

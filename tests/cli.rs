@@ -1,0 +1,397 @@
+//! The `fulcrum` binary end to end: `check` output and exit codes, and
+//! `serve` as a process — SIGHUP reload under load, a refused reload, and
+//! SIGTERM drain — against real backends on 127.0.0.1:0.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fulcrum_testkit::Backend;
+
+fn fulcrum() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_fulcrum"))
+}
+
+fn write_config(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+// ---------------------------------------------------------------- check
+
+const BROKEN: &str = r#"[[listener]]
+name = "public"
+bind = "127.0.0.1:8080"
+
+[[route]]
+name = "auth"
+match = { path_prefix = "/auth/" }
+pool = "auht"
+
+[pool.auth]
+backends = [{ addr = "127.0.0.1:9101" }, { addr = "127.0.0.1:9101" }]
+"#;
+
+#[test]
+fn check_reports_every_error_with_position_and_exits_78() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(&dir, "fulcrum.toml", BROKEN);
+    let out = fulcrum().arg("check").arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let label = path.display().to_string();
+    assert!(
+        text.contains("error[unknown-pool]: route[0].pool: no pool named `auht`"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("--> {label}:8:8")), "{text}");
+    assert!(text.contains("= hint: did you mean `auth`?"), "{text}");
+    assert!(text.contains("error[duplicate-backend]"), "{text}");
+    assert!(text.contains(&format!("{label}: 2 errors")), "{text}");
+}
+
+#[test]
+fn check_json_is_one_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(&dir, "fulcrum.toml", BROKEN);
+    let out = fulcrum()
+        .args(["check", "--format", "json"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["valid"], false);
+    assert_eq!(doc["errors"], 2);
+    let first = &doc["diagnostics"][0];
+    assert_eq!(first["code"], "unknown-pool");
+    assert_eq!(first["key_path"], "route[0].pool");
+    assert_eq!(first["line"], 8);
+    assert_eq!(first["col"], 8);
+    assert_eq!(first["hint"], "did you mean `auth`?");
+}
+
+#[test]
+fn check_accepts_the_examples() {
+    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/examples")).unwrap() {
+        let path = entry.unwrap().path();
+        let out = fulcrum().arg("check").arg(&path).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}
+
+#[test]
+fn usage_errors_exit_2_with_one_line() {
+    let out = fulcrum()
+        .args(["check", "/nonexistent/fulcrum.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("fulcrum: cannot read /nonexistent/fulcrum.toml"),
+        "{err}"
+    );
+
+    let out = fulcrum()
+        .args(["check", "--frobnicate", "x.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn serve_refuses_an_invalid_config_with_78() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(&dir, "fulcrum.toml", BROKEN);
+    let out = fulcrum()
+        .arg("serve")
+        .arg("-c")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("error[unknown-pool]"), "{err}");
+}
+
+// ---------------------------------------------------------------- serve
+
+/// A `fulcrum serve` child process with its log captured line by line.
+struct Served {
+    child: Child,
+    addr: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Served {
+    fn start(config: &std::path::Path) -> Served {
+        let mut child = fulcrum()
+            .arg("serve")
+            .arg("-c")
+            .arg(config)
+            .args(["--grace", "5s", "--threads", "2"])
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn({
+            let log = log.clone();
+            move || {
+                let listening = regex::Regex::new(r"listening listener=\S+ addr=(\S+)").unwrap();
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    let line = strip_ansi(&line);
+                    if let Some(c) = listening.captures(&line) {
+                        let _ = tx.send(c[1].parse::<SocketAddr>().unwrap());
+                    }
+                    log.lock().unwrap().push(line);
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("serve did not start: {:?}", log.lock().unwrap()));
+        Served { child, addr, log }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Wait until the log has `n` lines containing `needle`.
+    fn wait_log(&self, needle: &str, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|l| l.contains(needle))
+                .count()
+                >= n
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("no {needle:?} in log: {:#?}", self.log.lock().unwrap());
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn strip_ansi(s: &str) -> String {
+    let re = regex::Regex::new(r"\x1b\[[0-9;]*m").unwrap();
+    re.replace_all(s, "").into_owned()
+}
+
+fn config_one_pool(listener: &str, pool: &str, backend: SocketAddr) -> String {
+    format!(
+        r#"[[listener]]
+name = "public"
+bind = "{listener}"
+
+[[route]]
+name = "all"
+pool = "{pool}"
+
+[pool.{pool}]
+backends = [{{ addr = "{backend}" }}]
+health = {{ path = "/healthz", interval = "100ms" }}
+"#
+    )
+}
+
+type Client = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Empty<bytes::Bytes>,
+>;
+
+fn client() -> Client {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
+}
+
+/// Tallies of a load run: requests answered 200 by each body, and failures.
+#[derive(Default)]
+struct Tally {
+    by_body: Mutex<std::collections::HashMap<String, u64>>,
+    failed: AtomicU64,
+    failures: Mutex<Vec<String>>,
+}
+
+/// Keep `conns` keep-alive clients busy until `stop`, at most `max` requests each.
+async fn load(
+    addr: SocketAddr,
+    conns: usize,
+    max: usize,
+    stop: Arc<AtomicBool>,
+    tally: Arc<Tally>,
+) {
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        let (stop, tally) = (stop.clone(), tally.clone());
+        tasks.push(tokio::spawn(async move {
+            let client = client();
+            for _ in 0..max {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let uri: hyper::Uri = format!("http://{addr}/").parse().unwrap();
+                match client.get(uri).await {
+                    Ok(resp) if resp.status() == 200 => {
+                        use http_body_util::BodyExt;
+                        let body = resp.into_body().collect().await.unwrap().to_bytes();
+                        let body = String::from_utf8_lossy(&body).into_owned();
+                        *tally.by_body.lock().unwrap().entry(body).or_default() += 1;
+                    }
+                    Ok(resp) => {
+                        tally.failed.fetch_add(1, Ordering::Relaxed);
+                        tally
+                            .failures
+                            .lock()
+                            .unwrap()
+                            .push(format!("status {}", resp.status()));
+                    }
+                    Err(e) => {
+                        tally.failed.fetch_add(1, Ordering::Relaxed);
+                        tally.failures.lock().unwrap().push(format!("{e:?}"));
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_under_load_without_failing_a_request() {
+    let one = Backend::start("one").await;
+    let two = Backend::start("two").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        &dir,
+        "fulcrum.toml",
+        &config_one_pool("127.0.0.1:0", "one", one.addr),
+    );
+    let served = Served::start(&path);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let run = tokio::spawn(load(served.addr, 8, 20_000, stop.clone(), tally.clone()));
+
+    // A valid change: the route moves to another pool.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    std::fs::write(&path, config_one_pool("127.0.0.1:0", "two", two.addr)).unwrap();
+    served.signal("HUP");
+    served.wait_log("config reloaded", 1);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before_refused = tally
+        .by_body
+        .lock()
+        .unwrap()
+        .get("two")
+        .copied()
+        .unwrap_or(0);
+
+    // An invalid file: refused, and the running config keeps serving.
+    std::fs::write(&path, BROKEN).unwrap();
+    served.signal("HUP");
+    served.wait_log("reload refused", 1);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    stop.store(true, Ordering::Relaxed);
+    run.await.unwrap();
+
+    let by_body = tally.by_body.lock().unwrap().clone();
+    assert_eq!(
+        tally.failed.load(Ordering::Relaxed),
+        0,
+        "failures: {:?}",
+        &tally.failures.lock().unwrap()[..]
+    );
+    assert!(by_body.get("one").copied().unwrap_or(0) > 0, "{by_body:?}");
+    assert!(
+        by_body.get("two").copied().unwrap_or(0) > before_refused,
+        "{by_body:?}"
+    );
+    let log = served.log.lock().unwrap().join("\n");
+    assert!(
+        log.contains("error[unknown-pool]"),
+        "refused reload must log its diagnostics: {log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests_then_exits_0() {
+    let slow = Backend::start("slow").await;
+    slow.set_mode(fulcrum_testkit::Mode::Delay(Duration::from_millis(400)));
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        &dir,
+        "fulcrum.toml",
+        &config_one_pool("127.0.0.1:0", "slow", slow.addr),
+    );
+    let mut served = Served::start(&path);
+    let addr = served.addr;
+
+    let in_flight = tokio::spawn(async move {
+        let uri: hyper::Uri = format!("http://{addr}/").parse().unwrap();
+        client().get(uri).await.map(|r| r.status())
+    });
+    // Signal only once the request has reached the backend.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while slow.hits() == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    served.signal("TERM");
+    served.wait_log("draining", 1);
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "a draining proxy must not accept new connections"
+    );
+    assert_eq!(in_flight.await.unwrap().unwrap(), 200);
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(s) = served.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "serve did not exit after draining"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(status.success(), "{status:?}");
+}
