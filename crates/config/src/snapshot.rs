@@ -195,12 +195,19 @@ pub struct Timeouts {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Retries {
-    /// Further attempts after the first; 0 disables retries.
+    /// Further attempts after the first; 0 disables retries. At most
+    /// [`Retries::MAX_ATTEMPTS`] (validated).
     pub attempts: u32,
     /// Retries in flight may not exceed this fraction of requests in flight…
     pub budget: f64,
     /// …except that this many concurrent retries are always allowed.
     pub min_concurrent: u32,
+}
+
+impl Retries {
+    /// Bounds the work one request can cause, and lets the data plane keep
+    /// the backends a request tried in a fixed-size array.
+    pub const MAX_ATTEMPTS: u32 = 10;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -968,7 +968,7 @@ impl Validator<'_, '_> {
             &format!("{p}.attempts"),
             1,
             0,
-            10,
+            Retries::MAX_ATTEMPTS as i64,
         );
         let budget = self.fraction(
             raw.and_then(|r| r.budget.as_ref()),

@@ -118,7 +118,8 @@ pub fn format_entry(e: &Entry, out: &mut Vec<u8>) {
         "pool": e.pool.as_deref(),
         "backend": e.backend.map(|b| b.to_string()),
         "status": e.status,
-        "duration_ms": e.duration_ms,
+        // Microsecond precision: more digits are float noise, not data.
+        "duration_ms": (e.duration_ms * 1000.0).round() / 1000.0,
         "bytes": e.bytes,
         "version": &*e.version,
         "request_id": String::from_utf8_lossy(e.request_id.as_bytes()),

@@ -12,7 +12,7 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use fastrand::Rng;
-use fulcrum_config::snapshot::RequestView;
+use fulcrum_config::snapshot::{RequestView, Retries};
 use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderValue, Method, Request, Response, Uri, Version, header};
 use http_body_util::BodyExt;
@@ -368,7 +368,7 @@ async fn forward(
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
 
-    let mut tried: [usize; 8] = [usize::MAX; 8];
+    let mut tried = [usize::MAX; Retries::MAX_ATTEMPTS as usize + 1];
     let max_attempts = (pool.retries.attempts as usize + 1).min(tried.len());
     let mut last_err = None;
     let mut _retry: Option<RetryGauge> = None;

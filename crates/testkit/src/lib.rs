@@ -19,7 +19,7 @@ use fulcrum_config::snapshot::{
 use fulcrum_proxy::DataPlane;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper::body::{Body, Frame, Incoming};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::client::legacy::{Client as HyperClient, connect::HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -253,6 +253,16 @@ impl Body for TestBody {
                 Some(b) => Ok(Frame::data(b)),
                 None => Err(Abort),
             })),
+        }
+    }
+    // An exact size makes hyper send Content-Length, as most real backends do.
+    fn is_end_stream(&self) -> bool {
+        matches!(self, TestBody::Full(None))
+    }
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            TestBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            TestBody::Broken(_) => SizeHint::default(),
         }
     }
 }
