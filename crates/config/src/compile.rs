@@ -2,7 +2,7 @@
 //! [`Snapshot`] the data plane runs. Every check happened in `validate`, so
 //! nothing here can fail.
 
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Routes, Snapshot};
 use crate::validate::Valid;
 
 pub(crate) fn compile(valid: Valid, source: &str) -> Snapshot {
@@ -13,7 +13,7 @@ pub(crate) fn compile(valid: Valid, source: &str) -> Snapshot {
             .into(),
         admin: valid.admin,
         listeners: valid.listeners,
-        routes: valid.routes,
+        routes: Routes::new(valid.routes),
         pools: valid.pools,
         access_log: valid.access_log,
     }

@@ -11,6 +11,7 @@ mod compile;
 pub mod diag;
 mod raw;
 pub mod render;
+mod routes;
 mod shadow;
 pub mod snapshot;
 mod validate;

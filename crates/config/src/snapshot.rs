@@ -9,6 +9,8 @@ use std::time::Duration;
 use http::{HeaderMap, Method};
 use regex::Regex;
 
+pub use crate::routes::Routes;
+
 /// One whole config, ready to serve. Cheap to share: the data plane holds it
 /// in an `Arc` behind an `ArcSwap` and never mutates it.
 #[derive(Debug, Clone)]
@@ -19,7 +21,8 @@ pub struct Snapshot {
     pub admin: Option<Admin>,
     pub listeners: Vec<Listener>,
     /// In config order: the first route that matches a request wins.
-    pub routes: Vec<Route>,
+    /// Indexed for lookup; see [`Routes`].
+    pub routes: Routes,
     /// Indexed by `Route::pool`; in config (name) order.
     pub pools: Vec<Pool>,
     pub access_log: Option<AccessLog>,
@@ -235,10 +238,7 @@ pub struct RequestView<'a> {
 impl Snapshot {
     /// The first route whose conditions all hold, with its index.
     pub fn route(&self, req: &RequestView<'_>) -> Option<(usize, &Route)> {
-        self.routes
-            .iter()
-            .enumerate()
-            .find(|(_, r)| r.matcher.matches(req))
+        self.routes.find(req)
     }
 
     pub fn pool(&self, name: &str) -> Option<(usize, &Pool)> {

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use fulcrum_config::Snapshot;
 use fulcrum_config::snapshot::{
     Algorithm, Backend as BackendCfg, HealthCheck, Listener, Pool, Retries, Route, RouteMatch,
-    Timeouts,
+    Routes, Timeouts,
 };
 use fulcrum_proxy::DataPlane;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
@@ -356,7 +356,7 @@ impl SnapshotBuilder {
                 header_timeout: Duration::from_secs(5),
                 idle_timeout: Duration::from_secs(30),
             }],
-            routes: Vec::new(),
+            routes: Routes::default(),
             pools: Vec::new(),
             access_log: None,
         })
@@ -372,11 +372,13 @@ impl SnapshotBuilder {
     /// A route to the pool named `pool` (which must be added first).
     pub fn route(mut self, name: &str, matcher: RouteMatch, pool: &str) -> Self {
         let (idx, _) = self.0.pool(pool).expect("add the pool before its route");
-        self.0.routes.push(Route {
+        let mut routes = self.0.routes.to_vec();
+        routes.push(Route {
             name: name.into(),
             matcher,
             pool: idx,
         });
+        self.0.routes = Routes::new(routes);
         self
     }
     /// A route taking every request to `pool`.

@@ -1,0 +1,86 @@
+//! One pick per algorithm, on pools of 3 and 100 backends, through the same
+//! `Balancer` the data plane and `check`'s simulator use.
+
+use std::hint::black_box;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use fulcrum_config::snapshot::{
+    Algorithm, Backend, HashKey, HashPolicy, MissingKey, Pool, Retries, Timeouts,
+};
+use fulcrum_proxy::balance::{Balancer, PoolView};
+
+struct View(Vec<u32>);
+
+impl PoolView for View {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn weight(&self, i: usize) -> u32 {
+        self.0[i]
+    }
+    fn healthy(&self, _: usize) -> bool {
+        true
+    }
+    fn in_flight(&self, i: usize) -> u64 {
+        i as u64 % 7
+    }
+}
+
+fn pool(algorithm: Algorithm, n: usize) -> Pool {
+    Pool {
+        name: "bench".into(),
+        algorithm,
+        backends: (0..n)
+            .map(|i| Backend {
+                addr: SocketAddr::from(([127, 0, 0, 1], 10_000 + i as u16)),
+                weight: 1 + (i % 3) as u32,
+            })
+            .collect(),
+        health: None,
+        outlier: None,
+        panic_threshold: 0.5,
+        timeouts: Timeouts {
+            connect: Duration::from_secs(1),
+            response: Duration::from_secs(1),
+            idle: Duration::from_secs(1),
+        },
+        retries: Retries {
+            attempts: 0,
+            budget: 0.2,
+            min_concurrent: 3,
+        },
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let hash = Algorithm::Hash(HashPolicy {
+        key: HashKey::ClientIp,
+        on_missing: MissingKey::HashEmpty,
+    });
+    for n in [3, 100] {
+        for algorithm in [
+            Algorithm::RoundRobin,
+            Algorithm::LeastRequest,
+            Algorithm::Random,
+            hash.clone(),
+            Algorithm::First,
+        ] {
+            let pool = pool(algorithm.clone(), n);
+            let view = View(pool.backends.iter().map(|b| b.weight).collect());
+            let balancer = Balancer::new(&pool);
+            let mut rng = fastrand::Rng::with_seed(7);
+            let mut key = 0u64;
+            c.bench_function(&format!("pick/{}/{n} backends", algorithm.name()), |b| {
+                b.iter(|| {
+                    key = key.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                    black_box(balancer.pick(&view, Some(key), &[], &mut rng))
+                })
+            });
+        }
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
