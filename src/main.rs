@@ -154,7 +154,13 @@ fn main() -> ExitCode {
             require_coverage,
             traffic,
             format,
-        } => tools::test(&config, &tests, require_coverage, traffic.as_deref(), format),
+        } => tools::test(
+            &config,
+            &tests,
+            require_coverage,
+            traffic.as_deref(),
+            format,
+        ),
         Verb::Diff {
             old,
             new,

@@ -115,7 +115,8 @@ fn load(path: &Path, watch: Option<&Watch>) -> Result<Snapshot, Refused> {
                     file: &label,
                     source: &source,
                 };
-                w.judge(&snapshot, Some(config)).map_err(Refused::Standards)?;
+                w.judge(&snapshot, Some(config))
+                    .map_err(Refused::Standards)?;
             }
             Ok(snapshot)
         }

@@ -45,7 +45,11 @@ impl Watch {
     }
 
     /// `Err` with the report when `snapshot` breaks a rule.
-    pub fn judge(&self, snapshot: &Snapshot, config: Option<ConfigSource<'_>>) -> Result<(), String> {
+    pub fn judge(
+        &self,
+        snapshot: &Snapshot,
+        config: Option<ConfigSource<'_>>,
+    ) -> Result<(), String> {
         let traffic = Traffic::Synthetic(self.standards.traffic.clone());
         let e = rules::evaluate(snapshot, config, &self.standards, &traffic);
         if e.ok() {
@@ -80,7 +84,9 @@ impl Watch {
             Ok(new) => {
                 self.standards = new.standards;
                 match self.judge(running, None) {
-                    Ok(()) => info!(standards = %self.path.display(), version = %running.version, "standards changed; the running config meets them"),
+                    Ok(()) => {
+                        info!(standards = %self.path.display(), version = %running.version, "standards changed; the running config meets them")
+                    }
                     Err(report) => error!(
                         standards = %self.path.display(),
                         version = %running.version,

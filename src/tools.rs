@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::process::ExitCode;
 
-use fulcrum_config::standards::{Standards, TrafficSpec, parse_standards, parse_request_line};
+use fulcrum_config::standards::{Standards, TrafficSpec, parse_request_line, parse_standards};
 use fulcrum_config::{Checked, Snapshot};
 use fulcrum_safety::rules::{ConfigSource, Evaluation};
 use fulcrum_safety::{Traffic, diff as d, explain as x, rules, sarif};
@@ -35,7 +35,10 @@ fn config(path: &Path, format: Format) -> Step<(String, String, Checked, Snapsho
         Some(s) => Ok((label, source, checked, s)),
         None => {
             match format {
-                Format::Human => print!("{}", fulcrum_config::render_human(&label, &source, &checked)),
+                Format::Human => print!(
+                    "{}",
+                    fulcrum_config::render_human(&label, &source, &checked)
+                ),
                 Format::Json => println!("{}", fulcrum_config::render_json(&label, &checked)),
                 Format::Sarif => println!("{}", sarif::render(&checked.diagnostics, None)),
             }
@@ -61,7 +64,10 @@ pub fn standards(path: &Path, format: Format) -> Step<Standards> {
                 }
                 Format::Json => println!(
                     "{}",
-                    serde_json::to_string_pretty(&json!({ "file": label, "valid": false, "diagnostics": parsed.diagnostics })).unwrap_or_default()
+                    serde_json::to_string_pretty(
+                        &json!({ "file": label, "valid": false, "diagnostics": parsed.diagnostics })
+                    )
+                    .unwrap_or_default()
                 ),
                 Format::Sarif => println!("{}", sarif::render(&parsed.diagnostics, None)),
             }
@@ -94,20 +100,36 @@ fn done(r: Step<ExitCode>) -> ExitCode {
     r.unwrap_or_else(|code| code)
 }
 
-pub fn check(path: &Path, standards_path: Option<&Path>, log: Option<&Path>, format: Format) -> ExitCode {
+pub fn check(
+    path: &Path,
+    standards_path: Option<&Path>,
+    log: Option<&Path>,
+    format: Format,
+) -> ExitCode {
     done((|| {
         let (label, source, checked, snapshot) = config(path, format)?;
         let evaluation = match standards_path {
             Some(p) => {
                 let s = standards(p, format)?;
                 let t = traffic(log, &s.traffic)?;
-                Some(rules::evaluate(&snapshot, Some(ConfigSource { file: &label, source: &source }), &s, &t))
+                Some(rules::evaluate(
+                    &snapshot,
+                    Some(ConfigSource {
+                        file: &label,
+                        source: &source,
+                    }),
+                    &s,
+                    &t,
+                ))
             }
             None => None,
         };
         match format {
             Format::Human => {
-                print!("{}", fulcrum_config::render_human(&label, &source, &checked));
+                print!(
+                    "{}",
+                    fulcrum_config::render_human(&label, &source, &checked)
+                );
                 if let Some(e) = &evaluation {
                     println!("\nstandards {}:", e.standards);
                     print!("{}", rules::render_human(e));
@@ -115,12 +137,16 @@ pub fn check(path: &Path, standards_path: Option<&Path>, log: Option<&Path>, for
             }
             Format::Json => {
                 let config: serde_json::Value =
-                    serde_json::from_str(&fulcrum_config::render_json(&label, &checked)).unwrap_or_default();
+                    serde_json::from_str(&fulcrum_config::render_json(&label, &checked))
+                        .unwrap_or_default();
                 let mut doc = config;
                 doc["standards"] = serde_json::to_value(&evaluation).unwrap_or_default();
                 println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
             }
-            Format::Sarif => println!("{}", sarif::render(&checked.diagnostics, evaluation.as_ref())),
+            Format::Sarif => println!(
+                "{}",
+                sarif::render(&checked.diagnostics, evaluation.as_ref())
+            ),
         }
         Ok(if evaluation.as_ref().is_none_or(Evaluation::ok) {
             ExitCode::SUCCESS
@@ -130,16 +156,35 @@ pub fn check(path: &Path, standards_path: Option<&Path>, log: Option<&Path>, for
     })())
 }
 
-pub fn test(path: &Path, tests: &[std::path::PathBuf], require_coverage: bool, log: Option<&Path>, format: Format) -> ExitCode {
+pub fn test(
+    path: &Path,
+    tests: &[std::path::PathBuf],
+    require_coverage: bool,
+    log: Option<&Path>,
+    format: Format,
+) -> ExitCode {
     done((|| {
         let (label, source, checked, snapshot) = config(path, format)?;
         let mut all: Vec<Evaluation> = Vec::new();
         for t in tests {
             let s = standards(t, format)?;
             let tr = traffic(log, &s.traffic)?;
-            all.push(rules::evaluate(&snapshot, Some(ConfigSource { file: &label, source: &source }), &s, &tr));
+            all.push(rules::evaluate(
+                &snapshot,
+                Some(ConfigSource {
+                    file: &label,
+                    source: &source,
+                }),
+                &s,
+                &tr,
+            ));
         }
-        let covered: Vec<&str> = all.iter().flat_map(|e| &e.rules).flat_map(|r| &r.routes).map(String::as_str).collect();
+        let covered: Vec<&str> = all
+            .iter()
+            .flat_map(|e| &e.rules)
+            .flat_map(|r| &r.routes)
+            .map(String::as_str)
+            .collect();
         let uncovered: Vec<String> = snapshot
             .routes
             .iter()
@@ -155,12 +200,17 @@ pub fn test(path: &Path, tests: &[std::path::PathBuf], require_coverage: bool, l
                 for e in &all {
                     let text = rules::render_human(e);
                     // Per-file summaries are replaced by the one below.
-                    let body = text.rsplit_once(&format!("{} passed", e.passed)).map_or(text.as_str(), |(b, _)| b);
+                    let body = text
+                        .rsplit_once(&format!("{} passed", e.passed))
+                        .map_or(text.as_str(), |(b, _)| b);
                     print!("{body}");
                 }
                 if !uncovered.is_empty() {
                     let verdict = if require_coverage { "FAIL" } else { "note:" };
-                    println!("{verdict} routes no test exercises: {}", uncovered.join(", "));
+                    println!(
+                        "{verdict} routes no test exercises: {}",
+                        uncovered.join(", ")
+                    );
                 }
                 println!("{passed} passed, {failed} failed");
             }
@@ -185,11 +235,21 @@ pub fn test(path: &Path, tests: &[std::path::PathBuf], require_coverage: bool, l
                 println!("{}", sarif::render(&checked.diagnostics, merged.as_ref()));
             }
         }
-        Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        Ok(if failed == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        })
     })())
 }
 
-pub fn diff(old: &Path, new: &Path, log: Option<&Path>, max_moved: Option<f64>, format: Format) -> ExitCode {
+pub fn diff(
+    old: &Path,
+    new: &Path,
+    log: Option<&Path>,
+    max_moved: Option<f64>,
+    format: Format,
+) -> ExitCode {
     done((|| {
         if format == Format::Sarif {
             eprintln!("fulcrum: diff prints human or json, not sarif");
@@ -203,7 +263,9 @@ pub fn diff(old: &Path, new: &Path, log: Option<&Path>, max_moved: Option<f64>, 
         let (_, _, _, b) = config(new, format)?;
         let impact = match log {
             Some(_) => match traffic(log, &TrafficSpec::default())? {
-                Traffic::Recorded { requests, spec, .. } => Some(d::impact(&a, &b, &requests, &spec)),
+                Traffic::Recorded { requests, spec, .. } => {
+                    Some(d::impact(&a, &b, &requests, &spec))
+                }
                 Traffic::Synthetic(_) => None,
             },
             None => None,
@@ -224,11 +286,21 @@ pub fn diff(old: &Path, new: &Path, log: Option<&Path>, max_moved: Option<f64>, 
             }
             _ => print!("{}", d::render_human(&report, max_moved)),
         }
-        Ok(if exceeded { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+        Ok(if exceeded {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        })
     })())
 }
 
-pub fn explain(path: &Path, request: &str, headers: &[String], client_ip: IpAddr, format: Format) -> ExitCode {
+pub fn explain(
+    path: &Path,
+    request: &str,
+    headers: &[String],
+    client_ip: IpAddr,
+    format: Format,
+) -> ExitCode {
     done((|| {
         if format == Format::Sarif {
             eprintln!("fulcrum: explain prints human or json, not sarif");
@@ -243,15 +315,29 @@ pub fn explain(path: &Path, request: &str, headers: &[String], client_ip: IpAddr
             .map_err(|e| usage(format!("`{request}` is not a request: {e}; write e.g. 'POST http://app.example.com/auth/login'")))?;
         let mut map = HeaderMap::new();
         for h in headers {
-            let (n, v) = h.split_once(':').ok_or_else(|| usage(format!("-H `{h}`: write 'name: value'")))?;
-            let (Ok(n), Ok(v)) = (HeaderName::from_bytes(n.trim().as_bytes()), HeaderValue::from_str(v.trim())) else {
+            let (n, v) = h
+                .split_once(':')
+                .ok_or_else(|| usage(format!("-H `{h}`: write 'name: value'")))?;
+            let (Ok(n), Ok(v)) = (
+                HeaderName::from_bytes(n.trim().as_bytes()),
+                HeaderValue::from_str(v.trim()),
+            ) else {
                 return Err(usage(format!("-H `{h}` is not a valid header")));
             };
             map.append(n, v);
         }
         // A Host header overrides the URL's host, as it does for serve.
-        let host = map.get(http::header::HOST).and_then(|v| v.to_str().ok()).map(|h| h.split(':').next().unwrap_or(h).to_ascii_lowercase()).or(host);
-        let view = fulcrum_config::snapshot::RequestView { method: &method, host: host.as_deref(), path: &req_path, headers: &map };
+        let host = map
+            .get(http::header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .map(|h| h.split(':').next().unwrap_or(h).to_ascii_lowercase())
+            .or(host);
+        let view = fulcrum_config::snapshot::RequestView {
+            method: &method,
+            host: host.as_deref(),
+            path: &req_path,
+            headers: &map,
+        };
         let e = x::explain(&snapshot, request, &view, client_ip);
         match format {
             Format::Json => println!("{}", serde_json::to_string_pretty(&e).unwrap_or_default()),
@@ -262,6 +348,9 @@ pub fn explain(path: &Path, request: &str, headers: &[String], client_ip: IpAddr
 }
 
 pub fn schema() -> ExitCode {
-    println!("{}", serde_json::to_string_pretty(&fulcrum_config::schema::config_schema()).unwrap_or_default());
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&fulcrum_config::schema::config_schema()).unwrap_or_default()
+    );
     ExitCode::SUCCESS
 }

@@ -91,5 +91,7 @@ pub fn redact(value: &[u8]) -> String {
 
 /// Whether a logged value is a redacted one.
 pub fn is_redacted(value: &str) -> bool {
-    value.len() == 34 && value.starts_with("h:") && value[2..].bytes().all(|b| b.is_ascii_hexdigit())
+    value.len() == 34
+        && value.starts_with("h:")
+        && value[2..].bytes().all(|b| b.is_ascii_hexdigit())
 }

@@ -126,14 +126,24 @@ mod tests {
     /// The keys serde accepts for `T`, from its `deny_unknown_fields` error.
     fn keys<T: DeserializeOwned + std::fmt::Debug>() -> Vec<String> {
         let err = toml::from_str::<T>("zz_probe = 1").unwrap_err().to_string();
-        let mut names: Vec<String> = err.split('`').skip(1).step_by(2).map(str::to_owned).collect();
+        let mut names: Vec<String> = err
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect();
         names.remove(0);
         names.sort();
         names
     }
 
     fn props(v: &Value) -> Vec<String> {
-        let mut k: Vec<String> = v["properties"].as_object().unwrap().keys().cloned().collect();
+        let mut k: Vec<String> = v["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
         k.sort();
         k
     }
@@ -155,16 +165,28 @@ mod tests {
             (props(&p["listener"]["items"]), keys::<RawListener>()),
             (props(route), keys::<RawRoute>()),
             (props(&route["properties"]["match"]), keys::<RawMatch>()),
-            (props(&route["properties"]["match"]["properties"]["headers"]["items"]), keys::<RawHeader>()),
+            (
+                props(&route["properties"]["match"]["properties"]["headers"]["items"]),
+                keys::<RawHeader>(),
+            ),
             (props(pool), keys::<RawPool>()),
             (props(&pool["properties"]["hash"]), keys::<RawHash>()),
-            (props(&pool["properties"]["backends"]["items"]), keys::<RawBackend>()),
+            (
+                props(&pool["properties"]["backends"]["items"]),
+                keys::<RawBackend>(),
+            ),
             (props(&pool["properties"]["health"]), keys::<RawHealth>()),
             (props(&pool["properties"]["outlier"]), keys::<RawOutlier>()),
-            (props(&pool["properties"]["timeouts"]), keys::<RawTimeouts>()),
+            (
+                props(&pool["properties"]["timeouts"]),
+                keys::<RawTimeouts>(),
+            ),
             (props(&pool["properties"]["retries"]), keys::<RawRetries>()),
         ] {
-            assert_eq!(got, want, "the schema and the parser disagree; update schema.rs");
+            assert_eq!(
+                got, want,
+                "the schema and the parser disagree; update schema.rs"
+            );
         }
     }
 }

@@ -214,7 +214,9 @@ pub fn parse_standards(file: &str, source: &str) -> CheckedStandards {
     match DeTable::parse(source) {
         Err(e) => {
             d.error("toml-syntax", e.span(), "", e.message().trim().to_owned())
-                .hint("fix the TOML syntax at this position; nothing else is checked until it parses");
+                .hint(
+                    "fix the TOML syntax at this position; nothing else is checked until it parses",
+                );
         }
         Ok(root) => {
             for (key, value) in root.get_ref() {
@@ -223,10 +225,10 @@ pub fn parse_standards(file: &str, source: &str) -> CheckedStandards {
                         Some(rules) => {
                             for (i, v) in rules.iter().enumerate() {
                                 let it = item::<RawRule>(&mut d, v, format!("rule[{i}]"));
-                                if let Some(raw) = it.value.filter(|_| it.clean) {
-                                    if let Some(rule) = rule(&mut d, file, &it.path, raw) {
-                                        standards.rules.push(rule);
-                                    }
+                                if let Some(raw) = it.value.filter(|_| it.clean)
+                                    && let Some(rule) = rule(&mut d, file, &it.path, raw)
+                                {
+                                    standards.rules.push(rule);
                                 }
                             }
                         }
@@ -242,10 +244,10 @@ pub fn parse_standards(file: &str, source: &str) -> CheckedStandards {
                     },
                     "traffic" => {
                         let it = item::<RawTraffic>(&mut d, value, "traffic".into());
-                        if let Some(raw) = it.value.filter(|_| it.clean) {
-                            if let Some(t) = traffic(&mut d, raw) {
-                                standards.traffic = t;
-                            }
+                        if let Some(raw) = it.value.filter(|_| it.clean)
+                            && let Some(t) = traffic(&mut d, raw)
+                        {
+                            standards.traffic = t;
                         }
                     }
                     other => {
@@ -325,7 +327,8 @@ fn rule(d: &mut Diags<'_>, file: &str, p: &str, raw: RawRule) -> Option<Rule> {
             &format!("{p}.request"),
         )
     });
-    let routing = raw.expect_route.is_some() || raw.expect_pool.is_some() || raw.expect_status.is_some();
+    let routing =
+        raw.expect_route.is_some() || raw.expect_pool.is_some() || raw.expect_status.is_some();
     if routing && raw.request.is_none() {
         d.error(
             "missing-key",
@@ -464,8 +467,14 @@ fn rule(d: &mut Diags<'_>, file: &str, p: &str, raw: RawRule) -> Option<Rule> {
         location: loc(d, file, raw.name.span()),
         assertions,
         request,
-        expect_route: raw.expect_route.as_ref().map(|s| s.get_ref().trim().to_owned()),
-        expect_pool: raw.expect_pool.as_ref().map(|s| s.get_ref().trim().to_owned()),
+        expect_route: raw
+            .expect_route
+            .as_ref()
+            .map(|s| s.get_ref().trim().to_owned()),
+        expect_pool: raw
+            .expect_pool
+            .as_ref()
+            .map(|s| s.get_ref().trim().to_owned()),
         expect_status,
         pool,
         min_backends,
@@ -579,7 +588,11 @@ pub fn parse_request_line(text: &str) -> Result<(Method, Option<String>, String)
     Ok((method, uri.host().map(|h| h.to_ascii_lowercase()), path))
 }
 
-fn range(d: &mut Diags<'_>, raw: &Spanned<Vec<Spanned<String>>>, kp: &str) -> Option<DurationRange> {
+fn range(
+    d: &mut Diags<'_>,
+    raw: &Spanned<Vec<Spanned<String>>>,
+    kp: &str,
+) -> Option<DurationRange> {
     let items = raw.get_ref();
     if items.len() != 2 {
         d.error(
@@ -610,17 +623,17 @@ fn range(d: &mut Diags<'_>, raw: &Spanned<Vec<Spanned<String>>>, kp: &str) -> Op
     let (Ok(min), Ok(max)) = (min, max) else {
         return None;
     };
-    if let (Some(a), Some(b)) = (min, max) {
-        if a > b {
-            d.error(
-                "invalid-value",
-                Some(raw.span()),
-                kp,
-                "the range's minimum is above its maximum",
-            )
-            .hint("write [MIN, MAX] with MIN ≤ MAX");
-            return None;
-        }
+    if let (Some(a), Some(b)) = (min, max)
+        && a > b
+    {
+        d.error(
+            "invalid-value",
+            Some(raw.span()),
+            kp,
+            "the range's minimum is above its maximum",
+        )
+        .hint("write [MIN, MAX] with MIN ≤ MAX");
+        return None;
     }
     Some(DurationRange { min, max })
 }
@@ -645,10 +658,22 @@ fn traffic(d: &mut Diags<'_>, raw: RawTraffic) -> Option<TrafficSpec> {
             }
         }
     };
-    count(&raw.requests, "traffic.requests", 1, 1_000_000, &mut t.requests);
+    count(
+        &raw.requests,
+        "traffic.requests",
+        1,
+        1_000_000,
+        &mut t.requests,
+    );
     count(&raw.clients, "traffic.clients", 1, 1 << 24, &mut t.clients);
     count(&raw.paths, "traffic.paths", 1, 1_000_000, &mut t.paths);
-    count(&raw.concurrency, "traffic.concurrency", 0, 10_000, &mut t.concurrency);
+    count(
+        &raw.concurrency,
+        "traffic.concurrency",
+        0,
+        10_000,
+        &mut t.concurrency,
+    );
     let mut seed = 0usize;
     count(&raw.seed, "traffic.seed", 0, i64::MAX, &mut seed);
     if raw.seed.is_some() {
@@ -656,12 +681,24 @@ fn traffic(d: &mut Diags<'_>, raw: RawTraffic) -> Option<TrafficSpec> {
     }
     for (name, v) in raw.headers.iter().flatten() {
         let mut n = 0;
-        count(&Some(v.clone()), &format!("traffic.headers.{name}"), 1, 1_000_000, &mut n);
+        count(
+            &Some(v.clone()),
+            &format!("traffic.headers.{name}"),
+            1,
+            1_000_000,
+            &mut n,
+        );
         t.headers.insert(name.to_ascii_lowercase(), n);
     }
     for (name, v) in raw.cookies.iter().flatten() {
         let mut n = 0;
-        count(&Some(v.clone()), &format!("traffic.cookies.{name}"), 1, 1_000_000, &mut n);
+        count(
+            &Some(v.clone()),
+            &format!("traffic.cookies.{name}"),
+            1,
+            1_000_000,
+            &mut n,
+        );
         t.cookies.insert(name.clone(), n);
     }
     ok.then_some(t)

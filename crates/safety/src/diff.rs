@@ -51,30 +51,76 @@ pub fn semantic(old: &Snapshot, new: &Snapshot) -> Vec<Change> {
     let pool_name = |s: &Snapshot, r: &Route| s.pools[r.pool].name.to_string();
     for (i, r) in old.routes.iter().enumerate() {
         match new.routes.iter().position(|n| n.name == r.name) {
-            None => out.push(ch("route", "removed", &r.name, None, Some(describe_match(&r.matcher)), None)),
+            None => out.push(ch(
+                "route",
+                "removed",
+                &r.name,
+                None,
+                Some(describe_match(&r.matcher)),
+                None,
+            )),
             Some(j) => {
                 let n = &new.routes[j];
                 if pool_name(old, r) != pool_name(new, n) {
-                    out.push(ch("route", "changed", &r.name, Some("pool"), Some(pool_name(old, r)), Some(pool_name(new, n))));
+                    out.push(ch(
+                        "route",
+                        "changed",
+                        &r.name,
+                        Some("pool"),
+                        Some(pool_name(old, r)),
+                        Some(pool_name(new, n)),
+                    ));
                 }
                 let (a, b) = (describe_match(&r.matcher), describe_match(&n.matcher));
                 if a != b {
-                    out.push(ch("route", "changed", &r.name, Some("match"), Some(a), Some(b)));
+                    out.push(ch(
+                        "route",
+                        "changed",
+                        &r.name,
+                        Some("match"),
+                        Some(a),
+                        Some(b),
+                    ));
                 }
                 if i != j {
-                    out.push(ch("route", "changed", &r.name, Some("order"), Some((i + 1).to_string()), Some((j + 1).to_string())));
+                    out.push(ch(
+                        "route",
+                        "changed",
+                        &r.name,
+                        Some("order"),
+                        Some((i + 1).to_string()),
+                        Some((j + 1).to_string()),
+                    ));
                 }
             }
         }
     }
     for r in &new.routes {
         if !old.routes.iter().any(|o| o.name == r.name) {
-            out.push(ch("route", "added", &r.name, None, None, Some(format!("{} → pool {}", describe_match(&r.matcher), pool_name(new, r)))));
+            out.push(ch(
+                "route",
+                "added",
+                &r.name,
+                None,
+                None,
+                Some(format!(
+                    "{} → pool {}",
+                    describe_match(&r.matcher),
+                    pool_name(new, r)
+                )),
+            ));
         }
     }
     for p in &old.pools {
         match new.pool(&p.name) {
-            None => out.push(ch("pool", "removed", &p.name, None, Some(describe_pool(p)), None)),
+            None => out.push(ch(
+                "pool",
+                "removed",
+                &p.name,
+                None,
+                Some(describe_pool(p)),
+                None,
+            )),
             Some((_, n)) => {
                 let mut field = |f, a: String, b: String| {
                     if a != b {
@@ -82,22 +128,63 @@ pub fn semantic(old: &Snapshot, new: &Snapshot) -> Vec<Change> {
                     }
                 };
                 field("algorithm", describe_algorithm(p), describe_algorithm(n));
-                field("health", format!("{:?}", p.health), format!("{:?}", n.health));
-                field("outlier", format!("{:?}", p.outlier), format!("{:?}", n.outlier));
-                field("timeouts", format!("{:?}", p.timeouts), format!("{:?}", n.timeouts));
-                field("retries", format!("{:?}", p.retries), format!("{:?}", n.retries));
-                field("panic_threshold", p.panic_threshold.to_string(), n.panic_threshold.to_string());
+                field(
+                    "health",
+                    format!("{:?}", p.health),
+                    format!("{:?}", n.health),
+                );
+                field(
+                    "outlier",
+                    format!("{:?}", p.outlier),
+                    format!("{:?}", n.outlier),
+                );
+                field(
+                    "timeouts",
+                    format!("{:?}", p.timeouts),
+                    format!("{:?}", n.timeouts),
+                );
+                field(
+                    "retries",
+                    format!("{:?}", p.retries),
+                    format!("{:?}", n.retries),
+                );
+                field(
+                    "panic_threshold",
+                    p.panic_threshold.to_string(),
+                    n.panic_threshold.to_string(),
+                );
                 for b in &p.backends {
                     let name = format!("{}/{}", p.name, b.addr);
                     match n.backends.iter().find(|x| x.addr == b.addr) {
-                        None => out.push(ch("backend", "removed", &name, None, Some(format!("weight {}", b.weight)), None)),
-                        Some(x) if x.weight != b.weight => out.push(ch("backend", "changed", &name, Some("weight"), Some(b.weight.to_string()), Some(x.weight.to_string()))),
+                        None => out.push(ch(
+                            "backend",
+                            "removed",
+                            &name,
+                            None,
+                            Some(format!("weight {}", b.weight)),
+                            None,
+                        )),
+                        Some(x) if x.weight != b.weight => out.push(ch(
+                            "backend",
+                            "changed",
+                            &name,
+                            Some("weight"),
+                            Some(b.weight.to_string()),
+                            Some(x.weight.to_string()),
+                        )),
                         Some(_) => {}
                     }
                 }
                 for b in &n.backends {
                     if !p.backends.iter().any(|x| x.addr == b.addr) {
-                        out.push(ch("backend", "added", &format!("{}/{}", p.name, b.addr), None, None, Some(format!("weight {}", b.weight))));
+                        out.push(ch(
+                            "backend",
+                            "added",
+                            &format!("{}/{}", p.name, b.addr),
+                            None,
+                            None,
+                            Some(format!("weight {}", b.weight)),
+                        ));
                     }
                 }
             }
@@ -105,23 +192,58 @@ pub fn semantic(old: &Snapshot, new: &Snapshot) -> Vec<Change> {
     }
     for p in &new.pools {
         if old.pool(&p.name).is_none() {
-            out.push(ch("pool", "added", &p.name, None, None, Some(describe_pool(p))));
+            out.push(ch(
+                "pool",
+                "added",
+                &p.name,
+                None,
+                None,
+                Some(describe_pool(p)),
+            ));
         }
     }
     let admin = |s: &Snapshot| s.admin.as_ref().map(|a| a.listen.to_string());
     if admin(old) != admin(new) {
-        out.push(ch("admin", "changed", "admin", Some("listen"), admin(old), admin(new)));
+        out.push(ch(
+            "admin",
+            "changed",
+            "admin",
+            Some("listen"),
+            admin(old),
+            admin(new),
+        ));
     }
     for l in &old.listeners {
         match new.listeners.iter().find(|n| n.name == l.name) {
-            None => out.push(ch("listener", "removed", &l.name, None, Some(l.bind.to_string()), None)),
-            Some(n) if n != l => out.push(ch("listener", "changed", &l.name, Some("bind"), Some(format!("{:?}", l)), Some(format!("{:?}", n)))),
+            None => out.push(ch(
+                "listener",
+                "removed",
+                &l.name,
+                None,
+                Some(l.bind.to_string()),
+                None,
+            )),
+            Some(n) if n != l => out.push(ch(
+                "listener",
+                "changed",
+                &l.name,
+                Some("bind"),
+                Some(format!("{:?}", l)),
+                Some(format!("{:?}", n)),
+            )),
             Some(_) => {}
         }
     }
     for l in &new.listeners {
         if !old.listeners.iter().any(|o| o.name == l.name) {
-            out.push(ch("listener", "added", &l.name, None, None, Some(l.bind.to_string())));
+            out.push(ch(
+                "listener",
+                "added",
+                &l.name,
+                None,
+                None,
+                Some(l.bind.to_string()),
+            ));
         }
     }
     out
@@ -175,7 +297,11 @@ pub fn describe_algorithm(p: &Pool) -> String {
 }
 
 fn describe_pool(p: &Pool) -> String {
-    let backends: Vec<String> = p.backends.iter().map(|b| format!("{}×{}", b.addr, b.weight)).collect();
+    let backends: Vec<String> = p
+        .backends
+        .iter()
+        .map(|b| format!("{}×{}", b.addr, b.weight))
+        .collect();
     format!("{}, backends {}", describe_algorithm(p), backends.join(" "))
 }
 
@@ -226,7 +352,12 @@ pub struct BackendImpact {
 }
 
 /// Replay `requests` through both snapshots and compare where they go.
-pub fn impact(old: &Snapshot, new: &Snapshot, requests: &[SampleRequest], spec: &TrafficSpec) -> Impact {
+pub fn impact(
+    old: &Snapshot,
+    new: &Snapshot,
+    requests: &[SampleRequest],
+    spec: &TrafficSpec,
+) -> Impact {
     let a = replay(old, requests, spec, true);
     let b = replay(new, requests, spec, true);
     let n = requests.len().max(1) as f64;
@@ -238,7 +369,8 @@ pub fn impact(old: &Snapshot, new: &Snapshot, requests: &[SampleRequest], spec: 
         };
         (pool, backend)
     };
-    let route_name = |s: &Snapshot, o: &crate::simulate::Outcome| o.route.map(|r| s.routes[r].name.to_string());
+    let route_name =
+        |s: &Snapshot, o: &crate::simulate::Outcome| o.route.map(|r| s.routes[r].name.to_string());
 
     let mut dist: BTreeMap<(Option<String>, Option<String>), (f64, f64)> = BTreeMap::new();
     let (mut route_changed, mut pool_changed) = (0usize, 0usize);
@@ -361,7 +493,10 @@ pub fn render_human(d: &Diff, max_moved: Option<f64>) -> String {
         out.push('\n');
     }
     if let Some(i) = &d.impact {
-        out.push_str(&format!("\nimpact over {} recorded requests:\n", i.requests));
+        out.push_str(&format!(
+            "\nimpact over {} recorded requests:\n",
+            i.requests
+        ));
         out.push_str(&format!(
             "  moved: {} of requests land on a different pool or backend",
             pct(i.moved)
@@ -396,7 +531,12 @@ pub fn render_human(d: &Diff, max_moved: Option<f64>) -> String {
             ));
             for b in &p.backends {
                 let s = |x: Option<f64>| x.map_or("—".to_owned(), pct);
-                out.push_str(&format!("    {:<24} {:>6} → {:>6}\n", b.addr, s(b.before), s(b.after)));
+                out.push_str(&format!(
+                    "    {:<24} {:>6} → {:>6}\n",
+                    b.addr,
+                    s(b.before),
+                    s(b.after)
+                ));
             }
         }
     }

@@ -7,12 +7,14 @@
 use std::net::IpAddr;
 
 use fulcrum_config::Snapshot;
-use fulcrum_config::snapshot::{HashKey, HeaderValueMatch, HostMatch, PathMatch, RequestView, RouteMatch};
+use fulcrum_config::snapshot::{
+    HashKey, HeaderValueMatch, HostMatch, PathMatch, RequestView, RouteMatch,
+};
 use fulcrum_proxy::balance::{Balancer, hash_key};
 use serde::Serialize;
 
-use crate::simulate::ModelView;
 use crate::diff::describe_algorithm;
+use crate::simulate::ModelView;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Explanation {
@@ -70,44 +72,57 @@ pub struct HashStep {
 
 /// Why the first failing condition of `m` fails for `req`, or `None`.
 pub fn mismatch(m: &RouteMatch, req: &RequestView<'_>) -> Option<String> {
-    if let Some(h) = &m.host {
-        if !h.matches(req.host) {
-            let want = match h {
-                HostMatch::Exact(x) => format!("`{x}`"),
-                HostMatch::Suffix(s) => format!("`*{s}`"),
-            };
-            return Some(match req.host {
-                Some(got) => format!("host `{got}` is not {want}"),
-                None => format!("the request has no host; {want} required"),
-            });
-        }
+    if let Some(h) = &m.host
+        && !h.matches(req.host)
+    {
+        let want = match h {
+            HostMatch::Exact(x) => format!("`{x}`"),
+            HostMatch::Suffix(s) => format!("`*{s}`"),
+        };
+        return Some(match req.host {
+            Some(got) => format!("host `{got}` is not {want}"),
+            None => format!("the request has no host; {want} required"),
+        });
     }
-    if let Some(p) = &m.path {
-        if !p.matches(req.path) {
-            return Some(match p {
-                PathMatch::Exact(x) => format!("path `{}` is not `{x}`", req.path),
-                PathMatch::Prefix(x) => format!("path `{}` does not start with `{x}`", req.path),
-                PathMatch::Regex(r) => format!("path `{}` does not match /{}/", req.path, r.as_str()),
-            });
-        }
+    if let Some(p) = &m.path
+        && !p.matches(req.path)
+    {
+        return Some(match p {
+            PathMatch::Exact(x) => format!("path `{}` is not `{x}`", req.path),
+            PathMatch::Prefix(x) => format!("path `{}` does not start with `{x}`", req.path),
+            PathMatch::Regex(r) => {
+                format!("path `{}` does not match /{}/", req.path, r.as_str())
+            }
+        });
     }
     if !m.methods.is_empty() && !m.methods.contains(req.method) {
         let ms: Vec<&str> = m.methods.iter().map(|m| m.as_str()).collect();
-        return Some(format!("method {} is not one of {}", req.method, ms.join(", ")));
+        return Some(format!(
+            "method {} is not one of {}",
+            req.method,
+            ms.join(", ")
+        ));
     }
     for h in &m.headers {
         if !h.matches(req.headers) {
             return Some(match &h.value {
                 HeaderValueMatch::Present => format!("header `{}` is absent", h.name),
                 HeaderValueMatch::Exact(v) => format!("header `{}` is not `{v}`", h.name),
-                HeaderValueMatch::Regex(r) => format!("header `{}` does not match /{}/", h.name, r.as_str()),
+                HeaderValueMatch::Regex(r) => {
+                    format!("header `{}` does not match /{}/", h.name, r.as_str())
+                }
             });
         }
     }
     None
 }
 
-pub fn explain(snapshot: &Snapshot, text: &str, req: &RequestView<'_>, client_ip: IpAddr) -> Explanation {
+pub fn explain(
+    snapshot: &Snapshot,
+    text: &str,
+    req: &RequestView<'_>,
+    client_ip: IpAddr,
+) -> Explanation {
     let mut routes = Vec::new();
     let mut chosen = None;
     for r in &snapshot.routes {
@@ -132,10 +147,17 @@ pub fn explain(snapshot: &Snapshot, text: &str, req: &RequestView<'_>, client_ip
         let p = &snapshot.pools[r.pool];
         let balancer = Balancer::new(p);
         let view = ModelView::new(p, 0);
-        let key = balancer.hash_policy().and_then(|pol| hash_key(pol, req, client_ip));
+        let key = balancer
+            .hash_policy()
+            .and_then(|pol| hash_key(pol, req, client_ip));
         let hash = balancer.hash_policy().map(|pol| {
             let (name, value) = match &pol.key {
-                HashKey::Header(n) => (format!("header:{n}"), req.headers.get(n).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())),
+                HashKey::Header(n) => (
+                    format!("header:{n}"),
+                    req.headers
+                        .get(n)
+                        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+                ),
                 HashKey::Cookie(c) => (format!("cookie:{c}"), cookie(req, c)),
                 HashKey::ClientIp => ("client_ip".into(), Some(client_ip.to_string())),
                 HashKey::Path => ("path".into(), Some(req.path.to_owned())),
@@ -160,22 +182,39 @@ pub fn explain(snapshot: &Snapshot, text: &str, req: &RequestView<'_>, client_ip
             }
         });
         let mut rng = fastrand::Rng::with_seed(1);
-        let pick = balancer.pick(&view, key, &[], &mut rng).map(|pk| p.backends[pk.index].addr.to_string());
+        let pick = balancer
+            .pick(&view, key, &[], &mut rng)
+            .map(|pk| p.backends[pk.index].addr.to_string());
         if pick.is_none() {
             status = Some(503);
         }
         let note = match p.algorithm.name() {
-            "hash" if hash.as_ref().is_some_and(|h| h.value.is_none()) && hash.as_ref().is_some_and(|h| h.on_missing == "random") =>
-                "the request lacks the hash key: serve picks at random by weight".into(),
+            "hash"
+                if hash.as_ref().is_some_and(|h| h.value.is_none())
+                    && hash.as_ref().is_some_and(|h| h.on_missing == "random") =>
+            {
+                "the request lacks the hash key: serve picks at random by weight".into()
+            }
             "hash" => "the same key always goes to this backend while it is healthy".into(),
             "first" => "always the first healthy backend with weight above 0".into(),
-            "round_robin" => "the first pick of a fresh balancer; serve rotates per request in weight proportion".into(),
+            "round_robin" => {
+                "the first pick of a fresh balancer; serve rotates per request in weight proportion"
+                    .into()
+            }
             _ => "one seeded draw; serve draws per request".into(),
         };
         PoolStep {
             pool: p.name.to_string(),
             algorithm: describe_algorithm(p),
-            backends: p.backends.iter().map(|b| Candidate { addr: b.addr.to_string(), weight: b.weight, healthy: true }).collect(),
+            backends: p
+                .backends
+                .iter()
+                .map(|b| Candidate {
+                    addr: b.addr.to_string(),
+                    weight: b.weight,
+                    healthy: true,
+                })
+                .collect(),
             hash,
             pick,
             note,
@@ -211,7 +250,12 @@ pub fn render_human(e: &Explanation) -> String {
     out.push_str("routes, in order:\n");
     for (i, r) in e.routes.iter().enumerate() {
         let mark = if r.matched { "✓" } else { "✗" };
-        out.push_str(&format!("  {}. {mark} {:<16} {}\n", i + 1, r.route, r.reason));
+        out.push_str(&format!(
+            "  {}. {mark} {:<16} {}\n",
+            i + 1,
+            r.route,
+            r.reason
+        ));
     }
     match &e.pool {
         None => out.push_str("no route matches: the request is refused with 404\n"),
@@ -219,20 +263,34 @@ pub fn render_human(e: &Explanation) -> String {
             out.push_str(&format!("route: {}\n", e.route.as_deref().unwrap_or("")));
             out.push_str(&format!("pool: {} ({})\n", p.pool, p.algorithm));
             for b in &p.backends {
-                out.push_str(&format!("  {:<24} weight {:<4} {}\n", b.addr, b.weight, if b.healthy { "healthy (assumed offline)" } else { "unhealthy" }));
+                out.push_str(&format!(
+                    "  {:<24} weight {:<4} {}\n",
+                    b.addr,
+                    b.weight,
+                    if b.healthy {
+                        "healthy (assumed offline)"
+                    } else {
+                        "unhealthy"
+                    }
+                ));
             }
             if let Some(h) = &p.hash {
                 out.push_str(&format!(
                     "hash: key {} = {} → hash {} → ring point {} of {} ({})\n",
                     h.key,
-                    h.value.as_deref().map_or("(missing)".to_owned(), |v| format!("{v:?}")),
+                    h.value
+                        .as_deref()
+                        .map_or("(missing)".to_owned(), |v| format!("{v:?}")),
                     h.hash.as_deref().unwrap_or("none (random)"),
                     h.ring_index.map_or("-".into(), |i| i.to_string()),
                     h.ring_size.map_or("-".into(), |i| i.to_string()),
                     h.ring_point.as_deref().unwrap_or("-"),
                 ));
                 if h.value.is_none() {
-                    out.push_str(&format!("  the request lacks the key; on_missing = {}\n", h.on_missing));
+                    out.push_str(&format!(
+                        "  the request lacks the key; on_missing = {}\n",
+                        h.on_missing
+                    ));
                 }
             }
             match &p.pick {

@@ -198,45 +198,53 @@ impl Ctx<'_> {
                 (Some((_, r)), Some(p)) => format!("route `{r}` sends it to pool `{}`", p.name),
                 _ => "no route matches it (404)".to_owned(),
             };
-            let route_at = route.as_ref().and_then(|(i, _)| self.at(&format!("route[{i}].pool")));
-            if let Some(want) = &rule.expect_route {
-                if route.as_ref().is_none_or(|(_, r)| r != want) {
-                    fail(
-                        "expect_route",
-                        format!("`{}` must take route `{want}`, but {went}; fix the routes' order or match conditions", req.text),
-                        route_at.clone(),
-                        Some(evidence.clone()),
-                    );
-                }
+            let route_at = route
+                .as_ref()
+                .and_then(|(i, _)| self.at(&format!("route[{i}].pool")));
+            if let Some(want) = &rule.expect_route
+                && route.as_ref().is_none_or(|(_, r)| r != want)
+            {
+                fail(
+                    "expect_route",
+                    format!(
+                        "`{}` must take route `{want}`, but {went}; fix the routes' order or match conditions",
+                        req.text
+                    ),
+                    route_at.clone(),
+                    Some(evidence.clone()),
+                );
             }
-            if let Some(want) = &rule.expect_pool {
-                if pool.is_none_or(|p| &*p.name != want) {
-                    let hint = if s.pool(want).is_some() {
-                        format!("point that route at `pool = \"{want}\"` or add a route for it before")
-                    } else {
-                        format!("the config has no pool `{want}`")
-                    };
-                    fail(
-                        "expect_pool",
-                        format!("`{}` must reach pool `{want}`, but {went}; {hint}", req.text),
-                        route_at.clone(),
-                        Some(evidence.clone()),
-                    );
-                }
+            if let Some(want) = &rule.expect_pool
+                && pool.is_none_or(|p| &*p.name != want)
+            {
+                let hint = if s.pool(want).is_some() {
+                    format!("point that route at `pool = \"{want}\"` or add a route for it before")
+                } else {
+                    format!("the config has no pool `{want}`")
+                };
+                fail(
+                    "expect_pool",
+                    format!(
+                        "`{}` must reach pool `{want}`, but {went}; {hint}",
+                        req.text
+                    ),
+                    route_at.clone(),
+                    Some(evidence.clone()),
+                );
             }
-            if let Some(want) = rule.expect_status {
-                if status != Some(want) {
-                    let got = status.map_or_else(
-                        || format!("{went}, which serves it"),
-                        |st| format!("it gets {st}"),
-                    );
-                    fail(
-                        "expect_status",
-                        format!("`{}` must be refused with {want}, but {got}", req.text),
-                        route_at,
-                        Some(evidence),
-                    );
-                }
+            if let Some(want) = rule.expect_status
+                && status != Some(want)
+            {
+                let got = status.map_or_else(
+                    || format!("{went}, which serves it"),
+                    |st| format!("it gets {st}"),
+                );
+                fail(
+                    "expect_status",
+                    format!("`{}` must be refused with {want}, but {got}", req.text),
+                    route_at,
+                    Some(evidence),
+                );
             }
         }
 
@@ -249,7 +257,9 @@ impl Ctx<'_> {
                         let first = rule.assertions.first().map_or("pool", |a| a.0);
                         fail(
                             first,
-                            format!("the config has no pool `{n}`, so this rule cannot hold; name an existing pool or `*`"),
+                            format!(
+                                "the config has no pool `{n}`, so this rule cannot hold; name an existing pool or `*`"
+                            ),
                             None,
                             None,
                         );
@@ -261,22 +271,28 @@ impl Ctx<'_> {
                 let p: &Pool = &s.pools[i];
                 let pk = format!("pool.{}", p.name);
                 let weighted = p.backends.iter().filter(|b| b.weight > 0).count();
-                if let Some(min) = rule.min_backends {
-                    if weighted < min {
-                        fail(
-                            "min_backends",
-                            format!("pool `{}` has {weighted} backend(s) with weight above 0; at least {min} required for redundancy", p.name),
-                            self.at(&format!("{pk}.backends")),
-                            None,
-                        );
-                    }
+                if let Some(min) = rule.min_backends
+                    && weighted < min
+                {
+                    fail(
+                        "min_backends",
+                        format!(
+                            "pool `{}` has {weighted} backend(s) with weight above 0; at least {min} required for redundancy",
+                            p.name
+                        ),
+                        self.at(&format!("{pk}.backends")),
+                        None,
+                    );
                 }
                 if let Some(max) = rule.max_backend_share {
                     let shares = self.shares(i);
                     if shares.requests == 0 {
                         fail(
                             "max_backend_share",
-                            format!("no request of the traffic sample reaches pool `{}`, so its balance cannot be shown; record traffic that reaches it", p.name),
+                            format!(
+                                "no request of the traffic sample reaches pool `{}`, so its balance cannot be shown; record traffic that reaches it",
+                                p.name
+                            ),
                             self.at(&pk),
                             Some(Evidence::Shares(shares)),
                         );
@@ -290,27 +306,40 @@ impl Ctx<'_> {
                             "max_backend_share",
                             format!(
                                 "backend {} of pool `{}` would receive {:.1}% of its requests (at most {:.1}% allowed) under `{}`: {}; spread the load (weights, algorithm, or a hash key that varies)",
-                                top.addr, p.name, top.share * 100.0, max * 100.0, p.algorithm.name(), shares.summary()
+                                top.addr,
+                                p.name,
+                                top.share * 100.0,
+                                max * 100.0,
+                                p.algorithm.name(),
+                                shares.summary()
                             ),
                             at,
                             Some(Evidence::Shares(shares.clone())),
                         );
                     }
                 }
-                if let Some(allowed) = &rule.algorithms {
-                    if !allowed.iter().any(|a| a == p.algorithm.name()) {
-                        fail(
-                            "algorithms",
-                            format!("pool `{}` uses `{}`, which is not allowed here (allowed: {})", p.name, p.algorithm.name(), allowed.join(", ")),
-                            self.at(&format!("{pk}.algorithm")),
-                            None,
-                        );
-                    }
+                if let Some(allowed) = &rule.algorithms
+                    && !allowed.iter().any(|a| a == p.algorithm.name())
+                {
+                    fail(
+                        "algorithms",
+                        format!(
+                            "pool `{}` uses `{}`, which is not allowed here (allowed: {})",
+                            p.name,
+                            p.algorithm.name(),
+                            allowed.join(", ")
+                        ),
+                        self.at(&format!("{pk}.algorithm")),
+                        None,
+                    );
                 }
                 if rule.require_health_check && p.health.is_none() {
                     fail(
                         "require_health_check",
-                        format!("pool `{}` has no active health check, so a dead backend keeps getting traffic; add `health = {{ path = \"/healthz\" }}`", p.name),
+                        format!(
+                            "pool `{}` has no active health check, so a dead backend keeps getting traffic; add `health = {{ path = \"/healthz\" }}`",
+                            p.name
+                        ),
                         self.at(&pk),
                         None,
                     );
@@ -318,21 +347,32 @@ impl Ctx<'_> {
                 if rule.require_outlier_detection && p.outlier.is_none() {
                     fail(
                         "require_outlier_detection",
-                        format!("pool `{}` has outlier detection turned off; remove `outlier.enabled = false`", p.name),
+                        format!(
+                            "pool `{}` has outlier detection turned off; remove `outlier.enabled = false`",
+                            p.name
+                        ),
                         self.at(&format!("{pk}.outlier")),
                         None,
                     );
                 }
                 for (key, range, d) in [
                     ("connect_timeout", rule.connect_timeout, p.timeouts.connect),
-                    ("response_timeout", rule.response_timeout, p.timeouts.response),
+                    (
+                        "response_timeout",
+                        rule.response_timeout,
+                        p.timeouts.response,
+                    ),
                     ("idle_timeout", rule.idle_timeout, p.timeouts.idle),
                 ] {
                     if let Some(range) = range.filter(|r| !r.contains(d)) {
                         let field = key.trim_end_matches("_timeout");
                         fail(
                             key,
-                            format!("pool `{}` has timeouts.{field} = {}, outside the allowed {range}", p.name, fulcrum_humantime(d)),
+                            format!(
+                                "pool `{}` has timeouts.{field} = {}, outside the allowed {range}",
+                                p.name,
+                                fulcrum_humantime(d)
+                            ),
                             self.at(&format!("{pk}.timeouts.{field}")),
                             None,
                         );
@@ -346,7 +386,10 @@ impl Ctx<'_> {
                 if !s.routes.iter().any(|r| s.pools[r.pool].name == p.name) {
                     fail(
                         "every_pool_used",
-                        format!("no route sends traffic to pool `{}`; a route probably points at the wrong pool", p.name),
+                        format!(
+                            "no route sends traffic to pool `{}`; a route probably points at the wrong pool",
+                            p.name
+                        ),
                         self.at(&format!("pool.{}", p.name)),
                         None,
                     );
@@ -357,28 +400,37 @@ impl Ctx<'_> {
             for (later, earlier) in fulcrum_config::shadowed_routes(s) {
                 fail(
                     "no_shadowed_routes",
-                    format!("route `{}` can never match: route `{}` before it matches every request it does; reorder them", s.routes[later].name, s.routes[earlier].name),
+                    format!(
+                        "route `{}` can never match: route `{}` before it matches every request it does; reorder them",
+                        s.routes[later].name, s.routes[earlier].name
+                    ),
                     self.at(&format!("route[{later}]")),
                     None,
                 );
             }
         }
-        if rule.admin_on_loopback {
-            if let Some(a) = s.admin.as_ref().filter(|a| !a.listen.ip().is_loopback()) {
-                fail(
-                    "admin_on_loopback",
-                    format!("the admin API listens on {}, reachable from other hosts; bind it to 127.0.0.1", a.listen),
-                    self.at("admin.listen"),
-                    None,
-                );
-            }
+        if rule.admin_on_loopback
+            && let Some(a) = s.admin.as_ref().filter(|a| !a.listen.ip().is_loopback())
+        {
+            fail(
+                "admin_on_loopback",
+                format!(
+                    "the admin API listens on {}, reachable from other hosts; bind it to 127.0.0.1",
+                    a.listen
+                ),
+                self.at("admin.listen"),
+                None,
+            );
         }
         if rule.require_version {
-            let has_version = self.config.is_none_or(|c| locate(c.source, "version").is_some());
+            let has_version = self
+                .config
+                .is_none_or(|c| locate(c.source, "version").is_some());
             if !has_version {
                 fail(
                     "require_version",
-                    "the config has no `version`; add `version = \"…\"` naming this change".to_owned(),
+                    "the config has no `version`; add `version = \"…\"` naming this change"
+                        .to_owned(),
                     self.at(""),
                     None,
                 );
@@ -398,7 +450,7 @@ impl Ctx<'_> {
 
 fn fulcrum_humantime(d: std::time::Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 == 0 {
+    if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")

@@ -135,7 +135,11 @@ impl Shares {
                     addr: b.addr.to_string(),
                     weight: b.weight,
                     requests: n,
-                    share: if total == 0 { 0.0 } else { n as f64 / total as f64 },
+                    share: if total == 0 {
+                        0.0
+                    } else {
+                        n as f64 / total as f64
+                    },
                 })
                 .collect(),
         }
@@ -196,7 +200,11 @@ pub fn replay(
     } else {
         snapshot
     };
-    let mut sims: Vec<PoolSim> = snapshot.pools.iter().map(|p| PoolSim::new(p, spec)).collect();
+    let mut sims: Vec<PoolSim> = snapshot
+        .pools
+        .iter()
+        .map(|p| PoolSim::new(p, spec))
+        .collect();
     requests
         .iter()
         .map(|r| match snapshot.route(&r.view()) {
@@ -222,10 +230,10 @@ pub fn for_recorded(snapshot: &Snapshot) -> Snapshot {
     let mut s = snapshot.clone();
     for route in &mut s.routes {
         for h in &mut route.matcher.headers {
-            if snapshot.is_sensitive(&h.name) {
-                if let HeaderValueMatch::Exact(v) = &mut h.value {
-                    *v = redact(v.as_bytes());
-                }
+            if snapshot.is_sensitive(&h.name)
+                && let HeaderValueMatch::Exact(v) = &mut h.value
+            {
+                *v = redact(v.as_bytes());
             }
         }
     }

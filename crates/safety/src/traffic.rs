@@ -103,10 +103,10 @@ pub fn synthetic(spec: &TrafficSpec) -> Vec<SampleRequest> {
                 .iter()
                 .map(|(c, &n)| format!("{c}=v{}", rng.usize(0..n)))
                 .collect();
-            if !cookies.is_empty() {
-                if let Ok(v) = HeaderValue::from_str(&cookies.join("; ")) {
-                    headers.insert(http::header::COOKIE, v);
-                }
+            if !cookies.is_empty()
+                && let Ok(v) = HeaderValue::from_str(&cookies.join("; "))
+            {
+                headers.insert(http::header::COOKIE, v);
             }
             SampleRequest {
                 method: Method::GET,
@@ -156,11 +156,17 @@ pub fn parse_access_log(text: &str) -> Result<Vec<SampleRequest>, TrafficError> 
         let v: serde_json::Value =
             serde_json::from_str(line).map_err(|e| err(format!("not JSON: {e}")))?;
         let s = |k: &str| v.get(k).and_then(|x| x.as_str());
-        let method = Method::from_bytes(s("method").ok_or_else(|| err("no `method`".into()))?.as_bytes())
-            .map_err(|_| err("`method` is not an HTTP method".into()))?;
+        let method = Method::from_bytes(
+            s("method")
+                .ok_or_else(|| err("no `method`".into()))?
+                .as_bytes(),
+        )
+        .map_err(|_| err("`method` is not an HTTP method".into()))?;
         let path = s("path").ok_or_else(|| err("no `path`".into()))?.to_owned();
         let client_ip = match s("client_ip") {
-            Some(ip) => ip.parse().map_err(|_| err(format!("`client_ip` {ip:?} is not an IP")))?,
+            Some(ip) => ip
+                .parse()
+                .map_err(|_| err(format!("`client_ip` {ip:?} is not an IP")))?,
             None => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         };
         let mut headers = HeaderMap::new();
