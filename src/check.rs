@@ -18,7 +18,7 @@ pub fn run(path: &Path, format: Format) -> ExitCode {
     let checked = fulcrum_config::check(&label, &source);
     let out = match format {
         Format::Human => fulcrum_config::render_human(&label, &source, &checked),
-        Format::Json => fulcrum_config::render_json(&label, &checked),
+        Format::Json | Format::Sarif => fulcrum_config::render_json(&label, &checked),
     };
     println!("{out}");
     if checked.snapshot.is_some() {

@@ -6,6 +6,8 @@
 mod check;
 mod demo;
 mod serve;
+mod standards;
+mod tools;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -48,34 +50,139 @@ enum Verb {
         /// the config, to try Fulcrum on one machine.
         #[arg(long)]
         demo_backends: bool,
+        /// Refuse to start or reload a config that breaks these standards,
+        /// and re-check the running config whenever this file changes.
+        #[arg(long, value_name = "FILE")]
+        standards: Option<PathBuf>,
     },
     /// Check a config: syntax, types and semantics, with every problem at once.
     /// Exits 78 if the config is invalid, 0 otherwise (warnings included).
     Check {
         /// The config file.
         file: PathBuf,
+        /// Also check the config against this standards file ([[rule]]s);
+        /// a broken rule exits 1.
+        #[arg(long, value_name = "FILE")]
+        standards: Option<PathBuf>,
+        /// Simulate `max_backend_share` over this recorded access log
+        /// instead of the standards file's synthetic [traffic].
+        #[arg(long, value_name = "ACCESS_LOG")]
+        traffic: Option<PathBuf>,
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Human)]
         format: Format,
     },
+    /// Run rule files as tests against a config: a PASS/FAIL line per rule
+    /// and `N passed, M failed`. Exits 1 on any failure, 78 if the config or
+    /// a rules file is invalid.
+    Test {
+        /// The config file.
+        config: PathBuf,
+        /// Rule files ([[rule]] tables, as for standards).
+        #[arg(required = true, value_name = "TESTS.toml")]
+        tests: Vec<PathBuf>,
+        /// Fail when a route is exercised by no rule's request.
+        #[arg(long)]
+        require_coverage: bool,
+        /// Simulate `max_backend_share` over this recorded access log.
+        #[arg(long, value_name = "ACCESS_LOG")]
+        traffic: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+    },
+    /// Show what changes between two configs: routes, pools, backends,
+    /// weights, algorithms, health, timeouts. With --traffic, replay a
+    /// recorded access log through both and report who moves.
+    Diff {
+        old: PathBuf,
+        new: PathBuf,
+        /// A Fulcrum access log to replay through both configs.
+        #[arg(long, value_name = "ACCESS_LOG")]
+        traffic: Option<PathBuf>,
+        /// Exit 1 when more than this share of requests lands on another
+        /// pool or backend (needs --traffic), e.g. 0.05.
+        #[arg(long, value_name = "SHARE", requires = "traffic")]
+        max_moved: Option<f64>,
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+    },
+    /// Explain where a request goes: each route tried and why it matched or
+    /// not, the pool, its backends, and the backend its balancer picks.
+    Explain {
+        config: PathBuf,
+        /// "METHOD URL", e.g. 'POST http://app.example.com/auth/login'.
+        request: String,
+        /// A request header, 'name: value'; repeatable.
+        #[arg(short = 'H', long = "header", value_name = "NAME: VALUE")]
+        headers: Vec<String>,
+        /// The client's IP, for `hash` on client_ip.
+        #[arg(long, value_name = "IP", default_value = "192.0.2.1")]
+        client_ip: std::net::IpAddr,
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+    },
+    /// Print a JSON Schema of the config file, for editors.
+    Schema,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
     Human,
     Json,
+    /// SARIF 2.1.0, for CI annotations (`check` and `test` only).
+    Sarif,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.verb {
-        Verb::Check { file, format } => check::run(&file, format),
+        Verb::Check {
+            file,
+            standards: None,
+            traffic: None,
+            format,
+        } if format != Format::Sarif => check::run(&file, format),
+        Verb::Check {
+            file,
+            standards,
+            traffic,
+            format,
+        } => tools::check(&file, standards.as_deref(), traffic.as_deref(), format),
+        Verb::Test {
+            config,
+            tests,
+            require_coverage,
+            traffic,
+            format,
+        } => tools::test(
+            &config,
+            &tests,
+            require_coverage,
+            traffic.as_deref(),
+            format,
+        ),
+        Verb::Diff {
+            old,
+            new,
+            traffic,
+            max_moved,
+            format,
+        } => tools::diff(&old, &new, traffic.as_deref(), max_moved, format),
+        Verb::Explain {
+            config,
+            request,
+            headers,
+            client_ip,
+            format,
+        } => tools::explain(&config, &request, &headers, client_ip, format),
+        Verb::Schema => tools::schema(),
         Verb::Serve {
             config,
             grace,
             threads,
             demo_backends,
-        } => serve::run(&config, grace, threads, demo_backends),
+            standards,
+        } => serve::run(&config, grace, threads, demo_backends, standards),
     }
 }
 

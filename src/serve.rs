@@ -17,11 +17,26 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::standards::Watch;
 use crate::{EXIT_INVALID, EXIT_USAGE};
+use fulcrum_safety::rules::ConfigSource;
 
-pub fn run(path: &Path, grace: Duration, threads: Option<usize>, demo_backends: bool) -> ExitCode {
+pub fn run(
+    path: &Path,
+    grace: Duration,
+    threads: Option<usize>,
+    demo_backends: bool,
+    standards: Option<std::path::PathBuf>,
+) -> ExitCode {
     init_tracing();
-    let snapshot = match load(path) {
+    let watch = match standards.as_deref().map(Watch::load).transpose() {
+        Ok(w) => w,
+        Err(report) => {
+            eprintln!("{report}");
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
+    let snapshot = match load(path, watch.as_ref()) {
         Ok(s) => s,
         Err(Refused::Unreadable(e)) => {
             eprintln!("{e}");
@@ -33,6 +48,10 @@ pub fn run(path: &Path, grace: Duration, threads: Option<usize>, demo_backends: 
                 "fulcrum: not starting: fix the errors above (`fulcrum check` shows them too)"
             );
             return ExitCode::from(EXIT_INVALID);
+        }
+        Err(Refused::Standards(report)) => {
+            eprintln!("fulcrum: not starting: the config {report}");
+            return ExitCode::FAILURE;
         }
     };
     let runtime = match threads {
@@ -56,7 +75,7 @@ pub fn run(path: &Path, grace: Duration, threads: Option<usize>, demo_backends: 
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(serve(path, snapshot, grace, demo_backends))
+    runtime.block_on(serve(path, snapshot, grace, demo_backends, watch))
 }
 
 fn init_tracing() {
@@ -72,10 +91,13 @@ enum Refused {
     Unreadable(String),
     /// The rendered diagnostics.
     Invalid(String),
+    /// Valid, but breaks the standards: the report.
+    Standards(String),
 }
 
-/// Read and compile the config; warnings are logged, errors refuse it.
-fn load(path: &Path) -> Result<Snapshot, Refused> {
+/// Read and compile the config; warnings are logged, errors refuse it, and
+/// so does breaking the standards.
+fn load(path: &Path, watch: Option<&Watch>) -> Result<Snapshot, Refused> {
     let source = crate::read_config(path).map_err(Refused::Unreadable)?;
     let label = path.display().to_string();
     let checked = fulcrum_config::check(&label, &source);
@@ -88,6 +110,14 @@ fn load(path: &Path) -> Result<Snapshot, Refused> {
             {
                 warn!("{d}");
             }
+            if let Some(w) = watch {
+                let config = ConfigSource {
+                    file: &label,
+                    source: &source,
+                };
+                w.judge(&snapshot, Some(config))
+                    .map_err(Refused::Standards)?;
+            }
             Ok(snapshot)
         }
         None => Err(Refused::Invalid(fulcrum_config::render_human(
@@ -96,7 +126,13 @@ fn load(path: &Path) -> Result<Snapshot, Refused> {
     }
 }
 
-async fn serve(path: &Path, snapshot: Snapshot, grace: Duration, demo_backends: bool) -> ExitCode {
+async fn serve(
+    path: &Path,
+    snapshot: Snapshot,
+    grace: Duration,
+    demo_backends: bool,
+    mut watch: Option<Watch>,
+) -> ExitCode {
     let (Ok(mut hup), Ok(mut term)) = (
         signal(SignalKind::hangup()),
         signal(SignalKind::terminate()),
@@ -129,9 +165,15 @@ async fn serve(path: &Path, snapshot: Snapshot, grace: Duration, demo_backends: 
     let plane = DataPlane::new(snapshot);
     listeners.commit(&plane.snapshot(), bound, &plane);
 
+    let mut poll = tokio::time::interval(crate::standards::POLL);
     loop {
         tokio::select! {
-            _ = hup.recv() => reload(path, &plane, &mut listeners).await,
+            _ = hup.recv() => reload(path, &plane, &mut listeners, watch.as_ref()).await,
+            _ = poll.tick(), if watch.is_some() => {
+                if let Some(w) = &mut watch {
+                    w.poll(&plane.snapshot());
+                }
+            }
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }
@@ -147,9 +189,14 @@ async fn serve(path: &Path, snapshot: Snapshot, grace: Duration, demo_backends: 
 
 /// SIGHUP: re-read the file and swap only if it is valid and its listeners
 /// can all be bound. Otherwise nothing changes.
-async fn reload(path: &Path, plane: &Arc<DataPlane>, listeners: &mut Listeners) {
+async fn reload(
+    path: &Path,
+    plane: &Arc<DataPlane>,
+    listeners: &mut Listeners,
+    watch: Option<&Watch>,
+) {
     let current = plane.snapshot();
-    let snapshot = match load(path) {
+    let snapshot = match load(path, watch) {
         Ok(s) => s,
         Err(Refused::Unreadable(e)) => {
             error!(version = %current.version, "reload refused, still serving the running config: {e}");
@@ -157,6 +204,10 @@ async fn reload(path: &Path, plane: &Arc<DataPlane>, listeners: &mut Listeners) 
         }
         Err(Refused::Invalid(report)) => {
             error!(version = %current.version, "reload refused, still serving the running config:\n{report}");
+            return;
+        }
+        Err(Refused::Standards(report)) => {
+            error!(version = %current.version, "reload refused, still serving the running config: the new config {report}");
             return;
         }
     };

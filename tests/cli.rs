@@ -395,3 +395,5 @@ async fn sigterm_drains_in_flight_requests_then_exits_0() {
     };
     assert!(status.success(), "{status:?}");
 }
+
+mod safety;

@@ -9,16 +9,21 @@
 
 mod compile;
 pub mod diag;
+pub mod keys;
+pub mod locate;
 mod raw;
 pub mod render;
 mod routes;
+pub mod schema;
 mod shadow;
 pub mod snapshot;
+pub mod standards;
 mod validate;
 
 pub use compile::content_version;
 pub use diag::{Diagnostic, Severity};
 pub use render::{render_diagnostic, render_human, render_json};
+pub use shadow::shadowed_routes;
 pub use snapshot::Snapshot;
 
 /// The outcome of checking one config file.

@@ -30,6 +30,7 @@ pub(crate) struct RawAdmin {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawAccessLog {
     pub path: Spanned<String>,
+    pub redact: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -170,7 +171,7 @@ pub(crate) struct RawDoc {
     pub pools: Vec<NamedItem<RawPool>>,
 }
 
-const TOP_KEYS: &[&str] = &[
+pub(crate) const TOP_KEYS: &[&str] = &[
     "version",
     "admin",
     "access_log",
@@ -282,7 +283,7 @@ const MAX_ERRORS_PER_ITEM: usize = 32;
 
 /// Deserialize one item, reporting every problem in it: on each error the
 /// offending key or value is set aside and the item read again.
-fn item<T: DeserializeOwned>(
+pub(crate) fn item<T: DeserializeOwned>(
     diags: &mut Diags<'_>,
     value: &Spanned<DeValue<'_>>,
     path: String,

@@ -207,6 +207,14 @@ impl Deref for Routes {
     }
 }
 
+impl<'a> IntoIterator for &'a Routes {
+    type Item = &'a Route;
+    type IntoIter = std::slice::Iter<'a, Route>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.list.iter()
+    }
+}
+
 impl FromIterator<Route> for Routes {
     fn from_iter<I: IntoIterator<Item = Route>>(iter: I) -> Self {
         Routes::new(iter.into_iter().collect())

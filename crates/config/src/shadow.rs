@@ -66,3 +66,16 @@ fn header_covers(a: &HeaderMatch, b: &HeaderMatch) -> bool {
         _ => false,
     }
 }
+
+/// Every route that an earlier route provably shadows, as
+/// (shadowed index, shadowing index): the `no_shadowed_routes` standard.
+pub fn shadowed_routes(snapshot: &crate::Snapshot) -> Vec<(usize, usize)> {
+    let routes = &snapshot.routes;
+    (0..routes.len())
+        .filter_map(|later| {
+            (0..later)
+                .find(|&earlier| shadows(&routes[earlier].matcher, &routes[later].matcher))
+                .map(|earlier| (later, earlier))
+        })
+        .collect()
+}

@@ -216,6 +216,9 @@ impl Retries {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccessLog {
     pub target: LogTarget,
+    /// Headers whose values are logged only as a keyed hash
+    /// (`keys::redact`), besides the credentials that always are.
+    pub redact: Vec<http::HeaderName>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

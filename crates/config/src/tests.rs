@@ -206,7 +206,8 @@ retries = { attempts = 0, budget = 1, min_concurrent = 0 }
     assert_eq!(
         s.access_log,
         Some(AccessLog {
-            target: LogTarget::File("/var/log/fulcrum.log".into())
+            target: LogTarget::File("/var/log/fulcrum.log".into()),
+            redact: Vec::new(),
         })
     );
     assert_eq!(s.listeners[0].idle_timeout, Duration::from_millis(500));

@@ -80,12 +80,28 @@ pub(crate) fn validate(doc: &RawDoc, diags: &mut Diags<'_>) -> Option<Valid> {
             .hint("write \"stdout\" or a file path, or remove [access_log] to turn it off");
             return None;
         }
+        let mut redact = Vec::new();
+        for (i, name) in raw.redact.iter().flatten().enumerate() {
+            match HeaderName::from_bytes(name.get_ref().trim().as_bytes()) {
+                Ok(h) => redact.push(h),
+                Err(_) => {
+                    v.d.error(
+                        "invalid-header-name",
+                        Some(name.span()),
+                        format!("access_log.redact[{i}]"),
+                        format!("`{}` is not a valid header name", name.get_ref()),
+                    )
+                    .hint("write a header name such as \"x-api-key\"");
+                }
+            }
+        }
         Some(AccessLog {
             target: if path == "stdout" {
                 LogTarget::Stdout
             } else {
                 LogTarget::File(path.into())
             },
+            redact,
         })
     });
     let listeners = v.listeners(doc);

@@ -8,8 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use fulcrum_config::Snapshot;
+use fulcrum_config::keys::redact;
 use fulcrum_config::snapshot::LogTarget;
-use http::{HeaderValue, Method};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::mpsc;
 
@@ -30,6 +32,80 @@ pub struct Entry {
     pub request_id: HeaderValue,
     pub client_ip: IpAddr,
     pub attempts: u32,
+    /// The headers and cookies the snapshot routes or hashes on, for replay.
+    pub captured: Captured,
+}
+
+/// Which headers and cookies to copy into each line: those the snapshot's
+/// routes match on or its pools hash on, so `diff --traffic` can replay the
+/// line through another config. Computed once per snapshot, off the request
+/// path.
+#[derive(Debug, Clone, Default)]
+pub struct LogKeys {
+    /// Each header name, and whether its values are sensitive (redacted).
+    headers: Vec<(HeaderName, bool)>,
+    /// Cookie names; cookie values are always redacted.
+    cookies: Vec<String>,
+}
+
+impl LogKeys {
+    pub fn of(snapshot: &Snapshot) -> LogKeys {
+        let keys = snapshot.request_keys();
+        LogKeys {
+            headers: keys
+                .headers
+                .into_iter()
+                .map(|h| {
+                    let sensitive = snapshot.is_sensitive(&h);
+                    (h, sensitive)
+                })
+                .collect(),
+            cookies: keys.cookies,
+        }
+    }
+}
+
+/// What a request carried of the [`LogKeys`]: usually nothing or one or
+/// two short values, so the copy is cheap.
+#[derive(Debug, Clone, Default)]
+pub struct Captured {
+    pub headers: Vec<(HeaderName, String)>,
+    pub cookies: Vec<(String, String)>,
+}
+
+/// Copy (and redact where sensitive) the logged keys from a request.
+pub fn capture(keys: &LogKeys, headers: &HeaderMap) -> Captured {
+    let mut out = Captured::default();
+    for (name, sensitive) in &keys.headers {
+        // The first value: what `hash` keys on; exact header conditions
+        // accept any value, and a second one is rare enough to leave out.
+        if let Some(v) = headers.get(name) {
+            let value = if *sensitive {
+                redact(v.as_bytes())
+            } else {
+                String::from_utf8_lossy(v.as_bytes()).into_owned()
+            };
+            out.headers.push((name.clone(), value));
+        }
+    }
+    if !keys.cookies.is_empty() {
+        for v in headers.get_all(http::header::COOKIE) {
+            for pair in v.as_bytes().split(|&b| b == b';') {
+                let pair = pair.trim_ascii();
+                let Some(eq) = pair.iter().position(|&b| b == b'=') else {
+                    continue;
+                };
+                let name = String::from_utf8_lossy(pair[..eq].trim_ascii());
+                if keys.cookies.iter().any(|c| *c == name)
+                    && !out.cookies.iter().any(|(c, _)| *c == name)
+                {
+                    out.cookies
+                        .push((name.into_owned(), redact(pair[eq + 1..].trim_ascii())));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Entries buffered before the request path starts dropping them.
@@ -126,6 +202,25 @@ pub fn format_entry(e: &Entry, out: &mut Vec<u8>) {
         "client_ip": e.client_ip.to_string(),
         "attempts": e.attempts,
     });
+    let mut v = v;
+    if !e.captured.headers.is_empty() {
+        let h: serde_json::Map<String, serde_json::Value> = e
+            .captured
+            .headers
+            .iter()
+            .map(|(k, val)| (k.as_str().to_owned(), val.clone().into()))
+            .collect();
+        v["headers"] = h.into();
+    }
+    if !e.captured.cookies.is_empty() {
+        let c: serde_json::Map<String, serde_json::Value> = e
+            .captured
+            .cookies
+            .iter()
+            .map(|(k, val)| (k.clone(), val.clone().into()))
+            .collect();
+        v["cookies"] = c.into();
+    }
     serde_json::to_writer(&mut *out, &v).expect("writing JSON to a Vec cannot fail");
     out.push(b'\n');
 }
@@ -158,6 +253,32 @@ pub fn rfc3339(t: SystemTime) -> String {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn captures_only_the_keys_and_redacts_sensitive_values() {
+        let src = "[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:1\"\n[[route]]\nname = \"a\"\nmatch = { headers = [{ name = \"authorization\", value = \"Bearer x\" }] }\npool = \"p\"\n[[route]]\nname = \"b\"\npool = \"q\"\n[pool.p]\nalgorithm = \"hash\"\nhash = { key = \"cookie:session\" }\nbackends = [{ addr = \"127.0.0.1:2\" }]\n[pool.q]\nalgorithm = \"hash\"\nhash = { key = \"header:x-user\" }\nbackends = [{ addr = \"127.0.0.1:3\" }]\n";
+        let snap = fulcrum_config::check("t.toml", src)
+            .snapshot
+            .expect("valid");
+        let keys = LogKeys::of(&snap);
+        let mut h = HeaderMap::new();
+        h.insert("authorization", "Bearer x".parse().unwrap());
+        h.insert("x-user", "alice".parse().unwrap());
+        h.insert("x-other", "no".parse().unwrap());
+        h.insert("cookie", "a=1; session=s3cret".parse().unwrap());
+        let c = capture(&keys, &h);
+        assert_eq!(
+            c.headers,
+            vec![
+                (
+                    HeaderName::from_static("authorization"),
+                    redact(b"Bearer x")
+                ),
+                (HeaderName::from_static("x-user"), "alice".to_owned()),
+            ]
+        );
+        assert_eq!(c.cookies, vec![("session".to_owned(), redact(b"s3cret"))]);
+    }
 
     #[test]
     fn rfc3339_formats_utc() {

@@ -144,6 +144,27 @@ impl Balancer {
         }
     }
 
+    /// Where a hashed key lands on a `hash` pool's ring: the index of the
+    /// first ring point at or after it, that point, and the ring's size.
+    /// For `fulcrum explain`; `pick` walks on from there past unavailable
+    /// backends. `None` for other algorithms or an empty ring.
+    pub fn ring_position(&self, key: u64) -> Option<(usize, u64, usize)> {
+        let Kind::Hash { ring, .. } = &self.kind else {
+            return None;
+        };
+        if ring.is_empty() {
+            return None;
+        }
+        let i = ring.partition_point(|&(p, _)| p < key) % ring.len();
+        Some((i, ring[i].0, ring.len()))
+    }
+
+    /// The key a `hash` pool uses for a request that lacks one under
+    /// `on_missing = "hash_empty"`.
+    pub fn empty_key() -> u64 {
+        xxh3_64(b"")
+    }
+
     /// Picks a backend, or `None` when none is available. `key` is the
     /// hashed request key for `hash` pools (ignored otherwise); `exclude`
     /// lists backends already tried by this request.

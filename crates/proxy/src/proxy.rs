@@ -139,6 +139,7 @@ impl Drop for ResponseBody {
                 request_id: ctx.request_id,
                 client_ip: ctx.client.ip(),
                 attempts: ctx.attempts,
+                captured: ctx.captured,
             });
         }
     }
@@ -164,6 +165,7 @@ struct LogFields {
     request_id: HeaderValue,
     client: SocketAddr,
     attempts: u32,
+    captured: crate::access_log::Captured,
 }
 
 /// Counts a request in its pool's gauge, the base of the retry budget.
@@ -271,6 +273,7 @@ pub(crate) async fn handle(
             request_id: request_id.clone(),
             client,
             attempts: 0,
+            captured: crate::access_log::capture(&rt.log_keys, req.headers()),
         },
     });
     drop(host);

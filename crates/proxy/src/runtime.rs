@@ -30,6 +30,8 @@ pub(crate) struct Runtime {
     pub snapshot: Arc<Snapshot>,
     pub pools: Vec<PoolRuntime>,
     pub access_log: Option<AccessLog>,
+    /// Headers and cookies each access-log line carries for replay.
+    pub log_keys: crate::access_log::LogKeys,
 }
 
 pub(crate) struct PoolRuntime {
@@ -241,6 +243,7 @@ fn build(
             .unwrap_or_else(|| AccessLog::start(cfg.target.clone()))
     });
     Runtime {
+        log_keys: crate::access_log::LogKeys::of(&snapshot),
         snapshot,
         pools,
         access_log,

@@ -143,6 +143,7 @@ async fn access_log_writes_one_json_line_per_request() {
         .edit(|s| {
             s.access_log = Some(AccessLog {
                 target: LogTarget::File(path.clone()),
+                redact: Vec::new(),
             })
         })
         .build();

@@ -1,0 +1,705 @@
+//! The rule language of standards and config tests: a TOML file of
+//! `[[rule]]` tables (and an optional `[traffic]` section describing the
+//! synthetic traffic sample), parsed with spans and every problem collected
+//! in the same [`Diagnostic`] form as the config. Pure, like the rest of the
+//! crate: evaluating rules needs the balancer and lives in `fulcrum-safety`.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
+use serde::Deserialize;
+use toml::Spanned;
+use toml::de::DeTable;
+
+use crate::diag::{Diagnostic, Diags, suggest};
+use crate::raw::item;
+use crate::validate::ALGORITHMS;
+
+/// A parsed standards or tests file.
+#[derive(Debug, Clone, Default)]
+pub struct Standards {
+    pub file: String,
+    pub rules: Vec<Rule>,
+    pub traffic: TrafficSpec,
+}
+
+/// Where something is in a file; 1-based.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Location {
+    pub file: String,
+    pub line: usize,
+    pub col: usize,
+}
+
+/// One `[[rule]]`: a name, and any number of assertions, all of which must
+/// hold. Absent assertions are not checked.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub name: String,
+    /// `rule[2]`.
+    pub key_path: String,
+    /// The rule's `name = …` line.
+    pub location: Location,
+    /// Each assertion key present (`expect_pool`, `max_backend_share`, …)
+    /// and where it is, in file order: reports point at the broken one.
+    pub assertions: Vec<(&'static str, Location)>,
+
+    // Routing: where `request` goes.
+    pub request: Option<RuleRequest>,
+    pub expect_route: Option<String>,
+    pub expect_pool: Option<String>,
+    /// For a request that must be refused: 404 when no route matches it,
+    /// 503 when its pool has no backend with weight above zero.
+    pub expect_status: Option<u16>,
+
+    // Pools: which pools the pool assertions apply to.
+    pub pool: Option<PoolSelector>,
+    pub min_backends: Option<usize>,
+    /// The largest share of a pool's requests any one backend may receive,
+    /// simulated by driving the real balancer over the traffic sample.
+    pub max_backend_share: Option<f64>,
+    /// Allowed algorithm names.
+    pub algorithms: Option<Vec<String>>,
+    pub require_health_check: bool,
+    pub require_outlier_detection: bool,
+    pub connect_timeout: Option<DurationRange>,
+    pub response_timeout: Option<DurationRange>,
+    pub idle_timeout: Option<DurationRange>,
+
+    // Global.
+    pub every_pool_used: bool,
+    pub no_shadowed_routes: bool,
+    pub admin_on_loopback: bool,
+    pub require_version: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PoolSelector {
+    /// `pool = "*"`: every pool of the config.
+    All,
+    Named(String),
+}
+
+/// Inclusive bounds; either may be open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurationRange {
+    pub min: Option<Duration>,
+    pub max: Option<Duration>,
+}
+
+impl DurationRange {
+    pub fn contains(&self, d: Duration) -> bool {
+        self.min.is_none_or(|m| d >= m) && self.max.is_none_or(|m| d <= m)
+    }
+}
+
+impl std::fmt::Display for DurationRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let show = |d: Option<Duration>| d.map(|d| humantime::format_duration(d).to_string());
+        match (show(self.min), show(self.max)) {
+            (Some(a), Some(b)) => write!(f, "{a} to {b}"),
+            (Some(a), None) => write!(f, "at least {a}"),
+            (None, Some(b)) => write!(f, "at most {b}"),
+            (None, None) => write!(f, "any"),
+        }
+    }
+}
+
+/// A request written in a rule: `"POST http://app.example.com/auth/login"`
+/// plus `headers` and `client_ip`.
+#[derive(Debug, Clone)]
+pub struct RuleRequest {
+    /// As written, for messages.
+    pub text: String,
+    pub method: Method,
+    /// Lower-case, without port; `None` for a path-only request.
+    pub host: Option<String>,
+    pub path: String,
+    pub headers: HeaderMap,
+    pub client_ip: IpAddr,
+}
+
+/// How the synthetic traffic sample is drawn (see `docs/standards.md`).
+/// Only what a team declares is in it: a header or cookie not listed here is
+/// absent from every synthetic request, so a pool hashing on it is seen
+/// sending all of them to one backend, as it would in production if the
+/// header were not really sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrafficSpec {
+    pub requests: usize,
+    /// Distinct client IPs, drawn uniformly.
+    pub clients: usize,
+    /// Distinct paths, drawn uniformly.
+    pub paths: usize,
+    /// Header name → how many distinct values it takes, drawn uniformly.
+    pub headers: BTreeMap<String, usize>,
+    /// Cookie name → how many distinct values it takes.
+    pub cookies: BTreeMap<String, usize>,
+    /// Requests a backend is modelled to hold in flight: each completes
+    /// after this many later picks (for `least_request`).
+    pub concurrency: usize,
+    pub seed: u64,
+}
+
+impl Default for TrafficSpec {
+    fn default() -> Self {
+        TrafficSpec {
+            requests: 10_000,
+            clients: 1_000,
+            paths: 1_000,
+            headers: BTreeMap::new(),
+            cookies: BTreeMap::new(),
+            concurrency: 8,
+            seed: 1,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    name: Spanned<String>,
+    request: Option<Spanned<String>>,
+    headers: Option<BTreeMap<String, Spanned<String>>>,
+    client_ip: Option<Spanned<String>>,
+    expect_route: Option<Spanned<String>>,
+    expect_pool: Option<Spanned<String>>,
+    expect_status: Option<Spanned<i64>>,
+    pool: Option<Spanned<String>>,
+    min_backends: Option<Spanned<i64>>,
+    max_backend_share: Option<Spanned<f64>>,
+    algorithms: Option<Spanned<Vec<Spanned<String>>>>,
+    require_health_check: Option<Spanned<bool>>,
+    require_outlier_detection: Option<Spanned<bool>>,
+    connect_timeout: Option<Spanned<Vec<Spanned<String>>>>,
+    response_timeout: Option<Spanned<Vec<Spanned<String>>>>,
+    idle_timeout: Option<Spanned<Vec<Spanned<String>>>>,
+    every_pool_used: Option<Spanned<bool>>,
+    no_shadowed_routes: Option<Spanned<bool>>,
+    admin_on_loopback: Option<Spanned<bool>>,
+    require_version: Option<Spanned<bool>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTraffic {
+    requests: Option<Spanned<i64>>,
+    clients: Option<Spanned<i64>>,
+    paths: Option<Spanned<i64>>,
+    headers: Option<BTreeMap<String, Spanned<i64>>>,
+    cookies: Option<BTreeMap<String, Spanned<i64>>>,
+    concurrency: Option<Spanned<i64>>,
+    seed: Option<Spanned<i64>>,
+}
+
+const TOP_KEYS: &[&str] = &["rule", "traffic"];
+
+/// The outcome of parsing one rules file.
+#[derive(Debug)]
+pub struct CheckedStandards {
+    /// Present exactly when there is no error.
+    pub standards: Option<Standards>,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// Parse a standards or tests file, reporting every problem at once.
+pub fn parse_standards(file: &str, source: &str) -> CheckedStandards {
+    let mut d = Diags::new(file, source);
+    let mut standards = Standards {
+        file: file.to_owned(),
+        ..Standards::default()
+    };
+    match DeTable::parse(source) {
+        Err(e) => {
+            d.error("toml-syntax", e.span(), "", e.message().trim().to_owned())
+                .hint(
+                    "fix the TOML syntax at this position; nothing else is checked until it parses",
+                );
+        }
+        Ok(root) => {
+            for (key, value) in root.get_ref() {
+                match key.get_ref().as_ref() {
+                    "rule" => match value.get_ref().as_array() {
+                        Some(rules) => {
+                            for (i, v) in rules.iter().enumerate() {
+                                let it = item::<RawRule>(&mut d, v, format!("rule[{i}]"));
+                                if let Some(raw) = it.value.filter(|_| it.clean)
+                                    && let Some(rule) = rule(&mut d, file, &it.path, raw)
+                                {
+                                    standards.rules.push(rule);
+                                }
+                            }
+                        }
+                        None => {
+                            d.error(
+                                "invalid-type",
+                                Some(value.span()),
+                                "rule",
+                                "expected an array of tables",
+                            )
+                            .hint("write each rule as `[[rule]]`, with two brackets");
+                        }
+                    },
+                    "traffic" => {
+                        let it = item::<RawTraffic>(&mut d, value, "traffic".into());
+                        if let Some(raw) = it.value.filter(|_| it.clean)
+                            && let Some(t) = traffic(&mut d, raw)
+                        {
+                            standards.traffic = t;
+                        }
+                    }
+                    other => {
+                        d.error(
+                            "unknown-key",
+                            Some(key.span()),
+                            other,
+                            format!("unknown key `{other}`"),
+                        )
+                        .hint(suggest(other, TOP_KEYS, "top-level keys"));
+                    }
+                }
+            }
+        }
+    }
+    let failed = d.has_errors();
+    let diagnostics = d.into_sorted();
+    CheckedStandards {
+        standards: (!failed).then_some(standards),
+        diagnostics,
+    }
+}
+
+fn loc(d: &Diags<'_>, file: &str, span: std::ops::Range<usize>) -> Location {
+    let (line, col) = d.line_col(span.start);
+    Location {
+        file: file.to_owned(),
+        line,
+        col,
+    }
+}
+
+fn rule(d: &mut Diags<'_>, file: &str, p: &str, raw: RawRule) -> Option<Rule> {
+    let errors_before = d.list.iter().filter(|x| x.is_error()).count();
+    let mut assertions = Vec::new();
+    macro_rules! note {
+        ($field:ident) => {
+            if let Some(v) = &raw.$field {
+                assertions.push((stringify!($field), loc(d, file, v.span())));
+            }
+        };
+    }
+    note!(expect_route);
+    note!(expect_pool);
+    note!(expect_status);
+    note!(min_backends);
+    note!(max_backend_share);
+    note!(algorithms);
+    note!(require_health_check);
+    note!(require_outlier_detection);
+    note!(connect_timeout);
+    note!(response_timeout);
+    note!(idle_timeout);
+    note!(every_pool_used);
+    note!(no_shadowed_routes);
+    note!(admin_on_loopback);
+    note!(require_version);
+    assertions.sort_by_key(|(_, l)| (l.line, l.col));
+
+    let name = raw.name.get_ref().trim().to_owned();
+    if name.is_empty() {
+        d.error(
+            "invalid-value",
+            Some(raw.name.span()),
+            format!("{p}.name"),
+            "the rule's name is empty",
+        )
+        .hint("name the rule after what it protects, e.g. \"logins reach the auth pool\"");
+    }
+
+    let request = raw.request.as_ref().and_then(|r| {
+        request(
+            d,
+            r,
+            raw.headers.as_ref(),
+            raw.client_ip.as_ref(),
+            &format!("{p}.request"),
+        )
+    });
+    let routing =
+        raw.expect_route.is_some() || raw.expect_pool.is_some() || raw.expect_status.is_some();
+    if routing && raw.request.is_none() {
+        d.error(
+            "missing-key",
+            Some(raw.name.span()),
+            format!("{p}.request"),
+            "`expect_route`, `expect_pool` and `expect_status` need a `request` to route",
+        )
+        .hint("add `request = \"METHOD URL\"`, e.g. \"POST http://app.example.com/auth/login\"");
+    }
+    if raw.request.is_some() && !routing {
+        d.error(
+            "missing-key",
+            Some(raw.request.as_ref().map_or(raw.name.span(), |r| r.span())),
+            format!("{p}.request"),
+            "a `request` without `expect_route`, `expect_pool` or `expect_status` asserts nothing",
+        )
+        .hint("add `expect_pool = \"NAME\"` (or `expect_route` / `expect_status`)");
+    }
+    if (raw.headers.is_some() || raw.client_ip.is_some()) && raw.request.is_none() {
+        d.error(
+            "missing-key",
+            Some(raw.name.span()),
+            format!("{p}.request"),
+            "`headers` and `client_ip` describe a `request`, and this rule has none",
+        )
+        .hint("add `request = \"METHOD URL\"` or remove them");
+    }
+    let expect_status = raw.expect_status.as_ref().and_then(|s| {
+        let v = *s.get_ref();
+        if (100..=599).contains(&v) {
+            Some(v as u16)
+        } else {
+            d.error(
+                "out-of-range",
+                Some(s.span()),
+                format!("{p}.expect_status"),
+                format!("{v} is not an HTTP status"),
+            )
+            .hint("write a status from 100 to 599, e.g. 404");
+            None
+        }
+    });
+
+    let pool_keys = raw.min_backends.is_some()
+        || raw.max_backend_share.is_some()
+        || raw.algorithms.is_some()
+        || raw.require_health_check.is_some()
+        || raw.require_outlier_detection.is_some()
+        || raw.connect_timeout.is_some()
+        || raw.response_timeout.is_some()
+        || raw.idle_timeout.is_some();
+    let pool = raw.pool.as_ref().map(|s| match s.get_ref().trim() {
+        "*" => PoolSelector::All,
+        name => PoolSelector::Named(name.to_owned()),
+    });
+    if pool_keys && pool.is_none() {
+        d.error(
+            "missing-key",
+            Some(raw.name.span()),
+            format!("{p}.pool"),
+            "pool assertions need a `pool` to apply to",
+        )
+        .hint("add `pool = \"NAME\"`, or `pool = \"*\"` for every pool");
+    }
+    if pool.is_some() && !pool_keys {
+        d.error(
+            "missing-key",
+            raw.pool.as_ref().map(|s| s.span()),
+            format!("{p}.pool"),
+            "a `pool` without pool assertions asserts nothing",
+        )
+        .hint("add e.g. `min_backends = 2` or `max_backend_share = 0.5`");
+    }
+    let min_backends = raw.min_backends.as_ref().and_then(|v| {
+        usize::try_from(*v.get_ref()).ok().or_else(|| {
+            d.error(
+                "out-of-range",
+                Some(v.span()),
+                format!("{p}.min_backends"),
+                format!("{} is negative", v.get_ref()),
+            )
+            .hint("write a count of backends, e.g. 2");
+            None
+        })
+    });
+    let max_backend_share = raw.max_backend_share.as_ref().and_then(|v| {
+        let x = *v.get_ref();
+        if x > 0.0 && x <= 1.0 {
+            Some(x)
+        } else {
+            d.error(
+                "out-of-range",
+                Some(v.span()),
+                format!("{p}.max_backend_share"),
+                format!("{x} is not a share: must be above 0 and at most 1"),
+            )
+            .hint("write a fraction, e.g. 0.5 for \"no backend gets more than half\"");
+            None
+        }
+    });
+    let algorithms = raw.algorithms.as_ref().map(|list| {
+        let mut out = Vec::new();
+        for (i, a) in list.get_ref().iter().enumerate() {
+            let name = a.get_ref().trim();
+            if ALGORITHMS.contains(&name) {
+                out.push(name.to_owned());
+            } else {
+                d.error(
+                    "unknown-algorithm",
+                    Some(a.span()),
+                    format!("{p}.algorithms[{i}]"),
+                    format!("unknown algorithm `{name}`"),
+                )
+                .hint(suggest(name, ALGORITHMS, "algorithms"));
+            }
+        }
+        out
+    });
+    let connect_timeout = raw
+        .connect_timeout
+        .as_ref()
+        .and_then(|r| range(d, r, &format!("{p}.connect_timeout")));
+    let response_timeout = raw
+        .response_timeout
+        .as_ref()
+        .and_then(|r| range(d, r, &format!("{p}.response_timeout")));
+    let idle_timeout = raw
+        .idle_timeout
+        .as_ref()
+        .and_then(|r| range(d, r, &format!("{p}.idle_timeout")));
+
+    let flag = |f: &Option<Spanned<bool>>| f.as_ref().is_some_and(|b| *b.get_ref());
+    let rule = Rule {
+        name,
+        key_path: p.to_owned(),
+        location: loc(d, file, raw.name.span()),
+        assertions,
+        request,
+        expect_route: raw
+            .expect_route
+            .as_ref()
+            .map(|s| s.get_ref().trim().to_owned()),
+        expect_pool: raw
+            .expect_pool
+            .as_ref()
+            .map(|s| s.get_ref().trim().to_owned()),
+        expect_status,
+        pool,
+        min_backends,
+        max_backend_share,
+        algorithms,
+        require_health_check: flag(&raw.require_health_check),
+        require_outlier_detection: flag(&raw.require_outlier_detection),
+        connect_timeout,
+        response_timeout,
+        idle_timeout,
+        every_pool_used: flag(&raw.every_pool_used),
+        no_shadowed_routes: flag(&raw.no_shadowed_routes),
+        admin_on_loopback: flag(&raw.admin_on_loopback),
+        require_version: flag(&raw.require_version),
+    };
+    if rule.assertions.is_empty() && d.list.iter().filter(|x| x.is_error()).count() == errors_before
+    {
+        d.error(
+            "rule-without-assertion",
+            Some(raw.name.span()),
+            p,
+            format!("rule `{}` asserts nothing", rule.name),
+        )
+        .hint("add an assertion such as `expect_pool`, `max_backend_share` or `every_pool_used = true`");
+    }
+    let ok = d.list.iter().filter(|x| x.is_error()).count() == errors_before;
+    ok.then_some(rule)
+}
+
+fn request(
+    d: &mut Diags<'_>,
+    raw: &Spanned<String>,
+    headers: Option<&BTreeMap<String, Spanned<String>>>,
+    client_ip: Option<&Spanned<String>>,
+    kp: &str,
+) -> Option<RuleRequest> {
+    let text = raw.get_ref().trim();
+    let parsed = parse_request_line(text);
+    let (method, host, path) = match parsed {
+        Ok(p) => p,
+        Err(why) => {
+            d.error("invalid-request", Some(raw.span()), kp, format!("`{text}` is not a request: {why}"))
+                .hint("write METHOD and URL, e.g. \"POST http://app.example.com/auth/login\" or \"GET /healthz\"");
+            return None;
+        }
+    };
+    let mut map = HeaderMap::new();
+    let mut ok = true;
+    for (name, value) in headers.into_iter().flatten() {
+        match (
+            HeaderName::from_bytes(name.trim().as_bytes()),
+            HeaderValue::from_str(value.get_ref()),
+        ) {
+            (Ok(n), Ok(v)) => {
+                map.append(n, v);
+            }
+            _ => {
+                ok = false;
+                d.error(
+                    "invalid-header-name",
+                    Some(value.span()),
+                    format!("{}.headers.{name}", kp.trim_end_matches(".request")),
+                    format!("`{name}: {}` is not a valid header", value.get_ref()),
+                )
+                .hint("header names are letters, digits and `-`; values are visible ASCII");
+            }
+        }
+    }
+    let client_ip = match client_ip {
+        None => IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
+        Some(ip) => match ip.get_ref().trim().parse() {
+            Ok(ip) => ip,
+            Err(_) => {
+                d.error(
+                    "invalid-address",
+                    Some(ip.span()),
+                    format!("{}.client_ip", kp.trim_end_matches(".request")),
+                    format!("`{}` is not an IP address", ip.get_ref()),
+                )
+                .hint("write an IP address, e.g. \"203.0.113.7\"");
+                return None;
+            }
+        },
+    };
+    ok.then(|| RuleRequest {
+        text: text.to_owned(),
+        method,
+        host,
+        path,
+        headers: map,
+        client_ip,
+    })
+}
+
+/// `METHOD URL` → method, host (lower-case, no port) and path. Also used by
+/// `fulcrum explain` for its request argument.
+pub fn parse_request_line(text: &str) -> Result<(Method, Option<String>, String), String> {
+    let (method, url) = text
+        .split_once(char::is_whitespace)
+        .ok_or("it needs a method and a URL separated by a space")?;
+    let method = Method::from_bytes(method.trim().as_bytes())
+        .map_err(|_| format!("`{method}` is not an HTTP method"))?;
+    let uri: Uri = url
+        .trim()
+        .parse()
+        .map_err(|e| format!("`{}` is not a URL ({e})", url.trim()))?;
+    let path = uri.path().to_owned();
+    if !path.starts_with('/') {
+        return Err("the path must start with `/`".into());
+    }
+    Ok((method, uri.host().map(|h| h.to_ascii_lowercase()), path))
+}
+
+fn range(
+    d: &mut Diags<'_>,
+    raw: &Spanned<Vec<Spanned<String>>>,
+    kp: &str,
+) -> Option<DurationRange> {
+    let items = raw.get_ref();
+    if items.len() != 2 {
+        d.error(
+            "invalid-value",
+            Some(raw.span()),
+            kp,
+            format!("a range needs two bounds, found {}", items.len()),
+        )
+        .hint("write [MIN, MAX], e.g. [\"100ms\", \"5s\"]; use \"\" for an open bound");
+        return None;
+    }
+    let mut bound = |s: &Spanned<String>| -> Result<Option<Duration>, ()> {
+        let t = s.get_ref().trim();
+        if t.is_empty() {
+            return Ok(None);
+        }
+        humantime::parse_duration(t).map(Some).map_err(|e| {
+            d.error(
+                "invalid-duration",
+                Some(s.span()),
+                kp,
+                format!("`{t}` is not a duration: {e}"),
+            )
+            .hint("write a number and a unit, e.g. \"500ms\", \"2s\" or \"1m\"");
+        })
+    };
+    let (min, max) = (bound(&items[0]), bound(&items[1]));
+    let (Ok(min), Ok(max)) = (min, max) else {
+        return None;
+    };
+    if let (Some(a), Some(b)) = (min, max)
+        && a > b
+    {
+        d.error(
+            "invalid-value",
+            Some(raw.span()),
+            kp,
+            "the range's minimum is above its maximum",
+        )
+        .hint("write [MIN, MAX] with MIN ≤ MAX");
+        return None;
+    }
+    Some(DurationRange { min, max })
+}
+
+fn traffic(d: &mut Diags<'_>, raw: RawTraffic) -> Option<TrafficSpec> {
+    let mut t = TrafficSpec::default();
+    let mut ok = true;
+    let mut count = |v: &Option<Spanned<i64>>, kp: &str, lo: i64, hi: i64, out: &mut usize| {
+        if let Some(v) = v {
+            let x = *v.get_ref();
+            if (lo..=hi).contains(&x) {
+                *out = x as usize;
+            } else {
+                ok = false;
+                d.error(
+                    "out-of-range",
+                    Some(v.span()),
+                    kp,
+                    format!("{x} is out of range: must be {lo} to {hi}"),
+                )
+                .hint(format!("pick a value from {lo} to {hi}"));
+            }
+        }
+    };
+    count(
+        &raw.requests,
+        "traffic.requests",
+        1,
+        1_000_000,
+        &mut t.requests,
+    );
+    count(&raw.clients, "traffic.clients", 1, 1 << 24, &mut t.clients);
+    count(&raw.paths, "traffic.paths", 1, 1_000_000, &mut t.paths);
+    count(
+        &raw.concurrency,
+        "traffic.concurrency",
+        0,
+        10_000,
+        &mut t.concurrency,
+    );
+    let mut seed = 0usize;
+    count(&raw.seed, "traffic.seed", 0, i64::MAX, &mut seed);
+    if raw.seed.is_some() {
+        t.seed = seed as u64;
+    }
+    for (name, v) in raw.headers.iter().flatten() {
+        let mut n = 0;
+        count(
+            &Some(v.clone()),
+            &format!("traffic.headers.{name}"),
+            1,
+            1_000_000,
+            &mut n,
+        );
+        t.headers.insert(name.to_ascii_lowercase(), n);
+    }
+    for (name, v) in raw.cookies.iter().flatten() {
+        let mut n = 0;
+        count(
+            &Some(v.clone()),
+            &format!("traffic.cookies.{name}"),
+            1,
+            1_000_000,
+            &mut n,
+        );
+        t.cookies.insert(name.clone(), n);
+    }
+    ok.then_some(t)
+}

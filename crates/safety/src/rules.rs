@@ -1,0 +1,495 @@
+//! Evaluating standards and config tests: each rule's assertions against a
+//! compiled snapshot, with evidence for every failure (where the request
+//! went, the simulated share of each backend, the offending value) and the
+//! config line responsible, so `check`, `test`, `serve` and a control
+//! plane's pre-flight all say the same thing.
+
+use fulcrum_config::Snapshot;
+use fulcrum_config::locate::locate;
+use fulcrum_config::snapshot::Pool;
+use fulcrum_config::standards::{Location, PoolSelector, Rule, Standards};
+use serde::Serialize;
+
+use crate::simulate::{Shares, pool_shares, replay};
+use crate::traffic::{Traffic, synthetic};
+
+/// The config a snapshot was compiled from, to point at its lines.
+#[derive(Debug, Clone, Copy)]
+pub struct ConfigSource<'a> {
+    pub file: &'a str,
+    pub source: &'a str,
+}
+
+/// Every rule's outcome, in file order.
+#[derive(Debug, Clone, Serialize)]
+pub struct Evaluation {
+    pub standards: String,
+    /// What the simulated shares were computed over.
+    pub traffic: String,
+    pub passed: usize,
+    pub failed: usize,
+    pub rules: Vec<RuleOutcome>,
+}
+
+impl Evaluation {
+    pub fn ok(&self) -> bool {
+        self.failed == 0
+    }
+
+    pub fn failures(&self) -> impl Iterator<Item = &RuleOutcome> {
+        self.rules.iter().filter(|r| !r.passed)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RuleOutcome {
+    pub name: String,
+    pub key_path: String,
+    pub location: Location,
+    pub passed: bool,
+    pub failures: Vec<Failure>,
+    /// Route names this rule's request reached (for test coverage).
+    #[serde(skip)]
+    pub routes: Vec<String>,
+}
+
+/// One assertion that does not hold.
+#[derive(Debug, Clone, Serialize)]
+pub struct Failure {
+    /// The assertion key, e.g. `max_backend_share`.
+    pub assertion: &'static str,
+    /// What is wrong, why, and how to fix it.
+    pub message: String,
+    /// The assertion in the rules file.
+    pub location: Location,
+    /// The config line responsible, where there is one.
+    pub config: Option<Location>,
+    pub evidence: Option<Evidence>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Evidence {
+    /// Where the rule's request went.
+    Routing {
+        request: String,
+        route: Option<String>,
+        pool: Option<String>,
+        status: Option<u16>,
+    },
+    /// The simulated share of each backend of a pool.
+    Shares(Shares),
+}
+
+/// Check `snapshot` against every rule of `standards`. Shares for
+/// `max_backend_share` are simulated over `traffic` once per pool.
+pub fn evaluate(
+    snapshot: &Snapshot,
+    config: Option<ConfigSource<'_>>,
+    standards: &Standards,
+    traffic: &Traffic,
+) -> Evaluation {
+    let mut ctx = Ctx {
+        snapshot,
+        config,
+        traffic,
+        shares: vec![None; snapshot.pools.len()],
+    };
+    let rules: Vec<RuleOutcome> = standards.rules.iter().map(|r| ctx.rule(r)).collect();
+    let failed = rules.iter().filter(|r| !r.passed).count();
+    Evaluation {
+        standards: standards.file.clone(),
+        traffic: traffic.describe(),
+        passed: rules.len() - failed,
+        failed,
+        rules,
+    }
+}
+
+struct Ctx<'a> {
+    snapshot: &'a Snapshot,
+    config: Option<ConfigSource<'a>>,
+    traffic: &'a Traffic,
+    /// Simulated once per pool, on first use.
+    shares: Vec<Option<Shares>>,
+}
+
+impl Ctx<'_> {
+    fn at(&self, key_path: &str) -> Option<Location> {
+        let c = self.config?;
+        let (line, col) = locate(c.source, key_path).unwrap_or((1, 1));
+        Some(Location {
+            file: c.file.to_owned(),
+            line,
+            col,
+        })
+    }
+
+    fn shares(&mut self, i: usize) -> Shares {
+        if let Some(s) = &self.shares[i] {
+            return s.clone();
+        }
+        let pool = &self.snapshot.pools[i];
+        let s = match self.traffic {
+            Traffic::Synthetic(spec) => pool_shares(pool, &synthetic(spec), spec),
+            Traffic::Recorded { requests, spec, .. } => {
+                let out = replay(self.snapshot, requests, spec, true);
+                let mut counts = vec![0u64; pool.backends.len()];
+                for o in out.iter().filter(|o| o.pool == Some(i)) {
+                    if let Some(b) = o.backend {
+                        counts[b] += 1;
+                    }
+                }
+                Shares::from_counts(pool, &counts)
+            }
+        };
+        self.shares[i] = Some(s.clone());
+        s
+    }
+
+    fn rule(&mut self, rule: &Rule) -> RuleOutcome {
+        let mut failures = Vec::new();
+        let mut routes = Vec::new();
+        let where_ = |key: &str| {
+            rule.assertions
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map_or_else(|| rule.location.clone(), |(_, l)| l.clone())
+        };
+        let mut fail = |assertion: &'static str,
+                        message: String,
+                        config: Option<Location>,
+                        evidence: Option<Evidence>| {
+            failures.push(Failure {
+                assertion,
+                message,
+                location: where_(assertion),
+                config,
+                evidence,
+            });
+        };
+        let s = self.snapshot;
+
+        if let Some(req) = &rule.request {
+            let view = fulcrum_config::snapshot::RequestView {
+                method: &req.method,
+                host: req.host.as_deref(),
+                path: &req.path,
+                headers: &req.headers,
+            };
+            let routed = s.route(&view);
+            let route = routed.map(|(i, r)| (i, r.name.to_string()));
+            let pool = routed.map(|(_, r)| &s.pools[r.pool]);
+            let status = match pool {
+                None => Some(404),
+                Some(p) if p.backends.iter().all(|b| b.weight == 0) => Some(503),
+                Some(_) => None,
+            };
+            if let Some((_, name)) = &route {
+                routes.push(name.clone());
+            }
+            let evidence = Evidence::Routing {
+                request: req.text.clone(),
+                route: route.as_ref().map(|r| r.1.clone()),
+                pool: pool.map(|p| p.name.to_string()),
+                status,
+            };
+            let went = match (&route, pool) {
+                (Some((_, r)), Some(p)) => format!("route `{r}` sends it to pool `{}`", p.name),
+                _ => "no route matches it (404)".to_owned(),
+            };
+            let route_at = route
+                .as_ref()
+                .and_then(|(i, _)| self.at(&format!("route[{i}].pool")));
+            if let Some(want) = &rule.expect_route
+                && route.as_ref().is_none_or(|(_, r)| r != want)
+            {
+                fail(
+                    "expect_route",
+                    format!(
+                        "`{}` must take route `{want}`, but {went}; fix the routes' order or match conditions",
+                        req.text
+                    ),
+                    route_at.clone(),
+                    Some(evidence.clone()),
+                );
+            }
+            if let Some(want) = &rule.expect_pool
+                && pool.is_none_or(|p| &*p.name != want)
+            {
+                let hint = if s.pool(want).is_some() {
+                    format!("point that route at `pool = \"{want}\"` or add a route for it before")
+                } else {
+                    format!("the config has no pool `{want}`")
+                };
+                fail(
+                    "expect_pool",
+                    format!(
+                        "`{}` must reach pool `{want}`, but {went}; {hint}",
+                        req.text
+                    ),
+                    route_at.clone(),
+                    Some(evidence.clone()),
+                );
+            }
+            if let Some(want) = rule.expect_status
+                && status != Some(want)
+            {
+                let got = status.map_or_else(
+                    || format!("{went}, which serves it"),
+                    |st| format!("it gets {st}"),
+                );
+                fail(
+                    "expect_status",
+                    format!("`{}` must be refused with {want}, but {got}", req.text),
+                    route_at,
+                    Some(evidence),
+                );
+            }
+        }
+
+        if let Some(sel) = &rule.pool {
+            let pools: Vec<usize> = match sel {
+                PoolSelector::All => (0..s.pools.len()).collect(),
+                PoolSelector::Named(n) => match s.pool(n) {
+                    Some((i, _)) => vec![i],
+                    None => {
+                        let first = rule.assertions.first().map_or("pool", |a| a.0);
+                        fail(
+                            first,
+                            format!(
+                                "the config has no pool `{n}`, so this rule cannot hold; name an existing pool or `*`"
+                            ),
+                            None,
+                            None,
+                        );
+                        vec![]
+                    }
+                },
+            };
+            for i in pools {
+                let p: &Pool = &s.pools[i];
+                let pk = format!("pool.{}", p.name);
+                let weighted = p.backends.iter().filter(|b| b.weight > 0).count();
+                if let Some(min) = rule.min_backends
+                    && weighted < min
+                {
+                    fail(
+                        "min_backends",
+                        format!(
+                            "pool `{}` has {weighted} backend(s) with weight above 0; at least {min} required for redundancy",
+                            p.name
+                        ),
+                        self.at(&format!("{pk}.backends")),
+                        None,
+                    );
+                }
+                if let Some(max) = rule.max_backend_share {
+                    let shares = self.shares(i);
+                    if shares.requests == 0 {
+                        fail(
+                            "max_backend_share",
+                            format!(
+                                "no request of the traffic sample reaches pool `{}`, so its balance cannot be shown; record traffic that reaches it",
+                                p.name
+                            ),
+                            self.at(&pk),
+                            Some(Evidence::Shares(shares)),
+                        );
+                    } else if let Some(top) = shares.max().filter(|t| t.share > max + 1e-9) {
+                        let at = if p.algorithm.name() == "round_robin" {
+                            self.at(&format!("{pk}.backends"))
+                        } else {
+                            self.at(&format!("{pk}.algorithm"))
+                        };
+                        fail(
+                            "max_backend_share",
+                            format!(
+                                "backend {} of pool `{}` would receive {:.1}% of its requests (at most {:.1}% allowed) under `{}`: {}; spread the load (weights, algorithm, or a hash key that varies)",
+                                top.addr,
+                                p.name,
+                                top.share * 100.0,
+                                max * 100.0,
+                                p.algorithm.name(),
+                                shares.summary()
+                            ),
+                            at,
+                            Some(Evidence::Shares(shares.clone())),
+                        );
+                    }
+                }
+                if let Some(allowed) = &rule.algorithms
+                    && !allowed.iter().any(|a| a == p.algorithm.name())
+                {
+                    fail(
+                        "algorithms",
+                        format!(
+                            "pool `{}` uses `{}`, which is not allowed here (allowed: {})",
+                            p.name,
+                            p.algorithm.name(),
+                            allowed.join(", ")
+                        ),
+                        self.at(&format!("{pk}.algorithm")),
+                        None,
+                    );
+                }
+                if rule.require_health_check && p.health.is_none() {
+                    fail(
+                        "require_health_check",
+                        format!(
+                            "pool `{}` has no active health check, so a dead backend keeps getting traffic; add `health = {{ path = \"/healthz\" }}`",
+                            p.name
+                        ),
+                        self.at(&pk),
+                        None,
+                    );
+                }
+                if rule.require_outlier_detection && p.outlier.is_none() {
+                    fail(
+                        "require_outlier_detection",
+                        format!(
+                            "pool `{}` has outlier detection turned off; remove `outlier.enabled = false`",
+                            p.name
+                        ),
+                        self.at(&format!("{pk}.outlier")),
+                        None,
+                    );
+                }
+                for (key, range, d) in [
+                    ("connect_timeout", rule.connect_timeout, p.timeouts.connect),
+                    (
+                        "response_timeout",
+                        rule.response_timeout,
+                        p.timeouts.response,
+                    ),
+                    ("idle_timeout", rule.idle_timeout, p.timeouts.idle),
+                ] {
+                    if let Some(range) = range.filter(|r| !r.contains(d)) {
+                        let field = key.trim_end_matches("_timeout");
+                        fail(
+                            key,
+                            format!(
+                                "pool `{}` has timeouts.{field} = {}, outside the allowed {range}",
+                                p.name,
+                                fulcrum_humantime(d)
+                            ),
+                            self.at(&format!("{pk}.timeouts.{field}")),
+                            None,
+                        );
+                    }
+                }
+            }
+        }
+
+        if rule.every_pool_used {
+            for p in &s.pools {
+                if !s.routes.iter().any(|r| s.pools[r.pool].name == p.name) {
+                    fail(
+                        "every_pool_used",
+                        format!(
+                            "no route sends traffic to pool `{}`; a route probably points at the wrong pool",
+                            p.name
+                        ),
+                        self.at(&format!("pool.{}", p.name)),
+                        None,
+                    );
+                }
+            }
+        }
+        if rule.no_shadowed_routes {
+            for (later, earlier) in fulcrum_config::shadowed_routes(s) {
+                fail(
+                    "no_shadowed_routes",
+                    format!(
+                        "route `{}` can never match: route `{}` before it matches every request it does; reorder them",
+                        s.routes[later].name, s.routes[earlier].name
+                    ),
+                    self.at(&format!("route[{later}]")),
+                    None,
+                );
+            }
+        }
+        if rule.admin_on_loopback
+            && let Some(a) = s.admin.as_ref().filter(|a| !a.listen.ip().is_loopback())
+        {
+            fail(
+                "admin_on_loopback",
+                format!(
+                    "the admin API listens on {}, reachable from other hosts; bind it to 127.0.0.1",
+                    a.listen
+                ),
+                self.at("admin.listen"),
+                None,
+            );
+        }
+        if rule.require_version {
+            let has_version = self
+                .config
+                .is_none_or(|c| locate(c.source, "version").is_some());
+            if !has_version {
+                fail(
+                    "require_version",
+                    "the config has no `version`; add `version = \"…\"` naming this change"
+                        .to_owned(),
+                    self.at(""),
+                    None,
+                );
+            }
+        }
+
+        RuleOutcome {
+            name: rule.name.clone(),
+            key_path: rule.key_path.clone(),
+            location: rule.location.clone(),
+            passed: failures.is_empty(),
+            failures,
+            routes,
+        }
+    }
+}
+
+fn fulcrum_humantime(d: std::time::Duration) -> String {
+    let ms = d.as_millis();
+    if ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+/// The human report: a PASS/FAIL line per rule, each failure with its
+/// message and where it is, then `N passed, M failed`.
+pub fn render_human(e: &Evaluation) -> String {
+    let mut out = String::new();
+    for r in &e.rules {
+        if r.passed {
+            out.push_str(&format!("PASS {}\n", r.name));
+            continue;
+        }
+        out.push_str(&format!(
+            "FAIL {}  ({}:{}:{})\n",
+            r.name, r.location.file, r.location.line, r.location.col
+        ));
+        for f in &r.failures {
+            out.push_str(&format!("  {}: {}\n", f.assertion, f.message));
+            if let Some(c) = &f.config {
+                out.push_str(&format!("    --> {}:{}:{}\n", c.file, c.line, c.col));
+            }
+            if let Some(Evidence::Shares(s)) = &f.evidence {
+                out.push_str(&format!("    simulated over {}:\n", e.traffic));
+                for b in &s.backends {
+                    out.push_str(&format!(
+                        "      {:<24} weight {:<4} {:>6.1}%  ({} of {})\n",
+                        b.addr,
+                        b.weight,
+                        b.share * 100.0,
+                        b.requests,
+                        s.requests
+                    ));
+                }
+            }
+        }
+    }
+    out.push_str(&format!("{} passed, {} failed\n", e.passed, e.failed));
+    out
+}

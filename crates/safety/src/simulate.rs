@@ -1,0 +1,244 @@
+//! The simulator: drives the data plane's own `Balancer::pick` (and routes
+//! with `Snapshot::route`) over a traffic sample, with a model of the pool
+//! in place of live backend state. The model: every backend healthy (so the
+//! shares are what the config asks for, not what an outage makes of it);
+//! each request holds its backend until `concurrency` later picks of the
+//! same pool have been made (so `least_request` sees load); a seeded RNG
+//! per pool (so a run is reproducible, and an unchanged pool picks the same
+//! backends under two configs).
+
+use std::collections::VecDeque;
+
+use fastrand::Rng;
+use fulcrum_config::Snapshot;
+use fulcrum_config::keys::redact;
+use fulcrum_config::snapshot::{HeaderValueMatch, Pool, Routes};
+use fulcrum_config::standards::TrafficSpec;
+use fulcrum_proxy::balance::{Balancer, PoolView, hash_key};
+use serde::Serialize;
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::traffic::SampleRequest;
+
+/// A pool as the model sees it.
+#[derive(Debug)]
+pub struct ModelView {
+    weights: Vec<u32>,
+    in_flight: Vec<u64>,
+    /// Backends of requests still in flight, oldest first.
+    queue: VecDeque<usize>,
+    concurrency: usize,
+}
+
+impl ModelView {
+    pub fn new(pool: &Pool, concurrency: usize) -> ModelView {
+        ModelView {
+            weights: pool.backends.iter().map(|b| b.weight).collect(),
+            in_flight: vec![0; pool.backends.len()],
+            queue: VecDeque::new(),
+            concurrency,
+        }
+    }
+
+    /// A request was sent to backend `i`; the oldest in flight completes
+    /// once more than `concurrency` are.
+    fn sent(&mut self, i: usize) {
+        self.in_flight[i] += 1;
+        self.queue.push_back(i);
+        while self.queue.len() > self.concurrency {
+            if let Some(done) = self.queue.pop_front() {
+                self.in_flight[done] -= 1;
+            }
+        }
+    }
+}
+
+impl PoolView for ModelView {
+    fn len(&self) -> usize {
+        self.weights.len()
+    }
+    fn weight(&self, i: usize) -> u32 {
+        self.weights[i]
+    }
+    fn healthy(&self, _: usize) -> bool {
+        true
+    }
+    fn in_flight(&self, i: usize) -> u64 {
+        self.in_flight[i]
+    }
+}
+
+/// One pool's simulation: its real balancer, the model, a seeded RNG.
+#[derive(Debug)]
+pub struct PoolSim {
+    pub balancer: Balancer,
+    pub view: ModelView,
+    rng: Rng,
+    /// Picks per backend so far.
+    pub counts: Vec<u64>,
+}
+
+impl PoolSim {
+    pub fn new(pool: &Pool, spec: &TrafficSpec) -> PoolSim {
+        PoolSim {
+            balancer: Balancer::new(pool),
+            view: ModelView::new(pool, spec.concurrency),
+            rng: Rng::with_seed(spec.seed ^ xxh3_64(pool.name.as_bytes())),
+            counts: vec![0; pool.backends.len()],
+        }
+    }
+
+    /// The backend the balancer picks for `req`, exactly as `serve` would
+    /// with every backend healthy.
+    pub fn pick(&mut self, req: &SampleRequest) -> Option<usize> {
+        let key = self
+            .balancer
+            .hash_policy()
+            .and_then(|p| hash_key(p, &req.view(), req.client_ip));
+        let pick = self.balancer.pick(&self.view, key, &[], &mut self.rng)?;
+        self.view.sent(pick.index);
+        self.counts[pick.index] += 1;
+        Some(pick.index)
+    }
+}
+
+/// How a pool's requests spread over its backends.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Shares {
+    pub pool: String,
+    pub algorithm: &'static str,
+    pub requests: u64,
+    pub backends: Vec<BackendShare>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BackendShare {
+    pub addr: String,
+    pub weight: u32,
+    pub requests: u64,
+    /// Of the pool's requests; 0 when the pool had none.
+    pub share: f64,
+}
+
+impl Shares {
+    pub fn from_counts(pool: &Pool, counts: &[u64]) -> Shares {
+        let total: u64 = counts.iter().sum();
+        Shares {
+            pool: pool.name.to_string(),
+            algorithm: pool.algorithm.name(),
+            requests: total,
+            backends: pool
+                .backends
+                .iter()
+                .zip(counts)
+                .map(|(b, &n)| BackendShare {
+                    addr: b.addr.to_string(),
+                    weight: b.weight,
+                    requests: n,
+                    share: if total == 0 {
+                        0.0
+                    } else {
+                        n as f64 / total as f64
+                    },
+                })
+                .collect(),
+        }
+    }
+
+    /// The backend with the largest share.
+    pub fn max(&self) -> Option<&BackendShare> {
+        self.backends
+            .iter()
+            .max_by(|a, b| a.share.total_cmp(&b.share))
+    }
+
+    /// `127.0.0.1:9101 95.5%, 127.0.0.1:9102 2.3%, …`
+    pub fn summary(&self) -> String {
+        self.backends
+            .iter()
+            .map(|b| format!("{} {:.1}%", b.addr, b.share * 100.0))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// The shares of `pool` over `requests`.
+pub fn pool_shares<'a>(
+    pool: &Pool,
+    requests: impl IntoIterator<Item = &'a SampleRequest>,
+    spec: &TrafficSpec,
+) -> Shares {
+    let mut sim = PoolSim::new(pool, spec);
+    for r in requests {
+        sim.pick(r);
+    }
+    Shares::from_counts(pool, &sim.counts)
+}
+
+/// Where one request of a replay went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    pub route: Option<usize>,
+    pub pool: Option<usize>,
+    pub backend: Option<usize>,
+}
+
+/// Replay `requests` in order through `snapshot`: route, then pick in the
+/// route's pool. `recorded` says the sample came from an access log, whose
+/// sensitive values are redacted: routes then compare the redacted form of
+/// their expected values (see [`for_recorded`]).
+pub fn replay(
+    snapshot: &Snapshot,
+    requests: &[SampleRequest],
+    spec: &TrafficSpec,
+    recorded: bool,
+) -> Vec<Outcome> {
+    let redacted;
+    let snapshot = if recorded {
+        redacted = for_recorded(snapshot);
+        &redacted
+    } else {
+        snapshot
+    };
+    let mut sims: Vec<PoolSim> = snapshot
+        .pools
+        .iter()
+        .map(|p| PoolSim::new(p, spec))
+        .collect();
+    requests
+        .iter()
+        .map(|r| match snapshot.route(&r.view()) {
+            None => Outcome {
+                route: None,
+                pool: None,
+                backend: None,
+            },
+            Some((i, route)) => Outcome {
+                route: Some(i),
+                pool: Some(route.pool),
+                backend: sims[route.pool].pick(r),
+            },
+        })
+        .collect()
+}
+
+/// The snapshot as matched against an access log: an exact header
+/// condition on a sensitive header compares against the redacted value,
+/// because that is what the log holds. (A regex on a sensitive header cannot
+/// be evaluated on a hash; it sees the hash, and docs/standards.md says so.)
+pub fn for_recorded(snapshot: &Snapshot) -> Snapshot {
+    let mut s = snapshot.clone();
+    let mut routes = s.routes.to_vec();
+    for route in &mut routes {
+        for h in &mut route.matcher.headers {
+            if snapshot.is_sensitive(&h.name)
+                && let HeaderValueMatch::Exact(v) = &mut h.value
+            {
+                *v = redact(v.as_bytes());
+            }
+        }
+    }
+    // The routing table is immutable so its index cannot go stale: rebuild it.
+    s.routes = Routes::new(routes);
+    s
+}

@@ -1,0 +1,99 @@
+//! `serve --standards`: the team's standards file held by the server. A
+//! config that breaks it is refused at start and on reload; the file is
+//! polled, and when it changes the running config is re-checked against the
+//! new standards, and a break (drift) is logged loudly while the running
+//! config keeps serving: refusing traffic would turn a policy change into
+//! an outage.
+
+use std::path::{Path, PathBuf};
+
+use fulcrum_config::Snapshot;
+use fulcrum_config::standards::{Standards, parse_standards};
+use fulcrum_safety::Traffic;
+use fulcrum_safety::rules::{self, ConfigSource};
+use tracing::{error, info};
+
+/// How often the standards file is polled for changes.
+pub const POLL: std::time::Duration = std::time::Duration::from_secs(2);
+
+pub struct Watch {
+    path: PathBuf,
+    /// xxh3 of the content last read, to notice a change.
+    hash: u64,
+    standards: Standards,
+}
+
+impl Watch {
+    /// Read and parse the standards file; `Err` holds what to print.
+    pub fn load(path: &Path) -> Result<Watch, String> {
+        let text = crate::read_config(path)?;
+        let label = path.display().to_string();
+        let parsed = parse_standards(&label, &text);
+        match parsed.standards {
+            Some(standards) => Ok(Watch {
+                path: path.to_owned(),
+                hash: xxhash_rust::xxh3::xxh3_64(text.as_bytes()),
+                standards,
+            }),
+            None => Err(parsed
+                .diagnostics
+                .iter()
+                .map(|d| fulcrum_config::render_diagnostic(&text, d))
+                .collect::<String>()
+                + &format!("{label}: invalid standards file")),
+        }
+    }
+
+    /// `Err` with the report when `snapshot` breaks a rule.
+    pub fn judge(
+        &self,
+        snapshot: &Snapshot,
+        config: Option<ConfigSource<'_>>,
+    ) -> Result<(), String> {
+        let traffic = Traffic::Synthetic(self.standards.traffic.clone());
+        let e = rules::evaluate(snapshot, config, &self.standards, &traffic);
+        if e.ok() {
+            Ok(())
+        } else {
+            let names: Vec<&str> = e.failures().map(|r| r.name.as_str()).collect();
+            Err(format!(
+                "breaks {} rule(s) of {}: {}\n{}",
+                e.failed,
+                e.standards,
+                names.join("; "),
+                rules::render_human(&e)
+            ))
+        }
+    }
+
+    /// Re-read the file; if it changed, adopt it (when valid) and re-check
+    /// the running config against it.
+    pub fn poll(&mut self, running: &Snapshot) {
+        let Ok(text) = std::fs::read_to_string(&self.path) else {
+            return;
+        };
+        let hash = xxhash_rust::xxh3::xxh3_64(text.as_bytes());
+        if hash == self.hash {
+            return;
+        }
+        self.hash = hash;
+        match Watch::load(&self.path) {
+            Err(report) => {
+                error!(standards = %self.path.display(), "standards file changed but is invalid; still enforcing the previous standards:\n{report}");
+            }
+            Ok(new) => {
+                self.standards = new.standards;
+                match self.judge(running, None) {
+                    Ok(()) => {
+                        info!(standards = %self.path.display(), version = %running.version, "standards changed; the running config meets them")
+                    }
+                    Err(report) => error!(
+                        standards = %self.path.display(),
+                        version = %running.version,
+                        "DRIFT: the running config {report}still serving it; fix the config and reload (SIGHUP), which the new standards will gate"
+                    ),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,356 @@
+//! The safety verbs' command-line side: `check --standards`, `test`,
+//! `diff`, `explain` and `schema`. Reads files and prints; every decision
+//! is made by `fulcrum-safety` on the config crate's snapshot, so a
+//! control plane's pre-flight gets the same answers.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::process::ExitCode;
+
+use fulcrum_config::standards::{Standards, TrafficSpec, parse_request_line, parse_standards};
+use fulcrum_config::{Checked, Snapshot};
+use fulcrum_safety::rules::{ConfigSource, Evaluation};
+use fulcrum_safety::{Traffic, diff as d, explain as x, rules, sarif};
+use http::{HeaderMap, HeaderName, HeaderValue};
+use serde_json::json;
+
+use crate::{EXIT_INVALID, EXIT_USAGE, Format};
+
+/// Exit early from a verb with a code, having printed why.
+type Step<T> = Result<T, ExitCode>;
+
+fn read(path: &Path) -> Step<String> {
+    crate::read_config(path).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::from(EXIT_USAGE)
+    })
+}
+
+/// Read and compile a config; on errors print them (in `format`) and exit 78.
+fn config(path: &Path, format: Format) -> Step<(String, String, Checked, Snapshot)> {
+    let source = read(path)?;
+    let label = path.display().to_string();
+    let checked = fulcrum_config::check(&label, &source);
+    match checked.snapshot.clone() {
+        Some(s) => Ok((label, source, checked, s)),
+        None => {
+            match format {
+                Format::Human => print!(
+                    "{}",
+                    fulcrum_config::render_human(&label, &source, &checked)
+                ),
+                Format::Json => println!("{}", fulcrum_config::render_json(&label, &checked)),
+                Format::Sarif => println!("{}", sarif::render(&checked.diagnostics, None)),
+            }
+            Err(ExitCode::from(EXIT_INVALID))
+        }
+    }
+}
+
+/// Read and parse a rules file; on errors print them and exit 78.
+pub fn standards(path: &Path, format: Format) -> Step<Standards> {
+    let source = read(path)?;
+    let label = path.display().to_string();
+    let parsed = parse_standards(&label, &source);
+    match parsed.standards {
+        Some(s) => Ok(s),
+        None => {
+            match format {
+                Format::Human => {
+                    for diag in &parsed.diagnostics {
+                        print!("{}", fulcrum_config::render_diagnostic(&source, diag));
+                    }
+                    println!("{label}: invalid rules file, nothing was checked");
+                }
+                Format::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &json!({ "file": label, "valid": false, "diagnostics": parsed.diagnostics })
+                    )
+                    .unwrap_or_default()
+                ),
+                Format::Sarif => println!("{}", sarif::render(&parsed.diagnostics, None)),
+            }
+            Err(ExitCode::from(EXIT_INVALID))
+        }
+    }
+}
+
+/// The traffic sample: the recorded log when given, else the spec's
+/// synthetic sample.
+pub fn traffic(log: Option<&Path>, spec: &TrafficSpec) -> Step<Traffic> {
+    let Some(path) = log else {
+        return Ok(Traffic::Synthetic(spec.clone()));
+    };
+    let text = read(path)?;
+    match fulcrum_safety::traffic::parse_access_log(&text) {
+        Ok(requests) => Ok(Traffic::Recorded {
+            requests,
+            spec: spec.clone(),
+            source: path.display().to_string(),
+        }),
+        Err(e) => {
+            eprintln!("fulcrum: {}: {e}", path.display());
+            Err(ExitCode::from(EXIT_USAGE))
+        }
+    }
+}
+
+fn done(r: Step<ExitCode>) -> ExitCode {
+    r.unwrap_or_else(|code| code)
+}
+
+pub fn check(
+    path: &Path,
+    standards_path: Option<&Path>,
+    log: Option<&Path>,
+    format: Format,
+) -> ExitCode {
+    done((|| {
+        let (label, source, checked, snapshot) = config(path, format)?;
+        let evaluation = match standards_path {
+            Some(p) => {
+                let s = standards(p, format)?;
+                let t = traffic(log, &s.traffic)?;
+                Some(rules::evaluate(
+                    &snapshot,
+                    Some(ConfigSource {
+                        file: &label,
+                        source: &source,
+                    }),
+                    &s,
+                    &t,
+                ))
+            }
+            None => None,
+        };
+        match format {
+            Format::Human => {
+                print!(
+                    "{}",
+                    fulcrum_config::render_human(&label, &source, &checked)
+                );
+                if let Some(e) = &evaluation {
+                    println!("\nstandards {}:", e.standards);
+                    print!("{}", rules::render_human(e));
+                }
+            }
+            Format::Json => {
+                let config: serde_json::Value =
+                    serde_json::from_str(&fulcrum_config::render_json(&label, &checked))
+                        .unwrap_or_default();
+                let mut doc = config;
+                doc["standards"] = serde_json::to_value(&evaluation).unwrap_or_default();
+                println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+            }
+            Format::Sarif => println!(
+                "{}",
+                sarif::render(&checked.diagnostics, evaluation.as_ref())
+            ),
+        }
+        Ok(if evaluation.as_ref().is_none_or(Evaluation::ok) {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        })
+    })())
+}
+
+pub fn test(
+    path: &Path,
+    tests: &[std::path::PathBuf],
+    require_coverage: bool,
+    log: Option<&Path>,
+    format: Format,
+) -> ExitCode {
+    done((|| {
+        let (label, source, checked, snapshot) = config(path, format)?;
+        let mut all: Vec<Evaluation> = Vec::new();
+        for t in tests {
+            let s = standards(t, format)?;
+            let tr = traffic(log, &s.traffic)?;
+            all.push(rules::evaluate(
+                &snapshot,
+                Some(ConfigSource {
+                    file: &label,
+                    source: &source,
+                }),
+                &s,
+                &tr,
+            ));
+        }
+        let covered: Vec<&str> = all
+            .iter()
+            .flat_map(|e| &e.rules)
+            .flat_map(|r| &r.routes)
+            .map(String::as_str)
+            .collect();
+        let uncovered: Vec<String> = snapshot
+            .routes
+            .iter()
+            .map(|r| r.name.to_string())
+            .filter(|r| !covered.contains(&r.as_str()))
+            .collect();
+        let passed: usize = all.iter().map(|e| e.passed).sum();
+        let mut failed: usize = all.iter().map(|e| e.failed).sum();
+        let coverage_failed = require_coverage && !uncovered.is_empty();
+        failed += coverage_failed as usize;
+        match format {
+            Format::Human => {
+                for e in &all {
+                    let text = rules::render_human(e);
+                    // Per-file summaries are replaced by the one below.
+                    let body = text
+                        .rsplit_once(&format!("{} passed", e.passed))
+                        .map_or(text.as_str(), |(b, _)| b);
+                    print!("{body}");
+                }
+                if !uncovered.is_empty() {
+                    let verdict = if require_coverage { "FAIL" } else { "note:" };
+                    println!(
+                        "{verdict} routes no test exercises: {}",
+                        uncovered.join(", ")
+                    );
+                }
+                println!("{passed} passed, {failed} failed");
+            }
+            Format::Json => {
+                let doc = json!({
+                    "config": label,
+                    "passed": passed,
+                    "failed": failed,
+                    "files": all,
+                    "uncovered_routes": uncovered,
+                    "coverage_required": require_coverage,
+                });
+                println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+            }
+            Format::Sarif => {
+                let mut merged = all.first().cloned();
+                if let Some(m) = &mut merged {
+                    for e in all.iter().skip(1) {
+                        m.rules.extend(e.rules.iter().cloned());
+                    }
+                }
+                println!("{}", sarif::render(&checked.diagnostics, merged.as_ref()));
+            }
+        }
+        Ok(if failed == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        })
+    })())
+}
+
+pub fn diff(
+    old: &Path,
+    new: &Path,
+    log: Option<&Path>,
+    max_moved: Option<f64>,
+    format: Format,
+) -> ExitCode {
+    done((|| {
+        if format == Format::Sarif {
+            eprintln!("fulcrum: diff prints human or json, not sarif");
+            return Err(ExitCode::from(EXIT_USAGE));
+        }
+        if max_moved.is_some_and(|m| !(0.0..=1.0).contains(&m)) {
+            eprintln!("fulcrum: --max-moved is a share of requests, from 0 to 1 (e.g. 0.05)");
+            return Err(ExitCode::from(EXIT_USAGE));
+        }
+        let (_, _, _, a) = config(old, format)?;
+        let (_, _, _, b) = config(new, format)?;
+        let impact = match log {
+            Some(_) => match traffic(log, &TrafficSpec::default())? {
+                Traffic::Recorded { requests, spec, .. } => {
+                    Some(d::impact(&a, &b, &requests, &spec))
+                }
+                Traffic::Synthetic(_) => None,
+            },
+            None => None,
+        };
+        let exceeded = matches!((&impact, max_moved), (Some(i), Some(m)) if i.moved > m);
+        let report = d::Diff {
+            old_version: a.version.to_string(),
+            new_version: b.version.to_string(),
+            changes: d::semantic(&a, &b),
+            impact,
+        };
+        match format {
+            Format::Json => {
+                let mut doc = serde_json::to_value(&report).unwrap_or_default();
+                doc["max_moved"] = json!(max_moved);
+                doc["exceeded"] = json!(exceeded);
+                println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+            }
+            _ => print!("{}", d::render_human(&report, max_moved)),
+        }
+        Ok(if exceeded {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        })
+    })())
+}
+
+pub fn explain(
+    path: &Path,
+    request: &str,
+    headers: &[String],
+    client_ip: IpAddr,
+    format: Format,
+) -> ExitCode {
+    done((|| {
+        if format == Format::Sarif {
+            eprintln!("fulcrum: explain prints human or json, not sarif");
+            return Err(ExitCode::from(EXIT_USAGE));
+        }
+        let (_, _, _, snapshot) = config(path, format)?;
+        let usage = |msg: String| {
+            eprintln!("fulcrum: {msg}");
+            ExitCode::from(EXIT_USAGE)
+        };
+        let (method, host, req_path) = parse_request_line(request)
+            .map_err(|e| usage(format!("`{request}` is not a request: {e}; write e.g. 'POST http://app.example.com/auth/login'")))?;
+        let mut map = HeaderMap::new();
+        for h in headers {
+            let (n, v) = h
+                .split_once(':')
+                .ok_or_else(|| usage(format!("-H `{h}`: write 'name: value'")))?;
+            let (Ok(n), Ok(v)) = (
+                HeaderName::from_bytes(n.trim().as_bytes()),
+                HeaderValue::from_str(v.trim()),
+            ) else {
+                return Err(usage(format!("-H `{h}` is not a valid header")));
+            };
+            map.append(n, v);
+        }
+        // A Host header overrides the URL's host, as it does for serve.
+        let host = map
+            .get(http::header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .map(|h| h.split(':').next().unwrap_or(h).to_ascii_lowercase())
+            .or(host);
+        let view = fulcrum_config::snapshot::RequestView {
+            method: &method,
+            host: host.as_deref(),
+            path: &req_path,
+            headers: &map,
+        };
+        let e = x::explain(&snapshot, request, &view, client_ip);
+        match format {
+            Format::Json => println!("{}", serde_json::to_string_pretty(&e).unwrap_or_default()),
+            _ => print!("{}", x::render_human(&e)),
+        }
+        Ok(ExitCode::SUCCESS)
+    })())
+}
+
+pub fn schema() -> ExitCode {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&fulcrum_config::schema::config_schema()).unwrap_or_default()
+    );
+    ExitCode::SUCCESS
+}

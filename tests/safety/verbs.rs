@@ -1,0 +1,409 @@
+//! Incident fixtures through `check --standards`, `diff --traffic`, `test`
+//! and `explain`, asserting exit codes, the rule named and the evidence.
+
+use super::{fixture, json, run};
+
+fn f(name: &str) -> String {
+    fixture(name).display().to_string()
+}
+
+fn check_json(config: &str) -> (Option<i32>, serde_json::Value) {
+    let out = run(&[
+        "check",
+        &f(config),
+        "--standards",
+        &f("standards.toml"),
+        "--format",
+        "json",
+    ]);
+    (out.status.code(), json(&out))
+}
+
+/// The one broken rule's failures, asserting it is the only broken one.
+fn broken<'a>(doc: &'a serde_json::Value, rule: &str) -> &'a Vec<serde_json::Value> {
+    let rules = doc["standards"]["rules"].as_array().unwrap();
+    let failed: Vec<&str> = rules
+        .iter()
+        .filter(|r| r["passed"] == false)
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert!(failed.contains(&rule), "{failed:?}");
+    let r = rules.iter().find(|r| r["name"] == rule).unwrap();
+    r["failures"].as_array().unwrap()
+}
+
+fn share_of(evidence: &serde_json::Value, addr: &str) -> f64 {
+    evidence["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["addr"] == addr)
+        .unwrap()["share"]
+        .as_f64()
+        .unwrap()
+}
+
+#[test]
+fn healthy_config_meets_the_standards() {
+    let (code, doc) = check_json("healthy.toml");
+    assert_eq!(code, Some(0), "{doc:#}");
+    assert_eq!(doc["valid"], true);
+    assert_eq!(doc["standards"]["failed"], 0);
+    assert_eq!(doc["standards"]["passed"], 5);
+}
+
+#[test]
+fn incident_1_auth_route_to_another_pool_is_refused() {
+    let (code, doc) = check_json("incident-1.toml");
+    assert_eq!(code, Some(1));
+    let fails = broken(&doc, "logins reach the auth pool");
+    assert_eq!(fails[0]["assertion"], "expect_pool");
+    assert_eq!(fails[0]["evidence"]["kind"], "routing");
+    assert_eq!(fails[0]["evidence"]["route"], "auth");
+    assert_eq!(fails[0]["evidence"]["pool"], "web");
+    // It points at the config line that changed: `pool = "web"`, line 14.
+    assert_eq!(fails[0]["config"]["line"], 14);
+    let unused = broken(&doc, "every pool serves a route");
+    assert!(
+        unused[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("pool `auth`")
+    );
+}
+
+#[test]
+fn incident_4_first_and_absent_hash_key_are_refused_with_shares() {
+    for config in ["incident-4-first.toml", "incident-4-hash.toml"] {
+        let (code, doc) = check_json(config);
+        assert_eq!(code, Some(1), "{config}");
+        let fails = broken(&doc, "auth is redundant and evenly balanced");
+        assert_eq!(fails.len(), 1, "{config}: {fails:#?}");
+        assert_eq!(fails[0]["assertion"], "max_backend_share");
+        let ev = &fails[0]["evidence"];
+        assert_eq!(ev["kind"], "shares");
+        assert_eq!(ev["pool"], "auth");
+        assert_eq!(ev["requests"], 3000);
+        // Every login on one backend: `first` by design; `hash` because
+        // x-session is absent from every request (hash_empty).
+        assert_eq!(share_of(ev, "127.0.0.1:9101"), 1.0, "{config}");
+        assert_eq!(share_of(ev, "127.0.0.1:9102"), 0.0, "{config}");
+    }
+}
+
+#[test]
+fn incident_5_starving_weights_are_refused_with_shares() {
+    let (code, doc) = check_json("incident-5.toml");
+    assert_eq!(code, Some(1));
+    let fails = broken(&doc, "auth is redundant and evenly balanced");
+    let ev = &fails[0]["evidence"];
+    // Smooth round robin over 3000 requests at 20:1:1 is exact up to one period.
+    assert!((share_of(ev, "127.0.0.1:9101") - 20.0 / 22.0).abs() < 0.001);
+    let human = run(&[
+        "check",
+        &f("incident-5.toml"),
+        "--standards",
+        &f("standards.toml"),
+    ]);
+    assert_eq!(human.status.code(), Some(1));
+    let text = String::from_utf8(human.stdout).unwrap();
+    assert!(
+        text.contains("FAIL auth is redundant and evenly balanced"),
+        "{text}"
+    );
+    assert!(text.contains("127.0.0.1:9101 90.9%"), "{text}");
+    assert!(text.contains("4 passed, 1 failed"), "{text}");
+}
+
+#[test]
+fn check_sarif_points_at_rule_and_config_line() {
+    let out = run(&[
+        "check",
+        &f("incident-1.toml"),
+        "--standards",
+        &f("standards.toml"),
+        "--format",
+        "sarif",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let doc = json(&out);
+    assert_eq!(doc["version"], "2.1.0");
+    let results = doc["runs"][0]["results"].as_array().unwrap();
+    let r = results
+        .iter()
+        .find(|r| r["ruleId"] == "standard/expect_pool")
+        .unwrap();
+    let locs = r["locations"].as_array().unwrap();
+    let loc = |i: usize| &locs[i]["physicalLocation"];
+    assert!(
+        loc(0)["artifactLocation"]["uri"]
+            .as_str()
+            .unwrap()
+            .ends_with("incident-1.toml")
+    );
+    assert_eq!(loc(0)["region"]["startLine"], 14);
+    assert!(
+        loc(1)["artifactLocation"]["uri"]
+            .as_str()
+            .unwrap()
+            .ends_with("standards.toml")
+    );
+    assert_eq!(loc(1)["region"]["startLine"], 13);
+}
+
+fn diff_json(new: &str, max_moved: Option<&str>) -> (Option<i32>, serde_json::Value) {
+    let (old, new, log) = (f("healthy.toml"), f(new), f("traffic.log"));
+    let mut args = vec!["diff", &old, &new, "--traffic", &log, "--format", "json"];
+    if let Some(m) = max_moved {
+        args.extend(["--max-moved", m]);
+    }
+    let out = run(&args);
+    (out.status.code(), json(&out))
+}
+
+#[test]
+fn diff_of_identical_configs_moves_nothing() {
+    let (code, doc) = diff_json("healthy.toml", Some("0"));
+    assert_eq!(code, Some(0), "{doc:#}");
+    assert_eq!(doc["changes"].as_array().unwrap().len(), 0);
+    assert_eq!(doc["impact"]["moved"], 0.0);
+    assert_eq!(doc["exceeded"], false);
+}
+
+#[test]
+fn diff_flags_each_incident_with_the_moved_share() {
+    // traffic.log: 1000 requests, 400 logins (POST /auth/login), 600 pages.
+    let (code, doc) = diff_json("incident-1.toml", Some("0.05"));
+    assert_eq!(code, Some(1), "{doc:#}");
+    assert_eq!(doc["exceeded"], true);
+    let c = &doc["changes"][0];
+    assert_eq!(
+        (c["kind"].as_str(), c["field"].as_str()),
+        (Some("route"), Some("pool"))
+    );
+    assert_eq!(
+        (c["old"].as_str(), c["new"].as_str()),
+        (Some("auth"), Some("web"))
+    );
+    // Every login changes pool: 40% of all requests.
+    assert!((doc["impact"]["pool_changed"].as_f64().unwrap() - 0.4).abs() < 1e-9);
+    assert!(doc["impact"]["moved"].as_f64().unwrap() >= 0.4);
+    let auth = doc["impact"]["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["route"] == "auth")
+        .unwrap();
+    assert_eq!(auth["pool_changed"], 1.0);
+
+    for (config, field) in [
+        ("incident-4-first.toml", "algorithm"),
+        ("incident-4-hash.toml", "algorithm"),
+        ("incident-5.toml", "algorithm"),
+    ] {
+        let (code, doc) = diff_json(config, Some("0.05"));
+        assert_eq!(code, Some(1), "{config}: {doc:#}");
+        assert!(
+            doc["changes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["field"] == field),
+            "{config}"
+        );
+        let auth = doc["impact"]["pools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["pool"] == "auth")
+            .unwrap();
+        let after = |addr: &str| {
+            auth["backends"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|b| b["addr"] == addr)
+                .unwrap()["after"]
+                .as_f64()
+                .unwrap()
+        };
+        let moved = doc["impact"]["moved"].as_f64().unwrap();
+        if config.starts_with("incident-4") {
+            assert_eq!(after("127.0.0.1:9101"), 1.0, "{config}");
+            // Two thirds of the logins (40% of traffic) leave their backend.
+            assert!(
+                (moved - 0.4 * 2.0 / 3.0).abs() < 0.03,
+                "{config}: moved {moved}"
+            );
+        } else {
+            assert!(
+                (after("127.0.0.1:9101") - 20.0 / 22.0).abs() < 0.01,
+                "{config}"
+            );
+        }
+    }
+    // Without a budget, a big move is reported but exits 0.
+    let (code, _) = diff_json("incident-5.toml", None);
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn diff_human_names_the_change() {
+    let out = run(&["diff", &f("healthy.toml"), &f("incident-5.toml")]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("~ pool auth algorithm: least_request → round_robin"),
+        "{text}"
+    );
+    assert!(
+        text.contains("~ backend auth/127.0.0.1:9101 weight: 1 → 20"),
+        "{text}"
+    );
+}
+
+const TESTS: &str = r#"
+[[rule]]
+name = "logins go to auth"
+request = "POST http://app.example.com/auth/login"
+expect_route = "auth"
+expect_pool = "auth"
+
+[[rule]]
+name = "logins over DELETE are not auth"
+request = "DELETE http://app.example.com/auth/login"
+expect_pool = "auth"
+"#;
+
+#[test]
+fn test_verb_prints_each_rule_a_summary_and_coverage() {
+    let dir = tempfile::tempdir().unwrap();
+    let tests = dir.path().join("tests.toml");
+    std::fs::write(&tests, TESTS).unwrap();
+    let t = tests.display().to_string();
+    let out = run(&["test", &f("healthy.toml"), &t]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("PASS logins go to auth"), "{text}");
+    assert!(
+        text.contains("FAIL logins over DELETE are not auth"),
+        "{text}"
+    );
+    assert!(
+        text.contains("route `web` sends it to pool `web`"),
+        "{text}"
+    );
+    assert!(text.contains("1 passed, 1 failed"), "{text}");
+
+    let out = run(&["test", &f("healthy.toml"), &t, "--format", "json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let doc = json(&out);
+    assert_eq!(
+        (doc["passed"].as_u64(), doc["failed"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(doc["uncovered_routes"], serde_json::json!([]));
+    assert_eq!(
+        doc["files"][0]["rules"][1]["failures"][0]["assertion"],
+        "expect_pool"
+    );
+
+    // Only the first rule: passes, but `web` is exercised by no test.
+    std::fs::write(
+        &tests,
+        TESTS
+            .split("\n[[rule]]\nname = \"logins over")
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    let out = run(&["test", &f("healthy.toml"), &t]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("routes no test exercises: web"));
+    let out = run(&[
+        "test",
+        &f("healthy.toml"),
+        &t,
+        "--require-coverage",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(json(&out)["uncovered_routes"], serde_json::json!(["web"]));
+
+    // A broken rules file is an invalid input (78) with its position.
+    std::fs::write(&tests, "[[rule]]\nname = \"x\"\nexpect_pol = \"auth\"\n").unwrap();
+    let out = run(&["test", &f("healthy.toml"), &t]);
+    assert_eq!(out.status.code(), Some(78));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("unknown key `expect_pol`"), "{text}");
+    assert!(text.contains("did you mean `expect_pool`?"), "{text}");
+}
+
+#[test]
+fn explain_shows_routes_pool_and_hash_ring_position() {
+    let config = format!("{}/examples/hash-by-user.toml", env!("CARGO_MANIFEST_DIR"));
+    let args = [
+        "explain",
+        &config,
+        "GET http://www.example.com/cart",
+        "-H",
+        "x-user-id: alice",
+    ];
+    let out = run(&[&args[..], &["--format", "json"]].concat());
+    assert_eq!(out.status.code(), Some(0));
+    let doc = json(&out);
+    assert_eq!(doc["routes"][0]["route"], "api");
+    assert_eq!(doc["routes"][0]["matched"], false);
+    assert_eq!(
+        doc["routes"][0]["reason"],
+        "host `www.example.com` is not `api.example.com`"
+    );
+    assert_eq!(doc["routes"][1]["matched"], true);
+    assert_eq!(doc["route"], "app");
+    let pool = &doc["pool"];
+    assert_eq!(pool["pool"], "app");
+    assert_eq!(pool["algorithm"], "hash on header:x-user-id");
+    assert_eq!(pool["backends"].as_array().unwrap().len(), 3);
+    let hash = &pool["hash"];
+    assert_eq!(hash["key"], "header:x-user-id");
+    assert_eq!(hash["value"], "alice");
+    // xxh3_64("alice"), as the data plane computes it.
+    assert_eq!(
+        hash["hash"],
+        format!("{:016x}", xxhash_rust::xxh3::xxh3_64(b"alice"))
+    );
+    assert_eq!(hash["ring_size"], 480);
+    let pick = pool["pick"].as_str().unwrap().to_owned();
+    // The same key always picks the same backend.
+    let again = json(&run(&[&args[..], &["--format", "json"]].concat()));
+    assert_eq!(again["pool"]["pick"], pick.as_str());
+
+    let out = run(&args);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("1. ✗ api"), "{text}");
+    assert!(text.contains("2. ✓ app"), "{text}");
+    assert!(
+        text.contains("hash: key header:x-user-id = \"alice\""),
+        "{text}"
+    );
+    assert!(text.contains(&format!("pick: {pick}")), "{text}");
+}
+
+#[test]
+fn serve_refuses_to_start_a_config_that_breaks_the_standards() {
+    let out = run(&[
+        "serve",
+        "-c",
+        &f("incident-5.toml"),
+        "--standards",
+        &f("standards.toml"),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("not starting"), "{err}");
+    assert!(
+        err.contains("auth is redundant and evenly balanced"),
+        "{err}"
+    );
+}
