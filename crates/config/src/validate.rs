@@ -213,21 +213,8 @@ impl Validator<'_, '_> {
         binds: &mut Vec<(SocketAddr, &'r str)>,
     ) -> Option<Listener> {
         let p = &item.path;
-        let mut ok = self.name(&raw.name, &format!("{p}.name"));
+        let mut ok = self.unique_name("listener", "duplicate-listener", &raw.name, p, names);
         let name = raw.name.get_ref().as_str();
-        if let Some(first) = names.get(name) {
-            self.d
-                .error(
-                    "duplicate-listener",
-                    Some(raw.name.span()),
-                    format!("{p}.name"),
-                    format!("listener `{name}` is already defined at {first}"),
-                )
-                .hint("listener names must be unique: rename one of them");
-            ok = false;
-        } else {
-            names.insert(name, &item.path);
-        }
         let bind = self.socket_addr(&raw.bind, &format!("{p}.bind"));
         if let Some(bind) = bind {
             // Port 0 asks the OS for a free port: never a clash.
@@ -331,21 +318,8 @@ impl Validator<'_, '_> {
         pools: &[(&str, Span, Option<Pool>)],
     ) -> Option<Route> {
         let p = &item.path;
-        let mut ok = self.name(&raw.name, &format!("{p}.name"));
+        let ok = self.unique_name("route", "duplicate-route", &raw.name, p, names);
         let name = raw.name.get_ref().as_str();
-        if let Some(first) = names.get(name) {
-            self.d
-                .error(
-                    "duplicate-route",
-                    Some(raw.name.span()),
-                    format!("{p}.name"),
-                    format!("route `{name}` is already defined at {first}"),
-                )
-                .hint("route names must be unique: rename one of them");
-            ok = false;
-        } else {
-            names.insert(name, &item.path);
-        }
         let matcher = match &raw.matcher {
             Some(m) => self.route_match(m.get_ref(), &format!("{p}.match")),
             None => Some(RouteMatch::default()),
@@ -1009,6 +983,34 @@ impl Validator<'_, '_> {
 
     /// Names appear in metrics labels, logs and URLs of the admin API, so
     /// they keep to a plain alphabet.
+    /// A valid name that no earlier item of the same kind has.
+    fn unique_name<'r>(
+        &mut self,
+        kind: &str,
+        code: &'static str,
+        raw: &'r Spanned<String>,
+        item_path: &'r str,
+        names: &mut HashMap<&'r str, &'r str>,
+    ) -> bool {
+        let kp = format!("{item_path}.name");
+        let mut ok = self.name(raw, &kp);
+        let name = raw.get_ref().as_str();
+        if let Some(first) = names.get(name) {
+            self.d
+                .error(
+                    code,
+                    Some(raw.span()),
+                    kp,
+                    format!("{kind} `{name}` is already defined at {first}"),
+                )
+                .hint(format!("{kind} names must be unique: rename one of them"));
+            ok = false;
+        } else {
+            names.insert(name, item_path);
+        }
+        ok
+    }
+
     fn name(&mut self, raw: &Spanned<String>, kp: &str) -> bool {
         let name = raw.get_ref();
         let ok = !name.is_empty()
