@@ -19,6 +19,7 @@ pub mod listener;
 pub mod outlier;
 pub mod proxy;
 mod runtime;
+mod sniff;
 mod tls;
 mod tunnel;
 

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::counters::Counters;
 use crate::runtime::DataPlane;
+use crate::sniff::{HeadFlags, Sniffer};
 
 /// Serve one listener, its settings looked up by `name` in the current
 /// snapshot for each new connection. On `shutdown`: stop accepting, let
@@ -131,6 +132,8 @@ pub(crate) struct ConnInfo {
     pub tls: bool,
     pub settings: Arc<Listener>,
     pub shutdown: CancellationToken,
+    /// What the head sniffer saw of the current HTTP/1 request.
+    pub head: Arc<HeadFlags>,
     /// Kept until the connection and any tunnel from it are gone.
     pub _hold: (mpsc::Sender<()>, Slot),
 }
@@ -147,6 +150,7 @@ pub(crate) struct ConnState {
     /// Woken when a request starts or ends, so the connection's timer is
     /// re-armed for the phase it is in.
     changed: tokio::sync::Notify,
+    head: Arc<HeadFlags>,
 }
 
 /// Marks a request in progress on its connection until dropped (with the
@@ -168,6 +172,7 @@ impl Drop for ConnGuard {
         s.idle_since_ms
             .store(s.epoch.elapsed().as_millis() as u64, Relaxed);
         s.active.fetch_sub(1, Relaxed);
+        s.head.done.fetch_add(1, Relaxed);
         s.changed.notify_one();
     }
 }
@@ -246,12 +251,14 @@ async fn http<I>(
         started: AtomicU64::new(0),
         idle_since_ms: AtomicU64::new(0),
         changed: tokio::sync::Notify::new(),
+        head: Arc::default(),
     });
     let info = Arc::new(ConnInfo {
         client,
         tls,
         settings: settings.clone(),
         shutdown: shutdown.clone(),
+        head: state.head.clone(),
         _hold: hold,
     });
     let svc_state = state.clone();
@@ -294,6 +301,7 @@ async fn http<I>(
         .max_header_list_size(limits.max_header_bytes)
         .keep_alive_interval(h2.keep_alive_interval)
         .keep_alive_timeout(h2.keep_alive_timeout);
+    let io = Sniffer::new(io, state.head.clone());
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
 

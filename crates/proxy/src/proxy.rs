@@ -366,7 +366,8 @@ pub(crate) async fn handle(
     let mut rng = Rng::new();
     let request_id = headers::request_id(req.headers(), &mut rng);
     let close = req.version() <= Version::HTTP_11;
-    if let Err(e) = screen(&req, &info.settings.limits) {
+    let ambiguous = info.head.ambiguous.swap(false, Relaxed);
+    if let Err(e) = screen(&req, &info.settings.limits, ambiguous) {
         count_refusal(&plane.counters, &e);
         tracing::debug!(%client, error = %e, "request refused");
         return error_response(&e, request_id, conn, None, None, None, close);
@@ -506,7 +507,10 @@ struct Forwarding<'a> {
 /// connection, whitespace before a header colon, NUL and bare CR in
 /// headers, differing Content-Lengths and a Transfer-Encoding whose last
 /// coding is not chunked; this adds the shapes it lets through.
-fn screen(req: &Request<Incoming>, limits: &Limits) -> Result<(), ProxyError> {
+///
+/// `ambiguous`: the head sniffer saw Content-Length together with
+/// Transfer-Encoding, which hyper resolves by dropping Content-Length.
+fn screen(req: &Request<Incoming>, limits: &Limits, ambiguous: bool) -> Result<(), ProxyError> {
     if req
         .uri()
         .path_and_query()
@@ -525,6 +529,11 @@ fn screen(req: &Request<Incoming>, limits: &Limits) -> Result<(), ProxyError> {
         return Err(ProxyError::HeaderTooLarge);
     }
     if req.version() <= Version::HTTP_11 {
+        if ambiguous {
+            return Err(ProxyError::BadRequest(
+                "both Content-Length and Transfer-Encoding",
+            ));
+        }
         let mut te = h.get_all(header::TRANSFER_ENCODING).iter();
         if let Some(first) = te.next() {
             if te.next().is_some() {

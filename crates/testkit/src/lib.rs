@@ -258,20 +258,12 @@ async fn answer(
         Mode::Hang => std::future::pending().await,
         Mode::Reset => Err(Abort),
         Mode::CloseMidResponse => {
-            let mut r = reply(
-                &shared.name,
-                StatusCode::OK,
-                TestBody::Broken(Some(Bytes::from_static(b"part"))),
-            );
+            let mut r = reply(&shared.name, StatusCode::OK, TestBody::broken());
             r.headers_mut()
                 .insert(http::header::CONTENT_LENGTH, "100".parse().unwrap());
             Ok(r)
         }
-        Mode::CloseMidChunked => Ok(reply(
-            &shared.name,
-            StatusCode::OK,
-            TestBody::Broken(Some(Bytes::from_static(b"part"))),
-        )),
+        Mode::CloseMidChunked => Ok(reply(&shared.name, StatusCode::OK, TestBody::broken())),
         Mode::Trailers => {
             let mut t = HeaderMap::new();
             t.insert("x-trailer", "done".parse().unwrap());
@@ -330,8 +322,16 @@ fn reply(name: &str, status: StatusCode, body: TestBody) -> Response<TestBody> {
 /// first chunk.
 enum TestBody {
     Full(Option<Bytes>),
-    Broken(Option<Bytes>),
+    /// The first chunk, then (after a pause, so the head and chunk are
+    /// surely on the wire) an error that makes hyper drop the connection.
+    Broken(Option<Bytes>, Option<Pin<Box<tokio::time::Sleep>>>),
     Trailers(Option<Bytes>, Option<HeaderMap>),
+}
+
+impl TestBody {
+    fn broken() -> Self {
+        TestBody::Broken(Some(Bytes::from_static(b"part")), None)
+    }
 }
 
 impl Body for TestBody {
@@ -339,14 +339,21 @@ impl Body for TestBody {
     type Error = Abort;
     fn poll_frame(
         self: Pin<&mut Self>,
-        _: &mut Context<'_>,
+        cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Abort>>> {
         match self.get_mut() {
             TestBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            TestBody::Broken(b) => Poll::Ready(Some(match b.take() {
-                Some(b) => Ok(Frame::data(b)),
-                None => Err(Abort),
-            })),
+            TestBody::Broken(b, pause) => {
+                if let Some(b) = b.take() {
+                    return Poll::Ready(Some(Ok(Frame::data(b))));
+                }
+                let pause = pause
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(Duration::from_millis(50))));
+                match pause.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Abort))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
             TestBody::Trailers(b, t) => Poll::Ready(match (b.take(), t.take()) {
                 (Some(b), _) => Some(Ok(Frame::data(b))),
                 (None, Some(t)) => Some(Ok(Frame::trailers(t))),
@@ -361,7 +368,7 @@ impl Body for TestBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             TestBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            TestBody::Broken(_) | TestBody::Trailers(..) => SizeHint::default(),
+            TestBody::Broken(..) | TestBody::Trailers(..) => SizeHint::default(),
         }
     }
 }

@@ -3,6 +3,7 @@
 
 mod balancing;
 mod failures;
+mod hardening;
 mod headers;
 mod reload;
 mod routing;
