@@ -354,10 +354,9 @@ impl Body for TestBody {
                     Poll::Pending => Poll::Pending,
                 }
             }
-            TestBody::Trailers(b, t) => Poll::Ready(match (b.take(), t.take()) {
-                (Some(b), _) => Some(Ok(Frame::data(b))),
-                (None, Some(t)) => Some(Ok(Frame::trailers(t))),
-                (None, None) => None,
+            TestBody::Trailers(b, t) => Poll::Ready(match b.take() {
+                Some(b) => Some(Ok(Frame::data(b))),
+                None => t.take().map(|t| Ok(Frame::trailers(t))),
             }),
         }
     }

@@ -355,3 +355,69 @@ async fn backend_closing_mid_content_length_body_aborts_the_client() {
 async fn backend_closing_mid_chunked_body_aborts_the_client() {
     mid_response(Mode::CloseMidChunked).await;
 }
+
+#[tokio::test]
+async fn failure_modes_each_have_a_clear_response_and_a_counter() {
+    use fulcrum_testkit::Client;
+    // Refused: a port with nothing listening.
+    let gone = Backend::start("gone").await;
+    let gone_addr = gone.addr;
+    drop(gone);
+    let hang = Backend::start("hang").await;
+    hang.set_mode(Mode::Hang);
+    let storm = Backend::start("storm").await;
+    storm.set_mode(Mode::Status(503));
+    let snap = SnapshotBuilder::new()
+        .pool(pool("refused", &[gone_addr]))
+        .pool(pool("hung", &[hang.addr]))
+        .pool(pool("storm", &[storm.addr]))
+        .route("r", prefix("/refused"), "refused")
+        .route("h", prefix("/hung"), "hung")
+        .route("s", prefix("/storm"), "storm")
+        .build();
+    let proxy = TestProxy::start(snap).await;
+    let c = Client::new(proxy.addr);
+
+    let r = c.get("x.test", "/refused").await;
+    assert_eq!(r.status, 502);
+    assert!(
+        r.body
+            .contains(&format!("could not connect to backend {gone_addr}")),
+        "{}",
+        r.body
+    );
+    let r = c.get("x.test", "/hung").await;
+    assert_eq!(r.status, 504);
+    assert!(r.body.contains("did not respond in time"), "{}", r.body);
+    for _ in 0..10 {
+        assert_eq!(c.get("x.test", "/storm").await.status, 503);
+    }
+    let n = proxy.plane.counters();
+    assert_eq!(n.backend_connect_failed, 1);
+    assert_eq!(n.backend_response_timeout, 1);
+    assert_eq!(n.backend_5xx, 10);
+
+    // All backends down: 503 naming the pool.
+    let down = Backend::start("down").await;
+    let mut p = pool("auth", &[down.addr]);
+    p.health = Some(fulcrum_testkit::health_check());
+    let proxy = TestProxy::start(SnapshotBuilder::new().pool(p).catch_all("auth").build()).await;
+    down.fail_health(true);
+    let c = Client::new(proxy.addr);
+    assert!(fulcrum_testkit::eventually(PATIENCE, || !proxy.plane.backends()[0].healthy).await);
+    let r = c.get("x.test", "/login").await;
+    assert_eq!(r.status, 503);
+    assert!(
+        r.body.contains("pool \"auth\" has no healthy backend"),
+        "{}",
+        r.body
+    );
+    assert_eq!(proxy.plane.counters().pool_no_backend, 1);
+}
+
+fn prefix(p: &str) -> fulcrum_config::snapshot::RouteMatch {
+    fulcrum_config::snapshot::RouteMatch {
+        path: Some(fulcrum_config::snapshot::PathMatch::Prefix(p.into())),
+        ..Default::default()
+    }
+}
