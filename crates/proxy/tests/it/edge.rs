@@ -418,14 +418,14 @@ async fn continuation_flood_is_cut_off() {
     s.write_all(PREFACE).await.unwrap();
     s.write_all(&frame(4, 0, 0, &[])).await.unwrap(); // SETTINGS
     // HEADERS without END_HEADERS, then endless CONTINUATION of literal
-    // headers: 0x40 = literal with new name.
+    // headers (0x40: literal with a new name). Flags 0: no END_HEADERS.
     let mut block = Vec::new();
     block.extend_from_slice(&[0x82, 0x86, 0x84]); // :method GET, :scheme http, :path /
     let mut lit = vec![0x40, 5];
     lit.extend_from_slice(b"x-pad");
     lit.push(100);
     lit.extend_from_slice(&[b'a'; 100]);
-    s.write_all(&frame(1, 0x4 & 0, 1, &block)).await.unwrap();
+    s.write_all(&frame(1, 0, 1, &block)).await.unwrap();
     let mut sent = 0usize;
     let mut cut = false;
     for _ in 0..20_000 {
@@ -533,7 +533,7 @@ async fn reload_under_load_through_tls_and_h2_fails_nothing() {
             // New connections keep coming (new handshakes across the
             // reloads), each carrying several requests.
             for _ in 0..15 {
-                let s = tls_connect(addr, "app.test", &[der.clone()], alpn).await;
+                let s = tls_connect(addr, "app.test", std::slice::from_ref(&der), alpn).await;
                 let results = requests_on(s, h2, 5).await;
                 for r in results {
                     match r {
