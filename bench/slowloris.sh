@@ -22,8 +22,10 @@ if ! command -v slowhttptest >/dev/null; then
 fi
 cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml"
 
-PORT=18080
-BACKEND=18081
+# Two free loopback ports (another program may hold any fixed one).
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+PORT=$(free_port)
+BACKEND=$(free_port)
 cat >"$WORK/fulcrum.toml" <<TOML
 [[listener]]
 name = "public"
@@ -41,8 +43,9 @@ TOML
 "$ROOT/target/release/fulcrum" serve -c "$WORK/fulcrum.toml" --demo-backends \
   >"$WORK/fulcrum.log" 2>&1 &
 FULCRUM_PID=$!
-for _ in $(seq 50); do
-  curl -fsS -o /dev/null "http://127.0.0.1:$PORT/" 2>/dev/null && break
+for _ in $(seq 100); do
+  grep -q "listening" "$WORK/fulcrum.log" && break
+  kill -0 "$FULCRUM_PID" 2>/dev/null || { echo "fulcrum did not start:"; cat "$WORK/fulcrum.log"; exit 2; }
   sleep 0.1
 done
 
@@ -53,20 +56,21 @@ slowhttptest -H -c "$CONNS" -i 10 -r 100 -l "$DURATION" -t GET \
   >"$WORK/slowhttptest.out" 2>&1 || true
 
 CSV="$WORK/report.csv"
+OUT=$(sed 's/\x1b\[[0-9;]*m//g' "$WORK/slowhttptest.out")
 if [[ ! -f $CSV ]]; then
-  echo "slowhttptest wrote no report:"; cat "$WORK/slowhttptest.out"; exit 2
+  echo "slowhttptest wrote no report:"; echo "$OUT"; exit 2
 fi
-# Columns: seconds,closed,pending,connected,service available
-LAST=$(tail -n 1 "$CSV")
-MAX_CONNECTED=$(awk -F, 'NR>1 && $4>m {m=$4} END {print m+0}' "$CSV")
-CLOSED=$(echo "$LAST" | cut -d, -f2)
-CONNECTED=$(echo "$LAST" | cut -d, -f4)
-AVAILABLE=$(echo "$LAST" | cut -d, -f5)
-echo "slowloris: $CONNS connections for ${DURATION}s against header_timeout=2s"
-echo "  closed by the proxy: $CLOSED; still connected at the end: $CONNECTED (peak $MAX_CONNECTED)"
-echo "  service available at the end: $AVAILABLE"
-if [[ $CLOSED -gt 0 && $CONNECTED -lt $CONNS ]]; then
-  echo "PASS: the header deadline closes slowloris connections"
+# slowhttptest stops early, with "No open connections left", once the
+# server has closed every connection; it runs to the time limit when they
+# stay open. Its CSV (seconds,closed,pending,connected,available) samples
+# once a second, so the peak shows how many were held at once.
+PEAK=$(awk -F, 'NR>1 && $4>m {m=$4} END {print m+0}' "$CSV")
+ENDED=$(echo "$OUT" | grep -o 'Test ended on [0-9]*th second' | grep -o '[0-9]*' || echo "?")
+STATUS=$(echo "$OUT" | grep -A1 'Exit status' | tr '\n' ' ' | sed 's/.*Exit status: *//; s/ *CSV report.*//; s/ *$//')
+echo "slowloris: $CONNS connections, one header line every 10 s, against header_timeout=2s"
+echo "  peak connections held: $PEAK; test ended at second $ENDED of $DURATION: $STATUS"
+if [[ $STATUS == *"No open connections left"* ]]; then
+  echo "PASS: the header deadline closed every slowloris connection"
 else
   echo "FAIL: slowloris connections were kept open"; exit 1
 fi
