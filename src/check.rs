@@ -15,7 +15,8 @@ pub fn run(path: &Path, format: Format) -> ExitCode {
         }
     };
     let label = path.display().to_string();
-    let checked = fulcrum_config::check(&label, &source);
+    let env = crate::env::FileEnv::for_config(path);
+    let checked = fulcrum_config::check_with(&label, &source, &env);
     let out = match format {
         Format::Human => fulcrum_config::render_human(&label, &source, &checked),
         Format::Json | Format::Sarif => fulcrum_config::render_json(&label, &checked),

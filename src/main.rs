@@ -5,6 +5,7 @@
 
 mod check;
 mod demo;
+mod env;
 mod serve;
 mod standards;
 mod tools;

@@ -100,7 +100,10 @@ enum Refused {
 fn load(path: &Path, watch: Option<&Watch>) -> Result<Snapshot, Refused> {
     let source = crate::read_config(path).map_err(Refused::Unreadable)?;
     let label = path.display().to_string();
-    let checked = fulcrum_config::check(&label, &source);
+    // Certificates are read with the rest of the file, so a reload picks
+    // up renewed ones and refuses a broken pair like any other error.
+    let env = crate::env::FileEnv::for_config(path);
+    let checked = fulcrum_config::check_with(&label, &source, &env);
     match checked.snapshot {
         Some(snapshot) => {
             for d in checked

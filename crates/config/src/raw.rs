@@ -40,6 +40,48 @@ pub(crate) struct RawListener {
     pub bind: Spanned<String>,
     pub header_timeout: Option<Spanned<String>>,
     pub idle_timeout: Option<Spanned<String>>,
+    pub body_timeout: Option<Spanned<String>>,
+    pub limits: Option<Spanned<RawLimits>>,
+    pub http2: Option<Spanned<RawHttp2>>,
+    pub tls: Option<Spanned<RawTls>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLimits {
+    pub max_header_bytes: Option<Spanned<i64>>,
+    pub max_headers: Option<Spanned<i64>>,
+    pub max_uri_bytes: Option<Spanned<i64>>,
+    pub max_body_bytes: Option<Spanned<i64>>,
+    pub max_connections: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHttp2 {
+    pub enabled: Option<Spanned<bool>>,
+    pub max_concurrent_streams: Option<Spanned<i64>>,
+    pub max_pending_reset_streams: Option<Spanned<i64>>,
+    pub max_local_error_reset_streams: Option<Spanned<i64>>,
+    pub keep_alive_interval: Option<Spanned<String>>,
+    pub keep_alive_timeout: Option<Spanned<String>>,
+}
+
+/// Either one certificate (`cert` + `key`) or a list of them chosen by SNI.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTls {
+    pub cert: Option<Spanned<String>>,
+    pub key: Option<Spanned<String>>,
+    pub certificates: Option<Vec<Spanned<RawCertificate>>>,
+    pub min_version: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCertificate {
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -74,6 +116,7 @@ pub(crate) struct RawHeader {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawPool {
     pub algorithm: Option<Spanned<String>>,
+    pub protocol: Option<Spanned<String>>,
     pub hash: Option<Spanned<RawHash>>,
     pub backends: Spanned<Vec<Spanned<RawBackend>>>,
     pub health: Option<Spanned<RawHealth>>,
@@ -124,6 +167,7 @@ pub(crate) struct RawTimeouts {
     pub connect: Option<Spanned<String>>,
     pub response: Option<Spanned<String>>,
     pub idle: Option<Spanned<String>>,
+    pub tunnel: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

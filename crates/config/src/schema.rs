@@ -54,6 +54,7 @@ pub fn config_schema() -> Value {
         "A pool of backends and how to balance over them.",
         json!({
             "algorithm": { "enum": ["round_robin", "least_request", "random", "hash", "first"], "default": "round_robin" },
+            "protocol": { "enum": ["http1", "h2"], "default": "http1", "description": "What Fulcrum speaks to the backends." },
             "hash": object("The hash key, for `algorithm = \"hash\"`.", json!({
                 "key": { "type": "string", "description": "`header:NAME`, `cookie:NAME`, `client_ip` or `path`." },
                 "on_missing": { "enum": ["hash_empty", "random"] }
@@ -78,7 +79,8 @@ pub fn config_schema() -> Value {
             "timeouts": object("Timeouts towards the backends.", json!({
                 "connect": duration("TCP connect."),
                 "response": duration("Request sent to response head."),
-                "idle": duration("Unused keep-alive connection.")
+                "idle": duration("Unused keep-alive connection."),
+                "tunnel": duration("Idle WebSocket tunnel.")
             }), &[]),
             "retries": object("Retries, bounded by a budget.", json!({
                 "attempts": { "type": "integer", "minimum": 0, "maximum": 10 },
@@ -87,6 +89,43 @@ pub fn config_schema() -> Value {
             }), &[])
         }),
         &["backends"],
+    );
+    let certificate = object(
+        "A certificate chain and its private key, PEM files relative to the config.",
+        json!({ "cert": { "type": "string" }, "key": { "type": "string" } }),
+        &["cert", "key"],
+    );
+    let listener = object(
+        "Where clients connect.",
+        json!({
+            "name": { "type": "string" },
+            "bind": { "type": "string" },
+            "header_timeout": duration("For a complete request head."),
+            "idle_timeout": duration("Between keep-alive requests."),
+            "body_timeout": duration("Between two reads of a request body."),
+            "limits": object("Request and connection limits.", json!({
+                "max_header_bytes": { "type": "integer", "minimum": 1 },
+                "max_headers": { "type": "integer", "minimum": 1 },
+                "max_uri_bytes": { "type": "integer", "minimum": 1 },
+                "max_body_bytes": { "type": "integer", "minimum": 0 },
+                "max_connections": { "type": "integer", "minimum": 1 }
+            }), &[]),
+            "http2": object("HTTP/2 from clients.", json!({
+                "enabled": { "type": "boolean" },
+                "max_concurrent_streams": { "type": "integer", "minimum": 1 },
+                "max_pending_reset_streams": { "type": "integer", "minimum": 1 },
+                "max_local_error_reset_streams": { "type": "integer", "minimum": 1 },
+                "keep_alive_interval": duration("Between PINGs to an idle client."),
+                "keep_alive_timeout": duration("For a PING's answer.")
+            }), &[]),
+            "tls": object("Terminate TLS: one certificate (`cert`, `key`) or several chosen by SNI.", json!({
+                "cert": { "type": "string" },
+                "key": { "type": "string" },
+                "certificates": { "type": "array", "items": certificate },
+                "min_version": { "enum": ["1.2", "1.3"] }
+            }), &[])
+        }),
+        &["name", "bind"],
     );
     json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -101,12 +140,7 @@ pub fn config_schema() -> Value {
                 "path": { "type": "string", "description": "`stdout` or a file path." },
                 "redact": { "type": "array", "items": { "type": "string" }, "description": "Headers logged only as a keyed hash." }
             }), &["path"]),
-            "listener": { "type": "array", "items": object("Where clients connect.", json!({
-                "name": { "type": "string" },
-                "bind": { "type": "string" },
-                "header_timeout": duration("For a complete request head."),
-                "idle_timeout": duration("Between keep-alive requests.")
-            }), &["name", "bind"]) },
+            "listener": { "type": "array", "items": listener },
             "route": { "type": "array", "items": object("The first route that matches wins.", json!({
                 "name": { "type": "string" },
                 "match": matcher,
@@ -163,6 +197,24 @@ mod tests {
             (props(&p["admin"]), keys::<RawAdmin>()),
             (props(&p["access_log"]), keys::<RawAccessLog>()),
             (props(&p["listener"]["items"]), keys::<RawListener>()),
+            (
+                props(&p["listener"]["items"]["properties"]["limits"]),
+                keys::<RawLimits>(),
+            ),
+            (
+                props(&p["listener"]["items"]["properties"]["http2"]),
+                keys::<RawHttp2>(),
+            ),
+            (
+                props(&p["listener"]["items"]["properties"]["tls"]),
+                keys::<RawTls>(),
+            ),
+            (
+                props(
+                    &p["listener"]["items"]["properties"]["tls"]["properties"]["certificates"]["items"],
+                ),
+                keys::<RawCertificate>(),
+            ),
             (props(route), keys::<RawRoute>()),
             (props(&route["properties"]["match"]), keys::<RawMatch>()),
             (

@@ -42,6 +42,126 @@ pub struct Listener {
     pub header_timeout: Duration,
     /// How long a client keep-alive connection may sit idle between requests.
     pub idle_timeout: Duration,
+    /// Longest wait for the next chunk of a request body (slow-body clients).
+    pub body_timeout: Duration,
+    pub limits: Limits,
+    pub http2: Http2,
+    /// Present when the listener terminates TLS.
+    pub tls: Option<Tls>,
+}
+
+/// What one client may make the listener hold: each bound refuses the
+/// request (or connection) rather than let one client tie up memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Request line and headers together, in bytes; over it: 431.
+    pub max_header_bytes: u32,
+    /// Number of request header fields; over it: 431.
+    pub max_headers: u32,
+    /// Request target (path and query), in bytes; over it: 414.
+    pub max_uri_bytes: u32,
+    /// Request body, in bytes, declared or streamed; over it: 413.
+    pub max_body_bytes: u64,
+    /// Open client connections; past it new ones are accepted and closed at once.
+    pub max_connections: u32,
+}
+
+impl Limits {
+    pub const DEFAULT: Limits = Limits {
+        max_header_bytes: 16 * 1024,
+        max_headers: 100,
+        max_uri_bytes: 8 * 1024,
+        max_body_bytes: 10 * 1024 * 1024,
+        max_connections: 10_000,
+    };
+}
+
+/// HTTP/2 from clients: over TLS by ALPN, in cleartext by prior knowledge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Http2 {
+    pub enabled: bool,
+    pub max_concurrent_streams: u32,
+    /// Streams a client may open and reset before the proxy accepts them
+    /// (the "rapid reset" attack, CVE-2023-44487); past it: GOAWAY.
+    pub max_pending_reset_streams: u32,
+    /// Streams the proxy may reset for protocol errors on one connection
+    /// before it sends GOAWAY (CVE-2024-27316 style floods).
+    pub max_local_error_reset_streams: u32,
+    pub keep_alive_interval: Duration,
+    pub keep_alive_timeout: Duration,
+}
+
+impl Http2 {
+    pub const DEFAULT: Http2 = Http2 {
+        enabled: true,
+        max_concurrent_streams: 100,
+        max_pending_reset_streams: 20,
+        max_local_error_reset_streams: 100,
+        keep_alive_interval: Duration::from_secs(20),
+        keep_alive_timeout: Duration::from_secs(10),
+    };
+}
+
+/// TLS termination: the certificates `check` read and verified, parsed,
+/// so `serve` uses exactly what was checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tls {
+    /// Chosen by SNI against each one's DNS names; the first is the default
+    /// (clients without SNI, or names no certificate covers).
+    pub certificates: Vec<Certificate>,
+    pub min_version: TlsVersion,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    Tls12,
+    Tls13,
+}
+
+#[derive(Clone)]
+pub struct Certificate {
+    /// As written in the config, for logs.
+    pub cert_path: String,
+    /// Lower-case DNS names from the leaf's subjectAltName; `*.example.com`
+    /// wildcards kept as written.
+    pub dns_names: Vec<String>,
+    /// End of the leaf's validity, seconds since the Unix epoch.
+    pub not_after: i64,
+    /// Chain and private key, the key checked to match the leaf.
+    pub key: Arc<rustls::sign::CertifiedKey>,
+}
+
+impl Certificate {
+    /// Whether this certificate covers `name` (lower-case): an exact DNS
+    /// name, or a `*.` wildcard standing for exactly one label.
+    pub fn covers(&self, name: &str) -> bool {
+        self.dns_names.iter().any(|n| match n.strip_prefix("*.") {
+            Some(suffix) => name
+                .split_once('.')
+                .is_some_and(|(label, rest)| !label.is_empty() && rest == suffix),
+            None => n == name,
+        })
+    }
+}
+
+impl PartialEq for Certificate {
+    /// Same chain (DER) from the same path: a reload re-reading an
+    /// unchanged file yields an equal certificate.
+    fn eq(&self, other: &Self) -> bool {
+        self.cert_path == other.cert_path && self.key.cert == other.key.cert
+    }
+}
+impl Eq for Certificate {}
+
+impl std::fmt::Debug for Certificate {
+    // Never print the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Certificate")
+            .field("cert_path", &self.cert_path)
+            .field("dns_names", &self.dns_names)
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -98,6 +218,8 @@ pub enum HeaderValueMatch {
 pub struct Pool {
     pub name: Arc<str>,
     pub algorithm: Algorithm,
+    /// How the proxy speaks to this pool's backends.
+    pub protocol: Protocol,
     pub backends: Vec<Backend>,
     pub health: Option<HealthCheck>,
     pub outlier: Option<Outlier>,
@@ -107,6 +229,14 @@ pub struct Pool {
     pub panic_threshold: f64,
     pub timeouts: Timeouts,
     pub retries: Retries,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    /// HTTP/2 with prior knowledge (cleartext h2c), multiplexed on one
+    /// connection per backend.
+    H2,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -194,6 +324,9 @@ pub struct Timeouts {
     pub response: Duration,
     /// How long an unused keep-alive connection to a backend is kept.
     pub idle: Duration,
+    /// How long an upgraded connection (WebSocket) may pass no bytes either
+    /// way before the proxy closes both sides.
+    pub tunnel: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]

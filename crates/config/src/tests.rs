@@ -101,6 +101,10 @@ fn contract_config_compiles() {
             bind: addr("127.0.0.1:8080"),
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(30),
+            limits: Limits::DEFAULT,
+            http2: Http2::DEFAULT,
+            tls: None,
         }]
     );
     assert!(s.access_log.is_none());
@@ -156,8 +160,10 @@ fn contract_config_compiles() {
             connect: Duration::from_secs(2),
             response: Duration::from_secs(30),
             idle: Duration::from_secs(60),
+            tunnel: Duration::from_secs(3600),
         }
     );
+    assert_eq!(pool.protocol, Protocol::Http1);
     assert_eq!(
         pool.retries,
         Retries {

@@ -13,14 +13,14 @@ use toml::Spanned;
 
 use crate::diag::{Diags, did_you_mean, list, suggest};
 use crate::raw::{
-    Item, RawBackend, RawDoc, RawHash, RawHeader, RawHealth, RawListener, RawMatch, RawOutlier,
-    RawPool, RawRetries, RawRoute, RawTimeouts, Span,
+    Item, RawBackend, RawDoc, RawHash, RawHeader, RawHealth, RawHttp2, RawLimits, RawListener,
+    RawMatch, RawOutlier, RawPool, RawRetries, RawRoute, RawTimeouts, Span,
 };
 use crate::shadow;
 use crate::snapshot::{
     AccessLog, Admin, Algorithm, Backend, HashKey, HashPolicy, HeaderMatch, HeaderValueMatch,
-    HealthCheck, HostMatch, Listener, LogTarget, MissingKey, Outlier, PathMatch, Pool, Retries,
-    Route, RouteMatch, Timeouts,
+    HealthCheck, HostMatch, Http2, Limits, Listener, LogTarget, MissingKey, Outlier, PathMatch,
+    Pool, Protocol, Retries, Route, RouteMatch, Timeouts,
 };
 
 /// A config that passed every check: only typed, in-range values, and route
@@ -38,6 +38,7 @@ pub(crate) struct Valid {
 
 pub(crate) const ALGORITHMS: &[&str] = &["round_robin", "least_request", "random", "hash", "first"];
 const ON_MISSING: &[&str] = &["hash_empty", "random"];
+const PROTOCOLS: &[&str] = &["http1", "h2"];
 const HASH_KEYS: &[&str] = &["header:NAME", "cookie:NAME", "client_ip", "path"];
 const STANDARD_METHODS: &[&str] = &[
     "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
@@ -47,9 +48,14 @@ pub(crate) const MAX_WEIGHT: i64 = 1000;
 const DURATION_HINT: &str = "write a number and a unit, e.g. \"500ms\", \"2s\" or \"1m\"";
 
 /// Check `doc`; `None` when any error was reported.
-pub(crate) fn validate(doc: &RawDoc, diags: &mut Diags<'_>) -> Option<Valid> {
+pub(crate) fn validate(
+    doc: &RawDoc,
+    diags: &mut Diags<'_>,
+    env: &dyn crate::Environment,
+) -> Option<Valid> {
     let mut v = Validator {
         d: diags,
+        env,
         partial: false,
     };
     let version = doc.version.as_ref().and_then(|ver| {
@@ -161,6 +167,7 @@ pub(crate) fn validate(doc: &RawDoc, diags: &mut Diags<'_>) -> Option<Valid> {
 
 struct Validator<'a, 's> {
     d: &'a mut Diags<'s>,
+    env: &'a dyn crate::Environment,
     /// The item being checked had shape errors: some keys were set aside
     /// and hold defaults. Its own values are still checked, but checks that
     /// relate one key to another are skipped, since a default standing in
@@ -245,13 +252,130 @@ impl Validator<'_, '_> {
             &format!("{p}.idle_timeout"),
             Duration::from_secs(60),
         );
+        let body_timeout = self.duration(
+            raw.body_timeout.as_ref(),
+            &format!("{p}.body_timeout"),
+            Duration::from_secs(30),
+        );
+        let limits = self.limits(
+            raw.limits.as_ref().map(|l| l.get_ref()),
+            &format!("{p}.limits"),
+        );
+        let http2 = self.http2(
+            raw.http2.as_ref().map(|h| h.get_ref()),
+            &format!("{p}.http2"),
+        );
+        let tls = match &raw.tls {
+            None => Some(None),
+            Some(t) => {
+                crate::tls::tls(self.d, self.env, t.get_ref(), t.span(), &format!("{p}.tls"))
+                    .map(Some)
+            }
+        };
         Some(Listener {
             name: name.into(),
             bind: bind?,
             header_timeout: header_timeout?,
             idle_timeout: idle_timeout?,
+            body_timeout: body_timeout?,
+            limits: limits?,
+            http2: http2?,
+            tls: tls?,
         })
         .filter(|_| ok)
+    }
+
+    fn limits(&mut self, raw: Option<&RawLimits>, p: &str) -> Option<Limits> {
+        let d = Limits::DEFAULT;
+        // hyper needs 8 KiB of read buffer at least; a head that large is
+        // also the smallest any real browser needs.
+        let header_bytes = self.int(
+            raw.and_then(|r| r.max_header_bytes.as_ref()),
+            &format!("{p}.max_header_bytes"),
+            d.max_header_bytes,
+            8 * 1024,
+            1024 * 1024,
+        );
+        let headers = self.int(
+            raw.and_then(|r| r.max_headers.as_ref()),
+            &format!("{p}.max_headers"),
+            d.max_headers,
+            8,
+            1000,
+        );
+        let uri = self.int(
+            raw.and_then(|r| r.max_uri_bytes.as_ref()),
+            &format!("{p}.max_uri_bytes"),
+            d.max_uri_bytes,
+            256,
+            64 * 1024,
+        );
+        let body = self.int64(
+            raw.and_then(|r| r.max_body_bytes.as_ref()),
+            &format!("{p}.max_body_bytes"),
+            d.max_body_bytes,
+            0,
+            1 << 40,
+        );
+        let connections = self.int(
+            raw.and_then(|r| r.max_connections.as_ref()),
+            &format!("{p}.max_connections"),
+            d.max_connections,
+            1,
+            1_000_000,
+        );
+        Some(Limits {
+            max_header_bytes: header_bytes?,
+            max_headers: headers?,
+            max_uri_bytes: uri?,
+            max_body_bytes: body?,
+            max_connections: connections?,
+        })
+    }
+
+    fn http2(&mut self, raw: Option<&RawHttp2>, p: &str) -> Option<Http2> {
+        let d = Http2::DEFAULT;
+        let streams = self.int(
+            raw.and_then(|r| r.max_concurrent_streams.as_ref()),
+            &format!("{p}.max_concurrent_streams"),
+            d.max_concurrent_streams,
+            1,
+            10_000,
+        );
+        let pending = self.int(
+            raw.and_then(|r| r.max_pending_reset_streams.as_ref()),
+            &format!("{p}.max_pending_reset_streams"),
+            d.max_pending_reset_streams,
+            1,
+            10_000,
+        );
+        let local = self.int(
+            raw.and_then(|r| r.max_local_error_reset_streams.as_ref()),
+            &format!("{p}.max_local_error_reset_streams"),
+            d.max_local_error_reset_streams,
+            1,
+            100_000,
+        );
+        let interval = self.duration(
+            raw.and_then(|r| r.keep_alive_interval.as_ref()),
+            &format!("{p}.keep_alive_interval"),
+            d.keep_alive_interval,
+        );
+        let timeout = self.duration(
+            raw.and_then(|r| r.keep_alive_timeout.as_ref()),
+            &format!("{p}.keep_alive_timeout"),
+            d.keep_alive_timeout,
+        );
+        Some(Http2 {
+            enabled: raw
+                .and_then(|r| r.enabled.as_ref())
+                .is_none_or(|e| *e.get_ref()),
+            max_concurrent_streams: streams?,
+            max_pending_reset_streams: pending?,
+            max_local_error_reset_streams: local?,
+            keep_alive_interval: interval?,
+            keep_alive_timeout: timeout?,
+        })
     }
 
     fn routes(
@@ -636,6 +760,24 @@ impl Validator<'_, '_> {
             _ => Some(Algorithm::RoundRobin),
         };
 
+        let protocol = match raw.protocol.as_ref() {
+            None => Some(Protocol::Http1),
+            Some(proto) => match proto.get_ref().as_str() {
+                "http1" => Some(Protocol::Http1),
+                "h2" => Some(Protocol::H2),
+                other => {
+                    self.d
+                        .error(
+                            "invalid-value",
+                            Some(proto.span()),
+                            format!("{p}.protocol"),
+                            format!("unknown protocol `{other}`"),
+                        )
+                        .hint(suggest(other, PROTOCOLS, "protocols"));
+                    None
+                }
+            },
+        };
         let backends = self.backends(raw, p);
         ok &= backends.is_some();
         let health = raw
@@ -668,6 +810,7 @@ impl Validator<'_, '_> {
         Some(Pool {
             name: name.into(),
             algorithm: algorithm?,
+            protocol: protocol?,
             backends: backends?,
             health,
             outlier: outlier?,
@@ -945,10 +1088,16 @@ impl Validator<'_, '_> {
             &format!("{p}.idle"),
             Duration::from_secs(60),
         );
+        let tunnel = self.duration(
+            raw.and_then(|r| r.tunnel.as_ref()),
+            &format!("{p}.tunnel"),
+            Duration::from_secs(3600),
+        );
         Some(Timeouts {
             connect: connect?,
             response: response?,
             idle: idle?,
+            tunnel: tunnel?,
         })
     }
 
@@ -1123,6 +1272,36 @@ impl Validator<'_, '_> {
                     ));
                 None
             }
+        }
+    }
+
+    /// [`Self::int`] for byte counts that may pass 4 GiB.
+    fn int64(
+        &mut self,
+        raw: Option<&Spanned<i64>>,
+        kp: &str,
+        default: u64,
+        lo: i64,
+        hi: i64,
+    ) -> Option<u64> {
+        let Some(raw) = raw else {
+            return Some(default);
+        };
+        let v = *raw.get_ref();
+        if (lo..=hi).contains(&v) {
+            Some(v as u64)
+        } else {
+            self.d
+                .error(
+                    "out-of-range",
+                    Some(raw.span()),
+                    kp,
+                    format!("{v} is out of range: must be {lo} to {hi}"),
+                )
+                .hint(format!(
+                    "pick a value from {lo} to {hi} (default {default})"
+                ));
+            None
         }
     }
 

@@ -3,12 +3,9 @@
 
 use std::hint::black_box;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use fulcrum_config::snapshot::{
-    Algorithm, Backend, HashKey, HashPolicy, MissingKey, Pool, Retries, Timeouts,
-};
+use fulcrum_config::snapshot::{Algorithm, HashKey, HashPolicy, MissingKey, Pool};
 use fulcrum_proxy::balance::{Balancer, PoolView};
 
 struct View(Vec<u32>);
@@ -29,29 +26,16 @@ impl PoolView for View {
 }
 
 fn pool(algorithm: Algorithm, n: usize) -> Pool {
-    Pool {
-        name: "bench".into(),
-        algorithm,
-        backends: (0..n)
-            .map(|i| Backend {
-                addr: SocketAddr::from(([127, 0, 0, 1], 10_000 + i as u16)),
-                weight: 1 + (i % 3) as u32,
-            })
-            .collect(),
-        health: None,
-        outlier: None,
-        panic_threshold: 0.5,
-        timeouts: Timeouts {
-            connect: Duration::from_secs(1),
-            response: Duration::from_secs(1),
-            idle: Duration::from_secs(1),
-        },
-        retries: Retries {
-            attempts: 0,
-            budget: 0.2,
-            min_concurrent: 3,
-        },
+    let addrs: Vec<SocketAddr> = (0..n)
+        .map(|i| SocketAddr::from(([127, 0, 0, 1], 10_000 + i as u16)))
+        .collect();
+    let mut pool = fulcrum_testkit::pool("bench", &addrs);
+    pool.algorithm = algorithm;
+    pool.panic_threshold = 0.5;
+    for (i, b) in pool.backends.iter_mut().enumerate() {
+        b.weight = 1 + (i % 3) as u32;
     }
+    pool
 }
 
 fn bench(c: &mut Criterion) {

@@ -401,6 +401,7 @@ mod tests {
         Pool {
             name: "p".into(),
             algorithm,
+            protocol: fulcrum_config::snapshot::Protocol::Http1,
             backends: weights
                 .iter()
                 .enumerate()
@@ -416,6 +417,7 @@ mod tests {
                 connect: Duration::from_secs(1),
                 response: Duration::from_secs(1),
                 idle: Duration::from_secs(1),
+                tunnel: Duration::from_secs(1),
             },
             retries: Retries {
                 attempts: 0,

@@ -22,6 +22,17 @@ pub enum ProxyError {
     NoRoute,
     /// The client's request body could not be read.
     ClientBody,
+    /// The request is malformed or ambiguous in a way that could make the
+    /// proxy and a backend read it differently (request smuggling).
+    BadRequest(&'static str),
+    /// The request head is over `limits.max_header_bytes` or `limits.max_headers`.
+    HeaderTooLarge,
+    /// The request target is over `limits.max_uri_bytes`.
+    UriTooLong,
+    /// The request body is over `limits.max_body_bytes`.
+    BodyTooLarge,
+    /// The client stopped sending its body for longer than `body_timeout`.
+    BodyTimeout,
     /// The pool has no backend to send to (all down, ejected, or drained).
     NoBackend {
         pool: Arc<str>,
@@ -30,6 +41,9 @@ pub enum ProxyError {
     },
     /// The TCP connect failed: nothing reached the backend.
     ConnectFailed { backend: SocketAddr },
+    /// Connected, but the backend did not accept an HTTP/2 connection
+    /// (`protocol = "h2"`): nothing was sent.
+    BackendProtocol { backend: SocketAddr },
     /// The TCP connect took longer than the pool's `timeouts.connect`:
     /// nothing reached the backend either.
     ConnectTimeout { pool: Arc<str>, backend: SocketAddr },
@@ -44,9 +58,16 @@ pub enum ProxyError {
 impl ProxyError {
     pub fn cause(&self) -> Cause {
         match self {
-            ProxyError::NoRoute | ProxyError::ClientBody => Cause::Client,
+            ProxyError::NoRoute
+            | ProxyError::ClientBody
+            | ProxyError::BadRequest(_)
+            | ProxyError::HeaderTooLarge
+            | ProxyError::UriTooLong
+            | ProxyError::BodyTooLarge
+            | ProxyError::BodyTimeout => Cause::Client,
             ProxyError::NoBackend { .. } => Cause::Proxy,
             ProxyError::ConnectFailed { .. }
+            | ProxyError::BackendProtocol { .. }
             | ProxyError::ConnectTimeout { .. }
             | ProxyError::BackendReset { .. }
             | ProxyError::ResponseTimeout { .. } => Cause::Backend,
@@ -57,7 +78,9 @@ impl ProxyError {
     /// `idempotent`: the request's method is safe to repeat.
     pub fn retryable(&self, idempotent: bool) -> bool {
         match self {
-            ProxyError::ConnectFailed { .. } | ProxyError::ConnectTimeout { .. } => true,
+            ProxyError::ConnectFailed { .. }
+            | ProxyError::ConnectTimeout { .. }
+            | ProxyError::BackendProtocol { .. } => true,
             ProxyError::BackendReset { .. } => idempotent,
             _ => false,
         }
@@ -71,11 +94,15 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::ClientBody => StatusCode::BAD_REQUEST,
+            ProxyError::ClientBody | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
+            ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::NoBackend { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::ConnectFailed { .. } | ProxyError::BackendReset { .. } => {
-                StatusCode::BAD_GATEWAY
-            }
+            ProxyError::ConnectFailed { .. }
+            | ProxyError::BackendProtocol { .. }
+            | ProxyError::BackendReset { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::ConnectTimeout { .. } | ProxyError::ResponseTimeout { .. } => {
                 StatusCode::GATEWAY_TIMEOUT
             }
@@ -98,6 +125,13 @@ impl fmt::Display for ProxyError {
         match self {
             ProxyError::NoRoute => write!(f, "no route matches this request"),
             ProxyError::ClientBody => write!(f, "could not read the request body"),
+            ProxyError::BadRequest(why) => write!(f, "malformed request: {why}"),
+            ProxyError::HeaderTooLarge => write!(f, "the request headers are too large"),
+            ProxyError::UriTooLong => write!(f, "the request target is too long"),
+            ProxyError::BodyTooLarge => write!(f, "the request body is too large"),
+            ProxyError::BodyTimeout => {
+                write!(f, "the client stopped sending the request body")
+            }
             ProxyError::NoBackend {
                 pool,
                 healthy,
@@ -109,6 +143,9 @@ impl fmt::Display for ProxyError {
             ),
             ProxyError::ConnectFailed { backend } => {
                 write!(f, "could not connect to backend {backend}")
+            }
+            ProxyError::BackendProtocol { backend } => {
+                write!(f, "backend {backend} does not accept HTTP/2 connections")
             }
             ProxyError::ConnectTimeout { pool, backend } => {
                 write!(

@@ -12,8 +12,9 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 
-/// Headers that describe one connection, not the message: never forwarded.
-/// `Upgrade` is dropped too until WebSocket upgrades are proxied.
+/// Headers that describe one connection, not the message: never forwarded
+/// as they came. An upgrade's `Connection`/`Upgrade` are put back by the
+/// request path when it carries the upgrade through.
 fn is_hop_by_hop(name: &HeaderName) -> bool {
     name == header::CONNECTION
         || name == KEEP_ALIVE
@@ -50,8 +51,14 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Adds X-Forwarded-For (appended to any the client sent), -Proto and -Host.
-pub fn add_forwarded(headers: &mut HeaderMap, client_ip: IpAddr, host: Option<&HeaderValue>) {
+/// Adds X-Forwarded-For (appended to any the client sent), -Proto
+/// (`http` or `https`, how the client reached the listener) and -Host.
+pub fn add_forwarded(
+    headers: &mut HeaderMap,
+    client_ip: IpAddr,
+    host: Option<&HeaderValue>,
+    proto: &'static str,
+) {
     let xff = match headers.get(&X_FORWARDED_FOR) {
         // A proxy in front of us already listed the chain: extend it.
         Some(prev) => {
@@ -66,7 +73,7 @@ pub fn add_forwarded(headers: &mut HeaderMap, client_ip: IpAddr, host: Option<&H
     if let Some(xff) = xff {
         headers.insert(X_FORWARDED_FOR.clone(), xff);
     }
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     if let Some(host) = host {
         headers.insert(X_FORWARDED_HOST.clone(), host.clone());
     }
@@ -117,6 +124,7 @@ mod tests {
             &mut h,
             "127.0.0.1".parse().unwrap(),
             Some(&"a.test".parse().unwrap()),
+            "http",
         );
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");

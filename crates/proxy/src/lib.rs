@@ -1,4 +1,5 @@
-//! Fulcrum's data plane: serves listeners, routes requests to pools, balances
+//! Fulcrum's data plane: serves listeners (HTTP/1.1, HTTP/2, TLS), routes
+//! requests to pools, passes WebSocket upgrades through, balances
 //! them over backends, health-checks and ejects backends, retries within a
 //! budget, and writes the access log. Reads the config only as an immutable
 //! [`Snapshot`] swapped in behind an `ArcSwap`, so reloads never take a lock
@@ -9,15 +10,21 @@ pub mod access_log;
 pub mod backend;
 pub mod balance;
 mod connect;
+pub mod counters;
 pub mod error;
+mod h2;
 pub mod headers;
 pub mod health;
 pub mod listener;
 pub mod outlier;
 pub mod proxy;
 mod runtime;
+mod sniff;
+mod tls;
+mod tunnel;
 
 pub use backend::{BackendState, BackendStatus};
+pub use counters::CounterValues;
 pub use error::{Cause, ProxyError};
 pub use listener::serve;
 pub use runtime::DataPlane;

@@ -1,21 +1,27 @@
-//! Serving a listener: accept connections, run HTTP/1.1 on each with the
-//! listener's header and idle timeouts, and shut down gracefully.
+//! Serving a listener: accept connections (refusing those over
+//! `limits.max_connections` at once), terminate TLS, run HTTP/1.1 or HTTP/2
+//! on each (by ALPN over TLS, by the client's preface in cleartext) with the
+//! listener's header, idle and HTTP/2 limits, and shut down gracefully.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
-use hyper::server::conn::http1;
+use fulcrum_config::snapshot::Listener;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::counters::Counters;
 use crate::runtime::DataPlane;
+use crate::sniff::{HeadFlags, Sniffer};
 
 /// Serve one listener, its settings looked up by `name` in the current
 /// snapshot for each new connection. On `shutdown`: stop accepting, let
@@ -28,18 +34,26 @@ pub async fn serve(
     plane: Arc<DataPlane>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let mut settings = plane
-        .snapshot()
-        .listeners
-        .iter()
-        .find(|l| l.name == name)
-        .cloned()
-        .ok_or_else(|| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!("listener \"{name}\" is not in the config"),
-            )
-        })?;
+    let mut current: (Arc<Listener>, Option<tokio_rustls::TlsAcceptor>) = {
+        let rt = plane.runtime();
+        let i = rt
+            .snapshot
+            .listeners
+            .iter()
+            .position(|l| l.name == name)
+            .ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("listener \"{name}\" is not in the config"),
+                )
+            })?;
+        (
+            Arc::new(rt.snapshot.listeners[i].clone()),
+            rt.tls[i].clone(),
+        )
+    };
+    // Open connections of this listener, across reloads.
+    let open = Arc::new(AtomicUsize::new(0));
     // Every connection task holds a sender; when all are dropped, all
     // connections are done.
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
@@ -57,22 +71,36 @@ pub async fn serve(
                 }
             },
         };
-        // A reload may have changed this listener's timeouts; if it removed
-        // the listener, keep the last settings until the caller stops us.
-        if let Some(l) = plane.snapshot().listeners.iter().find(|l| l.name == name)
-            && *l != settings
+        // A reload may have changed this listener's settings or
+        // certificates; if it removed the listener, keep the last ones
+        // until the caller stops us.
         {
-            settings = l.clone();
+            let rt = plane.runtime();
+            if let Some(i) = rt.snapshot.listeners.iter().position(|l| l.name == name) {
+                if rt.snapshot.listeners[i] != *current.0 {
+                    current.0 = Arc::new(rt.snapshot.listeners[i].clone());
+                }
+                current.1 = rt.tls[i].clone();
+            }
         }
+        let (settings, acceptor) = (&current.0, &current.1);
+        // Over the limit: close at once rather than queue, so a flood
+        // costs one accept each and the clients fail fast.
+        if open.load(Relaxed) >= settings.limits.max_connections as usize {
+            Counters::inc(&plane.counters.client_connections_refused);
+            drop(stream);
+            continue;
+        }
+        let slot = Slot::take(&open);
         let _ = stream.set_nodelay(true);
         tokio::spawn(connection(
             stream,
             client,
             plane.clone(),
-            settings.header_timeout,
-            settings.idle_timeout,
+            settings.clone(),
+            acceptor.clone(),
             shutdown.clone(),
-            done_tx.clone(),
+            (done_tx.clone(), slot),
         ));
     }
     drop(listener);
@@ -81,13 +109,48 @@ pub async fn serve(
     Ok(())
 }
 
+/// One open connection counted against `max_connections` until dropped.
+/// Held by the connection task and by any tunnel it turned into.
+pub(crate) struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(open: &Arc<AtomicUsize>) -> Self {
+        open.fetch_add(1, Relaxed);
+        Slot(open.clone())
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
+/// What the request path knows of the connection a request came on.
+pub(crate) struct ConnInfo {
+    pub client: SocketAddr,
+    pub tls: bool,
+    pub settings: Arc<Listener>,
+    pub shutdown: CancellationToken,
+    /// What the head sniffer saw of the current HTTP/1 request.
+    pub head: Arc<HeadFlags>,
+    /// Kept until the connection and any tunnel from it are gone.
+    pub _hold: (mpsc::Sender<()>, Slot),
+}
+
 /// Per connection: requests in progress and when the last one ended, for
 /// the idle timeout (hyper has a header timeout but no idle timeout).
 #[derive(Debug)]
 pub(crate) struct ConnState {
     epoch: Instant,
     active: AtomicU32,
+    /// Requests whose head arrived on this connection.
+    started: AtomicU64,
     idle_since_ms: AtomicU64,
+    /// Woken when a request starts or ends, so the connection's timer is
+    /// re-armed for the phase it is in.
+    changed: tokio::sync::Notify,
+    head: Arc<HeadFlags>,
 }
 
 /// Marks a request in progress on its connection until dropped (with the
@@ -97,6 +160,8 @@ pub(crate) struct ConnGuard(Arc<ConnState>);
 impl ConnGuard {
     fn new(state: &Arc<ConnState>) -> Self {
         state.active.fetch_add(1, Relaxed);
+        state.started.fetch_add(1, Relaxed);
+        state.changed.notify_one();
         ConnGuard(state.clone())
     }
 }
@@ -107,43 +172,153 @@ impl Drop for ConnGuard {
         s.idle_since_ms
             .store(s.epoch.elapsed().as_millis() as u64, Relaxed);
         s.active.fetch_sub(1, Relaxed);
+        s.head.done.fetch_add(1, Relaxed);
+        s.changed.notify_one();
     }
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Protocols {
+    /// Cleartext: HTTP/2 if the client opens with the h2 preface.
+    Detect,
+    Http1,
+    Http2,
+}
+
 async fn connection(
-    stream: tokio::net::TcpStream,
+    stream: TcpStream,
     client: SocketAddr,
     plane: Arc<DataPlane>,
-    header_timeout: Duration,
-    idle_timeout: Duration,
+    settings: Arc<Listener>,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
     shutdown: CancellationToken,
-    _done: mpsc::Sender<()>,
+    hold: (mpsc::Sender<()>, Slot),
 ) {
+    let Some(acceptor) = acceptor else {
+        let protocols = if settings.http2.enabled {
+            Protocols::Detect
+        } else {
+            Protocols::Http1
+        };
+        return http(
+            stream, client, false, protocols, plane, settings, shutdown, hold,
+        )
+        .await;
+    };
+    // The handshake counts against the header deadline: a client that
+    // opens TLS slowly is as much a slowloris as one that sends headers
+    // slowly.
+    let handshake = tokio::time::timeout(settings.header_timeout, acceptor.accept(stream)).await;
+    let tls = match handshake {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            Counters::inc(&plane.counters.client_tls_handshake_failed);
+            tracing::debug!(%client, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            Counters::inc(&plane.counters.client_tls_handshake_failed);
+            tracing::debug!(%client, "TLS handshake timed out");
+            return;
+        }
+    };
+    let protocols = match tls.get_ref().1.alpn_protocol() {
+        Some(b"h2") => Protocols::Http2,
+        _ => Protocols::Http1,
+    };
+    http(
+        tls, client, true, protocols, plane, settings, shutdown, hold,
+    )
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn http<I>(
+    io: I,
+    client: SocketAddr,
+    tls: bool,
+    protocols: Protocols,
+    plane: Arc<DataPlane>,
+    settings: Arc<Listener>,
+    shutdown: CancellationToken,
+    hold: (mpsc::Sender<()>, Slot),
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let state = Arc::new(ConnState {
         epoch: Instant::now(),
         active: AtomicU32::new(0),
+        started: AtomicU64::new(0),
         idle_since_ms: AtomicU64::new(0),
+        changed: tokio::sync::Notify::new(),
+        head: Arc::default(),
+    });
+    let info = Arc::new(ConnInfo {
+        client,
+        tls,
+        settings: settings.clone(),
+        shutdown: shutdown.clone(),
+        head: state.head.clone(),
+        _hold: hold,
     });
     let svc_state = state.clone();
+    let svc_plane = plane.clone();
     let service = service_fn(move |req| {
-        let plane = plane.clone();
+        let plane = svc_plane.clone();
+        let info = info.clone();
         let guard = ConnGuard::new(&svc_state);
-        async move { Ok::<_, Infallible>(crate::proxy::handle(&plane, req, client, guard).await) }
+        async move { Ok::<_, Infallible>(crate::proxy::handle(&plane, req, &info, guard).await) }
     });
-    let mut builder = http1::Builder::new();
+
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder = match protocols {
+        Protocols::Detect => builder,
+        Protocols::Http1 => builder.http1_only(),
+        Protocols::Http2 => builder.http2_only(),
+    };
+    let limits = &settings.limits;
     builder
+        .http1()
         .timer(TokioTimer::new())
         .keep_alive(true)
         // Hyper starts this timer whenever it waits for a request head, so
         // it also bounds the wait for the next request on a keep-alive
-        // connection.
-        .header_read_timeout(header_timeout);
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
+        // connection, and it is a total deadline: trickling bytes does not
+        // extend it (slowloris).
+        .header_read_timeout(settings.header_timeout)
+        // Hyper answers 431 itself past these, before any request exists.
+        .max_headers(limits.max_headers as usize)
+        .max_buf_size((limits.max_header_bytes as usize).max(8192));
+    let h2 = &settings.http2;
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(h2.max_concurrent_streams)
+        .max_pending_accept_reset_streams(h2.max_pending_reset_streams as usize)
+        .max_local_error_reset_streams(h2.max_local_error_reset_streams as usize)
+        // Bounds the HEADERS + CONTINUATION a stream may send, so a
+        // CONTINUATION flood ends in an error, not in memory.
+        .max_header_list_size(limits.max_header_bytes)
+        .keep_alive_interval(h2.keep_alive_interval)
+        .keep_alive_timeout(h2.keep_alive_timeout);
+    let io = Sniffer::new(io, state.head.clone());
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
+
+    let counters = &plane.counters;
+    let header_timeout = settings.header_timeout;
+    let idle_timeout = settings.idle_timeout;
     let mut closing = false;
     loop {
-        let idle_check = if closing {
+        let started = state.started.load(Relaxed);
+        // Until a first request head arrives, the connection lives on the
+        // header deadline (covers the h2 preface and protocol detection,
+        // which hyper's own header timer does not); after that, on the
+        // idle timeout between requests.
+        let check = if closing {
             None
+        } else if started == 0 {
+            Some(state.epoch + header_timeout)
         } else if state.active.load(Relaxed) > 0 {
             Some(Instant::now() + idle_timeout)
         } else {
@@ -153,26 +328,56 @@ async fn connection(
         tokio::select! {
             res = conn.as_mut() => {
                 if let Err(e) = res {
+                    count_connection_error(counters, &*e, protocols);
                     tracing::debug!(%client, error = %e, "client connection ended with an error");
                 }
                 return;
             }
+            _ = state.changed.notified(), if !closing => {}
             _ = shutdown.cancelled(), if !closing => {
                 // Idle connections close now; busy ones after their response.
                 conn.as_mut().graceful_shutdown();
                 closing = true;
             }
-            _ = sleep_until(idle_check), if idle_check.is_some() => {
+            _ = sleep_until(check), if check.is_some() => {
+                if state.started.load(Relaxed) == 0 {
+                    // Never sent a complete request head in time: drop it
+                    // outright, no response owed.
+                    Counters::inc(&counters.client_header_timeout);
+                    tracing::debug!(%client, "no request head within the header timeout; closing");
+                    return;
+                }
                 let idle = state.active.load(Relaxed) == 0
                     && state.epoch.elapsed().as_millis() as u64
                         >= state.idle_since_ms.load(Relaxed) + idle_timeout.as_millis() as u64;
                 if idle {
+                    Counters::inc(&counters.client_idle_closed);
                     tracing::debug!(%client, "closing idle client connection");
                     conn.as_mut().graceful_shutdown();
                     closing = true;
                 }
             }
         }
+    }
+}
+
+/// Counts why hyper ended a client connection with an error.
+fn count_connection_error(
+    counters: &Counters,
+    e: &(dyn std::error::Error + 'static),
+    protocols: Protocols,
+) {
+    let Some(e) = e.downcast_ref::<hyper::Error>() else {
+        return;
+    };
+    if e.is_timeout() {
+        Counters::inc(&counters.client_header_timeout);
+    } else if e.is_parse_too_large() {
+        Counters::inc(&counters.client_header_too_large);
+    } else if e.is_parse() {
+        Counters::inc(&counters.client_bad_request);
+    } else if protocols == Protocols::Http2 {
+        Counters::inc(&counters.client_h2_protocol_error);
     }
 }
 

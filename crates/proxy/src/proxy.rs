@@ -1,6 +1,8 @@
-//! The request path: route, pick a backend, forward with rewritten headers,
+//! The request path: screen the request (smuggling shapes, limits), route,
+//! pick a backend, forward with rewritten headers over HTTP/1.1 or HTTP/2,
 //! retry within the budget, and stream the response back, keeping the
 //! backend's in-flight count and the access log entry until the last byte.
+//! Upgrades (WebSocket) become tunnels once both sides agree.
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
@@ -8,13 +10,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use fastrand::Rng;
-use fulcrum_config::snapshot::{RequestView, Retries};
-use http::uri::{PathAndQuery, Scheme};
-use http::{HeaderValue, Method, Request, Response, Uri, Version, header};
+use fulcrum_config::snapshot::{Limits, RequestView, Retries};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::Instant;
@@ -23,9 +25,11 @@ use crate::access_log::Entry;
 use crate::backend::InFlight;
 use crate::balance::{Census, hash_key};
 use crate::connect::with_response_timeout;
+use crate::counters::Counters;
 use crate::error::ProxyError;
+use crate::h2::{H2Backend, H2ConnectError};
 use crate::headers::{self, REQUEST_ID};
-use crate::listener::ConnGuard;
+use crate::listener::{ConnGuard, ConnInfo};
 use crate::outlier;
 use crate::runtime::{DataPlane, PoolRuntime, PoolShared};
 
@@ -39,17 +43,17 @@ pub enum RequestBody {
     /// A buffered body (possibly empty), resendable on retry.
     Full(Option<Bytes>),
     /// The client's body, streamed through: one attempt only.
-    Stream(Incoming),
+    Stream(ClientBody),
 }
 
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ClientBodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         match self.get_mut() {
             RequestBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             RequestBody::Stream(s) => Pin::new(s).poll_frame(cx),
@@ -69,12 +73,122 @@ impl Body for RequestBody {
     }
 }
 
+/// The client's request body, bounded as it streams: at most
+/// `limits.max_body_bytes` in all (whatever Content-Length said), and no
+/// longer than `body_timeout` between two chunks (slow-body clients).
+#[derive(Debug)]
+pub struct ClientBody {
+    inner: Incoming,
+    read: u64,
+    limit: u64,
+    timeout: Duration,
+    /// Made on the first wait only: a body that is already there costs no
+    /// timer.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+/// Why the client's body stopped: the backend request fails with this as
+/// its source, which is how the proxy tells a client fault from a backend one.
+#[derive(Debug)]
+pub enum ClientBodyError {
+    Read(hyper::Error),
+    TooLarge,
+    Timeout,
+}
+
+impl std::fmt::Display for ClientBodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientBodyError::Read(e) => write!(f, "reading the client's body: {e}"),
+            ClientBodyError::TooLarge => f.write_str("the client's body is over the limit"),
+            ClientBodyError::Timeout => f.write_str("the client stopped sending its body"),
+        }
+    }
+}
+
+impl std::error::Error for ClientBodyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ClientBodyError::Read(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl ClientBodyError {
+    fn to_proxy_error(&self) -> ProxyError {
+        match self {
+            ClientBodyError::Read(_) => ProxyError::ClientBody,
+            ClientBodyError::TooLarge => ProxyError::BodyTooLarge,
+            ClientBodyError::Timeout => ProxyError::BodyTimeout,
+        }
+    }
+}
+
+impl ClientBody {
+    fn new(inner: Incoming, limit: u64, timeout: Duration) -> Self {
+        ClientBody {
+            inner,
+            read: 0,
+            limit,
+            timeout,
+            timer: None,
+        }
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = ClientBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(t) = this.timer.as_mut() {
+                    t.as_mut().reset(Instant::now() + this.timeout);
+                }
+                if let Some(d) = frame.data_ref() {
+                    this.read += d.len() as u64;
+                    if this.read > this.limit {
+                        return Poll::Ready(Some(Err(ClientBodyError::TooLarge)));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(ClientBodyError::Read(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                let timeout = this.timeout;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(ClientBodyError::Timeout))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Body sent to the client. Holds everything that must live exactly as
 /// long as the response: the backend's in-flight count, the pool's request
 /// gauge (retry budget), the connection's idle clock and the log entry.
 pub struct ResponseBody {
     inner: Inner,
     bytes: u64,
+    /// Set for backend bodies: counts a backend breaking off mid-body.
+    counters: Option<Arc<Counters>>,
     _in_flight: Option<InFlight>,
     _request: Option<RequestGauge>,
     _conn: ConnGuard,
@@ -99,10 +213,21 @@ impl Body for ResponseBody {
             Inner::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Inner::Backend(s) => Pin::new(s).poll_frame(cx),
         };
-        if let Poll::Ready(Some(Ok(f))) = &frame
-            && let Some(d) = f.data_ref()
-        {
-            this.bytes += d.len() as u64;
+        match &frame {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    this.bytes += d.len() as u64;
+                }
+            }
+            // The error reaches hyper, which aborts the client connection
+            // (HTTP/1.1) or resets the stream (HTTP/2): the client can
+            // never take a truncated body for a whole one.
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(c) = &this.counters {
+                    Counters::inc(&c.backend_aborted_mid_response);
+                }
+            }
+            _ => {}
         }
         frame
     }
@@ -233,14 +358,26 @@ fn host_of(req: &Request<Incoming>) -> Option<Cow<'_, str>> {
 /// Serves one request. Never fails: every error becomes a response.
 pub(crate) async fn handle(
     plane: &DataPlane,
-    req: Request<Incoming>,
-    client: SocketAddr,
+    mut req: Request<Incoming>,
+    info: &Arc<ConnInfo>,
     conn: ConnGuard,
 ) -> Response<ResponseBody> {
     let start = Instant::now();
+    let client = info.client;
     let rt = plane.runtime();
     let mut rng = Rng::new();
     let request_id = headers::request_id(req.headers(), &mut rng);
+    let close = req.version() <= Version::HTTP_11;
+    let ambiguous = info.head.ambiguous.swap(false, Relaxed);
+    if let Err(e) = screen(&req, &info.settings.limits, ambiguous) {
+        count_refusal(&plane.counters, &e);
+        tracing::debug!(%client, error = %e, "request refused");
+        return error_response(&e, request_id, conn, None, None, None, close);
+    }
+    // An HTTP/1.1 Upgrade (WebSocket): keep the client's side of it; the
+    // request goes to the backend with its Upgrade header intact.
+    let upgrade = upgrade_of(&req);
+    let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
 
     let host = host_of(&req);
     let view = RequestView {
@@ -280,14 +417,56 @@ pub(crate) async fn handle(
 
     let (pool, gauge) = match pool {
         Some(p) => (p, RequestGauge::new(&p.shared)),
-        None => return error_response(&ProxyError::NoRoute, request_id, conn, log, None, None),
+        None => {
+            Counters::inc(&plane.counters.client_no_route);
+            return error_response(
+                &ProxyError::NoRoute,
+                request_id,
+                conn,
+                log,
+                None,
+                None,
+                false,
+            );
+        }
+    };
+    // WebSocket needs HTTP/1.1 on the backend side too.
+    let upgrade = upgrade.filter(|_| pool.h2.is_none());
+    let ctx = Forwarding {
+        counters: &plane.counters,
+        client,
+        tls: info.tls,
+        limits: &info.settings.limits,
+        body_timeout: info.settings.body_timeout,
+        upgrade: upgrade.clone(),
     };
 
-    let result = forward(pool, req, client, &request_id, key, &mut rng, &mut log).await;
+    let result = forward(pool, req, &ctx, &request_id, key, &mut rng, &mut log).await;
     match result {
-        Ok((resp, in_flight)) => {
+        Ok((mut resp, in_flight)) => {
+            let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+            if let (Some(client_up), true) =
+                (client_upgrade.filter(|_| upgrade.is_some()), switching)
+            {
+                let backend_up = hyper::upgrade::on(&mut resp);
+                tokio::spawn(crate::tunnel::run(
+                    client_up,
+                    backend_up,
+                    pool.timeouts.tunnel,
+                    info.shutdown.clone(),
+                    plane.counters.clone(),
+                    info.clone(),
+                ));
+            }
             let (mut parts, body) = resp.into_parts();
+            let backend_upgrade = parts.headers.get(header::UPGRADE).cloned();
             headers::strip_hop_by_hop(&mut parts.headers);
+            if let (true, Some(up)) = (switching, backend_upgrade) {
+                parts
+                    .headers
+                    .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                parts.headers.insert(header::UPGRADE, up);
+            }
             parts.headers.insert(REQUEST_ID.clone(), request_id);
             if let Some(l) = &mut log {
                 l.ctx.status = parts.status.as_u16();
@@ -295,6 +474,7 @@ pub(crate) async fn handle(
             let body = ResponseBody {
                 inner: Inner::Backend(body),
                 bytes: 0,
+                counters: Some(plane.counters.clone()),
                 _in_flight: Some(in_flight),
                 _request: Some(gauge),
                 _conn: conn,
@@ -302,10 +482,161 @@ pub(crate) async fn handle(
             };
             Response::from_parts(parts, body)
         }
-        Err(e) => error_response(&e, request_id, conn, log, Some(gauge), None),
+        Err(e) => {
+            count_refusal(&plane.counters, &e);
+            // A client fault mid-body leaves the connection's framing
+            // unknown: close it.
+            let close_it = close && e.cause() == crate::error::Cause::Client;
+            error_response(&e, request_id, conn, log, Some(gauge), None, close_it)
+        }
     }
 }
 
+/// What `forward` needs from the connection and the listener.
+struct Forwarding<'a> {
+    counters: &'a Counters,
+    client: SocketAddr,
+    tls: bool,
+    limits: &'a Limits,
+    body_timeout: Duration,
+    /// The client's Upgrade header, when the request is an upgrade the
+    /// pool can carry.
+    upgrade: Option<HeaderValue>,
+}
+
+/// Refuses what the proxy and a backend could read differently (request
+/// smuggling) and what is over the listener's limits, before any routing
+/// or backend work. hyper already refuses, with 400 and a closed
+/// connection, whitespace before a header colon, NUL and bare CR in
+/// headers, differing Content-Lengths and a Transfer-Encoding whose last
+/// coding is not chunked; this adds the shapes it lets through.
+///
+/// `ambiguous`: the head sniffer saw Content-Length together with
+/// Transfer-Encoding, which hyper resolves by dropping Content-Length.
+fn screen(req: &Request<Incoming>, limits: &Limits, ambiguous: bool) -> Result<(), ProxyError> {
+    if req
+        .uri()
+        .path_and_query()
+        .is_some_and(|pq| pq.as_str().len() > limits.max_uri_bytes as usize)
+    {
+        return Err(ProxyError::UriTooLong);
+    }
+    let h = req.headers();
+    // hyper bounds these for HTTP/1.1 as it reads; HTTP/2 bounds only the
+    // total, so count here for both.
+    if h.len() > limits.max_headers as usize {
+        return Err(ProxyError::HeaderTooLarge);
+    }
+    let head: usize = h.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+    if head > limits.max_header_bytes as usize {
+        return Err(ProxyError::HeaderTooLarge);
+    }
+    if req.version() <= Version::HTTP_11 {
+        if ambiguous {
+            return Err(ProxyError::BadRequest(
+                "both Content-Length and Transfer-Encoding",
+            ));
+        }
+        let mut te = h.get_all(header::TRANSFER_ENCODING).iter();
+        if let Some(first) = te.next() {
+            if te.next().is_some() {
+                return Err(ProxyError::BadRequest("several Transfer-Encoding headers"));
+            }
+            if !first
+                .as_bytes()
+                .trim_ascii()
+                .eq_ignore_ascii_case(b"chunked")
+            {
+                return Err(ProxyError::BadRequest(
+                    "Transfer-Encoding other than exactly `chunked`",
+                ));
+            }
+            if h.contains_key(header::CONTENT_LENGTH) {
+                return Err(ProxyError::BadRequest(
+                    "both Content-Length and Transfer-Encoding",
+                ));
+            }
+        }
+        let mut cl = h.get_all(header::CONTENT_LENGTH).iter();
+        if let Some(first) = cl.next()
+            && (cl.next().is_some()
+                || first.is_empty()
+                || !first.as_bytes().iter().all(u8::is_ascii_digit))
+        {
+            return Err(ProxyError::BadRequest(
+                "Content-Length repeated or not a plain number",
+            ));
+        }
+        let mut hosts = h.get_all(header::HOST).iter();
+        let host = hosts.next();
+        if hosts.next().is_some() {
+            return Err(ProxyError::BadRequest("several Host headers"));
+        }
+        if let (Some(auth), Some(host)) = (req.uri().authority(), host)
+            && !host
+                .as_bytes()
+                .eq_ignore_ascii_case(auth.as_str().as_bytes())
+        {
+            return Err(ProxyError::BadRequest(
+                "Host header differs from the request target's authority",
+            ));
+        }
+    }
+    if req.body().size_hint().lower() > limits.max_body_bytes {
+        return Err(ProxyError::BodyTooLarge);
+    }
+    Ok(())
+}
+
+/// The Upgrade header of an HTTP/1.1 upgrade request (`Connection:
+/// upgrade` plus `Upgrade`).
+fn upgrade_of(req: &Request<Incoming>) -> Option<HeaderValue> {
+    if req.version() != Version::HTTP_11 {
+        return None;
+    }
+    let asks = req
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    asks.then(|| req.headers().get(header::UPGRADE).cloned())
+        .flatten()
+}
+
+/// Counts a request that ended in an error response, by what failed.
+/// Backend failures are counted per attempt, in `forward`.
+fn count_refusal(c: &Counters, e: &ProxyError) {
+    let counter = match e {
+        ProxyError::NoRoute => &c.client_no_route,
+        ProxyError::ClientBody | ProxyError::BadRequest(_) => &c.client_bad_request,
+        ProxyError::HeaderTooLarge => &c.client_header_too_large,
+        ProxyError::UriTooLong => &c.client_uri_too_long,
+        ProxyError::BodyTooLarge => &c.client_body_too_large,
+        ProxyError::BodyTimeout => &c.client_body_timeout,
+        ProxyError::NoBackend { .. } => &c.pool_no_backend,
+        _ => return,
+    };
+    Counters::inc(counter);
+}
+
+/// Counts one failed attempt at a backend.
+fn count_attempt(c: &Counters, e: &ProxyError) {
+    let counter = match e {
+        ProxyError::ConnectFailed { .. } | ProxyError::BackendProtocol { .. } => {
+            &c.backend_connect_failed
+        }
+        ProxyError::ConnectTimeout { .. } => &c.backend_connect_timeout,
+        ProxyError::ResponseTimeout { .. } => &c.backend_response_timeout,
+        ProxyError::BackendReset { .. } => &c.backend_reset,
+        _ => return,
+    };
+    Counters::inc(counter);
+}
+
+/// `close`: end the HTTP/1 connection after this response, because what
+/// follows the request on it cannot be trusted.
 fn error_response(
     e: &ProxyError,
     request_id: HeaderValue,
@@ -313,6 +644,7 @@ fn error_response(
     mut log: Option<LogContext>,
     gauge: Option<RequestGauge>,
     in_flight: Option<InFlight>,
+    close: bool,
 ) -> Response<ResponseBody> {
     if let Some(l) = &mut log {
         l.ctx.status = e.status().as_u16();
@@ -320,6 +652,7 @@ fn error_response(
     let body = ResponseBody {
         inner: Inner::Full(Some(Bytes::from(e.body()))),
         bytes: 0,
+        counters: None,
         _in_flight: in_flight,
         _request: gauge,
         _conn: conn,
@@ -332,6 +665,10 @@ fn error_response(
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     resp.headers_mut().insert(REQUEST_ID.clone(), request_id);
+    if close {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     resp
 }
 
@@ -339,26 +676,68 @@ fn error_response(
 async fn forward(
     pool: &PoolRuntime,
     req: Request<Incoming>,
-    client: SocketAddr,
+    ctx: &Forwarding<'_>,
     request_id: &HeaderValue,
     key: Option<u64>,
     rng: &mut Rng,
     log: &mut Option<LogContext>,
 ) -> Result<(Response<Incoming>, InFlight), ProxyError> {
     let (mut parts, body) = req.into_parts();
-    let original_host = parts.headers.get(header::HOST).cloned();
+    // HTTP/2 clients name the host in `:authority`, not `Host`: HTTP/1.1
+    // backends get it as `Host`, HTTP/2 backends as `:authority`.
+    let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    let te_trailers = parts.headers.get_all(header::TE).iter().any(|v| {
+        v.as_bytes()
+            .windows(8)
+            .any(|w| w.eq_ignore_ascii_case(b"trailers"))
+    });
     headers::strip_hop_by_hop(&mut parts.headers);
-    headers::add_forwarded(&mut parts.headers, client.ip(), original_host.as_ref());
+    let proto = if ctx.tls { "https" } else { "http" };
+    headers::add_forwarded(
+        &mut parts.headers,
+        ctx.client.ip(),
+        original_host.as_ref(),
+        proto,
+    );
     parts.headers.insert(REQUEST_ID.clone(), request_id.clone());
+    let h2_authority = if pool.h2.is_some() {
+        parts.headers.remove(header::HOST);
+        // gRPC and other h2 peers need to know trailers are welcome.
+        if te_trailers {
+            parts
+                .headers
+                .insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+        original_host
+            .as_ref()
+            .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+    } else {
+        if let Some(h) = original_host.filter(|_| !parts.headers.contains_key(header::HOST)) {
+            parts.headers.insert(header::HOST, h);
+        }
+        if let Some(up) = &ctx.upgrade {
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            parts.headers.insert(header::UPGRADE, up.clone());
+        }
+        None
+    };
 
     // Small or empty bodies are read whole so they can be sent again.
+    let body = ClientBody::new(body, ctx.limits.max_body_bytes, ctx.body_timeout);
     let mut body = match body.size_hint().exact() {
         Some(0) => RequestBody::Full(None),
         Some(n) if n <= MAX_BUFFERED_BODY => {
             let bytes = body
                 .collect()
                 .await
-                .map_err(|_| ProxyError::ClientBody)?
+                .map_err(|e| e.to_proxy_error())?
                 .to_bytes();
             RequestBody::Full(Some(bytes))
         }
@@ -407,11 +786,21 @@ async fn forward(
         *out.uri_mut() = {
             let mut u = http::uri::Parts::default();
             u.scheme = Some(Scheme::HTTP);
-            u.authority = Some(pool.authorities[i].clone());
+            // Over HTTP/1.1 the URI names the backend, for the pooled
+            // client; over HTTP/2 it carries the client's authority.
+            u.authority = Some(
+                h2_authority
+                    .clone()
+                    .unwrap_or_else(|| pool.authorities[i].clone()),
+            );
             u.path_and_query = Some(path.clone());
             Uri::from_parts(u).expect("scheme, authority and path form a URI")
         };
-        *out.version_mut() = Version::HTTP_11;
+        *out.version_mut() = if pool.h2.is_some() {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
         *out.headers_mut() = if more {
             parts.headers.clone()
         } else {
@@ -419,22 +808,38 @@ async fn forward(
         };
 
         let in_flight = backend.start();
-        let sent = with_response_timeout(
-            pool.timeouts.response,
-            pool.timeouts.connect,
-            pool.client.request(out),
-        );
-        let outcome = match sent.await {
-            Err(()) => Err(ProxyError::ResponseTimeout {
-                pool: pool.name.clone(),
-                backend: backend.addr(),
-            }),
-            Ok(Err(e)) => Err(classify(&e, pool, backend.addr())),
-            Ok(Ok(resp)) => Ok(resp),
+        let outcome = match &pool.h2 {
+            Some(h2) => send_h2(&h2[i], out, pool).await,
+            None => {
+                let sent = with_response_timeout(
+                    pool.timeouts.response,
+                    pool.timeouts.connect,
+                    pool.client.request(out),
+                );
+                match sent.await {
+                    Err(()) => Err(ProxyError::ResponseTimeout {
+                        pool: pool.name.clone(),
+                        backend: backend.addr(),
+                    }),
+                    Ok(Err(e)) => Err(classify(&e, pool, backend.addr())),
+                    Ok(Ok(resp)) => Ok(resp),
+                }
+            }
         };
         let failed = match &outcome {
-            Ok(resp) => resp.status().is_server_error(),
-            Err(_) => true,
+            Ok(resp) => {
+                let failed = resp.status().is_server_error();
+                if failed {
+                    Counters::inc(&ctx.counters.backend_5xx);
+                }
+                failed
+            }
+            // The client's fault, not the backend's.
+            Err(e) if e.cause() == crate::error::Cause::Client => return Err(e.clone()),
+            Err(e) => {
+                count_attempt(ctx.counters, e);
+                true
+            }
         };
         if failed {
             backend.count_failure();
@@ -457,6 +862,7 @@ async fn forward(
                 ) {
                     Some(g) => _retry = Some(g),
                     None => {
+                        Counters::inc(&ctx.counters.retry_budget_exhausted);
                         tracing::debug!(pool = %pool.name, "retry budget exhausted");
                         return Err(e);
                     }
@@ -481,12 +887,66 @@ fn note_panic(pool: &PoolRuntime, panic: bool) {
     }
 }
 
+/// One attempt over the backend's HTTP/2 connection, bounded by the pool's
+/// connect and response timeouts.
+async fn send_h2(
+    backend: &H2Backend,
+    req: Request<RequestBody>,
+    pool: &PoolRuntime,
+) -> Result<Response<Incoming>, ProxyError> {
+    let addr = backend.addr();
+    let mut sender = backend.sender().await.map_err(|e| match e {
+        H2ConnectError::Connect(e) => {
+            tracing::debug!(backend = %addr, error = %e, "h2 connect failed");
+            ProxyError::ConnectFailed { backend: addr }
+        }
+        H2ConnectError::Handshake(e) => {
+            tracing::debug!(backend = %addr, error = %e, "h2 handshake failed");
+            ProxyError::BackendProtocol { backend: addr }
+        }
+        H2ConnectError::Timeout => ProxyError::ConnectTimeout {
+            pool: pool.name.clone(),
+            backend: addr,
+        },
+    })?;
+    let sent = tokio::time::timeout(pool.timeouts.response, async {
+        sender.ready().await?;
+        sender.send_request(req).await
+    });
+    match sent.await {
+        Err(_) => Err(ProxyError::ResponseTimeout {
+            pool: pool.name.clone(),
+            backend: addr,
+        }),
+        Ok(Err(e)) => {
+            Err(client_body_fault(&e).unwrap_or(ProxyError::BackendReset { backend: addr }))
+        }
+        Ok(Ok(resp)) => Ok(resp),
+    }
+}
+
+/// The client's fault hidden in a failed backend request: its body broke
+/// off, ran over the limit or stalled.
+fn client_body_fault(e: &(dyn std::error::Error + 'static)) -> Option<ProxyError> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if let Some(b) = s.downcast_ref::<ClientBodyError>() {
+            return Some(b.to_proxy_error());
+        }
+        source = s.source();
+    }
+    None
+}
+
 /// Maps a client error to who failed and how.
 fn classify(
     e: &hyper_util::client::legacy::Error,
     pool: &PoolRuntime,
     addr: SocketAddr,
 ) -> ProxyError {
+    if let Some(fault) = client_body_fault(e) {
+        return fault;
+    }
     if !e.is_connect() {
         return ProxyError::BackendReset { backend: addr };
     }

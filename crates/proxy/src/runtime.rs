@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
 use fulcrum_config::Snapshot;
-use fulcrum_config::snapshot::{HealthCheck, Pool, Retries, Timeouts};
+use fulcrum_config::snapshot::{HealthCheck, Pool, Protocol, Retries, Timeouts};
 use http::uri::Authority;
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -19,6 +19,8 @@ use crate::access_log::AccessLog;
 use crate::backend::{BackendState, BackendStatus};
 use crate::balance::{Balancer, PoolView};
 use crate::connect::Connector;
+use crate::counters::{CounterValues, Counters};
+use crate::h2::H2Backend;
 use crate::health::{self, HealthClient};
 use crate::proxy::RequestBody;
 
@@ -32,6 +34,9 @@ pub(crate) struct Runtime {
     pub access_log: Option<AccessLog>,
     /// Headers and cookies each access-log line carries for replay.
     pub log_keys: crate::access_log::LogKeys,
+    /// Per listener of the snapshot, in its order: the TLS acceptor of
+    /// those that terminate TLS, built once here rather than per connection.
+    pub tls: Vec<Option<tokio_rustls::TlsAcceptor>>,
 }
 
 pub(crate) struct PoolRuntime {
@@ -42,6 +47,9 @@ pub(crate) struct PoolRuntime {
     /// `host:port` of each backend, ready to put in a request URI.
     pub authorities: Vec<Authority>,
     pub client: BackendClient,
+    /// For `protocol = "h2"` pools: one multiplexed connection per backend,
+    /// indexed like `backends`.
+    pub h2: Option<Vec<Arc<H2Backend>>>,
     pub timeouts: Timeouts,
     pub retries: Retries,
     pub outlier: Option<fulcrum_config::snapshot::Outlier>,
@@ -88,6 +96,7 @@ pub struct DataPlane {
     current: ArcSwap<Runtime>,
     registry: Mutex<Registry>,
     health_client: HealthClient,
+    pub(crate) counters: Arc<Counters>,
 }
 
 impl DataPlane {
@@ -101,6 +110,7 @@ impl DataPlane {
             current: ArcSwap::from_pointee(runtime),
             registry: Mutex::new(registry),
             health_client,
+            counters: Arc::default(),
         })
     }
 
@@ -150,6 +160,12 @@ impl DataPlane {
         rt.pools
             .iter()
             .any(|p| &*p.name == pool && p.shared.panic.load(Relaxed))
+    }
+
+    /// Every failure and defence counter, as counted since start: reloads
+    /// do not reset them.
+    pub fn counters(&self) -> CounterValues {
+        self.counters.values()
     }
 
     /// Access log entries dropped because the writer fell behind.
@@ -203,11 +219,25 @@ fn build(
             let shared = registry.pools.entry(pool.name.clone()).or_default().clone();
             // Same timeouts: keep the client, and with it the warm
             // keep-alive connections to backends.
-            let client = old
+            let same = old
                 .and_then(|o| o.pools.iter().find(|p| p.name == pool.name))
-                .filter(|p| p.timeouts == pool.timeouts)
+                .filter(|p| p.timeouts == pool.timeouts);
+            let client = same
                 .map(|p| p.client.clone())
                 .unwrap_or_else(|| backend_client(pool));
+            // h2 connections stay too, backend by backend, when nothing
+            // about how they were made changed.
+            let h2 = (pool.protocol == Protocol::H2).then(|| {
+                pool.backends
+                    .iter()
+                    .map(|b| {
+                        same.and_then(|p| p.h2.as_ref())
+                            .and_then(|old| old.iter().find(|h| h.addr() == b.addr))
+                            .cloned()
+                            .unwrap_or_else(|| Arc::new(H2Backend::new(b.addr, &pool.timeouts)))
+                    })
+                    .collect()
+            });
             PoolRuntime {
                 name: pool.name.clone(),
                 balancer: Balancer::new(pool),
@@ -222,6 +252,7 @@ fn build(
                     .collect(),
                 backends,
                 client,
+                h2,
                 timeouts: pool.timeouts.clone(),
                 retries: pool.retries.clone(),
                 outlier: pool.outlier.clone(),
@@ -242,11 +273,30 @@ fn build(
             .cloned()
             .unwrap_or_else(|| AccessLog::start(cfg.target.clone()))
     });
+    let tls = snapshot
+        .listeners
+        .iter()
+        .map(|l| {
+            let tls = l.tls.as_ref()?;
+            // Unchanged certificates and ALPN: keep the acceptor, and with
+            // it the session ticket keys returning clients hold.
+            let kept = old.and_then(|o| {
+                let i = o.snapshot.listeners.iter().position(|ol| {
+                    ol.name == l.name
+                        && ol.tls.as_ref() == Some(tls)
+                        && ol.http2.enabled == l.http2.enabled
+                })?;
+                o.tls[i].clone()
+            });
+            Some(kept.unwrap_or_else(|| crate::tls::acceptor(tls, l.http2.enabled)))
+        })
+        .collect();
     Runtime {
         log_keys: crate::access_log::LogKeys::of(&snapshot),
         snapshot,
         pools,
         access_log,
+        tls,
     }
 }
 

@@ -1,5 +1,6 @@
-//! Test kit: real backends on 127.0.0.1:0 whose behaviour tests switch at
-//! runtime, a snapshot builder, an in-process proxy, and a small client.
+//! Test kit: real backends on 127.0.0.1:0 (HTTP/1.1 and h2c, with a
+//! WebSocket echo) whose behaviour tests switch at runtime, a snapshot
+//! builder, an in-process proxy, and a small client.
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
@@ -13,8 +14,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use fulcrum_config::Snapshot;
 use fulcrum_config::snapshot::{
-    Algorithm, Backend as BackendCfg, HealthCheck, Listener, Pool, Retries, Route, RouteMatch,
-    Routes, Timeouts,
+    Algorithm, Backend as BackendCfg, HealthCheck, Http2, Limits, Listener, Pool, Protocol,
+    Retries, Route, RouteMatch, Routes, Timeouts,
 };
 use fulcrum_proxy::DataPlane;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
@@ -39,8 +40,15 @@ pub enum Mode {
     Hang,
     /// Read the request, then drop the connection without a response.
     Reset,
-    /// Send the head and part of the body, then drop the connection.
+    /// Send the head (with `Content-Length: 100`) and part of the body,
+    /// then drop the connection.
     CloseMidResponse,
+    /// Send a chunked head and one chunk, then drop the connection.
+    CloseMidChunked,
+    /// 200 with body = name, then trailers `x-trailer: done`.
+    Trailers,
+    /// 200 with the request body echoed back.
+    Echo,
 }
 
 /// A request as the backend received it.
@@ -49,6 +57,11 @@ pub struct Seen {
     pub method: Method,
     pub path: String,
     pub headers: HeaderMap,
+    pub version: http::Version,
+    /// The request target's authority (`:authority` over HTTP/2).
+    pub authority: Option<String>,
+    /// Request trailers, when the body had some.
+    pub trailers: Option<HeaderMap>,
 }
 
 struct Shared {
@@ -156,8 +169,10 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Cancellat
         let stop = stop.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| answer(shared.clone(), req));
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc);
+            // HTTP/1.1 and h2c prior knowledge on the same port, so any
+            // test backend can serve a `protocol = "h2"` pool.
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
             tokio::select! {
                 _ = conn => {}
                 _ = stop.cancelled() => {}
@@ -176,9 +191,34 @@ impl std::fmt::Display for Abort {
 }
 impl std::error::Error for Abort {}
 
-async fn answer(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<TestBody>, Abort> {
+async fn answer(
+    shared: Arc<Shared>,
+    mut req: Request<Incoming>,
+) -> Result<Response<TestBody>, Abort> {
+    if let Some(key) = websocket_key(&req) {
+        let upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(websocket_echo(upgrade));
+        shared.hits.fetch_add(1, Relaxed);
+        let mut r = reply(
+            &shared.name,
+            StatusCode::SWITCHING_PROTOCOLS,
+            TestBody::Full(None),
+        );
+        let h = r.headers_mut();
+        h.insert(http::header::CONNECTION, "upgrade".parse().unwrap());
+        h.insert(http::header::UPGRADE, "websocket".parse().unwrap());
+        h.insert(
+            http::header::SEC_WEBSOCKET_ACCEPT,
+            tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes())
+                .parse()
+                .unwrap(),
+        );
+        return Ok(r);
+    }
     let (parts, body) = req.into_parts();
-    let _ = body.collect().await;
+    let collected = body.collect().await.ok();
+    let trailers = collected.as_ref().and_then(|c| c.trailers().cloned());
+    let request_body = collected.map(|c| c.to_bytes()).unwrap_or_default();
     if parts.uri.path() == "/healthz" {
         shared.health_hits.fetch_add(1, Relaxed);
         let down = shared.health_fails.load(Relaxed);
@@ -198,6 +238,9 @@ async fn answer(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         method: parts.method.clone(),
         path: parts.uri.path().to_owned(),
         headers: parts.headers.clone(),
+        version: parts.version,
+        authority: parts.uri.authority().map(|a| a.to_string()),
+        trailers,
     });
     let mode = shared.mode.lock().unwrap().clone();
     let body = || TestBody::Full(Some(Bytes::from(shared.name.clone())));
@@ -215,14 +258,55 @@ async fn answer(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         Mode::Hang => std::future::pending().await,
         Mode::Reset => Err(Abort),
         Mode::CloseMidResponse => {
-            let mut r = reply(
-                &shared.name,
-                StatusCode::OK,
-                TestBody::Broken(Some(Bytes::from_static(b"part"))),
-            );
+            let mut r = reply(&shared.name, StatusCode::OK, TestBody::broken());
             r.headers_mut()
                 .insert(http::header::CONTENT_LENGTH, "100".parse().unwrap());
             Ok(r)
+        }
+        Mode::CloseMidChunked => Ok(reply(&shared.name, StatusCode::OK, TestBody::broken())),
+        Mode::Trailers => {
+            let mut t = HeaderMap::new();
+            t.insert("x-trailer", "done".parse().unwrap());
+            Ok(reply(
+                &shared.name,
+                StatusCode::OK,
+                TestBody::Trailers(Some(Bytes::from(shared.name.clone())), Some(t)),
+            ))
+        }
+        Mode::Echo => Ok(reply(
+            &shared.name,
+            StatusCode::OK,
+            TestBody::Full(Some(request_body)),
+        )),
+    }
+}
+
+/// The `Sec-WebSocket-Key` of a WebSocket upgrade request.
+fn websocket_key(req: &Request<Incoming>) -> Option<String> {
+    let upgrade = req.headers().get(http::header::UPGRADE)?;
+    if !upgrade.as_bytes().eq_ignore_ascii_case(b"websocket") {
+        return None;
+    }
+    req.headers()
+        .get(http::header::SEC_WEBSOCKET_KEY)
+        .and_then(|k| k.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// Echoes every text and binary message until the client closes.
+async fn websocket_echo(upgrade: hyper::upgrade::OnUpgrade) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    let Ok(io) = upgrade.await else { return };
+    let mut ws =
+        tokio_tungstenite::WebSocketStream::from_raw_socket(TokioIo::new(io), Role::Server, None)
+            .await;
+    while let Some(Ok(msg)) = ws.next().await {
+        if msg.is_close() {
+            return;
+        }
+        if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+            return;
         }
     }
 }
@@ -234,10 +318,20 @@ fn reply(name: &str, status: StatusCode, body: TestBody) -> Response<TestBody> {
     r
 }
 
-/// A body that is either whole, or breaks after its first chunk.
+/// A body that is either whole, whole with trailers, or breaks after its
+/// first chunk.
 enum TestBody {
     Full(Option<Bytes>),
-    Broken(Option<Bytes>),
+    /// The first chunk, then (after a pause, so the head and chunk are
+    /// surely on the wire) an error that makes hyper drop the connection.
+    Broken(Option<Bytes>, Option<Pin<Box<tokio::time::Sleep>>>),
+    Trailers(Option<Bytes>, Option<HeaderMap>),
+}
+
+impl TestBody {
+    fn broken() -> Self {
+        TestBody::Broken(Some(Bytes::from_static(b"part")), None)
+    }
 }
 
 impl Body for TestBody {
@@ -245,14 +339,25 @@ impl Body for TestBody {
     type Error = Abort;
     fn poll_frame(
         self: Pin<&mut Self>,
-        _: &mut Context<'_>,
+        cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Abort>>> {
         match self.get_mut() {
             TestBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            TestBody::Broken(b) => Poll::Ready(Some(match b.take() {
-                Some(b) => Ok(Frame::data(b)),
-                None => Err(Abort),
-            })),
+            TestBody::Broken(b, pause) => {
+                if let Some(b) = b.take() {
+                    return Poll::Ready(Some(Ok(Frame::data(b))));
+                }
+                let pause = pause
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(Duration::from_millis(50))));
+                match pause.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Abort))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+            TestBody::Trailers(b, t) => Poll::Ready(match b.take() {
+                Some(b) => Some(Ok(Frame::data(b))),
+                None => t.take().map(|t| Ok(Frame::trailers(t))),
+            }),
         }
     }
     // An exact size makes hyper send Content-Length, as most real backends do.
@@ -262,7 +367,7 @@ impl Body for TestBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             TestBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            TestBody::Broken(_) => SizeHint::default(),
+            TestBody::Broken(..) | TestBody::Trailers(..) => SizeHint::default(),
         }
     }
 }
@@ -304,6 +409,7 @@ pub fn pool(name: &str, backends: &[SocketAddr]) -> Pool {
     Pool {
         name: name.into(),
         algorithm: Algorithm::RoundRobin,
+        protocol: Protocol::Http1,
         backends: backends
             .iter()
             .map(|&addr| BackendCfg { addr, weight: 1 })
@@ -315,6 +421,7 @@ pub fn pool(name: &str, backends: &[SocketAddr]) -> Pool {
             connect: Duration::from_millis(300),
             response: Duration::from_millis(300),
             idle: Duration::from_secs(30),
+            tunnel: Duration::from_secs(30),
         },
         retries: Retries {
             attempts: 0,
@@ -355,6 +462,10 @@ impl SnapshotBuilder {
                 bind: "127.0.0.1:0".parse().unwrap(),
                 header_timeout: Duration::from_secs(5),
                 idle_timeout: Duration::from_secs(30),
+                body_timeout: Duration::from_secs(5),
+                limits: Limits::DEFAULT,
+                http2: Http2::DEFAULT,
+                tls: None,
             }],
             routes: Routes::default(),
             pools: Vec::new(),
@@ -388,6 +499,11 @@ impl SnapshotBuilder {
     pub fn listener_timeouts(mut self, header: Duration, idle: Duration) -> Self {
         self.0.listeners[0].header_timeout = header;
         self.0.listeners[0].idle_timeout = idle;
+        self
+    }
+    /// Changes the listener's settings (limits, TLS, HTTP/2, timeouts).
+    pub fn listener(mut self, f: impl FnOnce(&mut Listener)) -> Self {
+        f(&mut self.0.listeners[0]);
         self
     }
     pub fn edit(mut self, f: impl FnOnce(&mut Snapshot)) -> Self {
@@ -476,6 +592,17 @@ impl Client {
         Client {
             addr,
             inner: HyperClient::builder(TokioExecutor::new()).build(HttpConnector::new()),
+        }
+    }
+
+    /// An HTTP/2 client with prior knowledge (h2c): every request on one
+    /// multiplexed connection.
+    pub fn h2c(addr: SocketAddr) -> Client {
+        Client {
+            addr,
+            inner: HyperClient::builder(TokioExecutor::new())
+                .http2_only(true)
+                .build(HttpConnector::new()),
         }
     }
 

@@ -2,7 +2,9 @@
 //! 127.0.0.1:0, one binary with a module per concern.
 
 mod balancing;
+mod edge;
 mod failures;
+mod hardening;
 mod headers;
 mod reload;
 mod routing;

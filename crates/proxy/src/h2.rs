@@ -1,0 +1,95 @@
+//! HTTP/2 to backends (`protocol = "h2"`): one multiplexed prior-knowledge
+//! connection per backend, made on first use and again after it closes.
+//! Owning the connection (rather than the pooled client) lets the request
+//! carry the client's authority as `:authority` while the connection still
+//! goes to the backend the balancer picked.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use fulcrum_config::snapshot::Timeouts;
+use hyper::client::conn::http2::{self, SendRequest};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use crate::proxy::RequestBody;
+
+/// Why no h2 connection to the backend could be had.
+#[derive(Debug)]
+pub(crate) enum H2ConnectError {
+    /// TCP connect refused or failed.
+    Connect(std::io::Error),
+    /// TCP connect slower than the pool's `timeouts.connect`.
+    Timeout,
+    /// Connected, but the backend does not speak HTTP/2 prior knowledge.
+    Handshake(hyper::Error),
+}
+
+#[derive(Debug)]
+pub(crate) struct H2Backend {
+    addr: SocketAddr,
+    connect_timeout: Duration,
+    /// The live connection's handle; replaced when it closes. Read with one
+    /// atomic load on the request path.
+    sender: ArcSwapOption<SendRequest<RequestBody>>,
+    /// Only one task connects at a time; the others wait and reuse its
+    /// connection. Taken only when there is no live connection.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+impl H2Backend {
+    pub fn new(addr: SocketAddr, timeouts: &Timeouts) -> Self {
+        H2Backend {
+            addr,
+            connect_timeout: timeouts.connect,
+            sender: ArcSwapOption::empty(),
+            connecting: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn live(&self) -> Option<SendRequest<RequestBody>> {
+        self.sender
+            .load()
+            .as_ref()
+            .filter(|s| !s.is_closed())
+            .map(|s| SendRequest::clone(s))
+    }
+
+    /// A handle on a live connection, connecting first if there is none.
+    pub async fn sender(&self) -> Result<SendRequest<RequestBody>, H2ConnectError> {
+        if let Some(s) = self.live() {
+            return Ok(s);
+        }
+        let _connecting = self.connecting.lock().await;
+        if let Some(s) = self.live() {
+            return Ok(s);
+        }
+        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr))
+            .await
+            .map_err(|_| H2ConnectError::Timeout)?
+            .map_err(H2ConnectError::Connect)?;
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            // Find a dead backend connection before a request does.
+            .keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(H2ConnectError::Handshake)?;
+        let addr = self.addr;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(backend = %addr, error = %e, "h2 backend connection ended");
+            }
+        });
+        self.sender.store(Some(Arc::new(sender.clone())));
+        Ok(sender)
+    }
+}

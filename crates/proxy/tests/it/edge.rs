@@ -1,0 +1,625 @@
+//! The edge protocols end to end on real sockets: TLS with certificates
+//! made at test time (rcgen), SNI, ALPN, HTTP/2 from clients (TLS and h2c)
+//! and to backends, translation between the two versions, trailers,
+//! WebSocket passthrough, HTTP/2 abuse, and reloads under load.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use fulcrum_config::snapshot::{Certificate, Protocol, Tls, TlsVersion};
+use fulcrum_testkit::{Backend, Client, Mode, SnapshotBuilder, TestProxy, pool};
+use http::{Request, Version};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::PATIENCE;
+
+/// A self-signed certificate for `names`, compiled as `check` would.
+fn certificate(names: &[&str]) -> (Certificate, CertificateDer<'static>) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params =
+        rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let der = cert.der().clone();
+    let private = PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).unwrap();
+    let certified = rustls::sign::CertifiedKey::from_der(
+        vec![der.clone()],
+        private,
+        &rustls::crypto::ring::default_provider(),
+    )
+    .unwrap();
+    (
+        Certificate {
+            cert_path: format!("{}.pem", names.first().unwrap_or(&"none")),
+            dns_names: names.iter().map(|s| s.to_string()).collect(),
+            not_after: i64::MAX,
+            key: Arc::new(certified),
+        },
+        der,
+    )
+}
+
+fn tls_of(certs: Vec<Certificate>) -> Tls {
+    Tls {
+        certificates: certs,
+        min_version: TlsVersion::Tls12,
+    }
+}
+
+/// Connects with TLS, trusting `roots`, offering `alpn`; returns the stream
+/// and the certificate the server presented.
+async fn tls_connect(
+    addr: SocketAddr,
+    sni: &str,
+    roots: &[CertificateDer<'static>],
+    alpn: &[&[u8]],
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let mut store = rustls::RootCertStore::empty();
+    for r in roots {
+        store.add(r.clone()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(store)
+    .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    connector
+        .connect(ServerName::try_from(sni.to_owned()).unwrap(), tcp)
+        .await
+        .expect("TLS handshake")
+}
+
+fn presented(s: &tokio_rustls::client::TlsStream<TcpStream>) -> CertificateDer<'static> {
+    s.get_ref().1.peer_certificates().unwrap()[0]
+        .clone()
+        .into_owned()
+}
+
+async fn tls_proxy(certs: Vec<Certificate>, backend: &Backend) -> TestProxy {
+    TestProxy::start(
+        SnapshotBuilder::new()
+            .pool(pool("p", &[backend.addr]))
+            .catch_all("p")
+            .listener(|l| l.tls = Some(tls_of(certs)))
+            .build(),
+    )
+    .await
+}
+
+/// GET `path` over an established HTTP/1.1 or HTTP/2 connection.
+async fn get_on<I>(io: I, h2: bool, host: &str, path: &str) -> (u16, http::HeaderMap, String)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let req = Request::get(format!("https://{host}{path}"))
+        .header("host", host)
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = if h2 {
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let mut req = req;
+        req.headers_mut().remove("host");
+        send.send_request(req).await.unwrap()
+    } else {
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let mut req = req;
+        *req.uri_mut() = path.parse().unwrap();
+        send.send_request(req).await.unwrap()
+    };
+    let status = resp.status().as_u16();
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (
+        status,
+        parts.headers,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn tls_terminates_and_forwards_with_https_proto() {
+    let a = Backend::start("a").await;
+    let (cert, der) = certificate(&["app.test"]);
+    let proxy = tls_proxy(vec![cert], &a).await;
+    let s = tls_connect(proxy.addr, "app.test", &[der], &[b"http/1.1"]).await;
+    assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let (status, _, body) = get_on(s, false, "app.test", "/x").await;
+    assert_eq!((status, body.as_str()), (200, "a"));
+    let seen = a.last().unwrap();
+    assert_eq!(seen.headers["x-forwarded-proto"], "https");
+    assert_eq!(seen.headers["host"], "app.test");
+}
+
+#[tokio::test]
+async fn sni_chooses_the_certificate() {
+    let a = Backend::start("a").await;
+    let (one, one_der) = certificate(&["one.test"]);
+    let (wild, wild_der) = certificate(&["*.two.test"]);
+    let proxy = tls_proxy(vec![one, wild], &a).await;
+    let roots = [one_der.clone(), wild_der.clone()];
+    let s = tls_connect(proxy.addr, "one.test", &roots, &[]).await;
+    assert_eq!(presented(&s), one_der);
+    let s = tls_connect(proxy.addr, "api.two.test", &roots, &[]).await;
+    assert_eq!(presented(&s), wild_der, "wildcard picked by SNI");
+    // A name no certificate covers gets the first (default) one, which the
+    // client then rejects: the handshake fails rather than mis-serving.
+    let mut store = rustls::RootCertStore::empty();
+    store.add(one_der.clone()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(store)
+    .with_no_client_auth();
+    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    let res = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("other.test").unwrap(), tcp)
+        .await;
+    assert!(
+        res.is_err(),
+        "the default certificate does not cover other.test"
+    );
+    assert!(
+        fulcrum_testkit::eventually(PATIENCE, || proxy
+            .plane
+            .counters()
+            .client_tls_handshake_failed
+            == 1)
+        .await
+    );
+}
+
+#[tokio::test]
+async fn h2_over_tls_by_alpn_reaches_an_http1_backend_with_host() {
+    let a = Backend::start("a").await;
+    let (cert, der) = certificate(&["app.test"]);
+    let proxy = tls_proxy(vec![cert], &a).await;
+    let s = tls_connect(proxy.addr, "app.test", &[der], &[b"h2", b"http/1.1"]).await;
+    assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (status, headers, body) = get_on(s, true, "app.test", "/h2").await;
+    assert_eq!((status, body.as_str()), (200, "a"));
+    assert!(headers.get("connection").is_none());
+    let seen = a.last().unwrap();
+    assert_eq!(seen.version, Version::HTTP_11);
+    // `:authority` became `Host`.
+    assert_eq!(seen.headers["host"], "app.test");
+    assert_eq!(seen.path, "/h2");
+}
+
+#[tokio::test]
+async fn h2c_prior_knowledge_end_to_end() {
+    let a = Backend::start("a").await;
+    let proxy = TestProxy::start(
+        SnapshotBuilder::new()
+            .pool(pool("p", &[a.addr]))
+            .catch_all("p")
+            .build(),
+    )
+    .await;
+    let c = Client::h2c(proxy.addr);
+    let r = c.get("app.test", "/one").await;
+    assert_eq!((r.status, r.body.as_str()), (200, "a"));
+    let r = c.get("app.test", "/two").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(a.last().unwrap().headers["host"], "app.test");
+    // HTTP/1.1 still works on the same listener.
+    assert_eq!(
+        Client::new(proxy.addr).get("app.test", "/").await.status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn h2_backend_gets_authority_and_trailers_come_back() {
+    let a = Backend::start("a").await;
+    a.set_mode(Mode::Trailers);
+    let mut p = pool("p", &[a.addr]);
+    p.protocol = Protocol::H2;
+    let proxy = TestProxy::start(SnapshotBuilder::new().pool(p).catch_all("p").build()).await;
+
+    // An HTTP/1.1 client with hop-by-hop headers, to an h2 backend.
+    let io = TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("/grpc")
+        .header("host", "app.test")
+        .header("connection", "keep-alive, x-drop")
+        .header("x-drop", "1")
+        .header("keep-alive", "timeout=5")
+        .header("te", "trailers")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen = a.last().unwrap();
+    assert_eq!(seen.version, Version::HTTP_2);
+    assert_eq!(seen.authority.as_deref(), Some("app.test"));
+    assert!(seen.headers.get("host").is_none(), "{:?}", seen.headers);
+    for h in ["connection", "keep-alive", "x-drop"] {
+        assert!(seen.headers.get(h).is_none(), "{h} forwarded to h2");
+    }
+    assert_eq!(seen.headers["te"], "trailers");
+
+    // Trailers through to an h2 client (HTTP/1.1 clients only get them
+    // when chunked; h2 always carries them).
+    let r = h2c_collect(proxy.addr, "/grpc").await;
+    assert_eq!(r.0, 200);
+    assert_eq!(
+        r.1.as_ref().and_then(|t| t.get("x-trailer")).unwrap(),
+        "done"
+    );
+}
+
+async fn h2c_collect(addr: SocketAddr, path: &str) -> (u16, Option<http::HeaderMap>) {
+    let io = TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get(format!("http://app.test{path}"))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let collected = resp.into_body().collect().await.unwrap();
+    (status, collected.trailers().cloned())
+}
+
+#[tokio::test]
+async fn h2_pool_to_a_dead_backend_is_502_and_counted() {
+    let a = Backend::start("a").await;
+    let addr = a.addr;
+    drop(a);
+    let mut p = pool("p", &[addr]);
+    p.protocol = Protocol::H2;
+    let proxy = TestProxy::start(SnapshotBuilder::new().pool(p).catch_all("p").build()).await;
+    let r = Client::new(proxy.addr).get("x.test", "/").await;
+    assert_eq!(r.status, 502, "{}", r.body);
+    assert_eq!(proxy.plane.counters().backend_connect_failed, 1);
+}
+
+#[tokio::test]
+async fn websocket_echo_through_the_proxy() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let a = Backend::start("a").await;
+    let proxy = TestProxy::start(
+        SnapshotBuilder::new()
+            .pool(pool("p", &[a.addr]))
+            .catch_all("p")
+            .build(),
+    )
+    .await;
+    let (mut ws, resp) = tokio_tungstenite::client_async(
+        format!("ws://{}/chat", proxy.addr),
+        TcpStream::connect(proxy.addr).await.unwrap(),
+    )
+    .await
+    .expect("upgrade through the proxy");
+    assert_eq!(resp.status(), 101);
+    for msg in ["hello", "world"] {
+        ws.send(Message::text(msg)).await.unwrap();
+        let back = tokio::time::timeout(PATIENCE, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(back.into_text().unwrap().as_str(), msg);
+    }
+    ws.close(None).await.unwrap();
+    assert_eq!(proxy.plane.counters().tunnels_opened, 1);
+}
+
+#[tokio::test]
+async fn idle_websocket_is_closed_after_the_tunnel_timeout() {
+    use futures_util::StreamExt;
+    let a = Backend::start("a").await;
+    let mut p = pool("p", &[a.addr]);
+    p.timeouts.tunnel = Duration::from_millis(200);
+    let proxy = TestProxy::start(SnapshotBuilder::new().pool(p).catch_all("p").build()).await;
+    let (mut ws, _) = tokio_tungstenite::client_async(
+        format!("ws://{}/chat", proxy.addr),
+        TcpStream::connect(proxy.addr).await.unwrap(),
+    )
+    .await
+    .unwrap();
+    let end = tokio::time::timeout(PATIENCE, ws.next())
+        .await
+        .expect("idle tunnel never closed");
+    assert!(!matches!(end, Some(Ok(m)) if m.is_text()));
+    assert_eq!(proxy.plane.counters().tunnels_idle_closed, 1);
+}
+
+// ---- HTTP/2 abuse ----
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Reads until the server closes or sends GOAWAY; `Some(bytes read)`, or
+/// `None` if it did neither in `PATIENCE`.
+async fn until_goaway_or_close(s: &mut TcpStream) -> Option<usize> {
+    let mut total = 0;
+    let mut buf = vec![0u8; 65536];
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut seen = Vec::new();
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(total),
+            Ok(Ok(n)) => {
+                total += n;
+                seen.extend_from_slice(&buf[..n]);
+                // Walk complete frames looking for GOAWAY (type 7).
+                let mut i = 0;
+                while seen.len() >= i + 9 {
+                    let len = ((seen[i] as usize) << 16)
+                        | ((seen[i + 1] as usize) << 8)
+                        | seen[i + 2] as usize;
+                    if seen[i + 3] == 7 {
+                        return Some(total);
+                    }
+                    if seen.len() < i + 9 + len {
+                        break;
+                    }
+                    i += 9 + len;
+                }
+                seen.drain(..i);
+            }
+        }
+    }
+}
+
+async fn h2_proxy() -> (Backend, TestProxy) {
+    let a = Backend::start("a").await;
+    let proxy = TestProxy::start(
+        SnapshotBuilder::new()
+            .pool(pool("p", &[a.addr]))
+            .catch_all("p")
+            .build(),
+    )
+    .await;
+    (a, proxy)
+}
+
+#[tokio::test]
+async fn continuation_flood_is_cut_off() {
+    let (_a, proxy) = h2_proxy().await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(PREFACE).await.unwrap();
+    s.write_all(&frame(4, 0, 0, &[])).await.unwrap(); // SETTINGS
+    // HEADERS without END_HEADERS, then endless CONTINUATION of literal
+    // headers (0x40: literal with a new name). Flags 0: no END_HEADERS.
+    let mut block = Vec::new();
+    block.extend_from_slice(&[0x82, 0x86, 0x84]); // :method GET, :scheme http, :path /
+    let mut lit = vec![0x40, 5];
+    lit.extend_from_slice(b"x-pad");
+    lit.push(100);
+    lit.extend_from_slice(&[b'a'; 100]);
+    s.write_all(&frame(1, 0, 1, &block)).await.unwrap();
+    let mut sent = 0usize;
+    let mut cut = false;
+    for _ in 0..20_000 {
+        let payload: Vec<u8> = lit.iter().cycle().take(lit.len() * 100).copied().collect();
+        if s.write_all(&frame(9, 0, 1, &payload)).await.is_err() {
+            cut = true;
+            break;
+        }
+        sent += payload.len();
+        if sent > 64 * 1024 * 1024 {
+            break;
+        }
+    }
+    if !cut {
+        cut = until_goaway_or_close(&mut s).await.is_some();
+    }
+    assert!(cut, "a CONTINUATION flood of {sent} bytes was accepted");
+    // The proxy still serves others.
+    assert_eq!(Client::h2c(proxy.addr).get("x.test", "/").await.status, 200);
+}
+
+#[tokio::test]
+async fn rapid_reset_is_answered_with_goaway() {
+    let (_a, proxy) = h2_proxy().await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(PREFACE).await.unwrap();
+    s.write_all(&frame(4, 0, 0, &[])).await.unwrap();
+    // Open a stream and reset it at once, thousands of times, in one go:
+    // HEADERS (END_STREAM | END_HEADERS) + RST_STREAM (CANCEL).
+    let block = [
+        0x82, 0x86, 0x84, 0x41, 0x06, b'x', b'.', b't', b'e', b's', b't',
+    ];
+    let mut burst = Vec::new();
+    for i in 0..5_000u32 {
+        let id = 1 + 2 * i;
+        burst.extend(frame(1, 0x5, id, &block));
+        burst.extend(frame(3, 0, id, &8u32.to_be_bytes()));
+    }
+    let _ = s.write_all(&burst).await;
+    assert!(
+        until_goaway_or_close(&mut s).await.is_some(),
+        "5000 reset streams and the connection is still open"
+    );
+    assert_eq!(Client::h2c(proxy.addr).get("x.test", "/").await.status, 200);
+}
+
+#[tokio::test]
+async fn ping_and_settings_floods_are_bounded() {
+    let (_a, proxy) = h2_proxy().await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(PREFACE).await.unwrap();
+    // Never read: the acks pile up on the proxy's side unless it stops
+    // reading (back-pressure) or closes.
+    let mut flood = Vec::new();
+    for i in 0..10_000u64 {
+        flood.extend(frame(6, 0, 0, &i.to_be_bytes())); // PING
+        flood.extend(frame(4, 0, 0, &[])); // SETTINGS
+    }
+    let mut written = 0usize;
+    let bounded = loop {
+        match tokio::time::timeout(Duration::from_millis(500), s.write_all(&flood)).await {
+            Err(_) => break true,     // the proxy stopped reading
+            Ok(Err(_)) => break true, // the proxy closed
+            Ok(Ok(())) => {
+                written += flood.len();
+                if written > 256 * 1024 * 1024 {
+                    break false;
+                }
+            }
+        }
+    };
+    assert!(
+        bounded,
+        "the proxy took {written} bytes of PING/SETTINGS without pushing back"
+    );
+    assert_eq!(Client::h2c(proxy.addr).get("x.test", "/").await.status, 200);
+}
+
+// ---- reload under load ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_under_load_through_tls_and_h2_fails_nothing() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let (cert, der) = certificate(&["app.test"]);
+    let snap = |backend: SocketAddr, version: &str, cert: &Certificate| {
+        SnapshotBuilder::new()
+            .version(version)
+            .pool(pool("p", &[backend]))
+            .catch_all("p")
+            .listener(|l| l.tls = Some(tls_of(vec![cert.clone()])))
+            .build()
+    };
+    let proxy = TestProxy::start(snap(a.addr, "v1", &cert)).await;
+    let addr = proxy.addr;
+
+    let mut workers = Vec::new();
+    for w in 0..4 {
+        let der = der.clone();
+        workers.push(tokio::spawn(async move {
+            let h2 = w % 2 == 0;
+            let alpn: &[&[u8]] = if h2 { &[b"h2"] } else { &[b"http/1.1"] };
+            let mut ok = 0;
+            let mut failed = Vec::new();
+            // New connections keep coming (new handshakes across the
+            // reloads), each carrying several requests.
+            for _ in 0..15 {
+                let s = tls_connect(addr, "app.test", std::slice::from_ref(&der), alpn).await;
+                let results = requests_on(s, h2, 5).await;
+                for r in results {
+                    match r {
+                        Ok(200) => ok += 1,
+                        other => failed.push(format!("{other:?}")),
+                    }
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    // Reload repeatedly while they run: backends and certificate objects
+    // change, the listener stays.
+    for i in 0..20 {
+        let (backend, version) = if i % 2 == 0 {
+            (b.addr, "v2")
+        } else {
+            (a.addr, "v1")
+        };
+        proxy.swap(snap(backend, version, &cert));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut total = 0;
+    for w in workers {
+        let (ok, failed) = w.await.unwrap();
+        assert!(failed.is_empty(), "failed requests: {failed:?}");
+        total += ok;
+    }
+    assert_eq!(total, 4 * 15 * 5);
+    assert!(a.hits() > 0 && b.hits() > 0, "both configs served");
+}
+
+/// `n` GETs on one connection; the status of each, or the error.
+async fn requests_on<I>(io: I, h2: bool, n: usize) -> Vec<Result<u16, String>>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let mut out = Vec::new();
+    if h2 {
+        let (send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        // Concurrent streams on one connection.
+        let mut tasks = Vec::new();
+        for _ in 0..n {
+            let mut send = send.clone();
+            tasks.push(tokio::spawn(async move {
+                let req = Request::get("https://app.test/")
+                    .body(Full::new(Bytes::new()))
+                    .unwrap();
+                match send.send_request(req).await {
+                    Ok(r) => {
+                        let s = r.status().as_u16();
+                        r.into_body().collect().await.map_err(|e| e.to_string())?;
+                        Ok(s)
+                    }
+                    Err(e) => Err(e.to_string()),
+                }
+            }));
+        }
+        for t in tasks {
+            out.push(t.await.unwrap());
+        }
+    } else {
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        for _ in 0..n {
+            let req = Request::get("/")
+                .header("host", "app.test")
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            out.push(match send.send_request(req).await {
+                Ok(r) => {
+                    let s = r.status().as_u16();
+                    match r.into_body().collect().await {
+                        Ok(_) => Ok(s),
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+                Err(e) => Err(e.to_string()),
+            });
+        }
+    }
+    out
+}

@@ -1,0 +1,423 @@
+//! Hostile and broken clients, with raw bytes on real sockets: every
+//! request-smuggling shape gets 400 and a closed connection and never
+//! reaches a backend; every limit answers with its status; slow clients are
+//! cut off; a backend dying mid-response never looks like a whole response.
+
+use std::time::Duration;
+
+use fulcrum_testkit::{Backend, Mode, SnapshotBuilder, TestProxy, pool};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::{PATIENCE, raw_until_closed};
+
+async fn proxy_with(
+    f: impl FnOnce(&mut fulcrum_config::snapshot::Listener),
+) -> (Backend, TestProxy) {
+    let a = Backend::start("a").await;
+    let snap = SnapshotBuilder::new()
+        .pool(pool("p", &[a.addr]))
+        .catch_all("p")
+        .listener(f)
+        .build();
+    (a, TestProxy::start(snap).await)
+}
+
+/// Sends `bytes`, expects `status` and then the connection closed.
+async fn refused(proxy: &TestProxy, bytes: &[u8], status: u16) -> String {
+    let got = raw_until_closed(proxy.addr, bytes)
+        .await
+        .unwrap_or_else(|| {
+            panic!(
+                "connection left open after {:?}",
+                String::from_utf8_lossy(bytes)
+            )
+        });
+    let text = String::from_utf8_lossy(&got).into_owned();
+    assert!(
+        text.starts_with(&format!("HTTP/1.1 {status} ")),
+        "{:?} got {text:?}",
+        String::from_utf8_lossy(bytes)
+    );
+    // One response only: nothing after it was read as a second request.
+    assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{text}");
+    text
+}
+
+#[tokio::test]
+async fn smuggling_shapes_get_400_and_a_closed_connection() {
+    let (a, proxy) = proxy_with(|_| {}).await;
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: x.test\r\n\r\n";
+    // (Two equal Content-Length lines are not here: they agree, so they
+    // are not ambiguous; hyper keeps one and the rest is a pipelined
+    // request, as RFC 9112 §6.3 allows.)
+    let shapes: Vec<(&str, String)> = vec![
+        (
+            "Content-Length with Transfer-Encoding",
+            format!(
+                "POST / HTTP/1.1\r\nHost: x.test\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}"
+            ),
+        ),
+        (
+            "two differing Content-Length",
+            format!(
+                "POST / HTTP/1.1\r\nHost: x.test\r\nContent-Length: 3\r\nContent-Length: 40\r\n\r\nabc{smuggled}"
+            ),
+        ),
+        (
+            "Content-Length list",
+            format!("POST / HTTP/1.1\r\nHost: x.test\r\nContent-Length: 3, 3\r\n\r\nabc{smuggled}"),
+        ),
+        (
+            "Content-Length with a sign",
+            format!("POST / HTTP/1.1\r\nHost: x.test\r\nContent-Length: +3\r\n\r\nabc{smuggled}"),
+        ),
+        (
+            "Transfer-Encoding: xchunked",
+            format!(
+                "POST / HTTP/1.1\r\nHost: x.test\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n{smuggled}"
+            ),
+        ),
+        (
+            "Transfer-Encoding: chunked, identity",
+            format!(
+                "POST / HTTP/1.1\r\nHost: x.test\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n{smuggled}"
+            ),
+        ),
+        (
+            "Transfer-Encoding: identity, chunked",
+            format!(
+                "POST / HTTP/1.1\r\nHost: x.test\r\nTransfer-Encoding: identity, chunked\r\n\r\n0\r\n\r\n{smuggled}"
+            ),
+        ),
+        (
+            "two Transfer-Encoding headers",
+            format!(
+                "POST / HTTP/1.1\r\nHost: x.test\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}"
+            ),
+        ),
+        (
+            "Transfer-Encoding on HTTP/1.0",
+            format!(
+                "POST / HTTP/1.0\r\nHost: x.test\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}"
+            ),
+        ),
+        (
+            "whitespace before the colon",
+            format!(
+                "POST / HTTP/1.1\r\nHost: x.test\r\nTransfer-Encoding : chunked\r\nContent-Length: 3\r\n\r\nabc{smuggled}"
+            ),
+        ),
+        (
+            "NUL in a header value",
+            format!("GET / HTTP/1.1\r\nHost: x.test\r\nX-A: a\0b\r\n\r\n{smuggled}"),
+        ),
+        (
+            "bare CR in a header value",
+            format!("GET / HTTP/1.1\r\nHost: x.test\r\nX-A: a\rb\r\n\r\n{smuggled}"),
+        ),
+        (
+            "obsolete line folding",
+            format!("GET / HTTP/1.1\r\nHost: x.test\r\nX-A: a\r\n b\r\n\r\n{smuggled}"),
+        ),
+        (
+            "two Host headers",
+            format!("GET / HTTP/1.1\r\nHost: x.test\r\nHost: y.test\r\n\r\n{smuggled}"),
+        ),
+        (
+            "Host differing from the absolute target",
+            format!("GET http://y.test/ HTTP/1.1\r\nHost: x.test\r\n\r\n{smuggled}"),
+        ),
+        (
+            "bad chunk size",
+            format!(
+                "POST / HTTP/1.1\r\nHost: x.test\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n{smuggled}"
+            ),
+        ),
+    ];
+    for (name, bytes) in &shapes {
+        let text = refused(&proxy, bytes.as_bytes(), 400).await;
+        assert!(!text.contains("smuggled"), "{name}: {text}");
+    }
+    assert_eq!(a.hits(), 0, "no smuggling shape may reach a backend");
+    assert!(proxy.plane.counters().client_bad_request >= shapes.len() as u64 - 2);
+}
+
+#[tokio::test]
+async fn a_plain_chunked_request_still_works_and_is_reframed() {
+    let (a, proxy) = proxy_with(|_| {}).await;
+    a.set_mode(Mode::Echo);
+    let got = raw_until_closed(
+        proxy.addr,
+        b"POST / HTTP/1.1\r\nHost: x.test\r\nTransfer-Encoding: Chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.ends_with("abc") || text.contains("\r\n\r\nabc") || text.contains("3\r\nabc"),
+        "{text}"
+    );
+    assert_eq!(a.hits(), 1);
+}
+
+#[tokio::test]
+async fn header_limits_answer_431() {
+    let (a, proxy) = proxy_with(|l| {
+        l.limits.max_headers = 10;
+        l.limits.max_header_bytes = 8192;
+    })
+    .await;
+    let mut many = String::from("GET / HTTP/1.1\r\nHost: x.test\r\n");
+    for i in 0..20 {
+        many.push_str(&format!("X-H{i}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    refused(&proxy, many.as_bytes(), 431).await;
+
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: x.test\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(9000)
+    );
+    refused(&proxy, big.as_bytes(), 431).await;
+    assert_eq!(a.hits(), 0);
+    assert_eq!(proxy.plane.counters().client_header_too_large, 2);
+}
+
+#[tokio::test]
+async fn long_uri_is_414() {
+    let (a, proxy) = proxy_with(|l| l.limits.max_uri_bytes = 1024).await;
+    let req = format!("GET /{} HTTP/1.1\r\nHost: x.test\r\n\r\n", "a".repeat(2000));
+    refused(&proxy, req.as_bytes(), 414).await;
+    assert_eq!(a.hits(), 0);
+    assert_eq!(proxy.plane.counters().client_uri_too_long, 1);
+}
+
+#[tokio::test]
+async fn body_over_the_limit_is_413_declared_or_streamed() {
+    let (a, proxy) = proxy_with(|l| l.limits.max_body_bytes = 1000).await;
+    // Declared: refused before any of it is read.
+    refused(
+        &proxy,
+        b"POST / HTTP/1.1\r\nHost: x.test\r\nContent-Length: 5000\r\n\r\n",
+        413,
+    )
+    .await;
+    assert_eq!(a.hits(), 0);
+    // Chunked: counted as it streams.
+    let mut req =
+        String::from("POST / HTTP/1.1\r\nHost: x.test\r\nTransfer-Encoding: chunked\r\n\r\n");
+    for _ in 0..5 {
+        req.push_str(&format!("1f4\r\n{}\r\n", "b".repeat(500)));
+    }
+    req.push_str("0\r\n\r\n");
+    refused(&proxy, req.as_bytes(), 413).await;
+    assert_eq!(proxy.plane.counters().client_body_too_large, 2);
+}
+
+#[tokio::test]
+async fn slow_body_gets_408() {
+    let (_a, proxy) = proxy_with(|l| l.body_timeout = Duration::from_millis(200)).await;
+    // Declares 10 bytes, sends 3, then stalls.
+    let got = raw_until_closed(
+        proxy.addr,
+        b"POST / HTTP/1.1\r\nHost: x.test\r\nContent-Length: 10\r\n\r\nabc",
+    )
+    .await
+    .expect("stalled body never cut off");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert_eq!(proxy.plane.counters().client_body_timeout, 1);
+
+    // Streamed (chunked, so not buffered): the same.
+    let got = raw_until_closed(
+        proxy.addr,
+        b"POST / HTTP/1.1\r\nHost: x.test\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n",
+    )
+    .await
+    .expect("stalled chunked body never cut off");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+}
+
+#[tokio::test]
+async fn slowloris_is_cut_at_the_header_deadline_despite_trickling() {
+    let (a, proxy) = proxy_with(|l| l.header_timeout = Duration::from_millis(300)).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x.test\r\n")
+        .await
+        .unwrap();
+    // One header line every 50 ms: each byte is progress, none extends
+    // the deadline.
+    let mut closed = false;
+    for i in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if s.write_all(format!("X-{i}: a\r\n").as_bytes())
+            .await
+            .is_err()
+        {
+            closed = true;
+            break;
+        }
+        let mut buf = [0u8; 512];
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(Duration::from_millis(1), s.read(&mut buf)).await
+        {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "a trickling client kept the connection for 5 s");
+    assert_eq!(a.hits(), 0);
+}
+
+#[tokio::test]
+async fn a_silent_connection_is_closed_at_the_header_deadline() {
+    // Before any byte, the protocol is not even known (HTTP/1.1 or h2c):
+    // the deadline still holds.
+    let (_a, proxy) = proxy_with(|l| l.header_timeout = Duration::from_millis(200)).await;
+    let got = raw_until_closed(proxy.addr, b"").await;
+    assert!(got.is_some(), "a silent connection stayed open");
+    assert_eq!(proxy.plane.counters().client_header_timeout, 1);
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_are_closed_at_once() {
+    let (_a, proxy) = proxy_with(|l| l.limits.max_connections = 2).await;
+    let _c1 = TcpStream::connect(proxy.addr).await.unwrap();
+    let _c2 = TcpStream::connect(proxy.addr).await.unwrap();
+    // Accepted in order, and counted before the next accept: the third is
+    // over the limit.
+    let mut c3 = TcpStream::connect(proxy.addr).await.unwrap();
+    let _ = c3
+        .write_all(b"GET / HTTP/1.1\r\nHost: x.test\r\n\r\n")
+        .await;
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(PATIENCE, c3.read(&mut buf))
+        .await
+        .expect("the third connection was queued, not refused");
+    assert!(
+        matches!(n, Ok(0) | Err(_)),
+        "the third connection was served"
+    );
+    assert_eq!(proxy.plane.counters().client_connections_refused, 1);
+
+    // Room again once one closes.
+    drop(_c1);
+    let mut served = false;
+    for _ in 0..50 {
+        if let Some(got) = raw_until_closed(
+            proxy.addr,
+            b"GET / HTTP/1.1\r\nHost: x.test\r\nConnection: close\r\n\r\n",
+        )
+        .await
+            && got.starts_with(b"HTTP/1.1 200")
+        {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(served, "a freed slot was never reused");
+}
+
+/// A backend that dies mid-body: the client's read must fail, never end
+/// cleanly with a short body.
+async fn mid_response(mode: Mode) {
+    let (a, proxy) = proxy_with(|_| {}).await;
+    a.set_mode(mode);
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let resp = client
+        .get(format!("http://{}/", proxy.addr).parse().unwrap())
+        .await
+        .expect("the head arrives");
+    assert_eq!(resp.status(), 200);
+    let body = http_body_util::BodyExt::collect(resp.into_body()).await;
+    assert!(body.is_err(), "a truncated body looked complete");
+    assert!(
+        fulcrum_testkit::eventually(PATIENCE, || proxy
+            .plane
+            .counters()
+            .backend_aborted_mid_response
+            == 1)
+        .await
+    );
+}
+
+#[tokio::test]
+async fn backend_closing_mid_content_length_body_aborts_the_client() {
+    mid_response(Mode::CloseMidResponse).await;
+}
+
+#[tokio::test]
+async fn backend_closing_mid_chunked_body_aborts_the_client() {
+    mid_response(Mode::CloseMidChunked).await;
+}
+
+#[tokio::test]
+async fn failure_modes_each_have_a_clear_response_and_a_counter() {
+    use fulcrum_testkit::Client;
+    // Refused: a port with nothing listening.
+    let gone = Backend::start("gone").await;
+    let gone_addr = gone.addr;
+    drop(gone);
+    let hang = Backend::start("hang").await;
+    hang.set_mode(Mode::Hang);
+    let storm = Backend::start("storm").await;
+    storm.set_mode(Mode::Status(503));
+    let snap = SnapshotBuilder::new()
+        .pool(pool("refused", &[gone_addr]))
+        .pool(pool("hung", &[hang.addr]))
+        .pool(pool("storm", &[storm.addr]))
+        .route("r", prefix("/refused"), "refused")
+        .route("h", prefix("/hung"), "hung")
+        .route("s", prefix("/storm"), "storm")
+        .build();
+    let proxy = TestProxy::start(snap).await;
+    let c = Client::new(proxy.addr);
+
+    let r = c.get("x.test", "/refused").await;
+    assert_eq!(r.status, 502);
+    assert!(
+        r.body
+            .contains(&format!("could not connect to backend {gone_addr}")),
+        "{}",
+        r.body
+    );
+    let r = c.get("x.test", "/hung").await;
+    assert_eq!(r.status, 504);
+    assert!(r.body.contains("did not respond in time"), "{}", r.body);
+    for _ in 0..10 {
+        assert_eq!(c.get("x.test", "/storm").await.status, 503);
+    }
+    let n = proxy.plane.counters();
+    assert_eq!(n.backend_connect_failed, 1);
+    assert_eq!(n.backend_response_timeout, 1);
+    assert_eq!(n.backend_5xx, 10);
+
+    // All backends down: 503 naming the pool.
+    let down = Backend::start("down").await;
+    let mut p = pool("auth", &[down.addr]);
+    p.health = Some(fulcrum_testkit::health_check());
+    let proxy = TestProxy::start(SnapshotBuilder::new().pool(p).catch_all("auth").build()).await;
+    down.fail_health(true);
+    let c = Client::new(proxy.addr);
+    assert!(fulcrum_testkit::eventually(PATIENCE, || !proxy.plane.backends()[0].healthy).await);
+    let r = c.get("x.test", "/login").await;
+    assert_eq!(r.status, 503);
+    assert!(
+        r.body.contains("pool \"auth\" has no healthy backend"),
+        "{}",
+        r.body
+    );
+    assert_eq!(proxy.plane.counters().pool_no_backend, 1);
+}
+
+fn prefix(p: &str) -> fulcrum_config::snapshot::RouteMatch {
+    fulcrum_config::snapshot::RouteMatch {
+        path: Some(fulcrum_config::snapshot::PathMatch::Prefix(p.into())),
+        ..Default::default()
+    }
+}
