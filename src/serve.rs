@@ -171,7 +171,14 @@ async fn serve(
     let mut poll = tokio::time::interval(crate::standards::POLL);
     loop {
         tokio::select! {
-            _ = hup.recv() => reload(path, &plane, &mut listeners, watch.as_ref()).await,
+            _ = hup.recv() => {
+                // A reload is gated by the standards as they are now, not
+                // as they were at the last poll.
+                if let Some(w) = &mut watch {
+                    w.poll(&plane.snapshot());
+                }
+                reload(path, &plane, &mut listeners, watch.as_ref()).await
+            }
             _ = poll.tick(), if watch.is_some() => {
                 if let Some(w) = &mut watch {
                     w.poll(&plane.snapshot());

@@ -137,11 +137,16 @@ struct Served {
 
 impl Served {
     fn start(config: &std::path::Path) -> Served {
+        Served::start_with(config, &[])
+    }
+
+    fn start_with(config: &std::path::Path, args: &[&std::ffi::OsStr]) -> Served {
         let mut child = fulcrum()
             .arg("serve")
             .arg("-c")
             .arg(config)
             .args(["--grace", "5s", "--threads", "2"])
+            .args(args)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
@@ -394,6 +399,95 @@ async fn sigterm_drains_in_flight_requests_then_exits_0() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     assert!(status.success(), "{status:?}");
+}
+
+fn config_auth_web(auth_pool: &str, auth: SocketAddr, web: SocketAddr) -> String {
+    format!(
+        r#"[[listener]]
+name = "public"
+bind = "127.0.0.1:0"
+
+[[route]]
+name = "auth"
+match = {{ path_prefix = "/auth/" }}
+pool = "{auth_pool}"
+
+[[route]]
+name = "web"
+pool = "web"
+
+[pool.auth]
+backends = [{{ addr = "{auth}" }}]
+
+[pool.web]
+backends = [{{ addr = "{web}" }}]
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_standards_refuse_a_breaking_reload_and_report_drift() {
+    let auth = Backend::start("auth").await;
+    let web = Backend::start("web").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        &dir,
+        "fulcrum.toml",
+        &config_auth_web("auth", auth.addr, web.addr),
+    );
+    let standards = write_config(
+        &dir,
+        "standards.toml",
+        r#"[[rule]]
+name = "logins reach the auth pool"
+request = "POST http://app.example.com/auth/login"
+expect_pool = "auth"
+"#,
+    );
+    let served = Served::start_with(&config, &["--standards".as_ref(), standards.as_os_str()]);
+    let login = || {
+        let uri: hyper::Uri = format!("http://{}/auth/login", served.addr)
+            .parse()
+            .unwrap();
+        async move {
+            use http_body_util::BodyExt;
+            let resp = client().get(uri).await.unwrap();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            String::from_utf8_lossy(&body).into_owned()
+        }
+    };
+    assert_eq!(login().await, "auth");
+
+    // Incident 1: the auth route pointed at the web pool. Refused on reload.
+    std::fs::write(&config, config_auth_web("web", auth.addr, web.addr)).unwrap();
+    served.signal("HUP");
+    served.wait_log("reload refused", 1);
+    served.wait_log("logins reach the auth pool", 1);
+    assert_eq!(
+        login().await,
+        "auth",
+        "the running config must keep serving"
+    );
+
+    // The team tightens its standards: the running config now breaks them.
+    std::fs::write(&config, config_auth_web("auth", auth.addr, web.addr)).unwrap();
+    std::fs::write(
+        &standards,
+        r#"[[rule]]
+name = "auth is redundant"
+pool = "auth"
+min_backends = 2
+"#,
+    )
+    .unwrap();
+    served.signal("HUP");
+    served.wait_log("DRIFT", 1);
+    served.wait_log("auth is redundant", 1);
+    assert_eq!(
+        login().await,
+        "auth",
+        "drift is reported, not enforced by dropping traffic"
+    );
 }
 
 mod safety;
