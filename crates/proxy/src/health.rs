@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use fulcrum_config::snapshot::HealthCheck;
+use fulcrum_config::snapshot::{HealthCheck, Protocol};
 use http::{Request, header};
 use http_body_util::Empty;
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
@@ -15,24 +15,47 @@ use tokio::time::{MissedTickBehavior, interval, timeout};
 
 use crate::backend::BackendState;
 
-/// The client health checks share. It keeps no idle connections, so every
-/// probe also tests that the backend still accepts new ones (what a killed
-/// or overloaded backend fails first).
-pub(crate) type HealthClient = Client<HttpConnector, Empty<Bytes>>;
+/// The clients health checks share, one per protocol a pool may speak.
+/// They keep no idle connections, so every probe also tests that the
+/// backend still accepts new ones (what a killed or overloaded backend
+/// fails first).
+#[derive(Clone)]
+pub(crate) struct HealthClient {
+    http1: ProbeClient,
+    h2: ProbeClient,
+}
+
+pub(crate) type ProbeClient = Client<HttpConnector, Empty<Bytes>>;
+
+impl HealthClient {
+    pub fn speaking(&self, protocol: Protocol) -> ProbeClient {
+        match protocol {
+            Protocol::Http1 => self.http1.clone(),
+            Protocol::H2 => self.h2.clone(),
+        }
+    }
+}
 
 pub(crate) fn client() -> HealthClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
-    Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(0)
-        .build(connector)
+    let build = |h2: bool| {
+        Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(0)
+            .http2_only(h2)
+            .build(connector.clone())
+    };
+    HealthClient {
+        http1: build(false),
+        h2: build(true),
+    }
 }
 
 /// Starts probing `backend` per `check`. The task runs until aborted.
 pub(crate) fn spawn(
     backend: Arc<BackendState>,
     check: HealthCheck,
-    client: HealthClient,
+    client: ProbeClient,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = interval(check.interval);
@@ -90,7 +113,7 @@ impl std::fmt::Display for ProbeFailure {
 async fn probe(
     backend: &BackendState,
     check: &HealthCheck,
-    client: &HealthClient,
+    client: &ProbeClient,
 ) -> Result<(), ProbeFailure> {
     let addr = backend.addr();
     let req = Request::get(format!("http://{addr}{}", check.path))

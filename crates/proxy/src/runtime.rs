@@ -81,13 +81,16 @@ impl PoolView for PoolRuntime {
 }
 
 type BackendKey = (Arc<str>, SocketAddr);
+/// A health check and the protocol its pool speaks, which the probe must
+/// speak too: an h2-only backend does not answer HTTP/1.1.
+type Probe = (HealthCheck, Protocol);
 
 /// What reloads carry over; touched only by `new` and `swap`.
 #[derive(Default)]
 struct Registry {
     backends: HashMap<BackendKey, Arc<BackendState>>,
     pools: HashMap<Arc<str>, Arc<PoolShared>>,
-    health: HashMap<BackendKey, (HealthCheck, JoinHandle<()>)>,
+    health: HashMap<BackendKey, (Probe, JoinHandle<()>)>,
 }
 
 /// The data plane: the current runtime behind an `ArcSwap` (one atomic load
@@ -198,7 +201,7 @@ fn build(
     registry: &mut Registry,
     health_client: &HealthClient,
 ) -> Runtime {
-    let mut keep: HashMap<BackendKey, Option<HealthCheck>> = HashMap::new();
+    let mut keep: HashMap<BackendKey, Option<Probe>> = HashMap::new();
     let pools = snapshot
         .pools
         .iter()
@@ -208,7 +211,7 @@ fn build(
                 .iter()
                 .map(|b| {
                     let key = (pool.name.clone(), b.addr);
-                    keep.insert(key.clone(), pool.health.clone());
+                    keep.insert(key.clone(), pool.health.clone().map(|h| (h, pool.protocol)));
                     registry
                         .backends
                         .entry(key)
@@ -315,11 +318,11 @@ fn backend_client(pool: &Pool) -> BackendClient {
 /// check keeps the backend's current health.
 fn reconcile_health(
     registry: &mut Registry,
-    want: &HashMap<BackendKey, Option<HealthCheck>>,
+    want: &HashMap<BackendKey, Option<Probe>>,
     client: &HealthClient,
 ) {
-    registry.health.retain(|key, (check, task)| {
-        let same = want.get(key).is_some_and(|w| w.as_ref() == Some(check));
+    registry.health.retain(|key, (probe, task)| {
+        let same = want.get(key).is_some_and(|w| w.as_ref() == Some(probe));
         if !same {
             task.abort();
             // Checks removed but the backend stays: nothing will ever mark
@@ -333,13 +336,17 @@ fn reconcile_health(
         }
         same
     });
-    for (key, check) in want {
-        let Some(check) = check else { continue };
+    for (key, probe) in want {
+        let Some((check, protocol)) = probe else {
+            continue;
+        };
         if registry.health.contains_key(key) {
             continue;
         }
         let backend = registry.backends[key].clone();
-        let task = health::spawn(backend, check.clone(), client.clone());
-        registry.health.insert(key.clone(), (check.clone(), task));
+        let task = health::spawn(backend, check.clone(), client.speaking(*protocol));
+        registry
+            .health
+            .insert(key.clone(), ((check.clone(), *protocol), task));
     }
 }

@@ -623,3 +623,56 @@ where
     }
     out
 }
+
+/// A backend that speaks only HTTP/2 with prior knowledge (as gRPC servers
+/// do): an HTTP/1.1 request gets a protocol error. Counts health probes.
+async fn h2_only_backend() -> (SocketAddr, Arc<std::sync::atomic::AtomicU64>) {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let probes = Arc::new(AtomicU64::new(0));
+    let counted = probes.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    if req.uri().path() == "/healthz" {
+                        counted.fetch_add(1, Relaxed);
+                    }
+                    async {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                            Bytes::from_static(b"h2-only"),
+                        )))
+                    }
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, probes)
+}
+
+#[tokio::test]
+async fn health_checks_speak_h2_to_an_h2_pool() {
+    let (addr, probes) = h2_only_backend().await;
+    let mut p = pool("p", &[addr]);
+    p.protocol = Protocol::H2;
+    p.health = Some(fulcrum_testkit::health_check());
+    let proxy = TestProxy::start(SnapshotBuilder::new().pool(p).catch_all("p").build()).await;
+
+    // More probes than the unhealthy threshold have answered...
+    let answered = fulcrum_testkit::eventually(PATIENCE, || {
+        probes.load(std::sync::atomic::Ordering::Relaxed) >= 4
+    })
+    .await;
+    assert!(answered, "the h2-only backend was never probed over h2");
+    // ...and the backend is still up and serving.
+    let state = proxy.plane.backend("p", addr).unwrap();
+    assert!(state.status().healthy, "{:?}", state.status());
+    let r = Client::new(proxy.addr).get("x.test", "/").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body, "h2-only");
+}
