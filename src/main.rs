@@ -3,7 +3,6 @@
 //! 2 usage, 78 the config is invalid.
 #![forbid(unsafe_code)]
 
-mod check;
 mod demo;
 mod env;
 mod serve;
@@ -139,12 +138,6 @@ fn main() -> ExitCode {
     match cli.verb {
         Verb::Check {
             file,
-            standards: None,
-            traffic: None,
-            format,
-        } if format != Format::Sarif => check::run(&file, format),
-        Verb::Check {
-            file,
             standards,
             traffic,
             format,
@@ -185,6 +178,20 @@ fn main() -> ExitCode {
             standards,
         } => serve::run(&config, grace, threads, demo_backends, standards),
     }
+}
+
+/// Read a config file and check it exactly as `serve` will: certificates
+/// and keys it names are read relative to it. Returns its label (for
+/// diagnostics), its text and the outcome, or a one-line reason it could
+/// not be read.
+pub fn check_file(
+    path: &std::path::Path,
+) -> Result<(String, String, fulcrum_config::Checked), String> {
+    let source = read_config(path)?;
+    let label = path.display().to_string();
+    let env = env::FileEnv::for_config(path);
+    let checked = fulcrum_config::check_with(&label, &source, &env);
+    Ok((label, source, checked))
 }
 
 /// Read a file a verb was given, or explain in one line why not.

@@ -98,12 +98,9 @@ enum Refused {
 /// Read and compile the config; warnings are logged, errors refuse it, and
 /// so does breaking the standards.
 fn load(path: &Path, watch: Option<&Watch>) -> Result<Snapshot, Refused> {
-    let source = crate::read_config(path).map_err(Refused::Unreadable)?;
-    let label = path.display().to_string();
     // Certificates are read with the rest of the file, so a reload picks
     // up renewed ones and refuses a broken pair like any other error.
-    let env = crate::env::FileEnv::for_config(path);
-    let checked = fulcrum_config::check_with(&label, &source, &env);
+    let (label, source, checked) = crate::check_file(path).map_err(Refused::Unreadable)?;
     match checked.snapshot {
         Some(snapshot) => {
             for d in checked

@@ -28,9 +28,10 @@ fn read(path: &Path) -> Step<String> {
 
 /// Read and compile a config; on errors print them (in `format`) and exit 78.
 fn config(path: &Path, format: Format) -> Step<(String, String, Checked, Snapshot)> {
-    let source = read(path)?;
-    let label = path.display().to_string();
-    let checked = fulcrum_config::check(&label, &source);
+    let (label, source, checked) = crate::check_file(path).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::from(EXIT_USAGE)
+    })?;
     match checked.snapshot.clone() {
         Some(s) => Ok((label, source, checked, s)),
         None => {

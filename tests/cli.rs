@@ -90,6 +90,56 @@ fn check_accepts_the_examples() {
     }
 }
 
+/// Every verb reads a config as `serve` does: certificates included, and
+/// relative to the config file.
+#[test]
+fn every_verb_reads_certificates_next_to_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["app.example.com".to_owned()]).unwrap();
+    std::fs::write(dir.path().join("cert.pem"), cert.cert.pem()).unwrap();
+    std::fs::write(dir.path().join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
+    let config = write_config(
+        &dir,
+        "fulcrum.toml",
+        r#"[[listener]]
+name = "public"
+bind = "127.0.0.1:8443"
+tls = { cert = "cert.pem", key = "key.pem" }
+
+[[route]]
+name = "all"
+pool = "web"
+
+[pool.web]
+backends = [{ addr = "127.0.0.1:9201" }]
+"#,
+    );
+    let rules = write_config(
+        &dir,
+        "rules.toml",
+        "[[rule]]\nname = \"all to web\"\nrequest = \"GET https://app.example.com/\"\nexpect_pool = \"web\"\n",
+    );
+    let c = config.to_str().unwrap();
+    let r = rules.to_str().unwrap();
+    for args in [
+        vec!["check", c],
+        vec!["check", c, "--format", "sarif"],
+        vec!["check", c, "--standards", r],
+        vec!["test", c, r],
+        vec!["diff", c, c],
+        vec!["explain", c, "GET https://app.example.com/"],
+    ] {
+        // From another directory, so paths resolve against the config's.
+        let out = fulcrum().args(&args).current_dir("/").output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 #[test]
 fn usage_errors_exit_2_with_one_line() {
     let out = fulcrum()
