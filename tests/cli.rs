@@ -540,4 +540,85 @@ min_backends = 2
     );
 }
 
+/// The certificate a TLS listener presents for `sni`, trusting `root`.
+async fn presented_cert(addr: SocketAddr, sni: &str, root: &[u8]) -> Vec<u8> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(root.to_vec().into()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(
+            rustls::pki_types::ServerName::try_from(sni.to_owned()).unwrap(),
+            tcp,
+        )
+        .await
+        .expect("TLS handshake with the certificate the test trusts");
+    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_renewed_certificates() {
+    let backend = Backend::start("web").await;
+    let dir = tempfile::tempdir().unwrap();
+    let issue = || rcgen::generate_simple_self_signed(vec!["app.example.com".to_owned()]).unwrap();
+    let (old, new) = (issue(), issue());
+    let install = |c: &rcgen::CertifiedKey<rcgen::KeyPair>| {
+        std::fs::write(dir.path().join("cert.pem"), c.cert.pem()).unwrap();
+        std::fs::write(dir.path().join("key.pem"), c.signing_key.serialize_pem()).unwrap();
+    };
+    install(&old);
+    let config = write_config(
+        &dir,
+        "fulcrum.toml",
+        &format!(
+            r#"[[listener]]
+name = "public"
+bind = "127.0.0.1:0"
+tls = {{ cert = "cert.pem", key = "key.pem" }}
+
+[[route]]
+name = "all"
+pool = "web"
+
+[pool.web]
+backends = [{{ addr = "{}" }}]
+"#,
+            backend.addr
+        ),
+    );
+    let served = Served::start(&config);
+    let old_der = old.cert.der().to_vec();
+    assert_eq!(
+        presented_cert(served.addr, "app.example.com", &old_der).await,
+        old_der
+    );
+
+    // Renewal: new files in place, then SIGHUP.
+    install(&new);
+    served.signal("HUP");
+    served.wait_log("config reloaded", 1);
+    let new_der = new.cert.der().to_vec();
+    assert_eq!(
+        presented_cert(served.addr, "app.example.com", &new_der).await,
+        new_der
+    );
+
+    // A broken renewal (key of another certificate) is refused; the
+    // renewed certificate keeps serving.
+    std::fs::write(dir.path().join("key.pem"), old.signing_key.serialize_pem()).unwrap();
+    served.signal("HUP");
+    served.wait_log("reload refused", 1);
+    served.wait_log("tls-key-mismatch", 1);
+    assert_eq!(
+        presented_cert(served.addr, "app.example.com", &new_der).await,
+        new_der
+    );
+}
+
 mod safety;
