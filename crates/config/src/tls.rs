@@ -261,19 +261,12 @@ fn certificate(
     })
 }
 
-/// `YYYY-MM-DD` (UTC) of a Unix time, without a date library.
+/// `YYYY-MM-DD` (UTC) of a Unix time.
 fn format_unix(secs: i64) -> String {
-    // Howard Hinnant's days-to-civil algorithm.
-    let z = secs.div_euclid(86_400) + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}")
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0) as u64);
+    let mut day = humantime::format_rfc3339_seconds(t).to_string();
+    day.truncate(10);
+    day
 }
 
 #[cfg(test)]
