@@ -1033,3 +1033,41 @@ fn json_shape() {
     assert_eq!(json["version"], content_version(BASE).as_str());
     assert_eq!(json["diagnostics"], serde_json::json!([]));
 }
+
+fn with_backends(algorithm: &str, backends: &str) -> String {
+    BASE.replace(
+        "[pool.web]\nbackends = [{ addr = \"127.0.0.1:9201\" }]\n",
+        &format!("[pool.web]\nalgorithm = \"{algorithm}\"\nbackends = [{backends}]\n"),
+    )
+}
+
+/// Incident 5: weights that starve all but one server are warned about by
+/// `check` itself, standards or not.
+#[test]
+fn skewed_weights_are_warned_about() {
+    let src = with_backends(
+        "round_robin",
+        r#"{ addr = "127.0.0.1:9101", weight = 20 }, { addr = "127.0.0.1:9102" }, { addr = "127.0.0.1:9103" }"#,
+    );
+    let d = only(&src, "skewed-weights");
+    assert_eq!(d.severity, Severity::Warning);
+    assert_eq!(d.key_path, "pool.web.backends[0].weight");
+    assert_eq!(
+        d.message,
+        "backend 127.0.0.1:9101 gets 90.9% of the pool's weight: the other 2 backend(s) share the rest and it carries the pool almost alone"
+    );
+    assert_eq!((d.line, d.col), (11, 49));
+    assert!(run(&src).snapshot.is_some(), "a warning, not an error");
+}
+
+#[test]
+fn moderate_or_ignored_weights_are_not_skewed() {
+    let three_to_one = r#"{ addr = "127.0.0.1:9101", weight = 3 }, { addr = "127.0.0.1:9102" }"#;
+    assert!(!codes(&with_backends("random", three_to_one)).contains(&"skewed-weights"));
+    // A drained backend leaves one carrying the pool on purpose.
+    let drained = r#"{ addr = "127.0.0.1:9101" }, { addr = "127.0.0.1:9102", weight = 0 }"#;
+    assert!(!codes(&with_backends("round_robin", drained)).contains(&"skewed-weights"));
+    // `first` does not balance by weight at all.
+    let first = r#"{ addr = "127.0.0.1:9101", weight = 20 }, { addr = "127.0.0.1:9102" }"#;
+    assert!(!codes(&with_backends("first", first)).contains(&"skewed-weights"));
+}

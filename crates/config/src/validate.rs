@@ -44,6 +44,9 @@ const STANDARD_METHODS: &[&str] = &[
     "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
 ];
 pub(crate) const MAX_WEIGHT: i64 = 1000;
+/// Above this share of a pool's weight, one backend carries the pool
+/// almost alone (4:1 is flagged, 3:1 is not).
+const SKEWED_SHARE: f64 = 0.75;
 
 const DURATION_HINT: &str = "write a number and a unit, e.g. \"500ms\", \"2s\" or \"1m\"";
 
@@ -780,6 +783,11 @@ impl Validator<'_, '_> {
         };
         let backends = self.backends(raw, p);
         ok &= backends.is_some();
+        if let (Some(a), Some(b)) = (&algorithm, &backends)
+            && *a != Algorithm::First
+        {
+            self.skewed_weights(b, raw, p);
+        }
         let health = raw
             .health
             .as_ref()
@@ -925,6 +933,40 @@ impl Validator<'_, '_> {
             ok = false;
         }
         ok.then_some(out)
+    }
+
+    /// Weights that leave one backend carrying nearly the whole pool (the
+    /// shape of incident 5): legal, sometimes meant, so a warning that says
+    /// what it does. `first` ignores weights and is not judged by them.
+    fn skewed_weights(&mut self, backends: &[Backend], raw: &RawPool, p: &str) {
+        let total: u64 = backends.iter().map(|b| u64::from(b.weight)).sum();
+        let weighted = backends.iter().filter(|b| b.weight > 0).count();
+        let Some((i, top)) = backends.iter().enumerate().max_by_key(|(_, b)| b.weight) else {
+            return;
+        };
+        let share = f64::from(top.weight) / total as f64;
+        if weighted < 2 || share <= SKEWED_SHARE {
+            return;
+        }
+        let span = raw.backends.get_ref().get(i).map(|b| {
+            b.get_ref()
+                .weight
+                .as_ref()
+                .map_or_else(|| b.span(), |w| w.span())
+        });
+        self.d
+            .warning(
+                "skewed-weights",
+                span,
+                format!("{p}.backends[{i}].weight"),
+                format!(
+                    "backend {} gets {:.1}% of the pool's weight: the other {} backend(s) share the rest and it carries the pool almost alone",
+                    top.addr,
+                    share * 100.0,
+                    weighted - 1
+                ),
+            )
+            .hint("even out the weights; drain a backend with `weight = 0`; to make a share limit a hard rule, use `max_backend_share` in the team's standards");
     }
 
     fn backend(&mut self, raw: &RawBackend, p: &str) -> Option<Backend> {
