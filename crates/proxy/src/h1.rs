@@ -160,6 +160,8 @@ impl H1Backend {
             .map_err(H1Error::Connect)?;
         let _ = stream.set_nodelay(true);
         let (sender, conn) = http1::Builder::new()
+            // As toward clients (listener.rs): flattened writes.
+            .writev(false)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(H1Error::Send)?;
