@@ -129,6 +129,8 @@ impl Drop for Slot {
 /// What the request path knows of the connection a request came on.
 pub(crate) struct ConnInfo {
     pub client: SocketAddr,
+    /// `client`'s IP, encoded once for X-Forwarded-For.
+    pub client_ip: http::HeaderValue,
     pub tls: bool,
     pub settings: Arc<Listener>,
     pub shutdown: CancellationToken,
@@ -253,6 +255,7 @@ async fn http<I>(
     });
     let info = Arc::new(ConnInfo {
         client,
+        client_ip: crate::headers::client_ip_value(client.ip()),
         tls,
         settings: settings.clone(),
         shutdown: shutdown.clone(),

@@ -449,7 +449,7 @@ pub(crate) async fn handle(
     let upgrade = upgrade.filter(|_| pool.h2.is_none());
     let ctx = Forwarding {
         counters: &plane.counters,
-        client,
+        client_ip: &info.client_ip,
         tls: info.tls,
         limits: &info.settings.limits,
         body_timeout: info.settings.body_timeout,
@@ -512,7 +512,7 @@ pub(crate) async fn handle(
 /// What `forward` needs from the connection and the listener.
 struct Forwarding<'a> {
     counters: &'a Counters,
-    client: SocketAddr,
+    client_ip: &'a HeaderValue,
     tls: bool,
     limits: &'a Limits,
     body_timeout: Duration,
@@ -718,7 +718,7 @@ async fn forward(
     let proto = if ctx.tls { "https" } else { "http" };
     headers::add_forwarded(
         &mut parts.headers,
-        ctx.client.ip(),
+        ctx.client_ip,
         original_host.as_ref(),
         proto,
     );
