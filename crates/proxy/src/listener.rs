@@ -178,6 +178,9 @@ impl Drop for ConnGuard {
     }
 }
 
+/// hyper's HTTP/1 header count limit when none is set.
+const HYPER_MAX_HEADERS: u32 = 100;
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Protocols {
     /// Cleartext: HTTP/2 if the client opens with the h2 preface.
@@ -278,8 +281,8 @@ async fn http<I>(
         Protocols::Http2 => builder.http2_only(),
     };
     let limits = &settings.limits;
-    builder
-        .http1()
+    let mut http1 = builder.http1();
+    http1
         .timer(TokioTimer::new())
         .keep_alive(true)
         // One write() of a flattened buffer is cheaper on loopback than
@@ -290,9 +293,14 @@ async fn http<I>(
         // connection, and it is a total deadline: trickling bytes does not
         // extend it (slowloris).
         .header_read_timeout(settings.header_timeout)
-        // Hyper answers 431 itself past these, before any request exists.
-        .max_headers(limits.max_headers as usize)
         .max_buf_size((limits.max_header_bytes as usize).max(8192));
+    // Hyper answers 431 itself past this many headers, before any request
+    // exists. Its own limit is the same 100, kept in arrays on the stack;
+    // setting any limit, even 100, makes it fill vectors of that length
+    // for every request head instead (measured: bench/RESULTS.md).
+    if limits.max_headers != HYPER_MAX_HEADERS {
+        http1.max_headers(limits.max_headers as usize);
+    }
     let h2 = &settings.http2;
     builder
         .http2()
