@@ -51,24 +51,31 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// The client's address as a header value, made once per connection so
+/// that each request's X-Forwarded-For is a reference count, not a format.
+pub fn client_ip_value(client_ip: IpAddr) -> HeaderValue {
+    HeaderValue::try_from(client_ip.to_string()).expect("an IP address is a valid header value")
+}
+
 /// Adds X-Forwarded-For (appended to any the client sent), -Proto
 /// (`http` or `https`, how the client reached the listener) and -Host.
+/// `client_ip` comes from [`client_ip_value`].
 pub fn add_forwarded(
     headers: &mut HeaderMap,
-    client_ip: IpAddr,
+    client_ip: &HeaderValue,
     host: Option<&HeaderValue>,
     proto: &'static str,
 ) {
     let xff = match headers.get(&X_FORWARDED_FOR) {
         // A proxy in front of us already listed the chain: extend it.
         Some(prev) => {
-            let mut v = Vec::with_capacity(prev.len() + 41);
+            let mut v = Vec::with_capacity(prev.len() + 2 + client_ip.len());
             v.extend_from_slice(prev.as_bytes());
             v.extend_from_slice(b", ");
-            v.extend_from_slice(client_ip.to_string().as_bytes());
+            v.extend_from_slice(client_ip.as_bytes());
             HeaderValue::from_bytes(&v).ok()
         }
-        None => HeaderValue::from_str(&client_ip.to_string()).ok(),
+        None => Some(client_ip.clone()),
     };
     if let Some(xff) = xff {
         headers.insert(X_FORWARDED_FOR.clone(), xff);
@@ -122,7 +129,7 @@ mod tests {
         h.insert("x-forwarded-for", "10.0.0.1".parse().unwrap());
         add_forwarded(
             &mut h,
-            "127.0.0.1".parse().unwrap(),
+            &client_ip_value("127.0.0.1".parse().unwrap()),
             Some(&"a.test".parse().unwrap()),
             "http",
         );

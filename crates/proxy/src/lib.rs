@@ -9,9 +9,9 @@
 pub mod access_log;
 pub mod backend;
 pub mod balance;
-mod connect;
 pub mod counters;
 pub mod error;
+mod h1;
 mod h2;
 pub mod headers;
 pub mod health;

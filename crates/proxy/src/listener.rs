@@ -129,6 +129,8 @@ impl Drop for Slot {
 /// What the request path knows of the connection a request came on.
 pub(crate) struct ConnInfo {
     pub client: SocketAddr,
+    /// `client`'s IP, encoded once for X-Forwarded-For.
+    pub client_ip: http::HeaderValue,
     pub tls: bool,
     pub settings: Arc<Listener>,
     pub shutdown: CancellationToken,
@@ -140,6 +142,10 @@ pub(crate) struct ConnInfo {
 
 /// Per connection: requests in progress and when the last one ended, for
 /// the idle timeout (hyper has a header timeout but no idle timeout).
+///
+/// Nothing wakes the connection when a request starts or ends: its timer
+/// is lazy, re-reading these when it fires. Waking it on each change cost
+/// two extra polls of the whole connection per request.
 #[derive(Debug)]
 pub(crate) struct ConnState {
     epoch: Instant,
@@ -147,9 +153,6 @@ pub(crate) struct ConnState {
     /// Requests whose head arrived on this connection.
     started: AtomicU64,
     idle_since_ms: AtomicU64,
-    /// Woken when a request starts or ends, so the connection's timer is
-    /// re-armed for the phase it is in.
-    changed: tokio::sync::Notify,
     head: Arc<HeadFlags>,
 }
 
@@ -161,7 +164,6 @@ impl ConnGuard {
     fn new(state: &Arc<ConnState>) -> Self {
         state.active.fetch_add(1, Relaxed);
         state.started.fetch_add(1, Relaxed);
-        state.changed.notify_one();
         ConnGuard(state.clone())
     }
 }
@@ -173,9 +175,11 @@ impl Drop for ConnGuard {
             .store(s.epoch.elapsed().as_millis() as u64, Relaxed);
         s.active.fetch_sub(1, Relaxed);
         s.head.done.fetch_add(1, Relaxed);
-        s.changed.notify_one();
     }
 }
+
+/// hyper's HTTP/1 header count limit when none is set.
+const HYPER_MAX_HEADERS: u32 = 100;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Protocols {
@@ -250,11 +254,11 @@ async fn http<I>(
         active: AtomicU32::new(0),
         started: AtomicU64::new(0),
         idle_since_ms: AtomicU64::new(0),
-        changed: tokio::sync::Notify::new(),
         head: Arc::default(),
     });
     let info = Arc::new(ConnInfo {
         client,
+        client_ip: crate::headers::client_ip_value(client.ip()),
         tls,
         settings: settings.clone(),
         shutdown: shutdown.clone(),
@@ -277,18 +281,26 @@ async fn http<I>(
         Protocols::Http2 => builder.http2_only(),
     };
     let limits = &settings.limits;
-    builder
-        .http1()
+    let mut http1 = builder.http1();
+    http1
         .timer(TokioTimer::new())
         .keep_alive(true)
+        // One write() of a flattened buffer is cheaper on loopback than
+        // writev() of head and body (measured: bench/RESULTS.md).
+        .writev(false)
         // Hyper starts this timer whenever it waits for a request head, so
         // it also bounds the wait for the next request on a keep-alive
         // connection, and it is a total deadline: trickling bytes does not
         // extend it (slowloris).
         .header_read_timeout(settings.header_timeout)
-        // Hyper answers 431 itself past these, before any request exists.
-        .max_headers(limits.max_headers as usize)
         .max_buf_size((limits.max_header_bytes as usize).max(8192));
+    // Hyper answers 431 itself past this many headers, before any request
+    // exists. Its own limit is the same 100, kept in arrays on the stack;
+    // setting any limit, even 100, makes it fill vectors of that length
+    // for every request head instead (measured: bench/RESULTS.md).
+    if limits.max_headers != HYPER_MAX_HEADERS {
+        http1.max_headers(limits.max_headers as usize);
+    }
     let h2 = &settings.http2;
     builder
         .http2()
@@ -310,20 +322,26 @@ async fn http<I>(
     let idle_timeout = settings.idle_timeout;
     let mut closing = false;
     loop {
-        let started = state.started.load(Relaxed);
         // Until a first request head arrives, the connection lives on the
         // header deadline (covers the h2 preface and protocol detection,
         // which hyper's own header timer does not); after that, on the
-        // idle timeout between requests.
+        // idle timeout between requests. The deadline is a check, not a
+        // verdict: when it fires, the state is read again. While requests
+        // are in progress the next check is one idle timeout away, so an
+        // idle connection is found at most then and closed on time.
         let check = if closing {
             None
-        } else if started == 0 {
-            Some(state.epoch + header_timeout)
-        } else if state.active.load(Relaxed) > 0 {
-            Some(Instant::now() + idle_timeout)
         } else {
-            let since = state.epoch + Duration::from_millis(state.idle_since_ms.load(Relaxed));
-            Some(since + idle_timeout)
+            let now = Instant::now();
+            Some(if state.started.load(Relaxed) == 0 {
+                (state.epoch + header_timeout).min(now + idle_timeout)
+            } else if state.active.load(Relaxed) > 0 {
+                now + idle_timeout
+            } else {
+                state.epoch
+                    + Duration::from_millis(state.idle_since_ms.load(Relaxed))
+                    + idle_timeout
+            })
         };
         tokio::select! {
             res = conn.as_mut() => {
@@ -333,7 +351,6 @@ async fn http<I>(
                 }
                 return;
             }
-            _ = state.changed.notified(), if !closing => {}
             _ = shutdown.cancelled(), if !closing => {
                 // Idle connections close now; busy ones after their response.
                 conn.as_mut().graceful_shutdown();
@@ -341,6 +358,9 @@ async fn http<I>(
             }
             _ = sleep_until(check), if check.is_some() => {
                 if state.started.load(Relaxed) == 0 {
+                    if state.epoch.elapsed() < header_timeout {
+                        continue;
+                    }
                     // Never sent a complete request head in time: drop it
                     // outright, no response owed.
                     Counters::inc(&counters.client_header_timeout);

@@ -24,9 +24,9 @@ use tokio::time::Instant;
 use crate::access_log::Entry;
 use crate::backend::InFlight;
 use crate::balance::{Census, hash_key};
-use crate::connect::with_response_timeout;
 use crate::counters::Counters;
 use crate::error::ProxyError;
+use crate::h1::{H1Error, Lease};
 use crate::h2::{H2Backend, H2ConnectError};
 use crate::headers::{self, REQUEST_ID};
 use crate::listener::{ConnGuard, ConnInfo};
@@ -193,6 +193,9 @@ pub struct ResponseBody {
     _request: Option<RequestGauge>,
     _conn: ConnGuard,
     log: Option<LogContext>,
+    /// The HTTP/1.1 backend connection the body comes on: back to its pool
+    /// once the body has ended.
+    lease: Option<Lease>,
 }
 
 enum Inner {
@@ -214,6 +217,11 @@ impl Body for ResponseBody {
             Inner::Backend(s) => Pin::new(s).poll_frame(cx),
         };
         match &frame {
+            Poll::Ready(None) => {
+                if let Some(l) = this.lease.take() {
+                    l.release();
+                }
+            }
             Poll::Ready(Some(Ok(f))) => {
                 if let Some(d) = f.data_ref() {
                     this.bytes += d.len() as u64;
@@ -247,6 +255,13 @@ impl Body for ResponseBody {
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
+        // hyper may stop polling a body that says it has ended (a known
+        // Content-Length, all read): the connection is reusable all the same.
+        if let (Some(l), Inner::Backend(b)) = (self.lease.take(), &self.inner)
+            && b.is_end_stream()
+        {
+            l.release();
+        }
         if let Some(log) = self.log.take() {
             let ctx = log.ctx;
             log.sink.send(Entry {
@@ -434,7 +449,7 @@ pub(crate) async fn handle(
     let upgrade = upgrade.filter(|_| pool.h2.is_none());
     let ctx = Forwarding {
         counters: &plane.counters,
-        client,
+        client_ip: &info.client_ip,
         tls: info.tls,
         limits: &info.settings.limits,
         body_timeout: info.settings.body_timeout,
@@ -443,7 +458,7 @@ pub(crate) async fn handle(
 
     let result = forward(pool, req, &ctx, &request_id, key, &mut rng, &mut log).await;
     match result {
-        Ok((mut resp, in_flight)) => {
+        Ok((mut resp, in_flight, lease)) => {
             let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
             if let (Some(client_up), true) =
                 (client_upgrade.filter(|_| upgrade.is_some()), switching)
@@ -479,6 +494,8 @@ pub(crate) async fn handle(
                 _request: Some(gauge),
                 _conn: conn,
                 log,
+                // An upgraded connection is the tunnel's now.
+                lease: lease.filter(|_| !switching),
             };
             Response::from_parts(parts, body)
         }
@@ -495,7 +512,7 @@ pub(crate) async fn handle(
 /// What `forward` needs from the connection and the listener.
 struct Forwarding<'a> {
     counters: &'a Counters,
-    client: SocketAddr,
+    client_ip: &'a HeaderValue,
     tls: bool,
     limits: &'a Limits,
     body_timeout: Duration,
@@ -657,6 +674,7 @@ fn error_response(
         _request: gauge,
         _conn: conn,
         log,
+        lease: None,
     };
     let mut resp = Response::new(body);
     *resp.status_mut() = e.status();
@@ -681,7 +699,7 @@ async fn forward(
     key: Option<u64>,
     rng: &mut Rng,
     log: &mut Option<LogContext>,
-) -> Result<(Response<Incoming>, InFlight), ProxyError> {
+) -> Result<(Response<Incoming>, InFlight, Option<Lease>), ProxyError> {
     let (mut parts, body) = req.into_parts();
     // HTTP/2 clients name the host in `:authority`, not `Host`: HTTP/1.1
     // backends get it as `Host`, HTTP/2 backends as `:authority`.
@@ -700,7 +718,7 @@ async fn forward(
     let proto = if ctx.tls { "https" } else { "http" };
     headers::add_forwarded(
         &mut parts.headers,
-        ctx.client.ip(),
+        ctx.client_ip,
         original_host.as_ref(),
         proto,
     );
@@ -728,6 +746,9 @@ async fn forward(
         }
         None
     };
+    // An HTTP/1.1 request without a host names the backend, as any client
+    // of it would.
+    let no_host = !parts.headers.contains_key(header::HOST);
 
     // Small or empty bodies are read whole so they can be sent again.
     let body = ClientBody::new(body, ctx.limits.max_body_bytes, ctx.body_timeout);
@@ -783,18 +804,17 @@ async fn forward(
         };
         let mut out = Request::new(attempt_body);
         *out.method_mut() = parts.method.clone();
-        *out.uri_mut() = {
-            let mut u = http::uri::Parts::default();
-            u.scheme = Some(Scheme::HTTP);
-            // Over HTTP/1.1 the URI names the backend, for the pooled
-            // client; over HTTP/2 it carries the client's authority.
-            u.authority = Some(
-                h2_authority
-                    .clone()
-                    .unwrap_or_else(|| pool.authorities[i].clone()),
-            );
-            u.path_and_query = Some(path.clone());
-            Uri::from_parts(u).expect("scheme, authority and path form a URI")
+        *out.uri_mut() = match &h2_authority {
+            // Over HTTP/2 the URI carries the client's authority.
+            Some(a) => {
+                let mut u = http::uri::Parts::default();
+                u.scheme = Some(Scheme::HTTP);
+                u.authority = Some(a.clone());
+                u.path_and_query = Some(path.clone());
+                Uri::from_parts(u).expect("scheme, authority and path form a URI")
+            }
+            // Over HTTP/1.1, origin form: the connection names the backend.
+            None => Uri::from(path.clone()),
         };
         *out.version_mut() = if pool.h2.is_some() {
             Version::HTTP_2
@@ -808,21 +828,20 @@ async fn forward(
         };
 
         let in_flight = backend.start();
+        let mut lease = None;
         let outcome = match &pool.h2 {
             Some(h2) => send_h2(&h2[i], out, pool).await,
             None => {
-                let sent = with_response_timeout(
-                    pool.timeouts.response,
-                    pool.timeouts.connect,
-                    pool.client.request(out),
-                );
-                match sent.await {
-                    Err(()) => Err(ProxyError::ResponseTimeout {
-                        pool: pool.name.clone(),
-                        backend: backend.addr(),
-                    }),
-                    Ok(Err(e)) => Err(classify(&e, pool, backend.addr())),
-                    Ok(Ok(resp)) => Ok(resp),
+                if no_host {
+                    out.headers_mut()
+                        .insert(header::HOST, pool.authorities[i].clone());
+                }
+                match pool.h1[i].send(out, pool.timeouts.response).await {
+                    Ok((resp, l)) => {
+                        lease = Some(l);
+                        Ok(resp)
+                    }
+                    Err(e) => Err(classify(e, pool, backend.addr())),
                 }
             }
         };
@@ -849,7 +868,7 @@ async fn forward(
         }
         drop(_retry.take());
         match outcome {
-            Ok(resp) => return Ok((resp, in_flight)),
+            Ok(resp) => return Ok((resp, in_flight, lease)),
             Err(e) => {
                 tracing::debug!(pool = %pool.name, backend = %backend.addr(), error = %e, attempt, "attempt failed");
                 if !(more && e.retryable(idempotent)) {
@@ -938,29 +957,23 @@ fn client_body_fault(e: &(dyn std::error::Error + 'static)) -> Option<ProxyError
     None
 }
 
-/// Maps a client error to who failed and how.
-fn classify(
-    e: &hyper_util::client::legacy::Error,
-    pool: &PoolRuntime,
-    addr: SocketAddr,
-) -> ProxyError {
-    if let Some(fault) = client_body_fault(e) {
-        return fault;
-    }
-    if !e.is_connect() {
-        return ProxyError::BackendReset { backend: addr };
-    }
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(s) = source {
-        if s.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-        {
-            return ProxyError::ConnectTimeout {
-                pool: pool.name.clone(),
-                backend: addr,
-            };
+/// Maps a failed HTTP/1.1 attempt to who failed and how.
+fn classify(e: H1Error, pool: &PoolRuntime, addr: SocketAddr) -> ProxyError {
+    match e {
+        H1Error::Connect(e) => {
+            tracing::debug!(backend = %addr, error = %e, "connect failed");
+            ProxyError::ConnectFailed { backend: addr }
         }
-        source = s.source();
+        H1Error::ConnectTimeout => ProxyError::ConnectTimeout {
+            pool: pool.name.clone(),
+            backend: addr,
+        },
+        H1Error::ResponseTimeout => ProxyError::ResponseTimeout {
+            pool: pool.name.clone(),
+            backend: addr,
+        },
+        H1Error::Send(e) => {
+            client_body_fault(&e).unwrap_or(ProxyError::BackendReset { backend: addr })
+        }
     }
-    ProxyError::ConnectFailed { backend: addr }
 }

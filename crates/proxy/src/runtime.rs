@@ -9,22 +9,17 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
 use fulcrum_config::Snapshot;
-use fulcrum_config::snapshot::{HealthCheck, Pool, Protocol, Retries, Timeouts};
-use http::uri::Authority;
-use hyper_util::client::legacy::{Client, connect::HttpConnector};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use fulcrum_config::snapshot::{HealthCheck, Protocol, Retries, Timeouts};
+use http::HeaderValue;
 use tokio::task::JoinHandle;
 
 use crate::access_log::AccessLog;
 use crate::backend::{BackendState, BackendStatus};
 use crate::balance::{Balancer, PoolView};
-use crate::connect::Connector;
 use crate::counters::{CounterValues, Counters};
+use crate::h1::H1Backend;
 use crate::h2::H2Backend;
 use crate::health::{self, HealthClient};
-use crate::proxy::RequestBody;
-
-pub(crate) type BackendClient = Client<Connector, RequestBody>;
 
 /// One snapshot, compiled for serving. Requests hold an `Arc` of it for
 /// their whole life, so a reload never changes a request midway.
@@ -44,9 +39,12 @@ pub(crate) struct PoolRuntime {
     pub balancer: Balancer,
     pub backends: Vec<Arc<BackendState>>,
     pub weights: Vec<u32>,
-    /// `host:port` of each backend, ready to put in a request URI.
-    pub authorities: Vec<Authority>,
-    pub client: BackendClient,
+    /// `host:port` of each backend, the Host header of a request that
+    /// came without one.
+    pub authorities: Vec<HeaderValue>,
+    /// For `protocol = "http1"` pools: each backend's keep-alive pool,
+    /// indexed like `backends` (empty for h2 pools).
+    pub h1: Vec<Arc<H1Backend>>,
     /// For `protocol = "h2"` pools: one multiplexed connection per backend,
     /// indexed like `backends`.
     pub h2: Option<Vec<Arc<H2Backend>>>,
@@ -220,16 +218,22 @@ fn build(
                 })
                 .collect();
             let shared = registry.pools.entry(pool.name.clone()).or_default().clone();
-            // Same timeouts: keep the client, and with it the warm
-            // keep-alive connections to backends.
+            // Same timeouts: keep the backends' connections, and with them
+            // the warm keep-alive connections, backend by backend.
             let same = old
                 .and_then(|o| o.pools.iter().find(|p| p.name == pool.name))
                 .filter(|p| p.timeouts == pool.timeouts);
-            let client = same
-                .map(|p| p.client.clone())
-                .unwrap_or_else(|| backend_client(pool));
-            // h2 connections stay too, backend by backend, when nothing
-            // about how they were made changed.
+            let h1 = pool
+                .backends
+                .iter()
+                .filter(|_| pool.protocol != Protocol::H2)
+                .map(|b| {
+                    same.and_then(|p| p.h1.iter().find(|h| h.addr() == b.addr))
+                        .cloned()
+                        .unwrap_or_else(|| Arc::new(H1Backend::new(b.addr, &pool.timeouts)))
+                })
+                .collect();
+            // h2 connections stay too.
             let h2 = (pool.protocol == Protocol::H2).then(|| {
                 pool.backends
                     .iter()
@@ -249,12 +253,12 @@ fn build(
                     .backends
                     .iter()
                     .map(|b| {
-                        Authority::try_from(b.addr.to_string())
-                            .expect("a socket address is a valid authority")
+                        HeaderValue::try_from(b.addr.to_string())
+                            .expect("a socket address is a valid header value")
                     })
                     .collect(),
                 backends,
-                client,
+                h1,
                 h2,
                 timeouts: pool.timeouts.clone(),
                 retries: pool.retries.clone(),
@@ -301,16 +305,6 @@ fn build(
         access_log,
         tls,
     }
-}
-
-fn backend_client(pool: &Pool) -> BackendClient {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(pool.timeouts.connect));
-    connector.set_nodelay(true);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(pool.timeouts.idle)
-        .pool_timer(TokioTimer::new())
-        .build(Connector(connector))
 }
 
 /// Stops the health tasks of removed backends, restarts those whose check

@@ -6,6 +6,7 @@ mod edge;
 mod failures;
 mod hardening;
 mod headers;
+mod pooling;
 mod reload;
 mod routing;
 mod timeouts;

@@ -1,0 +1,183 @@
+//! The HTTP/1.1 backend pool: keep-alive connections are reused, a
+//! connection whose response body was not read to the end is not, a
+//! pooled connection the backend closed is not a failed request, and
+//! connections idle past `timeouts.idle` are closed.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::time::Duration;
+
+use fulcrum_testkit::{Client, SnapshotBuilder, TestProxy, eventually, pool};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::PATIENCE;
+
+/// A keep-alive HTTP/1.1 backend that counts the connections it accepted
+/// and those that were closed on it, and answers every request with
+/// `body`. `Shape` bends that.
+#[derive(Clone, Copy, PartialEq)]
+enum Shape {
+    KeepAlive,
+    /// Close each connection after its first response, without saying so
+    /// (no `Connection: close`).
+    CloseAfterOne,
+    /// On the first connection, send the head and half the body, then
+    /// wait for the proxy to close it.
+    FirstHalfBody,
+}
+
+struct CountingBackend {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    closed: Arc<AtomicUsize>,
+}
+
+impl CountingBackend {
+    async fn start(body: &'static [u8], shape: Shape) -> CountingBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let closed = Arc::new(AtomicUsize::new(0));
+        let (a, c) = (accepted.clone(), closed.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((s, _)) = listener.accept().await else {
+                    return;
+                };
+                let first = a.fetch_add(1, SeqCst) == 0;
+                let shape = match shape {
+                    Shape::FirstHalfBody if !first => Shape::KeepAlive,
+                    s => s,
+                };
+                let c = c.clone();
+                tokio::spawn(async move {
+                    serve(s, body, shape).await;
+                    c.fetch_add(1, SeqCst);
+                });
+            }
+        });
+        CountingBackend {
+            addr,
+            accepted,
+            closed,
+        }
+    }
+}
+
+/// Answers requests (heads only, no bodies) until the peer closes.
+async fn serve(mut s: TcpStream, body: &[u8], shape: Shape) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            buf.drain(..end + 4);
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+            let sent = match shape {
+                Shape::FirstHalfBody => &body[..body.len() / 2],
+                _ => body,
+            };
+            if s.write_all(head.as_bytes()).await.is_err() || s.write_all(sent).await.is_err() {
+                return;
+            }
+            if shape == Shape::CloseAfterOne {
+                return;
+            }
+        }
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+#[tokio::test]
+async fn sequential_requests_reuse_one_backend_connection() {
+    let b = CountingBackend::start(b"ok", Shape::KeepAlive).await;
+    let proxy = TestProxy::start(
+        SnapshotBuilder::new()
+            .pool(pool("p", &[b.addr]))
+            .catch_all("p")
+            .build(),
+    )
+    .await;
+    let client = Client::new(proxy.addr);
+    for _ in 0..5 {
+        let r = client.get("x.test", "/").await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, "ok");
+    }
+    assert_eq!(b.accepted.load(SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_pooled_connection_the_backend_closed_is_not_a_failure() {
+    // Every connection ends after one response: each later request finds
+    // its pooled connection closed and must go out on a new one, even a
+    // POST, which may not be retried after it was sent.
+    let b = CountingBackend::start(b"ok", Shape::CloseAfterOne).await;
+    let proxy = TestProxy::start(
+        SnapshotBuilder::new()
+            .pool(pool("p", &[b.addr]))
+            .catch_all("p")
+            .build(),
+    )
+    .await;
+    let client = Client::new(proxy.addr);
+    for _ in 0..3 {
+        let r = client
+            .send(client.request(http::Method::POST, "x.test", "/"), "x")
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        // Let the proxy see the close before the next request.
+        assert!(
+            eventually(PATIENCE, || b.closed.load(SeqCst)
+                == b.accepted.load(SeqCst))
+            .await
+        );
+    }
+    assert_eq!(b.accepted.load(SeqCst), 3);
+}
+
+#[tokio::test]
+async fn a_response_body_not_read_to_the_end_does_not_go_back_to_the_pool() {
+    let b = CountingBackend::start(b"0123456789", Shape::FirstHalfBody).await;
+    let proxy = TestProxy::start(
+        SnapshotBuilder::new()
+            .pool(pool("p", &[b.addr]))
+            .catch_all("p")
+            .build(),
+    )
+    .await;
+    // The client gives up on a body that stalls halfway: the rest of it
+    // would still come on that backend connection, which must be closed
+    // rather than reused.
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 256];
+    let n = s.read(&mut head).await.unwrap();
+    assert!(head[..n].starts_with(b"HTTP/1.1 200"));
+    drop(s);
+    assert!(eventually(PATIENCE, || b.closed.load(SeqCst) == 1).await);
+    let r = Client::new(proxy.addr).get("x.test", "/").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, "0123456789");
+    assert_eq!(b.accepted.load(SeqCst), 2);
+}
+
+#[tokio::test]
+async fn idle_backend_connections_are_closed_after_the_idle_timeout() {
+    let b = CountingBackend::start(b"ok", Shape::KeepAlive).await;
+    let mut p = pool("p", &[b.addr]);
+    p.timeouts.idle = Duration::from_millis(100);
+    let proxy = TestProxy::start(SnapshotBuilder::new().pool(p).catch_all("p").build()).await;
+    let r = Client::new(proxy.addr).get("x.test", "/").await;
+    assert_eq!(r.status, 200);
+    assert!(
+        eventually(PATIENCE, || b.closed.load(SeqCst) == 1).await,
+        "the proxy kept an idle backend connection open"
+    );
+}
