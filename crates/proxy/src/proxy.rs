@@ -474,7 +474,10 @@ pub(crate) async fn handle(
                 ));
             }
             let (mut parts, body) = resp.into_parts();
-            let backend_upgrade = parts.headers.get(header::UPGRADE).cloned();
+            // Hop-by-hop, so stripped below; a 101 must still carry it.
+            let backend_upgrade = switching
+                .then(|| parts.headers.get(header::UPGRADE).cloned())
+                .flatten();
             headers::strip_hop_by_hop(&mut parts.headers);
             if let (true, Some(up)) = (switching, backend_upgrade) {
                 parts
@@ -709,11 +712,13 @@ async fn forward(
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
-    let te_trailers = parts.headers.get_all(header::TE).iter().any(|v| {
-        v.as_bytes()
-            .windows(8)
-            .any(|w| w.eq_ignore_ascii_case(b"trailers"))
-    });
+    // Only h2 backends need to be told (below); spare HTTP/1.1 the scan.
+    let te_trailers = pool.h2.is_some()
+        && parts.headers.get_all(header::TE).iter().any(|v| {
+            v.as_bytes()
+                .windows(8)
+                .any(|w| w.eq_ignore_ascii_case(b"trailers"))
+        });
     headers::strip_hop_by_hop(&mut parts.headers);
     let proto = if ctx.tls { "https" } else { "http" };
     headers::add_forwarded(
