@@ -13,6 +13,7 @@ use fulcrum_config::{Severity, Snapshot};
 use fulcrum_proxy::DataPlane;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -185,7 +186,6 @@ async fn serve(
             _ = tokio::signal::ctrl_c() => break,
         }
     }
-    info!(grace = ?grace, "draining: no new connections; waiting for in-flight requests");
     if listeners.drain(grace).await {
         info!("drained; exiting");
     } else {
@@ -235,6 +235,8 @@ struct Running {
     /// The address as configured (port 0 stays 0), to tell a moved listener.
     bind: SocketAddr,
     shutdown: CancellationToken,
+    /// Fires once the listening socket is closed.
+    closed: oneshot::Receiver<()>,
     task: JoinHandle<()>,
 }
 
@@ -302,13 +304,16 @@ impl Listeners {
                 .map_or_else(|_| b.bind.to_string(), |a| a.to_string());
             info!(listener = %b.name, addr = %addr, "listening");
             let shutdown = CancellationToken::new();
+            let (closed_tx, closed) = oneshot::channel();
             let task = tokio::spawn({
                 let (name, plane, shutdown) = (b.name.clone(), plane.clone(), shutdown.clone());
                 async move {
-                    if let Err(e) =
-                        fulcrum_proxy::serve(b.socket, name.clone(), plane, shutdown).await
-                    {
-                        error!(listener = %name, "listener failed: {e}");
+                    match fulcrum_proxy::accept(b.socket, name.clone(), plane, shutdown).await {
+                        Ok(open) => {
+                            let _ = closed_tx.send(());
+                            open.finished().await;
+                        }
+                        Err(e) => error!(listener = %name, "listener failed: {e}"),
                     }
                 }
             });
@@ -317,6 +322,7 @@ impl Listeners {
                 Running {
                     bind: b.bind,
                     shutdown,
+                    closed,
                     task,
                 },
             );
@@ -327,11 +333,19 @@ impl Listeners {
     /// True when everything finished in time.
     async fn drain(self, grace: Duration) -> bool {
         let mut tasks = self.draining;
+        let mut closed = Vec::new();
         for r in self.running.into_values() {
             r.shutdown.cancel();
+            closed.push(r.closed);
             tasks.push(r.task);
         }
         tokio::time::timeout(grace, async {
+            // Announce only once every socket is closed, so that anyone
+            // reading the log can rely on it.
+            for c in closed {
+                let _ = c.await;
+            }
+            info!(grace = ?grace, "draining: no new connections; waiting for in-flight requests");
             for t in tasks {
                 let _ = t.await;
             }

@@ -34,6 +34,35 @@ pub async fn serve(
     plane: Arc<DataPlane>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    accept(listener, name, plane, shutdown)
+        .await?
+        .finished()
+        .await;
+    Ok(())
+}
+
+/// The connections of a listener that stopped accepting.
+pub struct Open {
+    done: mpsc::Receiver<()>,
+}
+
+impl Open {
+    /// Wait until every connection is done.
+    pub async fn finished(mut self) {
+        let _ = self.done.recv().await;
+    }
+}
+
+/// The first half of [`serve`]: accept until `shutdown`, then close the
+/// listening socket and return the connections still open. A caller that
+/// announces "no new connections" waits for this, so the announcement is
+/// true when it is made.
+pub async fn accept(
+    listener: TcpListener,
+    name: Arc<str>,
+    plane: Arc<DataPlane>,
+    shutdown: CancellationToken,
+) -> std::io::Result<Open> {
     let mut current: (Arc<Listener>, Option<tokio_rustls::TlsAcceptor>) = {
         let rt = plane.runtime();
         let i = rt
@@ -56,7 +85,7 @@ pub async fn serve(
     let open = Arc::new(AtomicUsize::new(0));
     // Every connection task holds a sender; when all are dropped, all
     // connections are done.
-    let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+    let (done_tx, done_rx) = mpsc::channel::<()>(1);
     loop {
         let (stream, client) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -105,8 +134,7 @@ pub async fn serve(
     }
     drop(listener);
     drop(done_tx);
-    let _ = done_rx.recv().await;
-    Ok(())
+    Ok(Open { done: done_rx })
 }
 
 /// One open connection counted against `max_connections` until dropped.
