@@ -71,6 +71,9 @@ counters! {
     client_body_timeout,
     /// Keep-alive connections closed after `idle_timeout`.
     client_idle_closed,
+    /// Times an idle HTTP/1.1 connection gave its buffers back to wait for
+    /// its next request with only the socket.
+    client_parked,
     /// Connections accepted and closed at once: the listener was at
     /// `limits.max_connections`.
     client_connections_refused,

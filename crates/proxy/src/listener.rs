@@ -4,16 +4,20 @@
 //! listener's header, idle and HTTP/2 limits, and shut down gracefully.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::BytesMut;
 use fulcrum_config::snapshot::Listener;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -161,9 +165,11 @@ pub(crate) struct ConnInfo {
     pub client_ip: http::HeaderValue,
     pub tls: bool,
     pub settings: Arc<Listener>,
-    pub shutdown: CancellationToken,
     /// What the head sniffer saw of the current HTTP/1 request.
     pub head: Arc<HeadFlags>,
+    /// Set by a request whose backend agreed to an upgrade: the connection
+    /// becomes this tunnel once hyper has sent the 101.
+    pub tunnel: Mutex<Option<crate::tunnel::Tunnel>>,
     /// Kept until the connection and any tunnel from it are gone.
     pub _hold: (mpsc::Sender<()>, Slot),
 }
@@ -264,6 +270,33 @@ async fn connection(
     .await
 }
 
+/// The socket under a client connection, to wait on while it is parked.
+pub(crate) trait Socket {
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl Socket for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl Socket for tokio_rustls::server::TlsStream<TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+}
+
+/// An idle HTTP/1.1 connection hands hyper's connection (its buffers,
+/// about 26 KiB kept for the connection's life) back after this long, or
+/// after half its idle timeout if that is shorter, and waits for its next
+/// request holding only the socket. A keep-alive connection under load is
+/// never idle this long, so it never pays for the rebuild.
+const PARK_AFTER: Duration = Duration::from_secs(1);
+
+/// HTTP/2's connection preface, which tells h2c from HTTP/1.1.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 #[allow(clippy::too_many_arguments)]
 async fn http<I>(
     io: I,
@@ -275,7 +308,7 @@ async fn http<I>(
     shutdown: CancellationToken,
     hold: (mpsc::Sender<()>, Slot),
 ) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    I: Socket + AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let state = Arc::new(ConnState {
         epoch: Instant::now(),
@@ -289,27 +322,149 @@ async fn http<I>(
         client_ip: crate::headers::client_ip_value(client.ip()),
         tls,
         settings: settings.clone(),
-        shutdown: shutdown.clone(),
         head: state.head.clone(),
+        tunnel: Mutex::new(None),
         _hold: hold,
     });
-    let svc_state = state.clone();
-    let svc_plane = plane.clone();
-    let service = service_fn(move |req| {
-        let plane = svc_plane.clone();
-        let info = info.clone();
-        let guard = ConnGuard::new(&svc_state);
-        async move { Ok::<_, Infallible>(crate::proxy::handle(&plane, req, &info, guard).await) }
-    });
-
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder = match protocols {
-        Protocols::Detect => builder,
-        Protocols::Http1 => builder.http1_only(),
-        Protocols::Http2 => builder.http2_only(),
+    let service = {
+        let (state, plane, info) = (state.clone(), plane.clone(), info.clone());
+        service_fn(move |req| {
+            let plane = plane.clone();
+            let info = info.clone();
+            let guard = ConnGuard::new(&state);
+            // Boxed: hyper keeps a slot of the future's size for the
+            // connection's life, and can only hand a connection back
+            // (to park it) when the future is Unpin.
+            Box::pin(async move {
+                Ok::<_, Infallible>(crate::proxy::handle(&plane, req, &info, guard).await)
+            })
+        })
     };
+    let life = Life {
+        state: &state,
+        counters: &plane.counters,
+        client,
+        shutdown: &shutdown,
+        header_timeout: settings.header_timeout,
+        idle_timeout: settings.idle_timeout,
+    };
+    let mut io = Sniffer::new(io, state.head.clone());
+    let h2 = match protocols {
+        Protocols::Http1 => false,
+        Protocols::Http2 => true,
+        // The preface read counts against the header deadline, which
+        // hyper's own header timer would not cover.
+        Protocols::Detect => {
+            match tokio::time::timeout_at(state.epoch + settings.header_timeout, detect_h2(&mut io))
+                .await
+            {
+                Ok(Ok(Some(h2))) => h2,
+                Ok(_) => return,
+                Err(_) => {
+                    Counters::inc(&plane.counters.client_header_timeout);
+                    tracing::debug!(%client, "no request head within the header timeout; closing");
+                    return;
+                }
+            }
+        }
+    };
+    if h2 {
+        let mut conn = Box::pin(h2_builder(&settings).serve_connection(TokioIo::new(io), service));
+        life.drive(
+            &mut conn,
+            |c, cx| c.as_mut().poll(cx),
+            |c| c.as_mut().graceful_shutdown(),
+            None,
+            Protocols::Http2,
+        )
+        .await;
+        return;
+    }
+    let park_after = PARK_AFTER.min(settings.idle_timeout / 2);
+    loop {
+        // A head's deadline runs from when the connection went idle, also
+        // across a park.
+        let head_deadline = state.epoch
+            + Duration::from_millis(state.idle_since_ms.load(Relaxed))
+            + settings.header_timeout;
+        let builder = h1_builder(
+            &settings,
+            head_deadline.saturating_duration_since(Instant::now()),
+        );
+        let mut conn = Box::pin(builder.serve_connection(TokioIo::new(io), service.clone()));
+        let end = life
+            .drive(
+                &mut conn,
+                |c, cx| c.poll_without_shutdown(cx),
+                |c| c.as_mut().graceful_shutdown(),
+                Some(park_after),
+                Protocols::Http1,
+            )
+            .await;
+        let parts = Pin::into_inner(conn).into_parts();
+        io = parts.io.into_inner();
+        io.unread(parts.read_buf);
+        match end {
+            End::Failed => return,
+            End::Closed => {
+                let tunnel = info.tunnel.lock().unwrap_or_else(|p| p.into_inner()).take();
+                match tunnel {
+                    Some(t) => t.run(io, shutdown.clone(), plane.counters.clone()).await,
+                    None => {
+                        let _ = tokio::time::timeout(SHUTDOWN_WRITE, io.shutdown()).await;
+                    }
+                }
+                return;
+            }
+            End::Parked => {}
+        }
+        Counters::inc(&plane.counters.client_parked);
+        if io.has_unread() {
+            continue;
+        }
+        let idle_deadline = state.epoch
+            + Duration::from_millis(state.idle_since_ms.load(Relaxed))
+            + settings.idle_timeout.min(settings.header_timeout);
+        tokio::select! {
+            ready = io.get_ref().tcp().readable() => {
+                if ready.is_err() {
+                    return;
+                }
+            }
+            _ = tokio::time::sleep_until(idle_deadline) => {
+                Counters::inc(&plane.counters.client_idle_closed);
+                tracing::debug!(%client, "closing idle client connection");
+                return;
+            }
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// How long closing a connection may wait to flush (a TLS close_notify to
+/// a client that does not read).
+const SHUTDOWN_WRITE: Duration = Duration::from_secs(1);
+
+/// Reads until the first bytes tell HTTP/2's preface from an HTTP/1
+/// request, and hands them back to the connection. None: closed first.
+async fn detect_h2<I: AsyncRead + Unpin>(io: &mut Sniffer<I>) -> std::io::Result<Option<bool>> {
+    let mut buf = BytesMut::with_capacity(H2_PREFACE.len());
+    loop {
+        if io.read_buf(&mut buf).await? == 0 {
+            return Ok(None);
+        }
+        let n = buf.len().min(H2_PREFACE.len());
+        if buf[..n] != H2_PREFACE[..n] || n == H2_PREFACE.len() {
+            let h2 = buf[..n] == *H2_PREFACE;
+            io.unread(buf.freeze());
+            return Ok(Some(h2));
+        }
+    }
+}
+
+fn h1_builder(settings: &Listener, header_timeout: Duration) -> http1::Builder {
     let limits = &settings.limits;
-    let mut http1 = builder.http1();
+    let mut http1 = http1::Builder::new();
     http1
         .timer(TokioTimer::new())
         .keep_alive(true)
@@ -320,7 +475,7 @@ async fn http<I>(
         // it also bounds the wait for the next request on a keep-alive
         // connection, and it is a total deadline: trickling bytes does not
         // extend it (slowloris).
-        .header_read_timeout(settings.header_timeout)
+        .header_read_timeout(header_timeout)
         .max_buf_size((limits.max_header_bytes as usize).max(8192));
     // Hyper answers 431 itself past this many headers, before any request
     // exists. Its own limit is the same 100, kept in arrays on the stack;
@@ -329,80 +484,131 @@ async fn http<I>(
     if limits.max_headers != HYPER_MAX_HEADERS {
         http1.max_headers(limits.max_headers as usize);
     }
+    http1
+}
+
+fn h2_builder(settings: &Listener) -> http2::Builder<TokioExecutor> {
     let h2 = &settings.http2;
+    let mut builder = http2::Builder::new(TokioExecutor::new());
     builder
-        .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(h2.max_concurrent_streams)
         .max_pending_accept_reset_streams(h2.max_pending_reset_streams as usize)
         .max_local_error_reset_streams(h2.max_local_error_reset_streams as usize)
         // Bounds the HEADERS + CONTINUATION a stream may send, so a
         // CONTINUATION flood ends in an error, not in memory.
-        .max_header_list_size(limits.max_header_bytes)
+        .max_header_list_size(settings.limits.max_header_bytes)
         .keep_alive_interval(h2.keep_alive_interval)
         .keep_alive_timeout(h2.keep_alive_timeout);
-    let io = Sniffer::new(io, state.head.clone());
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    tokio::pin!(conn);
+    builder
+}
 
-    let counters = &plane.counters;
-    let header_timeout = settings.header_timeout;
-    let idle_timeout = settings.idle_timeout;
-    let mut closing = false;
-    loop {
-        // Until a first request head arrives, the connection lives on the
-        // header deadline (covers the h2 preface and protocol detection,
-        // which hyper's own header timer does not); after that, on the
-        // idle timeout between requests. The deadline is a check, not a
-        // verdict: when it fires, the state is read again. While requests
-        // are in progress the next check is one idle timeout away, so an
-        // idle connection is found at most then and closed on time.
-        let check = if closing {
-            None
-        } else {
-            let now = Instant::now();
-            Some(if state.started.load(Relaxed) == 0 {
-                (state.epoch + header_timeout).min(now + idle_timeout)
-            } else if state.active.load(Relaxed) > 0 {
-                now + idle_timeout
+/// Why a served hyper connection stopped.
+enum End {
+    /// Done (closed by either side, or upgraded): the IO is not shut down yet.
+    Closed,
+    /// Idle past the park time: handed back, the socket stays open.
+    Parked,
+    /// Ended in an error (counted); nothing more to do.
+    Failed,
+}
+
+/// What a connection's lifetime rules need.
+struct Life<'a> {
+    state: &'a ConnState,
+    counters: &'a Counters,
+    client: SocketAddr,
+    shutdown: &'a CancellationToken,
+    header_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+impl Life<'_> {
+    /// Drives one hyper connection until it ends: closed gracefully on
+    /// shutdown and once idle past the idle timeout; with `park`, asked to
+    /// stop once idle that long so the caller can park it.
+    async fn drive<C>(
+        &self,
+        conn: &mut C,
+        mut poll: impl FnMut(&mut C, &mut Context<'_>) -> Poll<hyper::Result<()>>,
+        mut graceful: impl FnMut(&mut C),
+        park: Option<Duration>,
+        protocols: Protocols,
+    ) -> End {
+        let state = self.state;
+        let (header_timeout, idle_timeout) = (self.header_timeout, self.idle_timeout);
+        let step = park.map_or(idle_timeout, |p| p.min(idle_timeout));
+        let mut closing = false;
+        let mut parking = false;
+        loop {
+            // Until a first request head arrives, the connection lives on
+            // the header deadline; after that, on the idle timeout between
+            // requests. The deadline is a check, not a verdict: when it
+            // fires, the state is read again. While requests are in
+            // progress the next check is one step away, so an idle
+            // connection is found at most then.
+            let check = if closing {
+                None
             } else {
-                state.epoch
-                    + Duration::from_millis(state.idle_since_ms.load(Relaxed))
-                    + idle_timeout
-            })
-        };
-        tokio::select! {
-            res = conn.as_mut() => {
-                if let Err(e) = res {
-                    count_connection_error(counters, &*e, protocols);
-                    tracing::debug!(%client, error = %e, "client connection ended with an error");
+                let now = Instant::now();
+                let idle_since =
+                    state.epoch + Duration::from_millis(state.idle_since_ms.load(Relaxed));
+                Some(if state.started.load(Relaxed) == 0 {
+                    (state.epoch + header_timeout).min(now + step)
+                } else if state.active.load(Relaxed) > 0 {
+                    now + step
+                } else {
+                    match park {
+                        Some(p) if idle_since + p > now => idle_since + p,
+                        _ => idle_since + idle_timeout,
+                    }
+                })
+            };
+            tokio::select! {
+                res = std::future::poll_fn(|cx| poll(conn, cx)) => {
+                    return match res {
+                        Err(e) => {
+                            count_connection_error(self.counters, &e, protocols);
+                            tracing::debug!(client = %self.client, error = %e, "client connection ended with an error");
+                            End::Failed
+                        }
+                        Ok(()) if parking => End::Parked,
+                        Ok(()) => End::Closed,
+                    };
                 }
-                return;
-            }
-            _ = shutdown.cancelled(), if !closing => {
-                // Idle connections close now; busy ones after their response.
-                conn.as_mut().graceful_shutdown();
-                closing = true;
-            }
-            _ = sleep_until(check), if check.is_some() => {
-                if state.started.load(Relaxed) == 0 {
-                    if state.epoch.elapsed() < header_timeout {
+                _ = self.shutdown.cancelled(), if !closing => {
+                    // Idle connections close now; busy ones after their response.
+                    graceful(conn);
+                    closing = true;
+                }
+                _ = sleep_until(check), if check.is_some() => {
+                    if state.started.load(Relaxed) == 0 {
+                        if state.epoch.elapsed() < header_timeout {
+                            continue;
+                        }
+                        // Never sent a complete request head in time: drop
+                        // it outright, no response owed.
+                        Counters::inc(&self.counters.client_header_timeout);
+                        tracing::debug!(client = %self.client, "no request head within the header timeout; closing");
+                        return End::Failed;
+                    }
+                    if state.active.load(Relaxed) > 0 {
                         continue;
                     }
-                    // Never sent a complete request head in time: drop it
-                    // outright, no response owed.
-                    Counters::inc(&counters.client_header_timeout);
-                    tracing::debug!(%client, "no request head within the header timeout; closing");
-                    return;
-                }
-                let idle = state.active.load(Relaxed) == 0
-                    && state.epoch.elapsed().as_millis() as u64
-                        >= state.idle_since_ms.load(Relaxed) + idle_timeout.as_millis() as u64;
-                if idle {
-                    Counters::inc(&counters.client_idle_closed);
-                    tracing::debug!(%client, "closing idle client connection");
-                    conn.as_mut().graceful_shutdown();
-                    closing = true;
+                    let idle_for = Duration::from_millis(
+                        (state.epoch.elapsed().as_millis() as u64)
+                            .saturating_sub(state.idle_since_ms.load(Relaxed)),
+                    );
+                    if idle_for >= idle_timeout {
+                        Counters::inc(&self.counters.client_idle_closed);
+                        tracing::debug!(client = %self.client, "closing idle client connection");
+                        graceful(conn);
+                        closing = true;
+                    } else if park.is_some_and(|p| idle_for >= p) {
+                        graceful(conn);
+                        closing = true;
+                        parking = true;
+                    }
                 }
             }
         }
@@ -410,14 +616,7 @@ async fn http<I>(
 }
 
 /// Counts why hyper ended a client connection with an error.
-fn count_connection_error(
-    counters: &Counters,
-    e: &(dyn std::error::Error + 'static),
-    protocols: Protocols,
-) {
-    let Some(e) = e.downcast_ref::<hyper::Error>() else {
-        return;
-    };
+fn count_connection_error(counters: &Counters, e: &hyper::Error, protocols: Protocols) {
     if e.is_timeout() {
         Counters::inc(&counters.client_header_timeout);
     } else if e.is_parse_too_large() {

@@ -373,7 +373,7 @@ fn host_of(req: &Request<Incoming>) -> Option<Cow<'_, str>> {
 /// Serves one request. Never fails: every error becomes a response.
 pub(crate) async fn handle(
     plane: &DataPlane,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     info: &Arc<ConnInfo>,
     conn: ConnGuard,
 ) -> Response<ResponseBody> {
@@ -389,10 +389,9 @@ pub(crate) async fn handle(
         tracing::debug!(%client, error = %e, "request refused");
         return error_response(&e, request_id, conn, None, None, None, close);
     }
-    // An HTTP/1.1 Upgrade (WebSocket): keep the client's side of it; the
-    // request goes to the backend with its Upgrade header intact.
+    // An HTTP/1.1 Upgrade (WebSocket): the request goes to the backend
+    // with its Upgrade header intact.
     let upgrade = upgrade_of(&req);
-    let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
 
     let host = host_of(&req);
     let view = RequestView {
@@ -460,18 +459,14 @@ pub(crate) async fn handle(
     match result {
         Ok((mut resp, in_flight, lease)) => {
             let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-            if let (Some(client_up), true) =
-                (client_upgrade.filter(|_| upgrade.is_some()), switching)
-            {
-                let backend_up = hyper::upgrade::on(&mut resp);
-                tokio::spawn(crate::tunnel::run(
-                    client_up,
-                    backend_up,
-                    pool.timeouts.tunnel,
-                    info.shutdown.clone(),
-                    plane.counters.clone(),
-                    info.clone(),
-                ));
+            if upgrade.is_some() && switching {
+                // The client connection becomes the tunnel once hyper has
+                // sent this 101 (see the listener).
+                let tunnel = crate::tunnel::Tunnel {
+                    backend: hyper::upgrade::on(&mut resp),
+                    idle: pool.timeouts.tunnel,
+                };
+                *info.tunnel.lock().unwrap_or_else(|p| p.into_inner()) = Some(tunnel);
             }
             let (mut parts, body) = resp.into_parts();
             // Hop-by-hop, so stripped below; a 101 must still carry it.

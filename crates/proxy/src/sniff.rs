@@ -3,12 +3,15 @@
 //! `Transfer-Encoding`. hyper drops the Content-Length (Transfer-Encoding
 //! wins, as RFC 9112 §6.3 allows) before the request exists, so the proxy
 //! could not otherwise refuse it; this notes it for the request path.
+//! It also holds bytes hyper read but did not use when a connection parks
+//! or upgrades, and serves them first to whoever reads next.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Shared between the sniffer (writer) and the request path (reader).
@@ -26,6 +29,8 @@ const TE: &[u8] = b"transfer-encoding";
 
 pub(crate) struct Sniffer<I> {
     inner: I,
+    /// Read from `inner` (and scanned) already, handed back unused.
+    unread: Bytes,
     flags: Arc<HeadFlags>,
     scanning: bool,
     /// Off for good: the connection is HTTP/2 (its preface came first).
@@ -47,6 +52,7 @@ impl<I> Sniffer<I> {
     pub fn new(inner: I, flags: Arc<HeadFlags>) -> Self {
         Sniffer {
             inner,
+            unread: Bytes::new(),
             flags,
             scanning: true,
             off: false,
@@ -60,6 +66,21 @@ impl<I> Sniffer<I> {
             cl: false,
             te: false,
         }
+    }
+
+    pub fn get_ref(&self) -> &I {
+        &self.inner
+    }
+
+    /// Bytes to serve again before reading more (they were scanned when
+    /// first read).
+    pub fn unread(&mut self, bytes: Bytes) {
+        debug_assert!(self.unread.is_empty());
+        self.unread = bytes;
+    }
+
+    pub fn has_unread(&self) -> bool {
+        !self.unread.is_empty()
     }
 
     fn scan(&mut self, bytes: &[u8]) {
@@ -137,6 +158,11 @@ impl<I: AsyncRead + Unpin> AsyncRead for Sniffer<I> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
+        if !this.unread.is_empty() {
+            let n = this.unread.len().min(buf.remaining());
+            buf.put_slice(&this.unread.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let res = Pin::new(&mut this.inner).poll_read(cx, buf);
         if buf.filled().len() > before {

@@ -17,48 +17,57 @@ use tokio_util::sync::CancellationToken;
 
 use crate::counters::Counters;
 
-/// Runs the tunnel once both upgrades complete. `_hold` is kept for the
-/// tunnel's life (the client connection's slot under `max_connections`).
-pub(crate) async fn run<H: Send + 'static>(
-    client: OnUpgrade,
-    backend: OnUpgrade,
-    idle: Duration,
-    shutdown: CancellationToken,
-    counters: Arc<Counters>,
-    _hold: H,
-) {
-    let (client, backend) = match tokio::join!(client, backend) {
-        (Ok(c), Ok(b)) => (c, b),
-        (Err(e), _) | (_, Err(e)) => {
-            tracing::debug!(error = %e, "upgrade did not complete");
-            return;
-        }
-    };
-    Counters::inc(&counters.tunnels_opened);
-    let epoch = Instant::now();
-    let last = Arc::new(AtomicU64::new(0));
-    let mut client = Activity::new(TokioIo::new(client), epoch, last.clone());
-    let mut backend = Activity::new(TokioIo::new(backend), epoch, last.clone());
-    let copy = tokio::io::copy_bidirectional(&mut client, &mut backend);
-    tokio::pin!(copy);
-    let mut deadline = epoch + idle;
-    loop {
-        tokio::select! {
-            res = &mut copy => {
-                if let Err(e) = res {
-                    tracing::debug!(error = %e, "tunnel ended with an error");
-                }
+/// A backend's agreement to an upgrade, waiting for the client's side:
+/// the client connection turns into the tunnel once hyper has sent the 101.
+pub(crate) struct Tunnel {
+    pub backend: OnUpgrade,
+    /// The pool's `timeouts.tunnel`.
+    pub idle: Duration,
+}
+
+impl Tunnel {
+    /// Copies bytes both ways until either side closes, the tunnel idles
+    /// past its timeout, or the listener shuts down.
+    pub async fn run<C: AsyncRead + AsyncWrite + Unpin>(
+        self,
+        client: C,
+        shutdown: CancellationToken,
+        counters: Arc<Counters>,
+    ) {
+        let backend = match self.backend.await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade did not complete");
                 return;
             }
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep_until(deadline) => {
-                let last_seen = epoch + Duration::from_millis(last.load(Relaxed));
-                if last_seen + idle <= Instant::now() {
-                    Counters::inc(&counters.tunnels_idle_closed);
-                    tracing::debug!("closing idle tunnel");
+        };
+        let idle = self.idle;
+        Counters::inc(&counters.tunnels_opened);
+        let epoch = Instant::now();
+        let last = Arc::new(AtomicU64::new(0));
+        let mut client = Activity::new(client, epoch, last.clone());
+        let mut backend = Activity::new(TokioIo::new(backend), epoch, last.clone());
+        let copy = tokio::io::copy_bidirectional(&mut client, &mut backend);
+        tokio::pin!(copy);
+        let mut deadline = epoch + idle;
+        loop {
+            tokio::select! {
+                res = &mut copy => {
+                    if let Err(e) = res {
+                        tracing::debug!(error = %e, "tunnel ended with an error");
+                    }
                     return;
                 }
-                deadline = last_seen + idle;
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep_until(deadline) => {
+                    let last_seen = epoch + Duration::from_millis(last.load(Relaxed));
+                    if last_seen + idle <= Instant::now() {
+                        Counters::inc(&counters.tunnels_idle_closed);
+                        tracing::debug!("closing idle tunnel");
+                        return;
+                    }
+                    deadline = last_seen + idle;
+                }
             }
         }
     }

@@ -2,9 +2,13 @@
 
 use std::time::Duration;
 
-use fulcrum_testkit::{Backend, Blackhole, Client, Mode, SnapshotBuilder, TestProxy, pool};
+use fulcrum_testkit::{
+    Backend, Blackhole, Client, Mode, SnapshotBuilder, TestProxy, eventually, pool,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
-use crate::raw_until_closed;
+use crate::{PATIENCE, raw_until_closed};
 
 #[tokio::test]
 async fn response_timeout_is_504_naming_pool_and_backend() {
@@ -67,5 +71,111 @@ async fn idle_keep_alive_connection_is_closed() {
         .expect("idle connection never closed");
     let text = String::from_utf8_lossy(&got);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert_eq!(a.hits(), 1);
+}
+
+/// Sends one GET on `s` and reads its response head and body (the test
+/// backends answer with a Content-Length); returns the status line.
+async fn get_on(s: &mut TcpStream) -> String {
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(PATIENCE, s.read(&mut buf))
+            .await
+            .expect("no response")
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed mid-response: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got);
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len: usize = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if got.len() >= end + 4 + len {
+                return text.lines().next().unwrap().to_owned();
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_parks_and_serves_its_next_request() {
+    let a = Backend::start("a").await;
+    // Parks after half the idle timeout.
+    let snap = SnapshotBuilder::new()
+        .pool(pool("p", &[a.addr]))
+        .catch_all("p")
+        .listener_timeouts(Duration::from_secs(30), Duration::from_millis(400))
+        .build();
+    let proxy = TestProxy::start(snap).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    for parked in 1..=2 {
+        assert!(get_on(&mut s).await.starts_with("HTTP/1.1 200"));
+        assert!(
+            eventually(PATIENCE, || proxy.plane.counters().client_parked == parked).await,
+            "the idle connection was not parked"
+        );
+    }
+    // Parked, it still closes at the idle timeout.
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(PATIENCE, s.read(&mut buf))
+        .await
+        .expect("a parked connection outlived its idle timeout");
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    assert_eq!(proxy.plane.counters().client_idle_closed, 1);
+    assert_eq!(a.hits(), 2);
+}
+
+#[tokio::test]
+async fn a_parked_connection_keeps_the_header_deadline() {
+    let a = Backend::start("a").await;
+    // Parks after 400 ms idle; the next head is due 600 ms after the last
+    // response, parked or not.
+    let snap = SnapshotBuilder::new()
+        .pool(pool("p", &[a.addr]))
+        .catch_all("p")
+        .listener_timeouts(Duration::from_millis(600), Duration::from_millis(800))
+        .build();
+    let proxy = TestProxy::start(snap).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    assert!(get_on(&mut s).await.starts_with("HTTP/1.1 200"));
+    assert!(eventually(PATIENCE, || proxy.plane.counters().client_parked == 1).await);
+    // A slowloris head after the park: each line is progress, none
+    // extends the deadline.
+    let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: x.test\r\n").await;
+    let mut closed = false;
+    for i in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if s.write_all(format!("X-{i}: a\r\n").as_bytes())
+            .await
+            .is_err()
+        {
+            closed = true;
+            break;
+        }
+        let mut buf = [0u8; 512];
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(Duration::from_millis(1), s.read(&mut buf)).await
+        {
+            closed = true;
+            break;
+        }
+    }
+    assert!(
+        closed,
+        "a trickling client kept a parked connection for 5 s"
+    );
     assert_eq!(a.hits(), 1);
 }
