@@ -43,9 +43,10 @@ enum Verb {
         /// How long in-flight requests may take to finish on shutdown.
         #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
         grace: Duration,
-        /// Worker threads; default: one per core.
+        /// Worker threads, each accepting and serving its own connections
+        /// on its own socket of every listener; default: one per core.
         #[arg(long, value_name = "N")]
-        threads: Option<usize>,
+        threads: Option<std::num::NonZeroUsize>,
         /// Also start a small demo HTTP server on every backend address of
         /// the config, to try Fulcrum on one machine.
         #[arg(long)]

@@ -1,17 +1,19 @@
-//! `fulcrum serve`: owns the process around the data plane — binding
-//! listeners, SIGHUP reload (all-or-nothing: a refused config leaves the
-//! running one serving) and SIGTERM drain.
+//! `fulcrum serve`: owns the process around the data plane — the worker
+//! threads, binding listeners, SIGHUP reload (all-or-nothing: a refused
+//! config leaves the running one serving) and SIGTERM drain.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use fulcrum_config::{Severity, Snapshot};
-use fulcrum_proxy::DataPlane;
+use fulcrum_proxy::{ConnectionCount, DataPlane};
 use tokio::net::TcpListener;
+use tokio::runtime::Handle;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -25,7 +27,7 @@ use fulcrum_safety::rules::ConfigSource;
 pub fn run(
     path: &Path,
     grace: Duration,
-    threads: Option<usize>,
+    threads: Option<NonZeroUsize>,
     demo_backends: bool,
     standards: Option<std::path::PathBuf>,
 ) -> ExitCode {
@@ -55,19 +57,23 @@ pub fn run(
             return ExitCode::FAILURE;
         }
     };
-    let runtime = match threads {
+    let threads = threads
+        .or_else(|| std::thread::available_parallelism().ok())
+        .map_or(1, NonZeroUsize::get);
+    let runtime = if threads == 1 {
         // One thread means one: the whole proxy runs on the thread that can
         // be pinned to a core.
-        Some(1) => tokio::runtime::Builder::new_current_thread()
+        tokio::runtime::Builder::new_current_thread()
             .enable_all()
-            .build(),
-        Some(n) => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n)
+            .build()
+    } else {
+        // The control side only: signals, reloads, health checks, the
+        // access-log writer. A reload compiles on the main thread, so its
+        // tasks get a thread of their own and do not stall meanwhile.
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
             .enable_all()
-            .build(),
-        None => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build(),
+            .build()
     };
     let runtime = match runtime {
         Ok(r) => r,
@@ -76,7 +82,61 @@ pub fn run(
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(serve(path, snapshot, grace, demo_backends, watch))
+    let workers = match (threads > 1).then(|| Workers::start(threads)).transpose() {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("fulcrum: cannot start {threads} worker threads: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let serving = workers
+        .as_ref()
+        .map_or_else(|| vec![runtime.handle().clone()], |w| w.handles.clone());
+    runtime.block_on(serve(path, snapshot, grace, demo_backends, watch, serving))
+}
+
+/// `--threads N` with N > 1: N threads, each running its own current-thread
+/// runtime with its own socket of every listener. A connection is accepted,
+/// served and proxied on one thread for its whole life, with that thread's
+/// idle backend connections; no task moves between cores.
+struct Workers {
+    handles: Vec<Handle>,
+    stop: CancellationToken,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Workers {
+    fn start(n: usize) -> std::io::Result<Workers> {
+        let mut workers = Workers {
+            handles: Vec::with_capacity(n),
+            stop: CancellationToken::new(),
+            threads: Vec::with_capacity(n),
+        };
+        for _ in 0..n {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            workers.handles.push(runtime.handle().clone());
+            let stop = workers.stop.clone();
+            let thread = std::thread::Builder::new()
+                .name("fulcrum-worker".to_owned())
+                // Tasks spawned through the handle run while this blocks.
+                .spawn(move || runtime.block_on(stop.cancelled()))?;
+            workers.threads.push(thread);
+        }
+        Ok(workers)
+    }
+}
+
+impl Drop for Workers {
+    /// Once `serve` is done: connections still open after the grace period
+    /// go with their runtime.
+    fn drop(&mut self) {
+        self.stop.cancel();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
 }
 
 fn init_tracing() {
@@ -133,6 +193,7 @@ async fn serve(
     grace: Duration,
     demo_backends: bool,
     mut watch: Option<Watch>,
+    serving: Vec<Handle>,
 ) -> ExitCode {
     let (Ok(mut hup), Ok(mut term)) = (
         signal(SignalKind::hangup()),
@@ -154,8 +215,8 @@ async fn serve(
     } else {
         Vec::new()
     };
-    let mut listeners = Listeners::default();
-    let bound = match listeners.bind_new(&snapshot).await {
+    let mut listeners = Listeners::new(serving);
+    let bound = match listeners.bind_new(&snapshot) {
         Ok(b) => b,
         Err(e) => {
             eprintln!("fulcrum: {e}");
@@ -218,7 +279,7 @@ async fn reload(
             return;
         }
     };
-    let bound = match listeners.bind_new(&snapshot).await {
+    let bound = match listeners.bind_new(&snapshot) {
         Ok(b) => b,
         Err(e) => {
             error!(version = %current.version, "reload refused, still serving the running config: {e}");
@@ -235,15 +296,19 @@ struct Running {
     /// The address as configured (port 0 stays 0), to tell a moved listener.
     bind: SocketAddr,
     shutdown: CancellationToken,
-    /// Fires once the listening socket is closed.
-    closed: oneshot::Receiver<()>,
-    task: JoinHandle<()>,
+    /// One per socket: fires once that listening socket is closed.
+    closed: Vec<oneshot::Receiver<()>>,
+    /// One accept task per socket, each on its own runtime.
+    tasks: Vec<JoinHandle<()>>,
 }
 
 /// The listeners being served, by name. A reload binds what is new first
 /// and only then stops what went away, so a bind failure changes nothing.
-#[derive(Default)]
 struct Listeners {
+    /// The runtimes that accept and serve connections: the only one with
+    /// `--threads 1`, else one per worker thread. Each listener has a
+    /// socket on each.
+    serving: Vec<Handle>,
     running: HashMap<Arc<str>, Running>,
     /// Listeners removed by a reload, finishing their in-flight requests.
     draining: Vec<JoinHandle<()>>,
@@ -252,17 +317,26 @@ struct Listeners {
 struct Bound {
     name: Arc<str>,
     bind: SocketAddr,
-    socket: TcpListener,
+    /// One per serving runtime, all on one address.
+    sockets: Vec<std::net::TcpListener>,
 }
 
 impl Listeners {
-    async fn bind_new(&self, snapshot: &Snapshot) -> Result<Vec<Bound>, String> {
+    fn new(serving: Vec<Handle>) -> Self {
+        Listeners {
+            serving,
+            running: HashMap::new(),
+            draining: Vec::new(),
+        }
+    }
+
+    fn bind_new(&self, snapshot: &Snapshot) -> Result<Vec<Bound>, String> {
         let mut bound = Vec::new();
         for l in &snapshot.listeners {
             if self.running.get(&l.name).is_some_and(|r| r.bind == l.bind) {
                 continue;
             }
-            let socket = TcpListener::bind(l.bind).await.map_err(|e| {
+            let sockets = bind(l.bind, self.serving.len()).map_err(|e| {
                 format!(
                     "listener {:?}: cannot bind {}: {e} (is another process using it?)",
                     l.name, l.bind
@@ -271,7 +345,7 @@ impl Listeners {
             bound.push(Bound {
                 name: l.name.clone(),
                 bind: l.bind,
-                socket,
+                sockets,
             });
         }
         Ok(bound)
@@ -294,38 +368,50 @@ impl Listeners {
             if let Some(r) = self.running.remove(&name) {
                 info!(listener = %name, "listener removed; draining");
                 r.shutdown.cancel();
-                self.draining.push(r.task);
+                self.draining.extend(r.tasks);
             }
         }
         for b in bound {
-            let addr = b
-                .socket
+            let addr = b.sockets[0]
                 .local_addr()
                 .map_or_else(|_| b.bind.to_string(), |a| a.to_string());
             info!(listener = %b.name, addr = %addr, "listening");
             let shutdown = CancellationToken::new();
-            let (closed_tx, closed) = oneshot::channel();
-            let task = tokio::spawn({
-                let (name, plane, shutdown) = (b.name.clone(), plane.clone(), shutdown.clone());
-                async move {
-                    match fulcrum_proxy::accept(b.socket, name.clone(), plane, shutdown).await {
+            let open = ConnectionCount::default();
+            let mut running = Running {
+                bind: b.bind,
+                shutdown: shutdown.clone(),
+                closed: Vec::new(),
+                tasks: Vec::new(),
+            };
+            for (socket, runtime) in b.sockets.into_iter().zip(&self.serving) {
+                let (closed_tx, closed) = oneshot::channel();
+                let (name, plane, shutdown, open) = (
+                    b.name.clone(),
+                    plane.clone(),
+                    shutdown.clone(),
+                    open.clone(),
+                );
+                running.tasks.push(runtime.spawn(async move {
+                    // Registered here, so that this socket's readiness
+                    // wakes this thread, which serves what it accepts.
+                    let accepted = match TcpListener::from_std(socket) {
+                        Ok(s) => {
+                            fulcrum_proxy::accept(s, name.clone(), plane, shutdown, open).await
+                        }
+                        Err(e) => Err(e),
+                    };
+                    match accepted {
                         Ok(open) => {
                             let _ = closed_tx.send(());
                             open.finished().await;
                         }
                         Err(e) => error!(listener = %name, "listener failed: {e}"),
                     }
-                }
-            });
-            self.running.insert(
-                b.name,
-                Running {
-                    bind: b.bind,
-                    shutdown,
-                    closed,
-                    task,
-                },
-            );
+                }));
+                running.closed.push(closed);
+            }
+            self.running.insert(b.name, running);
         }
     }
 
@@ -336,8 +422,8 @@ impl Listeners {
         let mut closed = Vec::new();
         for r in self.running.into_values() {
             r.shutdown.cancel();
-            closed.push(r.closed);
-            tasks.push(r.task);
+            closed.extend(r.closed);
+            tasks.extend(r.tasks);
         }
         tokio::time::timeout(grace, async {
             // Announce only once every socket is closed, so that anyone
@@ -353,4 +439,33 @@ impl Listeners {
         .await
         .is_ok()
     }
+}
+
+/// `n` listening sockets on `addr`, each to be registered with the runtime
+/// that accepts from it. Several share the address through SO_REUSEPORT,
+/// and the kernel spreads incoming connections over them; all but the first
+/// bind the address the first got, so port 0 means one ephemeral port for
+/// all. SO_REUSEPORT is set only then: it also lets another process of the
+/// same user, with it set too, bind the same port without an error.
+fn bind(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    use socket2::{Domain, Socket, Type};
+    let mut sockets: Vec<std::net::TcpListener> = Vec::with_capacity(n);
+    for _ in 0..n {
+        let at = match sockets.first() {
+            Some(first) => first.local_addr()?,
+            None => addr,
+        };
+        let socket = Socket::new(Domain::for_address(at), Type::STREAM, None)?;
+        // As tokio's `TcpListener::bind`: a restarted proxy need not wait
+        // for its old connections to leave TIME_WAIT.
+        socket.set_reuse_address(true)?;
+        if n > 1 {
+            socket.set_reuse_port(true)?;
+        }
+        socket.set_nonblocking(true)?;
+        socket.bind(&at.into())?;
+        socket.listen(1024)?;
+        sockets.push(socket.into());
+    }
+    Ok(sockets)
 }

@@ -1,6 +1,7 @@
 //! The `fulcrum` binary end to end: `check` output and exit codes, and
-//! `serve` as a process — SIGHUP reload under load, a refused reload, and
-//! SIGTERM drain — against real backends on 127.0.0.1:0.
+//! `serve` as a process — SIGHUP reload under load, a refused reload,
+//! SIGTERM drain, and listeners shared by worker threads — against real
+//! backends on 127.0.0.1:0.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -449,6 +450,202 @@ async fn sigterm_drains_in_flight_requests_then_exits_0() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     assert!(status.success(), "{status:?}");
+}
+
+/// Listening sockets on 127.0.0.1:`port`, whoever owns them, from
+/// /proc/net/tcp: with `--threads N` a listener has N on one address.
+fn listening_sockets(port: u16) -> usize {
+    let local = format!("0100007F:{port:04X}");
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.get(1) == Some(&local.as_str()) && fields.get(3) == Some(&"0A")
+        })
+        .count()
+}
+
+/// Sends `n` requests at once, each on a new connection of its own, and
+/// returns the bodies (sorted) or every failure.
+async fn one_per_connection(addr: SocketAddr, n: usize) -> Result<Vec<String>, Vec<String>> {
+    let mut requests = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        requests.spawn(async move {
+            use http_body_util::BodyExt;
+            let tcp = tokio::net::TcpStream::connect(addr)
+                .await
+                .map_err(|e| format!("connect: {e}"))?;
+            let (mut send, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                    .await
+                    .map_err(|e| format!("handshake: {e}"))?;
+            tokio::spawn(conn);
+            let req = hyper::Request::get("/")
+                .header("host", "app.example.com")
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .unwrap();
+            let resp = send
+                .send_request(req)
+                .await
+                .map_err(|e| format!("request: {e}"))?;
+            let status = resp.status();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?;
+            let body = String::from_utf8_lossy(&body.to_bytes()).into_owned();
+            if status == 200 {
+                Ok(body)
+            } else {
+                Err(format!("status {status}: {body}"))
+            }
+        });
+    }
+    let (mut bodies, mut failures) = (Vec::new(), Vec::new());
+    for r in requests.join_all().await {
+        match r {
+            Ok(body) => bodies.push(body),
+            Err(e) => failures.push(e),
+        }
+    }
+    bodies.sort();
+    if failures.is_empty() {
+        Ok(bodies)
+    } else {
+        Err(failures)
+    }
+}
+
+/// With `--threads 2` every listener has a socket per worker thread, all on
+/// one address (port 0 included) and announced once; requests over many
+/// separate connections are all served; a reload binds a new listener the
+/// same way, and one that cannot bind changes nothing; SIGTERM closes every
+/// socket before announcing the drain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_threads_share_each_listener_across_reload_and_drain() {
+    let one = Backend::start("one").await;
+    let two = Backend::start("two").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        &dir,
+        "fulcrum.toml",
+        &config_one_pool("127.0.0.1:0", "one", one.addr),
+    );
+    let mut served = Served::start(&path); // --threads 2
+    let public = served.addr;
+    assert_eq!(listening_sockets(public.port()), 2, "one socket per thread");
+    assert_eq!(
+        one_per_connection(public, 64).await,
+        Ok(vec!["one".to_owned(); 64])
+    );
+
+    // The route moves to another pool and a second listener comes.
+    let extra = "[[listener]]\nname = \"extra\"\nbind = \"127.0.0.1:0\"\n";
+    std::fs::write(
+        &path,
+        config_one_pool("127.0.0.1:0", "two", two.addr) + extra,
+    )
+    .unwrap();
+    served.signal("HUP");
+    served.wait_log("config reloaded", 1);
+    served.wait_log("listening listener=extra", 1);
+    let extra_addr: SocketAddr = {
+        let log = served.log.lock().unwrap();
+        let line = log
+            .iter()
+            .find(|l| l.contains("listening listener=extra"))
+            .unwrap();
+        line.split("addr=").nth(1).unwrap().trim().parse().unwrap()
+    };
+    assert_eq!(listening_sockets(extra_addr.port()), 2);
+    assert_eq!(
+        listening_sockets(public.port()),
+        2,
+        "an unchanged listener keeps its sockets"
+    );
+    for addr in [public, extra_addr] {
+        assert_eq!(
+            one_per_connection(addr, 32).await,
+            Ok(vec!["two".to_owned(); 32])
+        );
+    }
+
+    // A listener on a port another socket holds (without SO_REUSEPORT):
+    // refused, and the pool change with it does not happen.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let blocked = format!(
+        "[[listener]]\nname = \"blocked\"\nbind = \"{}\"\n",
+        taken.local_addr().unwrap()
+    );
+    std::fs::write(
+        &path,
+        config_one_pool("127.0.0.1:0", "one", one.addr) + extra + &blocked,
+    )
+    .unwrap();
+    served.signal("HUP");
+    served.wait_log("reload refused", 1);
+    served.wait_log("cannot bind", 1);
+    assert_eq!(
+        one_per_connection(public, 16).await,
+        Ok(vec!["two".to_owned(); 16])
+    );
+    let listening = served
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("listening listener="))
+        .count();
+    assert_eq!(listening, 2, "each listener announced once");
+
+    served.signal("TERM");
+    served.wait_log("draining: no new connections", 1);
+    for addr in [public, extra_addr] {
+        assert_eq!(listening_sockets(addr.port()), 0, "every socket closed");
+        assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(s) = served.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "serve did not exit after draining"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn serve_with_two_threads_fails_in_one_line_on_a_taken_port() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        &dir,
+        "fulcrum.toml",
+        &config_one_pool(&addr.to_string(), "web", "127.0.0.1:9".parse().unwrap()),
+    );
+    let out = fulcrum()
+        .args(["serve", "--threads", "2", "-c"])
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with(&format!(
+            "fulcrum: listener \"public\": cannot bind {addr}: "
+        )),
+        "{err}"
+    );
 }
 
 fn config_auth_web(auth_pool: &str, auth: SocketAddr, web: SocketAddr) -> String {

@@ -26,7 +26,7 @@ mod tunnel;
 pub use backend::{BackendState, BackendStatus};
 pub use counters::CounterValues;
 pub use error::{Cause, ProxyError};
-pub use listener::{Open, accept, serve};
+pub use listener::{ConnectionCount, Open, accept, serve};
 pub use runtime::DataPlane;
 
 pub use fulcrum_config::Snapshot;

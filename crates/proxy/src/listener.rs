@@ -38,12 +38,19 @@ pub async fn serve(
     plane: Arc<DataPlane>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    accept(listener, name, plane, shutdown)
+    accept(listener, name, plane, shutdown, ConnectionCount::default())
         .await?
         .finished()
         .await;
     Ok(())
 }
+
+/// The client connections open on one listener, counted against
+/// `limits.max_connections`. A listener with a socket per worker thread
+/// shares one count over all of them, so the limit is the listener's, not
+/// each thread's.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectionCount(Arc<AtomicUsize>);
 
 /// The connections of a listener that stopped accepting.
 pub struct Open {
@@ -60,12 +67,14 @@ impl Open {
 /// The first half of [`serve`]: accept until `shutdown`, then close the
 /// listening socket and return the connections still open. A caller that
 /// announces "no new connections" waits for this, so the announcement is
-/// true when it is made.
+/// true when it is made. `open` counts the listener's connections across
+/// reloads and across its sockets.
 pub async fn accept(
     listener: TcpListener,
     name: Arc<str>,
     plane: Arc<DataPlane>,
     shutdown: CancellationToken,
+    open: ConnectionCount,
 ) -> std::io::Result<Open> {
     let mut current: (Arc<Listener>, Option<tokio_rustls::TlsAcceptor>) = {
         let rt = plane.runtime();
@@ -85,8 +94,6 @@ pub async fn accept(
             rt.tls[i].clone(),
         )
     };
-    // Open connections of this listener, across reloads.
-    let open = Arc::new(AtomicUsize::new(0));
     // Every connection task holds a sender; when all are dropped, all
     // connections are done.
     let (done_tx, done_rx) = mpsc::channel::<()>(1);
@@ -119,12 +126,11 @@ pub async fn accept(
         let (settings, acceptor) = (&current.0, &current.1);
         // Over the limit: close at once rather than queue, so a flood
         // costs one accept each and the clients fail fast.
-        if open.load(Relaxed) >= settings.limits.max_connections as usize {
+        let Some(slot) = Slot::take(&open, settings.limits.max_connections) else {
             Counters::inc(&plane.counters.client_connections_refused);
             drop(stream);
             continue;
-        }
-        let slot = Slot::take(&open);
+        };
         let _ = stream.set_nodelay(true);
         tokio::spawn(connection(
             stream,
@@ -146,9 +152,12 @@ pub async fn accept(
 pub(crate) struct Slot(Arc<AtomicUsize>);
 
 impl Slot {
-    fn take(open: &Arc<AtomicUsize>) -> Self {
-        open.fetch_add(1, Relaxed);
-        Slot(open.clone())
+    /// None when `max` are open already. The count goes up before the
+    /// check (a refused slot's drop takes it back down), so sockets on two
+    /// threads cannot both take the last slot.
+    fn take(open: &ConnectionCount, max: u32) -> Option<Self> {
+        let slot = Slot(open.0.clone());
+        (open.0.fetch_add(1, Relaxed) < max as usize).then_some(slot)
     }
 }
 

@@ -322,6 +322,61 @@ async fn connections_over_the_limit_are_closed_at_once() {
     assert!(served, "a freed slot was never reused");
 }
 
+/// `serve --threads N` gives a listener a socket per thread, all sharing
+/// one count: the limit is the listener's, whichever socket a connection
+/// came in on.
+#[tokio::test]
+async fn the_connection_limit_holds_across_a_listeners_sockets() {
+    let (_a, proxy) = proxy_with(|l| l.limits.max_connections = 2).await;
+    let name = proxy.plane.snapshot().listeners[0].name.clone();
+    let (open, shutdown) = (
+        fulcrum_proxy::ConnectionCount::default(),
+        tokio_util::sync::CancellationToken::new(),
+    );
+    let mut addrs = Vec::new();
+    for _ in 0..2 {
+        let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        addrs.push(socket.local_addr().unwrap());
+        let (name, plane) = (name.clone(), proxy.plane.clone());
+        tokio::spawn(fulcrum_proxy::accept(
+            socket,
+            name,
+            plane,
+            shutdown.clone(),
+            open.clone(),
+        ));
+    }
+    // One connection per socket, each answered, so both are counted.
+    let mut held = Vec::new();
+    for addr in &addrs {
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\nHost: x.test\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(PATIENCE, c.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        held.push(c);
+    }
+    let mut third = TcpStream::connect(addrs[0]).await.unwrap();
+    let _ = third
+        .write_all(b"GET / HTTP/1.1\r\nHost: x.test\r\n\r\n")
+        .await;
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(PATIENCE, third.read(&mut buf))
+        .await
+        .expect("the third connection was queued, not refused");
+    assert!(
+        matches!(n, Ok(0) | Err(_)),
+        "the third connection was served"
+    );
+    assert_eq!(proxy.plane.counters().client_connections_refused, 1);
+    shutdown.cancel();
+}
+
 /// A backend that dies mid-body: the client's read must fail, never end
 /// cleanly with a short body.
 async fn mid_response(mode: Mode) {
