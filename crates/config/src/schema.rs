@@ -76,6 +76,7 @@ pub fn config_schema() -> Value {
                 "enabled": { "type": "boolean" }
             }), &[]),
             "panic_threshold": { "type": "number", "minimum": 0, "maximum": 1 },
+            "idle_per_backend": { "type": "integer", "minimum": 0, "maximum": 100000 },
             "timeouts": object("Timeouts towards the backends.", json!({
                 "connect": duration("TCP connect."),
                 "response": duration("Request sent to response head."),

@@ -227,8 +227,18 @@ pub struct Pool {
     /// them, healthy or not, rather than overload the few that are left.
     /// 0.0 disables panic mode.
     pub panic_threshold: f64,
+    /// Idle keep-alive connections kept to each backend (HTTP/1.1 pools,
+    /// per worker thread); one released beyond this is closed.
+    pub idle_per_backend: u32,
     pub timeouts: Timeouts,
     pub retries: Retries,
+}
+
+impl Pool {
+    /// As NGINX's usual `keepalive 32`, doubled: enough that a steady load
+    /// reuses its connections, few enough that a burst does not leave
+    /// hundreds of idle ones holding memory on both sides.
+    pub const DEFAULT_IDLE_PER_BACKEND: u32 = 64;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -154,6 +154,7 @@ fn contract_config_compiles() {
         })
     );
     assert_eq!(pool.panic_threshold, 0.5);
+    assert_eq!(pool.idle_per_backend, 64);
     assert_eq!(
         pool.timeouts,
         Timeouts {

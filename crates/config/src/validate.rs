@@ -801,6 +801,13 @@ impl Validator<'_, '_> {
             &format!("{p}.panic_threshold"),
             0.5,
         );
+        let idle_per_backend = self.int(
+            raw.idle_per_backend.as_ref(),
+            &format!("{p}.idle_per_backend"),
+            Pool::DEFAULT_IDLE_PER_BACKEND,
+            0,
+            100_000,
+        );
         let timeouts = self.timeouts(
             raw.timeouts.as_ref().map(|t| t.get_ref()),
             &format!("{p}.timeouts"),
@@ -823,6 +830,7 @@ impl Validator<'_, '_> {
             health,
             outlier: outlier?,
             panic_threshold: panic_threshold?,
+            idle_per_backend: idle_per_backend?,
             timeouts: timeouts?,
             retries: retries?,
         })

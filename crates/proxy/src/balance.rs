@@ -413,6 +413,7 @@ mod tests {
             health: None,
             outlier: None,
             panic_threshold: 0.0,
+            idle_per_backend: Pool::DEFAULT_IDLE_PER_BACKEND,
             timeouts: Timeouts {
                 connect: Duration::from_secs(1),
                 response: Duration::from_secs(1),

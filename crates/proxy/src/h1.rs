@@ -80,6 +80,8 @@ pub(crate) struct H1Backend {
     addr: SocketAddr,
     connect_timeout: Duration,
     idle_timeout: Duration,
+    /// Idle connections kept per thread; one released beyond is closed.
+    pub max_idle: usize,
     idle: ThreadLocal<RefCell<Vec<Idle>>>,
 }
 
@@ -114,6 +116,10 @@ impl Lease {
             .take_while(|i| now.duration_since(i.since) >= self.backend.idle_timeout)
             .count();
         stack.drain(..stale);
+        if stack.len() >= self.backend.max_idle {
+            // Dropping the sender closes the connection.
+            return;
+        }
         self.use_.idle(now);
         stack.push(Idle {
             sender: self.sender,
@@ -124,11 +130,12 @@ impl Lease {
 }
 
 impl H1Backend {
-    pub fn new(addr: SocketAddr, timeouts: &Timeouts) -> Self {
+    pub fn new(addr: SocketAddr, timeouts: &Timeouts, max_idle: u32) -> Self {
         H1Backend {
             addr,
             connect_timeout: timeouts.connect,
             idle_timeout: timeouts.idle,
+            max_idle: max_idle as usize,
             idle: ThreadLocal::new(),
         }
     }

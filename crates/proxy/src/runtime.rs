@@ -228,9 +228,19 @@ fn build(
                 .iter()
                 .filter(|_| pool.protocol != Protocol::H2)
                 .map(|b| {
-                    same.and_then(|p| p.h1.iter().find(|h| h.addr() == b.addr))
-                        .cloned()
-                        .unwrap_or_else(|| Arc::new(H1Backend::new(b.addr, &pool.timeouts)))
+                    same.and_then(|p| {
+                        p.h1.iter().find(|h| {
+                            h.addr() == b.addr && h.max_idle == pool.idle_per_backend as usize
+                        })
+                    })
+                    .cloned()
+                    .unwrap_or_else(|| {
+                        Arc::new(H1Backend::new(
+                            b.addr,
+                            &pool.timeouts,
+                            pool.idle_per_backend,
+                        ))
+                    })
                 })
                 .collect();
             // h2 connections stay too.

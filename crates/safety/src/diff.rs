@@ -23,7 +23,8 @@ pub struct Change {
     /// `auth`, or `auth/127.0.0.1:9101` for a backend.
     pub name: String,
     /// What changed, for `changed`: `pool`, `match`, `order`, `algorithm`,
-    /// `weight`, `health`, `outlier`, `timeouts`, `retries`, `panic_threshold`.
+    /// `weight`, `health`, `outlier`, `timeouts`, `retries`, `panic_threshold`,
+    /// `idle_per_backend`.
     pub field: Option<&'static str>,
     pub old: Option<String>,
     pub new: Option<String>,
@@ -152,6 +153,11 @@ pub fn semantic(old: &Snapshot, new: &Snapshot) -> Vec<Change> {
                     "panic_threshold",
                     p.panic_threshold.to_string(),
                     n.panic_threshold.to_string(),
+                );
+                field(
+                    "idle_per_backend",
+                    p.idle_per_backend.to_string(),
+                    n.idle_per_backend.to_string(),
                 );
                 for b in &p.backends {
                     let name = format!("{}/{}", p.name, b.addr);

@@ -417,6 +417,7 @@ pub fn pool(name: &str, backends: &[SocketAddr]) -> Pool {
         health: None,
         outlier: None,
         panic_threshold: 0.0,
+        idle_per_backend: Pool::DEFAULT_IDLE_PER_BACKEND,
         timeouts: Timeouts {
             connect: Duration::from_millis(300),
             response: Duration::from_millis(300),

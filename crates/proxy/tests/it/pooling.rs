@@ -1,7 +1,8 @@
 //! The HTTP/1.1 backend pool: keep-alive connections are reused, a
 //! connection whose response body was not read to the end is not, a
 //! pooled connection the backend closed is not a failed request, and
-//! connections idle past `timeouts.idle` are closed.
+//! connections idle past `timeouts.idle` or beyond `idle_per_backend` are
+//! closed.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,6 +27,8 @@ enum Shape {
     /// On the first connection, send the head and half the body, then
     /// wait for the proxy to close it.
     FirstHalfBody,
+    /// Keep-alive, each response 100 ms late, so requests overlap.
+    Slow,
 }
 
 struct CountingBackend {
@@ -73,6 +76,9 @@ async fn serve(mut s: TcpStream, body: &[u8], shape: Shape) {
     loop {
         while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             buf.drain(..end + 4);
+            if shape == Shape::Slow {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
             let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
             let sent = match shape {
                 Shape::FirstHalfBody => &body[..body.len() / 2],
@@ -180,4 +186,27 @@ async fn idle_backend_connections_are_closed_after_the_idle_timeout() {
         eventually(PATIENCE, || b.closed.load(SeqCst) == 1).await,
         "the proxy kept an idle backend connection open"
     );
+}
+
+#[tokio::test]
+async fn a_burst_keeps_at_most_idle_per_backend_connections() {
+    let b = CountingBackend::start(b"ok", Shape::Slow).await;
+    let mut p = pool("p", &[b.addr]);
+    p.idle_per_backend = 2;
+    let proxy = TestProxy::start(SnapshotBuilder::new().pool(p).catch_all("p").build()).await;
+    let client = Client::new(proxy.addr);
+    // Six requests at once need six backend connections.
+    let replies = futures_util::future::join_all((0..6).map(|_| client.get("x.test", "/"))).await;
+    assert!(replies.iter().all(|r| r.status == 200));
+    assert_eq!(b.accepted.load(SeqCst), 6);
+    assert!(
+        eventually(PATIENCE, || b.closed.load(SeqCst) == 4).await,
+        "closed {} of 6 backend connections, want 4",
+        b.closed.load(SeqCst)
+    );
+    // The two kept serve the next requests.
+    for _ in 0..2 {
+        assert_eq!(client.get("x.test", "/").await.status, 200);
+    }
+    assert_eq!(b.accepted.load(SeqCst), 6);
 }
