@@ -336,12 +336,13 @@ impl Listeners {
             if self.running.get(&l.name).is_some_and(|r| r.bind == l.bind) {
                 continue;
             }
-            let sockets = bind(l.bind, self.serving.len()).map_err(|e| {
-                format!(
-                    "listener {:?}: cannot bind {}: {e} (is another process using it?)",
-                    l.name, l.bind
-                )
-            })?;
+            let sockets =
+                bind(l.bind, self.serving.len(), l.limits.max_connections).map_err(|e| {
+                    format!(
+                        "listener {:?}: cannot bind {}: {e} (is another process using it?)",
+                        l.name, l.bind
+                    )
+                })?;
             bound.push(Bound {
                 name: l.name.clone(),
                 bind: l.bind,
@@ -447,7 +448,11 @@ impl Listeners {
 /// bind the address the first got, so port 0 means one ephemeral port for
 /// all. SO_REUSEPORT is set only then: it also lets another process of the
 /// same user, with it set too, bind the same port without an error.
-fn bind(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+fn bind(
+    addr: SocketAddr,
+    n: usize,
+    max_connections: u32,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
     use socket2::{Domain, Socket, Type};
     let mut sockets: Vec<std::net::TcpListener> = Vec::with_capacity(n);
     for _ in 0..n {
@@ -464,7 +469,11 @@ fn bind(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpListener
         }
         socket.set_nonblocking(true)?;
         socket.bind(&at.into())?;
-        socket.listen(1024)?;
+        // As HAProxy: a queue as long as the connection limit (the kernel
+        // caps it at net.core.somaxconn), so a burst of new connections
+        // waits in the queue instead of having its SYNs dropped and
+        // retried a second later.
+        socket.listen(max_connections.min(i32::MAX as u32) as i32)?;
         sockets.push(socket.into());
     }
     Ok(sockets)

@@ -241,17 +241,38 @@ async fn connection(
     shutdown: CancellationToken,
     hold: (mpsc::Sender<()>, Slot),
 ) {
-    let Some(acceptor) = acceptor else {
-        let protocols = if settings.http2.enabled {
-            Protocols::Detect
-        } else {
-            Protocols::Http1
-        };
-        return http(
-            stream, client, false, protocols, plane, settings, shutdown, hold,
-        )
-        .await;
-    };
+    match acceptor {
+        // A task is as large as its largest state for its whole life: the
+        // TLS path is boxed so plain connections are not sized for it.
+        Some(acceptor) => {
+            Box::pin(tls_connection(
+                stream, acceptor, client, plane, settings, shutdown, hold,
+            ))
+            .await
+        }
+        None => {
+            let protocols = if settings.http2.enabled {
+                Protocols::Detect
+            } else {
+                Protocols::Http1
+            };
+            http(
+                stream, client, false, protocols, plane, settings, shutdown, hold,
+            )
+            .await
+        }
+    }
+}
+
+async fn tls_connection(
+    stream: TcpStream,
+    acceptor: tokio_rustls::TlsAcceptor,
+    client: SocketAddr,
+    plane: Arc<DataPlane>,
+    settings: Arc<Listener>,
+    shutdown: CancellationToken,
+    hold: (mpsc::Sender<()>, Slot),
+) {
     // The handshake counts against the header deadline: a client that
     // opens TLS slowly is as much a slowloris as one that sends headers
     // slowly.
@@ -301,7 +322,7 @@ impl Socket for tokio_rustls::server::TlsStream<TcpStream> {
 /// after half its idle timeout if that is shorter, and waits for its next
 /// request holding only the socket. A keep-alive connection under load is
 /// never idle this long, so it never pays for the rebuild.
-const PARK_AFTER: Duration = Duration::from_secs(1);
+const PARK_AFTER: Duration = Duration::from_millis(50);
 
 /// HTTP/2's connection preface, which tells h2c from HTTP/1.1.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -379,13 +400,13 @@ async fn http<I>(
     };
     if h2 {
         let mut conn = Box::pin(h2_builder(&settings).serve_connection(TokioIo::new(io), service));
-        life.drive(
+        Box::pin(life.drive(
             &mut conn,
             |c, cx| c.as_mut().poll(cx),
             |c| c.as_mut().graceful_shutdown(),
             None,
             Protocols::Http2,
-        )
+        ))
         .await;
         return;
     }
@@ -401,15 +422,14 @@ async fn http<I>(
             head_deadline.saturating_duration_since(Instant::now()),
         );
         let mut conn = Box::pin(builder.serve_connection(TokioIo::new(io), service.clone()));
-        let end = life
-            .drive(
-                &mut conn,
-                |c, cx| c.poll_without_shutdown(cx),
-                |c| c.as_mut().graceful_shutdown(),
-                Some(park_after),
-                Protocols::Http1,
-            )
-            .await;
+        let end = Box::pin(life.drive(
+            &mut conn,
+            |c, cx| c.poll_without_shutdown(cx),
+            |c| c.as_mut().graceful_shutdown(),
+            Some(park_after),
+            Protocols::Http1,
+        ))
+        .await;
         let parts = Pin::into_inner(conn).into_parts();
         io = parts.io.into_inner();
         io.unread(parts.read_buf);
@@ -418,7 +438,7 @@ async fn http<I>(
             End::Closed => {
                 let tunnel = info.tunnel.lock().unwrap_or_else(|p| p.into_inner()).take();
                 match tunnel {
-                    Some(t) => t.run(io, shutdown.clone(), plane.counters.clone()).await,
+                    Some(t) => Box::pin(t.run(io, shutdown.clone(), plane.counters.clone())).await,
                     None => {
                         let _ = tokio::time::timeout(SHUTDOWN_WRITE, io.shutdown()).await;
                     }

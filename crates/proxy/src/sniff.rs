@@ -73,10 +73,14 @@ impl<I> Sniffer<I> {
     }
 
     /// Bytes to serve again before reading more (they were scanned when
-    /// first read).
+    /// first read). Copied, because they are a view into hyper's read
+    /// buffer and would keep all of it alive; they are rarely more than a
+    /// few bytes.
     pub fn unread(&mut self, bytes: Bytes) {
         debug_assert!(self.unread.is_empty());
-        self.unread = bytes;
+        if !bytes.is_empty() {
+            self.unread = Bytes::copy_from_slice(&bytes);
+        }
     }
 
     pub fn has_unread(&self) -> bool {
