@@ -109,7 +109,18 @@ impl<I> Sniffer<I> {
         if !self.scanning {
             return;
         }
-        for &b in bytes {
+        let mut i = 0;
+        while let Some(&b) = bytes.get(i) {
+            i += 1;
+            if !self.in_name && !self.at_line_start && !self.blank_cr && b != b'\n' {
+                // In a value (or a long request line): nothing to see
+                // until the line ends.
+                match bytes[i..].iter().position(|&c| c == b'\n') {
+                    Some(j) => i += j,
+                    None => return,
+                }
+                continue;
+            }
             if self.at_line_start {
                 self.at_line_start = false;
                 if b == b'\r' {
@@ -199,5 +210,41 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Sniffer<I> {
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ambiguous(chunks: &[&[u8]]) -> bool {
+        let flags = Arc::new(HeadFlags::default());
+        let mut s = Sniffer::new((), flags.clone());
+        for c in chunks {
+            s.scan(c);
+        }
+        flags.ambiguous.load(Relaxed)
+    }
+
+    #[test]
+    fn sees_both_lengths_however_the_head_is_split() {
+        let both: &[u8] = b"POST /a/rather/long/path/indeed HTTP/1.1\r\nHost: x.test\r\nContent-Length: 6\r\nX-Long: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\ntransfer-encoding: chunked\r\n\r\n";
+        let one: &[u8] = b"POST / HTTP/1.1\r\nHost: x.test\r\nX-Content-Length: 6\r\nX-A: content-length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        for split in 0..=both.len() {
+            assert!(
+                ambiguous(&[&both[..split], &both[split..]]),
+                "split at {split}"
+            );
+        }
+        for split in 0..=one.len() {
+            assert!(
+                !ambiguous(&[&one[..split], &one[split..]]),
+                "split at {split}"
+            );
+        }
+        let bytes: Vec<&[u8]> = both.chunks(1).collect();
+        assert!(ambiguous(&bytes));
+        let bytes: Vec<&[u8]> = one.chunks(1).collect();
+        assert!(!ambiguous(&bytes));
     }
 }
