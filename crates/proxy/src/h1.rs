@@ -298,24 +298,22 @@ impl H1Backend {
         // Boxed: rare, and it would make every body larger.
         let upload = (!upload.done()).then(|| Box::new(upload));
         let reusable = head.keep_alive && upload.is_none();
-        let kind = match head.framing {
-            Framing::Upgrade => Kind::Upgrade,
+        let (kind, conn) = match head.framing {
+            Framing::Upgrade => (Kind::Upgrade, Some(conn)),
             Framing::Empty => {
                 self.finish(conn, reusable);
-                conn = Conn::closed();
-                Kind::Full(None)
+                (Kind::Full(None), None)
             }
             Framing::Length(n) if conn.buf.len() as u64 >= n => {
                 let body = conn.buf.split_to(n as usize).freeze();
                 self.finish(conn, reusable);
-                conn = Conn::closed();
-                Kind::Full((n > 0).then_some(body))
+                (Kind::Full((n > 0).then_some(body)), None)
             }
-            Framing::Length(n) => Kind::Length(n),
-            Framing::Chunked => Kind::Chunked(Chunked::default()),
-            Framing::Eof => Kind::Eof,
+            Framing::Length(n) => (Kind::Length(n), Some(conn)),
+            Framing::Chunked => (Kind::Chunked(Chunked::default()), Some(conn)),
+            Framing::Eof => (Kind::Eof, Some(conn)),
         };
-        let live = (!matches!(kind, Kind::Full(_))).then(|| Live {
+        let live = conn.map(|conn| Live {
             conn,
             upload,
             keep_alive: head.keep_alive,
@@ -335,11 +333,8 @@ impl H1Backend {
     /// carry another request and nothing unasked-for came after the
     /// response, closed otherwise.
     fn finish(self: &Arc<Self>, conn: Conn, reusable: bool) {
-        if reusable
-            && conn.buf.is_empty()
-            && let Some(io) = conn.io
-        {
-            self.release(io);
+        if reusable && conn.buf.is_empty() {
+            self.release(conn.io);
         }
     }
 }
@@ -591,8 +586,7 @@ impl Upload {
 
 /// A backend connection in use, with what has been read and not consumed.
 struct Conn {
-    /// None only for the stand-in left where a finished connection was.
-    io: Option<TcpStream>,
+    io: TcpStream,
     buf: BytesMut,
     read_size: usize,
 }
@@ -600,15 +594,7 @@ struct Conn {
 impl Conn {
     fn new(io: TcpStream) -> Self {
         Conn {
-            io: Some(io),
-            buf: BytesMut::new(),
-            read_size: READ_SIZE,
-        }
-    }
-
-    fn closed() -> Self {
-        Conn {
-            io: None,
+            io,
             buf: BytesMut::new(),
             read_size: READ_SIZE,
         }
@@ -616,9 +602,6 @@ impl Conn {
 
     /// Reads more into `buf`; 0 when the backend closed its side.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<Result<usize, Error>> {
-        let Some(io) = self.io.as_mut() else {
-            return Poll::Ready(Ok(0));
-        };
         // The buffer is allocated on the first read, so an idle
         // connection holds none; a body's chunks are split off it, so a
         // fresh one is needed only once they have used it up.
@@ -630,7 +613,7 @@ impl Conn {
             spare
         };
         let n = ready!(tokio_util::io::poll_read_buf(
-            Pin::new(io),
+            Pin::new(&mut self.io),
             cx,
             &mut self.buf
         ))
@@ -652,8 +635,7 @@ impl Conn {
         asked: Asked,
     ) -> Poll<Result<Head, Error>> {
         if !upload.done()
-            && let Some(io) = self.io.as_mut()
-            && let Poll::Ready(Err(e)) = upload.poll(io, cx)
+            && let Poll::Ready(Err(e)) = upload.poll(&mut self.io, cx)
         {
             return Poll::Ready(Err(e));
         }
@@ -926,7 +908,7 @@ impl H1Body {
         self.kind = Kind::Done;
         let live = self.live.take()?;
         Some(Upgraded {
-            io: live.conn.io?,
+            io: live.conn.io,
             read: live.conn.buf.freeze(),
         })
     }
@@ -951,8 +933,8 @@ impl H1Body {
             let Some(live) = self.live.as_mut() else {
                 return Poll::Ready(None);
             };
-            if let (Some(up), Some(io)) = (live.upload.as_mut(), live.conn.io.as_mut())
-                && let Poll::Ready(res) = up.poll(io, cx)
+            if let Some(up) = live.upload.as_mut()
+                && let Poll::Ready(res) = up.poll(&mut live.conn.io, cx)
             {
                 res?;
                 live.upload = None;
