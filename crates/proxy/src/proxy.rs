@@ -26,7 +26,7 @@ use crate::backend::InFlight;
 use crate::balance::{Census, hash_key};
 use crate::counters::Counters;
 use crate::error::ProxyError;
-use crate::h1::{H1Error, Lease};
+use crate::h1::{self, H1Body, H1Error};
 use crate::h2::{H2Backend, H2ConnectError};
 use crate::headers::{self, REQUEST_ID};
 use crate::listener::{ConnGuard, ConnInfo};
@@ -184,6 +184,8 @@ impl Body for ClientBody {
 /// Body sent to the client. Holds everything that must live exactly as
 /// long as the response: the backend's in-flight count, the pool's request
 /// gauge (retry budget), the connection's idle clock and the log entry.
+/// An HTTP/1.1 backend body puts its connection back in the pool itself,
+/// as soon as it has read the body's end.
 pub struct ResponseBody {
     inner: Inner,
     bytes: u64,
@@ -193,35 +195,62 @@ pub struct ResponseBody {
     _request: Option<RequestGauge>,
     _conn: ConnGuard,
     log: Option<LogContext>,
-    /// The HTTP/1.1 backend connection the body comes on: back to its pool
-    /// once the body has ended.
-    lease: Option<Lease>,
 }
 
+/// A response body as it comes from a backend, or one the proxy made.
 enum Inner {
-    Backend(Incoming),
+    H1(H1Body),
+    H2(Incoming),
     Full(Option<Bytes>),
+}
+
+/// Why a backend's response body broke off.
+#[derive(Debug)]
+pub struct BodyError(BodyErrorKind);
+
+#[derive(Debug)]
+enum BodyErrorKind {
+    H1(h1::Error),
+    H2(hyper::Error),
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            BodyErrorKind::H1(e) => e.fmt(f),
+            BodyErrorKind::H2(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for BodyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.0 {
+            BodyErrorKind::H1(e) => Some(e),
+            BodyErrorKind::H2(e) => Some(e),
+        }
+    }
 }
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
         let frame = match &mut this.inner {
             Inner::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            Inner::Backend(s) => Pin::new(s).poll_frame(cx),
+            Inner::H1(s) => Pin::new(s)
+                .poll_frame(cx)
+                .map_err(|e| BodyError(BodyErrorKind::H1(e))),
+            Inner::H2(s) => Pin::new(s)
+                .poll_frame(cx)
+                .map_err(|e| BodyError(BodyErrorKind::H2(e))),
         };
         match &frame {
-            Poll::Ready(None) => {
-                if let Some(l) = this.lease.take() {
-                    l.release();
-                }
-            }
             Poll::Ready(Some(Ok(f))) => {
                 if let Some(d) = f.data_ref() {
                     this.bytes += d.len() as u64;
@@ -242,26 +271,21 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match &self.inner {
             Inner::Full(b) => b.is_none(),
-            Inner::Backend(s) => s.is_end_stream(),
+            Inner::H1(s) => s.is_end_stream(),
+            Inner::H2(s) => s.is_end_stream(),
         }
     }
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
             Inner::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            Inner::Backend(s) => s.size_hint(),
+            Inner::H1(s) => s.size_hint(),
+            Inner::H2(s) => s.size_hint(),
         }
     }
 }
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
-        // hyper may stop polling a body that says it has ended (a known
-        // Content-Length, all read): the connection is reusable all the same.
-        if let (Some(l), Inner::Backend(b)) = (self.lease.take(), &self.inner)
-            && b.is_end_stream()
-        {
-            l.release();
-        }
         if let Some(log) = self.log.take() {
             let ctx = log.ctx;
             log.sink.send(Entry {
@@ -457,18 +481,22 @@ pub(crate) async fn handle(
 
     let result = forward(pool, req, &ctx, &request_id, key, &mut rng, &mut log).await;
     match result {
-        Ok((mut resp, in_flight, lease)) => {
+        Ok((resp, in_flight)) => {
             let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-            if upgrade.is_some() && switching {
+            let (mut parts, mut body) = resp.into_parts();
+            if upgrade.is_some()
+                && switching
+                && let Inner::H1(b) = &mut body
+                && let Some(backend) = b.take_upgrade()
+            {
                 // The client connection becomes the tunnel once hyper has
                 // sent this 101 (see the listener).
                 let tunnel = crate::tunnel::Tunnel {
-                    backend: hyper::upgrade::on(&mut resp),
+                    backend,
                     idle: pool.timeouts.tunnel,
                 };
                 *info.tunnel.lock().unwrap_or_else(|p| p.into_inner()) = Some(tunnel);
             }
-            let (mut parts, body) = resp.into_parts();
             // Hop-by-hop, so stripped below; a 101 must still carry it.
             let backend_upgrade = switching
                 .then(|| parts.headers.get(header::UPGRADE).cloned())
@@ -485,15 +513,13 @@ pub(crate) async fn handle(
                 l.ctx.status = parts.status.as_u16();
             }
             let body = ResponseBody {
-                inner: Inner::Backend(body),
+                inner: body,
                 bytes: 0,
                 counters: Some(plane.counters.clone()),
                 _in_flight: Some(in_flight),
                 _request: Some(gauge),
                 _conn: conn,
                 log,
-                // An upgraded connection is the tunnel's now.
-                lease: lease.filter(|_| !switching),
             };
             Response::from_parts(parts, body)
         }
@@ -672,7 +698,6 @@ fn error_response(
         _request: gauge,
         _conn: conn,
         log,
-        lease: None,
     };
     let mut resp = Response::new(body);
     *resp.status_mut() = e.status();
@@ -697,7 +722,7 @@ async fn forward(
     key: Option<u64>,
     rng: &mut Rng,
     log: &mut Option<LogContext>,
-) -> Result<(Response<Incoming>, InFlight, Option<Lease>), ProxyError> {
+) -> Result<(Response<Inner>, InFlight), ProxyError> {
     let (mut parts, body) = req.into_parts();
     // HTTP/2 clients name the host in `:authority`, not `Host`: HTTP/1.1
     // backends get it as `Host`, HTTP/2 backends as `:authority`.
@@ -828,19 +853,15 @@ async fn forward(
         };
 
         let in_flight = backend.start();
-        let mut lease = None;
         let outcome = match &pool.h2 {
-            Some(h2) => send_h2(&h2[i], out, pool).await,
+            Some(h2) => send_h2(&h2[i], out, pool).await.map(|r| r.map(Inner::H2)),
             None => {
                 if no_host {
                     out.headers_mut()
                         .insert(header::HOST, pool.authorities[i].clone());
                 }
                 match pool.h1[i].send(out, pool.timeouts.response).await {
-                    Ok((resp, l)) => {
-                        lease = Some(l);
-                        Ok(resp)
-                    }
+                    Ok(resp) => Ok(resp.map(Inner::H1)),
                     Err(e) => Err(classify(e, pool, backend.addr())),
                 }
             }
@@ -868,7 +889,7 @@ async fn forward(
         }
         drop(_retry.take());
         match outcome {
-            Ok(resp) => return Ok((resp, in_flight, lease)),
+            Ok(resp) => return Ok((resp, in_flight)),
             Err(e) => {
                 tracing::debug!(pool = %pool.name, backend = %backend.addr(), error = %e, attempt, "attempt failed");
                 if !(more && e.retryable(idempotent)) {
@@ -972,8 +993,11 @@ fn classify(e: H1Error, pool: &PoolRuntime, addr: SocketAddr) -> ProxyError {
             pool: pool.name.clone(),
             backend: addr,
         },
+        H1Error::Send(h1::Error::ClientBody(e)) => e.to_proxy_error(),
+        H1Error::Send(h1::Error::ClientBodyLength) => ProxyError::ClientBody,
         H1Error::Send(e) => {
-            client_body_fault(&e).unwrap_or(ProxyError::BackendReset { backend: addr })
+            tracing::debug!(backend = %addr, error = %e, "backend exchange failed");
+            ProxyError::BackendReset { backend: addr }
         }
     }
 }

@@ -9,18 +9,18 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::counters::Counters;
+use crate::h1::Upgraded;
 
 /// A backend's agreement to an upgrade, waiting for the client's side:
 /// the client connection turns into the tunnel once hyper has sent the 101.
 pub(crate) struct Tunnel {
-    pub backend: OnUpgrade,
+    /// The backend connection, with any bytes it sent past its 101.
+    pub backend: Upgraded,
     /// The pool's `timeouts.tunnel`.
     pub idle: Duration,
 }
@@ -34,19 +34,12 @@ impl Tunnel {
         shutdown: CancellationToken,
         counters: Arc<Counters>,
     ) {
-        let backend = match self.backend.await {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::debug!(error = %e, "upgrade did not complete");
-                return;
-            }
-        };
         let idle = self.idle;
         Counters::inc(&counters.tunnels_opened);
         let epoch = Instant::now();
         let last = Arc::new(AtomicU64::new(0));
         let mut client = Activity::new(client, epoch, last.clone());
-        let mut backend = Activity::new(TokioIo::new(backend), epoch, last.clone());
+        let mut backend = Activity::new(self.backend, epoch, last.clone());
         let copy = tokio::io::copy_bidirectional(&mut client, &mut backend);
         tokio::pin!(copy);
         let mut deadline = epoch + idle;

@@ -210,3 +210,73 @@ async fn a_burst_keeps_at_most_idle_per_backend_connections() {
     }
     assert_eq!(b.accepted.load(SeqCst), 6);
 }
+
+#[tokio::test]
+async fn a_large_body_streams_through_both_ways() {
+    let b = fulcrum_testkit::Backend::start("a").await;
+    b.set_mode(fulcrum_testkit::Mode::Echo);
+    let proxy = TestProxy::start(
+        SnapshotBuilder::new()
+            .pool(pool("p", &[b.addr]))
+            .catch_all("p")
+            .build(),
+    )
+    .await;
+    let client = Client::new(proxy.addr);
+    // Over the buffering limit: streamed to the backend, then back.
+    for size in [1 << 20, 200 * 1024 + 7] {
+        let r = client
+            .send(
+                client.request(http::Method::POST, "x.test", "/"),
+                vec![b'x'; size],
+            )
+            .await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body.len(), size);
+    }
+}
+
+#[tokio::test]
+async fn a_backend_answering_before_the_body_is_sent_is_heard() {
+    // Answers as soon as it has the head, then reads (and drops) the rest.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let reply = b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 5\r\n\r\nearly";
+                if s.write_all(reply).await.is_err() {
+                    return;
+                }
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let proxy = TestProxy::start(
+        SnapshotBuilder::new()
+            .pool(pool("p", &[addr]))
+            .catch_all("p")
+            .build(),
+    )
+    .await;
+    let client = Client::new(proxy.addr);
+    let r = client
+        .send(
+            client.request(http::Method::POST, "x.test", "/"),
+            vec![b'x'; 4 << 20],
+        )
+        .await;
+    assert_eq!((r.status, r.body.as_str()), (413, "early"));
+}
