@@ -238,6 +238,21 @@ impl Served {
     }
 
     /// Wait until the log has `n` lines containing `needle`.
+    /// How the process ended, once it has (within 5 s).
+    async fn exit_status(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "serve did not exit after draining"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     fn wait_log(&self, needle: &str, n: usize) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
@@ -438,17 +453,7 @@ async fn sigterm_drains_in_flight_requests_then_exits_0() {
     );
     assert_eq!(in_flight.await.unwrap().unwrap(), 200);
 
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let status = loop {
-        if let Some(s) = served.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "serve did not exit after draining"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let status = served.exit_status().await;
     assert!(status.success(), "{status:?}");
 }
 
@@ -607,17 +612,7 @@ async fn two_threads_share_each_listener_across_reload_and_drain() {
         assert_eq!(listening_sockets(addr.port()), 0, "every socket closed");
         assert!(tokio::net::TcpStream::connect(addr).await.is_err());
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let status = loop {
-        if let Some(s) = served.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "serve did not exit after draining"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let status = served.exit_status().await;
     assert!(status.success(), "{status:?}");
 }
 

@@ -248,26 +248,7 @@ async fn slowloris_is_cut_at_the_header_deadline_despite_trickling() {
     s.write_all(b"GET / HTTP/1.1\r\nHost: x.test\r\n")
         .await
         .unwrap();
-    // One header line every 50 ms: each byte is progress, none extends
-    // the deadline.
-    let mut closed = false;
-    for i in 0..100 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        if s.write_all(format!("X-{i}: a\r\n").as_bytes())
-            .await
-            .is_err()
-        {
-            closed = true;
-            break;
-        }
-        let mut buf = [0u8; 512];
-        if let Ok(Ok(0) | Err(_)) =
-            tokio::time::timeout(Duration::from_millis(1), s.read(&mut buf)).await
-        {
-            closed = true;
-            break;
-        }
-    }
+    let closed = crate::trickle_until_closed(&mut s).await;
     assert!(closed, "a trickling client kept the connection for 5 s");
     assert_eq!(a.hits(), 0);
 }

@@ -36,3 +36,25 @@ pub async fn raw_until_closed(addr: SocketAddr, bytes: &[u8]) -> Option<Vec<u8>>
         }
     }
 }
+
+/// Sends one header line every 50 ms (each byte is progress, none may
+/// extend the header deadline) until the proxy closes the connection;
+/// false if it is still open after 100 lines (5 s).
+pub async fn trickle_until_closed(s: &mut TcpStream) -> bool {
+    for i in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if s.write_all(format!("X-{i}: a\r\n").as_bytes())
+            .await
+            .is_err()
+        {
+            return true;
+        }
+        let mut buf = [0u8; 512];
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(Duration::from_millis(1), s.read(&mut buf)).await
+        {
+            return true;
+        }
+    }
+    false
+}
