@@ -33,9 +33,7 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use fulcrum_config::snapshot::Timeouts;
-use http::{
-    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version, header,
-};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version, header};
 use hyper::body::{Body, Frame, SizeHint};
 use thread_local::ThreadLocal;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -263,12 +261,11 @@ impl H1Backend {
     /// sent: at once on a pooled connection, after the connect on a new one.
     pub async fn send(
         self: &Arc<Self>,
-        req: Request<RequestBody>,
+        head: Outgoing<'_>,
+        body: RequestBody,
         response_timeout: Duration,
     ) -> Result<Response<H1Body>, H1Error> {
-        let (parts, body) = req.into_parts();
-        let (mut upload, asked) = encode(&parts, body);
-        drop(parts);
+        let (mut upload, asked) = encode(&head, body);
         let now = Instant::now();
         let mut deadline = now + response_timeout;
         loop {
@@ -397,22 +394,30 @@ enum Out {
     Chunked,
 }
 
+/// The head of a request to send, borrowed from the request path: a retry
+/// sends the same head again without a copy of its headers.
+pub(crate) struct Outgoing<'a> {
+    pub method: &'a Method,
+    /// Origin form: path and query.
+    pub path: &'a str,
+    pub headers: &'a HeaderMap,
+    /// A Host to send first, for a request that came without one.
+    pub host: Option<&'a HeaderValue>,
+}
+
 /// Encodes the request head, and a buffered body after it, into one
 /// buffer. Framing is ours to write: the client's Content-Length and any
 /// Transfer-Encoding are dropped and the body's real framing written, so a
 /// backend can never read a body two ways.
-fn encode(parts: &http::request::Parts, body: RequestBody) -> (Upload, Asked) {
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or("/", http::uri::PathAndQuery::as_str);
+fn encode(parts: &Outgoing<'_>, body: RequestBody) -> (Upload, Asked) {
+    let path = parts.path;
     let full = match &body {
         RequestBody::Full(Some(b)) => b.len(),
         _ => 0,
     };
     // Request line, framing header and blank line fit in the 64.
     let mut cap = parts.method.as_str().len() + path.len() + 64 + full;
-    for (name, value) in &parts.headers {
+    for (name, value) in parts.headers {
         cap += name.as_str().len() + value.len() + 4;
     }
     let mut out = Vec::with_capacity(cap);
@@ -420,13 +425,18 @@ fn encode(parts: &http::request::Parts, body: RequestBody) -> (Upload, Asked) {
     out.push(b' ');
     out.extend_from_slice(path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    if let Some(host) = parts.host {
+        out.extend_from_slice(b"host: ");
+        out.extend_from_slice(host.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
     let mut asked = Asked {
-        head: parts.method == Method::HEAD,
-        connect: parts.method == Method::CONNECT,
+        head: *parts.method == Method::HEAD,
+        connect: *parts.method == Method::CONNECT,
         upgrade: false,
     };
     let mut had_length = false;
-    for (name, value) in &parts.headers {
+    for (name, value) in parts.headers {
         if *name == header::CONTENT_LENGTH {
             had_length = true;
             continue;
@@ -1436,22 +1446,30 @@ mod tests {
         assert_eq!(h.reason.unwrap().as_bytes(), b"Fine");
     }
 
-    fn parts(method: Method, headers: &[(&str, &str)]) -> http::request::Parts {
-        let mut req = Request::new(());
-        *req.method_mut() = method;
-        *req.uri_mut() = "/p?q=1".parse().unwrap();
+    fn parts(method: Method, headers: &[(&str, &str)]) -> (Method, HeaderMap) {
+        let mut map = HeaderMap::new();
         for (n, v) in headers {
-            req.headers_mut().append(
+            map.append(
                 HeaderName::from_bytes(n.as_bytes()).unwrap(),
                 v.parse().unwrap(),
             );
         }
-        req.into_parts().0
+        (method, map)
+    }
+
+    fn encode_for((method, headers): &(Method, HeaderMap), body: RequestBody) -> (Upload, Asked) {
+        let head = Outgoing {
+            method,
+            path: "/p?q=1",
+            headers,
+            host: None,
+        };
+        encode(&head, body)
     }
 
     #[test]
     fn requests_are_framed_by_their_body() {
-        let (up, asked) = encode(
+        let (up, asked) = encode_for(
             &parts(
                 Method::GET,
                 &[("host", "b"), ("transfer-encoding", "chunked")],
@@ -1460,12 +1478,12 @@ mod tests {
         );
         assert_eq!(up.out, b"GET /p?q=1 HTTP/1.1\r\nhost: b\r\n\r\n");
         assert!(!asked.head && !asked.upgrade && up.body.is_none());
-        let (up, _) = encode(
+        let (up, _) = encode_for(
             &parts(Method::POST, &[("content-length", "0")]),
             RequestBody::Full(None),
         );
         assert_eq!(up.out, b"POST /p?q=1 HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
-        let (up, _) = encode(
+        let (up, _) = encode_for(
             &parts(Method::PUT, &[("content-length", "99"), ("x-a", "1")]),
             RequestBody::Full(Some(Bytes::from_static(b"hello"))),
         );
@@ -1473,11 +1491,25 @@ mod tests {
             up.out,
             b"PUT /p?q=1 HTTP/1.1\r\nx-a: 1\r\ncontent-length: 5\r\n\r\nhello"
         );
-        let (_, asked) = encode(
+        let (_, asked) = encode_for(
             &parts(Method::HEAD, &[("upgrade", "websocket")]),
             RequestBody::Full(None),
         );
         assert!(asked.head && asked.upgrade);
+        // A request that came without a Host names the backend, first.
+        let (method, headers) = parts(Method::GET, &[("x-a", "1")]);
+        let host = HeaderValue::from_static("10.0.0.1:80");
+        let head = Outgoing {
+            method: &method,
+            path: "/",
+            headers: &headers,
+            host: Some(&host),
+        };
+        let (up, _) = encode(&head, RequestBody::Full(None));
+        assert_eq!(
+            up.out,
+            b"GET / HTTP/1.1\r\nhost: 10.0.0.1:80\r\nx-a: 1\r\n\r\n"
+        );
         let mut out = Vec::new();
         put_decimal(&mut out, 0);
         out.push(b' ');
@@ -1540,9 +1572,17 @@ mod tests {
         b: &Arc<H1Backend>,
         method: Method,
     ) -> Result<(u16, Bytes, Option<HeaderMap>), Error> {
-        let mut req = Request::new(RequestBody::Full(None));
-        *req.method_mut() = method;
-        let resp = match b.send(req, Duration::from_secs(5)).await {
+        let headers = HeaderMap::new();
+        let head = Outgoing {
+            method: &method,
+            path: "/",
+            headers: &headers,
+            host: None,
+        };
+        let resp = match b
+            .send(head, RequestBody::Full(None), Duration::from_secs(5))
+            .await
+        {
             Ok(r) => r,
             Err(H1Error::Send(e)) => return Err(e),
             Err(e) => panic!("{e:?}"),

@@ -827,40 +827,44 @@ async fn forward(
             RequestBody::Full(b) => RequestBody::Full(b.clone()),
             RequestBody::Stream(_) => std::mem::replace(&mut body, RequestBody::Full(None)),
         };
-        let mut out = Request::new(attempt_body);
-        *out.method_mut() = parts.method.clone();
-        *out.uri_mut() = match &h2_authority {
-            // Over HTTP/2 the URI carries the client's authority.
-            Some(a) => {
-                let mut u = http::uri::Parts::default();
-                u.scheme = Some(Scheme::HTTP);
-                u.authority = Some(a.clone());
-                u.path_and_query = Some(path.clone());
-                Uri::from_parts(u).expect("scheme, authority and path form a URI")
-            }
-            // Over HTTP/1.1, origin form: the connection names the backend.
-            None => Uri::from(path.clone()),
-        };
-        *out.version_mut() = if pool.h2.is_some() {
-            Version::HTTP_2
-        } else {
-            Version::HTTP_11
-        };
-        *out.headers_mut() = if more {
-            parts.headers.clone()
-        } else {
-            std::mem::take(&mut parts.headers)
-        };
 
         let in_flight = backend.start();
-        let outcome = match &pool.h2 {
-            Some(h2) => send_h2(&h2[i], out, pool).await.map(|r| r.map(Inner::H2)),
-            None => {
-                if no_host {
-                    out.headers_mut()
-                        .insert(header::HOST, pool.authorities[i].clone());
-                }
-                match pool.h1[i].send(out, pool.timeouts.response).await {
+        let outcome = match (&pool.h2, &h2_authority) {
+            (Some(h2), authority) => {
+                let mut out = Request::new(attempt_body);
+                *out.method_mut() = parts.method.clone();
+                *out.uri_mut() = match authority {
+                    // Over HTTP/2 the URI carries the client's authority.
+                    Some(a) => {
+                        let mut u = http::uri::Parts::default();
+                        u.scheme = Some(Scheme::HTTP);
+                        u.authority = Some(a.clone());
+                        u.path_and_query = Some(path.clone());
+                        Uri::from_parts(u).expect("scheme, authority and path form a URI")
+                    }
+                    None => Uri::from(path.clone()),
+                };
+                *out.version_mut() = Version::HTTP_2;
+                *out.headers_mut() = if more {
+                    parts.headers.clone()
+                } else {
+                    std::mem::take(&mut parts.headers)
+                };
+                send_h2(&h2[i], out, pool).await.map(|r| r.map(Inner::H2))
+            }
+            // Over HTTP/1.1, origin form (the connection names the
+            // backend), with the head borrowed: a retry needs no copy.
+            (None, _) => {
+                let head = crate::h1::Outgoing {
+                    method: &parts.method,
+                    path: path.as_str(),
+                    headers: &parts.headers,
+                    host: no_host.then(|| &pool.authorities[i]),
+                };
+                match pool.h1[i]
+                    .send(head, attempt_body, pool.timeouts.response)
+                    .await
+                {
                     Ok(resp) => Ok(resp.map(Inner::H1)),
                     Err(e) => Err(classify(e, pool, backend.addr())),
                 }

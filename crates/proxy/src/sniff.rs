@@ -128,6 +128,13 @@ impl<I> Sniffer<I> {
                     continue;
                 }
             }
+            // Only a name starting with c or t can be one of the two:
+            // skip every other line whole.
+            if self.in_name && self.name_len == 0 && b != b'\n' && !matches!(b | 0x20, b'c' | b't')
+            {
+                self.in_name = false;
+                continue;
+            }
             if self.blank_cr {
                 self.blank_cr = false;
                 if b == b'\n' {

@@ -63,3 +63,25 @@ async fn client_request_id_is_kept() {
     assert_eq!(r.headers["x-request-id"], "abc-123");
     assert_eq!(a.last().unwrap().headers["x-request-id"], "abc-123");
 }
+
+#[tokio::test]
+async fn a_request_without_host_names_the_backend() {
+    let a = Backend::start("a").await;
+    let proxy = TestProxy::start(
+        SnapshotBuilder::new()
+            .pool(pool("p", &[a.addr]))
+            .catch_all("p")
+            .build(),
+    )
+    .await;
+    // HTTP/1.0 allows a request without Host.
+    let got = crate::raw_until_closed(proxy.addr, b"GET /x HTTP/1.0\r\nX-A: 1\r\n\r\n")
+        .await
+        .expect("an HTTP/1.0 response ends with the connection");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.0 200"), "{text}");
+    let seen = a.last().unwrap().headers;
+    assert_eq!(seen["host"], a.addr.to_string().as_str());
+    assert_eq!(seen["x-a"], "1");
+    assert!(!seen.contains_key("x-forwarded-host"));
+}
