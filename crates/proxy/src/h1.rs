@@ -272,7 +272,7 @@ impl H1Backend {
             let (io, pooled) = match self.checkout(now) {
                 Some(io) => (io, true),
                 None => {
-                    let io = self.connect().await?;
+                    let io = Box::pin(self.connect()).await?;
                     deadline = Instant::now() + response_timeout;
                     (io, false)
                 }

@@ -780,8 +780,7 @@ async fn forward(
     let mut body = match body.size_hint().exact() {
         Some(0) => RequestBody::Full(None),
         Some(n) if n <= MAX_BUFFERED_BODY => {
-            let bytes = body
-                .collect()
+            let bytes = Box::pin(body.collect())
                 .await
                 .map_err(|e| e.to_proxy_error())?
                 .to_bytes();
@@ -850,7 +849,11 @@ async fn forward(
                 } else {
                     std::mem::take(&mut parts.headers)
                 };
-                send_h2(&h2[i], out, pool).await.map(|r| r.map(Inner::H2))
+                // Boxed, as the other rare paths: the request future is
+                // allocated and moved per request, at its largest state's size.
+                Box::pin(send_h2(&h2[i], out, pool))
+                    .await
+                    .map(|r| r.map(Inner::H2))
             }
             // Over HTTP/1.1, origin form (the connection names the
             // backend), with the head borrowed: a retry needs no copy.
