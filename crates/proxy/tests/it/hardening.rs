@@ -3,6 +3,7 @@
 //! reaches a backend; every limit answers with its status; slow clients are
 //! cut off; a backend dying mid-response never looks like a whole response.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use fulcrum_testkit::{Backend, Mode, SnapshotBuilder, TestProxy, pool};
@@ -270,18 +271,7 @@ async fn connections_over_the_limit_are_closed_at_once() {
     let _c2 = TcpStream::connect(proxy.addr).await.unwrap();
     // Accepted in order, and counted before the next accept: the third is
     // over the limit.
-    let mut c3 = TcpStream::connect(proxy.addr).await.unwrap();
-    let _ = c3
-        .write_all(b"GET / HTTP/1.1\r\nHost: x.test\r\n\r\n")
-        .await;
-    let mut buf = [0u8; 64];
-    let n = tokio::time::timeout(PATIENCE, c3.read(&mut buf))
-        .await
-        .expect("the third connection was queued, not refused");
-    assert!(
-        matches!(n, Ok(0) | Err(_)),
-        "the third connection was served"
-    );
+    assert_refused(proxy.addr).await;
     assert_eq!(proxy.plane.counters().client_connections_refused, 1);
 
     // Room again once one closes.
@@ -342,18 +332,7 @@ async fn the_connection_limit_holds_across_a_listeners_sockets() {
         assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
         held.push(c);
     }
-    let mut third = TcpStream::connect(addrs[0]).await.unwrap();
-    let _ = third
-        .write_all(b"GET / HTTP/1.1\r\nHost: x.test\r\n\r\n")
-        .await;
-    let mut buf = [0u8; 64];
-    let n = tokio::time::timeout(PATIENCE, third.read(&mut buf))
-        .await
-        .expect("the third connection was queued, not refused");
-    assert!(
-        matches!(n, Ok(0) | Err(_)),
-        "the third connection was served"
-    );
+    assert_refused(addrs[0]).await;
     assert_eq!(proxy.plane.counters().client_connections_refused, 1);
     shutdown.cancel();
 }
@@ -456,4 +435,19 @@ fn prefix(p: &str) -> fulcrum_config::snapshot::RouteMatch {
         path: Some(fulcrum_config::snapshot::PathMatch::Prefix(p.into())),
         ..Default::default()
     }
+}
+
+/// A new connection to `addr` that sends a request is closed unanswered
+/// (over the connection limit), not queued.
+async fn assert_refused(addr: SocketAddr) {
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    let _ = c.write_all(b"GET / HTTP/1.1\r\nHost: x.test\r\n\r\n").await;
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(PATIENCE, c.read(&mut buf))
+        .await
+        .expect("the connection over the limit was queued, not refused");
+    assert!(
+        matches!(n, Ok(0) | Err(_)),
+        "the connection over the limit was served"
+    );
 }
