@@ -525,6 +525,12 @@ pub struct TestProxy {
 }
 
 impl TestProxy {
+    /// A proxy whose one route sends every request to `pool`.
+    pub async fn serving(pool: Pool) -> TestProxy {
+        let name = pool.name.clone();
+        TestProxy::start(SnapshotBuilder::new().pool(pool).catch_all(&name).build()).await
+    }
+
     pub async fn start(snapshot: Snapshot) -> TestProxy {
         let name = snapshot.listeners[0].name.clone();
         let plane = DataPlane::new(snapshot);

@@ -10,7 +10,7 @@ async fn two(alg: Algorithm) -> (Backend, Backend, TestProxy) {
     let mut p = pool("p", &[a.addr, b.addr]);
     p.algorithm = alg;
     p.backends[1].weight = 2;
-    let proxy = TestProxy::start(SnapshotBuilder::new().pool(p).catch_all("p").build()).await;
+    let proxy = TestProxy::serving(p).await;
     (a, b, proxy)
 }
 
@@ -130,13 +130,7 @@ async fn hash_missing_key_policies() {
     let a = Backend::start("a").await;
     let b = Backend::start("b").await;
     let mut p = hash_pool("p", &[a.addr, b.addr]);
-    let proxy = TestProxy::start(
-        SnapshotBuilder::new()
-            .pool(p.clone())
-            .catch_all("p")
-            .build(),
-    )
-    .await;
+    let proxy = TestProxy::serving(p.clone()).await;
     let c = Client::new(proxy.addr);
     // Without the header every request hashes the empty key: one backend.
     assert_eq!(c.tally(50, "x.test", "/").await.len(), 1);

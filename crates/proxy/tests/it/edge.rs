@@ -209,13 +209,7 @@ async fn h2_over_tls_by_alpn_reaches_an_http1_backend_with_host() {
 #[tokio::test]
 async fn h2c_prior_knowledge_end_to_end() {
     let a = Backend::start("a").await;
-    let proxy = TestProxy::start(
-        SnapshotBuilder::new()
-            .pool(pool("p", &[a.addr]))
-            .catch_all("p")
-            .build(),
-    )
-    .await;
+    let proxy = TestProxy::serving(pool("p", &[a.addr])).await;
     let c = Client::h2c(proxy.addr);
     let r = c.get("app.test", "/one").await;
     assert_eq!((r.status, r.body.as_str()), (200, "a"));
@@ -235,7 +229,7 @@ async fn h2_backend_gets_authority_and_trailers_come_back() {
     a.set_mode(Mode::Trailers);
     let mut p = pool("p", &[a.addr]);
     p.protocol = Protocol::H2;
-    let proxy = TestProxy::start(SnapshotBuilder::new().pool(p).catch_all("p").build()).await;
+    let proxy = TestProxy::serving(p).await;
 
     // An HTTP/1.1 client with hop-by-hop headers, to an h2 backend.
     let io = TcpStream::connect(proxy.addr).await.unwrap();
@@ -295,7 +289,7 @@ async fn h2_pool_to_a_dead_backend_is_502_and_counted() {
     drop(a);
     let mut p = pool("p", &[addr]);
     p.protocol = Protocol::H2;
-    let proxy = TestProxy::start(SnapshotBuilder::new().pool(p).catch_all("p").build()).await;
+    let proxy = TestProxy::serving(p).await;
     let r = Client::new(proxy.addr).get("x.test", "/").await;
     assert_eq!(r.status, 502, "{}", r.body);
     assert_eq!(proxy.plane.counters().backend_connect_failed, 1);
@@ -306,13 +300,7 @@ async fn websocket_echo_through_the_proxy() {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
     let a = Backend::start("a").await;
-    let proxy = TestProxy::start(
-        SnapshotBuilder::new()
-            .pool(pool("p", &[a.addr]))
-            .catch_all("p")
-            .build(),
-    )
-    .await;
+    let proxy = TestProxy::serving(pool("p", &[a.addr])).await;
     let (mut ws, resp) = tokio_tungstenite::client_async(
         format!("ws://{}/chat", proxy.addr),
         TcpStream::connect(proxy.addr).await.unwrap(),
@@ -339,7 +327,7 @@ async fn idle_websocket_is_closed_after_the_tunnel_timeout() {
     let a = Backend::start("a").await;
     let mut p = pool("p", &[a.addr]);
     p.timeouts.tunnel = Duration::from_millis(200);
-    let proxy = TestProxy::start(SnapshotBuilder::new().pool(p).catch_all("p").build()).await;
+    let proxy = TestProxy::serving(p).await;
     let (mut ws, _) = tokio_tungstenite::client_async(
         format!("ws://{}/chat", proxy.addr),
         TcpStream::connect(proxy.addr).await.unwrap(),
@@ -401,13 +389,7 @@ async fn until_goaway_or_close(s: &mut TcpStream) -> Option<usize> {
 
 async fn h2_proxy() -> (Backend, TestProxy) {
     let a = Backend::start("a").await;
-    let proxy = TestProxy::start(
-        SnapshotBuilder::new()
-            .pool(pool("p", &[a.addr]))
-            .catch_all("p")
-            .build(),
-    )
-    .await;
+    let proxy = TestProxy::serving(pool("p", &[a.addr])).await;
     (a, proxy)
 }
 
@@ -661,7 +643,7 @@ async fn health_checks_speak_h2_to_an_h2_pool() {
     let mut p = pool("p", &[addr]);
     p.protocol = Protocol::H2;
     p.health = Some(fulcrum_testkit::health_check());
-    let proxy = TestProxy::start(SnapshotBuilder::new().pool(p).catch_all("p").build()).await;
+    let proxy = TestProxy::serving(p).await;
 
     // More probes than the unhealthy threshold have answered...
     let answered = fulcrum_testkit::eventually(PATIENCE, || {

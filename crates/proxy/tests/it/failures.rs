@@ -16,7 +16,7 @@ async fn active_health_takes_a_killed_backend_out_and_back() {
     let b = Backend::start("b").await;
     let mut p = pool("p", &[a.addr, b.addr]);
     p.health = Some(health_check());
-    let proxy = TestProxy::start(SnapshotBuilder::new().pool(p).catch_all("p").build()).await;
+    let proxy = TestProxy::serving(p).await;
     let state = proxy.plane.backend("p", b.addr).unwrap();
     let c = Client::new(proxy.addr);
 
@@ -42,7 +42,7 @@ async fn failing_health_check_alone_marks_down() {
     let b = Backend::start("b").await;
     let mut p = pool("p", &[a.addr, b.addr]);
     p.health = Some(health_check());
-    let proxy = TestProxy::start(SnapshotBuilder::new().pool(p).catch_all("p").build()).await;
+    let proxy = TestProxy::serving(p).await;
     let state = proxy.plane.backend("p", b.addr).unwrap();
     b.fail_health(true);
     assert!(eventually(PATIENCE, || !state.is_healthy()).await);
@@ -68,7 +68,7 @@ async fn passive_ejection_of_a_killed_backend_and_readmission() {
     let b = Backend::start("b").await;
     let mut p = pool("p", &[a.addr, b.addr]);
     p.outlier = Some(outlier());
-    let proxy = TestProxy::start(SnapshotBuilder::new().pool(p).catch_all("p").build()).await;
+    let proxy = TestProxy::serving(p).await;
     let state = proxy.plane.backend("p", b.addr).unwrap();
     let c = Client::new(proxy.addr);
 
@@ -99,7 +99,7 @@ async fn passive_ejection_on_5xx_respects_max_fraction() {
     let b = Backend::start("b").await;
     let mut p = pool("p", &[a.addr, b.addr]);
     p.outlier = Some(outlier());
-    let proxy = TestProxy::start(SnapshotBuilder::new().pool(p).catch_all("p").build()).await;
+    let proxy = TestProxy::serving(p).await;
     let c = Client::new(proxy.addr);
     a.set_mode(Mode::Status(500));
     b.set_mode(Mode::Status(503));
@@ -120,7 +120,7 @@ async fn panic_mode_spreads_over_all_backends() {
     let mut p = pool("p", &addrs);
     p.health = Some(health_check());
     p.panic_threshold = 0.5;
-    let proxy = TestProxy::start(SnapshotBuilder::new().pool(p).catch_all("p").build()).await;
+    let proxy = TestProxy::serving(p).await;
     let c = Client::new(proxy.addr);
     bs[1].fail_health(true);
     bs[2].fail_health(true);
@@ -159,7 +159,7 @@ async fn no_healthy_backend_is_503_naming_the_pool() {
     let a = Backend::start("a").await;
     let mut p = pool("auth", &[a.addr]);
     p.health = Some(health_check());
-    let proxy = TestProxy::start(SnapshotBuilder::new().pool(p).catch_all("auth").build()).await;
+    let proxy = TestProxy::serving(p).await;
     a.fail_health(true);
     let plane = proxy.plane.clone();
     assert!(eventually(PATIENCE, || !plane.backends()[0].healthy).await);
@@ -180,7 +180,7 @@ async fn retry_setup(mode: Mode) -> (Backend, Backend, TestProxy) {
     let mut p = pool("p", &[bad.addr, good.addr]);
     p.algorithm = Algorithm::First;
     p.retries.attempts = 2;
-    let proxy = TestProxy::start(SnapshotBuilder::new().pool(p).catch_all("p").build()).await;
+    let proxy = TestProxy::serving(p).await;
     (bad, good, proxy)
 }
 

@@ -416,7 +416,7 @@ async fn failure_modes_each_have_a_clear_response_and_a_counter() {
     let down = Backend::start("down").await;
     let mut p = pool("auth", &[down.addr]);
     p.health = Some(fulcrum_testkit::health_check());
-    let proxy = TestProxy::start(SnapshotBuilder::new().pool(p).catch_all("auth").build()).await;
+    let proxy = TestProxy::serving(p).await;
     down.fail_health(true);
     let c = Client::new(proxy.addr);
     assert!(fulcrum_testkit::eventually(PATIENCE, || !proxy.plane.backends()[0].healthy).await);

@@ -6,13 +6,7 @@ use http::Method;
 #[tokio::test]
 async fn hop_by_hop_removed_and_forwarded_headers_added() {
     let a = Backend::start("a").await;
-    let proxy = TestProxy::start(
-        SnapshotBuilder::new()
-            .pool(pool("p", &[a.addr]))
-            .catch_all("p")
-            .build(),
-    )
-    .await;
+    let proxy = TestProxy::serving(pool("p", &[a.addr])).await;
     let c = Client::new(proxy.addr);
     let req = c
         .request(Method::GET, "App.test", "/x")
@@ -45,13 +39,7 @@ async fn hop_by_hop_removed_and_forwarded_headers_added() {
 #[tokio::test]
 async fn client_request_id_is_kept() {
     let a = Backend::start("a").await;
-    let proxy = TestProxy::start(
-        SnapshotBuilder::new()
-            .pool(pool("p", &[a.addr]))
-            .catch_all("p")
-            .build(),
-    )
-    .await;
+    let proxy = TestProxy::serving(pool("p", &[a.addr])).await;
     let c = Client::new(proxy.addr);
     let r = c
         .send(
@@ -67,13 +55,7 @@ async fn client_request_id_is_kept() {
 #[tokio::test]
 async fn a_request_without_host_names_the_backend() {
     let a = Backend::start("a").await;
-    let proxy = TestProxy::start(
-        SnapshotBuilder::new()
-            .pool(pool("p", &[a.addr]))
-            .catch_all("p")
-            .build(),
-    )
-    .await;
+    let proxy = TestProxy::serving(pool("p", &[a.addr])).await;
     // HTTP/1.0 allows a request without Host.
     let got = crate::raw_until_closed(proxy.addr, b"GET /x HTTP/1.0\r\nX-A: 1\r\n\r\n")
         .await

@@ -101,13 +101,7 @@ async fn serve(mut s: TcpStream, body: &[u8], shape: Shape) {
 #[tokio::test]
 async fn sequential_requests_reuse_one_backend_connection() {
     let b = CountingBackend::start(b"ok", Shape::KeepAlive).await;
-    let proxy = TestProxy::start(
-        SnapshotBuilder::new()
-            .pool(pool("p", &[b.addr]))
-            .catch_all("p")
-            .build(),
-    )
-    .await;
+    let proxy = TestProxy::serving(pool("p", &[b.addr])).await;
     let client = Client::new(proxy.addr);
     for _ in 0..5 {
         let r = client.get("x.test", "/").await;
@@ -123,13 +117,7 @@ async fn a_pooled_connection_the_backend_closed_is_not_a_failure() {
     // its pooled connection closed and must go out on a new one, even a
     // POST, which may not be retried after it was sent.
     let b = CountingBackend::start(b"ok", Shape::CloseAfterOne).await;
-    let proxy = TestProxy::start(
-        SnapshotBuilder::new()
-            .pool(pool("p", &[b.addr]))
-            .catch_all("p")
-            .build(),
-    )
-    .await;
+    let proxy = TestProxy::serving(pool("p", &[b.addr])).await;
     let client = Client::new(proxy.addr);
     for _ in 0..3 {
         let r = client
@@ -149,13 +137,7 @@ async fn a_pooled_connection_the_backend_closed_is_not_a_failure() {
 #[tokio::test]
 async fn a_response_body_not_read_to_the_end_does_not_go_back_to_the_pool() {
     let b = CountingBackend::start(b"0123456789", Shape::FirstHalfBody).await;
-    let proxy = TestProxy::start(
-        SnapshotBuilder::new()
-            .pool(pool("p", &[b.addr]))
-            .catch_all("p")
-            .build(),
-    )
-    .await;
+    let proxy = TestProxy::serving(pool("p", &[b.addr])).await;
     // The client gives up on a body that stalls halfway: the rest of it
     // would still come on that backend connection, which must be closed
     // rather than reused.
@@ -179,7 +161,7 @@ async fn idle_backend_connections_are_closed_after_the_idle_timeout() {
     let b = CountingBackend::start(b"ok", Shape::KeepAlive).await;
     let mut p = pool("p", &[b.addr]);
     p.timeouts.idle = Duration::from_millis(100);
-    let proxy = TestProxy::start(SnapshotBuilder::new().pool(p).catch_all("p").build()).await;
+    let proxy = TestProxy::serving(p).await;
     let r = Client::new(proxy.addr).get("x.test", "/").await;
     assert_eq!(r.status, 200);
     assert!(
@@ -193,7 +175,7 @@ async fn a_burst_keeps_at_most_idle_per_backend_connections() {
     let b = CountingBackend::start(b"ok", Shape::Slow).await;
     let mut p = pool("p", &[b.addr]);
     p.idle_per_backend = 2;
-    let proxy = TestProxy::start(SnapshotBuilder::new().pool(p).catch_all("p").build()).await;
+    let proxy = TestProxy::serving(p).await;
     let client = Client::new(proxy.addr);
     // Six requests at once need six backend connections.
     let replies = futures_util::future::join_all((0..6).map(|_| client.get("x.test", "/"))).await;
@@ -215,13 +197,7 @@ async fn a_burst_keeps_at_most_idle_per_backend_connections() {
 async fn a_large_body_streams_through_both_ways() {
     let b = fulcrum_testkit::Backend::start("a").await;
     b.set_mode(fulcrum_testkit::Mode::Echo);
-    let proxy = TestProxy::start(
-        SnapshotBuilder::new()
-            .pool(pool("p", &[b.addr]))
-            .catch_all("p")
-            .build(),
-    )
-    .await;
+    let proxy = TestProxy::serving(pool("p", &[b.addr])).await;
     let client = Client::new(proxy.addr);
     // Over the buffering limit: streamed to the backend, then back.
     for size in [1 << 20, 200 * 1024 + 7] {
@@ -264,13 +240,7 @@ async fn a_backend_answering_before_the_body_is_sent_is_heard() {
             });
         }
     });
-    let proxy = TestProxy::start(
-        SnapshotBuilder::new()
-            .pool(pool("p", &[addr]))
-            .catch_all("p")
-            .build(),
-    )
-    .await;
+    let proxy = TestProxy::serving(pool("p", &[addr])).await;
     let client = Client::new(proxy.addr);
     let r = client
         .send(

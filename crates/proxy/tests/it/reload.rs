@@ -16,13 +16,7 @@ async fn health_and_counters_survive_a_swap() {
     let c3 = Backend::start("c").await;
     let mut p = pool("p", &[a.addr, b.addr]);
     p.health = Some(health_check());
-    let proxy = TestProxy::start(
-        SnapshotBuilder::new()
-            .pool(p.clone())
-            .catch_all("p")
-            .build(),
-    )
-    .await;
+    let proxy = TestProxy::serving(p.clone()).await;
     let c = Client::new(proxy.addr);
     c.tally(10, "x.test", "/").await;
     b.fail_health(true);
@@ -76,13 +70,7 @@ async fn in_flight_request_finishes_on_its_snapshot() {
     let old = Backend::start("old").await;
     let new = Backend::start("new").await;
     old.set_mode(Mode::Delay(Duration::from_millis(200)));
-    let proxy = TestProxy::start(
-        SnapshotBuilder::new()
-            .pool(pool("p", &[old.addr]))
-            .catch_all("p")
-            .build(),
-    )
-    .await;
+    let proxy = TestProxy::serving(pool("p", &[old.addr])).await;
     let c = Client::new(proxy.addr);
     let slow = tokio::spawn({
         let c = c.clone();
@@ -105,13 +93,7 @@ async fn in_flight_request_finishes_on_its_snapshot() {
 async fn graceful_shutdown_lets_in_flight_finish() {
     let a = Backend::start("a").await;
     a.set_mode(Mode::Delay(Duration::from_millis(200)));
-    let mut proxy = TestProxy::start(
-        SnapshotBuilder::new()
-            .pool(pool("p", &[a.addr]))
-            .catch_all("p")
-            .build(),
-    )
-    .await;
+    let mut proxy = TestProxy::serving(pool("p", &[a.addr])).await;
     let c = Client::new(proxy.addr);
     let slow = tokio::spawn({
         let c = c.clone();

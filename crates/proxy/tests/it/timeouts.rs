@@ -16,7 +16,7 @@ async fn response_timeout_is_504_naming_pool_and_backend() {
     a.set_mode(Mode::Hang);
     let mut p = pool("slow", &[a.addr]);
     p.retries.attempts = 2; // a timeout must not be retried
-    let proxy = TestProxy::start(SnapshotBuilder::new().pool(p).catch_all("slow").build()).await;
+    let proxy = TestProxy::serving(p).await;
     let r = Client::new(proxy.addr).get("x.test", "/").await;
     assert_eq!(r.status, 504);
     assert!(
@@ -34,7 +34,7 @@ async fn connect_timeout_is_504() {
     // Shorter than the connect timeout: the response timeout only starts
     // once connected, so it must not be what fires here.
     p.timeouts.response = Duration::from_millis(50);
-    let proxy = TestProxy::start(SnapshotBuilder::new().pool(p).catch_all("p").build()).await;
+    let proxy = TestProxy::serving(p).await;
     let r = Client::new(proxy.addr).get("x.test", "/").await;
     assert_eq!(r.status, 504, "{}", r.body);
     assert!(r.body.contains("connecting to backend"), "{}", r.body);
