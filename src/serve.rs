@@ -365,6 +365,8 @@ impl Listeners {
             })
             .map(|(name, _)| name.clone())
             .collect();
+        // Listeners removed by earlier reloads that have finished draining.
+        self.draining.retain(|t| !t.is_finished());
         for name in gone {
             if let Some(r) = self.running.remove(&name) {
                 info!(listener = %name, "listener removed; draining");
