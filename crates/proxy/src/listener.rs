@@ -176,6 +176,7 @@ pub(crate) struct ConnInfo {
     pub settings: Arc<Listener>,
     /// What the head sniffer saw of the current HTTP/1 request.
     pub head: Arc<HeadFlags>,
+    pub plane: Arc<DataPlane>,
     /// Set by a request whose backend agreed to an upgrade: the connection
     /// becomes this tunnel once hyper has sent the 101.
     pub tunnel: Mutex<Option<crate::tunnel::Tunnel>>,
@@ -359,20 +360,22 @@ async fn http<I>(
         tls,
         settings: settings.clone(),
         head: state.head.clone(),
+        plane: plane.clone(),
         tunnel: Mutex::new(None),
         _hold: hold,
     });
     let service = {
-        let (state, plane, info) = (state.clone(), plane.clone(), info.clone());
+        let (state, info) = (state.clone(), info.clone());
         service_fn(move |req| {
-            let plane = plane.clone();
+            // The connection's own Arc: no count shared with other threads
+            // changes per request.
             let info = info.clone();
             let guard = ConnGuard::new(&state);
             // Boxed: hyper keeps a slot of the future's size for the
             // connection's life, and can only hand a connection back
             // (to park it) when the future is Unpin.
             Box::pin(async move {
-                Ok::<_, Infallible>(crate::proxy::handle(&plane, req, &info, guard).await)
+                Ok::<_, Infallible>(crate::proxy::handle(&info.plane, req, &info, guard).await)
             })
         })
     };
