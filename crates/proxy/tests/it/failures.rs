@@ -3,9 +3,7 @@
 use std::time::Duration;
 
 use fulcrum_config::snapshot::{Algorithm, Outlier};
-use fulcrum_testkit::{
-    Backend, Client, Mode, SnapshotBuilder, TestProxy, eventually, health_check, pool,
-};
+use fulcrum_testkit::{Backend, Client, Mode, TestProxy, eventually, health_check, pool};
 use http::Method;
 
 use crate::PATIENCE;

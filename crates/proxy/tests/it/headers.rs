@@ -1,6 +1,6 @@
 //! What the backend and the client see of each other's headers.
 
-use fulcrum_testkit::{Backend, Client, SnapshotBuilder, TestProxy, pool};
+use fulcrum_testkit::{Backend, Client, TestProxy, pool};
 use http::Method;
 
 #[tokio::test]

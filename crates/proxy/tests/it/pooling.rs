@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::time::Duration;
 
-use fulcrum_testkit::{Client, SnapshotBuilder, TestProxy, eventually, pool};
+use fulcrum_testkit::{Client, TestProxy, eventually, pool};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
