@@ -421,16 +421,8 @@ async fn http<I>(
     }
     let park_after = PARK_AFTER.min(settings.idle_timeout / 2);
     loop {
-        // A head's deadline runs from when the connection went idle, also
-        // across a park.
-        let head_deadline = state.epoch
-            + Duration::from_millis(state.idle_since_ms.load(Relaxed))
-            + settings.header_timeout;
-        let builder = h1_builder(
-            &settings,
-            head_deadline.saturating_duration_since(Instant::now()),
-        );
-        let mut conn = Box::pin(builder.serve_connection(TokioIo::new(io), service.clone()));
+        let mut conn =
+            Box::pin(h1_builder(&settings).serve_connection(TokioIo::new(io), service.clone()));
         let end = Box::pin(life.drive(
             &mut conn,
             |c, cx| c.poll_without_shutdown(cx),
@@ -500,20 +492,17 @@ async fn detect_h2<I: AsyncRead + Unpin>(io: &mut Sniffer<I>) -> std::io::Result
     }
 }
 
-fn h1_builder(settings: &Listener, header_timeout: Duration) -> http1::Builder {
+fn h1_builder(settings: &Listener) -> http1::Builder {
     let limits = &settings.limits;
     let mut http1 = http1::Builder::new();
     http1
-        .timer(TokioTimer::new())
         .keep_alive(true)
         // One write() of a flattened buffer is cheaper on loopback than
         // writev() of head and body (measured: bench/RESULTS.md).
         .writev(false)
-        // Hyper starts this timer whenever it waits for a request head, so
-        // it also bounds the wait for the next request on a keep-alive
-        // connection, and it is a total deadline: trickling bytes does not
-        // extend it (slowloris).
-        .header_read_timeout(header_timeout)
+        // The header deadline is the connection's (`Life::drive`): hyper's
+        // own timer cost an allocation and a timer-wheel entry per request.
+        .header_read_timeout(None)
         .max_buf_size((limits.max_header_bytes as usize).max(8192));
     // Hyper answers 431 itself past this many headers, before any request
     // exists. Its own limit is the same 100, kept in arrays on the stack;
@@ -579,30 +568,31 @@ impl Life<'_> {
         let mut step = first;
         let mut closing = false;
         let mut parking = false;
+        // HTTP/1: the next request head is due `header_timeout` after the
+        // last response ended (a total deadline: trickling bytes does not
+        // extend it), across parks too. HTTP/2 streams have no such gap.
+        let head_due = protocols != Protocols::Http2;
         loop {
             // Until a first request head arrives, the connection lives on
-            // the header deadline; after that, on the idle timeout between
-            // requests. The deadline is a check, not a verdict: when it
-            // fires, the state is read again. While requests are in
-            // progress the next check is one step away, so an idle
-            // connection is found at most then; the step grows while the
-            // connection stays busy.
-            let check = if closing {
-                None
+            // the header deadline; after that, on the idle timeout and the
+            // next head's deadline between requests. The deadline is a
+            // check, not a verdict: when it fires, the state is read
+            // again. While requests are in progress the next check is one
+            // step away, so an idle connection is found at most then; the
+            // step grows while the connection stays busy.
+            let now = Instant::now();
+            let idle_since = state.epoch + Duration::from_millis(state.idle_since_ms.load(Relaxed));
+            let check = if state.started.load(Relaxed) == 0 {
+                (!closing).then(|| (state.epoch + header_timeout).min(now + step))
+            } else if state.active.load(Relaxed) > 0 {
+                (!closing).then_some(now + step)
             } else {
-                let now = Instant::now();
-                let idle_since =
-                    state.epoch + Duration::from_millis(state.idle_since_ms.load(Relaxed));
-                Some(if state.started.load(Relaxed) == 0 {
-                    (state.epoch + header_timeout).min(now + step)
-                } else if state.active.load(Relaxed) > 0 {
-                    now + step
-                } else {
-                    match park {
-                        Some(p) if idle_since + p > now => idle_since + p,
-                        _ => idle_since + idle_timeout,
-                    }
-                })
+                let next = (!closing).then(|| match park {
+                    Some(p) if idle_since + p > now => idle_since + p,
+                    _ => idle_since + idle_timeout,
+                });
+                let head = head_due.then_some(idle_since + header_timeout);
+                next.into_iter().chain(head).min()
             };
             tokio::select! {
                 res = std::future::poll_fn(|cx| poll(conn, cx)) => {
@@ -640,6 +630,16 @@ impl Life<'_> {
                         (state.epoch.elapsed().as_millis() as u64)
                             .saturating_sub(state.idle_since_ms.load(Relaxed)),
                     );
+                    if head_due && idle_for >= header_timeout {
+                        // No complete head in time (an idle connection
+                        // parks long before this): no response owed.
+                        Counters::inc(&self.counters.client_header_timeout);
+                        tracing::debug!(client = %self.client, "no request head within the header timeout; closing");
+                        return End::Failed;
+                    }
+                    if closing {
+                        continue;
+                    }
                     if idle_for >= idle_timeout {
                         Counters::inc(&self.counters.client_idle_closed);
                         tracing::debug!(client = %self.client, "closing idle client connection");

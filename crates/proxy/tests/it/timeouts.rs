@@ -139,6 +139,27 @@ async fn an_idle_keep_alive_connection_parks_and_serves_its_next_request() {
 }
 
 #[tokio::test]
+async fn the_next_head_on_a_keep_alive_connection_has_the_header_deadline() {
+    let a = Backend::start("a").await;
+    let snap = SnapshotBuilder::new()
+        .pool(pool("p", &[a.addr]))
+        .catch_all("p")
+        .listener_timeouts(Duration::from_millis(300), Duration::from_secs(30))
+        .build();
+    let proxy = TestProxy::start(snap).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    assert!(get_on(&mut s).await.starts_with("HTTP/1.1 200"));
+    // Straight after the response, before the connection could park.
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x.test\r\n")
+        .await
+        .unwrap();
+    let closed = crate::trickle_until_closed(&mut s).await;
+    assert!(closed, "a trickling client kept its connection for 5 s");
+    assert_eq!(a.hits(), 1);
+    assert_eq!(proxy.plane.counters().client_header_timeout, 1);
+}
+
+#[tokio::test]
 async fn a_parked_connection_keeps_the_header_deadline() {
     let a = Backend::start("a").await;
     // Parks after 400 ms idle; the next head is due 600 ms after the last
