@@ -770,6 +770,8 @@ fn build_head(
     // Whether the last Transfer-Encoding coding is chunked, if there is one.
     let mut chunked: Option<bool> = None;
     let mut close = false;
+    // Names the Connection header lists: hop-by-hop too. Rarely any.
+    let mut named = Vec::new();
     for s in spans {
         let name = HeaderName::from_bytes(&head[s.name.0 as usize..s.name.1 as usize])
             .map_err(|_| Error::BadHeader)?;
@@ -791,8 +793,17 @@ fn build_head(
             chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         } else if name == header::CONNECTION {
             close |= has_token(value.as_bytes(), b"close");
+            crate::headers::connection_named(&value, &mut named);
+        }
+        // Hop-by-hop headers are this connection's, read above and not
+        // passed on; a 101's Upgrade is, for the request path to answer.
+        if crate::headers::is_hop_by_hop(&name) && !(code == 101 && name == header::UPGRADE) {
+            continue;
         }
         headers.append(name, value);
+    }
+    for name in named {
+        headers.remove(name);
     }
     // Only HTTP/1.1 responses keep the connection (RFC 9112 §9.3).
     let mut keep_alive = minor == 1 && !close;
@@ -1374,6 +1385,23 @@ mod tests {
         .unwrap();
         assert_eq!((h.framing, h.keep_alive), (Framing::Upgrade, false));
         assert_eq!(&rest[..], b"frame");
+        assert_eq!(h.headers["upgrade"], "websocket", "a 101 keeps its Upgrade");
+        assert!(!h.headers.contains_key("connection"));
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_not_passed_on() {
+        let (h, _) = head(
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Private\r\nKeep-Alive: timeout=5\r\n\
+              X-Private: secret\r\nProxy-Authenticate: Basic\r\nTrailer: x-sum\r\n\
+              Upgrade: h2c\r\nX-Kept: yes\r\nTransfer-Encoding: chunked\r\n\r\n",
+            GET,
+        )
+        .unwrap();
+        assert_eq!(h.framing, Framing::Chunked);
+        assert!(h.keep_alive);
+        let names: Vec<_> = h.headers.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["x-kept"]);
     }
 
     #[test]

@@ -11,60 +11,54 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Headers that describe one connection, not the message: never forwarded
-/// as they came. An upgrade's `Connection`/`Upgrade` are put back by the
-/// request path when it carries the upgrade through. Besides these, any
-/// `proxy-*` header.
-static HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::PROXY_AUTHORIZATION,
-    header::PROXY_AUTHENTICATE,
-];
+/// Whether a header describes one connection, not the message, by its
+/// name alone (RFC 9110 §7.6.1): never forwarded as it came. An upgrade's
+/// `Connection`/`Upgrade` are put back by the request path when it carries
+/// the upgrade through. Besides these, headers the Connection header
+/// names are hop-by-hop too ([`connection_named`]).
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    // By length first: most names are ruled out by one comparison.
+    let s = name.as_str();
+    match s.len() {
+        2 => s == "te",
+        7 => s == "trailer" || s == "upgrade",
+        10 => s == "connection" || s == "keep-alive",
+        17 => s == "transfer-encoding",
+        _ => s.starts_with("proxy-"),
+    }
+}
 
-/// Removes hop-by-hop headers, including those the Connection header names.
-/// Runs twice per request (request and response), so it looks each header
-/// up once and allocates only for names a client lists in Connection or
-/// for non-standard `proxy-*` headers.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Names listed in Connection are removed first, while it is still there.
-    let mut named: Vec<HeaderName> = Vec::new();
-    for value in headers.get_all(header::CONNECTION) {
-        for token in value.as_bytes().split(|&b| b == b',') {
-            let token = token.trim_ascii();
-            // Connection options, or names removed below anyway.
-            if token.is_empty()
-                || token.eq_ignore_ascii_case(b"close")
-                || token.eq_ignore_ascii_case(b"keep-alive")
-                || token.eq_ignore_ascii_case(b"upgrade")
-            {
-                continue;
-            }
-            if let Ok(name) = HeaderName::from_bytes(token) {
-                named.push(name);
-            }
+/// The header names a Connection value lists, its options (`close`,
+/// `keep-alive`, `upgrade`) aside. Usually none, and then no allocation.
+pub fn connection_named(value: &HeaderValue, into: &mut Vec<HeaderName>) {
+    for token in value.as_bytes().split(|&b| b == b',') {
+        let token = token.trim_ascii();
+        if token.is_empty()
+            || token.eq_ignore_ascii_case(b"close")
+            || token.eq_ignore_ascii_case(b"keep-alive")
+            || token.eq_ignore_ascii_case(b"upgrade")
+        {
+            continue;
+        }
+        if let Ok(name) = HeaderName::from_bytes(token) {
+            into.push(name);
         }
     }
-    // One pass over the names: which of the fixed ones are there.
-    let mut present = 0u8;
-    for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
-            present |= 1 << i;
-        } else if name.as_str().starts_with("proxy-") {
-            named.push(name.clone());
-        }
+}
+
+/// Removes hop-by-hop headers, including those the Connection header
+/// names. Allocates only when a Connection header names some.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let mut named: Vec<HeaderName> = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
+        connection_named(value, &mut named);
     }
     for name in named {
         headers.remove(name);
     }
-    for (i, name) in HOP_BY_HOP.iter().enumerate() {
-        if present & (1 << i) != 0 {
-            headers.remove(name);
-        }
+    // A scan per hop-by-hop name present: usually one scan, or two.
+    while let Some(name) = headers.keys().find(|n| is_hop_by_hop(n)).cloned() {
+        headers.remove(name);
     }
 }
 
@@ -138,6 +132,33 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn hop_by_hop_names() {
+        for name in [
+            "connection",
+            "keep-alive",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+            "proxy-authorization",
+            "proxy-authenticate",
+            "proxy-connection",
+        ] {
+            assert!(is_hop_by_hop(&HeaderName::from_static(name)), "{name}");
+        }
+        for name in [
+            "content-length",
+            "trailers",
+            "tk",
+            "x-upgrade",
+            "proxy",
+            "host",
+        ] {
+            assert!(!is_hop_by_hop(&HeaderName::from_static(name)), "{name}");
+        }
     }
 
     #[test]

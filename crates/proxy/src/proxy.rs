@@ -501,7 +501,11 @@ pub(crate) async fn handle(
             let backend_upgrade = switching
                 .then(|| parts.headers.get(header::UPGRADE).cloned())
                 .flatten();
-            headers::strip_hop_by_hop(&mut parts.headers);
+            // Our HTTP/1.1 codec passes no hop-by-hop header on but a
+            // 101's Upgrade, which is put back below.
+            if !matches!(body, Inner::H1(_)) {
+                headers::strip_hop_by_hop(&mut parts.headers);
+            }
             if let (true, Some(up)) = (switching, backend_upgrade) {
                 parts
                     .headers
