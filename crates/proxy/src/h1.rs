@@ -41,6 +41,7 @@ use tokio::net::TcpStream;
 use tokio::runtime::RuntimeFlavor;
 use tokio::time::Instant;
 
+use crate::headers::Forwarded;
 use crate::proxy::{ClientBodyError, RequestBody};
 
 /// A response head larger than this is refused (hyper's client allowed
@@ -400,26 +401,40 @@ pub(crate) struct Outgoing<'a> {
     pub method: &'a Method,
     /// Origin form: path and query.
     pub path: &'a str,
+    /// The client's headers, as they came: the encoder leaves out the
+    /// hop-by-hop ones and those `forwarded` sets.
     pub headers: &'a HeaderMap,
     /// A Host to send first, for a request that came without one.
     pub host: Option<&'a HeaderValue>,
+    pub forwarded: Option<&'a Forwarded<'a>>,
+    /// The client's Upgrade, when the request is an upgrade to carry.
+    pub upgrade: Option<&'a HeaderValue>,
 }
 
 /// Encodes the request head, and a buffered body after it, into one
 /// buffer. Framing is ours to write: the client's Content-Length and any
 /// Transfer-Encoding are dropped and the body's real framing written, so a
-/// backend can never read a body two ways.
+/// backend can never read a body two ways. Hop-by-hop headers (RFC 9110
+/// §7.6.1) are left out here rather than removed from the map first.
 fn encode(parts: &Outgoing<'_>, body: RequestBody) -> (Upload, Asked) {
     let path = parts.path;
     let full = match &body {
         RequestBody::Full(Some(b)) => b.len(),
         _ => 0,
     };
-    // Request line, framing header and blank line fit in the 64.
+    // Request line, framing and upgrade headers and blank line fit in the 64.
     let mut cap = parts.method.as_str().len() + path.len() + 64 + full;
+    cap += parts.forwarded.map_or(0, Forwarded::max_written);
+    cap += parts.upgrade.map_or(0, HeaderValue::len);
     for (name, value) in parts.headers {
         cap += name.as_str().len() + value.len() + 4;
     }
+    // Names the client's Connection header lists: hop-by-hop too.
+    let mut named = Vec::new();
+    for value in parts.headers.get_all(header::CONNECTION) {
+        crate::headers::connection_named(value, &mut named);
+    }
+    let mut client_for = None;
     let mut out = Vec::with_capacity(cap);
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
@@ -430,10 +445,10 @@ fn encode(parts: &Outgoing<'_>, body: RequestBody) -> (Upload, Asked) {
         out.extend_from_slice(host.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    let mut asked = Asked {
+    let asked = Asked {
         head: *parts.method == Method::HEAD,
         connect: *parts.method == Method::CONNECT,
-        upgrade: false,
+        upgrade: parts.upgrade.is_some(),
     };
     let mut had_length = false;
     for (name, value) in parts.headers {
@@ -441,16 +456,27 @@ fn encode(parts: &Outgoing<'_>, body: RequestBody) -> (Upload, Asked) {
             had_length = true;
             continue;
         }
-        if *name == header::TRANSFER_ENCODING {
+        if parts.forwarded.is_some() && Forwarded::sets(name) {
+            if client_for.is_none() && *name == crate::headers::X_FORWARDED_FOR {
+                client_for = Some(value);
+            }
             continue;
         }
-        if *name == header::UPGRADE {
-            asked.upgrade = true;
+        if crate::headers::is_hop_by_hop(name) || named.contains(name) {
+            continue;
         }
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
+    }
+    if let Some(up) = parts.upgrade {
+        out.extend_from_slice(b"connection: upgrade\r\nupgrade: ");
+        out.extend_from_slice(up.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(fwd) = parts.forwarded {
+        fwd.write(&mut out, client_for);
     }
     let (framing, body) = match body {
         // As hyper's client did: no body, no framing header, unless the
@@ -1491,6 +1517,8 @@ mod tests {
             path: "/p?q=1",
             headers,
             host: None,
+            forwarded: None,
+            upgrade: None,
         };
         encode(&head, body)
     }
@@ -1519,11 +1547,8 @@ mod tests {
             up.out,
             b"PUT /p?q=1 HTTP/1.1\r\nx-a: 1\r\ncontent-length: 5\r\n\r\nhello"
         );
-        let (_, asked) = encode_for(
-            &parts(Method::HEAD, &[("upgrade", "websocket")]),
-            RequestBody::Full(None),
-        );
-        assert!(asked.head && asked.upgrade);
+        let (_, asked) = encode_for(&parts(Method::HEAD, &[]), RequestBody::Full(None));
+        assert!(asked.head && !asked.upgrade);
         // A request that came without a Host names the backend, first.
         let (method, headers) = parts(Method::GET, &[("x-a", "1")]);
         let host = HeaderValue::from_static("10.0.0.1:80");
@@ -1532,6 +1557,8 @@ mod tests {
             path: "/",
             headers: &headers,
             host: Some(&host),
+            forwarded: None,
+            upgrade: None,
         };
         let (up, _) = encode(&head, RequestBody::Full(None));
         assert_eq!(
@@ -1545,6 +1572,65 @@ mod tests {
         out.push(b' ');
         put_hex(&mut out, 0x1a2b);
         assert_eq!(out, b"0 18446744073709551615 1a2b");
+    }
+
+    #[test]
+    fn hop_by_hop_headers_stay_behind_and_forwarded_ones_are_set() {
+        let (method, headers) = parts(
+            Method::GET,
+            &[
+                ("host", "a.test"),
+                ("connection", "keep-alive, Upgrade, X-Private"),
+                ("x-private", "secret"),
+                ("keep-alive", "timeout=5"),
+                ("te", "trailers"),
+                ("upgrade", "websocket"),
+                ("proxy-authorization", "Basic abc"),
+                ("x-forwarded-for", "203.0.113.7"),
+                ("x-forwarded-for", "198.51.100.1"),
+                ("x-forwarded-proto", "gopher"),
+                ("x-request-id", "from-client"),
+                ("x-kept", "yes"),
+            ],
+        );
+        let (ip, id) = (
+            HeaderValue::from_static("127.0.0.1"),
+            HeaderValue::from_static("id-1"),
+        );
+        let host = headers.get("host").cloned();
+        let fwd = Forwarded {
+            client_ip: &ip,
+            host: host.as_ref(),
+            proto: "https",
+            request_id: &id,
+        };
+        let up = HeaderValue::from_static("websocket");
+        let mut head = Outgoing {
+            method: &method,
+            path: "/",
+            headers: &headers,
+            host: None,
+            forwarded: Some(&fwd),
+            upgrade: None,
+        };
+        let (out, asked) = encode(&head, RequestBody::Full(None));
+        assert!(!asked.upgrade);
+        assert_eq!(
+            String::from_utf8(out.out).unwrap(),
+            "GET / HTTP/1.1\r\nhost: a.test\r\nx-kept: yes\r\n\
+             x-forwarded-for: 203.0.113.7, 127.0.0.1\r\nx-forwarded-proto: https\r\n\
+             x-forwarded-host: a.test\r\nx-request-id: id-1\r\n\r\n"
+        );
+        // An upgrade the pool carries: Connection and Upgrade are ours.
+        head.upgrade = Some(&up);
+        let (out, asked) = encode(&head, RequestBody::Full(None));
+        assert!(asked.upgrade);
+        let text = String::from_utf8(out.out).unwrap();
+        assert!(
+            text.contains("\r\nconnection: upgrade\r\nupgrade: websocket\r\n"),
+            "{text}"
+        );
+        assert_eq!(text.matches("upgrade").count(), 2, "{text}");
     }
 
     /// A backend that answers each request (its head read up to the blank
@@ -1606,6 +1692,8 @@ mod tests {
             path: "/",
             headers: &headers,
             host: None,
+            forwarded: None,
+            upgrade: None,
         };
         let resp = match b
             .send(head, RequestBody::Full(None), Duration::from_secs(5))

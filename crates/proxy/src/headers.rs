@@ -9,7 +9,7 @@ use fastrand::Rng;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
@@ -70,32 +70,86 @@ pub fn client_ip_value(client_ip: IpAddr) -> HeaderValue {
     HeaderValue::try_from(client_ip.to_string()).expect("an IP address is a valid header value")
 }
 
-/// Adds X-Forwarded-For (appended to any the client sent), -Proto
-/// (`http` or `https`, how the client reached the listener) and -Host.
-/// `client_ip` comes from [`client_ip_value`].
-pub fn add_forwarded(
-    headers: &mut HeaderMap,
-    client_ip: &HeaderValue,
-    host: Option<&HeaderValue>,
-    proto: &'static str,
-) {
-    let xff = match headers.get(&X_FORWARDED_FOR) {
-        // A proxy in front of us already listed the chain: extend it.
-        Some(prev) => {
-            let mut v = Vec::with_capacity(prev.len() + 2 + client_ip.len());
-            v.extend_from_slice(prev.as_bytes());
-            v.extend_from_slice(b", ");
-            v.extend_from_slice(client_ip.as_bytes());
-            HeaderValue::from_bytes(&v).ok()
-        }
-        None => Some(client_ip.clone()),
-    };
-    if let Some(xff) = xff {
-        headers.insert(X_FORWARDED_FOR.clone(), xff);
+/// The headers the proxy sets on a request on its way to a backend:
+/// X-Forwarded-For (the client's address appended to any list the client
+/// sent), -Proto (`http` or `https`, how the client reached the listener),
+/// -Host, and X-Request-Id. A client's own copies of these are replaced.
+pub struct Forwarded<'a> {
+    /// From [`client_ip_value`].
+    pub client_ip: &'a HeaderValue,
+    pub host: Option<&'a HeaderValue>,
+    pub proto: &'static str,
+    pub request_id: &'a HeaderValue,
+}
+
+impl Forwarded<'_> {
+    /// Whether `name` is one of the headers set here, so that a client's
+    /// copy is not passed on.
+    pub fn sets(name: &HeaderName) -> bool {
+        name == X_FORWARDED_FOR
+            || name == X_FORWARDED_PROTO
+            || name == X_FORWARDED_HOST
+            || name == REQUEST_ID
     }
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
-    if let Some(host) = host {
-        headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+
+    /// Sets them in a header map (for HTTP/2 backends).
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        let xff = self.for_value(headers.get(&X_FORWARDED_FOR));
+        headers.insert(X_FORWARDED_FOR.clone(), xff);
+        headers.insert(
+            X_FORWARDED_PROTO.clone(),
+            HeaderValue::from_static(self.proto),
+        );
+        if let Some(host) = self.host {
+            headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+        }
+        headers.insert(REQUEST_ID.clone(), self.request_id.clone());
+    }
+
+    /// Writes them as header lines (for the HTTP/1.1 encoder, which leaves
+    /// the client's copies out: [`Forwarded::sets`]). `client_for` is the
+    /// first X-Forwarded-For the client sent. The same headers as
+    /// [`Forwarded::apply`], without a hash-map insert for each.
+    pub fn write(&self, out: &mut Vec<u8>, client_for: Option<&HeaderValue>) {
+        let mut line = |name: &HeaderName, parts: &[&[u8]]| {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            for p in parts {
+                out.extend_from_slice(p);
+            }
+            out.extend_from_slice(b"\r\n");
+        };
+        match client_for {
+            Some(prev) => line(
+                &X_FORWARDED_FOR,
+                &[prev.as_bytes(), b", ", self.client_ip.as_bytes()],
+            ),
+            None => line(&X_FORWARDED_FOR, &[self.client_ip.as_bytes()]),
+        }
+        line(&X_FORWARDED_PROTO, &[self.proto.as_bytes()]);
+        if let Some(host) = self.host {
+            line(&X_FORWARDED_HOST, &[host.as_bytes()]);
+        }
+        line(&REQUEST_ID, &[self.request_id.as_bytes()]);
+    }
+
+    /// Upper bound of what [`Forwarded::write`] adds, `client_for` aside.
+    pub fn max_written(&self) -> usize {
+        100 + self.client_ip.len() + self.host.map_or(0, HeaderValue::len) + self.request_id.len()
+    }
+
+    fn for_value(&self, client_for: Option<&HeaderValue>) -> HeaderValue {
+        match client_for {
+            // A proxy in front of us already listed the chain: extend it.
+            Some(prev) => {
+                let mut v = Vec::with_capacity(prev.len() + 2 + self.client_ip.len());
+                v.extend_from_slice(prev.as_bytes());
+                v.extend_from_slice(b", ");
+                v.extend_from_slice(self.client_ip.as_bytes());
+                HeaderValue::from_bytes(&v).expect("two header values joined by a comma")
+            }
+            None => self.client_ip.clone(),
+        }
     }
 }
 
@@ -183,15 +237,37 @@ mod tests {
     fn appends_forwarded_for() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", "10.0.0.1".parse().unwrap());
-        add_forwarded(
-            &mut h,
-            &client_ip_value("127.0.0.1".parse().unwrap()),
-            Some(&"a.test".parse().unwrap()),
-            "http",
+        h.insert("x-request-id", "client".parse().unwrap());
+        let (ip, host, id) = (
+            client_ip_value("127.0.0.1".parse().unwrap()),
+            "a.test".parse().unwrap(),
+            "id-1".parse().unwrap(),
         );
+        let fwd = Forwarded {
+            client_ip: &ip,
+            host: Some(&host),
+            proto: "http",
+            request_id: &id,
+        };
+        let mut lines = Vec::new();
+        fwd.write(&mut lines, h.get("x-forwarded-for"));
+        assert!(lines.len() <= fwd.max_written() + "10.0.0.1".len());
+        fwd.apply(&mut h);
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "a.test");
+        assert_eq!(h["x-request-id"], "id-1");
+        // Written as lines, the same headers as in the map.
+        let text = String::from_utf8(lines).unwrap();
+        let mut from_map: Vec<_> = h
+            .iter()
+            .map(|(n, v)| format!("{n}: {}", v.to_str().unwrap()))
+            .collect();
+        let mut written: Vec<_> = text.lines().map(str::to_owned).collect();
+        from_map.sort();
+        written.sort();
+        assert_eq!(written, from_map);
+        assert!(h.keys().all(Forwarded::sets));
     }
 
     #[test]

@@ -736,25 +736,25 @@ async fn forward(
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
-    // Only h2 backends need to be told (below); spare HTTP/1.1 the scan.
-    let te_trailers = pool.h2.is_some()
-        && parts.headers.get_all(header::TE).iter().any(|v| {
+    let forwarded = headers::Forwarded {
+        client_ip: ctx.client_ip,
+        host: original_host.as_ref(),
+        proto: if ctx.tls { "https" } else { "http" },
+        request_id,
+    };
+    // HTTP/1.1 backends get the client's headers through the encoder,
+    // which leaves the hop-by-hop ones out and writes the forwarded ones:
+    // the map is not changed. HTTP/2 backends get the map.
+    let h2_authority = if pool.h2.is_some() {
+        // gRPC and other h2 peers need to know trailers are welcome.
+        let te_trailers = parts.headers.get_all(header::TE).iter().any(|v| {
             v.as_bytes()
                 .windows(8)
                 .any(|w| w.eq_ignore_ascii_case(b"trailers"))
         });
-    headers::strip_hop_by_hop(&mut parts.headers);
-    let proto = if ctx.tls { "https" } else { "http" };
-    headers::add_forwarded(
-        &mut parts.headers,
-        ctx.client_ip,
-        original_host.as_ref(),
-        proto,
-    );
-    parts.headers.insert(REQUEST_ID.clone(), request_id.clone());
-    let h2_authority = if pool.h2.is_some() {
+        headers::strip_hop_by_hop(&mut parts.headers);
+        forwarded.apply(&mut parts.headers);
         parts.headers.remove(header::HOST);
-        // gRPC and other h2 peers need to know trailers are welcome.
         if te_trailers {
             parts
                 .headers
@@ -764,20 +764,11 @@ async fn forward(
             .as_ref()
             .and_then(|h| Authority::try_from(h.as_bytes()).ok())
     } else {
-        if let Some(h) = original_host.filter(|_| !parts.headers.contains_key(header::HOST)) {
-            parts.headers.insert(header::HOST, h);
-        }
-        if let Some(up) = &ctx.upgrade {
-            parts
-                .headers
-                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            parts.headers.insert(header::UPGRADE, up.clone());
-        }
         None
     };
-    // An HTTP/1.1 request without a host names the backend, as any client
-    // of it would.
-    let no_host = !parts.headers.contains_key(header::HOST);
+    // An HTTP/1.1 request without a Host header sends the host its URI
+    // named, or else names the backend, as any client of it would.
+    let host_missing = pool.h2.is_none() && !parts.headers.contains_key(header::HOST);
 
     // Small or empty bodies are read whole so they can be sent again.
     let body = ClientBody::new(body, ctx.limits.max_body_bytes, ctx.body_timeout);
@@ -866,7 +857,10 @@ async fn forward(
                     method: &parts.method,
                     path: path.as_str(),
                     headers: &parts.headers,
-                    host: no_host.then(|| &pool.authorities[i]),
+                    host: host_missing
+                        .then(|| original_host.as_ref().unwrap_or(&pool.authorities[i])),
+                    forwarded: Some(&forwarded),
+                    upgrade: ctx.upgrade.as_ref(),
                 };
                 match pool.h1[i]
                     .send(head, attempt_body, pool.timeouts.response)
