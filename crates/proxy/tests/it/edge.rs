@@ -296,6 +296,26 @@ async fn h2_pool_to_a_dead_backend_is_502_and_counted() {
 }
 
 #[tokio::test]
+async fn a_client_that_half_closes_before_its_response_is_taken_to_be_gone() {
+    let a = Backend::start("a").await;
+    a.set_mode(Mode::Delay(Duration::from_millis(300)));
+    let proxy = TestProxy::serving(pool("p", &[a.addr])).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x.test\r\n\r\n")
+        .await
+        .unwrap();
+    // Seen while the request is at the backend: as NGINX does, the client
+    // is taken to be gone (HAProxy would still answer a half-close).
+    s.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(crate::PATIENCE, s.read_to_end(&mut got))
+        .await
+        .expect("the connection stayed open")
+        .unwrap();
+    assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
+}
+
+#[tokio::test]
 async fn websocket_echo_through_the_proxy() {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
