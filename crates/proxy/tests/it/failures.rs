@@ -236,3 +236,29 @@ async fn large_bodies_stream_and_are_not_retried() {
     assert_eq!(r.status, 502);
     assert_eq!((bad.hits(), good.hits()), (1, 0));
 }
+
+#[tokio::test]
+async fn in_flight_counts_return_to_zero_after_every_outcome() {
+    let a = Backend::start("a").await;
+    let mut p = pool("p", &[a.addr]);
+    p.retries.attempts = 1;
+    let proxy = TestProxy::serving(p).await;
+    let state = proxy.plane.backend("p", a.addr).unwrap();
+    let c = Client::new(proxy.addr);
+    for mode in [
+        Mode::Normal,
+        Mode::Status(503),
+        Mode::Reset,
+        Mode::CloseMidResponse,
+        Mode::Trailers,
+    ] {
+        a.set_mode(mode.clone());
+        let _ = c.get("x.test", "/").await;
+        assert!(
+            eventually(PATIENCE, || state.in_flight() == 0).await,
+            "{mode:?} left {} in flight",
+            state.in_flight()
+        );
+    }
+    assert!(state.requests() >= 5);
+}
