@@ -331,9 +331,17 @@ impl H1Backend {
     /// carry another request and nothing unasked-for came after the
     /// response, closed otherwise.
     fn finish(self: &Arc<Self>, conn: Conn, reusable: bool) {
-        if reusable && conn.buf.is_empty() {
-            self.release(conn.io);
+        let Conn { io, mut buf, .. } = conn;
+        if reusable && buf.is_empty() {
+            self.release(io);
         }
+        buf.clear();
+        SPARE.with_borrow_mut(|spare| {
+            if spare.len() == SPARE_BUFFERS {
+                spare.remove(0);
+            }
+            spare.push(buf);
+        });
     }
 }
 
@@ -620,6 +628,35 @@ impl Upload {
 
 // ---- response head ----------------------------------------------------
 
+thread_local! {
+    /// Read buffers of this thread's finished exchanges, the latest last.
+    /// A response's head and body are views into its buffer, so a buffer
+    /// is free again once the client has its response; the next exchange
+    /// takes it back instead of allocating 8 KiB (glibc's slow path), and
+    /// works in memory the cache still holds.
+    static SPARE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Buffers kept per thread; past this, the oldest is let go.
+const SPARE_BUFFERS: usize = 16;
+
+/// The latest finished exchange's buffer that no response still uses,
+/// else a new (empty, unallocated) one. One that grew for a large
+/// response is let go rather than kept.
+fn spare_buffer() -> BytesMut {
+    SPARE.with_borrow_mut(|spare| {
+        for i in (0..spare.len()).rev() {
+            if spare[i].try_reclaim(READ_SIZE) {
+                let buf = spare.swap_remove(i);
+                if buf.capacity() <= 2 * READ_SIZE {
+                    return buf;
+                }
+            }
+        }
+        BytesMut::new()
+    })
+}
+
 /// A backend connection in use, with what has been read and not consumed.
 struct Conn {
     io: TcpStream,
@@ -631,7 +668,7 @@ impl Conn {
     fn new(io: TcpStream) -> Self {
         Conn {
             io,
-            buf: BytesMut::new(),
+            buf: spare_buffer(),
             read_size: READ_SIZE,
         }
     }
@@ -1413,6 +1450,24 @@ mod tests {
         assert_eq!(&rest[..], b"frame");
         assert_eq!(h.headers["upgrade"], "websocket", "a 101 keeps its Upgrade");
         assert!(!h.headers.contains_key("connection"));
+    }
+
+    #[test]
+    fn a_spare_buffer_comes_back_once_no_response_uses_it() {
+        SPARE.with_borrow_mut(Vec::clear);
+        let mut buf = BytesMut::with_capacity(READ_SIZE);
+        buf.extend_from_slice(b"HTTP/1.1 200 OK\r\n\r\n");
+        let head = buf.split().freeze();
+        let at = head.as_ptr();
+        SPARE.with_borrow_mut(|s| s.push(buf));
+        // A response still reads from it: a fresh buffer instead.
+        assert_eq!(spare_buffer().capacity(), 0);
+        assert_eq!(SPARE.with_borrow(Vec::len), 1);
+        drop(head);
+        let again = spare_buffer();
+        assert_eq!(again.as_ptr(), at, "the same allocation, from its start");
+        assert!(again.capacity() >= READ_SIZE);
+        assert_eq!(SPARE.with_borrow(Vec::len), 0);
     }
 
     #[test]
