@@ -558,6 +558,13 @@ struct Forwarding<'a> {
 ///
 /// `ambiguous`: the head sniffer saw Content-Length together with
 /// Transfer-Encoding, which hyper resolves by dropping Content-Length.
+/// A header as `screen` saw it: how often, and its first value.
+#[derive(Default)]
+struct Seen<'a> {
+    count: u32,
+    first: Option<&'a HeaderValue>,
+}
+
 fn screen(req: &Request<Incoming>, limits: &Limits, ambiguous: bool) -> Result<(), ProxyError> {
     if req
         .uri()
@@ -572,7 +579,24 @@ fn screen(req: &Request<Incoming>, limits: &Limits, ambiguous: bool) -> Result<(
     if h.len() > limits.max_headers as usize {
         return Err(ProxyError::HeaderTooLarge);
     }
-    let head: usize = h.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+    // One pass: the head's size, and each framing header and Host with
+    // how often it came (`get_all` would hash and look up each name).
+    let mut head = 0;
+    let (mut te, mut cl, mut hosts) = (Seen::default(), Seen::default(), Seen::default());
+    for (n, v) in h {
+        head += n.as_str().len() + v.len() + 4;
+        let seen = if n == header::TRANSFER_ENCODING {
+            &mut te
+        } else if n == header::CONTENT_LENGTH {
+            &mut cl
+        } else if n == header::HOST {
+            &mut hosts
+        } else {
+            continue;
+        };
+        seen.count += 1;
+        seen.first.get_or_insert(v);
+    }
     if head > limits.max_header_bytes as usize {
         return Err(ProxyError::HeaderTooLarge);
     }
@@ -582,9 +606,8 @@ fn screen(req: &Request<Incoming>, limits: &Limits, ambiguous: bool) -> Result<(
                 "both Content-Length and Transfer-Encoding",
             ));
         }
-        let mut te = h.get_all(header::TRANSFER_ENCODING).iter();
-        if let Some(first) = te.next() {
-            if te.next().is_some() {
+        if let Some(first) = te.first {
+            if te.count > 1 {
                 return Err(ProxyError::BadRequest("several Transfer-Encoding headers"));
             }
             if !first
@@ -596,15 +619,14 @@ fn screen(req: &Request<Incoming>, limits: &Limits, ambiguous: bool) -> Result<(
                     "Transfer-Encoding other than exactly `chunked`",
                 ));
             }
-            if h.contains_key(header::CONTENT_LENGTH) {
+            if cl.count > 0 {
                 return Err(ProxyError::BadRequest(
                     "both Content-Length and Transfer-Encoding",
                 ));
             }
         }
-        let mut cl = h.get_all(header::CONTENT_LENGTH).iter();
-        if let Some(first) = cl.next()
-            && (cl.next().is_some()
+        if let Some(first) = cl.first
+            && (cl.count > 1
                 || first.is_empty()
                 || !first.as_bytes().iter().all(u8::is_ascii_digit))
         {
@@ -612,11 +634,10 @@ fn screen(req: &Request<Incoming>, limits: &Limits, ambiguous: bool) -> Result<(
                 "Content-Length repeated or not a plain number",
             ));
         }
-        let mut hosts = h.get_all(header::HOST).iter();
-        let host = hosts.next();
-        if hosts.next().is_some() {
+        if hosts.count > 1 {
             return Err(ProxyError::BadRequest("several Host headers"));
         }
+        let host = hosts.first;
         if let (Some(auth), Some(host)) = (req.uri().authority(), host)
             && !host
                 .as_bytes()
