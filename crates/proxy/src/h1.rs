@@ -417,6 +417,9 @@ pub(crate) struct Outgoing<'a> {
     pub forwarded: Option<&'a Forwarded<'a>>,
     /// The client's Upgrade, when the request is an upgrade to carry.
     pub upgrade: Option<&'a HeaderValue>,
+    /// Whether `headers` has a Connection header, which may name more
+    /// hop-by-hop headers (known from the request path's own pass).
+    pub connection: bool,
 }
 
 /// Encodes the request head, and a buffered body after it, into one
@@ -439,8 +442,10 @@ fn encode(parts: &Outgoing<'_>, body: RequestBody) -> (Upload, Asked) {
     }
     // Names the client's Connection header lists: hop-by-hop too.
     let mut named = Vec::new();
-    for value in parts.headers.get_all(header::CONNECTION) {
-        crate::headers::connection_named(value, &mut named);
+    if parts.connection {
+        for value in parts.headers.get_all(header::CONNECTION) {
+            crate::headers::connection_named(value, &mut named);
+        }
     }
     let mut client_for = None;
     let mut out = Vec::with_capacity(cap);
@@ -1574,6 +1579,7 @@ mod tests {
             host: None,
             forwarded: None,
             upgrade: None,
+            connection: false,
         };
         encode(&head, body)
     }
@@ -1614,6 +1620,7 @@ mod tests {
             host: Some(&host),
             forwarded: None,
             upgrade: None,
+            connection: false,
         };
         let (up, _) = encode(&head, RequestBody::Full(None));
         assert_eq!(
@@ -1667,6 +1674,7 @@ mod tests {
             host: None,
             forwarded: Some(&fwd),
             upgrade: None,
+            connection: true,
         };
         let (out, asked) = encode(&head, RequestBody::Full(None));
         assert!(!asked.upgrade);
@@ -1749,6 +1757,7 @@ mod tests {
             host: None,
             forwarded: None,
             upgrade: None,
+            connection: false,
         };
         let resp = match b
             .send(head, RequestBody::Full(None), Duration::from_secs(5))

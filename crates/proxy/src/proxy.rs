@@ -16,7 +16,7 @@ use bytes::Bytes;
 use fastrand::Rng;
 use fulcrum_config::snapshot::{Limits, RequestView, Retries};
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::Instant;
@@ -376,10 +376,10 @@ fn idempotent(m: &Method) -> bool {
 }
 
 /// Host without port, from the Host header or the URI authority.
-fn host_of(req: &Request<Incoming>) -> Option<Cow<'_, str>> {
-    let raw = match req.headers().get(header::HOST) {
+fn host_of<'a>(header: Option<&'a HeaderValue>, uri: &'a Uri) -> Option<Cow<'a, str>> {
+    let raw = match header {
         Some(h) => h.to_str().ok()?,
-        None => req.uri().host()?,
+        None => uri.host()?,
     };
     let host = if raw.starts_with('[') {
         // IPv6 literal: keep the brackets, drop a port after them.
@@ -405,19 +405,22 @@ pub(crate) async fn handle(
     let client = info.client;
     let rt = plane.runtime();
     let mut rng = Rng::new();
-    let request_id = headers::request_id(req.headers(), &mut rng);
+    let scan = HeadScan::of(req.headers());
+    let request_id = headers::request_id(scan.request_id, &mut rng);
     let close = req.version() <= Version::HTTP_11;
     let ambiguous = info.head.ambiguous.swap(false, Relaxed);
-    if let Err(e) = screen(&req, &info.settings.limits, ambiguous) {
+    if let Err(e) = screen(&req, &scan, &info.settings.limits, ambiguous) {
         count_refusal(&plane.counters, &e);
         tracing::debug!(%client, error = %e, "request refused");
         return error_response(&e, request_id, conn, None, None, None, close);
     }
     // An HTTP/1.1 Upgrade (WebSocket): the request goes to the backend
     // with its Upgrade header intact.
-    let upgrade = upgrade_of(&req);
+    let upgrade = upgrade_of(&req, &scan);
+    let host_header = scan.host.first.cloned();
+    let connection = scan.connection;
 
-    let host = host_of(&req);
+    let host = host_of(scan.host.first, req.uri());
     let view = RequestView {
         method: req.method(),
         host: host.as_deref(),
@@ -477,6 +480,8 @@ pub(crate) async fn handle(
         limits: &info.settings.limits,
         body_timeout: info.settings.body_timeout,
         upgrade: upgrade.clone(),
+        host: host_header,
+        connection,
     };
 
     let result = forward(pool, req, &ctx, &request_id, key, &mut rng, &mut log).await;
@@ -547,6 +552,11 @@ struct Forwarding<'a> {
     /// The client's Upgrade header, when the request is an upgrade the
     /// pool can carry.
     upgrade: Option<HeaderValue>,
+    /// The client's Host header.
+    host: Option<HeaderValue>,
+    /// Whether the client sent a Connection header (which may name more
+    /// hop-by-hop headers).
+    connection: bool,
 }
 
 /// Refuses what the proxy and a backend could read differently (request
@@ -558,14 +568,61 @@ struct Forwarding<'a> {
 ///
 /// `ambiguous`: the head sniffer saw Content-Length together with
 /// Transfer-Encoding, which hyper resolves by dropping Content-Length.
-/// A header as `screen` saw it: how often, and its first value.
+/// A header as one pass over the head saw it: how often, and its first value.
 #[derive(Default)]
 struct Seen<'a> {
     count: u32,
     first: Option<&'a HeaderValue>,
 }
 
-fn screen(req: &Request<Incoming>, limits: &Limits, ambiguous: bool) -> Result<(), ProxyError> {
+/// One pass over a request's headers: what the screen and the request
+/// path need of them, so that none is looked up by hash again.
+#[derive(Default)]
+struct HeadScan<'a> {
+    /// Name and value bytes, as counted against `max_header_bytes`.
+    bytes: usize,
+    transfer_encoding: Seen<'a>,
+    content_length: Seen<'a>,
+    host: Seen<'a>,
+    request_id: Option<&'a HeaderValue>,
+    upgrade: Option<&'a HeaderValue>,
+    connection: bool,
+}
+
+impl<'a> HeadScan<'a> {
+    fn of(headers: &'a HeaderMap) -> Self {
+        let mut scan = HeadScan::default();
+        for (n, v) in headers {
+            scan.bytes += n.as_str().len() + v.len() + 4;
+            let seen = if n == header::TRANSFER_ENCODING {
+                &mut scan.transfer_encoding
+            } else if n == header::CONTENT_LENGTH {
+                &mut scan.content_length
+            } else if n == header::HOST {
+                &mut scan.host
+            } else {
+                if n == header::CONNECTION {
+                    scan.connection = true;
+                } else if n == header::UPGRADE {
+                    scan.upgrade.get_or_insert(v);
+                } else if n == REQUEST_ID {
+                    scan.request_id.get_or_insert(v);
+                }
+                continue;
+            };
+            seen.count += 1;
+            seen.first.get_or_insert(v);
+        }
+        scan
+    }
+}
+
+fn screen(
+    req: &Request<Incoming>,
+    scan: &HeadScan<'_>,
+    limits: &Limits,
+    ambiguous: bool,
+) -> Result<(), ProxyError> {
     if req
         .uri()
         .path_and_query()
@@ -573,31 +630,13 @@ fn screen(req: &Request<Incoming>, limits: &Limits, ambiguous: bool) -> Result<(
     {
         return Err(ProxyError::UriTooLong);
     }
-    let h = req.headers();
     // hyper bounds these for HTTP/1.1 as it reads; HTTP/2 bounds only the
     // total, so count here for both.
-    if h.len() > limits.max_headers as usize {
+    if req.headers().len() > limits.max_headers as usize {
         return Err(ProxyError::HeaderTooLarge);
     }
-    // One pass: the head's size, and each framing header and Host with
-    // how often it came (`get_all` would hash and look up each name).
-    let mut head = 0;
-    let (mut te, mut cl, mut hosts) = (Seen::default(), Seen::default(), Seen::default());
-    for (n, v) in h {
-        head += n.as_str().len() + v.len() + 4;
-        let seen = if n == header::TRANSFER_ENCODING {
-            &mut te
-        } else if n == header::CONTENT_LENGTH {
-            &mut cl
-        } else if n == header::HOST {
-            &mut hosts
-        } else {
-            continue;
-        };
-        seen.count += 1;
-        seen.first.get_or_insert(v);
-    }
-    if head > limits.max_header_bytes as usize {
+    let (te, cl, hosts) = (&scan.transfer_encoding, &scan.content_length, &scan.host);
+    if scan.bytes > limits.max_header_bytes as usize {
         return Err(ProxyError::HeaderTooLarge);
     }
     if req.version() <= Version::HTTP_11 {
@@ -656,8 +695,8 @@ fn screen(req: &Request<Incoming>, limits: &Limits, ambiguous: bool) -> Result<(
 
 /// The Upgrade header of an HTTP/1.1 upgrade request (`Connection:
 /// upgrade` plus `Upgrade`).
-fn upgrade_of(req: &Request<Incoming>) -> Option<HeaderValue> {
-    if req.version() != Version::HTTP_11 {
+fn upgrade_of(req: &Request<Incoming>, scan: &HeadScan<'_>) -> Option<HeaderValue> {
+    if req.version() != Version::HTTP_11 || !scan.connection {
         return None;
     }
     let asks = req
@@ -667,8 +706,7 @@ fn upgrade_of(req: &Request<Incoming>) -> Option<HeaderValue> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    asks.then(|| req.headers().get(header::UPGRADE).cloned())
-        .flatten()
+    asks.then(|| scan.upgrade.cloned()).flatten()
 }
 
 /// Counts a request that ended in an error response, by what failed.
@@ -751,7 +789,7 @@ async fn forward(
     let (mut parts, body) = req.into_parts();
     // HTTP/2 clients name the host in `:authority`, not `Host`: HTTP/1.1
     // backends get it as `Host`, HTTP/2 backends as `:authority`.
-    let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+    let original_host = ctx.host.clone().or_else(|| {
         parts
             .uri
             .authority()
@@ -789,7 +827,7 @@ async fn forward(
     };
     // An HTTP/1.1 request without a Host header sends the host its URI
     // named, or else names the backend, as any client of it would.
-    let host_missing = pool.h2.is_none() && !parts.headers.contains_key(header::HOST);
+    let host_missing = pool.h2.is_none() && ctx.host.is_none();
 
     // Small or empty bodies are read whole so they can be sent again.
     let body = ClientBody::new(body, ctx.limits.max_body_bytes, ctx.body_timeout);
@@ -882,6 +920,7 @@ async fn forward(
                         .then(|| original_host.as_ref().unwrap_or(&pool.authorities[i])),
                     forwarded: Some(&forwarded),
                     upgrade: ctx.upgrade.as_ref(),
+                    connection: ctx.connection,
                 };
                 match pool.h1[i]
                     .send(head, attempt_body, pool.timeouts.response)
