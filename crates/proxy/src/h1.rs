@@ -35,6 +35,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use fulcrum_config::snapshot::Timeouts;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version, header};
 use hyper::body::{Body, Frame, SizeHint};
+use smallvec::SmallVec;
 use thread_local::ThreadLocal;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -750,7 +751,7 @@ enum Framing {
 }
 
 /// Where a header's name and value lie in the head.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 struct Span {
     name: (u32, u32),
     value: (u32, u32),
@@ -760,9 +761,11 @@ struct Span {
 /// Informational (1xx) responses other than 101 are consumed and skipped.
 fn parse_head(buf: &mut BytesMut, asked: Asked) -> Result<Option<Head>, Error> {
     loop {
-        let mut spans = [Span::default(); MAX_HEADERS];
+        // Not zeroed first, unlike an array: a head rarely has more than
+        // a dozen of the MAX_HEADERS it may have.
+        let mut spans = SmallVec::<[Span; MAX_HEADERS]>::new();
         let base = buf.as_ptr() as usize;
-        let (len, code, minor, reason, count) = {
+        let (len, code, minor, reason) = {
             let mut slots = [MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_HEADERS];
             let mut resp = httparse::Response::new(&mut []);
             let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
@@ -782,15 +785,15 @@ fn parse_head(buf: &mut BytesMut, asked: Asked) -> Result<Option<Head>, Error> {
             let code = resp.code.unwrap_or_default();
             // Header values are kept as slices of the frozen head; the
             // parser's borrow of the buffer ends here, so note where.
-            for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
+            for h in resp.headers.iter() {
                 let at = |s: &[u8]| {
                     let start = (s.as_ptr() as usize - base) as u32;
                     (start, start + s.len() as u32)
                 };
-                *span = Span {
+                spans.push(Span {
                     name: at(h.name.as_bytes()),
                     value: at(h.value),
-                };
+                });
             }
             let reason = if (100..200).contains(&code) && code != 101 {
                 None
@@ -803,13 +806,7 @@ fn parse_head(buf: &mut BytesMut, asked: Asked) -> Result<Option<Head>, Error> {
                     .then(|| hyper::ext::ReasonPhrase::try_from(reason.as_bytes()).ok())
                     .flatten()
             };
-            (
-                len,
-                code,
-                resp.version.unwrap_or_default(),
-                reason,
-                resp.headers.len(),
-            )
+            (len, code, resp.version.unwrap_or_default(), reason)
         };
         if (100..200).contains(&code) && code != 101 {
             buf.advance(len);
@@ -819,7 +816,7 @@ fn parse_head(buf: &mut BytesMut, asked: Asked) -> Result<Option<Head>, Error> {
             continue;
         }
         let head = buf.split_to(len).freeze();
-        return build_head(&head, &spans[..count], code, minor, reason, asked).map(Some);
+        return build_head(&head, &spans, code, minor, reason, asked).map(Some);
     }
 }
 
