@@ -194,7 +194,8 @@ pub struct ResponseBody {
     _in_flight: Option<InFlight>,
     _request: Option<RequestGauge>,
     _conn: ConnGuard,
-    log: Option<LogContext>,
+    /// Boxed: it is large, and the response is moved several times.
+    log: Option<Box<LogContext>>,
 }
 
 /// A response body as it comes from a backend, or one the proxy made.
@@ -435,24 +436,26 @@ pub(crate) async fn handle(
             .and_then(|policy| hash_key(policy, &view, client.ip()))
     });
 
-    let mut log = rt.access_log.as_ref().map(|sink| LogContext {
-        sink: sink.clone(),
-        ctx: LogFields {
-            time: SystemTime::now(),
-            start,
-            method: req.method().clone(),
-            host: host.as_deref().map(str::to_owned),
-            path: req.uri().path().to_owned(),
-            route: routed.map(|(_, r)| r.name.clone()),
-            pool: pool.map(|p| p.name.clone()),
-            backend: None,
-            status: 0,
-            version: rt.snapshot.version.clone(),
-            request_id: request_id.clone(),
-            client,
-            attempts: 0,
-            captured: crate::access_log::capture(&rt.log_keys, req.headers()),
-        },
+    let mut log = rt.access_log.as_ref().map(|sink| {
+        Box::new(LogContext {
+            sink: sink.clone(),
+            ctx: LogFields {
+                time: SystemTime::now(),
+                start,
+                method: req.method().clone(),
+                host: host.as_deref().map(str::to_owned),
+                path: req.uri().path().to_owned(),
+                route: routed.map(|(_, r)| r.name.clone()),
+                pool: pool.map(|p| p.name.clone()),
+                backend: None,
+                status: 0,
+                version: rt.snapshot.version.clone(),
+                request_id: request_id.clone(),
+                client,
+                attempts: 0,
+                captured: crate::access_log::capture(&rt.log_keys, req.headers()),
+            },
+        })
     });
     drop(host);
 
@@ -745,7 +748,7 @@ fn error_response(
     e: &ProxyError,
     request_id: HeaderValue,
     conn: ConnGuard,
-    mut log: Option<LogContext>,
+    mut log: Option<Box<LogContext>>,
     gauge: Option<RequestGauge>,
     in_flight: Option<InFlight>,
     close: bool,
@@ -784,7 +787,7 @@ async fn forward(
     request_id: &HeaderValue,
     key: Option<u64>,
     rng: &mut Rng,
-    log: &mut Option<LogContext>,
+    log: &mut Option<Box<LogContext>>,
 ) -> Result<(Response<Inner>, InFlight), ProxyError> {
     let (mut parts, body) = req.into_parts();
     // HTTP/2 clients name the host in `:authority`, not `Host`: HTTP/1.1
