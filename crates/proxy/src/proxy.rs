@@ -562,15 +562,6 @@ struct Forwarding<'a> {
     connection: bool,
 }
 
-/// Refuses what the proxy and a backend could read differently (request
-/// smuggling) and what is over the listener's limits, before any routing
-/// or backend work. hyper already refuses, with 400 and a closed
-/// connection, whitespace before a header colon, NUL and bare CR in
-/// headers, differing Content-Lengths and a Transfer-Encoding whose last
-/// coding is not chunked; this adds the shapes it lets through.
-///
-/// `ambiguous`: the head sniffer saw Content-Length together with
-/// Transfer-Encoding, which hyper resolves by dropping Content-Length.
 /// A header as one pass over the head saw it: how often, and its first value.
 #[derive(Default)]
 struct Seen<'a> {
@@ -620,6 +611,15 @@ impl<'a> HeadScan<'a> {
     }
 }
 
+/// Refuses what the proxy and a backend could read differently (request
+/// smuggling) and what is over the listener's limits, before any routing
+/// or backend work. hyper already refuses, with 400 and a closed
+/// connection, whitespace before a header colon, NUL and bare CR in
+/// headers, differing Content-Lengths and a Transfer-Encoding whose last
+/// coding is not chunked; this adds the shapes it lets through.
+///
+/// `ambiguous`: the head sniffer saw Content-Length together with
+/// Transfer-Encoding, which hyper resolves by dropping Content-Length.
 fn screen(
     req: &Request<Incoming>,
     scan: &HeadScan<'_>,
