@@ -7,7 +7,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -594,8 +594,41 @@ impl Life<'_> {
                 let head = head_due.then_some(idle_since + header_timeout);
                 next.into_iter().chain(head).min()
             };
-            tokio::select! {
-                res = std::future::poll_fn(|cx| poll(conn, cx)) => {
+            let event = {
+                let sleep = check.map(tokio::time::sleep_until);
+                let cancelled = (!closing).then(|| self.shutdown.cancelled());
+                tokio::pin!(sleep, cancelled);
+                // A wake-up is almost always the connection's own: the
+                // timer and the shutdown token are polled once, to
+                // register, and after that only when they may be ready
+                // (polling the token takes its lock).
+                let mut token: Option<(Arc<Flagged>, std::task::Waker)> = None;
+                let mut armed = false;
+                std::future::poll_fn(|cx| {
+                    if let Poll::Ready(res) = poll(conn, cx) {
+                        return Poll::Ready(Event::Conn(res));
+                    }
+                    if let Some(c) = cancelled.as_mut().as_pin_mut() {
+                        let (flag, waker) = token.get_or_insert_with(|| Flagged::waker(cx));
+                        if flag.fired.swap(false, Relaxed)
+                            && c.poll(&mut Context::from_waker(waker)).is_ready()
+                        {
+                            return Poll::Ready(Event::Shutdown);
+                        }
+                    }
+                    if let Some(s) = sleep.as_mut().as_pin_mut()
+                        && (!armed || s.is_elapsed())
+                        && s.poll(cx).is_ready()
+                    {
+                        return Poll::Ready(Event::Timer);
+                    }
+                    armed = true;
+                    Poll::Pending
+                })
+                .await
+            };
+            match event {
+                Event::Conn(res) => {
                     return match res {
                         Err(e) => {
                             count_connection_error(self.counters, &e, protocols);
@@ -606,12 +639,12 @@ impl Life<'_> {
                         Ok(()) => End::Closed,
                     };
                 }
-                _ = self.shutdown.cancelled(), if !closing => {
+                Event::Shutdown => {
                     // Idle connections close now; busy ones after their response.
                     graceful(conn);
                     closing = true;
                 }
-                _ = sleep_until(check), if check.is_some() => {
+                Event::Timer => {
                     if state.started.load(Relaxed) == 0 {
                         if state.epoch.elapsed() < header_timeout {
                             continue;
@@ -656,6 +689,42 @@ impl Life<'_> {
     }
 }
 
+/// What woke a connection's `Life::drive`.
+enum Event {
+    Conn(hyper::Result<()>),
+    Shutdown,
+    Timer,
+}
+
+/// A waker that notes it was called before waking the task, so the future
+/// it was given to is polled again only then.
+struct Flagged {
+    fired: AtomicBool,
+    task: std::task::Waker,
+}
+
+impl Flagged {
+    /// Starts fired, so that the first poll registers.
+    fn waker(cx: &Context<'_>) -> (Arc<Flagged>, std::task::Waker) {
+        let flag = Arc::new(Flagged {
+            fired: AtomicBool::new(true),
+            task: cx.waker().clone(),
+        });
+        let waker = std::task::Waker::from(flag.clone());
+        (flag, waker)
+    }
+}
+
+impl std::task::Wake for Flagged {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Relaxed);
+        self.task.wake_by_ref();
+    }
+}
+
 /// Counts why hyper ended a client connection with an error.
 fn count_connection_error(counters: &Counters, e: &hyper::Error, protocols: Protocols) {
     if e.is_timeout() {
@@ -666,12 +735,5 @@ fn count_connection_error(counters: &Counters, e: &hyper::Error, protocols: Prot
         Counters::inc(&counters.client_bad_request);
     } else if protocols == Protocols::Http2 {
         Counters::inc(&counters.client_h2_protocol_error);
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }

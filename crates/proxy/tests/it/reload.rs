@@ -6,6 +6,7 @@ use fulcrum_config::snapshot::{AccessLog, LogTarget};
 use fulcrum_testkit::{
     Backend, Client, Mode, SnapshotBuilder, TestProxy, eventually, health_check, pool,
 };
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::PATIENCE;
 
@@ -112,6 +113,32 @@ async fn graceful_shutdown_lets_in_flight_finish() {
         tokio::net::TcpStream::connect(proxy.addr).await.is_err(),
         "still accepting"
     );
+}
+
+#[tokio::test]
+async fn shutdown_tells_a_request_in_flight_that_its_connection_closes() {
+    let a = Backend::start("a").await;
+    a.set_mode(Mode::Delay(Duration::from_millis(200)));
+    let mut proxy = TestProxy::serving(pool("p", &[a.addr])).await;
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x.test\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(eventually(PATIENCE, || a.hits() == 1).await);
+    let done = proxy.begin_shutdown();
+    let mut got = Vec::new();
+    tokio::time::timeout(PATIENCE, s.read_to_end(&mut got))
+        .await
+        .expect("the connection stayed open")
+        .unwrap();
+    let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 200"), "{text}");
+    assert!(text.contains("\r\nconnection: close\r\n"), "{text}");
+    tokio::time::timeout(PATIENCE, done)
+        .await
+        .expect("serve returned")
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test]
