@@ -42,7 +42,7 @@ use tokio::net::TcpStream;
 use tokio::runtime::RuntimeFlavor;
 use tokio::time::Instant;
 
-use crate::headers::Forwarded;
+use crate::headers::{Forwarded, put_line};
 use crate::proxy::{ClientBodyError, RequestBody};
 
 /// A response head larger than this is refused (hyper's client allowed
@@ -455,9 +455,7 @@ fn encode(parts: &Outgoing<'_>, body: RequestBody) -> (Upload, Asked) {
     out.extend_from_slice(path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     if let Some(host) = parts.host {
-        out.extend_from_slice(b"host: ");
-        out.extend_from_slice(host.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        put_line(&mut out, &header::HOST, &[host.as_bytes()]);
     }
     let asked = Asked {
         head: *parts.method == Method::HEAD,
@@ -479,15 +477,11 @@ fn encode(parts: &Outgoing<'_>, body: RequestBody) -> (Upload, Asked) {
         if crate::headers::is_hop_by_hop(name) || named.contains(name) {
             continue;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        put_line(&mut out, name, &[value.as_bytes()]);
     }
     if let Some(up) = parts.upgrade {
-        out.extend_from_slice(b"connection: upgrade\r\nupgrade: ");
-        out.extend_from_slice(up.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        put_line(&mut out, &header::CONNECTION, &[b"upgrade"]);
+        put_line(&mut out, &header::UPGRADE, &[up.as_bytes()]);
     }
     if let Some(fwd) = parts.forwarded {
         fwd.write(&mut out, client_for);

@@ -111,26 +111,16 @@ impl Forwarded<'_> {
     /// first X-Forwarded-For the client sent. The same headers as
     /// [`Forwarded::apply`], without a hash-map insert for each.
     pub fn write(&self, out: &mut Vec<u8>, client_for: Option<&HeaderValue>) {
-        let mut line = |name: &HeaderName, parts: &[&[u8]]| {
-            out.extend_from_slice(name.as_str().as_bytes());
-            out.extend_from_slice(b": ");
-            for p in parts {
-                out.extend_from_slice(p);
-            }
-            out.extend_from_slice(b"\r\n");
-        };
+        let ip = self.client_ip.as_bytes();
         match client_for {
-            Some(prev) => line(
-                &X_FORWARDED_FOR,
-                &[prev.as_bytes(), b", ", self.client_ip.as_bytes()],
-            ),
-            None => line(&X_FORWARDED_FOR, &[self.client_ip.as_bytes()]),
+            Some(prev) => put_line(out, &X_FORWARDED_FOR, &[prev.as_bytes(), b", ", ip]),
+            None => put_line(out, &X_FORWARDED_FOR, &[ip]),
         }
-        line(&X_FORWARDED_PROTO, &[self.proto.as_bytes()]);
+        put_line(out, &X_FORWARDED_PROTO, &[self.proto.as_bytes()]);
         if let Some(host) = self.host {
-            line(&X_FORWARDED_HOST, &[host.as_bytes()]);
+            put_line(out, &X_FORWARDED_HOST, &[host.as_bytes()]);
         }
-        line(&REQUEST_ID, &[self.request_id.as_bytes()]);
+        put_line(out, &REQUEST_ID, &[self.request_id.as_bytes()]);
     }
 
     /// Upper bound of what [`Forwarded::write`] adds, `client_for` aside.
@@ -151,6 +141,18 @@ impl Forwarded<'_> {
             None => self.client_ip.clone(),
         }
     }
+}
+
+/// Writes one HTTP/1.1 header line, `name: value\r\n`, the value given in
+/// pieces.
+#[inline]
+pub fn put_line(out: &mut Vec<u8>, name: &HeaderName, value: &[&[u8]]) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    for piece in value {
+        out.extend_from_slice(piece);
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// The client's request id (its first X-Request-Id) if it sent a usable

@@ -204,6 +204,20 @@ pub(crate) struct ConnState {
 /// response body, so streaming counts as busy).
 pub(crate) struct ConnGuard(Arc<ConnState>);
 
+impl ConnState {
+    /// When the last response ended (or the connection opened).
+    fn idle_since(&self) -> Instant {
+        self.epoch + Duration::from_millis(self.idle_since_ms.load(Relaxed))
+    }
+}
+
+/// Counts a connection that sent no complete request head in time; it is
+/// dropped, no response owed.
+fn head_timed_out(counters: &Counters, client: SocketAddr) {
+    Counters::inc(&counters.client_header_timeout);
+    tracing::debug!(%client, "no request head within the header timeout; closing");
+}
+
 impl ConnGuard {
     fn new(state: &Arc<ConnState>) -> Self {
         state.active.fetch_add(1, Relaxed);
@@ -399,11 +413,7 @@ async fn http<I>(
             {
                 Ok(Ok(Some(h2))) => h2,
                 Ok(_) => return,
-                Err(_) => {
-                    Counters::inc(&plane.counters.client_header_timeout);
-                    tracing::debug!(%client, "no request head within the header timeout; closing");
-                    return;
-                }
+                Err(_) => return head_timed_out(&plane.counters, client),
             }
         }
     };
@@ -452,9 +462,7 @@ async fn http<I>(
         if io.has_unread() {
             continue;
         }
-        let idle_deadline = state.epoch
-            + Duration::from_millis(state.idle_since_ms.load(Relaxed))
-            + settings.idle_timeout.min(settings.header_timeout);
+        let idle_deadline = state.idle_since() + settings.idle_timeout.min(settings.header_timeout);
         tokio::select! {
             ready = io.get_ref().tcp().readable() => {
                 if ready.is_err() {
@@ -581,7 +589,7 @@ impl Life<'_> {
             // step away, so an idle connection is found at most then; the
             // step grows while the connection stays busy.
             let now = Instant::now();
-            let idle_since = state.epoch + Duration::from_millis(state.idle_since_ms.load(Relaxed));
+            let idle_since = state.idle_since();
             let check = if state.started.load(Relaxed) == 0 {
                 (!closing).then(|| (state.epoch + header_timeout).min(now + step))
             } else if state.active.load(Relaxed) > 0 {
@@ -649,25 +657,19 @@ impl Life<'_> {
                         if state.epoch.elapsed() < header_timeout {
                             continue;
                         }
-                        // Never sent a complete request head in time: drop
-                        // it outright, no response owed.
-                        Counters::inc(&self.counters.client_header_timeout);
-                        tracing::debug!(client = %self.client, "no request head within the header timeout; closing");
+                        // Never sent a complete request head in time.
+                        head_timed_out(self.counters, self.client);
                         return End::Failed;
                     }
                     if state.active.load(Relaxed) > 0 {
                         step = (step * 2).min(MAX_CHECK.max(first)).min(idle_timeout);
                         continue;
                     }
-                    let idle_for = Duration::from_millis(
-                        (state.epoch.elapsed().as_millis() as u64)
-                            .saturating_sub(state.idle_since_ms.load(Relaxed)),
-                    );
+                    let idle_for = state.idle_since().elapsed();
                     if head_due && idle_for >= header_timeout {
-                        // No complete head in time (an idle connection
-                        // parks long before this): no response owed.
-                        Counters::inc(&self.counters.client_header_timeout);
-                        tracing::debug!(client = %self.client, "no request head within the header timeout; closing");
+                        // No complete next head in time (an idle
+                        // connection parks long before this).
+                        head_timed_out(self.counters, self.client);
                         return End::Failed;
                     }
                     if closing {
