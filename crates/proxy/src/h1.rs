@@ -55,7 +55,7 @@ const MAX_CHUNK_LINE: usize = 4 * 1024;
 /// A trailer section.
 const MAX_TRAILERS: usize = 16 * 1024;
 /// First read size; doubled, up to `MAX_READ`, while reads fill it.
-const READ_SIZE: usize = 8 * 1024;
+pub(crate) const READ_SIZE: usize = 8 * 1024;
 const MAX_READ: usize = 128 * 1024;
 /// Below this much room left, a read gets a fresh `read_size`.
 const MIN_READ: usize = 2 * 1024;
@@ -332,17 +332,11 @@ impl H1Backend {
     /// carry another request and nothing unasked-for came after the
     /// response, closed otherwise.
     fn finish(self: &Arc<Self>, conn: Conn, reusable: bool) {
-        let Conn { io, mut buf, .. } = conn;
+        let Conn { io, buf, .. } = conn;
         if reusable && buf.is_empty() {
             self.release(io);
         }
-        buf.clear();
-        SPARE.with_borrow_mut(|spare| {
-            if spare.len() == SPARE_BUFFERS {
-                spare.remove(0);
-            }
-            spare.push(buf);
-        });
+        keep_spare(buf);
     }
 }
 
@@ -529,7 +523,7 @@ fn put_length(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(b"\r\n\r\n");
 }
 
-fn put_decimal(out: &mut Vec<u8>, mut n: u64) {
+pub(crate) fn put_decimal(out: &mut Vec<u8>, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut i = digits.len();
     loop {
@@ -543,7 +537,7 @@ fn put_decimal(out: &mut Vec<u8>, mut n: u64) {
     out.extend_from_slice(&digits[i..]);
 }
 
-fn put_hex(out: &mut Vec<u8>, mut n: u64) {
+pub(crate) fn put_hex(out: &mut Vec<u8>, mut n: u64) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut digits = [0u8; 16];
     let mut i = digits.len();
@@ -643,7 +637,7 @@ const SPARE_BUFFERS: usize = 16;
 /// The latest finished exchange's buffer that no response still uses,
 /// else a new (empty, unallocated) one. One that grew for a large
 /// response is let go rather than kept.
-fn spare_buffer() -> BytesMut {
+pub(crate) fn spare_buffer() -> BytesMut {
     SPARE.with_borrow_mut(|spare| {
         for i in (0..spare.len()).rev() {
             if spare[i].try_reclaim(READ_SIZE) {
@@ -675,26 +669,7 @@ impl Conn {
 
     /// Reads more into `buf`; 0 when the backend closed its side.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<Result<usize, Error>> {
-        // The buffer is allocated on the first read, so an idle
-        // connection holds none; a body's chunks are split off it, so a
-        // fresh one is needed only once they have used it up.
-        let spare = self.buf.capacity() - self.buf.len();
-        let spare = if spare < MIN_READ {
-            self.buf.reserve(self.read_size);
-            self.buf.capacity() - self.buf.len()
-        } else {
-            spare
-        };
-        let n = ready!(tokio_util::io::poll_read_buf(
-            Pin::new(&mut self.io),
-            cx,
-            &mut self.buf
-        ))
-        .map_err(Error::Io)?;
-        if n == spare && self.read_size < MAX_READ {
-            self.read_size *= 2;
-        }
-        Poll::Ready(Ok(n))
+        poll_fill(&mut self.io, &mut self.buf, &mut self.read_size, cx).map_err(Error::Io)
     }
 
     /// Sends the request and reads until a final response head (1xx
@@ -723,6 +698,43 @@ impl Conn {
             }
         }
     }
+}
+
+/// Reads more of a connection into `buf`; 0 when the peer closed its
+/// side. The buffer is allocated on the first read, so an idle connection
+/// holds none; a body's chunks are split off it, so a fresh one is needed
+/// only once they have used it up. `read_size` doubles, up to 128 KiB,
+/// while reads fill it.
+pub(crate) fn poll_fill<I: AsyncRead + Unpin>(
+    io: &mut I,
+    buf: &mut BytesMut,
+    read_size: &mut usize,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    let spare = buf.capacity() - buf.len();
+    let spare = if spare < MIN_READ {
+        buf.reserve(*read_size);
+        buf.capacity() - buf.len()
+    } else {
+        spare
+    };
+    let n = ready!(tokio_util::io::poll_read_buf(Pin::new(io), cx, buf))?;
+    if n == spare && *read_size < MAX_READ {
+        *read_size *= 2;
+    }
+    Poll::Ready(Ok(n))
+}
+
+/// Keeps a finished exchange's (or a parked connection's) buffer for the
+/// next one on this thread.
+pub(crate) fn keep_spare(mut buf: BytesMut) {
+    buf.clear();
+    SPARE.with_borrow_mut(|spare| {
+        if spare.len() == SPARE_BUFFERS {
+            spare.remove(0);
+        }
+        spare.push(buf);
+    });
 }
 
 struct Head {
@@ -919,7 +931,7 @@ fn build_head(
 }
 
 /// A Content-Length value: digits, or a list of the same digits (`5, 5`).
-fn parse_length(v: &[u8]) -> Option<u64> {
+pub(crate) fn parse_length(v: &[u8]) -> Option<u64> {
     let mut found = None;
     for part in v.split(|&b| b == b',') {
         let part = part.trim_ascii();
@@ -935,7 +947,7 @@ fn parse_length(v: &[u8]) -> Option<u64> {
     found
 }
 
-fn has_token(v: &[u8], token: &[u8]) -> bool {
+pub(crate) fn has_token(v: &[u8], token: &[u8]) -> bool {
     v.split(|&b| b == b',')
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
@@ -1102,7 +1114,7 @@ impl Body for H1Body {
 /// The chunked transfer coding, decoded from the front of the read buffer.
 /// Only whole lines are consumed, so input split anywhere decodes the same.
 #[derive(Debug, Default)]
-struct Chunked {
+pub(crate) struct Chunked {
     state: ChunkState,
 }
 
@@ -1119,7 +1131,7 @@ enum ChunkState {
 }
 
 #[derive(Debug)]
-enum Decoded {
+pub(crate) enum Decoded {
     Data(Bytes),
     Trailers(HeaderMap),
     End,
@@ -1127,7 +1139,7 @@ enum Decoded {
 
 impl Chunked {
     /// The next piece of the body, or None until more bytes are read.
-    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Decoded>, Error> {
+    pub(crate) fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Decoded>, Error> {
         loop {
             match self.state {
                 ChunkState::Size => {

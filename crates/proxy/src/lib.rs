@@ -19,7 +19,7 @@ pub mod listener;
 pub mod outlier;
 pub mod proxy;
 mod runtime;
-mod sniff;
+mod serve_h1;
 mod tls;
 mod tunnel;
 

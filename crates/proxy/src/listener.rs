@@ -12,12 +12,12 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, Bytes, BytesMut};
 use fulcrum_config::snapshot::Listener;
-use hyper::server::conn::{http1, http2};
+use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -25,7 +25,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::counters::Counters;
 use crate::runtime::DataPlane;
-use crate::sniff::{HeadFlags, Sniffer};
 
 /// Serve one listener, its settings looked up by `name` in the current
 /// snapshot for each new connection. On `shutdown`: stop accepting, let
@@ -174,18 +173,16 @@ pub(crate) struct ConnInfo {
     pub client_ip: http::HeaderValue,
     pub tls: bool,
     pub settings: Arc<Listener>,
-    /// What the head sniffer saw of the current HTTP/1 request.
-    pub head: Arc<HeadFlags>,
     pub plane: Arc<DataPlane>,
     /// Set by a request whose backend agreed to an upgrade: the connection
-    /// becomes this tunnel once hyper has sent the 101.
+    /// becomes this tunnel once the 101 is sent.
     pub tunnel: Mutex<Option<crate::tunnel::Tunnel>>,
     /// Kept until the connection and any tunnel from it are gone.
     pub _hold: (mpsc::Sender<()>, Slot),
 }
 
-/// Per connection: requests in progress and when the last one ended, for
-/// the idle timeout (hyper has a header timeout but no idle timeout).
+/// Per HTTP/2 connection: streams in progress and when the last one
+/// ended, for the idle timeout (hyper has none).
 ///
 /// Nothing wakes the connection when a request starts or ends: its timer
 /// is lazy, re-reading these when it fires. Waking it on each change cost
@@ -197,7 +194,6 @@ pub(crate) struct ConnState {
     /// Requests whose head arrived on this connection.
     started: AtomicU64,
     idle_since_ms: AtomicU64,
-    head: Arc<HeadFlags>,
 }
 
 /// Marks a request in progress on its connection until dropped (with the
@@ -213,7 +209,7 @@ impl ConnState {
 
 /// Counts a connection that sent no complete request head in time; it is
 /// dropped, no response owed.
-fn head_timed_out(counters: &Counters, client: SocketAddr) {
+pub(crate) fn head_timed_out(counters: &Counters, client: SocketAddr) {
     Counters::inc(&counters.client_header_timeout);
     tracing::debug!(%client, "no request head within the header timeout; closing");
 }
@@ -232,12 +228,8 @@ impl Drop for ConnGuard {
         s.idle_since_ms
             .store(s.epoch.elapsed().as_millis() as u64, Relaxed);
         s.active.fetch_sub(1, Relaxed);
-        s.head.done.fetch_add(1, Relaxed);
     }
 }
-
-/// hyper's HTTP/1 header count limit when none is set.
-const HYPER_MAX_HEADERS: u32 = 100;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Protocols {
@@ -332,17 +324,9 @@ impl Socket for tokio_rustls::server::TlsStream<TcpStream> {
     }
 }
 
-/// An idle HTTP/1.1 connection hands hyper's connection (its buffers,
-/// about 26 KiB kept for the connection's life) back after this long, or
-/// after half its idle timeout if that is shorter, and waits for its next
-/// request holding only the socket. Short, so that a burst of new
-/// connections holds few buffers at once (10,000 connections opened in a
-/// second: 59 MiB with 10 ms, 71 MiB with 50 ms, 174 MiB with 1 s).
-const PARK_AFTER: Duration = Duration::from_millis(10);
-
 /// A connection found busy is checked again after twice as long as the
 /// last time, up to this: under load it costs a wake-up a second, not one
-/// per `PARK_AFTER`.
+/// per check.
 const MAX_CHECK: Duration = Duration::from_secs(1);
 
 /// HTTP/2's connection preface, which tells h2c from HTTP/1.1.
@@ -350,7 +334,7 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 #[allow(clippy::too_many_arguments)]
 async fn http<I>(
-    io: I,
+    mut io: I,
     client: SocketAddr,
     tls: bool,
     protocols: Protocols,
@@ -361,36 +345,49 @@ async fn http<I>(
 ) where
     I: Socket + AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let state = Arc::new(ConnState {
-        epoch: Instant::now(),
-        active: AtomicU32::new(0),
-        started: AtomicU64::new(0),
-        idle_since_ms: AtomicU64::new(0),
-        head: Arc::default(),
-    });
+    let epoch = Instant::now();
     let info = Arc::new(ConnInfo {
         client,
         client_ip: crate::headers::client_ip_value(client.ip()),
         tls,
         settings: settings.clone(),
-        head: state.head.clone(),
         plane: plane.clone(),
         tunnel: Mutex::new(None),
         _hold: hold,
     });
+    let (h2, read) = match protocols {
+        Protocols::Http1 => (false, BytesMut::new()),
+        Protocols::Http2 => (true, BytesMut::new()),
+        // The preface read counts against the header deadline.
+        Protocols::Detect => {
+            match tokio::time::timeout_at(epoch + settings.header_timeout, detect_h2(&mut io)).await
+            {
+                Ok(Ok(Some(found))) => found,
+                Ok(_) => return,
+                Err(_) => return head_timed_out(&plane.counters, client),
+            }
+        }
+    };
+    if !h2 {
+        return crate::serve_h1::serve(io, read, info, &shutdown, epoch).await;
+    }
+    let state = Arc::new(ConnState {
+        epoch,
+        active: AtomicU32::new(0),
+        started: AtomicU64::new(0),
+        idle_since_ms: AtomicU64::new(0),
+    });
     let service = {
-        let (state, info) = (state.clone(), info.clone());
-        service_fn(move |req| {
-            // The connection's own Arc: no count shared with other threads
-            // changes per request.
+        let state = state.clone();
+        service_fn(move |req: http::Request<hyper::body::Incoming>| {
             let info = info.clone();
             let guard = ConnGuard::new(&state);
-            // Boxed: hyper keeps a slot of the future's size for the
-            // connection's life, and can only hand a connection back
-            // (to park it) when the future is Unpin.
-            Box::pin(async move {
-                Ok::<_, Infallible>(crate::proxy::handle(&info.plane, req, &info, guard).await)
-            })
+            async move {
+                let req = req.map(crate::proxy::RawBody::H2);
+                Ok::<_, Infallible>(
+                    crate::proxy::handle(&info.plane, req, &info, Some(guard)).await,
+                )
+            }
         })
     };
     let life = Life {
@@ -401,125 +398,86 @@ async fn http<I>(
         header_timeout: settings.header_timeout,
         idle_timeout: settings.idle_timeout,
     };
-    let mut io = Sniffer::new(io, state.head.clone());
-    let h2 = match protocols {
-        Protocols::Http1 => false,
-        Protocols::Http2 => true,
-        // The preface read counts against the header deadline, which
-        // hyper's own header timer would not cover.
-        Protocols::Detect => {
-            match tokio::time::timeout_at(state.epoch + settings.header_timeout, detect_h2(&mut io))
-                .await
-            {
-                Ok(Ok(Some(h2))) => h2,
-                Ok(_) => return,
-                Err(_) => return head_timed_out(&plane.counters, client),
-            }
-        }
-    };
-    if h2 {
-        let mut conn = Box::pin(h2_builder(&settings).serve_connection(TokioIo::new(io), service));
-        Box::pin(life.drive(
-            &mut conn,
-            |c, cx| c.as_mut().poll(cx),
-            |c| c.as_mut().graceful_shutdown(),
-            None,
-            Protocols::Http2,
-        ))
-        .await;
-        return;
-    }
-    let park_after = PARK_AFTER.min(settings.idle_timeout / 2);
-    loop {
-        let mut conn =
-            Box::pin(h1_builder(&settings).serve_connection(TokioIo::new(io), service.clone()));
-        let end = Box::pin(life.drive(
-            &mut conn,
-            |c, cx| c.poll_without_shutdown(cx),
-            |c| c.as_mut().graceful_shutdown(),
-            Some(park_after),
-            Protocols::Http1,
-        ))
-        .await;
-        let parts = Pin::into_inner(conn).into_parts();
-        io = parts.io.into_inner();
-        io.unread(parts.read_buf);
-        match end {
-            End::Failed => return,
-            End::Closed => {
-                let tunnel = info.tunnel.lock().unwrap_or_else(|p| p.into_inner()).take();
-                match tunnel {
-                    Some(t) => Box::pin(t.run(io, shutdown.clone(), plane.counters.clone())).await,
-                    None => {
-                        let _ = tokio::time::timeout(SHUTDOWN_WRITE, io.shutdown()).await;
-                    }
-                }
-                return;
-            }
-            End::Parked => {}
-        }
-        Counters::inc(&plane.counters.client_parked);
-        if io.has_unread() {
-            continue;
-        }
-        let idle_deadline = state.idle_since() + settings.idle_timeout.min(settings.header_timeout);
-        tokio::select! {
-            ready = io.get_ref().tcp().readable() => {
-                if ready.is_err() {
-                    return;
-                }
-            }
-            _ = tokio::time::sleep_until(idle_deadline) => {
-                Counters::inc(&plane.counters.client_idle_closed);
-                tracing::debug!(%client, "closing idle client connection");
-                return;
-            }
-            _ = shutdown.cancelled() => return,
-        }
-    }
+    let io = Rewind::new(io, read.freeze());
+    let mut conn = Box::pin(h2_builder(&settings).serve_connection(TokioIo::new(io), service));
+    Box::pin(life.drive(&mut conn, |c| c.as_mut().graceful_shutdown())).await;
 }
 
 /// How long closing a connection may wait to flush (a TLS close_notify to
 /// a client that does not read).
-const SHUTDOWN_WRITE: Duration = Duration::from_secs(1);
+pub(crate) const SHUTDOWN_WRITE: Duration = Duration::from_secs(1);
 
 /// Reads until the first bytes tell HTTP/2's preface from an HTTP/1
-/// request, and hands them back to the connection. None: closed first.
-async fn detect_h2<I: AsyncRead + Unpin>(io: &mut Sniffer<I>) -> std::io::Result<Option<bool>> {
-    let mut buf = BytesMut::with_capacity(H2_PREFACE.len());
+/// request: whether it is HTTP/2, and the bytes read. None: closed first.
+async fn detect_h2<I: AsyncRead + Unpin>(io: &mut I) -> std::io::Result<Option<(bool, BytesMut)>> {
+    let mut buf = crate::h1::spare_buffer();
+    buf.reserve(crate::h1::READ_SIZE);
     loop {
         if io.read_buf(&mut buf).await? == 0 {
             return Ok(None);
         }
         let n = buf.len().min(H2_PREFACE.len());
         if buf[..n] != H2_PREFACE[..n] || n == H2_PREFACE.len() {
-            let h2 = buf[..n] == *H2_PREFACE;
-            io.unread(buf.freeze());
-            return Ok(Some(h2));
+            return Ok(Some((buf[..n] == *H2_PREFACE, buf)));
         }
     }
 }
 
-fn h1_builder(settings: &Listener) -> http1::Builder {
-    let limits = &settings.limits;
-    let mut http1 = http1::Builder::new();
-    http1
-        .keep_alive(true)
-        // One write() of a flattened buffer is cheaper on loopback than
-        // writev() of head and body (measured: bench/RESULTS.md).
-        .writev(false)
-        // The header deadline is the connection's (`Life::drive`): hyper's
-        // own timer cost an allocation and a timer-wheel entry per request.
-        .header_read_timeout(None)
-        .max_buf_size((limits.max_header_bytes as usize).max(8192));
-    // Hyper answers 431 itself past this many headers, before any request
-    // exists. Its own limit is the same 100, kept in arrays on the stack;
-    // setting any limit, even 100, makes it fill vectors of that length
-    // for every request head instead (measured: bench/RESULTS.md).
-    if limits.max_headers != HYPER_MAX_HEADERS {
-        http1.max_headers(limits.max_headers as usize);
+/// A connection with bytes read off it already, served first to whoever
+/// reads next (HTTP/2 after its preface was sniffed, the tunnel after an
+/// upgrade).
+pub(crate) struct Rewind<I> {
+    inner: I,
+    read: Bytes,
+}
+
+impl<I> Rewind<I> {
+    pub fn new(inner: I, read: Bytes) -> Self {
+        Rewind { inner, read }
     }
-    http1
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if !this.read.is_empty() {
+            let n = this.read.len().min(buf.remaining());
+            buf.put_slice(&this.read[..n]);
+            this.read.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
 }
 
 fn h2_builder(settings: &Listener) -> http2::Builder<TokioExecutor> {
@@ -538,17 +496,7 @@ fn h2_builder(settings: &Listener) -> http2::Builder<TokioExecutor> {
     builder
 }
 
-/// Why a served hyper connection stopped.
-enum End {
-    /// Done (closed by either side, or upgraded): the IO is not shut down yet.
-    Closed,
-    /// Idle past the park time: handed back, the socket stays open.
-    Parked,
-    /// Ended in an error (counted); nothing more to do.
-    Failed,
-}
-
-/// What a connection's lifetime rules need.
+/// What an HTTP/2 connection's lifetime rules need.
 struct Life<'a> {
     state: &'a ConnState,
     counters: &'a Counters,
@@ -559,48 +507,32 @@ struct Life<'a> {
 }
 
 impl Life<'_> {
-    /// Drives one hyper connection until it ends: closed gracefully on
-    /// shutdown and once idle past the idle timeout; with `park`, asked to
-    /// stop once idle that long so the caller can park it.
-    async fn drive<C>(
-        &self,
-        conn: &mut C,
-        mut poll: impl FnMut(&mut C, &mut Context<'_>) -> Poll<hyper::Result<()>>,
-        mut graceful: impl FnMut(&mut C),
-        park: Option<Duration>,
-        protocols: Protocols,
-    ) -> End {
+    /// Drives one HTTP/2 connection until it ends: closed gracefully on
+    /// shutdown and once idle past the idle timeout.
+    async fn drive<C>(&self, conn: &mut C, mut graceful: impl FnMut(&mut C))
+    where
+        C: Future<Output = hyper::Result<()>> + Unpin,
+    {
         let state = self.state;
         let (header_timeout, idle_timeout) = (self.header_timeout, self.idle_timeout);
-        let first = park.map_or(idle_timeout, |p| p.min(idle_timeout));
-        let mut step = first;
+        let mut step = idle_timeout;
         let mut closing = false;
-        let mut parking = false;
-        // HTTP/1: the next request head is due `header_timeout` after the
-        // last response ended (a total deadline: trickling bytes does not
-        // extend it), across parks too. HTTP/2 streams have no such gap.
-        let head_due = protocols != Protocols::Http2;
         loop {
-            // Until a first request head arrives, the connection lives on
-            // the header deadline; after that, on the idle timeout and the
-            // next head's deadline between requests. The deadline is a
-            // check, not a verdict: when it fires, the state is read
-            // again. While requests are in progress the next check is one
+            // Until a first request arrives, the connection lives on the
+            // header deadline; after that, on the idle timeout. The
+            // deadline is a check, not a verdict: when it fires, the state
+            // is read again. While streams are open the next check is one
             // step away, so an idle connection is found at most then; the
             // step grows while the connection stays busy.
             let now = Instant::now();
-            let idle_since = state.idle_since();
-            let check = if state.started.load(Relaxed) == 0 {
-                (!closing).then(|| (state.epoch + header_timeout).min(now + step))
+            let check = if closing {
+                None
+            } else if state.started.load(Relaxed) == 0 {
+                Some((state.epoch + header_timeout).min(now + step))
             } else if state.active.load(Relaxed) > 0 {
-                (!closing).then_some(now + step)
+                Some(now + step)
             } else {
-                let next = (!closing).then(|| match park {
-                    Some(p) if idle_since + p > now => idle_since + p,
-                    _ => idle_since + idle_timeout,
-                });
-                let head = head_due.then_some(idle_since + header_timeout);
-                next.into_iter().chain(head).min()
+                Some(state.idle_since() + idle_timeout)
             };
             let event = {
                 let sleep = check.map(tokio::time::sleep_until);
@@ -613,7 +545,7 @@ impl Life<'_> {
                 let mut token: Option<(Arc<Flagged>, std::task::Waker)> = None;
                 let mut armed = false;
                 std::future::poll_fn(|cx| {
-                    if let Poll::Ready(res) = poll(conn, cx) {
+                    if let Poll::Ready(res) = Pin::new(&mut *conn).poll(cx) {
                         return Poll::Ready(Event::Conn(res));
                     }
                     if let Some(c) = cancelled.as_mut().as_pin_mut() {
@@ -637,18 +569,14 @@ impl Life<'_> {
             };
             match event {
                 Event::Conn(res) => {
-                    return match res {
-                        Err(e) => {
-                            count_connection_error(self.counters, &e, protocols);
-                            tracing::debug!(client = %self.client, error = %e, "client connection ended with an error");
-                            End::Failed
-                        }
-                        Ok(()) if parking => End::Parked,
-                        Ok(()) => End::Closed,
-                    };
+                    if let Err(e) = res {
+                        count_connection_error(self.counters, &e);
+                        tracing::debug!(client = %self.client, error = %e, "client connection ended with an error");
+                    }
+                    return;
                 }
                 Event::Shutdown => {
-                    // Idle connections close now; busy ones after their response.
+                    // Idle streams close now; busy ones after their response.
                     graceful(conn);
                     closing = true;
                 }
@@ -657,33 +585,21 @@ impl Life<'_> {
                         if state.epoch.elapsed() < header_timeout {
                             continue;
                         }
-                        // Never sent a complete request head in time.
+                        // Never sent a request in time.
                         head_timed_out(self.counters, self.client);
-                        return End::Failed;
+                        return;
                     }
                     if state.active.load(Relaxed) > 0 {
-                        step = (step * 2).min(MAX_CHECK.max(first)).min(idle_timeout);
+                        step = (step * 2)
+                            .min(MAX_CHECK.max(idle_timeout))
+                            .min(idle_timeout);
                         continue;
                     }
-                    let idle_for = state.idle_since().elapsed();
-                    if head_due && idle_for >= header_timeout {
-                        // No complete next head in time (an idle
-                        // connection parks long before this).
-                        head_timed_out(self.counters, self.client);
-                        return End::Failed;
-                    }
-                    if closing {
-                        continue;
-                    }
-                    if idle_for >= idle_timeout {
+                    if state.idle_since().elapsed() >= idle_timeout {
                         Counters::inc(&self.counters.client_idle_closed);
                         tracing::debug!(client = %self.client, "closing idle client connection");
                         graceful(conn);
                         closing = true;
-                    } else if park.is_some_and(|p| idle_for >= p) {
-                        graceful(conn);
-                        closing = true;
-                        parking = true;
                     }
                 }
             }
@@ -700,14 +616,14 @@ enum Event {
 
 /// A waker that notes it was called before waking the task, so the future
 /// it was given to is polled again only then.
-struct Flagged {
-    fired: AtomicBool,
+pub(crate) struct Flagged {
+    pub fired: AtomicBool,
     task: std::task::Waker,
 }
 
 impl Flagged {
     /// Starts fired, so that the first poll registers.
-    fn waker(cx: &Context<'_>) -> (Arc<Flagged>, std::task::Waker) {
+    pub fn waker(cx: &Context<'_>) -> (Arc<Flagged>, std::task::Waker) {
         let flag = Arc::new(Flagged {
             fired: AtomicBool::new(true),
             task: cx.waker().clone(),
@@ -727,15 +643,15 @@ impl std::task::Wake for Flagged {
     }
 }
 
-/// Counts why hyper ended a client connection with an error.
-fn count_connection_error(counters: &Counters, e: &hyper::Error, protocols: Protocols) {
+/// Counts why hyper ended an HTTP/2 client connection with an error.
+fn count_connection_error(counters: &Counters, e: &hyper::Error) {
     if e.is_timeout() {
         Counters::inc(&counters.client_header_timeout);
     } else if e.is_parse_too_large() {
         Counters::inc(&counters.client_header_too_large);
     } else if e.is_parse() {
         Counters::inc(&counters.client_bad_request);
-    } else if protocols == Protocols::Http2 {
+    } else {
         Counters::inc(&counters.client_h2_protocol_error);
     }
 }

@@ -73,12 +73,46 @@ impl Body for RequestBody {
     }
 }
 
+/// A client's request body as its connection gives it.
+#[derive(Debug)]
+pub(crate) enum RawBody {
+    H1(crate::serve_h1::Body),
+    H2(Incoming),
+}
+
+impl Body for RawBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            RawBody::H1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            RawBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RawBody::H1(b) => b.is_end_stream(),
+            RawBody::H2(b) => b.is_end_stream(),
+        }
+    }
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RawBody::H1(b) => b.size_hint(),
+            RawBody::H2(b) => b.size_hint(),
+        }
+    }
+}
+
 /// The client's request body, bounded as it streams: at most
 /// `limits.max_body_bytes` in all (whatever Content-Length said), and no
 /// longer than `body_timeout` between two chunks (slow-body clients).
 #[derive(Debug)]
 pub struct ClientBody {
-    inner: Incoming,
+    inner: RawBody,
     read: u64,
     limit: u64,
     timeout: Duration,
@@ -91,7 +125,7 @@ pub struct ClientBody {
 /// its source, which is how the proxy tells a client fault from a backend one.
 #[derive(Debug)]
 pub enum ClientBodyError {
-    Read(hyper::Error),
+    Read(Box<dyn std::error::Error + Send + Sync>),
     TooLarge,
     Timeout,
 }
@@ -109,7 +143,7 @@ impl std::fmt::Display for ClientBodyError {
 impl std::error::Error for ClientBodyError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            ClientBodyError::Read(e) => Some(e),
+            ClientBodyError::Read(e) => Some(&**e),
             _ => None,
         }
     }
@@ -126,7 +160,7 @@ impl ClientBodyError {
 }
 
 impl ClientBody {
-    fn new(inner: Incoming, limit: u64, timeout: Duration) -> Self {
+    fn new(inner: RawBody, limit: u64, timeout: Duration) -> Self {
         ClientBody {
             inner,
             read: 0,
@@ -193,7 +227,8 @@ pub struct ResponseBody {
     counters: Option<Arc<Counters>>,
     _in_flight: Option<InFlight>,
     _request: Option<RequestGauge>,
-    _conn: ConnGuard,
+    /// HTTP/2 only: an HTTP/1.1 connection knows when its response ends.
+    _conn: Option<ConnGuard>,
     /// Boxed: it is large, and the response is moved several times.
     log: Option<Box<LogContext>>,
 }
@@ -398,9 +433,9 @@ fn host_of<'a>(header: Option<&'a HeaderValue>, uri: &'a Uri) -> Option<Cow<'a, 
 /// Serves one request. Never fails: every error becomes a response.
 pub(crate) async fn handle(
     plane: &DataPlane,
-    req: Request<Incoming>,
+    req: Request<RawBody>,
     info: &Arc<ConnInfo>,
-    conn: ConnGuard,
+    conn: Option<ConnGuard>,
 ) -> Response<ResponseBody> {
     let start = Instant::now();
     let client = info.client;
@@ -409,8 +444,7 @@ pub(crate) async fn handle(
     let scan = HeadScan::of(req.headers());
     let request_id = headers::request_id(scan.request_id, &mut rng);
     let close = req.version() <= Version::HTTP_11;
-    let ambiguous = info.head.ambiguous.swap(false, Relaxed);
-    if let Err(e) = screen(&req, &scan, &info.settings.limits, ambiguous) {
+    if let Err(e) = screen(&req, &scan, &info.settings.limits) {
         count_refusal(&plane.counters, &e);
         tracing::debug!(%client, error = %e, "request refused");
         return error_response(&e, request_id, conn, None, None, None, close);
@@ -613,19 +647,11 @@ impl<'a> HeadScan<'a> {
 
 /// Refuses what the proxy and a backend could read differently (request
 /// smuggling) and what is over the listener's limits, before any routing
-/// or backend work. hyper already refuses, with 400 and a closed
-/// connection, whitespace before a header colon, NUL and bare CR in
-/// headers, differing Content-Lengths and a Transfer-Encoding whose last
-/// coding is not chunked; this adds the shapes it lets through.
-///
-/// `ambiguous`: the head sniffer saw Content-Length together with
-/// Transfer-Encoding, which hyper resolves by dropping Content-Length.
-fn screen(
-    req: &Request<Incoming>,
-    scan: &HeadScan<'_>,
-    limits: &Limits,
-    ambiguous: bool,
-) -> Result<(), ProxyError> {
+/// or backend work. The HTTP/1.1 parser already refuses, with 400 and a
+/// closed connection, whitespace before a header colon, NUL and bare CR
+/// in headers; it passes every other header on as it came, and never
+/// reads the body of a request refused here for its framing.
+fn screen(req: &Request<RawBody>, scan: &HeadScan<'_>, limits: &Limits) -> Result<(), ProxyError> {
     if req
         .uri()
         .path_and_query()
@@ -643,12 +669,10 @@ fn screen(
         return Err(ProxyError::HeaderTooLarge);
     }
     if req.version() <= Version::HTTP_11 {
-        if ambiguous {
-            return Err(ProxyError::BadRequest(
-                "both Content-Length and Transfer-Encoding",
-            ));
-        }
         if let Some(first) = te.first {
+            if req.version() == Version::HTTP_10 {
+                return Err(ProxyError::BadRequest("Transfer-Encoding on HTTP/1.0"));
+            }
             if te.count > 1 {
                 return Err(ProxyError::BadRequest("several Transfer-Encoding headers"));
             }
@@ -698,7 +722,7 @@ fn screen(
 
 /// The Upgrade header of an HTTP/1.1 upgrade request (`Connection:
 /// upgrade` plus `Upgrade`).
-fn upgrade_of(req: &Request<Incoming>, scan: &HeadScan<'_>) -> Option<HeaderValue> {
+fn upgrade_of(req: &Request<RawBody>, scan: &HeadScan<'_>) -> Option<HeaderValue> {
     if req.version() != Version::HTTP_11 || !scan.connection {
         return None;
     }
@@ -747,7 +771,7 @@ fn count_attempt(c: &Counters, e: &ProxyError) {
 fn error_response(
     e: &ProxyError,
     request_id: HeaderValue,
-    conn: ConnGuard,
+    conn: Option<ConnGuard>,
     mut log: Option<Box<LogContext>>,
     gauge: Option<RequestGauge>,
     in_flight: Option<InFlight>,
@@ -782,7 +806,7 @@ fn error_response(
 /// Sends the request to the pool, retrying as the policy and budget allow.
 async fn forward(
     pool: &PoolRuntime,
-    req: Request<Incoming>,
+    req: Request<RawBody>,
     ctx: &Forwarding<'_>,
     request_id: &HeaderValue,
     key: Option<u64>,

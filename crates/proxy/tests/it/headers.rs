@@ -61,7 +61,7 @@ async fn a_request_without_host_names_the_backend() {
         .await
         .expect("an HTTP/1.0 response ends with the connection");
     let text = String::from_utf8_lossy(&got);
-    assert!(text.starts_with("HTTP/1.0 200"), "{text}");
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     let seen = a.last().unwrap().headers;
     assert_eq!(seen["host"], a.addr.to_string().as_str());
     assert_eq!(seen["x-a"], "1");
