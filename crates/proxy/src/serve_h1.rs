@@ -47,7 +47,7 @@ use crate::counters::Counters;
 use crate::error::ProxyError;
 use crate::h1::{Chunked, Decoded, has_token, parse_length, put_decimal, put_hex};
 use crate::listener::{ConnInfo, Flagged, Rewind, SHUTDOWN_WRITE, Socket};
-use crate::proxy::{RawBody, ResponseBody};
+use crate::proxy::RawBody;
 
 /// Header slots for httparse; `limits.max_headers` is at most this.
 const MAX_HEADERS: usize = 1000;
@@ -540,7 +540,7 @@ fn parse_head(
         let len = match parsed {
             Ok(httparse::Status::Complete(len)) if len <= max_head => len,
             Ok(httparse::Status::Partial) if buf.len() < max_head => return Ok(None),
-            Ok(_) => return Err(too_large(buf)),
+            Ok(_) => return Err(too_large(buf, max_uri)),
             Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
             Err(_) => return Err(HeadError::Malformed),
         };
@@ -628,11 +628,12 @@ fn parse_head(
 }
 
 /// A head over the limit: its request line alone (414), or its headers.
-fn too_large(buf: &[u8]) -> HeadError {
-    if buf.contains(&b'\n') {
-        HeadError::TooLarge
-    } else {
+fn too_large(buf: &[u8], max_uri: usize) -> HeadError {
+    let line = buf.iter().position(|&b| b == b'\n').unwrap_or(buf.len());
+    if line > max_uri {
         HeadError::UriTooLong
+    } else {
+        HeadError::TooLarge
     }
 }
 
@@ -1020,12 +1021,11 @@ struct Writer<'a> {
 impl Writer<'_> {
     /// Ready(Err): the body broke off or the client's socket failed; the
     /// connection must close without finishing the response.
-    fn poll<I: AsyncWrite + Unpin>(
-        &mut self,
-        io: &mut I,
-        body: &mut ResponseBody,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<(), ()>> {
+    fn poll<I, B>(&mut self, io: &mut I, body: &mut B, cx: &mut Context<'_>) -> Poll<Result<(), ()>>
+    where
+        I: AsyncWrite + Unpin,
+        B: hyper::body::Body<Data = Bytes> + Unpin,
+    {
         loop {
             if self.body_ended && !self.body_done && self.big.is_none() {
                 self.end()?;
@@ -1141,5 +1141,231 @@ impl Writer<'_> {
         }
         self.body_done = true;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(bytes: &[u8]) -> Result<Option<Head>, HeadError> {
+        parse_head(&mut BytesMut::from(bytes), 4096, 100, 1024)
+    }
+
+    fn framing(headers: &str) -> Framing {
+        let head = format!("POST / HTTP/1.1\r\nHost: x\r\n{headers}\r\n");
+        parse(head.as_bytes()).unwrap().unwrap().framing
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112_and_refuses_what_could_be_read_two_ways() {
+        assert_eq!(framing(""), Framing::None);
+        assert_eq!(framing("Content-Length: 0\r\n"), Framing::None);
+        assert_eq!(framing("Content-Length: 12\r\n"), Framing::Length(12));
+        assert_eq!(framing("Transfer-Encoding: chunked\r\n"), Framing::Chunked);
+        for odd in [
+            "Content-Length: 3\r\nTransfer-Encoding: chunked\r\n",
+            "Content-Length: 3\r\nContent-Length: 3\r\n",
+            "Content-Length: 3, 3\r\n",
+            "Content-Length: +3\r\n",
+            "Transfer-Encoding: gzip, chunked\r\n",
+            "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+        ] {
+            assert_eq!(framing(odd), Framing::Unframeable, "{odd}");
+        }
+        let head = parse(b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(head.framing, Framing::Unframeable);
+        assert!(
+            head.close,
+            "a request that cannot be framed ends its connection"
+        );
+    }
+
+    #[test]
+    fn a_head_parses_in_place_with_every_header_as_it_came() {
+        let mut buf = BytesMut::from(
+            &b"\r\nGET /a?b HTTP/1.1\r\nHost: x\r\nX-A: 1\r\nx-a: 2\r\nExpect: 100-continue\r\n\r\nnext"[..],
+        );
+        let head = parse_head(&mut buf, 4096, 100, 1024).unwrap().unwrap();
+        assert_eq!(&buf[..], b"next", "only the head is consumed");
+        let req = &head.request;
+        assert_eq!(req.method(), Method::GET);
+        assert_eq!(req.uri().path_and_query().unwrap().as_str(), "/a?b");
+        let values: Vec<_> = req.headers().get_all("x-a").iter().collect();
+        assert_eq!(values, ["1", "2"]);
+        assert!(head.expect_continue && !head.close);
+        assert!(parse(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap().is_none());
+    }
+
+    #[test]
+    fn connection_options_decide_keep_alive() {
+        let close = |h: &[u8]| parse(h).unwrap().unwrap().close;
+        assert!(close(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n"));
+        assert!(!close(b"GET / HTTP/1.1\r\n\r\n"));
+        assert!(close(b"GET / HTTP/1.0\r\n\r\n"));
+        let h = parse(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(!h.close && h.keep_alive);
+    }
+
+    #[test]
+    fn heads_over_the_limits_say_which_limit() {
+        let long_line = format!("GET /{} HTTP/1.1\r\n", "a".repeat(5000));
+        assert!(matches!(
+            parse(long_line.as_bytes()),
+            Err(HeadError::UriTooLong)
+        ));
+        let long_uri = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(2000));
+        assert!(matches!(
+            parse(long_uri.as_bytes()),
+            Err(HeadError::UriTooLong)
+        ));
+        let big = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(5000));
+        assert!(matches!(parse(big.as_bytes()), Err(HeadError::TooLarge)));
+        let mut many = String::from("GET / HTTP/1.1\r\n");
+        for i in 0..101 {
+            many.push_str(&format!("X-{i}: v\r\n"));
+        }
+        many.push_str("\r\n");
+        assert!(matches!(parse(many.as_bytes()), Err(HeadError::TooLarge)));
+        assert!(matches!(
+            parse(b"GET / HTTP/1.1\r\nA B: c\r\n\r\n"),
+            Err(HeadError::Malformed)
+        ));
+    }
+
+    fn head_of(resp: http::Response<()>, framing: Out, conn: Connection) -> String {
+        let (parts, ()) = resp.into_parts();
+        let mut out = Vec::new();
+        encode_head(&mut out, &parts, framing, conn);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn the_response_head_carries_our_framing_not_the_backends() {
+        let keep = Connection {
+            close: false,
+            keep_alive: false,
+        };
+        let resp = http::Response::builder()
+            .header("content-length", "99")
+            .header("x-a", "1")
+            .body(())
+            .unwrap();
+        let text = head_of(resp, Out::Length(3), keep);
+        assert!(
+            text.starts_with("HTTP/1.1 200 OK\r\nx-a: 1\r\ncontent-length: 3\r\ndate: "),
+            "{text}"
+        );
+        assert!(text.ends_with("\r\n\r\n") && !text.contains("99"), "{text}");
+
+        // HEAD: the length of the body it would have had stays.
+        let resp = http::Response::builder()
+            .header("content-length", "99")
+            .header("date", "then")
+            .body(())
+            .unwrap();
+        let close = Connection {
+            close: true,
+            keep_alive: false,
+        };
+        let text = head_of(resp, Out::None, close);
+        assert_eq!(
+            text,
+            "HTTP/1.1 200 OK\r\ncontent-length: 99\r\ndate: then\r\nconnection: close\r\n\r\n"
+        );
+
+        let mut resp = http::Response::builder()
+            .status(404)
+            .header("connection", "close")
+            .body(())
+            .unwrap();
+        resp.extensions_mut()
+            .insert(hyper::ext::ReasonPhrase::from_static(b"Gone Fishing"));
+        let text = head_of(
+            resp,
+            Out::Chunked,
+            Connection {
+                close: true,
+                keep_alive: false,
+            },
+        );
+        assert!(
+            text.starts_with(
+                "HTTP/1.1 404 Gone Fishing\r\ntransfer-encoding: chunked\r\nconnection: close\r\n"
+            ),
+            "{text}"
+        );
+        assert_eq!(text.matches("connection").count(), 1, "{text}");
+    }
+
+    /// Runs a `Writer` over `frames` into memory.
+    fn write_body(framing: Out, frames: Vec<Frame<Bytes>>) -> Result<Vec<u8>, ()> {
+        let stream =
+            futures_util::stream::iter(frames.into_iter().map(Ok::<_, std::convert::Infallible>));
+        let mut body = http_body_util::StreamBody::new(stream);
+        let mut out = Vec::new();
+        let mut sink = Vec::new();
+        let mut writer = Writer {
+            out: &mut out,
+            pos: 0,
+            big: None,
+            framing,
+            trailers: None,
+            body_ended: false,
+            body_done: false,
+        };
+        let waker = Waker::noop();
+        match writer.poll(&mut sink, &mut body, &mut Context::from_waker(waker)) {
+            Poll::Ready(Ok(())) => Ok(sink),
+            Poll::Ready(Err(())) => Err(()),
+            Poll::Pending => panic!("a ready body and sink left the writer pending"),
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_keep_their_order_around_large_frames_and_end_with_trailers() {
+        let big = Bytes::from(vec![b'x'; COPY_UNDER]);
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-t", HeaderValue::from_static("done"));
+        let got = write_body(
+            Out::Chunked,
+            vec![
+                Frame::data(Bytes::from_static(b"ab")),
+                Frame::data(big.clone()),
+                Frame::data(Bytes::from_static(b"c")),
+                Frame::trailers(trailers),
+            ],
+        )
+        .unwrap();
+        let want = [
+            &b"2\r\nab\r\n4000\r\n"[..],
+            &big,
+            b"\r\n1\r\nc\r\n0\r\nx-t: done\r\n\r\n",
+        ]
+        .concat();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn a_body_that_disagrees_with_its_length_is_never_sent_as_whole() {
+        let short = write_body(
+            Out::Length(5),
+            vec![Frame::data(Bytes::from_static(b"abc"))],
+        );
+        assert!(short.is_err());
+        let long = write_body(
+            Out::Length(2),
+            vec![Frame::data(Bytes::from_static(b"abc"))],
+        );
+        assert!(long.is_err());
+        let exact = write_body(
+            Out::Length(3),
+            vec![Frame::data(Bytes::from_static(b"abc"))],
+        );
+        assert_eq!(exact.unwrap(), b"abc");
     }
 }

@@ -6,6 +6,7 @@ mod edge;
 mod failures;
 mod hardening;
 mod headers;
+mod http1;
 mod pooling;
 mod reload;
 mod routing;
