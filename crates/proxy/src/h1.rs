@@ -318,10 +318,13 @@ impl H1Backend {
             keep_alive: head.keep_alive,
             backend: self.clone(),
         });
-        let mut resp = Response::new(H1Body { kind, live });
+        let mut resp = Response::new(H1Body {
+            kind,
+            live,
+            lines: head.lines,
+        });
         *resp.status_mut() = head.status;
         *resp.version_mut() = head.version;
-        *resp.headers_mut() = head.headers;
         if let Some(reason) = head.reason {
             resp.extensions_mut().insert(reason);
         }
@@ -439,7 +442,7 @@ fn encode(parts: &Outgoing<'_>, body: RequestBody) -> (Upload, Asked) {
     let mut named = Vec::new();
     if parts.connection {
         for value in parts.headers.get_all(header::CONNECTION) {
-            crate::headers::connection_named(value, &mut named);
+            crate::headers::connection_named(value.as_bytes(), &mut named);
         }
     }
     let mut client_for = None;
@@ -468,7 +471,7 @@ fn encode(parts: &Outgoing<'_>, body: RequestBody) -> (Upload, Asked) {
             }
             continue;
         }
-        if crate::headers::is_hop_by_hop(name) || named.contains(name) {
+        if crate::headers::is_hop_by_hop(name.as_str().as_bytes()) || named.contains(name) {
             continue;
         }
         put_line(&mut out, name, &[value.as_bytes()]);
@@ -740,7 +743,7 @@ pub(crate) fn keep_spare(mut buf: BytesMut) {
 struct Head {
     status: StatusCode,
     version: Version,
-    headers: HeaderMap,
+    lines: Lines,
     reason: Option<hyper::ext::ReasonPhrase>,
     framing: Framing,
     keep_alive: bool,
@@ -835,7 +838,7 @@ fn build_head(
     asked: Asked,
 ) -> Result<Head, Error> {
     let status = StatusCode::from_u16(code).map_err(|_| Error::Parse(httparse::Error::Status))?;
-    let mut headers = HeaderMap::with_capacity(spans.len());
+    let at = |r: (u32, u32)| &head[r.0 as usize..r.1 as usize];
     let mut length: Option<u64> = None;
     let mut bad_length = false;
     // Whether the last Transfer-Encoding coding is chunked, if there is one.
@@ -844,37 +847,20 @@ fn build_head(
     // Names the Connection header lists: hop-by-hop too. Rarely any.
     let mut named = Vec::new();
     for s in spans {
-        let name = HeaderName::from_bytes(&head[s.name.0 as usize..s.name.1 as usize])
-            .map_err(|_| Error::BadHeader)?;
-        let value =
-            HeaderValue::from_maybe_shared(head.slice(s.value.0 as usize..s.value.1 as usize))
-                .map_err(|_| Error::BadHeader)?;
-        if name == header::CONTENT_LENGTH {
-            match (parse_length(value.as_bytes()), length) {
+        let (name, value) = (at(s.name), at(s.value));
+        if name.eq_ignore_ascii_case(b"content-length") {
+            match (parse_length(value), length) {
                 (Some(n), None) => length = Some(n),
                 (Some(n), Some(m)) if n == m => {}
                 _ => bad_length = true,
             }
-        } else if name == header::TRANSFER_ENCODING {
-            let last = value
-                .as_bytes()
-                .rsplit(|&b| b == b',')
-                .next()
-                .unwrap_or_default();
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            let last = value.rsplit(|&b| b == b',').next().unwrap_or_default();
             chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if name == header::CONNECTION {
-            close |= has_token(value.as_bytes(), b"close");
-            crate::headers::connection_named(&value, &mut named);
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            close |= has_token(value, b"close");
+            crate::headers::connection_named(value, &mut named);
         }
-        // Hop-by-hop headers are this connection's, read above and not
-        // passed on; a 101's Upgrade is, for the request path to answer.
-        if crate::headers::is_hop_by_hop(&name) && !(code == 101 && name == header::UPGRADE) {
-            continue;
-        }
-        headers.append(name, value);
-    }
-    for name in named {
-        headers.remove(name);
     }
     // Only HTTP/1.1 responses keep the connection (RFC 9112 §9.3).
     let mut keep_alive = minor == 1 && !close;
@@ -897,9 +883,6 @@ fn build_head(
         if length.is_some() || bad_length {
             // Both: Transfer-Encoding wins, and the connection, whose
             // framing someone got wrong, is not reused (RFC 9112 §6.3).
-            // The Content-Length goes too, or the client would be told a
-            // length the body does not have.
-            headers.remove(header::CONTENT_LENGTH);
             keep_alive = false;
         }
         if chunked {
@@ -916,6 +899,32 @@ fn build_head(
         keep_alive = false;
         Framing::Eof
     };
+    // The lines passed on: not the hop-by-hop ones, which are this
+    // connection's (but a 101's Upgrade, for the request path to answer),
+    // and not the framing, which is the client side's to write; except a
+    // Content-Length on a response without a body (to HEAD), which says
+    // what the body would have been.
+    let keep_length = framing == Framing::Empty && !bad_length && chunked.is_none();
+    let mut lines = Vec::with_capacity(head.len());
+    let mut has_date = false;
+    for s in spans {
+        let (name, value) = (at(s.name), at(s.value));
+        let framing_header = name.eq_ignore_ascii_case(b"content-length");
+        if (framing_header && !keep_length)
+            || (crate::headers::is_hop_by_hop(name)
+                && !(code == 101 && name.eq_ignore_ascii_case(b"upgrade")))
+            || named
+                .iter()
+                .any(|n| name.eq_ignore_ascii_case(n.as_str().as_bytes()))
+        {
+            continue;
+        }
+        has_date |= name.eq_ignore_ascii_case(b"date");
+        lines.extend_from_slice(name);
+        lines.extend_from_slice(b": ");
+        lines.extend_from_slice(value);
+        lines.extend_from_slice(b"\r\n");
+    }
     Ok(Head {
         status,
         version: if minor == 1 {
@@ -923,11 +932,50 @@ fn build_head(
         } else {
             Version::HTTP_10
         },
-        headers,
+        lines: Lines {
+            bytes: Bytes::from(lines),
+            has_date,
+        },
         reason,
         framing,
         keep_alive,
     })
+}
+
+/// A backend's response headers as they go on to the client: encoded
+/// lines (`name: value\r\n`) with the hop-by-hop and framing headers left
+/// out. An HTTP/1.1 client gets them as they are, with no header map built
+/// and taken apart again; an HTTP/2 client gets [`Lines::to_map`].
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Lines {
+    pub bytes: Bytes,
+    /// A `Date` line is among them (the client side adds one otherwise).
+    pub has_date: bool,
+}
+
+impl Lines {
+    /// The lines as a header map.
+    pub fn to_map(&self) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for line in self.bytes.split(|&b| b == b'\n') {
+            let Some(line) = line.strip_suffix(b"\r") else {
+                continue;
+            };
+            let Some(colon) = line.iter().position(|&b| b == b':') else {
+                continue;
+            };
+            let value = &line[colon + 1..];
+            let value = value.strip_prefix(b" ").unwrap_or(value);
+            // Both were checked when the head was parsed.
+            if let (Ok(n), Ok(v)) = (
+                HeaderName::from_bytes(&line[..colon]),
+                HeaderValue::from_bytes(value),
+            ) {
+                map.append(n, v);
+            }
+        }
+        map
+    }
 }
 
 /// A Content-Length value: digits, or a list of the same digits (`5, 5`).
@@ -961,6 +1009,8 @@ pub(crate) struct H1Body {
     kind: Kind,
     /// The connection the body still comes on.
     live: Option<Live>,
+    /// The response's headers.
+    lines: Lines,
 }
 
 struct Live {
@@ -992,6 +1042,11 @@ pub(crate) struct Upgraded {
 }
 
 impl H1Body {
+    /// The response's headers, as they go on.
+    pub fn lines(&self) -> &Lines {
+        &self.lines
+    }
+
     /// The connection of a 101 response, taken for the tunnel.
     pub fn take_upgrade(&mut self) -> Option<Upgraded> {
         if !matches!(self.kind, Kind::Upgrade) {
@@ -1401,8 +1456,8 @@ mod tests {
         assert_eq!(h.framing, Framing::Length(5));
         assert!(h.keep_alive);
         assert!(h.reason.is_none());
-        assert_eq!(h.headers["server"], "t");
-        assert_eq!(h.headers.get_all("x-multi").iter().count(), 2);
+        assert_eq!(h.lines.to_map()["server"], "t");
+        assert_eq!(h.lines.to_map().get_all("x-multi").iter().count(), 2);
         assert_eq!(&rest[..], b"hello");
         let (h, _) = head(b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n", GET).unwrap();
         assert_eq!(h.framing, Framing::Length(5));
@@ -1419,7 +1474,7 @@ mod tests {
         let asked_head = Asked { head: true, ..GET };
         let (h, _) = head(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n", asked_head).unwrap();
         assert_eq!((h.framing, h.keep_alive), (Framing::Empty, true));
-        assert_eq!(h.headers["content-length"], "10");
+        assert_eq!(h.lines.to_map()["content-length"], "10");
         for status in ["204 No Content", "304 Not Modified"] {
             let raw = format!("HTTP/1.1 {status}\r\nContent-Length: 10\r\n\r\n");
             let (h, _) = head(raw.as_bytes(), GET).unwrap();
@@ -1456,8 +1511,12 @@ mod tests {
         .unwrap();
         assert_eq!((h.framing, h.keep_alive), (Framing::Upgrade, false));
         assert_eq!(&rest[..], b"frame");
-        assert_eq!(h.headers["upgrade"], "websocket", "a 101 keeps its Upgrade");
-        assert!(!h.headers.contains_key("connection"));
+        assert_eq!(
+            h.lines.to_map()["upgrade"],
+            "websocket",
+            "a 101 keeps its Upgrade"
+        );
+        assert!(!h.lines.to_map().contains_key("connection"));
     }
 
     #[test]
@@ -1489,7 +1548,8 @@ mod tests {
         .unwrap();
         assert_eq!(h.framing, Framing::Chunked);
         assert!(h.keep_alive);
-        let names: Vec<_> = h.headers.keys().map(|n| n.as_str()).collect();
+        let map = h.lines.to_map();
+        let names: Vec<_> = map.keys().map(|n| n.as_str()).collect();
         assert_eq!(names, ["x-kept"]);
     }
 
@@ -1524,7 +1584,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!((h.framing, h.keep_alive), (Framing::Chunked, false));
-        assert!(h.headers.get("content-length").is_none());
+        assert!(h.lines.to_map().get("content-length").is_none());
         let (h, _) = head(
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
             GET,

@@ -18,22 +18,23 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 /// `Connection`/`Upgrade` are put back by the request path when it carries
 /// the upgrade through. Besides these, headers the Connection header
 /// names are hop-by-hop too ([`connection_named`]).
-pub fn is_hop_by_hop(name: &HeaderName) -> bool {
-    // By length first: most names are ruled out by one comparison.
-    let s = name.as_str();
-    match s.len() {
-        2 => s == "te",
-        7 => s == "trailer" || s == "upgrade",
-        10 => s == "connection" || s == "keep-alive",
-        17 => s == "transfer-encoding",
-        _ => s.starts_with("proxy-"),
+pub fn is_hop_by_hop(name: &[u8]) -> bool {
+    // By length first: most names are ruled out by one comparison. Any
+    // case: a backend's header names reach this as they came.
+    let is = |s: &[u8]| name.eq_ignore_ascii_case(s);
+    match name.len() {
+        2 => is(b"te"),
+        7 => is(b"trailer") || is(b"upgrade"),
+        10 => is(b"connection") || is(b"keep-alive"),
+        17 => is(b"transfer-encoding"),
+        n => n > 6 && name[..6].eq_ignore_ascii_case(b"proxy-"),
     }
 }
 
 /// The header names a Connection value lists, its options (`close`,
 /// `keep-alive`, `upgrade`) aside. Usually none, and then no allocation.
-pub fn connection_named(value: &HeaderValue, into: &mut Vec<HeaderName>) {
-    for token in value.as_bytes().split(|&b| b == b',') {
+pub fn connection_named(value: &[u8], into: &mut Vec<HeaderName>) {
+    for token in value.split(|&b| b == b',') {
         let token = token.trim_ascii();
         if token.is_empty()
             || token.eq_ignore_ascii_case(b"close")
@@ -53,13 +54,17 @@ pub fn connection_named(value: &HeaderValue, into: &mut Vec<HeaderName>) {
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let mut named: Vec<HeaderName> = Vec::new();
     for value in headers.get_all(header::CONNECTION) {
-        connection_named(value, &mut named);
+        connection_named(value.as_bytes(), &mut named);
     }
     for name in named {
         headers.remove(name);
     }
     // A scan per hop-by-hop name present: usually one scan, or two.
-    while let Some(name) = headers.keys().find(|n| is_hop_by_hop(n)).cloned() {
+    while let Some(name) = headers
+        .keys()
+        .find(|n| is_hop_by_hop(n.as_str().as_bytes()))
+        .cloned()
+    {
         headers.remove(name);
     }
 }
@@ -219,7 +224,7 @@ mod tests {
             "proxy-authenticate",
             "proxy-connection",
         ] {
-            assert!(is_hop_by_hop(&HeaderName::from_static(name)), "{name}");
+            assert!(is_hop_by_hop(name.as_bytes()), "{name}");
         }
         for name in [
             "content-length",
@@ -229,7 +234,7 @@ mod tests {
             "proxy",
             "host",
         ] {
-            assert!(!is_hop_by_hop(&HeaderName::from_static(name)), "{name}");
+            assert!(!is_hop_by_hop(name.as_bytes()), "{name}");
         }
     }
 

@@ -327,7 +327,7 @@ impl Socket for tokio_rustls::server::TlsStream<TcpStream> {
 /// A connection found busy is checked again after twice as long as the
 /// last time, up to this: under load it costs a wake-up a second, not one
 /// per check.
-const MAX_CHECK: Duration = Duration::from_secs(1);
+pub(crate) const MAX_CHECK: Duration = Duration::from_secs(1);
 
 /// HTTP/2's connection preface, which tells h2c from HTTP/1.1.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -409,7 +409,11 @@ pub(crate) const SHUTDOWN_WRITE: Duration = Duration::from_secs(1);
 
 /// Reads until the first bytes tell HTTP/2's preface from an HTTP/1
 /// request: whether it is HTTP/2, and the bytes read. None: closed first.
-async fn detect_h2<I: AsyncRead + Unpin>(io: &mut I) -> std::io::Result<Option<(bool, BytesMut)>> {
+async fn detect_h2<I: Socket + AsyncRead + Unpin>(
+    io: &mut I,
+) -> std::io::Result<Option<(bool, BytesMut)>> {
+    // A silent connection holds no buffer while it waits.
+    io.tcp().readable().await?;
     let mut buf = crate::h1::spare_buffer();
     buf.reserve(crate::h1::READ_SIZE);
     loop {

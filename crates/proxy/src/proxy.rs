@@ -320,6 +320,17 @@ impl Body for ResponseBody {
     }
 }
 
+impl ResponseBody {
+    /// The headers of a response from an HTTP/1.1 backend, kept as lines
+    /// (the response's own map then holds only what the proxy added).
+    pub(crate) fn lines(&self) -> Option<&h1::Lines> {
+        match &self.inner {
+            Inner::H1(b) => Some(b.lines()),
+            _ => None,
+        }
+    }
+}
+
 impl Drop for ResponseBody {
     fn drop(&mut self) {
         if let Some(log) = self.log.take() {
@@ -444,6 +455,7 @@ pub(crate) async fn handle(
     let scan = HeadScan::of(req.headers());
     let request_id = headers::request_id(scan.request_id, &mut rng);
     let close = req.version() <= Version::HTTP_11;
+    let h2_client = req.version() == Version::HTTP_2;
     if let Err(e) = screen(&req, &scan, &info.settings.limits) {
         count_refusal(&plane.counters, &e);
         tracing::debug!(%client, error = %e, "request refused");
@@ -539,20 +551,19 @@ pub(crate) async fn handle(
                 };
                 *info.tunnel.lock().unwrap_or_else(|p| p.into_inner()) = Some(tunnel);
             }
-            // Hop-by-hop, so stripped below; a 101 must still carry it.
-            let backend_upgrade = switching
-                .then(|| parts.headers.get(header::UPGRADE).cloned())
-                .flatten();
-            // Our HTTP/1.1 codec passes no hop-by-hop header on but a
-            // 101's Upgrade, which is put back below.
-            if !matches!(body, Inner::H1(_)) {
-                headers::strip_hop_by_hop(&mut parts.headers);
-            }
-            if let (true, Some(up)) = (switching, backend_upgrade) {
-                parts
-                    .headers
-                    .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-                parts.headers.insert(header::UPGRADE, up);
+            match &body {
+                // Our HTTP/1.1 codec passes the backend's headers on as
+                // lines, with no hop-by-hop header but a 101's Upgrade: an
+                // HTTP/1.1 client gets them as they are, an HTTP/2 one
+                // (which has no upgrades) as a map.
+                Inner::H1(b) if h2_client => parts.headers = b.lines().to_map(),
+                Inner::H1(_) if switching => {
+                    parts
+                        .headers
+                        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                }
+                Inner::H1(_) => {}
+                _ => headers::strip_hop_by_hop(&mut parts.headers),
             }
             parts.headers.insert(REQUEST_ID.clone(), request_id);
             if let Some(l) = &mut log {

@@ -45,8 +45,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::counters::Counters;
 use crate::error::ProxyError;
-use crate::h1::{Chunked, Decoded, has_token, parse_length, put_decimal, put_hex};
-use crate::listener::{ConnInfo, Flagged, Rewind, SHUTDOWN_WRITE, Socket};
+use crate::h1::{Chunked, Decoded, Lines, has_token, parse_length, put_decimal, put_hex};
+use crate::listener::{ConnInfo, Flagged, MAX_CHECK, Rewind, SHUTDOWN_WRITE, Socket};
 use crate::proxy::RawBody;
 
 /// Header slots for httparse; `limits.max_headers` is at most this.
@@ -77,6 +77,7 @@ pub(crate) async fn serve<I>(
         served: 0,
         idle_since: epoch,
         park_after: PARK_AFTER.min(settings.idle_timeout / 2),
+        park_wait: Duration::ZERO,
         header_timeout: settings.header_timeout,
     };
     let counters = &info.plane.counters;
@@ -146,6 +147,11 @@ struct Conn<I> {
     /// When the last response was written (or the connection opened).
     idle_since: Instant,
     park_after: Duration,
+    /// How long this busy period waits, idle, before parking: `park_after`
+    /// at first, doubled (up to `MAX_CHECK`) each time the timer finds the
+    /// connection busy again, so that one under load wakes for its timer
+    /// about once a second, not every `park_after`.
+    park_wait: Duration,
     header_timeout: Duration,
 }
 
@@ -203,6 +209,7 @@ where
     // deadline, which mostly moves later (one per request would cost a
     // timer-wheel entry each). Polled only when it may be ready, as is the
     // shutdown token (polling it takes its lock).
+    conn.park_wait = conn.park_after;
     let timer = tokio::time::sleep_until(conn.head_due());
     let cancelled = shutdown.cancelled();
     tokio::pin!(timer, cancelled);
@@ -234,8 +241,8 @@ where
                     Poll::Ready(Ok(_)) => continue,
                     Poll::Pending => {}
                 }
-                // The deadline moves earlier only when the head that was
-                // partly here at the last check has since been served.
+                // Sooner than the timer holds: a head that was partly here
+                // at the last check has since been served.
                 let due = conn.head_due();
                 if timer.deadline() > due {
                     timer.as_mut().reset(due);
@@ -243,7 +250,10 @@ where
                 }
                 if watch.timer(cx, timer.as_mut()) {
                     if Instant::now() < due {
-                        timer.as_mut().reset(due);
+                        if conn.buf.is_empty() {
+                            conn.park_wait = (conn.park_wait * 2).min(MAX_CHECK);
+                        }
+                        timer.as_mut().reset(conn.head_due());
                         watch.timer_armed = false;
                         continue;
                     }
@@ -342,6 +352,7 @@ where
         encode_head(
             &mut out,
             &parts,
+            resp_body.lines(),
             framing,
             Connection {
                 close: close && !upgrade,
@@ -389,7 +400,7 @@ where
                 None => End::Close,
             };
         }
-        if close || !body.finished() {
+        if close {
             return End::Close;
         }
         if out.capacity() > FLUSH_AT {
@@ -403,7 +414,7 @@ impl<I> Conn<I> {
     /// once some of it is here, else when the connection should park.
     fn head_due(&self) -> Instant {
         if self.buf.is_empty() {
-            self.idle_since + self.park_after.min(self.header_timeout)
+            self.idle_since + self.park_wait.min(self.header_timeout)
         } else {
             self.idle_since + self.header_timeout
         }
@@ -915,7 +926,15 @@ struct Connection {
     keep_alive: bool,
 }
 
-fn encode_head(out: &mut Vec<u8>, parts: &http::response::Parts, framing: Out, conn: Connection) {
+/// `lines`: the backend's headers, already encoded and without framing
+/// or hop-by-hop headers; they go first, then those in `parts`.
+fn encode_head(
+    out: &mut Vec<u8>,
+    parts: &http::response::Parts,
+    lines: Option<&Lines>,
+    framing: Out,
+    conn: Connection,
+) {
     // HTTP/1.1 to HTTP/1.0 clients too, as RFC 9110 §6.2 asks; the
     // framing and keep-alive are what HTTP/1.0 understands.
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -935,6 +954,10 @@ fn encode_head(out: &mut Vec<u8>, parts: &http::response::Parts, framing: Out, c
     let framed = !matches!(framing, Out::None);
     let ours = conn.close || conn.keep_alive;
     let mut dated = false;
+    if let Some(lines) = lines {
+        out.extend_from_slice(&lines.bytes);
+        dated = lines.has_date;
+    }
     for (name, value) in &parts.headers {
         if (framed && (name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING))
             || (ours && name == header::CONNECTION)
@@ -1240,7 +1263,7 @@ mod tests {
     fn head_of(resp: http::Response<()>, framing: Out, conn: Connection) -> String {
         let (parts, ()) = resp.into_parts();
         let mut out = Vec::new();
-        encode_head(&mut out, &parts, framing, conn);
+        encode_head(&mut out, &parts, None, framing, conn);
         String::from_utf8(out).unwrap()
     }
 

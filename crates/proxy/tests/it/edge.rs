@@ -199,6 +199,9 @@ async fn h2_over_tls_by_alpn_reaches_an_http1_backend_with_host() {
     let (status, headers, body) = get_on(s, true, "app.test", "/h2").await;
     assert_eq!((status, body.as_str()), (200, "a"));
     assert!(headers.get("connection").is_none());
+    // The HTTP/1.1 backend's own headers, and the proxy's, made it over.
+    assert_eq!(headers["x-backend"], "a");
+    assert!(headers.contains_key("x-request-id"));
     let seen = a.last().unwrap();
     assert_eq!(seen.version, Version::HTTP_11);
     // `:authority` became `Host`.
