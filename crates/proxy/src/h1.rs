@@ -374,12 +374,15 @@ fn still_open(io: &TcpStream) -> bool {
 
 // ---- request ----------------------------------------------------------
 
-/// What the response's framing depends on in the request.
+/// What the response depends on in the request.
 #[derive(Clone, Copy)]
-struct Asked {
+struct Asked<'a> {
     head: bool,
     connect: bool,
     upgrade: bool,
+    /// The request's id, which the response carries back to the client
+    /// (in place of any the backend set).
+    request_id: Option<&'a [u8]>,
 }
 
 /// The request on its way out: encoded bytes not yet written, then the
@@ -425,7 +428,7 @@ pub(crate) struct Outgoing<'a> {
 /// Transfer-Encoding are dropped and the body's real framing written, so a
 /// backend can never read a body two ways. Hop-by-hop headers (RFC 9110
 /// §7.6.1) are left out here rather than removed from the map first.
-fn encode(parts: &Outgoing<'_>, body: RequestBody) -> (Upload, Asked) {
+fn encode<'a>(parts: &Outgoing<'a>, body: RequestBody) -> (Upload, Asked<'a>) {
     let path = parts.path;
     let full = match &body {
         RequestBody::Full(Some(b)) => b.len(),
@@ -458,6 +461,7 @@ fn encode(parts: &Outgoing<'_>, body: RequestBody) -> (Upload, Asked) {
         head: *parts.method == Method::HEAD,
         connect: *parts.method == Method::CONNECT,
         upgrade: parts.upgrade.is_some(),
+        request_id: parts.forwarded.map(|f| f.request_id.as_bytes()),
     };
     let mut had_length = false;
     for (name, value) in parts.headers {
@@ -768,7 +772,7 @@ struct Span {
 
 /// Parses a response head off the front of `buf`: None while incomplete.
 /// Informational (1xx) responses other than 101 are consumed and skipped.
-fn parse_head(buf: &mut BytesMut, asked: Asked) -> Result<Option<Head>, Error> {
+fn parse_head(buf: &mut BytesMut, asked: Asked<'_>) -> Result<Option<Head>, Error> {
     loop {
         // Not zeroed first, unlike an array: a head rarely has more than
         // a dozen of the MAX_HEADERS it may have.
@@ -835,7 +839,7 @@ fn build_head(
     code: u16,
     minor: u8,
     reason: Option<hyper::ext::ReasonPhrase>,
-    asked: Asked,
+    asked: Asked<'_>,
 ) -> Result<Head, Error> {
     let status = StatusCode::from_u16(code).map_err(|_| Error::Parse(httparse::Error::Status))?;
     let at = |r: (u32, u32)| &head[r.0 as usize..r.1 as usize];
@@ -905,24 +909,46 @@ fn build_head(
     // Content-Length on a response without a body (to HEAD), which says
     // what the body would have been.
     let keep_length = framing == Framing::Empty && !bad_length && chunked.is_none();
-    let mut lines = Vec::with_capacity(head.len());
+    let kept = |name: &[u8]| {
+        let skip = match name.len() {
+            14 => name.eq_ignore_ascii_case(b"content-length") && !keep_length,
+            12 => asked.request_id.is_some() && name.eq_ignore_ascii_case(b"x-request-id"),
+            _ => false,
+        } || (crate::headers::is_hop_by_hop(name)
+            && !(code == 101 && name.eq_ignore_ascii_case(b"upgrade")))
+            || named
+                .iter()
+                .any(|n| name.eq_ignore_ascii_case(n.as_str().as_bytes()));
+        !skip
+    };
+    const ID_NAME: &[u8] = b"x-request-id: ";
+    // Sized exactly: a Vec with room to spare would cost another
+    // allocation on its way into `Bytes`.
+    let mut len = asked
+        .request_id
+        .map_or(0, |id| ID_NAME.len() + id.len() + 2);
+    for s in spans {
+        let name = at(s.name);
+        if kept(name) {
+            len += name.len() + at(s.value).len() + 4;
+        }
+    }
+    let mut lines = Vec::with_capacity(len);
     let mut has_date = false;
     for s in spans {
         let (name, value) = (at(s.name), at(s.value));
-        let framing_header = name.eq_ignore_ascii_case(b"content-length");
-        if (framing_header && !keep_length)
-            || (crate::headers::is_hop_by_hop(name)
-                && !(code == 101 && name.eq_ignore_ascii_case(b"upgrade")))
-            || named
-                .iter()
-                .any(|n| name.eq_ignore_ascii_case(n.as_str().as_bytes()))
-        {
+        if !kept(name) {
             continue;
         }
         has_date |= name.eq_ignore_ascii_case(b"date");
         lines.extend_from_slice(name);
         lines.extend_from_slice(b": ");
         lines.extend_from_slice(value);
+        lines.extend_from_slice(b"\r\n");
+    }
+    if let Some(id) = asked.request_id {
+        lines.extend_from_slice(ID_NAME);
+        lines.extend_from_slice(id);
         lines.extend_from_slice(b"\r\n");
     }
     Ok(Head {
@@ -1356,6 +1382,7 @@ mod tests {
         head: false,
         connect: false,
         upgrade: false,
+        request_id: None,
     };
 
     /// Feeds `parts` one after the other and decodes all it can after each.
@@ -1538,6 +1565,21 @@ mod tests {
     }
 
     #[test]
+    fn the_response_carries_the_request_id_in_place_of_the_backends() {
+        let asked = Asked {
+            request_id: Some(b"ours"),
+            ..GET
+        };
+        let (h, _) = head(
+            b"HTTP/1.1 200 OK\r\nX-Request-Id: theirs\r\nContent-Length: 0\r\nDate: d\r\n\r\n",
+            asked,
+        )
+        .unwrap();
+        assert_eq!(&h.lines.bytes[..], b"Date: d\r\nx-request-id: ours\r\n");
+        assert!(h.lines.has_date);
+    }
+
+    #[test]
     fn hop_by_hop_headers_are_not_passed_on() {
         let (h, _) = head(
             b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Private\r\nKeep-Alive: timeout=5\r\n\
@@ -1634,7 +1676,10 @@ mod tests {
         (method, map)
     }
 
-    fn encode_for((method, headers): &(Method, HeaderMap), body: RequestBody) -> (Upload, Asked) {
+    fn encode_for(
+        (method, headers): &(Method, HeaderMap),
+        body: RequestBody,
+    ) -> (Upload, Asked<'static>) {
         let head = Outgoing {
             method,
             path: "/p?q=1",
@@ -1644,7 +1689,15 @@ mod tests {
             upgrade: None,
             connection: false,
         };
-        encode(&head, body)
+        let (up, asked) = encode(&head, body);
+        // No `forwarded`, so no request id to borrow.
+        (
+            up,
+            Asked {
+                request_id: None,
+                ..asked
+            },
+        )
     }
 
     #[test]
