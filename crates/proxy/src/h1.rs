@@ -850,21 +850,27 @@ fn build_head(
     let mut close = false;
     // Names the Connection header lists: hop-by-hop too. Rarely any.
     let mut named = Vec::new();
+    let mut roles = SmallVec::<[Role; 32]>::with_capacity(spans.len());
     for s in spans {
         let (name, value) = (at(s.name), at(s.value));
-        if name.eq_ignore_ascii_case(b"content-length") {
-            match (parse_length(value), length) {
+        let role = Role::of(name);
+        match role {
+            Role::Length => match (parse_length(value), length) {
                 (Some(n), None) => length = Some(n),
                 (Some(n), Some(m)) if n == m => {}
                 _ => bad_length = true,
+            },
+            Role::TransferEncoding => {
+                let last = value.rsplit(|&b| b == b',').next().unwrap_or_default();
+                chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
             }
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            let last = value.rsplit(|&b| b == b',').next().unwrap_or_default();
-            chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if name.eq_ignore_ascii_case(b"connection") {
-            close |= has_token(value, b"close");
-            crate::headers::connection_named(value, &mut named);
+            Role::Connection => {
+                close |= has_token(value, b"close");
+                crate::headers::connection_named(value, &mut named);
+            }
+            _ => {}
         }
+        roles.push(role);
     }
     // Only HTTP/1.1 responses keep the connection (RFC 9112 §9.3).
     let mut keep_alive = minor == 1 && !close;
@@ -909,38 +915,41 @@ fn build_head(
     // Content-Length on a response without a body (to HEAD), which says
     // what the body would have been.
     let keep_length = framing == Framing::Empty && !bad_length && chunked.is_none();
-    let kept = |name: &[u8]| {
-        let skip = match name.len() {
-            14 => name.eq_ignore_ascii_case(b"content-length") && !keep_length,
-            12 => asked.request_id.is_some() && name.eq_ignore_ascii_case(b"x-request-id"),
-            _ => false,
-        } || (crate::headers::is_hop_by_hop(name)
-            && !(code == 101 && name.eq_ignore_ascii_case(b"upgrade")))
-            || named
+    let mut has_date = false;
+    let mut len = 0;
+    for (s, role) in spans.iter().zip(roles.iter_mut()) {
+        let pass = match *role {
+            Role::Pass => true,
+            Role::Date => {
+                has_date = true;
+                true
+            }
+            Role::Length => keep_length,
+            Role::RequestId => asked.request_id.is_none(),
+            Role::Upgrade => code == 101,
+            Role::TransferEncoding | Role::Connection | Role::HopByHop => false,
+        } && (named.is_empty()
+            || !named
                 .iter()
-                .any(|n| name.eq_ignore_ascii_case(n.as_str().as_bytes()));
-        !skip
-    };
+                .any(|n| at(s.name).eq_ignore_ascii_case(n.as_str().as_bytes())));
+        if pass {
+            len += (s.name.1 - s.name.0 + s.value.1 - s.value.0) as usize + 4;
+        } else {
+            *role = Role::HopByHop;
+        }
+    }
     const ID_NAME: &[u8] = b"x-request-id: ";
     // Sized exactly: a Vec with room to spare would cost another
     // allocation on its way into `Bytes`.
-    let mut len = asked
+    len += asked
         .request_id
         .map_or(0, |id| ID_NAME.len() + id.len() + 2);
-    for s in spans {
-        let name = at(s.name);
-        if kept(name) {
-            len += name.len() + at(s.value).len() + 4;
-        }
-    }
     let mut lines = Vec::with_capacity(len);
-    let mut has_date = false;
-    for s in spans {
-        let (name, value) = (at(s.name), at(s.value));
-        if !kept(name) {
+    for (s, role) in spans.iter().zip(&roles) {
+        if *role == Role::HopByHop {
             continue;
         }
-        has_date |= name.eq_ignore_ascii_case(b"date");
+        let (name, value) = (at(s.name), at(s.value));
         lines.extend_from_slice(name);
         lines.extend_from_slice(b": ");
         lines.extend_from_slice(value);
@@ -966,6 +975,39 @@ fn build_head(
         framing,
         keep_alive,
     })
+}
+
+/// What a response header is to the codec, told by its name in any case.
+#[derive(Clone, Copy, PartialEq)]
+enum Role {
+    /// Passed on as it came.
+    Pass,
+    Date,
+    Length,
+    TransferEncoding,
+    Connection,
+    Upgrade,
+    RequestId,
+    /// This connection's, not passed on (also what is left out after the
+    /// first pass).
+    HopByHop,
+}
+
+impl Role {
+    fn of(name: &[u8]) -> Role {
+        // By length first: one comparison at most.
+        let is = |s: &[u8]| name.eq_ignore_ascii_case(s);
+        match name.len() {
+            4 if is(b"date") => Role::Date,
+            7 if is(b"upgrade") => Role::Upgrade,
+            10 if is(b"connection") => Role::Connection,
+            12 if is(b"x-request-id") => Role::RequestId,
+            14 if is(b"content-length") => Role::Length,
+            17 if is(b"transfer-encoding") => Role::TransferEncoding,
+            _ if crate::headers::is_hop_by_hop(name) => Role::HopByHop,
+            _ => Role::Pass,
+        }
+    }
 }
 
 /// A backend's response headers as they go on to the client: encoded
