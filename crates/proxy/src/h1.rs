@@ -152,7 +152,14 @@ struct Stack {
 struct Idle {
     io: TcpStream,
     since: Instant,
+    timer: Timer,
 }
+
+/// A backend connection's response timer, kept with it from request to
+/// request: it is armed in the timer wheel once and moved on lazily (see
+/// `Conn::poll_deadline`), where a timer per request cost an insertion
+/// into and a removal from the wheel each.
+type Timer = Pin<Box<tokio::time::Sleep>>;
 
 impl Stack {
     /// Closes the connections idle for `timeout` or longer.
@@ -202,11 +209,11 @@ impl H1Backend {
 
     /// The most recently used idle connection that is within the idle
     /// timeout and still open.
-    fn checkout(&self, now: Instant) -> Option<TcpStream> {
+    fn checkout(&self, now: Instant) -> Option<(TcpStream, Timer)> {
         let mut stack = self.idle.get()?.borrow_mut();
         while let Some(i) = stack.conns.pop() {
             if now.duration_since(i.since) < self.idle_timeout && still_open(&i.io) {
-                return Some(i.io);
+                return Some((i.io, i.timer));
             }
         }
         None
@@ -214,7 +221,7 @@ impl H1Backend {
 
     /// Puts a connection whose response ended back on this thread's stack,
     /// or closes it when `idle_per_backend` are already there.
-    fn release(self: &Arc<Self>, io: TcpStream) {
+    fn release(self: &Arc<Self>, io: TcpStream, timer: Timer) {
         let now = Instant::now();
         let mut stack = self.idle.get_or_default().borrow_mut();
         // The sweeper does this on its own; here too for runtimes that
@@ -224,7 +231,11 @@ impl H1Backend {
         if stack.conns.len() >= self.max_idle {
             return; // dropping `io` closes it
         }
-        stack.conns.push(Idle { io, since: now });
+        stack.conns.push(Idle {
+            io,
+            since: now,
+            timer,
+        });
         if !stack.armed {
             stack.armed = true;
             self.arm_sweeper(now + self.idle_timeout);
@@ -271,21 +282,30 @@ impl H1Backend {
         let now = Instant::now();
         let mut deadline = now + response_timeout;
         loop {
-            let (io, pooled) = match self.checkout(now) {
-                Some(io) => (io, true),
+            let (mut conn, pooled) = match self.checkout(now) {
+                Some((io, timer)) => (Conn::new(io, timer), true),
                 None => {
                     let io = Box::pin(self.connect()).await?;
                     deadline = Instant::now() + response_timeout;
-                    (io, false)
+                    let timer = Box::pin(tokio::time::sleep_until(deadline));
+                    (Conn::new(io, timer), false)
                 }
             };
-            let mut conn = Conn::new(io);
-            let exchange = std::future::poll_fn(|cx| conn.poll_exchange(cx, &mut upload, asked));
-            match tokio::time::timeout_at(deadline, exchange).await {
-                Err(_) => return Err(H1Error::ResponseTimeout),
-                Ok(Ok(head)) => return Ok(self.respond(conn, head, upload)),
-                Ok(Err(Error::Io(_) | Error::Closed)) if pooled && !upload.wrote => continue,
-                Ok(Err(e)) => return Err(H1Error::Send(e)),
+            let mut checked = false;
+            let exchange = std::future::poll_fn(|cx| {
+                if let Poll::Ready(res) = conn.poll_exchange(cx, &mut upload, asked) {
+                    return Poll::Ready(Some(res));
+                }
+                match conn.poll_deadline(cx, deadline, &mut checked) {
+                    Poll::Ready(()) => Poll::Ready(None),
+                    Poll::Pending => Poll::Pending,
+                }
+            });
+            match exchange.await {
+                None => return Err(H1Error::ResponseTimeout),
+                Some(Ok(head)) => return Ok(self.respond(conn, head, upload)),
+                Some(Err(Error::Io(_) | Error::Closed)) if pooled && !upload.wrote => continue,
+                Some(Err(e)) => return Err(H1Error::Send(e)),
             }
         }
     }
@@ -335,9 +355,9 @@ impl H1Backend {
     /// carry another request and nothing unasked-for came after the
     /// response, closed otherwise.
     fn finish(self: &Arc<Self>, conn: Conn, reusable: bool) {
-        let Conn { io, buf, .. } = conn;
+        let Conn { io, buf, timer, .. } = conn;
         if reusable && buf.is_empty() {
-            self.release(io);
+            self.release(io, timer);
         }
         keep_spare(buf);
     }
@@ -663,15 +683,45 @@ struct Conn {
     io: TcpStream,
     buf: BytesMut,
     read_size: usize,
+    timer: Timer,
 }
 
 impl Conn {
-    fn new(io: TcpStream) -> Self {
+    fn new(io: TcpStream, timer: Timer) -> Self {
         Conn {
             io,
             buf: spare_buffer(),
             read_size: READ_SIZE,
+            timer,
         }
+    }
+
+    /// Ready once `deadline` has passed. The timer may hold an earlier
+    /// request's deadline, which is never later than this one (they are
+    /// all the pool's response timeout from their start): when it fires,
+    /// it moves on to this one. `checked`: this exchange has polled it,
+    /// so that it wakes this task; after that only a fired timer is polled.
+    fn poll_deadline(
+        &mut self,
+        cx: &mut Context<'_>,
+        deadline: Instant,
+        checked: &mut bool,
+    ) -> Poll<()> {
+        if *checked && !self.timer.is_elapsed() {
+            return Poll::Pending;
+        }
+        *checked = true;
+        if self.timer.deadline() > deadline {
+            // A reload shortened the response timeout.
+            self.timer.as_mut().reset(deadline);
+        }
+        while self.timer.as_mut().poll(cx).is_ready() {
+            if Instant::now() >= deadline {
+                return Poll::Ready(());
+            }
+            self.timer.as_mut().reset(deadline);
+        }
+        Poll::Pending
     }
 
     /// Reads more into `buf`; 0 when the backend closed its side.
@@ -1979,6 +2029,67 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(get(&b, Method::POST).await.unwrap().1, "b");
         assert_eq!(accepted.load(SeqCst), 2);
+    }
+
+    /// A backend on one connection that answers its n-th request after
+    /// `delays[n]`.
+    async fn slow_backend(delays: Vec<Duration>) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut seen = Vec::new();
+            for delay in delays {
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let mut buf = [0u8; 1024];
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                seen.clear();
+                tokio::time::sleep(delay).await;
+                let reply = b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na";
+                if s.write_all(reply).await.is_err() {
+                    return;
+                }
+            }
+        });
+        addr
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pooled_connection_times_each_request_from_its_own_start() {
+        let ms = Duration::from_millis;
+        let addr = slow_backend(vec![ms(0), ms(100), ms(10_000)]).await;
+        let b = backend(addr);
+        let timeout = ms(200);
+        let send = |b: Arc<H1Backend>| async move {
+            let (method, headers) = (Method::GET, HeaderMap::new());
+            let head = Outgoing {
+                method: &method,
+                path: "/",
+                headers: &headers,
+                host: None,
+                forwarded: None,
+                upgrade: None,
+                connection: false,
+            };
+            let started = Instant::now();
+            let res = b.send(head, RequestBody::Full(None), timeout).await;
+            (res.map(|r| r.status()), started.elapsed())
+        };
+        assert!(send(b.clone()).await.0.is_ok());
+        // The connection's timer still holds the first request's deadline,
+        // which passes while the second waits: that must not time it out.
+        tokio::time::sleep(ms(150)).await;
+        let (res, took) = send(b.clone()).await;
+        assert!(res.is_ok(), "{res:?} after {took:?}");
+        // A backend that never answers is cut at the timeout, counted from
+        // this request's start.
+        let (res, took) = send(b.clone()).await;
+        assert!(matches!(res, Err(H1Error::ResponseTimeout)), "{res:?}");
+        assert!(took >= timeout && took < timeout + ms(20), "{took:?}");
     }
 
     #[tokio::test]
