@@ -292,9 +292,9 @@ impl Body for ResponseBody {
                     this.bytes += d.len() as u64;
                 }
             }
-            // The error reaches hyper, which aborts the client connection
-            // (HTTP/1.1) or resets the stream (HTTP/2): the client can
-            // never take a truncated body for a whole one.
+            // The error reaches the client connection, which closes
+            // unfinished (HTTP/1.1) or resets the stream (HTTP/2): the
+            // client can never take a truncated body for a whole one.
             Poll::Ready(Some(Err(_))) => {
                 if let Some(c) = &this.counters {
                     Counters::inc(&c.backend_aborted_mid_response);
@@ -543,8 +543,8 @@ pub(crate) async fn handle(
                 && let Inner::H1(b) = &mut body
                 && let Some(backend) = b.take_upgrade()
             {
-                // The client connection becomes the tunnel once hyper has
-                // sent this 101 (see the listener).
+                // The client connection becomes the tunnel once it has
+                // sent this 101 (see serve_h1).
                 let tunnel = crate::tunnel::Tunnel {
                     backend,
                     idle: pool.timeouts.tunnel,
@@ -674,8 +674,8 @@ fn screen(req: &Request<RawBody>, scan: &HeadScan<'_>, limits: &Limits) -> Resul
     {
         return Err(ProxyError::UriTooLong);
     }
-    // hyper bounds these for HTTP/1.1 as it reads; HTTP/2 bounds only the
-    // total, so count here for both.
+    // The HTTP/1.1 parser bounds these as it reads; HTTP/2 bounds only
+    // the total, so count here for both.
     if req.headers().len() > limits.max_headers as usize {
         return Err(ProxyError::HeaderTooLarge);
     }

@@ -17,7 +17,7 @@ use crate::counters::Counters;
 use crate::h1::Upgraded;
 
 /// A backend's agreement to an upgrade, waiting for the client's side:
-/// the client connection turns into the tunnel once hyper has sent the 101.
+/// the client connection turns into the tunnel once it has sent the 101.
 pub(crate) struct Tunnel {
     /// The backend connection, with any bytes it sent past its 101.
     pub backend: Upgraded,
