@@ -9,9 +9,9 @@
 //! What this module owns:
 //! - the pool: idle connections sit in a stack per worker thread (no lock,
 //!   and the connection most recently used, the warmest, goes first),
-//!   capped at `idle_per_backend`, closed after `timeouts.idle` by one
-//!   sweeper task per backend and thread that runs only while the stack
-//!   holds connections. A connection goes back only once its response body
+//!   closed after `timeouts.idle` (those beyond `idle_per_backend` after
+//!   a second) by one sweeper task per backend and thread that runs only
+//!   while the stack holds connections. A connection goes back only once its response body
 //!   has been read to the end, so a request never waits behind, or reads
 //!   the tail of, someone else's response.
 //! - the codec: the request head (and a buffered body) encoded into one
@@ -147,7 +147,17 @@ struct Stack {
     /// A sweeper task is (or, on a multi-thread runtime, cannot be) running
     /// for this stack.
     armed: bool,
+    /// When the sweeper wakes next; it is told to wake sooner when the
+    /// stack grows past `idle_per_backend`.
+    sweep_at: Option<Instant>,
+    wake_sweeper: Arc<tokio::sync::Notify>,
 }
+
+/// Idle connections beyond `idle_per_backend` are closed once idle this
+/// long: a burst's surplus goes within a second, while connections that a
+/// steady load above that number keeps reusing are not closed and opened
+/// again request after request (measured: bench/RESULTS.md, round 7).
+const SURPLUS_GRACE: Duration = Duration::from_secs(1);
 
 struct Idle {
     io: TcpStream,
@@ -162,16 +172,37 @@ struct Idle {
 type Timer = Pin<Box<tokio::time::Sleep>>;
 
 impl Stack {
-    /// Closes the connections idle for `timeout` or longer.
-    fn prune(&mut self, now: Instant, timeout: Duration) {
+    /// Closes the connections idle for `timeout` or longer, and those
+    /// beyond `max_idle` idle for `SURPLUS_GRACE`.
+    fn prune(&mut self, now: Instant, timeout: Duration, max_idle: usize) {
+        let idle_for = |i: &Idle| now.duration_since(i.since);
         let stale = self
             .conns
             .iter()
-            .take_while(|i| now.duration_since(i.since) >= timeout)
+            .take_while(|i| idle_for(i) >= timeout)
             .count();
-        if stale > 0 {
-            self.conns.drain(..stale);
+        let surplus = self
+            .conns
+            .iter()
+            .take(self.conns.len().saturating_sub(max_idle))
+            .take_while(|i| idle_for(i) >= SURPLUS_GRACE)
+            .count();
+        let n = stale.max(surplus);
+        if n > 0 {
+            self.conns.drain(..n);
         }
+    }
+
+    /// When the sweeper should next look: at the oldest connection's idle
+    /// timeout, or sooner for a surplus. None when there is nothing to do.
+    fn next_sweep(&self, timeout: Duration, max_idle: usize) -> Option<Instant> {
+        let oldest = self.conns.first()?;
+        let at = oldest.since + timeout;
+        Some(if self.conns.len() > max_idle {
+            at.min(oldest.since + SURPLUS_GRACE)
+        } else {
+            at
+        })
     }
 }
 
@@ -222,23 +253,31 @@ impl H1Backend {
     /// Puts a connection whose response ended back on this thread's stack,
     /// or closes it when `idle_per_backend` are already there.
     fn release(self: &Arc<Self>, io: TcpStream, timer: Timer) {
+        if self.max_idle == 0 {
+            return; // dropping `io` closes it
+        }
         let now = Instant::now();
         let mut stack = self.idle.get_or_default().borrow_mut();
         // The sweeper does this on its own; here too for runtimes that
         // cannot run one (below), so a pool that shrinks does not keep its
         // peak forever.
-        stack.prune(now, self.idle_timeout);
-        if stack.conns.len() >= self.max_idle {
-            return; // dropping `io` closes it
-        }
+        stack.prune(now, self.idle_timeout, self.max_idle);
         stack.conns.push(Idle {
             io,
             since: now,
             timer,
         });
+        let Some(due) = stack.next_sweep(self.idle_timeout, self.max_idle) else {
+            return;
+        };
         if !stack.armed {
             stack.armed = true;
-            self.arm_sweeper(now + self.idle_timeout);
+            stack.sweep_at = Some(due);
+            self.arm_sweeper(due, stack.wake_sweeper.clone());
+        } else if stack.sweep_at.is_some_and(|at| due < at) {
+            // A surplus, due sooner than the sweeper looks.
+            stack.sweep_at = Some(due);
+            stack.wake_sweeper.notify_one();
         }
     }
 
@@ -248,12 +287,12 @@ impl H1Backend {
     /// on the current-thread runtimes that serve requests (one per worker
     /// thread). Elsewhere (a multi-thread runtime in a test) the stack is
     /// only pruned when connections are released.
-    fn arm_sweeper(self: &Arc<Self>, first: Instant) {
+    fn arm_sweeper(self: &Arc<Self>, first: Instant, wake: Arc<tokio::sync::Notify>) {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
         if rt.runtime_flavor() == RuntimeFlavor::CurrentThread {
-            rt.spawn(sweep(Arc::downgrade(self), first));
+            rt.spawn(sweep(Arc::downgrade(self), first, wake));
         }
     }
 
@@ -364,18 +403,24 @@ impl H1Backend {
 }
 
 /// Sleeps until the oldest idle connection of this thread's stack passes
-/// the idle timeout, closes what has, and ends once the stack is empty
-/// (the next release starts a new one). Holds the backend weakly, so a
-/// reload that drops it closes its connections at once.
-async fn sweep(backend: Weak<H1Backend>, mut at: Instant) {
+/// the idle timeout (or, with more than `idle_per_backend` idle, the
+/// surplus grace; a release that makes a surplus wakes it sooner), closes
+/// what has, and ends once the stack is empty (the next release starts a
+/// new one). Holds the backend weakly, so a reload that drops it closes
+/// its connections at once.
+async fn sweep(backend: Weak<H1Backend>, mut at: Instant, wake: Arc<tokio::sync::Notify>) {
     loop {
-        tokio::time::sleep_until(at).await;
+        tokio::select! {
+            _ = tokio::time::sleep_until(at) => {}
+            _ = wake.notified() => {}
+        }
         let Some(b) = backend.upgrade() else { return };
         let Some(cell) = b.idle.get() else { return };
         let mut stack = cell.borrow_mut();
-        stack.prune(Instant::now(), b.idle_timeout);
-        match stack.conns.first() {
-            Some(oldest) => at = oldest.since + b.idle_timeout,
+        stack.prune(Instant::now(), b.idle_timeout, b.max_idle);
+        stack.sweep_at = stack.next_sweep(b.idle_timeout, b.max_idle);
+        match stack.sweep_at {
+            Some(next) => at = next,
             None => {
                 stack.armed = false;
                 return;
@@ -2090,6 +2135,45 @@ mod tests {
         let (res, took) = send(b.clone()).await;
         assert!(matches!(res, Err(H1Error::ResponseTimeout)), "{res:?}");
         assert!(took >= timeout && took < timeout + ms(20), "{took:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn connections_beyond_idle_per_backend_stay_while_reused_and_go_a_second_after() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let timeouts = Timeouts {
+            connect: Duration::from_secs(5),
+            response: Duration::from_secs(5),
+            idle: Duration::from_secs(60),
+            tunnel: Duration::from_secs(60),
+        };
+        let b = Arc::new(H1Backend::new(addr, &timeouts, 1));
+        let mut peers = Vec::new();
+        let mut conns = Vec::new();
+        for _ in 0..3 {
+            conns.push(TcpStream::connect(addr).await.unwrap());
+            peers.push(listener.accept().await.unwrap().0);
+        }
+        let timer = || Box::pin(tokio::time::sleep(Duration::from_secs(5)));
+        let idle = |b: &Arc<H1Backend>| b.idle.get().map_or(0, |s| s.borrow().conns.len());
+        // Three requests at once end: all three kept, two over the limit.
+        for io in conns {
+            b.release(io, timer());
+        }
+        assert_eq!(idle(&b), 3);
+        // A steady load reuses them within the grace: none is closed.
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let now = Instant::now();
+            let taken: Vec<_> = (0..3).map(|_| b.checkout(now).unwrap()).collect();
+            for (io, t) in taken {
+                b.release(io, t);
+            }
+            assert_eq!(idle(&b), 3);
+        }
+        // Idle past the grace, the surplus goes, the limit's worth stays.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(idle(&b), 1);
     }
 
     #[tokio::test]
