@@ -11,14 +11,15 @@
 //!   and the connection most recently used, the warmest, goes first),
 //!   closed after `timeouts.idle` (those beyond `idle_per_backend` after
 //!   a second) by one sweeper task per backend and thread that runs only
-//!   while the stack holds connections. A connection goes back only once its response body
-//!   has been read to the end, so a request never waits behind, or reads
-//!   the tail of, someone else's response.
+//!   while the stack holds connections. A connection goes back only once
+//!   its response body has been read to the end, so a request never waits
+//!   behind, or reads the tail of, someone else's response.
 //! - the codec: the request head (and a buffered body) encoded into one
 //!   buffer and written with one `write`; a streamed body sent with its
-//!   Content-Length or chunked; the response head parsed with httparse into
-//!   header values that share the read buffer; the body framed per RFC 9112
-//!   §6.3 (no body, Content-Length, chunked with trailers, or until close).
+//!   Content-Length or chunked; the response head parsed with httparse and
+//!   its headers passed on as the encoded lines they came as ([`Lines`]);
+//!   the body framed per RFC 9112 §6.3 (no body, Content-Length, chunked
+//!   with trailers, or until close); one response timer per connection.
 //! - upgrades: on `101` the socket, with any bytes read past the head, is
 //!   handed to the tunnel.
 

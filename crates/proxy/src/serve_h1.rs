@@ -17,9 +17,11 @@
 //!   no body, and its connection closes after the response.
 //! - the request body, read off the connection only as the request path
 //!   asks for it; `Expect: 100-continue` answered on the first ask.
-//! - response framing: Content-Length when the body's length is known,
-//!   else chunked (HTTP/1.1) or until close (HTTP/1.0); a body that breaks
-//!   off closes the connection unfinished, so no client takes it for whole.
+//! - the response: an HTTP/1.1 backend's header lines written as the
+//!   backend codec kept them (`h1::Lines`), and our own framing:
+//!   Content-Length when the body's length is known, else chunked
+//!   (HTTP/1.1) or until close (HTTP/1.0); a body that breaks off closes
+//!   the connection unfinished, so no client takes it for whole.
 //! - the connection's life: the header deadline, parking when idle (the
 //!   buffer goes back and only the socket waits), `Connection: close`,
 //!   graceful shutdown, a client that leaves mid-request (its request is
