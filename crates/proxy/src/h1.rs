@@ -1999,20 +1999,25 @@ mod tests {
         Arc::new(H1Backend::new(addr, &timeouts, 8))
     }
 
+    /// A request for `/` with `headers` and nothing added.
+    fn plain<'a>(method: &'a Method, headers: &'a HeaderMap) -> Outgoing<'a> {
+        Outgoing {
+            method,
+            path: "/",
+            headers,
+            host: None,
+            forwarded: None,
+            upgrade: None,
+            connection: false,
+        }
+    }
+
     async fn get(
         b: &Arc<H1Backend>,
         method: Method,
     ) -> Result<(u16, Bytes, Option<HeaderMap>), Error> {
         let headers = HeaderMap::new();
-        let head = Outgoing {
-            method: &method,
-            path: "/",
-            headers: &headers,
-            host: None,
-            forwarded: None,
-            upgrade: None,
-            connection: false,
-        };
+        let head = plain(&method, &headers);
         let resp = match b
             .send(head, RequestBody::Full(None), Duration::from_secs(5))
             .await
@@ -2112,15 +2117,7 @@ mod tests {
         let timeout = ms(200);
         let send = |b: Arc<H1Backend>| async move {
             let (method, headers) = (Method::GET, HeaderMap::new());
-            let head = Outgoing {
-                method: &method,
-                path: "/",
-                headers: &headers,
-                host: None,
-                forwarded: None,
-                upgrade: None,
-                connection: false,
-            };
+            let head = plain(&method, &headers);
             let started = Instant::now();
             let res = b.send(head, RequestBody::Full(None), timeout).await;
             (res.map(|r| r.status()), started.elapsed())

@@ -362,15 +362,7 @@ where
             },
         );
         drop(parts);
-        let mut writer = Writer {
-            out: &mut out,
-            pos: 0,
-            big: None,
-            framing,
-            trailers: None,
-            body_ended: false,
-            body_done: false,
-        };
+        let mut writer = Writer::new(&mut out, framing);
         let written = std::future::poll_fn(|cx| {
             // The backend may still be reading the request's body.
             if body.poll(conn, cx).is_err() {
@@ -1043,7 +1035,20 @@ struct Writer<'a> {
     body_done: bool,
 }
 
-impl Writer<'_> {
+impl<'a> Writer<'a> {
+    /// `out` holds the encoded head.
+    fn new(out: &'a mut Vec<u8>, framing: Out) -> Self {
+        Writer {
+            out,
+            pos: 0,
+            big: None,
+            framing,
+            trailers: None,
+            body_ended: false,
+            body_done: false,
+        }
+    }
+
     /// Ready(Err): the body broke off or the client's socket failed; the
     /// connection must close without finishing the response.
     fn poll<I, B>(&mut self, io: &mut I, body: &mut B, cx: &mut Context<'_>) -> Poll<Result<(), ()>>
@@ -1334,15 +1339,7 @@ mod tests {
         let mut body = http_body_util::StreamBody::new(stream);
         let mut out = Vec::new();
         let mut sink = Vec::new();
-        let mut writer = Writer {
-            out: &mut out,
-            pos: 0,
-            big: None,
-            framing,
-            trailers: None,
-            body_ended: false,
-            body_done: false,
-        };
+        let mut writer = Writer::new(&mut out, framing);
         let waker = Waker::noop();
         match writer.poll(&mut sink, &mut body, &mut Context::from_waker(waker)) {
             Poll::Ready(Ok(())) => Ok(sink),
