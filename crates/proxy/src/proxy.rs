@@ -554,9 +554,9 @@ pub(crate) async fn handle(
             match &body {
                 // Our HTTP/1.1 codec passes the backend's headers on as
                 // lines (the request id among them), with no hop-by-hop
-                // header but a 101's Upgrade: an
-                // HTTP/1.1 client gets them as they are, an HTTP/2 one
-                // (which has no upgrades) as a map.
+                // header but a 101's Upgrade: an HTTP/1.1 client gets them
+                // as they are, an HTTP/2 one (which has no upgrades) as a
+                // map.
                 Inner::H1(b) if h2_client => parts.headers = b.lines().to_map(),
                 Inner::H1(_) if switching => {
                     parts
@@ -564,11 +564,10 @@ pub(crate) async fn handle(
                         .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
                 }
                 Inner::H1(_) => {}
-                _ => headers::strip_hop_by_hop(&mut parts.headers),
-            }
-            // The HTTP/1.1 codec put it among the lines.
-            if !matches!(body, Inner::H1(_)) {
-                parts.headers.insert(REQUEST_ID.clone(), request_id);
+                _ => {
+                    headers::strip_hop_by_hop(&mut parts.headers);
+                    parts.headers.insert(REQUEST_ID.clone(), request_id);
+                }
             }
             if let Some(l) = &mut log {
                 l.ctx.status = parts.status.as_u16();
