@@ -38,7 +38,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Ver
 use hyper::body::{Body, Frame, SizeHint};
 use smallvec::SmallVec;
 use thread_local::ThreadLocal;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::runtime::RuntimeFlavor;
 use tokio::time::Instant;
@@ -859,11 +859,11 @@ enum Framing {
     Upgrade,
 }
 
-/// Where a header's name and value lie in the head.
+/// Where a header's name and value lie in a head (request or response).
 #[derive(Clone, Copy)]
-struct Span {
-    name: (u32, u32),
-    value: (u32, u32),
+pub(crate) struct Span {
+    pub name: (u32, u32),
+    pub value: (u32, u32),
 }
 
 /// Parses a response head off the front of `buf`: None while incomplete.
@@ -1200,10 +1200,7 @@ enum Kind {
 
 /// The connection of a 101 response, for the tunnel: bytes the backend
 /// sent past the head come first.
-pub(crate) struct Upgraded {
-    io: TcpStream,
-    read: Bytes,
-}
+pub(crate) type Upgraded = crate::listener::Rewind<TcpStream>;
 
 impl H1Body {
     /// The response's headers, as they go on.
@@ -1218,10 +1215,7 @@ impl H1Body {
         }
         self.kind = Kind::Done;
         let live = self.live.take()?;
-        Some(Upgraded {
-            io: live.conn.io,
-            read: live.conn.buf.freeze(),
-        })
+        Some(Upgraded::new(live.conn.io, live.conn.buf.freeze()))
     }
 
     /// The body has ended: its connection goes back to the pool if the
@@ -1471,41 +1465,6 @@ fn chunk_size(line: &[u8]) -> Result<u64, Error> {
         return Err(Error::BadChunk);
     }
     Ok(size)
-}
-
-// ---- upgraded connection ----------------------------------------------
-
-impl AsyncRead for Upgraded {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if !this.read.is_empty() {
-            let n = this.read.len().min(buf.remaining());
-            buf.put_slice(&this.read[..n]);
-            this.read.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Upgraded {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-    }
 }
 
 #[cfg(test)]

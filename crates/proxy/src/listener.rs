@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use crate::counters::Counters;
 use crate::runtime::DataPlane;
@@ -428,8 +428,8 @@ async fn detect_h2<I: Socket + AsyncRead + Unpin>(
 }
 
 /// A connection with bytes read off it already, served first to whoever
-/// reads next (HTTP/2 after its preface was sniffed, the tunnel after an
-/// upgrade).
+/// reads next: HTTP/2 after its preface was sniffed, and both sides of a
+/// tunnel after an upgrade.
 pub(crate) struct Rewind<I> {
     inner: I,
     read: Bytes,
@@ -542,31 +542,21 @@ impl Life<'_> {
                 let sleep = check.map(tokio::time::sleep_until);
                 let cancelled = (!closing).then(|| self.shutdown.cancelled());
                 tokio::pin!(sleep, cancelled);
-                // A wake-up is almost always the connection's own: the
-                // timer and the shutdown token are polled once, to
-                // register, and after that only when they may be ready
-                // (polling the token takes its lock).
-                let mut token: Option<(Arc<Flagged>, std::task::Waker)> = None;
-                let mut armed = false;
+                let mut watch = Watch::default();
                 std::future::poll_fn(|cx| {
                     if let Poll::Ready(res) = Pin::new(&mut *conn).poll(cx) {
                         return Poll::Ready(Event::Conn(res));
                     }
-                    if let Some(c) = cancelled.as_mut().as_pin_mut() {
-                        let (flag, waker) = token.get_or_insert_with(|| Flagged::waker(cx));
-                        if flag.fired.swap(false, Relaxed)
-                            && c.poll(&mut Context::from_waker(waker)).is_ready()
-                        {
-                            return Poll::Ready(Event::Shutdown);
-                        }
+                    if let Some(c) = cancelled.as_mut().as_pin_mut()
+                        && watch.shutdown(cx, c)
+                    {
+                        return Poll::Ready(Event::Shutdown);
                     }
                     if let Some(s) = sleep.as_mut().as_pin_mut()
-                        && (!armed || s.is_elapsed())
-                        && s.poll(cx).is_ready()
+                        && watch.timer(cx, s)
                     {
                         return Poll::Ready(Event::Timer);
                     }
-                    armed = true;
                     Poll::Pending
                 })
                 .await
@@ -618,16 +608,63 @@ enum Event {
     Timer,
 }
 
+/// A connection's timer and shutdown token, polled once to register and
+/// after that only when they may be ready (the timer once elapsed, the
+/// token when its own waker was called): a wake-up is almost always the
+/// connection's own, and polling the token takes its lock.
+#[derive(Default)]
+pub(crate) struct Watch {
+    timer_armed: bool,
+    token: Option<(Arc<Flagged>, std::task::Waker)>,
+    /// Shutdown began (it stays begun).
+    pub closing: bool,
+}
+
+impl Watch {
+    /// Whether shutdown has begun.
+    pub fn shutdown(
+        &mut self,
+        cx: &mut Context<'_>,
+        cancelled: Pin<&mut WaitForCancellationFuture<'_>>,
+    ) -> bool {
+        if self.closing {
+            return true;
+        }
+        let (flag, waker) = self.token.get_or_insert_with(|| Flagged::waker(cx));
+        if flag.fired.swap(false, Relaxed)
+            && cancelled.poll(&mut Context::from_waker(waker)).is_ready()
+        {
+            self.closing = true;
+        }
+        self.closing
+    }
+
+    /// Whether `timer` fired.
+    pub fn timer(&mut self, cx: &mut Context<'_>, timer: Pin<&mut tokio::time::Sleep>) -> bool {
+        if self.timer_armed && !timer.is_elapsed() {
+            return false;
+        }
+        self.timer_armed = true;
+        timer.poll(cx).is_ready()
+    }
+
+    /// Moves `timer` to `at`; the next check polls it to register again.
+    pub fn reset(&mut self, timer: Pin<&mut tokio::time::Sleep>, at: Instant) {
+        timer.reset(at);
+        self.timer_armed = false;
+    }
+}
+
 /// A waker that notes it was called before waking the task, so the future
 /// it was given to is polled again only then.
-pub(crate) struct Flagged {
-    pub fired: AtomicBool,
+struct Flagged {
+    fired: AtomicBool,
     task: std::task::Waker,
 }
 
 impl Flagged {
     /// Starts fired, so that the first poll registers.
-    pub fn waker(cx: &Context<'_>) -> (Arc<Flagged>, std::task::Waker) {
+    fn waker(cx: &Context<'_>) -> (Arc<Flagged>, std::task::Waker) {
         let flag = Arc::new(Flagged {
             fired: AtomicBool::new(true),
             task: cx.waker().clone(),

@@ -47,8 +47,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::counters::Counters;
 use crate::error::ProxyError;
-use crate::h1::{Chunked, Decoded, Lines, has_token, parse_length, put_decimal, put_hex};
-use crate::listener::{ConnInfo, Flagged, MAX_CHECK, Rewind, SHUTDOWN_WRITE, Socket};
+use crate::h1::{Chunked, Decoded, Lines, Span, has_token, parse_length, put_decimal, put_hex};
+use crate::listener::{ConnInfo, MAX_CHECK, Rewind, SHUTDOWN_WRITE, Socket, Watch};
 use crate::proxy::RawBody;
 
 /// Header slots for httparse; `limits.max_headers` is at most this.
@@ -215,11 +215,7 @@ where
     let timer = tokio::time::sleep_until(conn.head_due());
     let cancelled = shutdown.cancelled();
     tokio::pin!(timer, cancelled);
-    let mut watch = Watch {
-        timer_armed: false,
-        token: None,
-        closing: false,
-    };
+    let mut watch = Watch::default();
     let mut out = Vec::new();
     if conn.buf.capacity() == 0 {
         conn.buf = crate::h1::spare_buffer();
@@ -247,16 +243,14 @@ where
                 // at the last check has since been served.
                 let due = conn.head_due();
                 if timer.deadline() > due {
-                    timer.as_mut().reset(due);
-                    watch.timer_armed = false;
+                    watch.reset(timer.as_mut(), due);
                 }
                 if watch.timer(cx, timer.as_mut()) {
                     if Instant::now() < due {
                         if conn.buf.is_empty() {
                             conn.park_wait = (conn.park_wait * 2).min(MAX_CHECK);
                         }
-                        timer.as_mut().reset(conn.head_due());
-                        watch.timer_armed = false;
+                        watch.reset(timer.as_mut(), conn.head_due());
                         continue;
                     }
                     return Poll::Ready(Err(Some(HeadError::Timeout)));
@@ -415,42 +409,6 @@ impl<I> Conn<I> {
     }
 }
 
-/// The connection's timer and shutdown token, polled only when they may be
-/// ready.
-struct Watch {
-    timer_armed: bool,
-    token: Option<(Arc<Flagged>, Waker)>,
-    /// Shutdown began: the current response says `Connection: close`.
-    closing: bool,
-}
-
-impl Watch {
-    fn shutdown(
-        &mut self,
-        cx: &mut Context<'_>,
-        cancelled: Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
-    ) -> bool {
-        if self.closing {
-            return true;
-        }
-        let (flag, waker) = self.token.get_or_insert_with(|| Flagged::waker(cx));
-        if flag.fired.swap(false, std::sync::atomic::Ordering::Relaxed)
-            && cancelled.poll(&mut Context::from_waker(waker)).is_ready()
-        {
-            self.closing = true;
-        }
-        self.closing
-    }
-
-    fn timer(&mut self, cx: &mut Context<'_>, timer: Pin<&mut tokio::time::Sleep>) -> bool {
-        if self.timer_armed && !timer.is_elapsed() {
-            return false;
-        }
-        self.timer_armed = true;
-        timer.poll(cx).is_ready()
-    }
-}
-
 /// Whether the client left (closed or broke its side) while its request
 /// is in progress. Bytes it sends meanwhile (a pipelined request) are kept
 /// for later, up to a head's worth.
@@ -511,13 +469,6 @@ impl HeadError {
             }
         }
     }
-}
-
-/// Where a header's name and value lie in the head.
-#[derive(Clone, Copy)]
-struct Span {
-    name: (u32, u32),
-    value: (u32, u32),
 }
 
 /// Parses a request head off the front of `buf`: None while incomplete.
