@@ -1,0 +1,8 @@
+//! Fulcrum's control plane: the only writer of the running config. A
+//! change, from the admin API, `apply` or SIGHUP, goes through one pipeline
+//! (read → check → pre-flight → store → stage → promote or roll back), and
+//! every step is recorded in the [`store`]'s journal.
+#![forbid(unsafe_code)]
+
+pub mod preflight;
+pub mod store;
