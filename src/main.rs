@@ -6,7 +6,6 @@
 mod demo;
 mod env;
 mod serve;
-mod standards;
 mod tools;
 
 use std::path::PathBuf;

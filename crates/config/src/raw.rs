@@ -24,6 +24,8 @@ pub(crate) type Span = Range<usize>;
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawAdmin {
     pub listen: Spanned<String>,
+    pub token_file: Option<Spanned<String>>,
+    pub tls: Option<Spanned<RawTls>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -204,6 +206,8 @@ pub(crate) struct NamedItem<T> {
 #[derive(Debug, Default)]
 pub(crate) struct RawDoc {
     pub version: Option<Spanned<String>>,
+    /// Rule files the config ships with, as written.
+    pub tests: Vec<Spanned<String>>,
     pub admin: Option<Item<RawAdmin>>,
     pub access_log: Option<Item<RawAccessLog>>,
     /// Set when a `listener` key exists, even if malformed, so a broken one
@@ -218,6 +222,7 @@ pub(crate) struct RawDoc {
 
 pub(crate) const TOP_KEYS: &[&str] = &[
     "version",
+    "tests",
     "admin",
     "access_log",
     "listener",
@@ -246,6 +251,22 @@ pub(crate) fn parse(source: &str, diags: &mut Diags<'_>) -> Option<RawDoc> {
                 Some(s) => doc.version = Some(Spanned::new(value.span(), s.to_owned())),
                 None => {
                     type_error(diags, value, "version", "a string");
+                }
+            },
+            "tests" => match value.get_ref().as_array() {
+                Some(files) => {
+                    for (i, f) in files.iter().enumerate() {
+                        match f.get_ref().as_str() {
+                            Some(s) => doc.tests.push(Spanned::new(f.span(), s.to_owned())),
+                            None => {
+                                type_error(diags, f, &format!("tests[{i}]"), "a file path");
+                            }
+                        }
+                    }
+                }
+                None => {
+                    type_error(diags, value, "tests", "an array of file paths")
+                        .hint("write tests = [\"login.tests.toml\"]");
                 }
             },
             "admin" => doc.admin = Some(item(diags, value, "admin".into())),

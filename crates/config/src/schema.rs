@@ -96,6 +96,16 @@ pub fn config_schema() -> Value {
         json!({ "cert": { "type": "string" }, "key": { "type": "string" } }),
         &["cert", "key"],
     );
+    let tls = object(
+        "Terminate TLS: one certificate (`cert`, `key`) or several chosen by SNI.",
+        json!({
+            "cert": { "type": "string" },
+            "key": { "type": "string" },
+            "certificates": { "type": "array", "items": certificate },
+            "min_version": { "enum": ["1.2", "1.3"] }
+        }),
+        &[],
+    );
     let listener = object(
         "Where clients connect.",
         json!({
@@ -119,12 +129,7 @@ pub fn config_schema() -> Value {
                 "keep_alive_interval": duration("Between PINGs to an idle client."),
                 "keep_alive_timeout": duration("For a PING's answer.")
             }), &[]),
-            "tls": object("Terminate TLS: one certificate (`cert`, `key`) or several chosen by SNI.", json!({
-                "cert": { "type": "string" },
-                "key": { "type": "string" },
-                "certificates": { "type": "array", "items": certificate },
-                "min_version": { "enum": ["1.2", "1.3"] }
-            }), &[])
+            "tls": tls.clone()
         }),
         &["name", "bind"],
     );
@@ -136,7 +141,12 @@ pub fn config_schema() -> Value {
         "additionalProperties": false,
         "properties": {
             "version": { "type": "string", "description": "A label for this config; default: a hash of the file." },
-            "admin": object("The admin API.", json!({ "listen": { "type": "string" } }), &["listen"]),
+            "tests": { "type": "array", "items": { "type": "string" }, "description": "Rule files this config ships with, relative to it; every change must pass them." },
+            "admin": object("The admin API, dashboard and /metrics.", json!({
+                "listen": { "type": "string" },
+                "token_file": { "type": "string", "description": "The file holding the bearer token." },
+                "tls": tls
+            }), &["listen"]),
             "access_log": object("One JSON line per request.", json!({
                 "path": { "type": "string", "description": "`stdout` or a file path." },
                 "redact": { "type": "array", "items": { "type": "string" }, "description": "Headers logged only as a keyed hash." }
@@ -196,6 +206,7 @@ mod tests {
                 t
             }),
             (props(&p["admin"]), keys::<RawAdmin>()),
+            (props(&p["admin"]["properties"]["tls"]), keys::<RawTls>()),
             (props(&p["access_log"]), keys::<RawAccessLog>()),
             (props(&p["listener"]["items"]), keys::<RawListener>()),
             (

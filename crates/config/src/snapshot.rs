@@ -26,11 +26,19 @@ pub struct Snapshot {
     /// Indexed by `Route::pool`; in config (name) order.
     pub pools: Vec<Pool>,
     pub access_log: Option<AccessLog>,
+    /// The rule files the config ships with (`tests = [...]`), read and
+    /// parsed when it was checked: every change must pass them.
+    pub tests: Vec<crate::standards::Standards>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Admin {
     pub listen: SocketAddr,
+    /// The file holding the admin API's bearer token, as written (relative
+    /// to the config file).
+    pub token_file: Option<String>,
+    /// Present when the admin API terminates TLS.
+    pub tls: Option<Tls>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -91,7 +91,9 @@ fn contract_config_compiles() {
     assert_eq!(
         s.admin,
         Some(Admin {
-            listen: addr("127.0.0.1:9901")
+            listen: addr("127.0.0.1:9901"),
+            token_file: None,
+            tls: None,
         })
     );
     assert_eq!(
@@ -417,16 +419,38 @@ fn invalid_address() {
 }
 
 #[test]
-fn admin_not_loopback() {
+fn admin_not_loopback_without_tls_is_refused() {
     let src = format!("[admin]\nlisten = \"0.0.0.0:9901\"\n{BASE}");
     let d = only(&src, "admin-not-loopback");
-    assert_eq!(d.severity, Severity::Warning);
-    assert!(run(&src).snapshot.is_some());
+    assert_eq!(d.severity, Severity::Error);
+    assert!(d.hint.as_deref().unwrap().contains("tls"), "{d:?}");
+    assert!(run(&src).snapshot.is_none());
     assert!(
         run(&format!("[admin]\nlisten = \"[::1]:9901\"\n{BASE}"))
             .diagnostics
             .is_empty()
     );
+}
+
+#[test]
+fn admin_token_file_and_tests_are_kept() {
+    let src = format!(
+        "tests = []\n[admin]\nlisten = \"127.0.0.1:9901\"\ntoken_file = \"admin.token\"\n{BASE}"
+    );
+    let s = run(&src).snapshot.expect("valid");
+    assert_eq!(s.admin.unwrap().token_file.as_deref(), Some("admin.token"));
+    let src = format!("[admin]\nlisten = \"127.0.0.1:9901\"\ntoken_file = \" \"\n{BASE}");
+    assert_eq!(only(&src, "invalid-value").key_path, "admin.token_file");
+}
+
+#[test]
+fn tests_files_that_cannot_be_read_or_parsed_are_errors() {
+    let src = format!("tests = [\"login.tests.toml\"]\n{BASE}");
+    let d = only(&src, "unreadable-tests");
+    assert_eq!(d.key_path, "tests[0]");
+    assert_eq!((d.line, d.col), (1, 10));
+    let d = only("tests = \"x.toml\"\n", "invalid-type");
+    assert_eq!(d.key_path, "tests");
 }
 
 #[test]
@@ -945,10 +969,12 @@ fn renders_a_clean_summary() {
         render_human("fulcrum.toml", CONTRACT, &checked),
         "fulcrum.toml: ok — 1 listener, 2 routes, 2 pools, 4 backends\n"
     );
-    let src = format!("[admin]\nlisten = \"0.0.0.0:9901\"\n{BASE}");
+    let src = format!("{BASE}[pool.spare]\nbackends = [{{ addr = \"127.0.0.1:9\" }}]\n");
     let text = render_human("fulcrum.toml", &src, &run(&src));
     assert!(
-        text.ends_with("\nfulcrum.toml: ok — 1 listener, 1 route, 1 pool, 1 backend, 1 warning\n"),
+        text.ends_with(
+            "\nfulcrum.toml: ok — 1 listener, 1 route, 2 pools, 2 backends, 1 warning\n"
+        ),
         "{text}"
     );
 }

@@ -28,6 +28,7 @@ use crate::snapshot::{
 #[derive(Debug)]
 pub(crate) struct Valid {
     pub version: Option<String>,
+    pub tests: Vec<crate::standards::Standards>,
     pub admin: Option<Admin>,
     pub access_log: Option<AccessLog>,
     pub listeners: Vec<Listener>,
@@ -76,6 +77,7 @@ pub(crate) fn validate(
         }
     });
     let admin = doc.admin.as_ref().and_then(|item| v.admin(item));
+    let tests = v.tests(&doc.tests);
     let access_log = doc.access_log.as_ref().and_then(|item| {
         let raw = item.value.as_ref()?;
         let path = raw.path.get_ref().trim();
@@ -160,6 +162,7 @@ pub(crate) fn validate(
     }
     Some(Valid {
         version,
+        tests,
         admin,
         access_log,
         listeners: listeners.into_iter().flatten().collect(),
@@ -181,18 +184,116 @@ struct Validator<'a, 's> {
 impl Validator<'_, '_> {
     fn admin(&mut self, item: &Item<crate::raw::RawAdmin>) -> Option<Admin> {
         let raw = item.value.as_ref()?;
-        let listen = self.socket_addr(&raw.listen, "admin.listen")?;
-        if !listen.ip().is_loopback() {
+        let listen = self.socket_addr(&raw.listen, "admin.listen");
+        let tls = match &raw.tls {
+            Some(t) => Some(crate::tls::tls(
+                self.d,
+                self.env,
+                t.get_ref(),
+                t.span(),
+                "admin.tls",
+            )?),
+            None => None,
+        };
+        let listen = listen?;
+        if !listen.ip().is_loopback() && tls.is_none() {
+            // The token would cross the network in the clear.
             self.d
-                .warning(
+                .error(
                     "admin-not-loopback",
                     Some(raw.listen.span()),
                     "admin.listen",
-                    format!("the admin API listens on {listen}, reachable from other hosts"),
+                    format!(
+                        "the admin API listens on {listen}, reachable from other hosts, without TLS"
+                    ),
                 )
-                .hint("bind it to 127.0.0.1 or [::1] unless other hosts must reach it");
+                .hint("bind it to 127.0.0.1 or [::1], or add `tls = { cert = \"…\", key = \"…\" }` to [admin]");
         }
-        Some(Admin { listen })
+        let token_file = match &raw.token_file {
+            Some(f) if f.get_ref().trim().is_empty() => {
+                self.d
+                    .error(
+                        "invalid-value",
+                        Some(f.span()),
+                        "admin.token_file",
+                        "`token_file` is empty",
+                    )
+                    .hint("name the file that holds the token, or remove the key to have `serve` generate one");
+                return None;
+            }
+            Some(f) => Some(f.get_ref().clone()),
+            None => None,
+        };
+        Some(Admin {
+            listen,
+            token_file,
+            tls,
+        })
+    }
+
+    /// Read and parse each rule file the config ships with, through the
+    /// environment, as certificates are: what is checked is what runs.
+    fn tests(&mut self, files: &[toml::Spanned<String>]) -> Vec<crate::standards::Standards> {
+        let mut out = Vec::new();
+        for (i, f) in files.iter().enumerate() {
+            let kp = format!("tests[{i}]");
+            let path = f.get_ref();
+            let text = match self.env.read_file(path) {
+                Ok(bytes) => match String::from_utf8(bytes) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        self.d
+                            .error(
+                                "unreadable-tests",
+                                Some(f.span()),
+                                kp,
+                                format!(
+                                    "`{path}` is not UTF-8 text (byte {})",
+                                    e.utf8_error().valid_up_to()
+                                ),
+                            )
+                            .hint("save the rule file as UTF-8");
+                        continue;
+                    }
+                },
+                Err(e) => {
+                    self.d
+                        .error(
+                            "unreadable-tests",
+                            Some(f.span()),
+                            kp,
+                            format!("cannot read `{path}`: {e}"),
+                        )
+                        .hint("paths are relative to this config file; fix the path or remove it from `tests`");
+                    continue;
+                }
+            };
+            let parsed = crate::standards::parse_standards(path, &text);
+            match parsed.standards {
+                Some(s) => out.push(s),
+                None => {
+                    let first = parsed
+                        .diagnostics
+                        .iter()
+                        .find(|d| d.is_error())
+                        .map_or_else(String::new, |d| format!(": {}", d.message));
+                    self.d
+                        .error(
+                            "invalid-tests",
+                            Some(f.span()),
+                            kp,
+                            format!(
+                                "`{path}` is not a valid rule file ({} error(s){first})",
+                                parsed.diagnostics.iter().filter(|d| d.is_error()).count()
+                            ),
+                        )
+                        .hint(format!(
+                            "`fulcrum test CONFIG {path}` shows every problem in it"
+                        ));
+                }
+            }
+        }
+        out
     }
 
     fn listeners(&mut self, doc: &RawDoc) -> Vec<Option<Listener>> {

@@ -4,5 +4,8 @@
 //! every step is recorded in the [`store`]'s journal.
 #![forbid(unsafe_code)]
 
+pub mod journal;
+pub mod listeners;
 pub mod preflight;
+pub mod standards;
 pub mod store;

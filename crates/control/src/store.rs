@@ -93,11 +93,20 @@ pub enum EventKind {
 #[derive(Debug)]
 pub enum StoreError {
     /// `set_head` found another head than the caller expected.
-    Conflict { expected: Option<u64>, found: Option<u64> },
+    Conflict {
+        expected: Option<u64>,
+        found: Option<u64>,
+    },
     /// The store's files could not be read or written.
-    Io { path: std::path::PathBuf, error: std::io::Error },
+    Io {
+        path: std::path::PathBuf,
+        error: std::io::Error,
+    },
     /// A stored file does not parse (never written by us, or damaged).
-    Corrupt { path: std::path::PathBuf, reason: String },
+    Corrupt {
+        path: std::path::PathBuf,
+        reason: String,
+    },
 }
 
 impl std::fmt::Display for StoreError {

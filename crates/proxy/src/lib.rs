@@ -27,6 +27,6 @@ pub use backend::{BackendState, BackendStatus};
 pub use counters::CounterValues;
 pub use error::{Cause, ProxyError};
 pub use listener::{ConnectionCount, Open, accept, serve};
-pub use runtime::DataPlane;
+pub use runtime::{Cohort, DataPlane, Writer, cohort_hash};
 
 pub use fulcrum_config::Snapshot;

@@ -450,7 +450,8 @@ pub(crate) async fn handle(
 ) -> Response<ResponseBody> {
     let start = Instant::now();
     let client = info.client;
-    let rt = plane.runtime();
+    let staged = plane.staged();
+    let (rt, _cohort) = staged.pick(client.ip());
     let mut rng = Rng::new();
     let scan = HeadScan::of(req.headers());
     let request_id = headers::request_id(scan.request_id, &mut rng);

@@ -91,57 +91,123 @@ struct Registry {
     health: HashMap<BackendKey, (Probe, JoinHandle<()>)>,
 }
 
-/// The data plane: the current runtime behind an `ArcSwap` (one atomic load
-/// per request), plus the registries and tasks that outlive reloads.
+/// What serves: the stable runtime and, while a change is canaried, the
+/// canary's runtime with the share of clients it gets. Both live in the one
+/// `ArcSwap`, so a request sees a consistent pair.
+pub(crate) struct Staged {
+    pub stable: Arc<Runtime>,
+    pub canary: Option<Canary>,
+}
+
+pub(crate) struct Canary {
+    pub runtime: Arc<Runtime>,
+    /// A client whose address hashes below this is in the canary cohort.
+    threshold: u64,
+    pub fraction: f64,
+}
+
+/// Which side of a canary a request was served by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Cohort {
+    Stable,
+    Canary,
+}
+
+impl Cohort {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cohort::Stable => "stable",
+            Cohort::Canary => "canary",
+        }
+    }
+}
+
+impl Staged {
+    /// The runtime that serves a client, by a hash of its address alone,
+    /// so a client stays on one side for the whole canary.
+    #[inline]
+    pub fn pick(&self, client: std::net::IpAddr) -> (&Runtime, Cohort) {
+        match &self.canary {
+            Some(c) if cohort_hash(client) < c.threshold => (&c.runtime, Cohort::Canary),
+            _ => (&self.stable, Cohort::Stable),
+        }
+    }
+}
+
+/// Spreads client addresses evenly over `u64`, the same on every instance.
+pub fn cohort_hash(client: std::net::IpAddr) -> u64 {
+    match client {
+        std::net::IpAddr::V4(a) => xxhash_rust::xxh3::xxh3_64(&a.octets()),
+        std::net::IpAddr::V6(a) => xxhash_rust::xxh3::xxh3_64(&a.octets()),
+    }
+}
+
+/// The data plane: what serves behind an `ArcSwap` (one atomic load per
+/// request), plus the registries and tasks that outlive reloads. Only the
+/// [`Writer`] made with it changes what serves.
 pub struct DataPlane {
-    current: ArcSwap<Runtime>,
+    current: ArcSwap<Staged>,
     registry: Mutex<Registry>,
     health_client: HealthClient,
     pub(crate) counters: Arc<Counters>,
 }
 
+/// The one handle that changes what the data plane serves. Made once, with
+/// the data plane, and not cloneable: whoever holds it (the control plane)
+/// is the only writer of the running config.
+pub struct Writer {
+    plane: Arc<DataPlane>,
+}
+
 impl DataPlane {
     /// Inside a tokio runtime: starts active health checks for the
     /// snapshot's pools.
-    pub fn new(snapshot: Snapshot) -> Arc<DataPlane> {
+    pub fn new(snapshot: Snapshot) -> (Arc<DataPlane>, Writer) {
         let mut registry = Registry::default();
         let health_client = health::client();
-        let runtime = build(Arc::new(snapshot), None, &mut registry, &health_client);
-        Arc::new(DataPlane {
-            current: ArcSwap::from_pointee(runtime),
+        let runtime = build(Arc::new(snapshot), None, &mut registry);
+        prune(&mut registry, &[&runtime], &health_client);
+        let plane = Arc::new(DataPlane {
+            current: ArcSwap::from_pointee(Staged {
+                stable: Arc::new(runtime),
+                canary: None,
+            }),
             registry: Mutex::new(registry),
             health_client,
             counters: Arc::default(),
-        })
+        });
+        let writer = Writer {
+            plane: plane.clone(),
+        };
+        (plane, writer)
     }
 
-    /// Reload: compile the new runtime view and swap it in. Backends that
-    /// stay (same pool name and addr) keep health, ejection and counters;
-    /// in-flight requests finish on the snapshot they started with.
-    pub fn swap(&self, snapshot: Snapshot) {
-        let mut registry = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
-        let old = self.current.load_full();
-        let runtime = build(
-            Arc::new(snapshot),
-            Some(&old),
-            &mut registry,
-            &self.health_client,
-        );
-        self.current.store(Arc::new(runtime));
-        tracing::info!(version = %self.current.load().snapshot.version, "config swapped in");
-    }
-
+    /// The stable snapshot: what every request not in a canary gets.
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.current.load().snapshot.clone()
+        self.current.load().stable.snapshot.clone()
     }
 
+    /// The canary's snapshot and the share of clients it serves, while a
+    /// change is canaried.
+    pub fn canary(&self) -> Option<(Arc<Snapshot>, f64)> {
+        let staged = self.current.load();
+        let c = staged.canary.as_ref()?;
+        Some((c.runtime.snapshot.clone(), c.fraction))
+    }
+
+    /// The stable runtime: listener settings and TLS come from it, since a
+    /// canary may not change listeners.
     pub(crate) fn runtime(&self) -> Arc<Runtime> {
+        self.current.load().stable.clone()
+    }
+
+    pub(crate) fn staged(&self) -> Arc<Staged> {
         self.current.load_full()
     }
 
     /// Every backend of the current snapshot, pool by pool in config order.
     pub fn backends(&self) -> Vec<BackendStatus> {
-        let rt = self.current.load();
+        let rt = self.runtime();
         rt.pools
             .iter()
             .flat_map(|p| p.backends.iter().map(|b| b.status()))
@@ -150,14 +216,14 @@ impl DataPlane {
 
     /// The live state of one backend, if the current snapshot has it.
     pub fn backend(&self, pool: &str, addr: SocketAddr) -> Option<Arc<BackendState>> {
-        let rt = self.current.load();
+        let rt = self.runtime();
         let p = rt.pools.iter().find(|p| &*p.name == pool)?;
         p.backends.iter().find(|b| b.addr() == addr).cloned()
     }
 
     /// Whether `pool` was in panic mode at its last pick.
     pub fn panicking(&self, pool: &str) -> bool {
-        let rt = self.current.load();
+        let rt = self.runtime();
         rt.pools
             .iter()
             .any(|p| &*p.name == pool && p.shared.panic.load(Relaxed))
@@ -171,11 +237,113 @@ impl DataPlane {
 
     /// Access log entries dropped because the writer fell behind.
     pub fn access_log_dropped(&self) -> u64 {
-        self.current
-            .load()
+        self.runtime()
             .access_log
             .as_ref()
             .map_or(0, |l| l.dropped())
+    }
+}
+
+impl Writer {
+    /// The data plane this writer changes.
+    pub fn plane(&self) -> &Arc<DataPlane> {
+        &self.plane
+    }
+
+    /// Serve `snapshot` to every request, dropping any canary. Backends
+    /// that stay (same pool name and addr) keep health, ejection and
+    /// counters; in-flight requests finish on the snapshot they started
+    /// with.
+    pub fn swap(&self, snapshot: Snapshot) {
+        let plane = &*self.plane;
+        let mut registry = plane
+            .registry
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let old = plane.current.load_full();
+        let runtime = build(Arc::new(snapshot), Some(&old.stable), &mut registry);
+        prune(&mut registry, &[&runtime], &plane.health_client);
+        plane.current.store(Arc::new(Staged {
+            stable: Arc::new(runtime),
+            canary: None,
+        }));
+        tracing::info!(version = %plane.snapshot().version, "config swapped in");
+    }
+
+    /// Serve `snapshot` to `fraction` of clients (by address) beside the
+    /// stable config, replacing any canary. A backend in both keeps one
+    /// state; where both check its health differently, the stable
+    /// config's check runs until the canary is promoted, so a canary
+    /// cannot take a backend down for everyone.
+    pub fn stage(&self, snapshot: Snapshot, fraction: f64) {
+        let plane = &*self.plane;
+        let mut registry = plane
+            .registry
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let old = plane.current.load_full();
+        let runtime = build(Arc::new(snapshot), Some(&old.stable), &mut registry);
+        prune(
+            &mut registry,
+            &[&old.stable, &runtime],
+            &plane.health_client,
+        );
+        let fraction = fraction.clamp(0.0, 1.0);
+        plane.current.store(Arc::new(Staged {
+            stable: old.stable.clone(),
+            canary: Some(Canary {
+                runtime: Arc::new(runtime),
+                // 1.0 must take every client: u64::MAX itself hashes too.
+                threshold: if fraction >= 1.0 {
+                    u64::MAX
+                } else {
+                    (fraction * u64::MAX as f64) as u64
+                },
+                fraction,
+            }),
+        }));
+        tracing::info!(version = %plane.canary().map_or_else(String::new, |c| c.0.version.to_string()), fraction, "canary staged");
+    }
+
+    /// The canary serves every request. False when there is none.
+    pub fn promote(&self) -> bool {
+        let plane = &*self.plane;
+        let mut registry = plane
+            .registry
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let old = plane.current.load_full();
+        let Some(canary) = &old.canary else {
+            return false;
+        };
+        prune(&mut registry, &[&canary.runtime], &plane.health_client);
+        plane.current.store(Arc::new(Staged {
+            stable: canary.runtime.clone(),
+            canary: None,
+        }));
+        tracing::info!(version = %plane.snapshot().version, "canary promoted");
+        true
+    }
+
+    /// Every request goes back to the stable config. False when there was
+    /// no canary.
+    pub fn drop_canary(&self) -> bool {
+        let plane = &*self.plane;
+        let mut registry = plane
+            .registry
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let old = plane.current.load_full();
+        if old.canary.is_none() {
+            return false;
+        }
+        prune(&mut registry, &[&old.stable], &plane.health_client);
+        plane.current.store(Arc::new(Staged {
+            stable: old.stable.clone(),
+            canary: None,
+        }));
+        tracing::info!(version = %plane.snapshot().version, "canary dropped");
+        true
     }
 }
 
@@ -192,14 +360,9 @@ impl Drop for DataPlane {
 }
 
 /// Compiles `snapshot` into a runtime, reusing state from `registry` and
-/// clients and the access log from `old`, and reconciles health tasks.
-fn build(
-    snapshot: Arc<Snapshot>,
-    old: Option<&Runtime>,
-    registry: &mut Registry,
-    health_client: &HealthClient,
-) -> Runtime {
-    let mut keep: HashMap<BackendKey, Option<Probe>> = HashMap::new();
+/// clients and the access log from `old`. What no runtime uses any more is
+/// left to [`prune`].
+fn build(snapshot: Arc<Snapshot>, old: Option<&Runtime>, registry: &mut Registry) -> Runtime {
     let pools = snapshot
         .pools
         .iter()
@@ -208,11 +371,9 @@ fn build(
                 .backends
                 .iter()
                 .map(|b| {
-                    let key = (pool.name.clone(), b.addr);
-                    keep.insert(key.clone(), pool.health.clone().map(|h| (h, pool.protocol)));
                     registry
                         .backends
-                        .entry(key)
+                        .entry((pool.name.clone(), b.addr))
                         .or_insert_with(|| Arc::new(BackendState::new(pool.name.clone(), b.addr)))
                         .clone()
                 })
@@ -278,12 +439,6 @@ fn build(
         })
         .collect();
 
-    registry.backends.retain(|k, _| keep.contains_key(k));
-    let live: std::collections::HashSet<&Arc<str>> =
-        snapshot.pools.iter().map(|p| &p.name).collect();
-    registry.pools.retain(|k, _| live.contains(k));
-    reconcile_health(registry, &keep, health_client);
-
     let access_log = snapshot.access_log.as_ref().map(|cfg| {
         old.and_then(|o| o.access_log.as_ref())
             .filter(|l| *l.target() == cfg.target)
@@ -315,6 +470,26 @@ fn build(
         access_log,
         tls,
     }
+}
+
+/// Forgets the backends and pools no runtime in `live` has, and reconciles
+/// health tasks with the checks they ask for. Where two runtimes check one
+/// backend differently, the first one's check runs.
+fn prune(registry: &mut Registry, live: &[&Runtime], health_client: &HealthClient) {
+    let mut keep: HashMap<BackendKey, Option<Probe>> = HashMap::new();
+    let mut pools = std::collections::HashSet::new();
+    for rt in live {
+        for pool in &rt.snapshot.pools {
+            pools.insert(pool.name.clone());
+            for b in &pool.backends {
+                keep.entry((pool.name.clone(), b.addr))
+                    .or_insert_with(|| pool.health.clone().map(|h| (h, pool.protocol)));
+            }
+        }
+    }
+    registry.backends.retain(|k, _| keep.contains_key(k));
+    registry.pools.retain(|k, _| pools.contains(k));
+    reconcile_health(registry, &keep, health_client);
 }
 
 /// Stops the health tasks of removed backends, restarts those whose check

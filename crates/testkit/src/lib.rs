@@ -471,6 +471,7 @@ impl SnapshotBuilder {
             routes: Routes::default(),
             pools: Vec::new(),
             access_log: None,
+            tests: Vec::new(),
         })
     }
     pub fn version(mut self, v: &str) -> Self {
@@ -520,6 +521,8 @@ impl SnapshotBuilder {
 pub struct TestProxy {
     pub addr: SocketAddr,
     pub plane: Arc<DataPlane>,
+    /// What a control plane would hold: tests change the config through it.
+    pub writer: fulcrum_proxy::Writer,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
@@ -533,7 +536,7 @@ impl TestProxy {
 
     pub async fn start(snapshot: Snapshot) -> TestProxy {
         let name = snapshot.listeners[0].name.clone();
-        let plane = DataPlane::new(snapshot);
+        let (plane, writer) = DataPlane::new(snapshot);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
@@ -546,12 +549,13 @@ impl TestProxy {
         TestProxy {
             addr,
             plane,
+            writer,
             shutdown,
             task: Some(task),
         }
     }
     pub fn swap(&self, snapshot: Snapshot) {
-        self.plane.swap(snapshot);
+        self.writer.swap(snapshot);
     }
     /// Starts a graceful shutdown; the returned handle finishes when
     /// `serve` returns.

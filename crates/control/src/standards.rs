@@ -26,7 +26,12 @@ pub struct Watch {
 impl Watch {
     /// Read and parse the standards file; `Err` holds what to print.
     pub fn load(path: &Path) -> Result<Watch, String> {
-        let text = crate::read_config(path)?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            format!(
+                "fulcrum: cannot read {}: {e} (check the path and its permissions)",
+                path.display()
+            )
+        })?;
         let label = path.display().to_string();
         let parsed = parse_standards(&label, &text);
         match parsed.standards {
@@ -42,6 +47,21 @@ impl Watch {
                 .collect::<String>()
                 + &format!("{label}: invalid standards file")),
         }
+    }
+
+    /// The rules, for pre-flight.
+    pub fn standards(&self) -> &Standards {
+        &self.standards
+    }
+
+    /// xxh3 of the file's content, recorded with every version checked
+    /// against it.
+    pub fn hash(&self) -> String {
+        format!("{:016x}", self.hash)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// `Err` with the report when `snapshot` breaks a rule.
@@ -67,31 +87,37 @@ impl Watch {
     }
 
     /// Re-read the file; if it changed, adopt it (when valid) and re-check
-    /// the running config against it.
-    pub fn poll(&mut self, running: &Snapshot) {
+    /// the running config against it. `Some` with the report when the
+    /// running config breaks the new standards (drift).
+    pub fn poll(&mut self, running: &Snapshot) -> Option<String> {
         let Ok(text) = std::fs::read_to_string(&self.path) else {
-            return;
+            return None;
         };
         let hash = xxhash_rust::xxh3::xxh3_64(text.as_bytes());
         if hash == self.hash {
-            return;
+            return None;
         }
         self.hash = hash;
         match Watch::load(&self.path) {
             Err(report) => {
                 error!(standards = %self.path.display(), "standards file changed but is invalid; still enforcing the previous standards:\n{report}");
+                None
             }
             Ok(new) => {
                 self.standards = new.standards;
                 match self.judge(running, None) {
                     Ok(()) => {
-                        info!(standards = %self.path.display(), version = %running.version, "standards changed; the running config meets them")
+                        info!(standards = %self.path.display(), version = %running.version, "standards changed; the running config meets them");
+                        None
                     }
-                    Err(report) => error!(
-                        standards = %self.path.display(),
-                        version = %running.version,
-                        "DRIFT: the running config {report}still serving it; fix the config and reload (SIGHUP), which the new standards will gate"
-                    ),
+                    Err(report) => {
+                        error!(
+                            standards = %self.path.display(),
+                            version = %running.version,
+                            "DRIFT: the running config {report}still serving it; fix the config and apply it, which the new standards will gate"
+                        );
+                        Some(report)
+                    }
                 }
             }
         }
