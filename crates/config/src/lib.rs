@@ -5,8 +5,14 @@
 //!
 //! Stages: [`raw`] (shape, per item) → `validate` (rules, references, lints)
 //! → `compile` (snapshot). [`render`] prints the diagnostics.
+//!
+//! The decisions a snapshot drives are here too, also pure: the routing
+//! table ([`snapshot::Routes`]) and the balancer with hash-key extraction
+//! ([`balance`]). The data plane and the safety tools both call them, so
+//! what `check` judges is what `serve` runs.
 #![forbid(unsafe_code)]
 
+pub mod balance;
 mod compile;
 pub mod diag;
 pub mod keys;

@@ -5,8 +5,8 @@ use std::hint::black_box;
 use std::net::SocketAddr;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use fulcrum_config::balance::{Balancer, PoolView};
 use fulcrum_config::snapshot::{Algorithm, HashKey, HashPolicy, MissingKey, Pool};
-use fulcrum_proxy::balance::{Balancer, PoolView};
 
 struct View(Vec<u32>);
 

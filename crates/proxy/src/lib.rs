@@ -8,7 +8,6 @@
 
 pub mod access_log;
 pub mod backend;
-pub mod balance;
 pub mod counters;
 pub mod error;
 mod h1;
@@ -30,3 +29,6 @@ pub use listener::{ConnectionCount, Open, accept, serve};
 pub use runtime::{Cohort, DataPlane, Writer, cohort_hash};
 
 pub use fulcrum_config::Snapshot;
+// The balancer is the config crate's, shared with the safety tools; named
+// here so the data plane's modules reach it as `crate::balance`.
+use fulcrum_config::balance;

@@ -7,10 +7,10 @@
 use std::net::IpAddr;
 
 use fulcrum_config::Snapshot;
+use fulcrum_config::balance::{Balancer, hash_key};
 use fulcrum_config::snapshot::{
     HashKey, HeaderValueMatch, HostMatch, PathMatch, RequestView, RouteMatch,
 };
-use fulcrum_proxy::balance::{Balancer, hash_key};
 use serde::Serialize;
 
 use crate::diff::describe_algorithm;

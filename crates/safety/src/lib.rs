@@ -2,7 +2,7 @@
 //! ([`rules`]), the traffic-impact [`diff`], [`explain`], and their machine
 //! outputs ([`sarif`]). Every answer comes from the data plane's own code:
 //! routes through `Snapshot::route`, backends through
-//! `fulcrum_proxy::balance::Balancer::pick`, driven by [`simulate`] over a
+//! `fulcrum_config::balance::Balancer::pick`, driven by [`simulate`] over a
 //! [`traffic`] sample. The binary only parses arguments and prints; a control
 //! plane calls the same functions for its `apply` pre-flight.
 #![forbid(unsafe_code)]

@@ -11,10 +11,10 @@ use std::collections::VecDeque;
 
 use fastrand::Rng;
 use fulcrum_config::Snapshot;
+use fulcrum_config::balance::{Balancer, PoolView, hash_key};
 use fulcrum_config::keys::redact;
 use fulcrum_config::snapshot::{HeaderValueMatch, Pool, Routes};
 use fulcrum_config::standards::TrafficSpec;
-use fulcrum_proxy::balance::{Balancer, PoolView, hash_key};
 use serde::Serialize;
 use xxhash_rust::xxh3::xxh3_64;
 

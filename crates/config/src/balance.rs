@@ -1,13 +1,17 @@
-//! Load-balancing algorithms, as pure logic: no tokio, no clock, no global
-//! RNG. A balancer is built once per pool per snapshot (off the request path)
-//! and `pick` is given the live view of the pool and an RNG, so `check`'s
-//! simulator can run the very same code with a seeded RNG and reproduce a run.
+//! Load-balancing algorithms and hash-key extraction, as pure logic: no
+//! tokio, no clock, no global RNG. A balancer is built once per pool per
+//! snapshot (off the request path) and `pick` is given the live view of the
+//! pool and an RNG, so the safety tools run the very same code with a
+//! seeded RNG and reproduce a run. It lives beside the routing table in the
+//! config crate so that the data plane and the safety tools both depend on
+//! it and neither can carry a second copy: what `check` judges is what
+//! `serve` runs, by the dependency graph.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
+use crate::snapshot::{Algorithm, HashKey, HashPolicy, MissingKey, Pool, RequestView};
 use fastrand::Rng;
-use fulcrum_config::snapshot::{Algorithm, HashKey, HashPolicy, MissingKey, Pool, RequestView};
 use xxhash_rust::xxh3::xxh3_64;
 
 /// What a balancer needs to know of a pool's backends at pick time, in
@@ -336,7 +340,9 @@ fn ring_lookup(ring: &[(u64, u32)], h: u64, ok: &impl Fn(usize) -> bool) -> Opti
 }
 
 /// The request's hash key under `policy`, hashed with xxh3; `None` when the
-/// request lacks it.
+/// request lacks it. Inlined across the crate boundary: it is on the
+/// request path of every `hash` pool.
+#[inline]
 pub fn hash_key(policy: &HashPolicy, req: &RequestView<'_>, client_ip: IpAddr) -> Option<u64> {
     match &policy.key {
         HashKey::Header(name) => req.headers.get(name).map(|v| xxh3_64(v.as_bytes())),
@@ -365,7 +371,7 @@ fn cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a [u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fulcrum_config::snapshot::{Backend, Retries, Timeouts};
+    use crate::snapshot::{Backend, Retries, Timeouts};
     use std::time::Duration;
 
     struct View {
@@ -401,7 +407,7 @@ mod tests {
         Pool {
             name: "p".into(),
             algorithm,
-            protocol: fulcrum_config::snapshot::Protocol::Http1,
+            protocol: crate::snapshot::Protocol::Http1,
             backends: weights
                 .iter()
                 .enumerate()
