@@ -93,4 +93,11 @@ impl Counters {
     pub fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Relaxed);
     }
+
+    /// Counts a connection that sent no complete request head in time; it
+    /// is dropped, no response owed.
+    pub(crate) fn head_timed_out(&self, client: std::net::SocketAddr) {
+        Counters::inc(&self.client_header_timeout);
+        tracing::debug!(%client, "no request head within the header timeout; closing");
+    }
 }

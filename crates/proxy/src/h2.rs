@@ -14,7 +14,7 @@ use hyper::client::conn::http2::{self, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
-use crate::proxy::RequestBody;
+use crate::body::RequestBody;
 
 /// Why no h2 connection to the backend could be had.
 #[derive(Debug)]

@@ -8,17 +8,19 @@
 
 pub mod access_log;
 pub mod backend;
+mod body;
+mod conn;
 pub mod counters;
 pub mod error;
-mod h1;
 mod h2;
 pub mod headers;
 pub mod health;
+mod http1;
+mod io;
 pub mod listener;
 pub mod outlier;
 pub mod proxy;
 mod runtime;
-mod serve_h1;
 mod tls;
 mod tunnel;
 

@@ -7,24 +7,33 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::BytesMut;
 use fulcrum_config::snapshot::Listener;
+use http::{Request, Response};
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+use tokio_util::sync::CancellationToken;
 
+use crate::body::{IncomingBody, RawBody};
+use crate::conn::{Admission, ConnGuard, ConnInfo, ConnState};
 use crate::counters::Counters;
+use crate::http1::{self, head::Lines, server::ConnContext};
+use crate::io::{LazyPoll, MAX_CHECK, Rewind, Socket};
+use crate::proxy::ResponseBody;
 use crate::runtime::DataPlane;
+use crate::tunnel::Tunnel;
+
+pub use crate::conn::ConnectionCount;
 
 /// Serve one listener, its settings looked up by `name` in the current
 /// snapshot for each new connection. On `shutdown`: stop accepting, let
@@ -43,13 +52,6 @@ pub async fn serve(
         .await;
     Ok(())
 }
-
-/// The client connections open on one listener, counted against
-/// `limits.max_connections`. A listener with a socket per worker thread
-/// shares one count over all of them, so the limit is the listener's, not
-/// each thread's.
-#[derive(Clone, Debug, Default)]
-pub struct ConnectionCount(Arc<AtomicUsize>);
 
 /// The connections of a listener that stopped accepting.
 pub struct Open {
@@ -125,7 +127,7 @@ pub async fn accept(
         let (settings, acceptor) = (&current.0, &current.1);
         // Over the limit: close at once rather than queue, so a flood
         // costs one accept each and the clients fail fast.
-        let Some(slot) = Slot::take(&open, settings.limits.max_connections) else {
+        let Some(slot) = Admission::take(&open, settings.limits.max_connections) else {
             Counters::inc(&plane.counters.client_connections_refused);
             drop(stream);
             continue;
@@ -146,91 +148,6 @@ pub async fn accept(
     Ok(Open { done: done_rx })
 }
 
-/// One open connection counted against `max_connections` until dropped.
-/// Held by the connection task and by any tunnel it turned into.
-pub(crate) struct Slot(Arc<AtomicUsize>);
-
-impl Slot {
-    /// None when `max` are open already. The count goes up before the
-    /// check (a refused slot's drop takes it back down), so sockets on two
-    /// threads cannot both take the last slot.
-    fn take(open: &ConnectionCount, max: u32) -> Option<Self> {
-        let slot = Slot(open.0.clone());
-        (open.0.fetch_add(1, Relaxed) < max as usize).then_some(slot)
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Relaxed);
-    }
-}
-
-/// What the request path knows of the connection a request came on.
-pub(crate) struct ConnInfo {
-    pub client: SocketAddr,
-    /// `client`'s IP, encoded once for X-Forwarded-For.
-    pub client_ip: http::HeaderValue,
-    pub tls: bool,
-    pub settings: Arc<Listener>,
-    pub plane: Arc<DataPlane>,
-    /// Set by a request whose backend agreed to an upgrade: the connection
-    /// becomes this tunnel once the 101 is sent.
-    pub tunnel: Mutex<Option<crate::tunnel::Tunnel>>,
-    /// Kept until the connection and any tunnel from it are gone.
-    pub _hold: (mpsc::Sender<()>, Slot),
-}
-
-/// Per HTTP/2 connection: streams in progress and when the last one
-/// ended, for the idle timeout (hyper has none).
-///
-/// Nothing wakes the connection when a request starts or ends: its timer
-/// is lazy, re-reading these when it fires. Waking it on each change cost
-/// two extra polls of the whole connection per request.
-#[derive(Debug)]
-pub(crate) struct ConnState {
-    epoch: Instant,
-    active: AtomicU32,
-    /// Requests whose head arrived on this connection.
-    started: AtomicU64,
-    idle_since_ms: AtomicU64,
-}
-
-/// Marks a request in progress on its connection until dropped (with the
-/// response body, so streaming counts as busy).
-pub(crate) struct ConnGuard(Arc<ConnState>);
-
-impl ConnState {
-    /// When the last response ended (or the connection opened).
-    fn idle_since(&self) -> Instant {
-        self.epoch + Duration::from_millis(self.idle_since_ms.load(Relaxed))
-    }
-}
-
-/// Counts a connection that sent no complete request head in time; it is
-/// dropped, no response owed.
-pub(crate) fn head_timed_out(counters: &Counters, client: SocketAddr) {
-    Counters::inc(&counters.client_header_timeout);
-    tracing::debug!(%client, "no request head within the header timeout; closing");
-}
-
-impl ConnGuard {
-    fn new(state: &Arc<ConnState>) -> Self {
-        state.active.fetch_add(1, Relaxed);
-        state.started.fetch_add(1, Relaxed);
-        ConnGuard(state.clone())
-    }
-}
-
-impl Drop for ConnGuard {
-    fn drop(&mut self) {
-        let s = &self.0;
-        s.idle_since_ms
-            .store(s.epoch.elapsed().as_millis() as u64, Relaxed);
-        s.active.fetch_sub(1, Relaxed);
-    }
-}
-
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Protocols {
     /// Cleartext: HTTP/2 if the client opens with the h2 preface.
@@ -246,7 +163,7 @@ async fn connection(
     settings: Arc<Listener>,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
     shutdown: CancellationToken,
-    hold: (mpsc::Sender<()>, Slot),
+    hold: (mpsc::Sender<()>, Admission),
 ) {
     match acceptor {
         // A task is as large as its largest state for its whole life: the
@@ -278,7 +195,7 @@ async fn tls_connection(
     plane: Arc<DataPlane>,
     settings: Arc<Listener>,
     shutdown: CancellationToken,
-    hold: (mpsc::Sender<()>, Slot),
+    hold: (mpsc::Sender<()>, Admission),
 ) {
     // The handshake counts against the header deadline: a client that
     // opens TLS slowly is as much a slowloris as one that sends headers
@@ -307,27 +224,29 @@ async fn tls_connection(
     .await
 }
 
-/// The socket under a client connection, to wait on while it is parked.
-pub(crate) trait Socket {
-    fn tcp(&self) -> &TcpStream;
-}
+/// The request path, serving the requests of one HTTP/1.1 connection.
+struct RequestPath(Arc<ConnInfo>);
 
-impl Socket for TcpStream {
-    fn tcp(&self) -> &TcpStream {
-        self
+impl http1::server::Service for RequestPath {
+    type Body = ResponseBody;
+
+    fn call(&self, req: Request<IncomingBody>) -> impl Future<Output = Response<ResponseBody>> {
+        let info = &self.0;
+        crate::proxy::handle(&info.plane, req.map(RawBody::H1), info, None)
+    }
+
+    fn lines(body: &ResponseBody) -> Option<&Lines> {
+        body.lines()
+    }
+
+    fn take_tunnel(&self) -> Option<Tunnel> {
+        self.0
+            .tunnel
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 }
-
-impl Socket for tokio_rustls::server::TlsStream<TcpStream> {
-    fn tcp(&self) -> &TcpStream {
-        self.get_ref().0
-    }
-}
-
-/// A connection found busy is checked again after twice as long as the
-/// last time, up to this: under load it costs a wake-up a second, not one
-/// per check.
-pub(crate) const MAX_CHECK: Duration = Duration::from_secs(1);
 
 /// HTTP/2's connection preface, which tells h2c from HTTP/1.1.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -341,7 +260,7 @@ async fn http<I>(
     plane: Arc<DataPlane>,
     settings: Arc<Listener>,
     shutdown: CancellationToken,
-    hold: (mpsc::Sender<()>, Slot),
+    hold: (mpsc::Sender<()>, Admission),
 ) where
     I: Socket + AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -364,26 +283,27 @@ async fn http<I>(
             {
                 Ok(Ok(Some(found))) => found,
                 Ok(_) => return,
-                Err(_) => return head_timed_out(&plane.counters, client),
+                Err(_) => return plane.counters.head_timed_out(client),
             }
         }
     };
     if !h2 {
-        return crate::serve_h1::serve(io, read, info, &shutdown, epoch).await;
+        let ctx = ConnContext {
+            client,
+            settings: &settings,
+            counters: &plane.counters,
+        };
+        let path = RequestPath(info);
+        return http1::server::serve(io, read, ctx, &path, &shutdown, epoch).await;
     }
-    let state = Arc::new(ConnState {
-        epoch,
-        active: AtomicU32::new(0),
-        started: AtomicU64::new(0),
-        idle_since_ms: AtomicU64::new(0),
-    });
+    let state = Arc::new(ConnState::new(epoch));
     let service = {
         let state = state.clone();
         service_fn(move |req: http::Request<hyper::body::Incoming>| {
             let info = info.clone();
             let guard = ConnGuard::new(&state);
             async move {
-                let req = req.map(crate::proxy::RawBody::H2);
+                let req = req.map(RawBody::H2);
                 Ok::<_, Infallible>(
                     crate::proxy::handle(&info.plane, req, &info, Some(guard)).await,
                 )
@@ -403,10 +323,6 @@ async fn http<I>(
     Box::pin(life.drive(&mut conn, |c| c.as_mut().graceful_shutdown())).await;
 }
 
-/// How long closing a connection may wait to flush (a TLS close_notify to
-/// a client that does not read).
-pub(crate) const SHUTDOWN_WRITE: Duration = Duration::from_secs(1);
-
 /// Reads until the first bytes tell HTTP/2's preface from an HTTP/1
 /// request: whether it is HTTP/2, and the bytes read. None: closed first.
 async fn detect_h2<I: Socket + AsyncRead + Unpin>(
@@ -414,8 +330,8 @@ async fn detect_h2<I: Socket + AsyncRead + Unpin>(
 ) -> std::io::Result<Option<(bool, BytesMut)>> {
     // A silent connection holds no buffer while it waits.
     io.tcp().readable().await?;
-    let mut buf = crate::h1::spare_buffer();
-    buf.reserve(crate::h1::READ_SIZE);
+    let mut buf = crate::io::spare_buffer();
+    buf.reserve(crate::io::READ_SIZE);
     loop {
         if io.read_buf(&mut buf).await? == 0 {
             return Ok(None);
@@ -424,63 +340,6 @@ async fn detect_h2<I: Socket + AsyncRead + Unpin>(
         if buf[..n] != H2_PREFACE[..n] || n == H2_PREFACE.len() {
             return Ok(Some((buf[..n] == *H2_PREFACE, buf)));
         }
-    }
-}
-
-/// A connection with bytes read off it already, served first to whoever
-/// reads next: HTTP/2 after its preface was sniffed, and both sides of a
-/// tunnel after an upgrade.
-pub(crate) struct Rewind<I> {
-    inner: I,
-    read: Bytes,
-}
-
-impl<I> Rewind<I> {
-    pub fn new(inner: I, read: Bytes) -> Self {
-        Rewind { inner, read }
-    }
-}
-
-impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        if !this.read.is_empty() {
-            let n = this.read.len().min(buf.remaining());
-            buf.put_slice(&this.read[..n]);
-            this.read.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
-    }
-}
-
-impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 
@@ -542,7 +401,7 @@ impl Life<'_> {
                 let sleep = check.map(tokio::time::sleep_until);
                 let cancelled = (!closing).then(|| self.shutdown.cancelled());
                 tokio::pin!(sleep, cancelled);
-                let mut watch = Watch::default();
+                let mut watch = LazyPoll::default();
                 std::future::poll_fn(|cx| {
                     if let Poll::Ready(res) = Pin::new(&mut *conn).poll(cx) {
                         return Poll::Ready(Event::Conn(res));
@@ -580,7 +439,7 @@ impl Life<'_> {
                             continue;
                         }
                         // Never sent a request in time.
-                        head_timed_out(self.counters, self.client);
+                        self.counters.head_timed_out(self.client);
                         return;
                     }
                     if state.active.load(Relaxed) > 0 {
@@ -606,82 +465,6 @@ enum Event {
     Conn(hyper::Result<()>),
     Shutdown,
     Timer,
-}
-
-/// A connection's timer and shutdown token, polled once to register and
-/// after that only when they may be ready (the timer once elapsed, the
-/// token when its own waker was called): a wake-up is almost always the
-/// connection's own, and polling the token takes its lock.
-#[derive(Default)]
-pub(crate) struct Watch {
-    timer_armed: bool,
-    token: Option<(Arc<Flagged>, std::task::Waker)>,
-    /// Shutdown began (it stays begun).
-    pub closing: bool,
-}
-
-impl Watch {
-    /// Whether shutdown has begun.
-    pub fn shutdown(
-        &mut self,
-        cx: &mut Context<'_>,
-        cancelled: Pin<&mut WaitForCancellationFuture<'_>>,
-    ) -> bool {
-        if self.closing {
-            return true;
-        }
-        let (flag, waker) = self.token.get_or_insert_with(|| Flagged::waker(cx));
-        if flag.fired.swap(false, Relaxed)
-            && cancelled.poll(&mut Context::from_waker(waker)).is_ready()
-        {
-            self.closing = true;
-        }
-        self.closing
-    }
-
-    /// Whether `timer` fired.
-    pub fn timer(&mut self, cx: &mut Context<'_>, timer: Pin<&mut tokio::time::Sleep>) -> bool {
-        if self.timer_armed && !timer.is_elapsed() {
-            return false;
-        }
-        self.timer_armed = true;
-        timer.poll(cx).is_ready()
-    }
-
-    /// Moves `timer` to `at`; the next check polls it to register again.
-    pub fn reset(&mut self, timer: Pin<&mut tokio::time::Sleep>, at: Instant) {
-        timer.reset(at);
-        self.timer_armed = false;
-    }
-}
-
-/// A waker that notes it was called before waking the task, so the future
-/// it was given to is polled again only then.
-struct Flagged {
-    fired: AtomicBool,
-    task: std::task::Waker,
-}
-
-impl Flagged {
-    /// Starts fired, so that the first poll registers.
-    fn waker(cx: &Context<'_>) -> (Arc<Flagged>, std::task::Waker) {
-        let flag = Arc::new(Flagged {
-            fired: AtomicBool::new(true),
-            task: cx.waker().clone(),
-        });
-        let waker = std::task::Waker::from(flag.clone());
-        (flag, waker)
-    }
-}
-
-impl std::task::Wake for Flagged {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.fired.store(true, Relaxed);
-        self.task.wake_by_ref();
-    }
 }
 
 /// Counts why hyper ended an HTTP/2 client connection with an error.

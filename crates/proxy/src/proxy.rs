@@ -24,130 +24,19 @@ use tokio::time::Instant;
 use crate::access_log::Entry;
 use crate::backend::InFlight;
 use crate::balance::{Census, hash_key};
+use crate::body::{ClientBody, ClientBodyError, RawBody, RequestBody};
+use crate::conn::{ConnGuard, ConnInfo};
 use crate::counters::Counters;
 use crate::error::ProxyError;
-use crate::h1::{self, H1Body, H1Error};
 use crate::h2::{H2Backend, H2ConnectError};
 use crate::headers::{self, REQUEST_ID};
-use crate::listener::{ConnGuard, ConnInfo};
+use crate::http1::client::{self as h1, H1Body, H1Error};
 use crate::outlier;
 use crate::runtime::{DataPlane, PoolRuntime, PoolShared};
 
 /// Request bodies up to this size are buffered so the request can be sent
 /// again; larger or chunked bodies stream and are never retried.
 pub const MAX_BUFFERED_BODY: u64 = 64 * 1024;
-
-/// Body sent to a backend.
-#[derive(Debug)]
-pub enum RequestBody {
-    /// A buffered body (possibly empty), resendable on retry.
-    Full(Option<Bytes>),
-    /// The client's body, streamed through: one attempt only.
-    Stream(ClientBody),
-}
-
-impl Body for RequestBody {
-    type Data = Bytes;
-    type Error = ClientBodyError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
-        match self.get_mut() {
-            RequestBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            RequestBody::Stream(s) => Pin::new(s).poll_frame(cx),
-        }
-    }
-    fn is_end_stream(&self) -> bool {
-        match self {
-            RequestBody::Full(b) => b.is_none(),
-            RequestBody::Stream(s) => s.is_end_stream(),
-        }
-    }
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            RequestBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            RequestBody::Stream(s) => s.size_hint(),
-        }
-    }
-}
-
-/// A client's request body as its connection gives it.
-#[derive(Debug)]
-pub(crate) enum RawBody {
-    H1(crate::serve_h1::Body),
-    H2(Incoming),
-}
-
-impl Body for RawBody {
-    type Data = Bytes;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        match self.get_mut() {
-            RawBody::H1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-            RawBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-        }
-    }
-    fn is_end_stream(&self) -> bool {
-        match self {
-            RawBody::H1(b) => b.is_end_stream(),
-            RawBody::H2(b) => b.is_end_stream(),
-        }
-    }
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            RawBody::H1(b) => b.size_hint(),
-            RawBody::H2(b) => b.size_hint(),
-        }
-    }
-}
-
-/// The client's request body, bounded as it streams: at most
-/// `limits.max_body_bytes` in all (whatever Content-Length said), and no
-/// longer than `body_timeout` between two chunks (slow-body clients).
-#[derive(Debug)]
-pub struct ClientBody {
-    inner: RawBody,
-    read: u64,
-    limit: u64,
-    timeout: Duration,
-    /// Made on the first wait only: a body that is already there costs no
-    /// timer.
-    timer: Option<Pin<Box<tokio::time::Sleep>>>,
-}
-
-/// Why the client's body stopped: the backend request fails with this as
-/// its source, which is how the proxy tells a client fault from a backend one.
-#[derive(Debug)]
-pub enum ClientBodyError {
-    Read(Box<dyn std::error::Error + Send + Sync>),
-    TooLarge,
-    Timeout,
-}
-
-impl std::fmt::Display for ClientBodyError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ClientBodyError::Read(e) => write!(f, "reading the client's body: {e}"),
-            ClientBodyError::TooLarge => f.write_str("the client's body is over the limit"),
-            ClientBodyError::Timeout => f.write_str("the client stopped sending its body"),
-        }
-    }
-}
-
-impl std::error::Error for ClientBodyError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            ClientBodyError::Read(e) => Some(&**e),
-            _ => None,
-        }
-    }
-}
 
 impl ClientBodyError {
     fn to_proxy_error(&self) -> ProxyError {
@@ -156,62 +45,6 @@ impl ClientBodyError {
             ClientBodyError::TooLarge => ProxyError::BodyTooLarge,
             ClientBodyError::Timeout => ProxyError::BodyTimeout,
         }
-    }
-}
-
-impl ClientBody {
-    fn new(inner: RawBody, limit: u64, timeout: Duration) -> Self {
-        ClientBody {
-            inner,
-            read: 0,
-            limit,
-            timeout,
-            timer: None,
-        }
-    }
-}
-
-impl Body for ClientBody {
-    type Data = Bytes;
-    type Error = ClientBodyError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
-        let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(t) = this.timer.as_mut() {
-                    t.as_mut().reset(Instant::now() + this.timeout);
-                }
-                if let Some(d) = frame.data_ref() {
-                    this.read += d.len() as u64;
-                    if this.read > this.limit {
-                        return Poll::Ready(Some(Err(ClientBodyError::TooLarge)));
-                    }
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(ClientBodyError::Read(e)))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => {
-                let timeout = this.timeout;
-                let timer = this
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                match timer.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Some(Err(ClientBodyError::Timeout))),
-                    Poll::Pending => Poll::Pending,
-                }
-            }
-        }
-    }
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 
@@ -323,7 +156,7 @@ impl Body for ResponseBody {
 impl ResponseBody {
     /// The headers of a response from an HTTP/1.1 backend, kept as lines
     /// (the response's own map then holds only what the proxy added).
-    pub(crate) fn lines(&self) -> Option<&h1::Lines> {
+    pub(crate) fn lines(&self) -> Option<&crate::http1::head::Lines> {
         match &self.inner {
             Inner::H1(b) => Some(b.lines()),
             _ => None,
@@ -954,7 +787,7 @@ async fn forward(
             // Over HTTP/1.1, origin form (the connection names the
             // backend), with the head borrowed: a retry needs no copy.
             (None, _) => {
-                let head = crate::h1::Outgoing {
+                let head = h1::Outgoing {
                     method: &parts.method,
                     path: path.as_str(),
                     headers: &parts.headers,

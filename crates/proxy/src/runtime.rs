@@ -17,9 +17,9 @@ use crate::access_log::AccessLog;
 use crate::backend::{BackendState, BackendStatus};
 use crate::balance::{Balancer, PoolView};
 use crate::counters::{CounterValues, Counters};
-use crate::h1::H1Backend;
 use crate::h2::H2Backend;
 use crate::health::{self, HealthClient};
+use crate::http1::pool::H1Backend;
 
 /// One snapshot, compiled for serving. Requests hold an `Arc` of it for
 /// their whole life, so a reload never changes a request midway.
