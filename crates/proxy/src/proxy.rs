@@ -317,25 +317,20 @@ pub(crate) async fn handle(
     });
 
     let mut log = rt.access_log.as_ref().map(|sink| {
-        Box::new(LogContext {
-            sink: sink.clone(),
-            ctx: LogFields {
-                time: SystemTime::now(),
-                start,
-                method: req.method().clone(),
-                host: host.as_deref().map(str::to_owned),
-                path: req.uri().path().to_owned(),
-                route: routed.map(|(_, r)| r.name.clone()),
-                pool: pool.map(|p| p.name.clone()),
-                backend: None,
-                status: 0,
-                version: rt.snapshot.version.clone(),
-                request_id: request_id.clone(),
-                client,
-                attempts: 0,
-                captured: crate::access_log::capture(&rt.log_keys, req.headers()),
-            },
-        })
+        let routed = Routed {
+            route: routed.map(|(_, r)| r.name.clone()),
+            pool: pool.map(|p| p.name.clone()),
+        };
+        log_context(
+            sink,
+            &rt,
+            &req,
+            host.as_deref(),
+            routed,
+            start,
+            &request_id,
+            client,
+        )
     });
     drop(host);
 
@@ -370,52 +365,14 @@ pub(crate) async fn handle(
     let result = forward(pool, req, &ctx, &request_id, key, &mut rng, &mut log).await;
     match result {
         Ok((resp, in_flight)) => {
-            let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-            let (mut parts, mut body) = resp.into_parts();
-            if upgrade.is_some()
-                && switching
-                && let Inner::H1(b) = &mut body
-                && let Some(backend) = b.take_upgrade()
-            {
-                // The client connection becomes the tunnel once it has
-                // sent this 101 (see serve_h1).
-                let tunnel = crate::tunnel::Tunnel {
-                    backend,
-                    idle: pool.timeouts.tunnel,
-                };
-                *info.tunnel.lock().unwrap_or_else(|p| p.into_inner()) = Some(tunnel);
-            }
-            match &body {
-                // Our HTTP/1.1 codec passes the backend's headers on as
-                // lines (the request id among them), with no hop-by-hop
-                // header but a 101's Upgrade: an HTTP/1.1 client gets them
-                // as they are, an HTTP/2 one (which has no upgrades) as a
-                // map.
-                Inner::H1(b) if h2_client => parts.headers = b.lines().to_map(),
-                Inner::H1(_) if switching => {
-                    parts
-                        .headers
-                        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-                }
-                Inner::H1(_) => {}
-                _ => {
-                    headers::strip_hop_by_hop(&mut parts.headers);
-                    parts.headers.insert(REQUEST_ID.clone(), request_id);
-                }
-            }
-            if let Some(l) = &mut log {
-                l.ctx.status = parts.status.as_u16();
-            }
-            let body = ResponseBody {
-                inner: body,
-                bytes: 0,
-                counters: Some(plane.counters.clone()),
-                _in_flight: Some(in_flight),
-                _request: Some(gauge),
-                _conn: conn,
+            let held = Held {
+                in_flight,
+                gauge,
+                conn,
                 log,
             };
-            Response::from_parts(parts, body)
+            let upgrade = upgrade.is_some().then_some(pool.timeouts.tunnel);
+            backend_response(resp, held, upgrade, info, h2_client, request_id)
         }
         Err(e) => {
             count_refusal(&plane.counters, &e);
@@ -425,6 +382,109 @@ pub(crate) async fn handle(
             error_response(&e, request_id, conn, log, Some(gauge), None, close_it)
         }
     }
+}
+
+/// The route and pool a request matched, as the access log names them.
+struct Routed {
+    route: Option<Arc<str>>,
+    pool: Option<Arc<str>>,
+}
+
+/// What the access log needs of a request, gathered only when the log is
+/// on.
+#[allow(clippy::too_many_arguments)]
+fn log_context(
+    sink: &crate::access_log::AccessLog,
+    rt: &crate::runtime::Runtime,
+    req: &Request<RawBody>,
+    host: Option<&str>,
+    routed: Routed,
+    start: Instant,
+    request_id: &HeaderValue,
+    client: SocketAddr,
+) -> Box<LogContext> {
+    Box::new(LogContext {
+        sink: sink.clone(),
+        ctx: LogFields {
+            time: SystemTime::now(),
+            start,
+            method: req.method().clone(),
+            host: host.map(str::to_owned),
+            path: req.uri().path().to_owned(),
+            route: routed.route,
+            pool: routed.pool,
+            backend: None,
+            status: 0,
+            version: rt.snapshot.version.clone(),
+            request_id: request_id.clone(),
+            client,
+            attempts: 0,
+            captured: crate::access_log::capture(&rt.log_keys, req.headers()),
+        },
+    })
+}
+
+/// What a response body holds until the response's last byte.
+struct Held {
+    in_flight: InFlight,
+    gauge: RequestGauge,
+    conn: Option<ConnGuard>,
+    log: Option<Box<LogContext>>,
+}
+
+/// A backend's response as it goes to the client. `upgrade`: the request
+/// asked for an upgrade the pool carries, and the tunnel's idle timeout.
+fn backend_response(
+    resp: Response<Inner>,
+    held: Held,
+    upgrade: Option<Duration>,
+    info: &ConnInfo,
+    h2_client: bool,
+    request_id: HeaderValue,
+) -> Response<ResponseBody> {
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    let (mut parts, mut body) = resp.into_parts();
+    if let Some(idle) = upgrade
+        && switching
+        && let Inner::H1(b) = &mut body
+        && let Some(backend) = b.take_upgrade()
+    {
+        // The client connection becomes the tunnel once it has sent this
+        // 101 (see http1::server).
+        let tunnel = crate::tunnel::Tunnel { backend, idle };
+        *info.tunnel.lock().unwrap_or_else(|p| p.into_inner()) = Some(tunnel);
+    }
+    match &body {
+        // Our HTTP/1.1 codec passes the backend's headers on as lines (the
+        // request id among them), with no hop-by-hop header but a 101's
+        // Upgrade: an HTTP/1.1 client gets them as they are, an HTTP/2 one
+        // (which has no upgrades) as a map.
+        Inner::H1(b) if h2_client => parts.headers = b.lines().to_map(),
+        Inner::H1(_) if switching => {
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        Inner::H1(_) => {}
+        _ => {
+            headers::strip_hop_by_hop(&mut parts.headers);
+            parts.headers.insert(REQUEST_ID.clone(), request_id);
+        }
+    }
+    let mut log = held.log;
+    if let Some(l) = &mut log {
+        l.ctx.status = parts.status.as_u16();
+    }
+    let body = ResponseBody {
+        inner: body,
+        bytes: 0,
+        counters: Some(info.plane.counters.clone()),
+        _in_flight: Some(held.in_flight),
+        _request: Some(held.gauge),
+        _conn: held.conn,
+        log,
+    };
+    Response::from_parts(parts, body)
 }
 
 /// What `forward` needs from the connection and the listener.
@@ -661,69 +721,10 @@ async fn forward(
     rng: &mut Rng,
     log: &mut Option<Box<LogContext>>,
 ) -> Result<(Response<Inner>, InFlight), ProxyError> {
-    let (mut parts, body) = req.into_parts();
-    // HTTP/2 clients name the host in `:authority`, not `Host`: HTTP/1.1
-    // backends get it as `Host`, HTTP/2 backends as `:authority`.
-    let original_host = ctx.host.clone().or_else(|| {
-        parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
-    let forwarded = headers::Forwarded {
-        client_ip: ctx.client_ip,
-        host: original_host.as_ref(),
-        proto: if ctx.tls { "https" } else { "http" },
-        request_id,
-    };
-    // HTTP/1.1 backends get the client's headers through the encoder,
-    // which leaves the hop-by-hop ones out and writes the forwarded ones:
-    // the map is not changed. HTTP/2 backends get the map.
-    let h2_authority = if pool.h2.is_some() {
-        // gRPC and other h2 peers need to know trailers are welcome.
-        let te_trailers = parts.headers.get_all(header::TE).iter().any(|v| {
-            v.as_bytes()
-                .windows(8)
-                .any(|w| w.eq_ignore_ascii_case(b"trailers"))
-        });
-        headers::strip_hop_by_hop(&mut parts.headers);
-        forwarded.apply(&mut parts.headers);
-        parts.headers.remove(header::HOST);
-        if te_trailers {
-            parts
-                .headers
-                .insert(header::TE, HeaderValue::from_static("trailers"));
-        }
-        original_host
-            .as_ref()
-            .and_then(|h| Authority::try_from(h.as_bytes()).ok())
-    } else {
-        None
-    };
-    // An HTTP/1.1 request without a Host header sends the host its URI
-    // named, or else names the backend, as any client of it would.
-    let host_missing = pool.h2.is_none() && ctx.host.is_none();
-
-    // Small or empty bodies are read whole so they can be sent again.
-    let body = ClientBody::new(body, ctx.limits.max_body_bytes, ctx.body_timeout);
-    let mut body = match body.size_hint().exact() {
-        Some(0) => RequestBody::Full(None),
-        Some(n) if n <= MAX_BUFFERED_BODY => {
-            let bytes = Box::pin(body.collect())
-                .await
-                .map_err(|e| e.to_proxy_error())?
-                .to_bytes();
-            RequestBody::Full(Some(bytes))
-        }
-        _ => RequestBody::Stream(body),
-    };
-    let idempotent = idempotent(&parts.method);
-    let path = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-
+    let (parts, body) = req.into_parts();
+    let mut out = Outbound::new(parts, pool, ctx, request_id);
+    let mut body = buffered(body, ctx).await?;
+    let idempotent = idempotent(&out.parts.method);
     let mut tried = [usize::MAX; Retries::MAX_ATTEMPTS as usize + 1];
     let max_attempts = (pool.retries.attempts as usize + 1).min(tried.len());
     let mut last_err = None;
@@ -731,14 +732,7 @@ async fn forward(
     for attempt in 0..max_attempts {
         let Some(pick) = pool.balancer.pick(pool, key, &tried[..attempt], rng) else {
             // No other backend to retry on: report what went wrong last.
-            return Err(last_err.unwrap_or_else(|| {
-                let c = Census::of(pool);
-                ProxyError::NoBackend {
-                    pool: pool.name.clone(),
-                    healthy: c.healthy,
-                    weighted: c.weighted,
-                }
-            }));
+            return Err(last_err.unwrap_or_else(|| no_backend(pool)));
         };
         note_panic(pool, pick.panic);
         let i = pick.index;
@@ -748,110 +742,245 @@ async fn forward(
             l.ctx.backend = Some(backend.addr());
             l.ctx.attempts = attempt as u32 + 1;
         }
-
         let resendable = matches!(body, RequestBody::Full(_));
         let more = resendable && attempt + 1 < max_attempts;
         let attempt_body = match &mut body {
             RequestBody::Full(b) => RequestBody::Full(b.clone()),
             RequestBody::Stream(_) => std::mem::replace(&mut body, RequestBody::Full(None)),
         };
-
         let in_flight = backend.start();
-        let outcome = match (&pool.h2, &h2_authority) {
-            (Some(h2), authority) => {
-                let mut out = Request::new(attempt_body);
-                *out.method_mut() = parts.method.clone();
-                *out.uri_mut() = match authority {
-                    // Over HTTP/2 the URI carries the client's authority.
-                    Some(a) => {
-                        let mut u = http::uri::Parts::default();
-                        u.scheme = Some(Scheme::HTTP);
-                        u.authority = Some(a.clone());
-                        u.path_and_query = Some(path.clone());
-                        Uri::from_parts(u).expect("scheme, authority and path form a URI")
-                    }
-                    None => Uri::from(path.clone()),
-                };
-                *out.version_mut() = Version::HTTP_2;
-                *out.headers_mut() = if more {
-                    parts.headers.clone()
-                } else {
-                    std::mem::take(&mut parts.headers)
-                };
-                // Boxed, as the other rare paths: the request future is
-                // allocated and moved per request, at its largest state's size.
-                Box::pin(send_h2(&h2[i], out, pool))
-                    .await
-                    .map(|r| r.map(Inner::H2))
-            }
-            // Over HTTP/1.1, origin form (the connection names the
-            // backend), with the head borrowed: a retry needs no copy.
-            (None, _) => {
-                let head = h1::Outgoing {
-                    method: &parts.method,
-                    path: path.as_str(),
-                    headers: &parts.headers,
-                    host: host_missing
-                        .then(|| original_host.as_ref().unwrap_or(&pool.authorities[i])),
-                    forwarded: Some(&forwarded),
-                    upgrade: ctx.upgrade.as_ref(),
-                    connection: ctx.connection,
-                };
-                match pool.h1[i]
-                    .send(head, attempt_body, pool.timeouts.response)
-                    .await
-                {
-                    Ok(resp) => Ok(resp.map(Inner::H1)),
-                    Err(e) => Err(classify(e, pool, backend.addr())),
-                }
-            }
-        };
-        let failed = match &outcome {
-            Ok(resp) => {
-                let failed = resp.status().is_server_error();
-                if failed {
-                    Counters::inc(&ctx.counters.backend_5xx);
-                }
-                failed
-            }
+        let outcome = out.send(pool, i, attempt_body, more, ctx).await;
+        if let Err(e) = &outcome
+            && e.cause() == crate::error::Cause::Client
+        {
             // The client's fault, not the backend's.
-            Err(e) if e.cause() == crate::error::Cause::Client => return Err(e.clone()),
-            Err(e) => {
-                count_attempt(ctx.counters, e);
-                true
-            }
-        };
-        if failed {
-            backend.count_failure();
+            return Err(e.clone());
         }
-        if let Some(cfg) = &pool.outlier {
-            outlier::record(cfg, &pool.backends, i, failed);
-        }
+        judge(pool, i, &outcome, ctx.counters);
         drop(_retry.take());
-        match outcome {
+        let e = match outcome {
             Ok(resp) => return Ok((resp, in_flight)),
-            Err(e) => {
-                tracing::debug!(pool = %pool.name, backend = %backend.addr(), error = %e, attempt, "attempt failed");
-                if !(more && e.retryable(idempotent)) {
-                    return Err(e);
-                }
-                match RetryGauge::try_new(
-                    &pool.shared,
-                    pool.retries.budget,
-                    pool.retries.min_concurrent,
-                ) {
-                    Some(g) => _retry = Some(g),
-                    None => {
-                        Counters::inc(&ctx.counters.retry_budget_exhausted);
-                        tracing::debug!(pool = %pool.name, "retry budget exhausted");
-                        return Err(e);
-                    }
-                }
-                last_err = Some(e);
+            Err(e) => e,
+        };
+        tracing::debug!(pool = %pool.name, backend = %backend.addr(), error = %e, attempt, "attempt failed");
+        if !(more && e.retryable(idempotent)) {
+            return Err(e);
+        }
+        let budget = &pool.retries;
+        match RetryGauge::try_new(&pool.shared, budget.budget, budget.min_concurrent) {
+            Some(g) => _retry = Some(g),
+            None => {
+                Counters::inc(&ctx.counters.retry_budget_exhausted);
+                tracing::debug!(pool = %pool.name, "retry budget exhausted");
+                return Err(e);
             }
         }
+        last_err = Some(e);
     }
     Err(last_err.expect("the loop runs at least once and returns unless it failed"))
+}
+
+/// The request as every attempt sends it: its head, and what the pool's
+/// protocol needs of it.
+struct Outbound<'a> {
+    parts: http::request::Parts,
+    path: PathAndQuery,
+    /// The host the client named: its Host header, else (HTTP/2) its
+    /// `:authority`.
+    original_host: Option<HeaderValue>,
+    /// For h2 pools: `original_host` as the request's `:authority`.
+    h2_authority: Option<Authority>,
+    /// An HTTP/1.1 request without a Host header sends the host its URI
+    /// named, or else names the backend, as any client of it would.
+    host_missing: bool,
+    request_id: &'a HeaderValue,
+}
+
+impl<'a> Outbound<'a> {
+    fn new(
+        mut parts: http::request::Parts,
+        pool: &PoolRuntime,
+        ctx: &Forwarding<'_>,
+        request_id: &'a HeaderValue,
+    ) -> Self {
+        // HTTP/2 clients name the host in `:authority`, not `Host`:
+        // HTTP/1.1 backends get it as `Host`, HTTP/2 backends as
+        // `:authority`.
+        let original_host = ctx.host.clone().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        // HTTP/1.1 backends get the client's headers through the encoder,
+        // which leaves the hop-by-hop ones out and writes the forwarded
+        // ones: the map is not changed. HTTP/2 backends get the map.
+        let h2_authority = if pool.h2.is_some() {
+            let forwarded = forwarded(ctx, original_host.as_ref(), request_id);
+            h2_headers(&mut parts.headers, &forwarded);
+            original_host
+                .as_ref()
+                .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+        } else {
+            None
+        };
+        let path = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        Outbound {
+            parts,
+            path,
+            original_host,
+            h2_authority,
+            host_missing: pool.h2.is_none() && ctx.host.is_none(),
+            request_id,
+        }
+    }
+
+    /// One attempt at `pool.backends[i]`. `more`: another attempt may
+    /// follow, so the head must stay.
+    async fn send(
+        &mut self,
+        pool: &PoolRuntime,
+        i: usize,
+        body: RequestBody,
+        more: bool,
+        ctx: &Forwarding<'_>,
+    ) -> Result<Response<Inner>, ProxyError> {
+        if let Some(h2) = &pool.h2 {
+            let mut out = Request::new(body);
+            *out.method_mut() = self.parts.method.clone();
+            *out.uri_mut() = match &self.h2_authority {
+                // Over HTTP/2 the URI carries the client's authority.
+                Some(a) => {
+                    let mut u = http::uri::Parts::default();
+                    u.scheme = Some(Scheme::HTTP);
+                    u.authority = Some(a.clone());
+                    u.path_and_query = Some(self.path.clone());
+                    Uri::from_parts(u).expect("scheme, authority and path form a URI")
+                }
+                None => Uri::from(self.path.clone()),
+            };
+            *out.version_mut() = Version::HTTP_2;
+            *out.headers_mut() = if more {
+                self.parts.headers.clone()
+            } else {
+                std::mem::take(&mut self.parts.headers)
+            };
+            // Boxed, as the other rare paths: the request future is
+            // allocated and moved per request, at its largest state's size.
+            return Box::pin(send_h2(&h2[i], out, pool))
+                .await
+                .map(|r| r.map(Inner::H2));
+        }
+        // Over HTTP/1.1, origin form (the connection names the backend),
+        // with the head borrowed: a retry needs no copy.
+        let forwarded = forwarded(ctx, self.original_host.as_ref(), self.request_id);
+        let head = h1::Outgoing {
+            method: &self.parts.method,
+            path: self.path.as_str(),
+            headers: &self.parts.headers,
+            host: self
+                .host_missing
+                .then(|| self.original_host.as_ref().unwrap_or(&pool.authorities[i])),
+            forwarded: Some(&forwarded),
+            upgrade: ctx.upgrade.as_ref(),
+            connection: ctx.connection,
+        };
+        match pool.h1[i].send(head, body, pool.timeouts.response).await {
+            Ok(resp) => Ok(resp.map(Inner::H1)),
+            Err(e) => Err(classify(e, pool, pool.backends[i].addr())),
+        }
+    }
+}
+
+/// The X-Forwarded-* headers and request id a backend gets.
+fn forwarded<'a>(
+    ctx: &Forwarding<'a>,
+    host: Option<&'a HeaderValue>,
+    request_id: &'a HeaderValue,
+) -> headers::Forwarded<'a> {
+    headers::Forwarded {
+        client_ip: ctx.client_ip,
+        host,
+        proto: if ctx.tls { "https" } else { "http" },
+        request_id,
+    }
+}
+
+/// The client's headers made into an HTTP/2 backend's: hop-by-hop ones
+/// out, forwarded ones in, Host gone (it goes as `:authority`).
+fn h2_headers(headers: &mut HeaderMap, forwarded: &headers::Forwarded<'_>) {
+    // gRPC and other h2 peers need to know trailers are welcome.
+    let te_trailers = headers.get_all(header::TE).iter().any(|v| {
+        v.as_bytes()
+            .windows(8)
+            .any(|w| w.eq_ignore_ascii_case(b"trailers"))
+    });
+    headers::strip_hop_by_hop(headers);
+    forwarded.apply(headers);
+    headers.remove(header::HOST);
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// The client's body as attempts send it: small or empty bodies are read
+/// whole so they can be sent again; larger or chunked ones stream.
+async fn buffered(body: RawBody, ctx: &Forwarding<'_>) -> Result<RequestBody, ProxyError> {
+    let body = ClientBody::new(body, ctx.limits.max_body_bytes, ctx.body_timeout);
+    Ok(match body.size_hint().exact() {
+        Some(0) => RequestBody::Full(None),
+        Some(n) if n <= MAX_BUFFERED_BODY => {
+            let bytes = Box::pin(body.collect())
+                .await
+                .map_err(|e| e.to_proxy_error())?
+                .to_bytes();
+            RequestBody::Full(Some(bytes))
+        }
+        _ => RequestBody::Stream(body),
+    })
+}
+
+/// No backend to send to: how many of the pool's are down.
+fn no_backend(pool: &PoolRuntime) -> ProxyError {
+    let c = Census::of(pool);
+    ProxyError::NoBackend {
+        pool: pool.name.clone(),
+        healthy: c.healthy,
+        weighted: c.weighted,
+    }
+}
+
+/// Counts an attempt's outcome against its backend: in its failures, in
+/// outlier ejection, and by kind.
+fn judge(
+    pool: &PoolRuntime,
+    i: usize,
+    outcome: &Result<Response<Inner>, ProxyError>,
+    counters: &Counters,
+) {
+    let failed = match outcome {
+        Ok(resp) => {
+            let failed = resp.status().is_server_error();
+            if failed {
+                Counters::inc(&counters.backend_5xx);
+            }
+            failed
+        }
+        Err(e) => {
+            count_attempt(counters, e);
+            true
+        }
+    };
+    if failed {
+        pool.backends[i].count_failure();
+    }
+    if let Some(cfg) = &pool.outlier {
+        outlier::record(cfg, &pool.backends, i, failed);
+    }
 }
 
 /// Logs a pool entering or leaving panic mode once per transition.

@@ -402,8 +402,11 @@ where
         keep_alive,
         expect_continue,
     } = head;
-    let http10 = request.version() == Version::HTTP_10;
-    let head_request = request.method() == Method::HEAD;
+    let asked = Asked {
+        http10: request.version() == Version::HTTP_10,
+        head: request.method() == Method::HEAD,
+        keep_alive,
+    };
     if request.method() == Method::CONNECT {
         // Whatever the answer, the client would take a 2xx for a
         // tunnel nobody carries.
@@ -428,22 +431,63 @@ where
         tracing::debug!(client = %ctx.client, "client went away mid-request");
         return Some(End::Drop);
     };
+    close |= waits.lazy.closing || !pump.finished;
+    let (upgrade, close) =
+        match respond::<I, S>(conn, response, &mut pump, asked, close, limits, out).await {
+            Ok(how) => how,
+            Err(()) => return Some(End::Drop),
+        };
+    conn.served += 1;
+    conn.idle_since = Instant::now();
+    if upgrade {
+        return Some(match service.take_tunnel() {
+            Some(t) => End::Upgrade(t),
+            None => End::Close,
+        });
+    }
+    close.then_some(End::Close)
+}
+
+/// What the response's framing depends on in its request.
+#[derive(Clone, Copy)]
+struct Asked {
+    http10: bool,
+    head: bool,
+    /// An HTTP/1.0 client asked to keep the connection.
+    keep_alive: bool,
+}
+
+/// Writes `response`, pumping the request's body meanwhile for a backend
+/// that still reads it. Ok: whether it was a 101, and whether the
+/// connection closes after it. Err: the client or the body failed and
+/// the connection is dropped.
+async fn respond<I, S>(
+    conn: &mut ClientConn<I>,
+    response: Response<S::Body>,
+    pump: &mut Pump,
+    asked: Asked,
+    mut close: bool,
+    limits: HeadLimits,
+    out: &mut Vec<u8>,
+) -> Result<(bool, bool), ()>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+    S: Service,
+{
     let (parts, mut body) = response.into_parts();
     let status = parts.status.as_u16();
     let upgrade = status == 101;
-    let no_body = head_request || (100..200).contains(&status) || status == 204 || status == 304;
-    close |= waits.lazy.closing
-        || !pump.finished
-        || parts
-            .headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .any(|v| has_token(v.as_bytes(), b"close"));
+    let no_body = asked.head || (100..200).contains(&status) || status == 204 || status == 304;
+    close |= parts
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .any(|v| has_token(v.as_bytes(), b"close"));
     let framing = if no_body {
         Framing::Empty
     } else if let Some(n) = body.size_hint().exact() {
         Framing::Length(n)
-    } else if http10 {
+    } else if asked.http10 {
         close = true;
         Framing::Close
     } else {
@@ -457,12 +501,12 @@ where
         framing,
         Connection {
             close: close && !upgrade,
-            keep_alive: http10 && keep_alive && !close,
+            keep_alive: asked.http10 && asked.keep_alive && !close,
         },
     );
     drop(parts);
     let mut writer = Writer::new(out, framing);
-    let written = std::future::poll_fn(|cx| {
+    std::future::poll_fn(|cx| {
         // The backend may still be reading the request's body.
         if pump.poll(conn, cx).is_err() {
             return Poll::Ready(Err(()));
@@ -473,26 +517,12 @@ where
         }
         written
     })
-    .await;
+    .await?;
     drop(body);
-    if written.is_err() {
-        return Some(End::Drop);
-    }
-    if std::future::poll_fn(|cx| Pin::new(&mut conn.io).poll_flush(cx))
+    std::future::poll_fn(|cx| Pin::new(&mut conn.io).poll_flush(cx))
         .await
-        .is_err()
-    {
-        return Some(End::Drop);
-    }
-    conn.served += 1;
-    conn.idle_since = Instant::now();
-    if upgrade {
-        return Some(match service.take_tunnel() {
-            Some(t) => End::Upgrade(t),
-            None => End::Close,
-        });
-    }
-    close.then_some(End::Close)
+        .map_err(|_| ())?;
+    Ok((upgrade, close))
 }
 
 // ---- request body -----------------------------------------------------
