@@ -5,6 +5,7 @@
 
 mod demo;
 mod env;
+mod remote;
 mod serve;
 mod tools;
 
@@ -50,10 +51,15 @@ enum Verb {
         /// the config, to try Fulcrum on one machine.
         #[arg(long)]
         demo_backends: bool,
-        /// Refuse to start or reload a config that breaks these standards,
-        /// and re-check the running config whenever this file changes.
+        /// Refuse to start or change to a config that breaks these
+        /// standards, and re-check the running config whenever this file
+        /// changes.
         #[arg(long, value_name = "FILE")]
         standards: Option<PathBuf>,
+        /// Where config versions, the journal and a generated admin token
+        /// are kept; default: `NAME.state/` beside the config file.
+        #[arg(long, value_name = "DIR")]
+        state: Option<PathBuf>,
     },
     /// Check a config: syntax, types and semantics, with every problem at once.
     /// Exits 78 if the config is invalid, 0 otherwise (warnings included).
@@ -123,6 +129,71 @@ enum Verb {
     },
     /// Print a JSON Schema of the config file, for editors.
     Schema,
+    /// Apply a config to a running `serve` through its admin API: check,
+    /// standards, the config's tests, the diff, the traffic impact over
+    /// recent requests and live probes of new backends, then a canary or
+    /// the swap. Prints each step. Exits 1 when refused, 78 when invalid.
+    Apply {
+        /// The new config.
+        file: PathBuf,
+        #[command(flatten)]
+        target: remote::Target,
+        /// Serve it to this share of clients first (0 < SHARE < 1).
+        #[arg(long, value_name = "SHARE")]
+        canary: Option<f64>,
+        /// How long the canary serves before it is promoted (default 60s).
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, requires = "canary")]
+        bake: Option<Duration>,
+        /// Override refusals by standards, tests, pre-flight and impact
+        /// (never an invalid config); the journal records it.
+        #[arg(long)]
+        force: bool,
+        /// Why: kept with the version and in the journal.
+        #[arg(long, short, value_name = "TEXT")]
+        message: Option<String>,
+        /// Refuse when more than this share of recent requests would land
+        /// on another pool or backend, e.g. 0.05.
+        #[arg(long, value_name = "SHARE")]
+        max_moved: Option<f64>,
+        /// With --canary: return once it is staged, without waiting for
+        /// its promotion.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Roll back: drop a running canary, or serve an earlier version
+    /// again (default: the serving version's parent).
+    Rollback {
+        /// The version number to serve (see `fulcrum history`).
+        #[arg(long, value_name = "N")]
+        to: Option<u64>,
+        /// Why: kept in the journal.
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+        #[command(flatten)]
+        target: remote::Target,
+    },
+    /// The stored config versions, newest first.
+    History {
+        #[command(flatten)]
+        target: remote::Target,
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+    },
+    /// What serves: versions, canary, backends and drift.
+    Status {
+        #[command(flatten)]
+        target: remote::Target,
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+    },
+    /// Whether the running config, the store's head, the config file on
+    /// disk and the standards agree. Exits 1 when they do not.
+    Drift {
+        #[command(flatten)]
+        target: remote::Target,
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -170,13 +241,44 @@ fn main() -> ExitCode {
             format,
         } => tools::explain(&config, &request, &headers, client_ip, format),
         Verb::Schema => tools::schema(),
+        Verb::Apply {
+            file,
+            target,
+            canary,
+            bake,
+            force,
+            message,
+            max_moved,
+            no_wait,
+        } => remote::apply(remote::ApplyOptions {
+            file: &file,
+            target: &target,
+            canary,
+            bake,
+            force,
+            message,
+            max_moved,
+            no_wait,
+        }),
+        Verb::Rollback { to, reason, target } => remote::rollback(&target, to, reason),
+        Verb::History { target, format } => remote::history(&target, format == Format::Json),
+        Verb::Status { target, format } => remote::status(&target, format == Format::Json),
+        Verb::Drift { target, format } => remote::drift(&target, format == Format::Json),
         Verb::Serve {
             config,
             grace,
             threads,
             demo_backends,
             standards,
-        } => serve::run(&config, grace, threads, demo_backends, standards),
+            state,
+        } => serve::run(serve::Options {
+            config,
+            grace,
+            threads,
+            demo_backends,
+            standards,
+            state,
+        }),
     }
 }
 

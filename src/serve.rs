@@ -1,58 +1,70 @@
-//! `fulcrum serve`: owns the process around the data plane — the worker
-//! threads, binding listeners, SIGHUP reload (all-or-nothing: a refused
-//! config leaves the running one serving) and SIGTERM drain.
+//! `fulcrum serve`: owns the process around the data plane and the
+//! control plane — the worker threads, the config store, the admin API,
+//! signals (SIGHUP applies the config file through the change pipeline,
+//! SIGTERM drains) — and nothing else: every change to what serves goes
+//! through `fulcrum_control`.
 
 use std::num::NonZeroUsize;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
-use fulcrum_config::{Severity, Snapshot};
-use fulcrum_proxy::DataPlane;
+use fulcrum_control::admin::{self, Admin};
+use fulcrum_control::boot::{Boot, BootError};
+use fulcrum_control::change::{Controller, Settings};
+use fulcrum_control::standards::Watch;
+use fulcrum_control::store::Local;
+use fulcrum_control::token::{self, Token};
 use tokio::runtime::Handle;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::{EXIT_INVALID, EXIT_USAGE};
-use fulcrum_control::listeners::Listeners;
-use fulcrum_control::standards::Watch;
-use fulcrum_safety::rules::ConfigSource;
 
-pub fn run(
-    path: &Path,
-    grace: Duration,
-    threads: Option<NonZeroUsize>,
-    demo_backends: bool,
-    standards: Option<std::path::PathBuf>,
-) -> ExitCode {
+pub struct Options {
+    pub config: PathBuf,
+    pub grace: Duration,
+    pub threads: Option<NonZeroUsize>,
+    pub demo_backends: bool,
+    pub standards: Option<PathBuf>,
+    pub state: Option<PathBuf>,
+}
+
+/// `fulcrum.toml` → `fulcrum.state/` beside it.
+pub fn default_state_dir(config: &Path) -> PathBuf {
+    let stem = config
+        .file_stem()
+        .map_or_else(|| "fulcrum".into(), |s| s.to_string_lossy().into_owned());
+    config.with_file_name(format!("{stem}.state"))
+}
+
+pub fn run(o: Options) -> ExitCode {
     init_tracing();
-    let watch = match standards.as_deref().map(Watch::load).transpose() {
+    let watch = match o.standards.as_deref().map(Watch::load).transpose() {
         Ok(w) => w,
         Err(report) => {
             eprintln!("{report}");
             return ExitCode::from(EXIT_INVALID);
         }
     };
-    let snapshot = match load(path, watch.as_ref()) {
+    let state_dir = o
+        .state
+        .clone()
+        .unwrap_or_else(|| default_state_dir(&o.config));
+    let store = match Local::open(&state_dir) {
         Ok(s) => s,
-        Err(Refused::Unreadable(e)) => {
-            eprintln!("{e}");
-            return ExitCode::from(EXIT_USAGE);
-        }
-        Err(Refused::Invalid(report)) => {
-            eprintln!("{report}");
+        Err(e) => {
             eprintln!(
-                "fulcrum: not starting: fix the errors above (`fulcrum check` shows them too)"
+                "fulcrum: cannot open the state directory {}: {e} (pass --state DIR to put it elsewhere)",
+                state_dir.display()
             );
-            return ExitCode::from(EXIT_INVALID);
-        }
-        Err(Refused::Standards(report)) => {
-            eprintln!("fulcrum: not starting: the config {report}");
             return ExitCode::FAILURE;
         }
     };
-    let threads = threads
+    let threads = o
+        .threads
         .or_else(|| std::thread::available_parallelism().ok())
         .map_or(1, NonZeroUsize::get);
     let runtime = if threads == 1 {
@@ -62,9 +74,10 @@ pub fn run(
             .enable_all()
             .build()
     } else {
-        // The control side only: signals, reloads, health checks, the
-        // access-log writer. A reload compiles on the main thread, so its
-        // tasks get a thread of their own and do not stall meanwhile.
+        // The control side only: signals, changes, health checks, the
+        // admin API, the access-log writer. A change compiles on this
+        // runtime, so its tasks get a thread of their own and do not stall
+        // meanwhile.
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -77,6 +90,15 @@ pub fn run(
             return ExitCode::FAILURE;
         }
     };
+    let settings = Settings {
+        env: Arc::new(crate::env::FileEnv::for_config(&o.config)),
+        config_path: o.config.clone(),
+        standards: watch,
+    };
+    let boot = match runtime.block_on(Boot::decide(settings, Arc::new(store))) {
+        Ok(b) => b,
+        Err(e) => return refused_to_start(e),
+    };
     let workers = match (threads > 1).then(|| Workers::start(threads)).transpose() {
         Ok(w) => w,
         Err(e) => {
@@ -87,7 +109,31 @@ pub fn run(
     let serving = workers
         .as_ref()
         .map_or_else(|| vec![runtime.handle().clone()], |w| w.handles.clone());
-    runtime.block_on(serve(path, snapshot, grace, demo_backends, watch, serving))
+    runtime.block_on(serve(boot, &o, &state_dir, serving))
+}
+
+fn refused_to_start(e: BootError) -> ExitCode {
+    match e {
+        BootError::Unreadable(e) => {
+            eprintln!("{e}");
+            ExitCode::from(EXIT_USAGE)
+        }
+        BootError::Invalid(report) => {
+            eprint!("{report}");
+            eprintln!(
+                "fulcrum: not starting: fix the errors above (`fulcrum check` shows them too)"
+            );
+            ExitCode::from(EXIT_INVALID)
+        }
+        BootError::Refused(report) => {
+            eprintln!("fulcrum: not starting: {report}");
+            ExitCode::FAILURE
+        }
+        BootError::Failed(e) => {
+            eprintln!("fulcrum: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// `--threads N` with N > 1: N threads, each running its own current-thread
@@ -134,62 +180,7 @@ impl Drop for Workers {
     }
 }
 
-fn init_tracing() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-}
-
-enum Refused {
-    Unreadable(String),
-    /// The rendered diagnostics.
-    Invalid(String),
-    /// Valid, but breaks the standards: the report.
-    Standards(String),
-}
-
-/// Read and compile the config; warnings are logged, errors refuse it, and
-/// so does breaking the standards.
-fn load(path: &Path, watch: Option<&Watch>) -> Result<Snapshot, Refused> {
-    // Certificates are read with the rest of the file, so a reload picks
-    // up renewed ones and refuses a broken pair like any other error.
-    let (label, source, checked) = crate::check_file(path).map_err(Refused::Unreadable)?;
-    match checked.snapshot {
-        Some(snapshot) => {
-            for d in checked
-                .diagnostics
-                .iter()
-                .filter(|d| d.severity == Severity::Warning)
-            {
-                warn!("{d}");
-            }
-            if let Some(w) = watch {
-                let config = ConfigSource {
-                    file: &label,
-                    source: &source,
-                };
-                w.judge(&snapshot, Some(config))
-                    .map_err(Refused::Standards)?;
-            }
-            Ok(snapshot)
-        }
-        None => Err(Refused::Invalid(fulcrum_config::render_human(
-            &label, &source, &checked,
-        ))),
-    }
-}
-
-async fn serve(
-    path: &Path,
-    snapshot: Snapshot,
-    grace: Duration,
-    demo_backends: bool,
-    mut watch: Option<Watch>,
-    serving: Vec<Handle>,
-) -> ExitCode {
+async fn serve(boot: Boot, o: &Options, state_dir: &Path, serving: Vec<Handle>) -> ExitCode {
     let (Ok(mut hup), Ok(mut term)) = (
         signal(SignalKind::hangup()),
         signal(SignalKind::terminate()),
@@ -199,8 +190,8 @@ async fn serve(
     };
     // Started before the data plane so its first health checks pass; kept
     // alive for the life of the process.
-    let _demo = if demo_backends {
-        match crate::demo::start_backends(&snapshot).await {
+    let _demo = if o.demo_backends {
+        match crate::demo::start_backends(boot.snapshot()).await {
             Ok(b) => b,
             Err(e) => {
                 eprintln!("fulcrum: {e}");
@@ -210,39 +201,35 @@ async fn serve(
     } else {
         Vec::new()
     };
-    let mut listeners = Listeners::new(serving);
-    let bound = match listeners.bind_new(&snapshot) {
-        Ok(b) => b,
-        Err(e) => {
-            eprintln!("fulcrum: {e}");
-            return ExitCode::FAILURE;
-        }
+    let controller = match boot.start(serving).await {
+        Ok(c) => c,
+        Err(e) => return refused_to_start(e),
     };
-    info!(version = %snapshot.version, "config loaded");
-    let (plane, writer) = DataPlane::new(snapshot);
-    listeners.commit(&plane.snapshot(), bound, &plane);
+    let stop_admin = CancellationToken::new();
+    if let Err(e) = start_admin(&controller, &o.config, state_dir, stop_admin.clone()).await {
+        eprintln!("fulcrum: not starting: {e}");
+        return ExitCode::FAILURE;
+    }
+    tokio::spawn(fulcrum_control::health::journal_flips(Arc::downgrade(
+        &controller,
+    )));
 
     let mut poll = tokio::time::interval(fulcrum_control::standards::POLL);
     loop {
         tokio::select! {
             _ = hup.recv() => {
-                // A reload is gated by the standards as they are now, not
+                // A change is gated by the standards as they are now, not
                 // as they were at the last poll.
-                if let Some(w) = &mut watch {
-                    w.poll(&plane.snapshot());
-                }
-                reload(path, &writer, &mut listeners, watch.as_ref()).await
+                controller.poll_standards().await;
+                controller.reload_file().await;
             }
-            _ = poll.tick(), if watch.is_some() => {
-                if let Some(w) = &mut watch {
-                    w.poll(&plane.snapshot());
-                }
-            }
+            _ = poll.tick() => controller.poll_standards().await,
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }
     }
-    if listeners.drain(grace).await {
+    stop_admin.cancel();
+    if controller.drain(o.grace).await {
         info!("drained; exiting");
     } else {
         warn!("grace period over with requests still in flight; exiting anyway");
@@ -250,40 +237,56 @@ async fn serve(
     ExitCode::SUCCESS
 }
 
-/// SIGHUP: re-read the file and swap only if it is valid and its listeners
-/// can all be bound. Otherwise nothing changes.
-async fn reload(
-    path: &Path,
-    writer: &fulcrum_proxy::Writer,
-    listeners: &mut Listeners,
-    watch: Option<&Watch>,
-) {
-    let plane = writer.plane();
-    let current = plane.snapshot();
-    let snapshot = match load(path, watch) {
-        Ok(s) => s,
-        Err(Refused::Unreadable(e)) => {
-            error!(version = %current.version, "reload refused, still serving the running config: {e}");
-            return;
-        }
-        Err(Refused::Invalid(report)) => {
-            error!(version = %current.version, "reload refused, still serving the running config:\n{report}");
-            return;
-        }
-        Err(Refused::Standards(report)) => {
-            error!(version = %current.version, "reload refused, still serving the running config: the new config {report}");
-            return;
-        }
+/// The admin API on `[admin] listen`, when the config has one: bound once
+/// at start (a change to `[admin]` takes effect at the next start).
+async fn start_admin(
+    controller: &Arc<Controller>,
+    config: &Path,
+    state_dir: &Path,
+    stop: CancellationToken,
+) -> Result<(), String> {
+    let snapshot = controller.view().stable.snapshot.clone();
+    let Some(cfg) = snapshot.admin.clone() else {
+        info!(
+            "no [admin] in the config: no admin API (apply, rollback and the dashboard need one)"
+        );
+        return Ok(());
     };
-    let bound = match listeners.bind_new(&snapshot) {
-        Ok(b) => b,
-        Err(e) => {
-            error!(version = %current.version, "reload refused, still serving the running config: {e}");
-            return;
-        }
-    };
-    let version = snapshot.version.clone();
-    writer.swap(snapshot);
-    listeners.commit(&plane.snapshot(), bound, plane);
-    info!(from = %current.version, to = %version, "config reloaded");
+    let config_dir = config.parent().unwrap_or(Path::new("."));
+    let (token, source) = Token::resolve(
+        cfg.token_file.as_deref(),
+        config_dir,
+        std::env::var(token::ENV).ok(),
+        state_dir,
+    )?;
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| {
+            format!(
+                "admin.listen: cannot bind {}: {e} (is another process using it?)",
+                cfg.listen
+            )
+        })?;
+    let addr = listener.local_addr().map_or(cfg.listen, |a| a);
+    let tls = cfg
+        .tls
+        .as_ref()
+        .map(|t| fulcrum_proxy::tls_acceptor(t, false));
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    info!(admin = %addr, token = %source, "admin API on {scheme}://{addr}; its bearer token is in {source}");
+    let (router, _) = admin::router(Arc::new(Admin {
+        controller: controller.clone(),
+        token,
+    }));
+    tokio::spawn(admin::serve(listener, tls, router, stop));
+    Ok(())
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }

@@ -192,12 +192,21 @@ impl Served {
     }
 
     fn start_with(config: &std::path::Path, args: &[&std::ffi::OsStr]) -> Served {
+        Served::start_env(config, args, &[])
+    }
+
+    fn start_env(
+        config: &std::path::Path,
+        args: &[&std::ffi::OsStr],
+        env: &[(&str, &str)],
+    ) -> Served {
         let mut child = fulcrum()
             .arg("serve")
             .arg("-c")
             .arg(config)
             .args(["--grace", "5s", "--threads", "2"])
             .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
@@ -813,4 +822,5 @@ backends = [{{ addr = "{}" }}]
     );
 }
 
+mod control;
 mod safety;

@@ -4,8 +4,17 @@
 //! every step is recorded in the [`store`]'s journal.
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod boot;
+pub mod change;
+pub mod gate;
+pub mod health;
 pub mod journal;
 pub mod listeners;
+pub mod metrics;
 pub mod preflight;
+mod preflight_pending;
 pub mod standards;
+pub mod status;
 pub mod store;
+pub mod token;

@@ -16,7 +16,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::mpsc;
 
 /// One request, as the request path knows it; formatted by the writer.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Entry {
     pub time: SystemTime,
     pub method: Method,
@@ -29,6 +29,8 @@ pub struct Entry {
     pub duration_ms: f64,
     pub bytes: u64,
     pub version: Arc<str>,
+    /// Which side of a canary served it.
+    pub cohort: crate::runtime::Cohort,
     pub request_id: HeaderValue,
     pub client_ip: IpAddr,
     pub attempts: u32,
@@ -198,6 +200,7 @@ pub fn format_entry(e: &Entry, out: &mut Vec<u8>) {
         "duration_ms": (e.duration_ms * 1000.0).round() / 1000.0,
         "bytes": e.bytes,
         "version": &*e.version,
+        "cohort": e.cohort.as_str(),
         "request_id": String::from_utf8_lossy(e.request_id.as_bytes()),
         "client_ip": e.client_ip.to_string(),
         "attempts": e.attempts,

@@ -15,6 +15,17 @@ pub enum Cause {
     Proxy,
 }
 
+impl Cause {
+    /// As in logs and metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::Client => "client",
+            Cause::Backend => "backend",
+            Cause::Proxy => "proxy",
+        }
+    }
+}
+
 /// A request the data plane could not complete.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProxyError {

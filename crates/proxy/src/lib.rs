@@ -20,7 +20,9 @@ mod io;
 pub mod listener;
 pub mod outlier;
 pub mod proxy;
+pub mod recent;
 mod runtime;
+pub mod stats;
 mod tls;
 mod tunnel;
 
@@ -29,6 +31,7 @@ pub use counters::CounterValues;
 pub use error::{Cause, ProxyError};
 pub use listener::{ConnectionCount, Open, accept, serve};
 pub use runtime::{Cohort, DataPlane, Writer, cohort_hash};
+pub use tls::acceptor as tls_acceptor;
 
 pub use fulcrum_config::Snapshot;
 // The balancer is the config crate's, shared with the safety tools; named

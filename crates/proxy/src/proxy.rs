@@ -27,12 +27,15 @@ use crate::balance::{Census, hash_key};
 use crate::body::{ClientBody, ClientBodyError, RawBody, RequestBody};
 use crate::conn::{ConnGuard, ConnInfo};
 use crate::counters::Counters;
+use crate::error::Cause;
 use crate::error::ProxyError;
 use crate::h2::{H2Backend, H2ConnectError};
 use crate::headers::{self, REQUEST_ID};
 use crate::http1::client::{self as h1, H1Body, H1Error};
 use crate::outlier;
-use crate::runtime::{DataPlane, PoolRuntime, PoolShared};
+use crate::recent::Recent;
+use crate::runtime::{Cohort, DataPlane, PoolRuntime, PoolShared, Runtime, Staged};
+use crate::stats::Outcome;
 
 /// Request bodies up to this size are buffered so the request can be sent
 /// again; larger or chunked bodies stream and are never retried.
@@ -62,8 +65,45 @@ pub struct ResponseBody {
     _request: Option<RequestGauge>,
     /// HTTP/2 only: an HTTP/1.1 connection knows when its response ends.
     _conn: Option<ConnGuard>,
+    /// The request's outcome, recorded when the response ends.
+    track: Option<Track>,
     /// Boxed: it is large, and the response is moved several times.
     log: Option<Box<LogContext>>,
+}
+
+/// A request's outcome in the making: where it went and how it ended,
+/// with the runtimes it was served by (held, so the statistics it counts
+/// in are its version's even after a reload).
+pub(crate) struct Track {
+    staged: Arc<Staged>,
+    cohort: Cohort,
+    route: Option<u32>,
+    pool: Option<u32>,
+    attempt: Attempt,
+    status: u16,
+    cause: Option<Cause>,
+    start: Instant,
+}
+
+/// The backend the last attempt went to, and how many attempts there were.
+#[derive(Debug, Default, Clone, Copy)]
+struct Attempt {
+    backend: Option<u32>,
+    count: u32,
+}
+
+impl Track {
+    fn outcome(&self) -> Outcome {
+        Outcome {
+            route: self.route,
+            pool: self.pool,
+            backend: self.attempt.backend,
+            status: self.status,
+            cause: self.cause,
+            latency: self.start.elapsed(),
+            cohort: self.cohort,
+        }
+    }
 }
 
 /// A response body as it comes from a backend, or one the proxy made.
@@ -165,51 +205,73 @@ impl ResponseBody {
 }
 
 impl Drop for ResponseBody {
+    /// The one place a request's outcome is recorded: in its version's
+    /// statistics always, and as an access-log entry when the log is on
+    /// or the request is sampled for the recent-requests reservoir.
     fn drop(&mut self) {
+        let Some(track) = self.track.take() else {
+            return;
+        };
+        let outcome = track.outcome();
+        let rt = track.staged.runtime(track.cohort);
+        rt.stats.record(&outcome);
         if let Some(log) = self.log.take() {
-            let ctx = log.ctx;
-            log.sink.send(Entry {
-                time: ctx.time,
-                method: ctx.method,
-                host: ctx.host,
-                path: ctx.path,
-                route: ctx.route,
-                pool: ctx.pool,
-                backend: ctx.backend,
-                status: ctx.status,
-                duration_ms: ctx.start.elapsed().as_secs_f64() * 1000.0,
-                bytes: self.bytes,
-                version: ctx.version,
-                request_id: ctx.request_id,
-                client_ip: ctx.client.ip(),
-                attempts: ctx.attempts,
-                captured: ctx.captured,
-            });
+            let entry = log.ctx.entry(rt, &outcome, track.attempt.count, self.bytes);
+            if log.sampled {
+                rt.recent.push(entry.clone());
+            }
+            if let Some(sink) = &log.sink {
+                sink.send(entry);
+            }
         }
     }
 }
 
-/// What the access log needs, gathered only when the log is on.
+/// What an access-log entry needs beyond the outcome, gathered only when
+/// the log is on or the request is sampled.
 struct LogContext {
-    sink: crate::access_log::AccessLog,
+    sink: Option<crate::access_log::AccessLog>,
+    /// Kept among the recent requests.
+    sampled: bool,
     ctx: LogFields,
 }
 
 struct LogFields {
     time: SystemTime,
-    start: Instant,
     method: Method,
     host: Option<String>,
     path: String,
-    route: Option<Arc<str>>,
-    pool: Option<Arc<str>>,
-    backend: Option<SocketAddr>,
-    status: u16,
-    version: Arc<str>,
     request_id: HeaderValue,
     client: SocketAddr,
-    attempts: u32,
     captured: crate::access_log::Captured,
+}
+
+impl LogFields {
+    fn entry(self, rt: &Runtime, o: &Outcome, attempts: u32, bytes: u64) -> Entry {
+        let s = &rt.snapshot;
+        let route = o.route.map(|r| &s.routes[r as usize]);
+        let pool = o.pool.map(|p| &s.pools[p as usize]);
+        Entry {
+            time: self.time,
+            method: self.method,
+            host: self.host,
+            path: self.path,
+            route: route.map(|r| r.name.clone()),
+            pool: pool.map(|p| p.name.clone()),
+            backend: pool
+                .zip(o.backend)
+                .map(|(p, b)| p.backends[b as usize].addr),
+            status: o.status,
+            duration_ms: o.latency.as_secs_f64() * 1000.0,
+            bytes,
+            version: s.version.clone(),
+            cohort: o.cohort,
+            request_id: self.request_id,
+            client_ip: self.client.ip(),
+            attempts,
+            captured: self.captured,
+        }
+    }
 }
 
 /// Counts a request in its pool's gauge, the base of the retry budget.
@@ -284,7 +346,7 @@ pub(crate) async fn handle(
     let start = Instant::now();
     let client = info.client;
     let staged = plane.staged();
-    let (rt, _cohort) = staged.pick(client.ip());
+    let (rt, cohort) = staged.pick(client.ip());
     let mut rng = Rng::new();
     let scan = HeadScan::of(req.headers());
     let request_id = headers::request_id(scan.request_id, &mut rng);
@@ -293,7 +355,17 @@ pub(crate) async fn handle(
     if let Err(e) = screen(&req, &scan, &info.settings.limits) {
         count_refusal(&plane.counters, &e);
         tracing::debug!(%client, error = %e, "request refused");
-        return error_response(&e, request_id, conn, None, None, None, close);
+        let track = Track {
+            staged,
+            cohort,
+            route: None,
+            pool: None,
+            attempt: Attempt::default(),
+            status: 0,
+            cause: None,
+            start,
+        };
+        return error_response(&e, request_id, conn, track, None, None, None, close);
     }
     // An HTTP/1.1 Upgrade (WebSocket): the request goes to the backend
     // with its Upgrade header intact.
@@ -316,23 +388,29 @@ pub(crate) async fn handle(
             .and_then(|policy| hash_key(policy, &view, client.ip()))
     });
 
-    let mut log = rt.access_log.as_ref().map(|sink| {
-        let routed = Routed {
-            route: routed.map(|(_, r)| r.name.clone()),
-            pool: pool.map(|p| p.name.clone()),
-        };
+    let sampled = Recent::sample();
+    let log = (rt.access_log.is_some() || sampled).then(|| {
         log_context(
-            sink,
-            &rt,
+            rt.access_log.clone(),
+            sampled,
+            rt,
             &req,
             host.as_deref(),
-            routed,
-            start,
             &request_id,
             client,
         )
     });
     drop(host);
+    let mut track = Track {
+        route: routed.map(|(i, _)| i as u32),
+        pool: routed.map(|(_, r)| r.pool as u32),
+        staged: staged.clone(),
+        cohort,
+        attempt: Attempt::default(),
+        status: 0,
+        cause: None,
+        start,
+    };
 
     let (pool, gauge) = match pool {
         Some(p) => (p, RequestGauge::new(&p.shared)),
@@ -342,6 +420,7 @@ pub(crate) async fn handle(
                 &ProxyError::NoRoute,
                 request_id,
                 conn,
+                track,
                 log,
                 None,
                 None,
@@ -362,63 +441,68 @@ pub(crate) async fn handle(
         connection,
     };
 
-    let result = forward(pool, req, &ctx, &request_id, key, &mut rng, &mut log).await;
+    let upgrade = upgrade.is_some().then_some(pool.timeouts.tunnel);
+    let result = forward(
+        pool,
+        req,
+        &ctx,
+        &request_id,
+        key,
+        &mut rng,
+        &mut track.attempt,
+    )
+    .await;
     match result {
         Ok((resp, in_flight)) => {
             let held = Held {
                 in_flight,
                 gauge,
                 conn,
+                track,
                 log,
             };
-            let upgrade = upgrade.is_some().then_some(pool.timeouts.tunnel);
             backend_response(resp, held, upgrade, info, h2_client, request_id)
         }
         Err(e) => {
             count_refusal(&plane.counters, &e);
             // A client fault mid-body leaves the connection's framing
             // unknown: close it.
-            let close_it = close && e.cause() == crate::error::Cause::Client;
-            error_response(&e, request_id, conn, log, Some(gauge), None, close_it)
+            let close_it = close && e.cause() == Cause::Client;
+            error_response(
+                &e,
+                request_id,
+                conn,
+                track,
+                log,
+                Some(gauge),
+                None,
+                close_it,
+            )
         }
     }
 }
 
-/// The route and pool a request matched, as the access log names them.
-struct Routed {
-    route: Option<Arc<str>>,
-    pool: Option<Arc<str>>,
-}
-
-/// What the access log needs of a request, gathered only when the log is
-/// on.
-#[allow(clippy::too_many_arguments)]
+/// What an access-log entry needs of a request, gathered only when the
+/// log is on or the request is sampled.
 fn log_context(
-    sink: &crate::access_log::AccessLog,
-    rt: &crate::runtime::Runtime,
+    sink: Option<crate::access_log::AccessLog>,
+    sampled: bool,
+    rt: &Runtime,
     req: &Request<RawBody>,
     host: Option<&str>,
-    routed: Routed,
-    start: Instant,
     request_id: &HeaderValue,
     client: SocketAddr,
 ) -> Box<LogContext> {
     Box::new(LogContext {
-        sink: sink.clone(),
+        sink,
+        sampled,
         ctx: LogFields {
             time: SystemTime::now(),
-            start,
             method: req.method().clone(),
             host: host.map(str::to_owned),
             path: req.uri().path().to_owned(),
-            route: routed.route,
-            pool: routed.pool,
-            backend: None,
-            status: 0,
-            version: rt.snapshot.version.clone(),
             request_id: request_id.clone(),
             client,
-            attempts: 0,
             captured: crate::access_log::capture(&rt.log_keys, req.headers()),
         },
     })
@@ -429,6 +513,7 @@ struct Held {
     in_flight: InFlight,
     gauge: RequestGauge,
     conn: Option<ConnGuard>,
+    track: Track,
     log: Option<Box<LogContext>>,
 }
 
@@ -471,10 +556,8 @@ fn backend_response(
             parts.headers.insert(REQUEST_ID.clone(), request_id);
         }
     }
-    let mut log = held.log;
-    if let Some(l) = &mut log {
-        l.ctx.status = parts.status.as_u16();
-    }
+    let mut track = held.track;
+    track.status = parts.status.as_u16();
     let body = ResponseBody {
         inner: body,
         bytes: 0,
@@ -482,7 +565,8 @@ fn backend_response(
         _in_flight: Some(held.in_flight),
         _request: Some(held.gauge),
         _conn: held.conn,
-        log,
+        track: Some(track),
+        log: held.log,
     };
     Response::from_parts(parts, body)
 }
@@ -676,18 +760,19 @@ fn count_attempt(c: &Counters, e: &ProxyError) {
 
 /// `close`: end the HTTP/1 connection after this response, because what
 /// follows the request on it cannot be trusted.
+#[allow(clippy::too_many_arguments)]
 fn error_response(
     e: &ProxyError,
     request_id: HeaderValue,
     conn: Option<ConnGuard>,
-    mut log: Option<Box<LogContext>>,
+    mut track: Track,
+    log: Option<Box<LogContext>>,
     gauge: Option<RequestGauge>,
     in_flight: Option<InFlight>,
     close: bool,
 ) -> Response<ResponseBody> {
-    if let Some(l) = &mut log {
-        l.ctx.status = e.status().as_u16();
-    }
+    track.status = e.status().as_u16();
+    track.cause = Some(e.cause());
     let body = ResponseBody {
         inner: Inner::Full(Some(Bytes::from(e.body()))),
         bytes: 0,
@@ -695,6 +780,7 @@ fn error_response(
         _in_flight: in_flight,
         _request: gauge,
         _conn: conn,
+        track: Some(track),
         log,
     };
     let mut resp = Response::new(body);
@@ -719,7 +805,7 @@ async fn forward(
     request_id: &HeaderValue,
     key: Option<u64>,
     rng: &mut Rng,
-    log: &mut Option<Box<LogContext>>,
+    tried_last: &mut Attempt,
 ) -> Result<(Response<Inner>, InFlight), ProxyError> {
     let (parts, body) = req.into_parts();
     let mut out = Outbound::new(parts, pool, ctx, request_id);
@@ -738,10 +824,10 @@ async fn forward(
         let i = pick.index;
         tried[attempt] = i;
         let backend = &pool.backends[i];
-        if let Some(l) = log {
-            l.ctx.backend = Some(backend.addr());
-            l.ctx.attempts = attempt as u32 + 1;
-        }
+        *tried_last = Attempt {
+            backend: Some(i as u32),
+            count: attempt as u32 + 1,
+        };
         let resendable = matches!(body, RequestBody::Full(_));
         let more = resendable && attempt + 1 < max_attempts;
         let attempt_body = match &mut body {

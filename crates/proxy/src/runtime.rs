@@ -20,6 +20,8 @@ use crate::counters::{CounterValues, Counters};
 use crate::h2::H2Backend;
 use crate::health::{self, HealthClient};
 use crate::http1::pool::H1Backend;
+use crate::recent::Recent;
+use crate::stats::VersionStats;
 
 /// One snapshot, compiled for serving. Requests hold an `Arc` of it for
 /// their whole life, so a reload never changes a request midway.
@@ -32,6 +34,10 @@ pub(crate) struct Runtime {
     /// Per listener of the snapshot, in its order: the TLS acceptor of
     /// those that terminate TLS, built once here rather than per connection.
     pub tls: Vec<Option<tokio_rustls::TlsAcceptor>>,
+    /// This version's request statistics.
+    pub stats: Arc<VersionStats>,
+    /// The data plane's sample of recent requests.
+    pub recent: Arc<Recent>,
 }
 
 pub(crate) struct PoolRuntime {
@@ -83,12 +89,43 @@ type BackendKey = (Arc<str>, SocketAddr);
 /// speak too: an h2-only backend does not answer HTTP/1.1.
 type Probe = (HealthCheck, Protocol);
 
-/// What reloads carry over; touched only by `new` and `swap`.
+/// What reloads carry over; touched only by the data plane's constructor
+/// and its [`Writer`].
 #[derive(Default)]
 struct Registry {
     backends: HashMap<BackendKey, Arc<BackendState>>,
     pools: HashMap<Arc<str>, Arc<PoolShared>>,
     health: HashMap<BackendKey, (Probe, JoinHandle<()>)>,
+    /// The statistics of the versions served lately, oldest first: a
+    /// version served again counts on where it left off, and `/metrics`
+    /// still reports a version's last requests after it stopped serving.
+    stats: Vec<Arc<VersionStats>>,
+    recent: Arc<Recent>,
+}
+
+/// Versions whose statistics are kept.
+const KEPT_VERSIONS: usize = 8;
+
+impl Registry {
+    /// The statistics of `snapshot`'s version: the kept ones when the
+    /// version and its shape are the same, else new ones.
+    fn stats_for(&mut self, snapshot: &Snapshot) -> Arc<VersionStats> {
+        let fresh = VersionStats::of(snapshot);
+        let kept = self
+            .stats
+            .iter()
+            .position(|s| s.version == fresh.version && s.same_shape(&fresh));
+        let stats = match kept {
+            Some(i) => self.stats.remove(i),
+            None => Arc::new(fresh),
+        };
+        self.stats.retain(|s| s.version != stats.version);
+        self.stats.push(stats.clone());
+        if self.stats.len() > KEPT_VERSIONS {
+            self.stats.remove(0);
+        }
+        stats
+    }
 }
 
 /// What serves: the stable runtime and, while a change is canaried, the
@@ -123,6 +160,15 @@ impl Cohort {
 }
 
 impl Staged {
+    /// The runtime of a cohort (the stable one when there is no canary).
+    #[inline]
+    pub fn runtime(&self, cohort: Cohort) -> &Runtime {
+        match (&self.canary, cohort) {
+            (Some(c), Cohort::Canary) => &c.runtime,
+            _ => &self.stable,
+        }
+    }
+
     /// The runtime that serves a client, by a hash of its address alone,
     /// so a client stays on one side for the whole canary.
     #[inline]
@@ -203,6 +249,21 @@ impl DataPlane {
 
     pub(crate) fn staged(&self) -> Arc<Staged> {
         self.current.load_full()
+    }
+
+    /// The statistics of the versions serving and served lately, oldest
+    /// first.
+    pub fn stats(&self) -> Vec<Arc<VersionStats>> {
+        self.registry
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .stats
+            .clone()
+    }
+
+    /// The sample of recent requests, oldest first, as access-log entries.
+    pub fn recent_requests(&self) -> Vec<Arc<crate::access_log::Entry>> {
+        self.runtime().recent.entries()
     }
 
     /// Every backend of the current snapshot, pool by pool in config order.
@@ -465,6 +526,8 @@ fn build(snapshot: Arc<Snapshot>, old: Option<&Runtime>, registry: &mut Registry
         .collect();
     Runtime {
         log_keys: crate::access_log::LogKeys::of(&snapshot),
+        stats: registry.stats_for(&snapshot),
+        recent: registry.recent.clone(),
         snapshot,
         pools,
         access_log,

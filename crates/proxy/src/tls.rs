@@ -11,7 +11,7 @@ use tokio_rustls::TlsAcceptor;
 
 /// The acceptor for one listener: TLS 1.2+ (or 1.3 only), ALPN `h2` (when
 /// HTTP/2 is on) then `http/1.1`, certificates by SNI.
-pub(crate) fn acceptor(tls: &Tls, http2: bool) -> TlsAcceptor {
+pub fn acceptor(tls: &Tls, http2: bool) -> TlsAcceptor {
     let versions: &[&rustls::SupportedProtocolVersion] = match tls.min_version {
         TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
         TlsVersion::Tls13 => &[&rustls::version::TLS13],

@@ -301,3 +301,42 @@ pub fn render_human(e: &Explanation) -> String {
     }
     out
 }
+
+/// [`explain`] a request written as people write it: `"METHOD URL"` and
+/// `"name: value"` headers (a `Host` header overrides the URL's host, as
+/// for a served request). `Err` says what is wrong with the request.
+pub fn explain_text(
+    snapshot: &Snapshot,
+    text: &str,
+    headers: &[String],
+    client_ip: IpAddr,
+) -> Result<Explanation, String> {
+    let (method, host, path) = fulcrum_config::standards::parse_request_line(text).map_err(|e| {
+        format!("`{text}` is not a request: {e}; write e.g. 'POST http://app.example.com/auth/login'")
+    })?;
+    let mut map = http::HeaderMap::new();
+    for h in headers {
+        let (n, v) = h
+            .split_once(':')
+            .ok_or_else(|| format!("header `{h}`: write 'name: value'"))?;
+        let (Ok(n), Ok(v)) = (
+            http::HeaderName::from_bytes(n.trim().as_bytes()),
+            http::HeaderValue::from_str(v.trim()),
+        ) else {
+            return Err(format!("header `{h}` is not a valid header"));
+        };
+        map.append(n, v);
+    }
+    let host = map
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(|h| h.split(':').next().unwrap_or(h).to_ascii_lowercase())
+        .or(host);
+    let view = RequestView {
+        method: &method,
+        host: host.as_deref(),
+        path: &path,
+        headers: &map,
+    };
+    Ok(explain(snapshot, text, &view, client_ip))
+}

@@ -1,0 +1,281 @@
+//! `GET /metrics`: the data plane's per-version statistics, backend state
+//! and counters in the Prometheus text format (OpenMetrics), encoded by
+//! prometheus-client at scrape time from the relaxed atomics the request
+//! path bumps, so serving requests never touches a metrics lock.
+
+use std::sync::Arc;
+
+use fulcrum_proxy::stats::{self, Histogram, VersionStats};
+use fulcrum_proxy::{BackendStatus, CounterValues};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+use crate::change::Controller;
+
+/// Everything one scrape reports, read once.
+#[derive(Debug)]
+struct Scrape {
+    stats: Vec<Arc<VersionStats>>,
+    backends: Vec<BackendStatus>,
+    counters: CounterValues,
+    access_log_dropped: u64,
+    /// (number, label, cohort, fraction)
+    serving: Vec<(u64, String, &'static str, f64)>,
+}
+
+pub fn render(c: &Controller) -> String {
+    let view = c.view();
+    let plane = c.plane();
+    let mut serving = vec![(
+        view.stable.meta.number,
+        view.stable.snapshot.version.to_string(),
+        "stable",
+        1.0 - view.canary.as_ref().map_or(0.0, |c| c.fraction),
+    )];
+    if let Some(cv) = &view.canary {
+        serving.push((
+            cv.serving.meta.number,
+            cv.serving.snapshot.version.to_string(),
+            "canary",
+            cv.fraction,
+        ));
+    }
+    let scrape = Scrape {
+        stats: plane.stats(),
+        backends: plane.backends(),
+        counters: plane.counters(),
+        access_log_dropped: plane.access_log_dropped(),
+        serving,
+    };
+    let mut registry = Registry::with_prefix("fulcrum");
+    registry.register_collector(Box::new(scrape));
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &registry)
+        .expect("writing to a String cannot fail");
+    out
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+impl Collector for Scrape {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let mut family = |name: &str,
+                          help: &str,
+                          kind: MetricType,
+                          series: Vec<(Labels, Value<'_>)>|
+         -> Result<(), std::fmt::Error> {
+            if series.is_empty() {
+                return Ok(());
+            }
+            let mut m = enc.encode_descriptor(name, help, None, kind)?;
+            for (labels, v) in series {
+                let e = m.encode_family(&labels)?;
+                match v {
+                    Value::Counter(n) => ConstCounter::new(n).encode(e)?,
+                    Value::Gauge(g) => ConstGauge::new(g).encode(e)?,
+                    Value::Histogram(h) => encode_histogram(h, e)?,
+                }
+            }
+            Ok(())
+        };
+        family(
+            "config_info",
+            "The config versions serving: stored number, label and cohort (the value is the share of clients served).",
+            MetricType::Gauge,
+            self.serving
+                .iter()
+                .map(|(n, label, cohort, share)| {
+                    (
+                        vec![
+                            ("number", n.to_string()),
+                            ("version", label.clone()),
+                            ("cohort", cohort.to_string()),
+                        ],
+                        Value::Gauge(*share),
+                    )
+                })
+                .collect(),
+        )?;
+        let mut requests = Vec::new();
+        let mut errors = Vec::new();
+        let mut route_latency = Vec::new();
+        let mut responses = Vec::new();
+        let mut backend_latency = Vec::new();
+        let mut no_backend = Vec::new();
+        for s in &self.stats {
+            let version = s.version.to_string();
+            for r in s.routes.iter().chain([&s.unrouted]) {
+                let base = vec![
+                    ("version", version.clone()),
+                    ("route", r.name.to_string()),
+                    ("pool", r.pool.as_deref().unwrap_or("").to_owned()),
+                ];
+                for (code, n) in r.statuses() {
+                    let mut l = base.clone();
+                    l.push(("code", code.to_string()));
+                    requests.push((l, Value::Counter(n)));
+                }
+                for cause in [
+                    fulcrum_proxy::Cause::Client,
+                    fulcrum_proxy::Cause::Backend,
+                    fulcrum_proxy::Cause::Proxy,
+                ] {
+                    let n = r.errors(cause);
+                    if n > 0 {
+                        let mut l = base.clone();
+                        l.push(("cause", cause.as_str().to_owned()));
+                        errors.push((l, Value::Counter(n)));
+                    }
+                }
+                if r.requests() > 0 {
+                    route_latency.push((base, Value::Histogram(&r.latency)));
+                }
+            }
+            for p in s.pools.iter() {
+                no_backend.push((
+                    vec![("version", version.clone()), ("pool", p.name.to_string())],
+                    Value::Counter(p.no_backend.load(std::sync::atomic::Ordering::Relaxed)),
+                ));
+                for b in p.backends.iter() {
+                    let base = vec![
+                        ("version", version.clone()),
+                        ("pool", p.name.to_string()),
+                        ("backend", b.addr.to_string()),
+                    ];
+                    for class in 1..=5u16 {
+                        let mut l = base.clone();
+                        l.push(("class", format!("{class}xx")));
+                        responses.push((l, Value::Counter(b.class(class))));
+                    }
+                    let mut l = base.clone();
+                    l.push(("class", "error".to_owned()));
+                    responses.push((l, Value::Counter(b.errors())));
+                    backend_latency.push((base, Value::Histogram(&b.latency)));
+                }
+            }
+        }
+        family(
+            "route_requests",
+            "Requests per route by response status, per config version; route \"\" holds requests no route took.",
+            MetricType::Counter,
+            requests,
+        )?;
+        family(
+            "route_errors",
+            "Answers the proxy made for an error, per route, by who caused it (client, backend, proxy).",
+            MetricType::Counter,
+            errors,
+        )?;
+        family(
+            "route_request_duration_seconds",
+            "From the request head to the response's last byte, per route.",
+            MetricType::Histogram,
+            route_latency,
+        )?;
+        family(
+            "backend_responses",
+            "Responses per backend by status class; `error` when the backend sent none (connect failure, reset, timeout).",
+            MetricType::Counter,
+            responses,
+        )?;
+        family(
+            "backend_request_duration_seconds",
+            "From the request head to the response's last byte, per backend.",
+            MetricType::Histogram,
+            backend_latency,
+        )?;
+        family(
+            "pool_unserved",
+            "Requests a pool answered without a backend (503: none available), per config version.",
+            MetricType::Counter,
+            no_backend,
+        )?;
+
+        let state = |f: fn(&BackendStatus) -> f64| -> Vec<(Labels, Value<'_>)> {
+            self.backends
+                .iter()
+                .map(|b| {
+                    (
+                        vec![
+                            ("pool", b.pool.to_string()),
+                            ("backend", b.addr.to_string()),
+                        ],
+                        Value::Gauge(f(b)),
+                    )
+                })
+                .collect()
+        };
+        family(
+            "backend_healthy",
+            "1 when active health checks pass (always 1 without checks).",
+            MetricType::Gauge,
+            state(|b| b.healthy as u8 as f64),
+        )?;
+        family(
+            "backend_ejected",
+            "1 while passive outlier detection keeps the backend out.",
+            MetricType::Gauge,
+            state(|b| b.ejected as u8 as f64),
+        )?;
+        family(
+            "backend_in_flight",
+            "Requests sent to the backend and not yet finished.",
+            MetricType::Gauge,
+            state(|b| b.in_flight as f64),
+        )?;
+        for (name, n) in self.counters.pairs() {
+            family(
+                name,
+                &format!("Data plane counter `{name}` (see docs/metrics.md)."),
+                MetricType::Counter,
+                vec![(Vec::new(), Value::Counter(n))],
+            )?;
+        }
+        family(
+            "access_log_dropped",
+            "Access-log lines dropped because the writer fell behind.",
+            MetricType::Counter,
+            vec![(Vec::new(), Value::Counter(self.access_log_dropped))],
+        )?;
+        Ok(())
+    }
+}
+
+enum Value<'a> {
+    Counter(u64),
+    Gauge(f64),
+    Histogram(&'a Histogram),
+}
+
+/// Octave boundaries from 128 µs to about 67 s: the log-linear histogram's
+/// buckets summed into Prometheus' `le` buckets (the encoder makes them
+/// cumulative).
+fn encode_histogram(
+    h: &Histogram,
+    mut e: prometheus_client::encoding::MetricEncoder<'_>,
+) -> Result<(), std::fmt::Error> {
+    const FIRST: u64 = 128;
+    const LAST: u64 = 1 << 26;
+    let mut buckets = Vec::new();
+    let (mut total, mut within) = (0u64, 0u64);
+    let mut edge = FIRST;
+    for (i, c) in h.counts().into_iter().enumerate() {
+        total += c;
+        within += c;
+        if edge <= LAST && stats::bucket_floor(i + 1) == edge {
+            buckets.push((edge as f64 / 1e6, std::mem::take(&mut within)));
+            edge *= 2;
+        }
+    }
+    buckets.push((f64::INFINITY, within));
+    e.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+        h.sum().as_secs_f64(),
+        total,
+        &buckets,
+        None,
+    )
+}

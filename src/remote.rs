@@ -1,0 +1,486 @@
+//! The verbs that talk to a running `serve` through its admin API:
+//! `apply`, `rollback`, `history`, `status` and `drift`. Each failure to
+//! reach it (unreachable, no token, wrong token) is one line that says
+//! what to do, and exit 2.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+use crate::EXIT_USAGE;
+
+/// Where the admin API is, and the token for it.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Target {
+    /// The admin API's URL; default: $FULCRUM_ADMIN_URL, else (for
+    /// `apply`) the new config's `[admin] listen`, else
+    /// http://127.0.0.1:9901.
+    #[arg(long, value_name = "URL")]
+    pub admin: Option<String>,
+    /// A file holding the admin token; default: $FULCRUM_ADMIN_TOKEN.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+pub const DEFAULT_ADMIN: &str = "http://127.0.0.1:9901";
+
+type Step<T> = Result<T, ExitCode>;
+
+fn usage(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("fulcrum: {msg}");
+    ExitCode::from(EXIT_USAGE)
+}
+
+struct Api {
+    base: String,
+    token: Option<String>,
+}
+
+impl Api {
+    fn new(target: &Target, fallback: Option<String>) -> Step<Api> {
+        let base = target
+            .admin
+            .clone()
+            .or_else(|| std::env::var("FULCRUM_ADMIN_URL").ok())
+            .or(fallback)
+            .unwrap_or_else(|| DEFAULT_ADMIN.to_owned());
+        let base = base.trim_end_matches('/').to_owned();
+        if !base.starts_with("http://") {
+            return Err(usage(format!(
+                "--admin {base}: write an http:// URL such as {DEFAULT_ADMIN} (this CLI speaks plain HTTP; reach a TLS admin API through a tunnel)"
+            )));
+        }
+        let token = match &target.token_file {
+            Some(f) => Some(fulcrum_control::token::read_text(f).map_err(usage)?),
+            None => std::env::var(fulcrum_control::token::ENV)
+                .ok()
+                .map(|t| t.trim().to_owned())
+                .filter(|t| !t.is_empty()),
+        };
+        Ok(Api { base, token })
+    }
+
+    /// Send a request; `Err` (printed, exit 2) when the API cannot be
+    /// reached or refuses the token.
+    fn call(
+        &self,
+        method: Method,
+        path_query: &str,
+        body: Option<String>,
+    ) -> Step<(StatusCode, Bytes)> {
+        let url = format!("{}{path_query}", self.base);
+        let mut req = Request::builder().method(method).uri(&url);
+        if let Some(t) = &self.token {
+            req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| usage(format!("{url} is not a valid URL: {e}")))?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| usage(format!("cannot start: {e}")))?;
+        let got = runtime.block_on(async {
+            let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+            let resp = tokio::time::timeout(Duration::from_secs(120), client.request(req))
+                .await
+                .map_err(|_| "timed out after 120 s".to_owned())?
+                .map_err(|e| {
+                    let mut why = e.to_string();
+                    let mut src = std::error::Error::source(&e);
+                    while let Some(s) = src {
+                        why = s.to_string();
+                        src = s.source();
+                    }
+                    why
+                })?;
+            let status = resp.status();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            Ok::<_, String>((status, body))
+        });
+        let (status, body) = got.map_err(|e| {
+            usage(format!(
+                "cannot reach the admin API at {}: {e} (is `fulcrum serve` running with an [admin] listen? pass --admin URL)",
+                self.base
+            ))
+        })?;
+        match status {
+            StatusCode::UNAUTHORIZED => Err(usage(format!(
+                "the admin API at {} wants a token: pass --token-file FILE (e.g. the state directory's admin.token) or set FULCRUM_ADMIN_TOKEN",
+                self.base
+            ))),
+            StatusCode::FORBIDDEN => Err(usage(format!(
+                "the admin API at {} refused the token: use the one in its [admin] token_file, FULCRUM_ADMIN_TOKEN or the state directory's admin.token",
+                self.base
+            ))),
+            _ => Ok((status, body)),
+        }
+    }
+
+    fn json(
+        &self,
+        method: Method,
+        path_query: &str,
+        body: Option<String>,
+    ) -> Step<(StatusCode, Value)> {
+        let (status, body) = self.call(method, path_query, body)?;
+        let v = serde_json::from_slice(&body).map_err(|_| {
+            usage(format!(
+                "{} answered {status} with something that is not JSON: is it Fulcrum's admin API?",
+                self.base
+            ))
+        })?;
+        Ok((status, v))
+    }
+}
+
+fn done(r: Step<ExitCode>) -> ExitCode {
+    r.unwrap_or_else(|c| c)
+}
+
+fn enc(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+pub struct ApplyOptions<'a> {
+    pub file: &'a Path,
+    pub target: &'a Target,
+    pub canary: Option<f64>,
+    pub bake: Option<Duration>,
+    pub force: bool,
+    pub message: Option<String>,
+    pub max_moved: Option<f64>,
+    pub no_wait: bool,
+}
+
+pub fn apply(o: ApplyOptions<'_>) -> ExitCode {
+    done((|| {
+        let source = crate::read_config(o.file).map_err(usage)?;
+        // The new config's own admin address, when no other is given.
+        let own = fulcrum_config::check(&o.file.display().to_string(), &source)
+            .snapshot
+            .and_then(|s| s.admin)
+            .map(|a| format!("http://{}", a.listen));
+        let api = Api::new(o.target, own)?;
+        let (_, status) = api.json(Method::GET, "/status", None)?;
+        let parent = status["version"]["number"].as_u64();
+        let author = std::env::var("USER").unwrap_or_else(|_| "cli".into());
+        let mut q = format!(
+            "/config?author={}&file={}",
+            enc(&author),
+            enc(&o.file.display().to_string())
+        );
+        if let Some(p) = parent {
+            q += &format!("&parent={p}");
+        }
+        if let Some(c) = o.canary {
+            q += &format!("&canary={c}");
+        }
+        if let Some(b) = o.bake {
+            q += &format!("&bake={}", enc(&humantime::format_duration(b).to_string()));
+        }
+        if o.force {
+            q += "&force=true";
+        }
+        if let Some(m) = &o.message {
+            q += &format!("&message={}", enc(m));
+        }
+        if let Some(m) = o.max_moved {
+            q += &format!("&max_moved={m}");
+        }
+        let (code, report) = api.json(Method::POST, &q, Some(source))?;
+        if report.get("error").is_some() {
+            eprintln!(
+                "fulcrum: {} ({code})",
+                report["error"].as_str().unwrap_or_default()
+            );
+            return Ok(ExitCode::from(EXIT_USAGE));
+        }
+        print!("{}", render_report(&report));
+        let outcome = report["outcome"].as_str().unwrap_or_default();
+        Ok(match outcome {
+            "staged" if !o.no_wait => wait_for_bake(
+                &api,
+                report["version"]["number"].as_u64().unwrap_or_default(),
+            ),
+            "applied" | "staged" | "unchanged" => ExitCode::SUCCESS,
+            "invalid" => ExitCode::from(crate::EXIT_INVALID),
+            _ => ExitCode::FAILURE,
+        })
+    })())
+}
+
+/// Every step as it passed or failed, the diff, the impact, warnings and
+/// refusals, and what happened.
+fn render_report(r: &Value) -> String {
+    let mut out = String::new();
+    for s in r["steps"].as_array().into_iter().flatten() {
+        let mark = if s["ok"].as_bool().unwrap_or(false) {
+            "✓"
+        } else {
+            "✗"
+        };
+        out += &format!(
+            "{mark} {}: {}\n",
+            s["step"].as_str().unwrap_or(""),
+            s["detail"].as_str().unwrap_or("")
+        );
+    }
+    if let Some(d) = r["diagnostics"].as_str() {
+        out += d;
+    }
+    let changes = r["diff"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>();
+    if !changes.is_empty() {
+        out += "changes:\n";
+        for c in changes {
+            let field = c["field"]
+                .as_str()
+                .map(|f| format!(" {f}"))
+                .unwrap_or_default();
+            let old = c["old"]
+                .as_str()
+                .map(|o| format!(" {o}"))
+                .unwrap_or_default();
+            let new = c["new"]
+                .as_str()
+                .map(|n| format!(" → {n}"))
+                .unwrap_or_default();
+            out += &format!(
+                "  {} {} {}{field}:{old}{new}\n",
+                c["op"].as_str().unwrap_or(""),
+                c["kind"].as_str().unwrap_or(""),
+                c["name"].as_str().unwrap_or("")
+            );
+        }
+    }
+    for w in r["warnings"].as_array().into_iter().flatten() {
+        out += &format!("warning: {}\n", w.as_str().unwrap_or(""));
+    }
+    for f in r["forced"].as_array().into_iter().flatten() {
+        out += &format!(
+            "forced past: {}: {}\n",
+            f["step"].as_str().unwrap_or(""),
+            f["message"].as_str().unwrap_or("")
+        );
+    }
+    for f in r["refusals"].as_array().into_iter().flatten() {
+        out += &format!(
+            "refused: {}: {}\n",
+            f["step"].as_str().unwrap_or(""),
+            f["message"].as_str().unwrap_or("")
+        );
+    }
+    let v = r["version"]["number"].as_u64();
+    out += &match (r["outcome"].as_str().unwrap_or(""), v) {
+        ("applied", Some(v)) => format!("applied: v{v} serves every request\n"),
+        ("staged", Some(v)) => format!("staged: v{v} serves a canary share of clients\n"),
+        ("unchanged", _) => "unchanged: the same config already serves\n".to_owned(),
+        ("conflict", _) => "conflict: nothing changed\n".to_owned(),
+        ("invalid", _) => "invalid: nothing changed; `fulcrum check` shows every problem\n".to_owned(),
+        ("failed", _) => "failed: the store could not record the change; nothing changed\n".to_owned(),
+        _ => "refused: nothing changed (--force overrides standards, tests, pre-flight and impact refusals; the journal records it)\n".to_owned(),
+    };
+    out
+}
+
+/// Follow a canary until it is promoted or rolled back.
+fn wait_for_bake(api: &Api, number: u64) -> ExitCode {
+    println!("waiting for the canary's bake time (Ctrl-C stops waiting, not the canary)…");
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let Ok((_, s)) = api.json(Method::GET, "/status", None) else {
+            return ExitCode::from(EXIT_USAGE);
+        };
+        if s["canary"]["version"]["number"].as_u64() == Some(number) {
+            continue;
+        }
+        return if s["version"]["number"].as_u64() == Some(number) {
+            println!("promoted: v{number} serves every request");
+            ExitCode::SUCCESS
+        } else {
+            println!(
+                "rolled back: v{number} no longer serves; v{} does (`fulcrum history`, GET /events say why)",
+                s["version"]["number"].as_u64().unwrap_or_default()
+            );
+            ExitCode::FAILURE
+        };
+    }
+}
+
+pub fn rollback(target: &Target, to: Option<u64>, reason: Option<String>) -> ExitCode {
+    done((|| {
+        let api = Api::new(target, None)?;
+        let author = std::env::var("USER").unwrap_or_else(|_| "cli".into());
+        let mut q = format!("/rollback?author={}", enc(&author));
+        if let Some(t) = to {
+            q += &format!("&to={t}");
+        }
+        if let Some(r) = &reason {
+            q += &format!("&reason={}", enc(r));
+        }
+        let (code, v) = api.json(Method::POST, &q, None)?;
+        if code.is_success() {
+            println!("{}", v["summary"].as_str().unwrap_or("rolled back"));
+            Ok(ExitCode::SUCCESS)
+        } else {
+            eprintln!(
+                "fulcrum: rollback refused: {}",
+                v["error"].as_str().unwrap_or("?")
+            );
+            Ok(ExitCode::FAILURE)
+        }
+    })())
+}
+
+pub fn history(target: &Target, json: bool) -> ExitCode {
+    done((|| {
+        let api = Api::new(target, None)?;
+        let (_, v) = api.json(Method::GET, "/history", None)?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            return Ok(ExitCode::SUCCESS);
+        }
+        for m in v["versions"].as_array().into_iter().flatten() {
+            let parent = m["parent"]
+                .as_u64()
+                .map(|p| format!("v{p}"))
+                .unwrap_or_else(|| "-".into());
+            println!(
+                "v{:<4} {:<8} {}  {:<10} {} (from {parent}, hash {}) {}",
+                m["number"].as_u64().unwrap_or_default(),
+                m["state"].as_str().unwrap_or(""),
+                m["time"].as_str().unwrap_or(""),
+                m["author"].as_str().unwrap_or(""),
+                m["origin"].as_str().unwrap_or(""),
+                m["hash"].as_str().unwrap_or(""),
+                m["message"].as_str().unwrap_or(""),
+            );
+        }
+        Ok(ExitCode::SUCCESS)
+    })())
+}
+
+pub fn status(target: &Target, json: bool) -> ExitCode {
+    done((|| {
+        let api = Api::new(target, None)?;
+        let (_, s) = api.json(Method::GET, "/status", None)?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
+            return Ok(ExitCode::SUCCESS);
+        }
+        let v = &s["version"];
+        println!(
+            "serving v{} ({}, hash {}) by {}: {}",
+            v["number"].as_u64().unwrap_or_default(),
+            s["label"].as_str().unwrap_or(""),
+            v["hash"].as_str().unwrap_or(""),
+            v["author"].as_str().unwrap_or(""),
+            v["message"].as_str().unwrap_or("")
+        );
+        if let Some(c) = s["canary"].as_object() {
+            println!(
+                "canary v{} on {:.1}% of clients, {} ms of bake left",
+                c["version"]["number"].as_u64().unwrap_or_default(),
+                c["fraction"].as_f64().unwrap_or_default() * 100.0,
+                c["remaining_ms"].as_u64().unwrap_or_default()
+            );
+        }
+        for p in s["pools"].as_array().into_iter().flatten() {
+            println!(
+                "pool {} ({})",
+                p["name"].as_str().unwrap_or(""),
+                p["algorithm"].as_str().unwrap_or("")
+            );
+            for b in p["backends"].as_array().into_iter().flatten() {
+                let state = match (b["healthy"].as_bool(), b["ejected"].as_bool()) {
+                    (Some(true), Some(false)) => "up",
+                    (_, Some(true)) => "ejected",
+                    _ => "down",
+                };
+                println!(
+                    "  {:<22} {:<8} weight {:<4} in flight {:<4} requests {} failures {}",
+                    b["addr"].as_str().unwrap_or(""),
+                    state,
+                    b["weight"].as_u64().unwrap_or_default(),
+                    b["in_flight"].as_u64().unwrap_or_default(),
+                    b["requests"].as_u64().unwrap_or_default(),
+                    b["failures"].as_u64().unwrap_or_default()
+                );
+            }
+        }
+        for p in s["drift"]["problems"].as_array().into_iter().flatten() {
+            println!("drift: {}", p.as_str().unwrap_or(""));
+        }
+        Ok(ExitCode::SUCCESS)
+    })())
+}
+
+/// Exit 1 when the running config, the store's head, the file on disk or
+/// the standards disagree.
+pub fn drift(target: &Target, json: bool) -> ExitCode {
+    done((|| {
+        let api = Api::new(target, None)?;
+        let (_, s) = api.json(Method::GET, "/status", None)?;
+        let d = &s["drift"];
+        if json {
+            println!("{}", serde_json::to_string_pretty(d).unwrap_or_default());
+        } else {
+            println!(
+                "running:    v{} (hash {})",
+                d["running"]["number"].as_u64().unwrap_or_default(),
+                d["running"]["hash"].as_str().unwrap_or("")
+            );
+            println!(
+                "store head: {}",
+                d["store_head"]
+                    .as_u64()
+                    .map_or_else(|| "none".into(), |h| format!("v{h}"))
+            );
+            println!(
+                "file:       {} (hash {})",
+                d["file"]["path"].as_str().unwrap_or(""),
+                d["file"]["hash"].as_str().unwrap_or("unreadable")
+            );
+            match d["standards"].as_object() {
+                Some(st) => println!(
+                    "standards:  {} ({})",
+                    st["path"].as_str().unwrap_or(""),
+                    if st["ok"].as_bool().unwrap_or(false) {
+                        "met"
+                    } else {
+                        "broken"
+                    }
+                ),
+                None => println!("standards:  none held by the server"),
+            }
+            for p in d["problems"].as_array().into_iter().flatten() {
+                println!("drift: {}", p.as_str().unwrap_or(""));
+            }
+        }
+        let clean = d["problems"].as_array().is_none_or(|p| p.is_empty());
+        if !json && clean {
+            println!("no drift");
+        }
+        Ok(if clean {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        })
+    })())
+}

@@ -1,0 +1,197 @@
+//! The admin API itself: the token on every endpoint the OpenAPI document
+//! lists, the running config's bytes, metrics, and the CLI's one-line
+//! errors when the API cannot be reached or refuses the token.
+
+use fulcrum_testkit::Backend;
+
+use super::{Lb, TOKEN, config, stderr};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_endpoint_in_the_openapi_document_needs_the_token() {
+    let auth = Backend::start("auth").await;
+    let web = Backend::start("web").await;
+    let text = config(&[auth.addr], web.addr, "");
+    let lb = Lb::start(&text);
+    let (status, doc) = lb.json("GET", "/openapi.json", "").await;
+    assert_eq!(status, 200);
+    let paths = doc["paths"].as_object().expect("paths");
+    let mut called = 0;
+    for (path, item) in paths {
+        for (method, op) in item.as_object().unwrap() {
+            let method = method.to_uppercase();
+            // Required query parameters get a plausible value.
+            let query: Vec<String> = op["parameters"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|p| p["required"].as_bool() == Some(true))
+                .map(|p| {
+                    format!(
+                        "{}=GET%20http://app.example.com/auth/login",
+                        p["name"].as_str().unwrap()
+                    )
+                })
+                .collect();
+            let url = if query.is_empty() {
+                path.clone()
+            } else {
+                format!("{path}?{}", query.join("&"))
+            };
+            // POST /config with the running config: a change that changes nothing.
+            let body = if path == "/config" { text.as_str() } else { "" };
+            let open = op["security"].as_array().is_some_and(|s| s.is_empty());
+            let (none, headers, _) = lb.call(&method, &url, body, None).await;
+            let (wrong, _, _) = lb.call(&method, &url, body, Some("not-the-token")).await;
+            let (right, _, answer) = lb.call(&method, &url, body, Some(TOKEN)).await;
+            if open {
+                assert_eq!((none, wrong, right), (200, 200, 200), "{method} {path}");
+            } else {
+                assert_eq!(none, 401, "{method} {path} without a token");
+                assert!(headers.contains_key("www-authenticate"), "{method} {path}");
+                assert_eq!(wrong, 403, "{method} {path} with a wrong token");
+                assert!(
+                    ![401, 403, 404, 405].contains(&right),
+                    "{method} {path} with the token: {right} {answer}"
+                );
+            }
+            called += 1;
+        }
+    }
+    assert!(called >= 10, "the document lists every endpoint: {called}");
+    // A path the document does not list is not served.
+    let (s, _, _) = lb.call("GET", "/nope", "", Some(TOKEN)).await;
+    assert_eq!(s, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_answers_the_exact_running_bytes_and_metrics_parse() {
+    let auth = Backend::start("auth").await;
+    let web = Backend::start("web").await;
+    // Comments and odd spacing must come back byte for byte.
+    let text = format!(
+        "# the team's config\n{}\n\n# end\n",
+        config(&[auth.addr], web.addr, "")
+    );
+    let lb = Lb::start(&text);
+    let (status, headers, body) = lb.call("GET", "/config", "", Some(TOKEN)).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, text);
+    assert_eq!(
+        headers["fulcrum-hash"].to_str().unwrap(),
+        fulcrum_config::content_version(&text)
+    );
+    assert_eq!(headers["fulcrum-version"].to_str().unwrap(), "1");
+
+    for _ in 0..20 {
+        assert_eq!(lb.get("/auth/login").await, (200, "auth".to_owned()));
+    }
+    assert_eq!(lb.get("/nowhere").await.1, "web");
+    let (status, _, metrics) = lb.call("GET", "/metrics", "", Some(TOKEN)).await;
+    assert_eq!(status, 200);
+    let mut families: Vec<&str> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .map(|l| l.split(' ').next().unwrap())
+        .collect();
+    let n = families.len();
+    families.sort();
+    families.dedup();
+    assert_eq!(families.len(), n, "every metric family once: {metrics}");
+    assert!(metrics.ends_with("# EOF\n"), "OpenMetrics ends with # EOF");
+    let lines = metrics.lines().map(|l| Ok(l.to_owned()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("Prometheus text format");
+    let version = fulcrum_config::content_version(&text);
+    let backend = auth.addr.to_string();
+    let ok = scrape
+        .samples
+        .iter()
+        .find(|s| {
+            s.metric == "fulcrum_backend_responses_total"
+                && s.labels.get("version") == Some(version.as_str())
+                && s.labels.get("backend") == Some(backend.as_str())
+                && s.labels.get("class") == Some("2xx")
+        })
+        .unwrap_or_else(|| panic!("no per-backend series labelled by version: {metrics}"));
+    assert_eq!(value(&ok.value), 20.0);
+    let route = scrape
+        .samples
+        .iter()
+        .find(|s| {
+            s.metric == "fulcrum_route_requests_total"
+                && s.labels.get("route") == Some("auth")
+                && s.labels.get("code") == Some("200")
+        })
+        .expect("per-route series");
+    assert_eq!(value(&route.value), 20.0);
+    assert!(
+        scrape
+            .samples
+            .iter()
+            .any(|s| s.metric == "fulcrum_backend_healthy" && s.labels.get("pool") == Some("auth")),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_says_in_one_line_when_the_api_is_unreachable_or_the_token_wrong() {
+    let auth = Backend::start("auth").await;
+    let web = Backend::start("web").await;
+    let lb = Lb::start(&config(&[auth.addr], web.addr, ""));
+
+    // Nothing listens on a closed port.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let out = super::fulcrum()
+        .args(["status", "--admin", &format!("http://{closed}")])
+        .env("FULCRUM_ADMIN_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("cannot reach the admin API"), "{err}");
+
+    let admin = format!("http://{}", lb.admin);
+    for (env, want) in [
+        (None, "wants a token"),
+        (Some("wrong"), "refused the token"),
+    ] {
+        let mut cmd = super::fulcrum();
+        cmd.args(["history", "--admin", &admin])
+            .env_remove("FULCRUM_ADMIN_TOKEN");
+        if let Some(t) = env {
+            cmd.env("FULCRUM_ADMIN_TOKEN", t);
+        }
+        let out = cmd.output().unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let err = stderr(&out);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(want), "{err}");
+    }
+    let token = lb.file("admin.token", &format!("  {TOKEN}\n"));
+    let out = super::fulcrum()
+        .args(["history", "--admin", &admin, "--token-file"])
+        .arg(&token)
+        .env_remove("FULCRUM_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        super::stdout(&out).contains("v1"),
+        "{}",
+        super::stdout(&out)
+    );
+}
+
+/// A sample's value: the parser reads OpenMetrics' `_total` counters as
+/// untyped, which is no matter here.
+fn value(v: &prometheus_parse::Value) -> f64 {
+    match v {
+        prometheus_parse::Value::Counter(n)
+        | prometheus_parse::Value::Gauge(n)
+        | prometheus_parse::Value::Untyped(n) => *n,
+        other => panic!("not a number: {other:?}"),
+    }
+}

@@ -1,0 +1,203 @@
+//! Change control end to end: `fulcrum serve` as a process with its admin
+//! API, real backends on 127.0.0.1:0, and the CLI verbs and raw API calls
+//! that change, canary, roll back and inspect it.
+
+mod api;
+mod canary;
+mod changes;
+mod crash;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::Output;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+
+use super::{Served, fulcrum, write_config};
+
+pub const TOKEN: &str = "control-test-token-0123456789";
+
+/// A config with an admin API, an `auth` route and a catch-all `web`
+/// route; `extra` goes at the top (e.g. `tests = [...]`).
+pub fn config(auth: &[SocketAddr], web: SocketAddr, extra: &str) -> String {
+    let auth: Vec<String> = auth
+        .iter()
+        .map(|a| format!("{{ addr = \"{a}\" }}"))
+        .collect();
+    format!(
+        r#"{extra}
+[admin]
+listen = "127.0.0.1:0"
+
+[[listener]]
+name = "public"
+bind = "127.0.0.1:0"
+
+[[route]]
+name = "auth"
+match = {{ path_prefix = "/auth/" }}
+pool = "auth"
+
+[[route]]
+name = "web"
+pool = "web"
+
+[pool.auth]
+backends = [{}]
+health = {{ path = "/healthz", interval = "100ms" }}
+
+[pool.web]
+backends = [{{ addr = "{web}" }}]
+"#,
+        auth.join(", ")
+    )
+}
+
+/// `serve` with its admin API, in a temporary directory of its own.
+pub struct Lb {
+    pub served: Served,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+}
+
+impl Lb {
+    pub fn start(text: &str) -> Lb {
+        Lb::start_with(text, &[], &[])
+    }
+
+    /// `files` are written beside the config first; `args` go to `serve`,
+    /// with `{dir}` standing for the directory they are in.
+    pub fn start_with(text: &str, files: &[(&str, &str)], args: &[&str]) -> Lb {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, body) in files {
+            write_config(&dir, name, body);
+        }
+        let config = write_config(&dir, "fulcrum.toml", text);
+        let here = dir.path().display().to_string();
+        let args: Vec<String> = args.iter().map(|a| a.replace("{dir}", &here)).collect();
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+        let served = Served::start_env(&config, &args, &[("FULCRUM_ADMIN_TOKEN", TOKEN)]);
+        let admin = admin_addr(&served);
+        Lb {
+            served,
+            admin,
+            dir,
+            config,
+        }
+    }
+
+    /// A raw admin API call; `token` None sends no Authorization header.
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: &str,
+        token: Option<&str>,
+    ) -> (u16, http::HeaderMap, String) {
+        call(self.admin, method, path, body, token).await
+    }
+
+    /// An admin API call with the right token, answered in JSON.
+    pub async fn json(&self, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
+        let (status, _, text) = self.call(method, path, body, Some(TOKEN)).await;
+        let v = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {text}"));
+        (status, v)
+    }
+
+    /// A CLI verb aimed at this server.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        fulcrum()
+            .args(args)
+            .args(["--admin", &format!("http://{}", self.admin)])
+            .env("FULCRUM_ADMIN_TOKEN", TOKEN)
+            .current_dir(self.dir.path())
+            .output()
+            .unwrap()
+    }
+
+    /// Write `name` beside the config.
+    pub fn file(&self, name: &str, text: &str) -> PathBuf {
+        write_config(&self.dir, name, text)
+    }
+
+    /// GET `path` through the proxy: status and body.
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        get_from(self.served.addr, path, None).await
+    }
+
+    /// The journal's events.
+    pub async fn events(&self) -> Vec<serde_json::Value> {
+        let (_, v) = self.json("GET", "/events?limit=10000", "").await;
+        v["events"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+/// The admin address from serve's log line.
+pub fn admin_addr(served: &Served) -> SocketAddr {
+    served.wait_log("admin API on http://", 1);
+    let log = served.log.lock().unwrap();
+    let line = log
+        .iter()
+        .find(|l| l.contains("admin API on http://"))
+        .unwrap();
+    let rest = line.split("admin API on http://").nth(1).unwrap();
+    rest.split(|c: char| c == ';' || c.is_whitespace())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+pub async fn call(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    token: Option<&str>,
+) -> (u16, http::HeaderMap, String) {
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{admin}{path}"));
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let req = req.body(Full::new(Bytes::from(body.to_owned()))).unwrap();
+    let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req))
+        .await
+        .expect("the admin API answers within 30 s")
+        .unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// GET through the proxy, from `from` (a loopback address) when given:
+/// the canary cohort is chosen by the client's address.
+pub async fn get_from(proxy: SocketAddr, path: &str, from: Option<IpAddr>) -> (u16, String) {
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_local_address(from);
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(connector);
+    let uri: hyper::Uri = format!("http://{proxy}{path}").parse().unwrap();
+    let resp = client.get(uri).await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
