@@ -195,3 +195,44 @@ fn value(v: &prometheus_parse::Value) -> f64 {
         other => panic!("not a number: {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_flips_are_journaled() {
+    let auth = Backend::start("auth").await;
+    let web = Backend::start("web").await;
+    let lb = Lb::start(&config(&[auth.addr], web.addr, ""));
+    auth.fail_health(true);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let down = loop {
+        let found = lb
+            .events()
+            .await
+            .into_iter()
+            .find(|e| e["kind"] == "health");
+        if let Some(e) = found {
+            break e;
+        }
+        assert!(std::time::Instant::now() < deadline, "no health event");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(down["detail"]["backend"], auth.addr.to_string());
+    assert_eq!(down["detail"]["healthy"], false);
+    assert!(down["summary"].as_str().unwrap().contains("down"), "{down}");
+    auth.fail_health(false);
+    loop {
+        let up = lb
+            .events()
+            .await
+            .into_iter()
+            .filter(|e| e["kind"] == "health")
+            .any(|e| e["detail"]["healthy"] == true);
+        if up {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no health event for the way back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
