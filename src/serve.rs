@@ -205,8 +205,17 @@ async fn serve(boot: Boot, o: &Options, state_dir: &Path, serving: Vec<Handle>) 
         Ok(c) => c,
         Err(e) => return refused_to_start(e),
     };
+    let guard = fulcrum_control::guard::Guard::spawn(&controller);
     let stop_admin = CancellationToken::new();
-    if let Err(e) = start_admin(&controller, &o.config, state_dir, stop_admin.clone()).await {
+    if let Err(e) = start_admin(
+        &controller,
+        &guard,
+        &o.config,
+        state_dir,
+        stop_admin.clone(),
+    )
+    .await
+    {
         eprintln!("fulcrum: not starting: {e}");
         return ExitCode::FAILURE;
     }
@@ -241,6 +250,7 @@ async fn serve(boot: Boot, o: &Options, state_dir: &Path, serving: Vec<Handle>) 
 /// at start (a change to `[admin]` takes effect at the next start).
 async fn start_admin(
     controller: &Arc<Controller>,
+    guard: &Arc<fulcrum_control::guard::Guard>,
     config: &Path,
     state_dir: &Path,
     stop: CancellationToken,
@@ -276,6 +286,7 @@ async fn start_admin(
     info!(admin = %addr, token = %source, "admin API on {scheme}://{addr}; its bearer token is in {source}");
     let (router, _) = admin::router(Arc::new(Admin {
         controller: controller.clone(),
+        guard: guard.clone(),
         token,
     }));
     tokio::spawn(admin::serve(listener, tls, router, stop));

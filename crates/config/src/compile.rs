@@ -16,6 +16,7 @@ pub(crate) fn compile(valid: Valid, source: &str) -> Snapshot {
         routes: Routes::new(valid.routes),
         pools: valid.pools,
         access_log: valid.access_log,
+        guard: valid.guard,
         tests: valid.tests,
     }
 }

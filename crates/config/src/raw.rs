@@ -93,6 +93,31 @@ pub(crate) struct RawRoute {
     #[serde(rename = "match")]
     pub matcher: Option<Spanned<RawMatch>>,
     pub pool: Spanned<String>,
+    pub guard: Option<Spanned<RawRouteGuard>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRouteGuard {
+    pub failure_statuses: Option<Vec<Spanned<String>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawGuard {
+    pub enabled: Option<Spanned<bool>>,
+    pub rollback: Option<Spanned<bool>>,
+    pub window: Option<Spanned<String>>,
+    pub probation: Option<Spanned<String>>,
+    pub attribution: Option<Spanned<String>>,
+    pub min_requests: Option<Spanned<i64>>,
+    pub confidence: Option<Spanned<f64>>,
+    pub min_effect: Option<Spanned<f64>>,
+    pub latency_ratio: Option<Spanned<f64>>,
+    pub max_backend_share: Option<Spanned<f64>>,
+    pub min_healthy_fraction: Option<Spanned<f64>>,
+    pub consecutive: Option<Spanned<i64>>,
+    pub webhook: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -209,6 +234,7 @@ pub(crate) struct RawDoc {
     /// Rule files the config ships with, as written.
     pub tests: Vec<Spanned<String>>,
     pub admin: Option<Item<RawAdmin>>,
+    pub guard: Option<Item<RawGuard>>,
     pub access_log: Option<Item<RawAccessLog>>,
     /// Set when a `listener` key exists, even if malformed, so a broken one
     /// is not also reported as missing.
@@ -224,6 +250,7 @@ pub(crate) const TOP_KEYS: &[&str] = &[
     "version",
     "tests",
     "admin",
+    "guard",
     "access_log",
     "listener",
     "route",
@@ -270,6 +297,7 @@ pub(crate) fn parse(source: &str, diags: &mut Diags<'_>) -> Option<RawDoc> {
                 }
             },
             "admin" => doc.admin = Some(item(diags, value, "admin".into())),
+            "guard" => doc.guard = Some(item(diags, value, "guard".into())),
             "access_log" => doc.access_log = Some(item(diags, value, "access_log".into())),
             "listener" => {
                 doc.listener_key = true;

@@ -242,6 +242,7 @@ mod tests {
                 headers: vec![],
             },
             pool: 0,
+            failure_statuses: crate::snapshot::StatusSet::client_and_server_errors(),
         }
     }
 

@@ -147,6 +147,21 @@ pub fn config_schema() -> Value {
                 "token_file": { "type": "string", "description": "The file holding the bearer token." },
                 "tls": tls
             }), &["listen"]),
+            "guard": object("Detectors over live traffic that judge the last change and roll it back during its canary or probation. See docs/guard.md.", json!({
+                "enabled": { "type": "boolean" },
+                "rollback": { "type": "boolean" },
+                "window": duration("The sliding window rates and shares are judged over."),
+                "probation": duration("After promotion, how long a change is still rolled back on a failing verdict."),
+                "attribution": duration("An alert within this long of a change names it."),
+                "min_requests": { "type": "integer", "minimum": 5 },
+                "confidence": { "type": "number", "exclusiveMinimum": 0.5, "exclusiveMaximum": 1 },
+                "min_effect": { "type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1 },
+                "latency_ratio": { "type": "number", "exclusiveMinimum": 1 },
+                "max_backend_share": { "type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1 },
+                "min_healthy_fraction": { "type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1 },
+                "consecutive": { "type": "integer", "minimum": 1, "maximum": 100 },
+                "webhook": { "type": "string", "description": "An http:// URL alerts are POSTed to as JSON." }
+            }), &[]),
             "access_log": object("One JSON line per request.", json!({
                 "path": { "type": "string", "description": "`stdout` or a file path." },
                 "redact": { "type": "array", "items": { "type": "string" }, "description": "Headers logged only as a keyed hash." }
@@ -155,7 +170,10 @@ pub fn config_schema() -> Value {
             "route": { "type": "array", "items": object("The first route that matches wins.", json!({
                 "name": { "type": "string" },
                 "match": matcher,
-                "pool": { "type": "string" }
+                "pool": { "type": "string" },
+                "guard": object("The route's outcome signal.", json!({
+                    "failure_statuses": { "type": "array", "items": { "type": "string" }, "description": "Statuses (\"401\") and classes (\"5xx\") that mean the route failed its users; default every 4xx and 5xx." }
+                }), &[])
             }), &["name", "pool"]) },
             "pool": { "type": "object", "additionalProperties": pool }
         }
@@ -207,6 +225,11 @@ mod tests {
             }),
             (props(&p["admin"]), keys::<RawAdmin>()),
             (props(&p["admin"]["properties"]["tls"]), keys::<RawTls>()),
+            (props(&p["guard"]), keys::<RawGuard>()),
+            (
+                props(&route["properties"]["guard"]),
+                keys::<RawRouteGuard>(),
+            ),
             (props(&p["access_log"]), keys::<RawAccessLog>()),
             (props(&p["listener"]["items"]), keys::<RawListener>()),
             (

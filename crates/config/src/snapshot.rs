@@ -26,6 +26,8 @@ pub struct Snapshot {
     /// Indexed by `Route::pool`; in config (name) order.
     pub pools: Vec<Pool>,
     pub access_log: Option<AccessLog>,
+    /// How the guard watches live traffic after a change.
+    pub guard: Guard,
     /// The rule files the config ships with (`tests = [...]`), read and
     /// parsed when it was checked: every change must pass them.
     pub tests: Vec<crate::standards::Standards>,
@@ -178,6 +180,86 @@ pub struct Route {
     pub matcher: RouteMatch,
     /// Index into `Snapshot::pools`.
     pub pool: usize,
+    /// The statuses that count as this route failing its users (its
+    /// outcome signal): by default every 4xx and 5xx.
+    pub failure_statuses: StatusSet,
+}
+
+/// A set of response statuses, as `["401", "403", "5xx"]` writes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusSet {
+    /// Exact statuses.
+    pub exact: Vec<u16>,
+    /// Whole classes: 4 for `4xx`.
+    pub classes: Vec<u16>,
+}
+
+impl StatusSet {
+    /// Every 4xx and 5xx: what a route's users see as a failure unless it
+    /// says otherwise.
+    pub fn client_and_server_errors() -> StatusSet {
+        StatusSet {
+            exact: Vec::new(),
+            classes: vec![4, 5],
+        }
+    }
+
+    pub fn contains(&self, status: u16) -> bool {
+        self.classes.contains(&(status / 100)) || self.exact.contains(&status)
+    }
+}
+
+/// The guard: detectors over live traffic that name the change that
+/// preceded an anomaly, and roll it back during its canary or probation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Guard {
+    pub enabled: bool,
+    /// Roll a change back by itself (during its canary or probation), or
+    /// only alert.
+    pub rollback: bool,
+    /// The sliding window rates and shares are judged over.
+    pub window: Duration,
+    /// After promotion, how long a change is still rolled back on a verdict.
+    pub probation: Duration,
+    /// An alert within this long of a change names it as the likely cause.
+    pub attribution: Duration,
+    /// Requests each side needs in the window before any verdict.
+    pub min_requests: u32,
+    /// One-sided confidence a difference must have to count (e.g. 0.999).
+    pub confidence: f64,
+    /// The smallest rise of an error or outcome rate that matters (0.05:
+    /// five points).
+    pub min_effect: f64,
+    /// How much slower (p99 and median, as a ratio) a change must make a
+    /// route to count.
+    pub latency_ratio: f64,
+    /// A backend taking more than this share of a pool with other healthy
+    /// backends is skew.
+    pub max_backend_share: f64,
+    /// Below this fraction of healthy backends, a pool is in trouble.
+    pub min_healthy_fraction: f64,
+    /// Failing evaluations in a row before acting.
+    pub consecutive: u32,
+    /// Where alerts are also POSTed as JSON.
+    pub webhook: Option<String>,
+}
+
+impl Guard {
+    pub const DEFAULT: Guard = Guard {
+        enabled: true,
+        rollback: true,
+        window: Duration::from_secs(10),
+        probation: Duration::from_secs(300),
+        attribution: Duration::from_secs(1800),
+        min_requests: 20,
+        confidence: 0.999,
+        min_effect: 0.05,
+        latency_ratio: 1.5,
+        max_backend_share: 0.8,
+        min_healthy_fraction: 0.5,
+        consecutive: 2,
+        webhook: None,
+    };
 }
 
 /// All present conditions must hold; an absent condition matches anything.

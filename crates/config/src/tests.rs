@@ -1098,3 +1098,62 @@ fn moderate_or_ignored_weights_are_not_skewed() {
     let first = r#"{ addr = "127.0.0.1:9101", weight = 20 }, { addr = "127.0.0.1:9102" }"#;
     assert!(!codes(&with_backends("first", first)).contains(&"skewed-weights"));
 }
+
+#[test]
+fn guard_defaults_and_keys() {
+    let s = run(BASE).snapshot.expect("valid");
+    assert_eq!(s.guard, crate::snapshot::Guard::DEFAULT);
+    assert!(s.routes.iter().all(|r| r.failure_statuses.contains(404)
+        && r.failure_statuses.contains(503)
+        && !r.failure_statuses.contains(302)));
+    let src = format!(
+        "[guard]\nwindow = \"5s\"\nprobation = \"2m\"\nmin_requests = 50\nconfidence = 0.99\nmax_backend_share = 0.6\nrollback = false\nwebhook = \"http://127.0.0.1:9000/alerts\"\n{}",
+        BASE.replace(
+            "pool = \"web\"\n\n[pool",
+            "pool = \"web\"\nguard = { failure_statuses = [\"401\", \"403\", \"5xx\"] }\n\n[pool"
+        )
+    );
+    let s = run(&src).snapshot.expect("valid");
+    assert_eq!(s.guard.window, Duration::from_secs(5));
+    assert_eq!(s.guard.probation, Duration::from_secs(120));
+    assert_eq!(
+        (
+            s.guard.min_requests,
+            s.guard.confidence,
+            s.guard.max_backend_share
+        ),
+        (50, 0.99, 0.6)
+    );
+    assert!(!s.guard.rollback);
+    assert_eq!(
+        s.guard.webhook.as_deref(),
+        Some("http://127.0.0.1:9000/alerts")
+    );
+    let f = &s.routes.iter().next().unwrap().failure_statuses;
+    assert!(f.contains(401) && f.contains(502) && !f.contains(404));
+}
+
+#[test]
+fn guard_values_out_of_range_are_errors_with_their_key_path() {
+    for (line, code, path) in [
+        ("confidence = 1.5", "out-of-range", "guard.confidence"),
+        ("latency_ratio = 0.9", "out-of-range", "guard.latency_ratio"),
+        ("window = \"0s\"", "invalid-duration", "guard.window"),
+        ("min_requests = 1", "out-of-range", "guard.min_requests"),
+        (
+            "webhook = \"https://example.com/x\"",
+            "invalid-value",
+            "guard.webhook",
+        ),
+        ("thresholds = 1", "unknown-key", "guard.thresholds"),
+    ] {
+        let d = only(&format!("[guard]\n{line}\n{BASE}"), code);
+        assert_eq!(d.key_path, path, "{line}");
+    }
+    let src = BASE.replace(
+        "pool = \"web\"\n\n[pool",
+        "pool = \"web\"\nguard = { failure_statuses = [\"4x\"] }\n\n[pool",
+    );
+    let d = only(&src, "invalid-value");
+    assert_eq!(d.key_path, "route[0].guard.failure_statuses[0]");
+}

@@ -28,6 +28,7 @@ use crate::snapshot::{
 #[derive(Debug)]
 pub(crate) struct Valid {
     pub version: Option<String>,
+    pub guard: crate::snapshot::Guard,
     pub tests: Vec<crate::standards::Standards>,
     pub admin: Option<Admin>,
     pub access_log: Option<AccessLog>,
@@ -78,6 +79,10 @@ pub(crate) fn validate(
     });
     let admin = doc.admin.as_ref().and_then(|item| v.admin(item));
     let tests = v.tests(&doc.tests);
+    let guard = match &doc.guard {
+        Some(item) => v.guard(item),
+        None => Some(crate::snapshot::Guard::DEFAULT),
+    };
     let access_log = doc.access_log.as_ref().and_then(|item| {
         let raw = item.value.as_ref()?;
         let path = raw.path.get_ref().trim();
@@ -162,6 +167,7 @@ pub(crate) fn validate(
     }
     Some(Valid {
         version,
+        guard: guard?,
         tests,
         admin,
         access_log,
@@ -294,6 +300,152 @@ impl Validator<'_, '_> {
             }
         }
         out
+    }
+
+    /// `["401", "403", "5xx"]`: exact statuses and whole classes.
+    fn statuses(
+        &mut self,
+        list: &[toml::Spanned<String>],
+        kp: &str,
+    ) -> Option<crate::snapshot::StatusSet> {
+        let mut set = crate::snapshot::StatusSet {
+            exact: Vec::new(),
+            classes: Vec::new(),
+        };
+        let mut ok = true;
+        for (i, s) in list.iter().enumerate() {
+            let text = s.get_ref().trim().to_ascii_lowercase();
+            let class = text
+                .strip_suffix("xx")
+                .and_then(|c| c.parse::<u16>().ok())
+                .filter(|c| (1..=5).contains(c));
+            let exact = text.parse::<u16>().ok().filter(|c| (100..=599).contains(c));
+            match (class, exact) {
+                (Some(c), _) => set.classes.push(c),
+                (_, Some(c)) => set.exact.push(c),
+                _ => {
+                    ok = false;
+                    self.d
+                        .error(
+                            "invalid-value",
+                            Some(s.span()),
+                            format!("{kp}[{i}]"),
+                            format!("`{}` is not a status or a class of statuses", s.get_ref()),
+                        )
+                        .hint("write a status such as \"401\" or a class such as \"5xx\"");
+                }
+            }
+        }
+        if list.is_empty() {
+            self.d
+                .error("invalid-value", None, kp.to_owned(), "`failure_statuses` is empty")
+                .hint("list the statuses that mean the route failed its users, e.g. [\"401\", \"403\", \"5xx\"], or remove it for every 4xx and 5xx");
+            ok = false;
+        }
+        ok.then_some(set)
+    }
+
+    fn guard(&mut self, item: &Item<crate::raw::RawGuard>) -> Option<crate::snapshot::Guard> {
+        let raw = item.value.as_ref()?;
+        let d = crate::snapshot::Guard::DEFAULT;
+        let flag = |f: &Option<toml::Spanned<bool>>, default: bool| {
+            f.as_ref().map_or(default, |v| *v.get_ref())
+        };
+        let window = self.duration(raw.window.as_ref(), "guard.window", d.window);
+        let probation = self.duration(raw.probation.as_ref(), "guard.probation", d.probation);
+        let attribution =
+            self.duration(raw.attribution.as_ref(), "guard.attribution", d.attribution);
+        let min_requests = self.int(
+            raw.min_requests.as_ref(),
+            "guard.min_requests",
+            d.min_requests,
+            5,
+            1_000_000,
+        );
+        let consecutive = self.int(
+            raw.consecutive.as_ref(),
+            "guard.consecutive",
+            d.consecutive,
+            1,
+            100,
+        );
+        let mut real = |v: &Option<toml::Spanned<f64>>,
+                        kp: &str,
+                        default: f64,
+                        lo: f64,
+                        hi: f64|
+         -> Option<f64> {
+            let Some(v) = v else { return Some(default) };
+            let x = *v.get_ref();
+            if x > lo && x < hi {
+                Some(x)
+            } else {
+                self.d
+                    .error(
+                        "out-of-range",
+                        Some(v.span()),
+                        kp,
+                        format!("{x} is out of range: must be above {lo} and below {hi}"),
+                    )
+                    .hint(format!("remove it for the default ({default})"));
+                None
+            }
+        };
+        let confidence = real(&raw.confidence, "guard.confidence", d.confidence, 0.5, 1.0);
+        let min_effect = real(&raw.min_effect, "guard.min_effect", d.min_effect, 0.0, 1.0);
+        let latency_ratio = real(
+            &raw.latency_ratio,
+            "guard.latency_ratio",
+            d.latency_ratio,
+            1.0,
+            100.0,
+        );
+        let max_backend_share = real(
+            &raw.max_backend_share,
+            "guard.max_backend_share",
+            d.max_backend_share,
+            0.0,
+            1.0,
+        );
+        let min_healthy_fraction = real(
+            &raw.min_healthy_fraction,
+            "guard.min_healthy_fraction",
+            d.min_healthy_fraction,
+            0.0,
+            1.0,
+        );
+        let webhook = match &raw.webhook {
+            Some(w) => {
+                let url = w.get_ref().trim();
+                match url.parse::<http::Uri>() {
+                    Ok(u) if u.scheme_str() == Some("http") && u.host().is_some() => {
+                        Some(Some(url.to_owned()))
+                    }
+                    _ => {
+                        self.d
+                            .error("invalid-value", Some(w.span()), "guard.webhook", format!("`{url}` is not an http:// URL"))
+                            .hint("write e.g. \"http://127.0.0.1:9000/alerts\" (plain HTTP; put a TLS proxy in front for https)");
+                        None
+                    }
+                }
+            }
+            None => Some(None),
+        };
+        Some(crate::snapshot::Guard {
+            enabled: flag(&raw.enabled, d.enabled),
+            rollback: flag(&raw.rollback, d.rollback),
+            window: window?,
+            probation: probation?,
+            attribution: attribution?,
+            min_requests: min_requests?,
+            confidence: confidence?,
+            min_effect: min_effect?,
+            latency_ratio: latency_ratio?,
+            max_backend_share: max_backend_share?,
+            min_healthy_fraction: min_healthy_fraction?,
+            consecutive: consecutive?,
+            webhook: webhook?,
+        })
     }
 
     fn listeners(&mut self, doc: &RawDoc) -> Vec<Option<Listener>> {
@@ -575,10 +727,19 @@ impl Validator<'_, '_> {
         // an error already and no snapshot will be built.
         let pool = pool.filter(|&i| pools[i].2.is_some())?;
         let index = pools[..pool].iter().filter(|p| p.2.is_some()).count();
+        let failure_statuses = match raw
+            .guard
+            .as_ref()
+            .and_then(|g| g.get_ref().failure_statuses.as_ref())
+        {
+            Some(list) => self.statuses(list, &format!("{p}.guard.failure_statuses")),
+            None => Some(crate::snapshot::StatusSet::client_and_server_errors()),
+        };
         Some(Route {
             name: name.into(),
             matcher: matcher?,
             pool: index,
+            failure_statuses: failure_statuses?,
         })
         .filter(|_| ok)
     }

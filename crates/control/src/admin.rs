@@ -33,6 +33,7 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 
 pub struct Admin {
     pub controller: Arc<Controller>,
+    pub guard: Arc<crate::guard::Guard>,
     pub token: Token,
 }
 
@@ -52,6 +53,7 @@ pub fn router(admin: Arc<Admin>) -> (Router, Vec<(&'static str, &'static str)>) 
     add("get", "/history", get(history));
     add("get", "/events", get(events));
     add("get", "/explain", get(explain));
+    add("get", "/guard", get(guard));
     add("get", "/metrics", get(metrics));
     add("get", "/openapi.json", get(openapi));
     let protected = r.layer(middleware::from_fn_with_state(admin.clone(), authorize));
@@ -477,6 +479,10 @@ async fn explain(State(admin): State<Arc<Admin>>, raw: axum::extract::RawQuery) 
         Ok(e) => json(StatusCode::OK, e),
         Err(e) => error(StatusCode::BAD_REQUEST, &e),
     }
+}
+
+async fn guard(State(admin): State<Arc<Admin>>) -> Response {
+    json(StatusCode::OK, &*admin.guard.view())
 }
 
 async fn metrics(State(admin): State<Arc<Admin>>) -> Response {

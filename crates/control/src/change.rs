@@ -35,6 +35,28 @@ pub struct Serving {
 pub struct View {
     pub stable: Serving,
     pub canary: Option<CanaryView>,
+    /// How the stable version came to serve, and when.
+    pub transition: Transition,
+}
+
+/// The last change of what serves, for the guard: a change is judged from
+/// when it took over; a rollback is not a change to judge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transition {
+    pub kind: TransitionKind,
+    pub at: SystemTime,
+    /// The version that served before, for a change.
+    pub from: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransitionKind {
+    /// The process started serving it.
+    Start,
+    /// A change took over every request (applied, or a canary promoted).
+    Changed,
+    /// A rollback (or a dropped canary) made it serve again.
+    RolledBack,
 }
 
 #[derive(Debug, Clone)]
@@ -119,6 +141,11 @@ impl Controller {
             view: ArcSwap::from_pointee(View {
                 stable,
                 canary: None,
+                transition: Transition {
+                    kind: TransitionKind::Start,
+                    at: SystemTime::now(),
+                    from: None,
+                },
             }),
             standards: Mutex::new(settings.standards),
             started: SystemTime::now(),
@@ -527,9 +554,10 @@ impl Controller {
     ) {
         state.writer.stage((*serving.snapshot).clone(), fraction);
         let number = serving.meta.number;
-        let stable = self.view().stable.clone();
+        let before = self.view();
         self.view.store(Arc::new(View {
-            stable,
+            stable: before.stable.clone(),
+            transition: before.transition,
             canary: Some(CanaryView {
                 serving,
                 fraction,
@@ -588,6 +616,11 @@ impl Controller {
         self.view.store(Arc::new(View {
             stable: serving,
             canary: None,
+            transition: Transition {
+                kind: TransitionKind::Changed,
+                at: SystemTime::now(),
+                from: Some(from),
+            },
         }));
         let store = self.journal.store().clone();
         if let Err(e) = blocking(&store, move |s| s.set_head(number, Some(from))).await {
@@ -633,6 +666,11 @@ impl Controller {
             self.view.store(Arc::new(View {
                 stable: view.stable.clone(),
                 canary: None,
+                transition: Transition {
+                    kind: TransitionKind::RolledBack,
+                    at: SystemTime::now(),
+                    from: Some(dropped),
+                },
             }));
             let summary = format!(
                 "canary v{dropped} dropped by {actor}: {reason}; v{} serves every request",
@@ -686,6 +724,11 @@ impl Controller {
         self.view.store(Arc::new(View {
             stable: serving.clone(),
             canary: None,
+            transition: Transition {
+                kind: TransitionKind::RolledBack,
+                at: SystemTime::now(),
+                from: Some(from),
+            },
         }));
         if let Err(e) = blocking(&store, move |s| s.set_head(target, Some(from))).await {
             error!(error = %e, "v{target} serves, but the store's head could not be moved");

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod boot;
 pub mod change;
 pub mod gate;
+pub mod guard;
 pub mod health;
 pub mod journal;
 pub mod listeners;

@@ -48,6 +48,7 @@ async fn every_route_the_router_serves_is_in_the_openapi_document_and_back() {
     let dir = tempfile::tempdir().unwrap();
     let c = controller(dir.path(), backend.addr).await;
     let (_, routes) = admin::router(Arc::new(Admin {
+        guard: fulcrum_control::guard::Guard::spawn(&c),
         controller: c,
         token: Token::new("t"),
     }));
@@ -83,6 +84,7 @@ async fn the_event_stream_sends_what_was_missed_then_each_event_as_it_happens() 
     let dir = tempfile::tempdir().unwrap();
     let c = controller(dir.path(), backend.addr).await;
     let (router, _) = admin::router(Arc::new(Admin {
+        guard: fulcrum_control::guard::Guard::spawn(&c),
         controller: c.clone(),
         token: Token::new("t"),
     }));

@@ -471,6 +471,7 @@ impl SnapshotBuilder {
             routes: Routes::default(),
             pools: Vec::new(),
             access_log: None,
+            guard: fulcrum_config::snapshot::Guard::DEFAULT,
             tests: Vec::new(),
         })
     }
@@ -490,6 +491,7 @@ impl SnapshotBuilder {
             name: name.into(),
             matcher,
             pool: idx,
+            failure_statuses: fulcrum_config::snapshot::StatusSet::client_and_server_errors(),
         });
         self.0.routes = Routes::new(routes);
         self

@@ -1,0 +1,583 @@
+//! The detectors, each a pure function of the counts in the window, the
+//! baseline's counts and the two snapshots. A finding on a route or pool
+//! the change did not touch is at most marginal after a change (probation
+//! compares before with after, and cannot tell the change from the world);
+//! a canary is compared with the stable cohort at the same time, so there
+//! it counts whole.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use fulcrum_config::Snapshot;
+use fulcrum_config::snapshot::{Guard as Settings, StatusSet};
+use fulcrum_proxy::BackendStatus;
+use fulcrum_proxy::stats::quantile;
+
+use super::judge::{chi_square_fit, fisher_rise, mann_whitney_greater, wilson};
+use super::window::{Counts, RouteCounts};
+use super::{BackendView, Finding, PoolView, RouteSide, RouteView, Verdict, expect};
+
+/// A change's effect must also be this large for backend shares (a hash
+/// pool with few active keys is never exactly even).
+const SHARE_EFFECT: f64 = 0.2;
+/// A latency rise must also be this many milliseconds at p99.
+const LATENCY_FLOOR_MS: f64 = 5.0;
+
+fn server_errors() -> StatusSet {
+    StatusSet {
+        exact: Vec::new(),
+        classes: vec![5],
+    }
+}
+
+/// Names the change touched: routes, and pools (a backend's pool counts).
+fn touched(
+    base: Option<&(Snapshot, Counts)>,
+    new: &Snapshot,
+) -> Option<(HashSet<String>, HashSet<String>)> {
+    let (old, _) = base?;
+    let mut routes = HashSet::new();
+    let mut pools = HashSet::new();
+    for c in fulcrum_safety::diff::semantic(old, new) {
+        match c.kind {
+            "route" => {
+                routes.insert(c.name.clone());
+            }
+            "pool" => {
+                pools.insert(c.name.clone());
+            }
+            "backend" => {
+                pools.insert(c.name.split('/').next().unwrap_or_default().to_owned());
+            }
+            _ => {}
+        }
+    }
+    Some((routes, pools))
+}
+
+fn rate(k: u64, n: u64) -> Option<f64> {
+    (n > 0).then(|| k as f64 / n as f64)
+}
+
+fn p99_ms(h: &[u64]) -> Option<f64> {
+    quantile(h, 0.99).map(|d| d.as_secs_f64() * 1000.0)
+}
+
+/// A rise of `k/n` over `kb/nb` (or, with no baseline, a rate plainly
+/// above the minimum effect).
+fn rise(what: &str, k: u64, n: u64, base: Option<(u64, u64)>, s: &Settings) -> (Verdict, String) {
+    let min = s.min_requests as u64;
+    if n < min {
+        return (Verdict::NoData, format!("{n} requests, fewer than {min}"));
+    }
+    let r = k as f64 / n as f64;
+    match base.filter(|(_, nb)| *nb >= min) {
+        Some((kb, nb)) => {
+            let rb = kb as f64 / nb as f64;
+            let p = fisher_rise(k, n, kb, nb);
+            let text = format!(
+                "{what} {:.1}% of {n} against {:.1}% of {nb} before (p = {p:.2e})",
+                r * 100.0,
+                rb * 100.0
+            );
+            if p < 1.0 - s.confidence && r - rb >= s.min_effect {
+                (Verdict::Fail, text)
+            } else if p < 0.05 && r - rb >= s.min_effect / 2.0 {
+                (Verdict::Marginal, text)
+            } else {
+                (Verdict::Pass, text)
+            }
+        }
+        None => {
+            // No baseline to compare with: an empty or zero baseline must
+            // not turn "errors" into "no data".
+            let (lo, _) = wilson(k, n, s.confidence);
+            let text = format!(
+                "{what} {:.1}% of {n}, no baseline (at least {:.1}% at {}% confidence)",
+                r * 100.0,
+                lo * 100.0,
+                s.confidence * 100.0
+            );
+            if lo > s.min_effect {
+                (Verdict::Fail, text)
+            } else {
+                (Verdict::Pass, text)
+            }
+        }
+    }
+}
+
+fn latency(cur: &RouteCounts, base: Option<&RouteCounts>, s: &Settings) -> (Verdict, String) {
+    let (h, min) = (cur.histogram(), s.min_requests as u64);
+    let n: u64 = h.iter().sum();
+    let Some(b) = base
+        .map(RouteCounts::histogram)
+        .filter(|b| b.iter().sum::<u64>() >= min)
+    else {
+        return (Verdict::NoData, "no baseline latency".into());
+    };
+    if n < min {
+        return (Verdict::NoData, format!("{n} requests, fewer than {min}"));
+    }
+    let (p99, p99b) = (p99_ms(&h).unwrap_or(0.0), p99_ms(&b).unwrap_or(0.0));
+    let p = mann_whitney_greater(&h, &b);
+    let text = format!("p99 {p99:.1} ms against {p99b:.1} ms before (Mann-Whitney p = {p:.2e})");
+    let slower = p99 >= p99b * s.latency_ratio && p99 - p99b >= LATENCY_FLOOR_MS;
+    if p < 1.0 - s.confidence && slower {
+        (Verdict::Fail, text)
+    } else if p < 0.05 && slower {
+        (Verdict::Marginal, text)
+    } else {
+        (Verdict::Pass, text)
+    }
+}
+
+/// Error rate, outcome signal and latency of every route.
+pub fn routes(
+    new: &Snapshot,
+    counts: &Counts,
+    base: Option<&(Snapshot, Counts)>,
+    s: &Settings,
+    out: &mut Vec<Finding>,
+) -> Vec<RouteView> {
+    let touched = touched(base, new);
+    let empty = RouteCounts::default();
+    new.routes
+        .iter()
+        .map(|r| {
+            let name = r.name.to_string();
+            let pool = new.pools[r.pool].name.to_string();
+            let cur = counts.routes.get(&r.name).unwrap_or(&empty);
+            let b = base.and_then(|(_, c)| c.routes.get(&r.name));
+            let n = cur.requests();
+            let errors = server_errors();
+            let side = |c: &RouteCounts| {
+                (
+                    c.matching(&errors),
+                    c.matching(&r.failure_statuses),
+                    c.requests(),
+                )
+            };
+            let (e, o, _) = side(cur);
+            let bs = b.map(side);
+            let mut found = vec![
+                ("errors", rise("5xx", e, n, bs.map(|(e, _, n)| (e, n)), s)),
+                (
+                    "outcome",
+                    rise(
+                        "failed (by its failure statuses)",
+                        o,
+                        n,
+                        bs.map(|(_, o, n)| (o, n)),
+                        s,
+                    ),
+                ),
+                ("latency", latency(cur, b, s)),
+            ];
+            // After a change, a route it did not touch (nor its pool) is not
+            // the change's doing as far as before-and-after can tell.
+            if let Some((routes, pools)) = &touched
+                && !routes.contains(&name)
+                && !pools.contains(&pool)
+            {
+                for (_, (v, text)) in &mut found {
+                    if *v == Verdict::Fail {
+                        *v = Verdict::Marginal;
+                        text.push_str("; the change did not touch this route or its pool");
+                    }
+                }
+            }
+            let verdict = found
+                .iter()
+                .map(|(_, (v, _))| *v)
+                .max()
+                .unwrap_or(Verdict::NoData);
+            let reason = found
+                .iter()
+                .filter(|(_, (v, _))| *v == verdict)
+                .map(|(d, (_, t))| format!("{d}: {t}"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            for (detector, (v, text)) in &found {
+                out.push(Finding {
+                    detector,
+                    route: Some(name.clone()),
+                    pool: None,
+                    verdict: *v,
+                    summary: format!("route {name}: {detector}: {text}"),
+                });
+            }
+            RouteView {
+                requests: n,
+                error_rate: rate(e, n),
+                outcome_rate: rate(o, n),
+                p99_ms: p99_ms(&cur.histogram()),
+                baseline: b.map(|b| {
+                    let (e, o, n) = side(b);
+                    RouteSide {
+                        requests: n,
+                        error_rate: rate(e, n),
+                        outcome_rate: rate(o, n),
+                        p99_ms: p99_ms(&b.histogram()),
+                    }
+                }),
+                verdict,
+                reason,
+                name,
+                pool,
+            }
+        })
+        .collect()
+}
+
+fn total(c: &Counts) -> u64 {
+    c.pools
+        .values()
+        .map(|p| p.unserved + p.backends.iter().map(|b| b.requests).sum::<u64>())
+        .sum()
+}
+
+fn pool_requests(c: &Counts, pool: &str) -> u64 {
+    c.pools.get(pool).map_or(0, |p| {
+        p.unserved + p.backends.iter().map(|b| b.requests).sum::<u64>()
+    })
+}
+
+/// Traffic lost, shares against expectation, skew and health of every pool.
+pub fn pools(
+    new: &Snapshot,
+    counts: &Counts,
+    span: Duration,
+    base: Option<&(Snapshot, Counts)>,
+    health: &[BackendStatus],
+    s: &Settings,
+    out: &mut Vec<Finding>,
+) -> Vec<PoolView> {
+    let touched = touched(base, new);
+    let all = total(counts);
+    new.pools
+        .iter()
+        .map(|p| {
+            let name = p.name.to_string();
+            let live: Vec<Option<&BackendStatus>> = p
+                .backends
+                .iter()
+                .map(|b| health.iter().find(|h| h.pool == p.name && h.addr == b.addr))
+                .collect();
+            let available: Vec<bool> = live
+                .iter()
+                .map(|h| h.is_none_or(|h| h.healthy && !h.ejected))
+                .collect();
+            let observed: Vec<u64> = p
+                .backends
+                .iter()
+                .map(|b| {
+                    let addr = b.addr.to_string();
+                    counts
+                        .pools
+                        .get(&p.name)
+                        .and_then(|c| c.backends.iter().find(|x| x.addr == addr))
+                        .map_or(0, |x| x.requests)
+                })
+                .collect();
+            let latency: Vec<f64> = p
+                .backends
+                .iter()
+                .map(|b| {
+                    let addr = b.addr.to_string();
+                    counts
+                        .pools
+                        .get(&p.name)
+                        .and_then(|c| c.backends.iter().find(|x| x.addr == addr))
+                        .filter(|x| x.requests > 0)
+                        .map_or(0.0, |x| x.latency_sum_us as f64 / x.requests as f64 / 1e6)
+                })
+                .collect();
+            let n: u64 = observed.iter().sum();
+            let per_second = n as f64 / span.as_secs_f64().max(0.001);
+            let expected = expect::shares(p, &available, &latency, per_second);
+            let mut found = vec![
+                ("shift", shift(&name, counts, all, base, s)),
+                ("shares", fit(&observed, &expected, s)),
+                ("skew", skew(p, &observed, &available, base, s)),
+                ("health", healthy(p, &available, s)),
+            ];
+            // A pool is the change's business when the change touched it or
+            // a route that sent it traffic before (incident 1 changed the
+            // route, not the pool).
+            if let Some((routes, pools)) = &touched {
+                let fed_by_touched = base.is_some_and(|(old, _)| {
+                    old.routes
+                        .iter()
+                        .any(|r| old.pools[r.pool].name == p.name && routes.contains(&*r.name))
+                });
+                if !pools.contains(&name) && !fed_by_touched {
+                    for (_, (v, text)) in &mut found {
+                        if *v == Verdict::Fail {
+                            *v = Verdict::Marginal;
+                            text.push_str(
+                                "; the change did not touch this pool or the routes to it",
+                            );
+                        }
+                    }
+                }
+            }
+            let weighted = available
+                .iter()
+                .zip(&p.backends)
+                .filter(|(_, b)| b.weight > 0)
+                .count();
+            let up = available
+                .iter()
+                .zip(&p.backends)
+                .filter(|(a, b)| **a && b.weight > 0)
+                .count();
+            let verdict = found
+                .iter()
+                .map(|(_, (v, _))| *v)
+                .max()
+                .unwrap_or(Verdict::NoData);
+            let reason = found
+                .iter()
+                .filter(|(_, (v, _))| *v == verdict)
+                .map(|(d, (_, t))| format!("{d}: {t}"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            for (detector, (v, text)) in found {
+                out.push(Finding {
+                    detector,
+                    route: None,
+                    pool: Some(name.clone()),
+                    verdict: v,
+                    summary: format!("pool {name}: {detector}: {text}"),
+                });
+            }
+            PoolView {
+                algorithm: p.algorithm.name(),
+                healthy_fraction: if weighted == 0 {
+                    0.0
+                } else {
+                    up as f64 / weighted as f64
+                },
+                requests: n,
+                verdict,
+                reason,
+                backends: p
+                    .backends
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| BackendView {
+                        addr: b.addr.to_string(),
+                        observed: rate(observed[i], n),
+                        expected: Some(expected[i]),
+                        requests: observed[i],
+                        healthy: live[i].is_none_or(|h| h.healthy),
+                        ejected: live[i].is_some_and(|h| h.ejected),
+                    })
+                    .collect(),
+                name,
+            }
+        })
+        .collect()
+}
+
+/// A pool that took a fair share of all requests before and has lost
+/// nearly all of it (incident 1: logins leaving the auth pool).
+fn shift(
+    pool: &str,
+    counts: &Counts,
+    all: u64,
+    base: Option<&(Snapshot, Counts)>,
+    s: &Settings,
+) -> (Verdict, String) {
+    let min = s.min_requests as u64;
+    let Some((_, b)) = base else {
+        return (Verdict::NoData, "no baseline".into());
+    };
+    let (before, base_all) = (pool_requests(b, pool), total(b));
+    let now = pool_requests(counts, pool);
+    if before < min || all < min {
+        return (
+            Verdict::NoData,
+            format!("{before} requests before, {all} now"),
+        );
+    }
+    let (sb, sn) = (before as f64 / base_all as f64, now as f64 / all as f64);
+    let p = fisher_rise(before, base_all, now, all);
+    let text = format!(
+        "{:.1}% of all requests before, {:.1}% now (p = {p:.2e})",
+        sb * 100.0,
+        sn * 100.0
+    );
+    if p < 1.0 - s.confidence && sn < sb * 0.1 && sb - sn >= s.min_effect {
+        (Verdict::Fail, format!("lost its traffic: {text}"))
+    } else if p < 0.05 && sn < sb * 0.5 {
+        (
+            Verdict::Marginal,
+            format!("lost much of its traffic: {text}"),
+        )
+    } else {
+        (Verdict::Pass, text)
+    }
+}
+
+/// Observed backend shares against the balancer's expectation.
+fn fit(observed: &[u64], expected: &[f64], s: &Settings) -> (Verdict, String) {
+    let n: u64 = observed.iter().sum();
+    let min = (s.min_requests as u64).max(5);
+    let smallest = expected
+        .iter()
+        .copied()
+        .filter(|e| *e > 0.0)
+        .fold(1.0, f64::min);
+    if n < min || (n as f64) * smallest < 5.0 {
+        return (
+            Verdict::NoData,
+            format!("{n} requests, too few to compare shares"),
+        );
+    }
+    let p = chi_square_fit(observed, expected);
+    let (worst, dev) = observed
+        .iter()
+        .zip(expected)
+        .enumerate()
+        .map(|(i, (o, e))| (i, *o as f64 / n as f64 - e))
+        .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()))
+        .unwrap_or((0, 0.0));
+    let text = format!(
+        "backend {} has {:.1}% of {n} requests where {:.1}% is expected (chi-square p = {p:.2e})",
+        worst + 1,
+        (expected[worst] + dev) * 100.0,
+        expected[worst] * 100.0
+    );
+    if p < 1.0 - s.confidence && dev.abs() >= SHARE_EFFECT {
+        (Verdict::Fail, text)
+    } else if p < 0.05 && dev.abs() >= SHARE_EFFECT / 2.0 {
+        (Verdict::Marginal, text)
+    } else {
+        (Verdict::Pass, text)
+    }
+}
+
+/// One backend carrying a pool that has others to share with (incidents
+/// 4 and 5), unless it was already so before the change.
+fn skew(
+    p: &fulcrum_config::snapshot::Pool,
+    observed: &[u64],
+    available: &[bool],
+    base: Option<&(Snapshot, Counts)>,
+    s: &Settings,
+) -> (Verdict, String) {
+    let n: u64 = observed.iter().sum();
+    let others = available
+        .iter()
+        .zip(&p.backends)
+        .filter(|(a, b)| **a && b.weight > 0)
+        .count();
+    if n < s.min_requests as u64 || others < 2 {
+        return (
+            Verdict::NoData,
+            format!("{n} requests over {others} available backend(s)"),
+        );
+    }
+    let (i, top) = observed
+        .iter()
+        .enumerate()
+        .max_by_key(|(_, c)| **c)
+        .map(|(i, c)| (i, *c))
+        .unwrap_or((0, 0));
+    let addr = p.backends[i].addr.to_string();
+    let (lo, _) = wilson(top, n, s.confidence);
+    let text = format!(
+        "{addr} takes {:.1}% of {n} requests with {others} backends available",
+        top as f64 / n as f64 * 100.0
+    );
+    if lo <= s.max_backend_share {
+        return (Verdict::Pass, text);
+    }
+    let before = base.and_then(|(_, c)| c.pools.get(&p.name)).and_then(|c| {
+        let total: u64 = c.backends.iter().map(|b| b.requests).sum();
+        let mine = c.backends.iter().find(|b| b.addr == addr)?.requests;
+        (total >= s.min_requests as u64).then(|| mine as f64 / total as f64)
+    });
+    match before {
+        Some(b) if b > s.max_backend_share => (
+            Verdict::Marginal,
+            format!("{text}, as before the change ({:.1}%)", b * 100.0),
+        ),
+        _ => (
+            Verdict::Fail,
+            format!(
+                "{text}, above the guard's max_backend_share {}",
+                s.max_backend_share
+            ),
+        ),
+    }
+}
+
+fn healthy(
+    p: &fulcrum_config::snapshot::Pool,
+    available: &[bool],
+    s: &Settings,
+) -> (Verdict, String) {
+    let weighted = p.backends.iter().filter(|b| b.weight > 0).count();
+    let up = available
+        .iter()
+        .zip(&p.backends)
+        .filter(|(a, b)| **a && b.weight > 0)
+        .count();
+    if weighted == 0 {
+        return (Verdict::NoData, "no weighted backend".into());
+    }
+    let f = up as f64 / weighted as f64;
+    let text = format!("{up} of {weighted} backends healthy");
+    if f < s.min_healthy_fraction {
+        (Verdict::Fail, text)
+    } else {
+        (Verdict::Pass, text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Settings = Settings::DEFAULT;
+
+    #[test]
+    fn one_failure_in_five_requests_is_no_verdict() {
+        assert_eq!(rise("5xx", 1, 5, Some((0, 500)), &S).0, Verdict::NoData);
+        assert_eq!(rise("5xx", 1, 5, None, &S).0, Verdict::NoData);
+        // Nor is one in twenty against a clean baseline a failure.
+        assert_ne!(rise("5xx", 1, 20, Some((0, 200)), &S).0, Verdict::Fail);
+        assert_ne!(rise("5xx", 1, 20, None, &S).0, Verdict::Fail);
+    }
+
+    #[test]
+    fn a_zero_or_empty_baseline_still_fails_a_change_with_errors() {
+        assert_eq!(rise("5xx", 30, 100, Some((0, 400)), &S).0, Verdict::Fail);
+        assert_eq!(
+            rise("5xx", 30, 100, Some((0, 3)), &S).0,
+            Verdict::Fail,
+            "too small a baseline is none"
+        );
+        assert_eq!(rise("5xx", 30, 100, None, &S).0, Verdict::Fail);
+    }
+
+    #[test]
+    fn noise_and_tiny_effects_pass() {
+        assert_eq!(rise("5xx", 3, 150, Some((2, 150)), &S).0, Verdict::Pass);
+        // Significant with a million requests, but a rise of half a point.
+        assert_eq!(
+            rise("5xx", 15_000, 1_000_000, Some((10_000, 1_000_000)), &S).0,
+            Verdict::Pass
+        );
+    }
+
+    #[test]
+    fn shares_far_from_expectation_fail_and_near_pass() {
+        assert_eq!(fit(&[100, 0], &[0.5, 0.5], &S).0, Verdict::Fail);
+        assert_eq!(fit(&[55, 45], &[0.5, 0.5], &S).0, Verdict::Pass);
+        assert_eq!(fit(&[6, 4], &[0.5, 0.5], &S).0, Verdict::NoData);
+    }
+}

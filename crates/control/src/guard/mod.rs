@@ -1,0 +1,527 @@
+//! The guard: watches live traffic a few times a second and judges the
+//! last change by it. During a canary the canary's requests are compared
+//! with the stable cohort's over the same time; after a change took over,
+//! its requests are compared with the window before it (probation). Per
+//! route: error rate, the route's outcome signal (its failure statuses),
+//! latency; per pool: traffic lost to other pools, backend shares against
+//! what weights, health and the algorithm predict, skew onto one backend,
+//! and the healthy fraction. A verdict that fails `consecutive` times in a
+//! row during a canary or probation rolls the change back by itself;
+//! later, an alert names the change and recommends the rollback.
+
+mod expect;
+pub mod judge;
+mod window;
+
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use fulcrum_config::Snapshot;
+use fulcrum_config::snapshot::Guard as Settings;
+use serde::Serialize;
+use serde_json::json;
+use tracing::{error, warn};
+
+use crate::change::{Controller, Serving, TransitionKind};
+use crate::store::EventKind;
+use window::{Counts, Windows};
+
+/// How often the guard samples and judges.
+pub const TICK: Duration = Duration::from_millis(250);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    NoData,
+    Pass,
+    Marginal,
+    Fail,
+}
+
+/// What the guard sees now: `GET /guard`, and the dashboard.
+#[derive(Debug, Clone, Serialize)]
+pub struct View {
+    /// `steady`, `canary`, `probation`, or `disabled` by `[guard] enabled`.
+    pub state: &'static str,
+    pub change: Option<ChangeInfo>,
+    pub verdict: Verdict,
+    pub pools: Vec<PoolView>,
+    pub routes: Vec<RouteView>,
+    /// The alerts raised lately, newest first.
+    pub alerts: Vec<Alert>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChangeInfo {
+    pub number: u64,
+    pub from: Option<u64>,
+    pub author: String,
+    pub message: String,
+    pub since: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolView {
+    pub name: String,
+    pub algorithm: &'static str,
+    pub healthy_fraction: f64,
+    pub requests: u64,
+    pub verdict: Verdict,
+    pub reason: String,
+    pub backends: Vec<BackendView>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BackendView {
+    pub addr: String,
+    pub observed: Option<f64>,
+    pub expected: Option<f64>,
+    pub requests: u64,
+    pub healthy: bool,
+    pub ejected: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RouteView {
+    pub name: String,
+    pub pool: String,
+    pub requests: u64,
+    pub error_rate: Option<f64>,
+    pub outcome_rate: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub baseline: Option<RouteSide>,
+    pub verdict: Verdict,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RouteSide {
+    pub requests: u64,
+    pub error_rate: Option<f64>,
+    pub outcome_rate: Option<f64>,
+    pub p99_ms: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Alert {
+    pub time: String,
+    pub detector: &'static str,
+    pub route: Option<String>,
+    pub pool: Option<String>,
+    /// The change named as the likely cause.
+    pub version: Option<u64>,
+    pub summary: String,
+}
+
+/// One detector's finding.
+#[derive(Debug, Clone)]
+struct Finding {
+    detector: &'static str,
+    route: Option<String>,
+    pool: Option<String>,
+    verdict: Verdict,
+    summary: String,
+}
+
+pub struct Guard {
+    controller: Weak<Controller>,
+    view: ArcSwap<View>,
+}
+
+impl Guard {
+    /// Start watching; the task ends with the controller.
+    pub fn spawn(controller: &Arc<Controller>) -> Arc<Guard> {
+        let guard = Arc::new(Guard {
+            controller: Arc::downgrade(controller),
+            view: ArcSwap::from_pointee(View {
+                state: "steady",
+                change: None,
+                verdict: Verdict::NoData,
+                pools: Vec::new(),
+                routes: Vec::new(),
+                alerts: Vec::new(),
+            }),
+        });
+        tokio::spawn(run(guard.clone()));
+        guard
+    }
+
+    pub fn view(&self) -> Arc<View> {
+        self.view.load_full()
+    }
+}
+
+/// The change being judged: what took over, from what, since when, and
+/// what it is compared with.
+struct Watched {
+    number: u64,
+    from: Option<u64>,
+    /// When it took over (or the canary began), on the guard's clock.
+    since: Instant,
+    /// The version before it and its counts over the window before the
+    /// change, for probation.
+    baseline: Option<(Serving, Counts, Duration)>,
+    fails_in_row: u32,
+    acted: bool,
+    /// Detectors already alerted on for this change.
+    alerted: Vec<(String, &'static str)>,
+}
+
+async fn run(guard: Arc<Guard>) {
+    let mut windows = Windows::default();
+    let mut watched: Option<Watched> = None;
+    let mut last_stable: Option<u64> = None;
+    let mut last_canary: Option<u64> = None;
+    let mut alerts: Vec<Alert> = Vec::new();
+    let mut previous: Option<Serving> = None;
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(c) = guard.controller.upgrade() else {
+            return;
+        };
+        let view = c.view();
+        let settings = view.stable.snapshot.guard.clone();
+        if !settings.enabled {
+            guard.view.store(Arc::new(View {
+                state: "disabled",
+                change: None,
+                verdict: Verdict::NoData,
+                pools: Vec::new(),
+                routes: Vec::new(),
+                alerts: alerts.clone(),
+            }));
+            watched = None;
+            continue;
+        }
+        let now = Instant::now();
+        windows.sample(
+            &c.plane().stats(),
+            now,
+            settings.window * 3 + Duration::from_secs(2),
+        );
+
+        // A new change to judge?
+        let canary = view.canary.as_ref().map(|cv| cv.serving.meta.number);
+        if canary.is_some() && canary != last_canary {
+            watched = Some(Watched::new(
+                canary.unwrap_or_default(),
+                Some(view.stable.meta.number),
+                now,
+                None,
+            ));
+        } else if Some(view.stable.meta.number) != last_stable && last_stable.is_some() {
+            watched = match view.transition.kind {
+                TransitionKind::Changed => {
+                    let base = previous.as_ref().and_then(|p| {
+                        let from = now.checked_sub(settings.window)?;
+                        let (counts, span) = windows.between(&p.snapshot.version, from, now)?;
+                        Some((p.clone(), counts, span))
+                    });
+                    // A canary promoted keeps being judged as the same change.
+                    let promoted = watched
+                        .as_ref()
+                        .is_some_and(|w| w.number == view.stable.meta.number);
+                    if promoted {
+                        watched.take().map(|mut w| {
+                            w.baseline = base;
+                            w
+                        })
+                    } else {
+                        Some(Watched::new(
+                            view.stable.meta.number,
+                            view.transition.from,
+                            now,
+                            base,
+                        ))
+                    }
+                }
+                // A rollback is what the guard asks for, not a change.
+                _ => None,
+            };
+        }
+        last_stable = Some(view.stable.meta.number);
+        last_canary = canary;
+        previous = Some(view.stable.clone());
+
+        let state = match (&view.canary, &watched) {
+            (Some(_), Some(_)) => "canary",
+            (None, Some(w)) if now.duration_since(w.since) < settings.probation => "probation",
+            _ => "steady",
+        };
+        let judged = judge_now(&c, &windows, watched.as_ref(), &settings, now);
+        let verdict = judged
+            .findings
+            .iter()
+            .map(|f| f.verdict)
+            .max()
+            .unwrap_or(Verdict::NoData);
+        if let Some(w) = watched.as_mut() {
+            act(
+                &c,
+                w,
+                state,
+                &judged.findings,
+                verdict,
+                &settings,
+                &mut alerts,
+            )
+            .await;
+            if state == "steady" && now.duration_since(w.since) > settings.attribution {
+                watched = None;
+            }
+        }
+        alerts.truncate(50);
+        let change = watched.as_ref().map(|w| change_info(&view, w));
+        guard.view.store(Arc::new(View {
+            state,
+            change,
+            verdict,
+            pools: judged.pools,
+            routes: judged.routes,
+            alerts: alerts.clone(),
+        }));
+    }
+}
+
+impl Watched {
+    fn new(
+        number: u64,
+        from: Option<u64>,
+        since: Instant,
+        baseline: Option<(Serving, Counts, Duration)>,
+    ) -> Watched {
+        Watched {
+            number,
+            from,
+            since,
+            baseline,
+            fails_in_row: 0,
+            acted: false,
+            alerted: Vec::new(),
+        }
+    }
+}
+
+fn change_info(view: &crate::change::View, w: &Watched) -> ChangeInfo {
+    let meta = match &view.canary {
+        Some(c) if c.serving.meta.number == w.number => &c.serving.meta,
+        _ => &view.stable.meta,
+    };
+    let since = SystemTime::now() - Instant::now().duration_since(w.since);
+    ChangeInfo {
+        number: w.number,
+        from: w.from,
+        author: meta.author.clone(),
+        message: meta.message.clone(),
+        since: humantime::format_rfc3339_millis(since).to_string(),
+    }
+}
+
+/// Roll back (during a canary or probation, after `consecutive` failing
+/// verdicts) or alert (later), naming the change.
+async fn act(
+    c: &Arc<Controller>,
+    w: &mut Watched,
+    state: &'static str,
+    findings: &[Finding],
+    verdict: Verdict,
+    settings: &Settings,
+    alerts: &mut Vec<Alert>,
+) {
+    w.fails_in_row = if verdict == Verdict::Fail {
+        w.fails_in_row + 1
+    } else {
+        0
+    };
+    if verdict != Verdict::Fail || w.fails_in_row < settings.consecutive || w.acted {
+        return;
+    }
+    let failing: Vec<&Finding> = findings
+        .iter()
+        .filter(|f| f.verdict == Verdict::Fail)
+        .collect();
+    let fresh: Vec<&&Finding> = failing
+        .iter()
+        .filter(|f| {
+            !w.alerted
+                .iter()
+                .any(|(k, d)| *d == f.detector && Some(k) == f.route.as_ref().or(f.pool.as_ref()))
+        })
+        .collect();
+    let reasons: Vec<String> = failing.iter().map(|f| f.summary.clone()).collect();
+    let view = c.view();
+    let meta = match &view.canary {
+        Some(cv) if cv.serving.meta.number == w.number => cv.serving.meta.clone(),
+        _ if view.stable.meta.number == w.number => view.stable.meta.clone(),
+        _ => return,
+    };
+    let during = state == "canary" || state == "probation";
+    let rolling = during && settings.rollback;
+    let diff = w
+        .baseline
+        .as_ref()
+        .map(|(b, _, _)| fulcrum_safety::diff::semantic(&b.snapshot, &view.stable.snapshot))
+        .unwrap_or_default();
+    let recommendation = match (rolling, w.from) {
+        (true, _) => "rolling it back".to_owned(),
+        (false, Some(p)) => format!("recommended: `fulcrum rollback --to {p}`"),
+        (false, None) => "recommended: roll it back".to_owned(),
+    };
+    if !fresh.is_empty() || rolling {
+        let summary = format!(
+            "v{} ({} by {}: {:?}) is the likely cause of: {}; {recommendation}",
+            w.number,
+            state,
+            meta.author,
+            meta.message,
+            reasons.join("; ")
+        );
+        warn!("guard: {summary}");
+        let detail = json!({
+            "state": state,
+            "change": { "number": w.number, "from": w.from, "author": meta.author, "message": meta.message, "hash": meta.hash },
+            "findings": failing.iter().map(|f| json!({ "detector": f.detector, "route": f.route, "pool": f.pool, "summary": f.summary })).collect::<Vec<_>>(),
+            "diff": diff,
+            "action": if rolling { "rollback" } else { "alert" },
+        });
+        c.journal()
+            .note(
+                EventKind::Alert,
+                "guard",
+                Some(w.number),
+                summary.clone(),
+                detail.clone(),
+            )
+            .await;
+        for f in &failing {
+            alerts.insert(
+                0,
+                Alert {
+                    time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+                    detector: f.detector,
+                    route: f.route.clone(),
+                    pool: f.pool.clone(),
+                    version: Some(w.number),
+                    summary: f.summary.clone(),
+                },
+            );
+            w.alerted.push((
+                f.route.clone().or(f.pool.clone()).unwrap_or_default(),
+                f.detector,
+            ));
+        }
+        webhook(&view.stable.snapshot, detail);
+    }
+    if rolling {
+        w.acted = true;
+        let to = if state == "canary" { None } else { w.from };
+        if let Err(e) = c.rollback(to, "guard", &reasons.join("; ")).await {
+            error!("guard: cannot roll back v{}: {e}", w.number);
+        }
+    }
+}
+
+/// POST the alert to `[guard] webhook`, off the request path and off the
+/// guard's own loop, retried three times.
+fn webhook(snapshot: &Snapshot, body: serde_json::Value) {
+    let Some(url) = snapshot.guard.webhook.clone() else {
+        return;
+    };
+    tokio::spawn(async move {
+        use http_body_util::Full;
+        let client: hyper_util::client::legacy::Client<_, Full<bytes::Bytes>> =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http();
+        let body = bytes::Bytes::from(body.to_string());
+        for attempt in 0..4u32 {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_secs(1 << (attempt - 1))).await;
+            }
+            let Ok(req) = http::Request::post(&url)
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body(Full::new(body.clone()))
+            else {
+                return;
+            };
+            match tokio::time::timeout(Duration::from_secs(5), client.request(req)).await {
+                Ok(Ok(r)) if r.status().is_success() => return,
+                Ok(Ok(r)) => {
+                    warn!(url, status = %r.status(), attempt, "guard webhook refused the alert")
+                }
+                Ok(Err(e)) => warn!(url, error = %e, attempt, "guard webhook unreachable"),
+                Err(_) => warn!(url, attempt, "guard webhook timed out"),
+            }
+        }
+        error!(url, "guard webhook: giving up on an alert after 4 attempts");
+    });
+}
+
+/// Every detector's findings, and what the dashboard shows.
+struct Judged {
+    findings: Vec<Finding>,
+    pools: Vec<PoolView>,
+    routes: Vec<RouteView>,
+}
+
+fn judge_now(
+    c: &Controller,
+    windows: &Windows,
+    watched: Option<&Watched>,
+    s: &Settings,
+    now: Instant,
+) -> Judged {
+    let view = c.view();
+    // What is judged: the canary, else the stable config; since the change
+    // took over, at most one window back.
+    let (new, base): (&Serving, Option<(Snapshot, Counts)>) = match (&view.canary, watched) {
+        (Some(cv), Some(w)) => {
+            let from = w.since.max(now.checked_sub(s.window).unwrap_or(w.since));
+            let base = windows
+                .between(&view.stable.snapshot.version, from, now)
+                .map(|(counts, _)| ((*view.stable.snapshot).clone(), counts));
+            (&cv.serving, base)
+        }
+        (_, Some(w)) => (
+            &view.stable,
+            w.baseline
+                .as_ref()
+                .map(|(b, counts, _)| ((*b.snapshot).clone(), counts.clone())),
+        ),
+        _ => (&view.stable, None),
+    };
+    let from = watched
+        .map_or(now.checked_sub(s.window), |w| {
+            Some(w.since.max(now.checked_sub(s.window).unwrap_or(w.since)))
+        })
+        .unwrap_or(now);
+    let current = windows.since(&new.snapshot.version, from);
+    let Some((counts, span)) = current else {
+        return Judged {
+            findings: Vec::new(),
+            pools: Vec::new(),
+            routes: Vec::new(),
+        };
+    };
+    let health = c.plane().backends();
+    let mut findings = Vec::new();
+    let routes = detect::routes(&new.snapshot, &counts, base.as_ref(), s, &mut findings);
+    let pools = detect::pools(
+        &new.snapshot,
+        &counts,
+        span,
+        base.as_ref(),
+        &health,
+        s,
+        &mut findings,
+    );
+    Judged {
+        findings,
+        pools,
+        routes,
+    }
+}
+
+mod detect;

@@ -1,0 +1,232 @@
+//! Sliding windows over the data plane's cumulative per-version counters:
+//! a sample of every version's statistics a few times a second, kept for a
+//! little longer than the window, so the counts of any recent span are the
+//! difference of two samples. Histograms and statuses are kept sparse.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use fulcrum_config::snapshot::StatusSet;
+use fulcrum_proxy::stats::{BUCKETS, VersionStats};
+
+/// Nonzero (index, count) pairs, by index.
+pub type Sparse = Vec<(u16, u64)>;
+
+/// One version's counters at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct Counts {
+    /// By route name.
+    pub routes: HashMap<Arc<str>, RouteCounts>,
+    /// By pool name, then backend address (as text).
+    pub pools: HashMap<Arc<str>, PoolCounts>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RouteCounts {
+    pub pool: Option<Arc<str>>,
+    /// By status.
+    pub statuses: Sparse,
+    /// Latency histogram buckets.
+    pub latency: Sparse,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PoolCounts {
+    pub backends: Vec<BackendCounts>,
+    pub unserved: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct BackendCounts {
+    pub addr: String,
+    pub requests: u64,
+    pub latency_sum_us: u64,
+}
+
+impl Counts {
+    pub fn of(s: &VersionStats) -> Counts {
+        let sparse = |v: Vec<u64>| -> Sparse {
+            v.into_iter()
+                .enumerate()
+                .filter(|(_, n)| *n > 0)
+                .map(|(i, n)| (i as u16, n))
+                .collect()
+        };
+        Counts {
+            routes: s
+                .routes
+                .iter()
+                .map(|r| {
+                    (
+                        r.name.clone(),
+                        RouteCounts {
+                            pool: r.pool.clone(),
+                            statuses: r.statuses(),
+                            latency: sparse(r.latency.counts()),
+                        },
+                    )
+                })
+                .collect(),
+            pools: s
+                .pools
+                .iter()
+                .map(|p| {
+                    (
+                        p.name.clone(),
+                        PoolCounts {
+                            backends: p
+                                .backends
+                                .iter()
+                                .map(|b| BackendCounts {
+                                    addr: b.addr.to_string(),
+                                    requests: b.requests(),
+                                    latency_sum_us: b.latency.sum().as_micros() as u64,
+                                })
+                                .collect(),
+                            unserved: p.no_backend.load(Relaxed),
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// `self - earlier`, entry by entry (what `earlier` lacks counts as 0).
+    pub fn minus(&self, earlier: &Counts) -> Counts {
+        Counts {
+            routes: self
+                .routes
+                .iter()
+                .map(|(name, r)| {
+                    let e = earlier.routes.get(name);
+                    (
+                        name.clone(),
+                        RouteCounts {
+                            pool: r.pool.clone(),
+                            statuses: sub(&r.statuses, e.map(|e| &e.statuses)),
+                            latency: sub(&r.latency, e.map(|e| &e.latency)),
+                        },
+                    )
+                })
+                .collect(),
+            pools: self
+                .pools
+                .iter()
+                .map(|(name, p)| {
+                    let e = earlier.pools.get(name);
+                    let backends = p
+                        .backends
+                        .iter()
+                        .map(|b| {
+                            let eb = e.and_then(|e| e.backends.iter().find(|x| x.addr == b.addr));
+                            BackendCounts {
+                                addr: b.addr.clone(),
+                                requests: b.requests.saturating_sub(eb.map_or(0, |x| x.requests)),
+                                latency_sum_us: b
+                                    .latency_sum_us
+                                    .saturating_sub(eb.map_or(0, |x| x.latency_sum_us)),
+                            }
+                        })
+                        .collect();
+                    (
+                        name.clone(),
+                        PoolCounts {
+                            backends,
+                            unserved: p.unserved.saturating_sub(e.map_or(0, |e| e.unserved)),
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+}
+
+fn sub(now: &Sparse, before: Option<&Sparse>) -> Sparse {
+    now.iter()
+        .map(|(i, n)| {
+            let b = before
+                .and_then(|b| b.iter().find(|(j, _)| j == i))
+                .map_or(0, |(_, n)| *n);
+            (*i, n.saturating_sub(b))
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect()
+}
+
+impl RouteCounts {
+    pub fn requests(&self) -> u64 {
+        self.statuses.iter().map(|(_, n)| n).sum()
+    }
+
+    /// Requests answered with a status in `set`.
+    pub fn matching(&self, set: &StatusSet) -> u64 {
+        self.statuses
+            .iter()
+            .filter(|(s, _)| set.contains(*s))
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// The latency histogram, dense.
+    pub fn histogram(&self) -> Vec<u64> {
+        let mut h = vec![0; BUCKETS];
+        for (i, n) in &self.latency {
+            h[*i as usize] = *n;
+        }
+        h
+    }
+}
+
+/// One version's samples, oldest first, and when it was first seen.
+type Series = (Instant, VecDeque<(Instant, Counts)>);
+
+/// The samples of every version.
+#[derive(Default)]
+pub struct Windows {
+    samples: HashMap<Arc<str>, Series>,
+}
+
+impl Windows {
+    /// Take a sample of each version now; forget samples older than `keep`.
+    pub fn sample(&mut self, stats: &[Arc<VersionStats>], now: Instant, keep: Duration) {
+        for s in stats {
+            let (_, q) = self
+                .samples
+                .entry(s.version.clone())
+                .or_insert_with(|| (now, VecDeque::new()));
+            q.push_back((now, Counts::of(s)));
+            while q
+                .front()
+                .is_some_and(|(t, _)| now.duration_since(*t) > keep)
+            {
+                q.pop_front();
+            }
+        }
+        self.samples
+            .retain(|v, _| stats.iter().any(|s| s.version == *v));
+    }
+
+    /// What `version` counted from `from` to its latest sample, and over
+    /// how long. A version first seen after `from` counted everything since
+    /// it began (its statistics start at zero when it is built). `None`
+    /// when there is nothing to tell yet.
+    pub fn since(&self, version: &str, from: Instant) -> Option<(Counts, Duration)> {
+        let (first_seen, q) = self.samples.get(version)?;
+        let (last_t, last) = q.back()?;
+        if *first_seen >= from {
+            return Some((last.clone(), last_t.saturating_duration_since(from)));
+        }
+        let (t, base) = q.iter().find(|(t, _)| *t >= from)?;
+        (last_t > t).then(|| (last.minus(base), *last_t - *t))
+    }
+
+    /// What `version` counted from `from` to `to`.
+    pub fn between(&self, version: &str, from: Instant, to: Instant) -> Option<(Counts, Duration)> {
+        let (_, q) = self.samples.get(version)?;
+        let (t0, first) = q.iter().find(|(t, _)| *t >= from)?;
+        let (t1, last) = q.iter().rev().find(|(t, _)| *t <= to)?;
+        (t1 > t0).then(|| (last.minus(first), *t1 - *t0))
+    }
+}

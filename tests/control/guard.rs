@@ -1,0 +1,477 @@
+//! The guard against the five incidents, each forced through with
+//! `apply --force` under steady login traffic: detected within 5 s, the
+//! alert names the forced version, rolled back within 10 s; and no alarm
+//! for a benign change over a noisy but healthy pool.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use fulcrum_testkit::{Backend, Mode};
+
+use super::{Lb, stderr, stdout};
+
+/// Steady synthetic traffic: logins (and a share of web requests) from a
+/// few concurrent clients until stopped.
+struct Traffic {
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<Vec<(Instant, u16, String)>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Traffic {
+    fn start(proxy: SocketAddr, headers: &'static [(&'static str, &'static str)]) -> Traffic {
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen: Arc<Mutex<Vec<(Instant, u16, String)>>> = Arc::default();
+        let tasks = (0..4)
+            .map(|i| {
+                let (stop, seen) = (stop.clone(), seen.clone());
+                tokio::spawn(async move {
+                    let client: hyper_util::client::legacy::Client<
+                        _,
+                        http_body_util::Empty<bytes::Bytes>,
+                    > = hyper_util::client::legacy::Client::builder(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .build_http();
+                    // Bounded: at most 3,000 requests a client (about 60 s).
+                    for n in 0..3_000u32 {
+                        if stop.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        let path = if (n + i) % 3 == 0 { "/" } else { "/auth/login" };
+                        let mut req = http::Request::get(format!("http://{proxy}{path}"));
+                        for (k, v) in headers {
+                            req = req.header(*k, *v);
+                        }
+                        let req = req.body(http_body_util::Empty::new()).unwrap();
+                        let got =
+                            match tokio::time::timeout(Duration::from_secs(2), client.request(req))
+                                .await
+                            {
+                                Ok(Ok(r)) => {
+                                    let status = r.status().as_u16();
+                                    use http_body_util::BodyExt;
+                                    let body = r
+                                        .into_body()
+                                        .collect()
+                                        .await
+                                        .map(|b| b.to_bytes())
+                                        .unwrap_or_default();
+                                    (status, String::from_utf8_lossy(&body).into_owned())
+                                }
+                                _ => (0, String::new()),
+                            };
+                        seen.lock().unwrap().push((Instant::now(), got.0, got.1));
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                })
+            })
+            .collect();
+        Traffic { stop, seen, tasks }
+    }
+
+    async fn stop(self) -> Vec<(Instant, u16, String)> {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        Arc::try_unwrap(self.seen).unwrap().into_inner().unwrap()
+    }
+}
+
+fn time(e: &serde_json::Value) -> SystemTime {
+    humantime::parse_rfc3339(e["time"].as_str().unwrap()).unwrap()
+}
+
+/// Force `bad` through under traffic; assert the guard's alert names it
+/// within 5 s and its rollback lands within 10 s; return the alert.
+async fn forced_incident(
+    v1: &str,
+    bad: &str,
+    traffic_headers: &'static [(&'static str, &'static str)],
+) -> serde_json::Value {
+    let lb = Lb::start(v1);
+    let traffic = Traffic::start(lb.served.addr, traffic_headers);
+    // A baseline for the window before the change.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let file = lb.file("bad.toml", bad);
+    let out = lb.cli(&[
+        "apply",
+        file.to_str().unwrap(),
+        "--force",
+        "-m",
+        "the bad change",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(stdout(&out).contains("applied: v2"), "{}", stdout(&out));
+    let deadline = Instant::now() + Duration::from_secs(12);
+    let (alert, rolled) = loop {
+        let events = lb.events().await;
+        let alert = events.iter().find(|e| e["kind"] == "alert").cloned();
+        let rolled = events
+            .iter()
+            .find(|e| e["kind"] == "rolled_back" && e["actor"] == "guard")
+            .cloned();
+        if let (Some(a), Some(r)) = (&alert, &rolled) {
+            break (a.clone(), r.clone());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no alert and guard rollback in time: {events:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let events = lb.events().await;
+    let applied = events.iter().find(|e| e["kind"] == "applied").unwrap();
+    let detect = time(&alert).duration_since(time(applied)).unwrap();
+    let recover = time(&rolled).duration_since(time(applied)).unwrap();
+    assert!(
+        detect <= Duration::from_secs(5),
+        "detected after {detect:?}"
+    );
+    assert!(
+        recover <= Duration::from_secs(10),
+        "rolled back after {recover:?}"
+    );
+    assert_eq!(
+        alert["version"], 2,
+        "the alert names the forced version: {alert}"
+    );
+    assert!(alert["summary"].as_str().unwrap().contains("v2"), "{alert}");
+    assert!(
+        alert["summary"]
+            .as_str()
+            .unwrap()
+            .contains("the bad change"),
+        "{alert}"
+    );
+    assert!(
+        alert["detail"]["diff"]
+            .as_array()
+            .is_some_and(|d| !d.is_empty()),
+        "the alert carries the diff: {alert}"
+    );
+    assert_eq!(rolled["detail"]["to"], 1, "{rolled}");
+    // v1 serves again.
+    let (_, h, _) = lb.call("GET", "/config", "", Some(super::TOKEN)).await;
+    assert_eq!(h["fulcrum-version"].to_str().unwrap(), "1");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let seen = traffic.stop().await;
+    let failed = seen.iter().filter(|(_, s, _)| *s != 200).count();
+    eprintln!(
+        "detected in {detect:?}, rolled back in {recover:?}; {failed} of {} requests not 200",
+        seen.len()
+    );
+    alert
+}
+
+fn pool(name: &str, algorithm: &str, backends: &[(SocketAddr, u32)], extra: &str) -> String {
+    let list: Vec<String> = backends
+        .iter()
+        .map(|(a, w)| format!("{{ addr = \"{a}\", weight = {w} }}"))
+        .collect();
+    format!(
+        "[pool.{name}]\nalgorithm = \"{algorithm}\"\nbackends = [{}]\nhealth = {{ path = \"/healthz\", interval = \"100ms\" }}\n{extra}\n",
+        list.join(", ")
+    )
+}
+
+fn config(auth_route_pool: &str, auth_pool: &str, web: SocketAddr) -> String {
+    format!(
+        r#"[admin]
+listen = "127.0.0.1:0"
+
+[[listener]]
+name = "public"
+bind = "127.0.0.1:0"
+
+[[route]]
+name = "auth"
+match = {{ path_prefix = "/auth/" }}
+pool = "{auth_route_pool}"
+
+[[route]]
+name = "web"
+pool = "web"
+
+{auth_pool}
+[pool.web]
+backends = [{{ addr = "{web}" }}]
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incident_1_logins_sent_to_the_wrong_pool() {
+    let (a, b, web) = (
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("web").await,
+    );
+    let auth = pool("auth", "round_robin", &[(a.addr, 1), (b.addr, 1)], "");
+    let alert = forced_incident(
+        &config("auth", &auth, web.addr),
+        &config("web", &auth, web.addr),
+        &[],
+    )
+    .await;
+    let findings = alert["detail"]["findings"].to_string();
+    assert!(findings.contains("pool auth: shift"), "{findings}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incident_2_auth_servers_that_do_not_serve_logins() {
+    let (a, b, web) = (
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("web").await,
+    );
+    let (x, y) = (Backend::start("x").await, Backend::start("y").await);
+    x.set_mode(Mode::Status(404));
+    y.set_mode(Mode::Status(404));
+    let v1 = config(
+        "auth",
+        &pool("auth", "round_robin", &[(a.addr, 1), (b.addr, 1)], ""),
+        web.addr,
+    );
+    let v2 = config(
+        "auth",
+        &pool("auth", "round_robin", &[(x.addr, 1), (y.addr, 1)], ""),
+        web.addr,
+    );
+    let alert = forced_incident(&v1, &v2, &[]).await;
+    assert!(
+        alert["detail"]["findings"]
+            .to_string()
+            .contains("route auth: outcome"),
+        "{alert}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incident_3_timeouts_cut_below_what_logins_take() {
+    let (a, b, web) = (
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("web").await,
+    );
+    a.set_mode(Mode::Delay(Duration::from_millis(30)));
+    b.set_mode(Mode::Delay(Duration::from_millis(30)));
+    let backends = [(a.addr, 1), (b.addr, 1)];
+    let v1 = config(
+        "auth",
+        &pool("auth", "least_request", &backends, ""),
+        web.addr,
+    );
+    let v2 = config(
+        "auth",
+        &pool(
+            "auth",
+            "least_request",
+            &backends,
+            "timeouts = { response = \"10ms\" }\nretries = { attempts = 0 }",
+        ),
+        web.addr,
+    );
+    let alert = forced_incident(&v1, &v2, &[]).await;
+    assert!(
+        alert["detail"]["findings"]
+            .to_string()
+            .contains("route auth: errors"),
+        "{alert}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incident_3_a_slow_backend_weighted_up() {
+    let (a, b, web) = (
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("web").await,
+    );
+    b.set_mode(Mode::Delay(Duration::from_millis(60)));
+    let v1 = config(
+        "auth",
+        &pool("auth", "round_robin", &[(a.addr, 10), (b.addr, 1)], ""),
+        web.addr,
+    );
+    let v2 = config(
+        "auth",
+        &pool("auth", "round_robin", &[(a.addr, 1), (b.addr, 10)], ""),
+        web.addr,
+    );
+    let alert = forced_incident(&v1, &v2, &[]).await;
+    let findings = alert["detail"]["findings"].to_string();
+    assert!(
+        findings.contains("route auth: latency") || findings.contains("pool auth: skew"),
+        "{findings}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incident_4_a_hash_key_that_barely_varies() {
+    let (a, b, web) = (
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("web").await,
+    );
+    let backends = [(a.addr, 1), (b.addr, 1)];
+    let v1 = config(
+        "auth",
+        &pool("auth", "round_robin", &backends, ""),
+        web.addr,
+    );
+    let v2 = config(
+        "auth",
+        &pool(
+            "auth",
+            "hash",
+            &backends,
+            "hash = { key = \"header:x-tenant\" }",
+        ),
+        web.addr,
+    );
+    // Every login carries the same tenant.
+    let alert = forced_incident(&v1, &v2, &[("x-tenant", "acme")]).await;
+    let findings = alert["detail"]["findings"].to_string();
+    assert!(
+        findings.contains("pool auth: skew") || findings.contains("pool auth: shares"),
+        "{findings}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incident_5_weights_that_starve_all_but_one() {
+    let (a, b, c) = (
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("c").await,
+    );
+    let web = Backend::start("web").await;
+    let v1 = config(
+        "auth",
+        &pool(
+            "auth",
+            "round_robin",
+            &[(a.addr, 1), (b.addr, 1), (c.addr, 1)],
+            "",
+        ),
+        web.addr,
+    );
+    let v2 = config(
+        "auth",
+        &pool(
+            "auth",
+            "round_robin",
+            &[(a.addr, 20), (b.addr, 1), (c.addr, 1)],
+            "",
+        ),
+        web.addr,
+    );
+    let alert = forced_incident(&v1, &v2, &[]).await;
+    assert!(
+        alert["detail"]["findings"]
+            .to_string()
+            .contains("pool auth: skew"),
+        "{alert}"
+    );
+}
+
+/// A backend that is healthy but noisy: 0–15 ms of latency and one 500 in
+/// fifty, at random.
+async fn noisy(name: &'static str) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |_req: http::Request<hyper::body::Incoming>| async move {
+                        let (delay, fail) = (fastrand::u64(0..15), fastrand::u32(0..50) == 0);
+                        tokio::time::sleep(Duration::from_millis(delay)).await;
+                        let status = if fail { 500 } else { 200 };
+                        Ok::<_, std::convert::Infallible>(
+                            http::Response::builder()
+                                .status(status)
+                                .body(http_body_util::Full::new(bytes::Bytes::from(name)))
+                                .unwrap(),
+                        )
+                    },
+                );
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                .await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_benign_change_over_a_noisy_healthy_pool_raises_no_alarm() {
+    let (a, ta) = noisy("a").await;
+    let (b, tb) = noisy("b").await;
+    let web = Backend::start("web").await;
+    let auth = |extra: &str| {
+        pool("auth", "least_request", &[(a, 1), (b, 1)], extra).replace(
+            "health = { path = \"/healthz\", interval = \"100ms\" }\n",
+            "",
+        )
+    };
+    let v1 = config("auth", &auth(""), web.addr);
+    let lb = Lb::start(&v1);
+    let traffic = Traffic::start(lb.served.addr, &[]);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Benign: a longer connect timeout, through probation...
+    let v2 = lb.file(
+        "v2.toml",
+        &config("auth", &auth("timeouts = { connect = \"3s\" }"), web.addr),
+    );
+    let out = lb.cli(&["apply", v2.to_str().unwrap(), "-m", "benign"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    // ...and as a canary.
+    let v3 = lb.file(
+        "v3.toml",
+        &config("auth", &auth("timeouts = { connect = \"4s\" }"), web.addr),
+    );
+    let out = lb.cli(&[
+        "apply",
+        v3.to_str().unwrap(),
+        "--canary",
+        "0.5",
+        "--bake",
+        "4s",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    let seen = traffic.stop().await;
+    let events = lb.events().await;
+    let alarms: Vec<_> = events
+        .iter()
+        .filter(|e| e["kind"] == "alert" || e["actor"] == "guard")
+        .collect();
+    assert!(alarms.is_empty(), "false alarm: {alarms:#?}");
+    let errors = seen.iter().filter(|(_, s, _)| *s == 500).count();
+    assert!(
+        errors > 0,
+        "the pool was noisy: {errors} of {} were 500",
+        seen.len()
+    );
+    let (_, guard) = lb.json("GET", "/guard", "").await;
+    assert_ne!(guard["verdict"], "fail", "{guard:#}");
+    ta.abort();
+    tb.abort();
+}
