@@ -53,6 +53,12 @@ pub struct Rule {
     /// For a request that must be refused: 404 when no route matches it,
     /// 503 when its pool has no backend with weight above zero.
     pub expect_status: Option<u16>,
+    /// Whether pre-flight sends `request` to the new backends of the pool
+    /// it routes to: `probe`, by default only for GET and HEAD, never for a
+    /// request that must be refused.
+    pub probe: bool,
+    /// The body pre-flight sends with `request`.
+    pub body: Option<String>,
 
     // Pools: which pools the pool assertions apply to.
     pub pool: Option<PoolSelector>,
@@ -167,6 +173,8 @@ struct RawRule {
     expect_route: Option<Spanned<String>>,
     expect_pool: Option<Spanned<String>>,
     expect_status: Option<Spanned<i64>>,
+    probe: Option<Spanned<bool>>,
+    body: Option<Spanned<String>>,
     pool: Option<Spanned<String>>,
     min_backends: Option<Spanned<i64>>,
     max_backend_share: Option<Spanned<f64>>,
@@ -356,6 +364,7 @@ fn rule(d: &mut Diags<'_>, file: &str, p: &str, raw: RawRule) -> Option<Rule> {
         )
         .hint("add `request = \"METHOD URL\"` or remove them");
     }
+    let probe = probe(d, p, &raw, request.as_ref());
     let expect_status = raw.expect_status.as_ref().and_then(|s| {
         let v = *s.get_ref();
         if (100..=599).contains(&v) {
@@ -476,6 +485,8 @@ fn rule(d: &mut Diags<'_>, file: &str, p: &str, raw: RawRule) -> Option<Rule> {
             .as_ref()
             .map(|s| s.get_ref().trim().to_owned()),
         expect_status,
+        probe,
+        body: raw.body.as_ref().map(|b| b.get_ref().clone()),
         pool,
         min_backends,
         max_backend_share,
@@ -502,6 +513,74 @@ fn rule(d: &mut Diags<'_>, file: &str, p: &str, raw: RawRule) -> Option<Rule> {
     }
     let ok = d.list.iter().filter(|x| x.is_error()).count() == errors_before;
     ok.then_some(rule)
+}
+
+/// Whether pre-flight sends the rule's request, with a diagnostic for a
+/// `probe` or `body` that would not do what it says.
+fn probe(d: &mut Diags<'_>, p: &str, raw: &RawRule, request: Option<&RuleRequest>) -> bool {
+    let Some(req) = &raw.request else {
+        if let Some(key) = raw
+            .probe
+            .as_ref()
+            .map(|_| "probe")
+            .or(raw.body.as_ref().map(|_| "body"))
+        {
+            d.error(
+                "missing-key",
+                Some(raw.name.span()),
+                format!("{p}.request"),
+                format!(
+                    "`{key}` says what pre-flight sends of a `request`, and this rule has none"
+                ),
+            )
+            .hint("add `request = \"METHOD URL\"` or remove it");
+        }
+        return false;
+    };
+    if let (Some(probe), Some(_)) = (&raw.probe, &raw.expect_status)
+        && *probe.get_ref()
+    {
+        d.error(
+            "invalid-value",
+            Some(probe.span()),
+            format!("{p}.probe"),
+            "a request that must be refused (`expect_status`) is never probed: pre-flight sends only requests the config routes to a pool",
+        )
+        .hint("remove `probe`");
+        return false;
+    }
+    let safe = request.is_some_and(|r| r.method == Method::GET || r.method == Method::HEAD);
+    let probe = raw.expect_status.is_none() && raw.probe.as_ref().map_or(safe, |b| *b.get_ref());
+    if let Some(body) = raw.body.as_ref().filter(|_| !probe) {
+        let (code, why, hint) = match &raw.probe {
+            Some(_) => (
+                "invalid-value",
+                "this rule says `probe = false`",
+                "remove `body` or `probe = false`",
+            ),
+            None if raw.expect_status.is_some() => (
+                "invalid-value",
+                "a request that must be refused (`expect_status`) is never probed",
+                "remove `body`",
+            ),
+            None => (
+                "missing-key",
+                "only GET and HEAD are probed unless the rule says `probe = true`",
+                "add `probe = true` to send it (use a test account, never a real one), or remove `body`",
+            ),
+        };
+        d.error(
+            code,
+            Some(body.span()),
+            format!("{p}.body"),
+            format!(
+                "`body` is sent only when pre-flight probes `{}`, and {why}",
+                req.get_ref().trim()
+            ),
+        )
+        .hint(hint);
+    }
+    probe
 }
 
 fn request(
@@ -703,3 +782,6 @@ fn traffic(d: &mut Diags<'_>, raw: RawTraffic) -> Option<TrafficSpec> {
     }
     ok.then_some(t)
 }
+
+#[cfg(test)]
+mod tests;

@@ -352,11 +352,9 @@ impl Controller {
         if let Some(s) = &server_rules {
             all.push(s);
         }
-        let probes = crate::preflight_pending::probe(Some(old), &snapshot, &all).await;
-        let refusals = crate::preflight_pending::refusals(&probes, &snapshot, &all);
-        report
-            .warnings
-            .extend(crate::preflight_pending::warnings(&probes, &snapshot, &all));
+        let probes = crate::preflight::probe(Some(old), &snapshot, &all).await;
+        let refusals = probes.refusals(&snapshot, &all);
+        report.warnings.extend(probes.warnings(&snapshot, &all));
         report.step(
             "preflight",
             refusals.is_empty(),

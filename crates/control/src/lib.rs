@@ -14,7 +14,6 @@ pub mod journal;
 pub mod listeners;
 pub mod metrics;
 pub mod preflight;
-mod preflight_pending;
 pub mod standards;
 pub mod status;
 pub mod store;

@@ -241,11 +241,6 @@ impl Local {
         })
     }
 
-    /// The directory this store keeps its files in.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     fn state(&self) -> MutexGuard<'_, State> {
         // Memory is updated only after a write succeeded, so a panic while
         // the lock was held left it consistent with the files.

@@ -62,6 +62,7 @@ pub struct Seen {
     pub authority: Option<String>,
     /// Request trailers, when the body had some.
     pub trailers: Option<HeaderMap>,
+    pub body: Bytes,
 }
 
 struct Shared {
@@ -241,6 +242,7 @@ async fn answer(
         version: parts.version,
         authority: parts.uri.authority().map(|a| a.to_string()),
         trailers,
+        body: request_body.clone(),
     });
     let mode = shared.mode.lock().unwrap().clone();
     let body = || TestBody::Full(Some(Bytes::from(shared.name.clone())));
