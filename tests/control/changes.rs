@@ -1,10 +1,10 @@
 //! Changes through the pipeline: applied and rolled back with their exact
-//! bytes; refused by the standards, the config's own tests and the
-//! traffic-impact budget, each leaving the
+//! bytes; refused by the standards, the config's own tests, a pre-flight
+//! probe (incident 2) and the traffic-impact budget, each leaving the
 //! running config serving and the refusal in the journal; a stale parent;
 //! SIGHUP of an invalid file.
 
-use fulcrum_testkit::Backend;
+use fulcrum_testkit::{Backend, Mode};
 
 use super::{Lb, TOKEN, config, stderr, stdout};
 
@@ -160,6 +160,24 @@ async fn standards_tests_probes_and_the_impact_budget_refuse_changes() {
     )
     .await;
     drop(lb2);
+
+    // Incident 2: the auth servers replaced by ones that pass /healthz but
+    // answer every login 404.
+    let impostor = Backend::start("impostor").await;
+    impostor.set_mode(Mode::Status(404));
+    assert_refused(
+        &lb,
+        "two.toml",
+        &config(&[impostor.addr], web.addr, tests),
+        &[],
+        "preflight",
+        "404",
+    )
+    .await;
+    assert!(
+        impostor.hits() >= 1,
+        "the rule's login was sent to it directly"
+    );
 
     // Every login moves to another backend, over a 5 % budget.
     let other = Backend::start("other").await;
