@@ -12,6 +12,8 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::Instant;
 
+use crate::http1::framing::FramingError;
+
 /// A request body as an HTTP/1.1 connection hands it to the request path.
 #[derive(Debug)]
 pub(crate) enum IncomingBody {
@@ -19,6 +21,9 @@ pub(crate) enum IncomingBody {
     Full(Option<Bytes>),
     /// Still on the connection, which reads it when asked (its pump).
     Streamed(std::sync::Arc<Handover>),
+    /// The head's framing could not be trusted: the request path refuses
+    /// the request, and nothing of its body is ever read.
+    Refused(FramingError),
 }
 
 /// Hands a streamed body over from the connection to whoever reads it,
@@ -74,6 +79,7 @@ impl Body for IncomingBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyReadError>>> {
         match self.get_mut() {
             IncomingBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            IncomingBody::Refused(_) => Poll::Ready(Some(Err(BodyReadError("unframeable body")))),
             IncomingBody::Streamed(slot) => {
                 let mut s = slot.lock();
                 if let Some(d) = s.data.take() {
@@ -100,6 +106,7 @@ impl Body for IncomingBody {
     fn is_end_stream(&self) -> bool {
         match self {
             IncomingBody::Full(b) => b.is_none(),
+            IncomingBody::Refused(_) => false,
             IncomingBody::Streamed(slot) => {
                 let s = slot.lock();
                 s.ended && s.data.is_none()
@@ -110,6 +117,7 @@ impl Body for IncomingBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             IncomingBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            IncomingBody::Refused(_) => SizeHint::default(),
             IncomingBody::Streamed(slot) => {
                 let s = slot.lock();
                 match s.left {
@@ -128,6 +136,16 @@ impl Body for IncomingBody {
 pub(crate) enum RawBody {
     H1(IncomingBody),
     H2(Incoming),
+}
+
+impl RawBody {
+    /// Why the HTTP/1.1 codec could not frame this body, if it could not.
+    pub fn framing_error(&self) -> Option<FramingError> {
+        match self {
+            RawBody::H1(IncomingBody::Refused(e)) => Some(*e),
+            _ => None,
+        }
+    }
 }
 
 impl Body for RawBody {

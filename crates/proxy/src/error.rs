@@ -36,6 +36,8 @@ pub enum ProxyError {
     /// The request is malformed or ambiguous in a way that could make the
     /// proxy and a backend read it differently (request smuggling).
     BadRequest(&'static str),
+    /// A request the proxy does not serve by design (CONNECT): 501.
+    NotImplemented(&'static str),
     /// The request head is over `limits.max_header_bytes` or `limits.max_headers`.
     HeaderTooLarge,
     /// The request target is over `limits.max_uri_bytes`.
@@ -72,6 +74,7 @@ impl ProxyError {
             ProxyError::NoRoute
             | ProxyError::ClientBody
             | ProxyError::BadRequest(_)
+            | ProxyError::NotImplemented(_)
             | ProxyError::HeaderTooLarge
             | ProxyError::UriTooLong
             | ProxyError::BodyTooLarge
@@ -106,6 +109,7 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::ClientBody | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ProxyError::HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -137,6 +141,7 @@ impl fmt::Display for ProxyError {
             ProxyError::NoRoute => write!(f, "no route matches this request"),
             ProxyError::ClientBody => write!(f, "could not read the request body"),
             ProxyError::BadRequest(why) => write!(f, "malformed request: {why}"),
+            ProxyError::NotImplemented(what) => write!(f, "not supported: {what}"),
             ProxyError::HeaderTooLarge => write!(f, "the request headers are too large"),
             ProxyError::UriTooLong => write!(f, "the request target is too long"),
             ProxyError::BodyTooLarge => write!(f, "the request body is too large"),

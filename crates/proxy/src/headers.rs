@@ -50,12 +50,15 @@ pub fn connection_named(value: &[u8], into: &mut Vec<HeaderName>) {
 }
 
 /// Removes hop-by-hop headers, including those the Connection header
-/// names. Allocates only when a Connection header names some.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+/// names, but never one of `kept` (what routing read: a request's Host
+/// and routing headers, which a client could otherwise name away from the
+/// backend). Allocates only when a Connection header names some.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, kept: &[HeaderName]) {
     let mut named: Vec<HeaderName> = Vec::new();
     for value in headers.get_all(header::CONNECTION) {
         connection_named(value.as_bytes(), &mut named);
     }
+    named.retain(|n| !kept.contains(n));
     for name in named {
         headers.remove(name);
     }
@@ -67,6 +70,79 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     {
         headers.remove(name);
     }
+}
+
+/// Whether `v` is a valid `uri-host [ ":" port ]` (RFC 9110 §7.2, RFC
+/// 3986 §3.2.2): an IP literal in brackets, or a non-empty registered
+/// name or IPv4 address (unreserved characters, `%XX` escapes,
+/// sub-delims), then an optional port of at most five digits. No
+/// userinfo (`a@b`), no path or query (`a/b?c`), no whitespace: what a
+/// Host header or a request target's authority may be.
+pub fn is_authority(v: &[u8]) -> bool {
+    let (host, port) = if v.first() == Some(&b'[') {
+        let Some(end) = v.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        if !is_ip_literal(&v[1..end]) {
+            return false;
+        }
+        (&v[..=end], &v[end + 1..])
+    } else {
+        match v.iter().position(|&b| b == b':') {
+            Some(colon) => (&v[..colon], &v[colon..]),
+            None => (v, &v[v.len()..]),
+        }
+    };
+    let port_ok = match port.split_first() {
+        None => true,
+        Some((b':', digits)) => digits.len() <= 5 && digits.iter().all(u8::is_ascii_digit),
+        Some(_) => false,
+    };
+    port_ok && !host.is_empty() && (host[0] == b'[' || is_reg_name(host))
+}
+
+/// A registered name or IPv4 address: unreserved, `%XX` and sub-delims.
+fn is_reg_name(host: &[u8]) -> bool {
+    let mut i = 0;
+    while i < host.len() {
+        match host[i] {
+            b'%' => {
+                if !(host.len() > i + 2
+                    && host[i + 1].is_ascii_hexdigit()
+                    && host[i + 2].is_ascii_hexdigit())
+                {
+                    return false;
+                }
+                i += 3;
+                continue;
+            }
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {}
+            b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' => {}
+            _ => return false,
+        }
+        i += 1;
+    }
+    true
+}
+
+/// The inside of `[...]`: an IPv6 address (no zone), or IPvFuture.
+fn is_ip_literal(inner: &[u8]) -> bool {
+    if let Some(rest) = inner
+        .strip_prefix(b"v")
+        .or_else(|| inner.strip_prefix(b"V"))
+    {
+        let Some(dot) = rest.iter().position(|&b| b == b'.') else {
+            return false;
+        };
+        let (version, tail) = (&rest[..dot], &rest[dot + 1..]);
+        return !version.is_empty()
+            && version.iter().all(u8::is_ascii_hexdigit)
+            && !tail.is_empty()
+            && tail
+                .iter()
+                .all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:".contains(&b));
+    }
+    std::str::from_utf8(inner).is_ok_and(|s| s.parse::<std::net::Ipv6Addr>().is_ok())
 }
 
 /// The client's address as a header value, made once per connection so
@@ -206,9 +282,60 @@ mod tests {
         h.insert("proxy-connection", "x".parse().unwrap());
         h.insert("te", "trailers".parse().unwrap());
         h.insert("x-kept", "1".parse().unwrap());
-        strip_hop_by_hop(&mut h);
+        strip_hop_by_hop(&mut h, &[]);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-kept"));
+        // What routing read stays, whatever Connection names.
+        h.insert("connection", "host, x-tenant, x-other".parse().unwrap());
+        h.insert("host", "a.test".parse().unwrap());
+        h.insert("x-tenant", "blue".parse().unwrap());
+        h.insert("x-other", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h, &[header::HOST, HeaderName::from_static("x-tenant")]);
+        let mut names: Vec<_> = h.keys().map(|n| n.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["host", "x-kept", "x-tenant"]);
+    }
+
+    #[test]
+    fn authorities_are_host_and_port_and_nothing_else() {
+        for good in [
+            "a",
+            "app.example.com",
+            "app.example.com:8080",
+            "10.0.0.1:80",
+            "[::1]",
+            "[::1]:443",
+            "[v1.fe]",
+            "xn--bcher-kva.example",
+            "a%41b",
+            "a:",
+            "sub_domain.example",
+        ] {
+            assert!(is_authority(good.as_bytes()), "{good}");
+        }
+        for bad in [
+            "",
+            ": a",
+            ":80",
+            "a b",
+            "a/b?c",
+            "a@b",
+            "a:b",
+            "a:123456",
+            "a:80:80",
+            "[::1",
+            "[zz]",
+            "[::1]x",
+            "[fe80::1%25eth0]",
+            "a%4",
+            "a%zz",
+            "a\tb",
+            "é.example",
+            "a\"b",
+            "a#b",
+        ] {
+            assert!(!is_authority(bad.as_bytes()), "{bad:?}");
+        }
     }
 
     #[test]

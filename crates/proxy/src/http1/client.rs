@@ -241,6 +241,9 @@ pub(crate) struct Outgoing<'a> {
     /// Whether `headers` has a Connection header, which may name more
     /// hop-by-hop headers (known from the request path's own pass).
     pub connection: bool,
+    /// Headers the Connection header may not name away (Host, and what
+    /// routing read).
+    pub kept: &'a [http::HeaderName],
 }
 
 /// Encodes the request head, and a buffered body after it, into one
@@ -267,6 +270,7 @@ fn encode<'a>(parts: &Outgoing<'a>, body: RequestBody) -> (Upload, Asked<'a>) {
         for value in parts.headers.get_all(header::CONNECTION) {
             crate::headers::connection_named(value.as_bytes(), &mut named);
         }
+        named.retain(|n| !parts.kept.contains(n));
     }
     let mut client_for = None;
     let mut out = Vec::with_capacity(cap);
@@ -693,6 +697,7 @@ mod tests {
             forwarded: None,
             upgrade: None,
             connection: false,
+            kept: &[],
         };
         let (up, asked) = encode(&head, body);
         // No `forwarded`, so no request id to borrow.
@@ -742,6 +747,7 @@ mod tests {
             forwarded: None,
             upgrade: None,
             connection: false,
+            kept: &[],
         };
         let (up, _) = encode(&head, RequestBody::Full(None));
         assert_eq!(
@@ -756,7 +762,7 @@ mod tests {
             Method::GET,
             &[
                 ("host", "a.test"),
-                ("connection", "keep-alive, Upgrade, X-Private"),
+                ("connection", "keep-alive, Upgrade, X-Private, Host"),
                 ("x-private", "secret"),
                 ("keep-alive", "timeout=5"),
                 ("te", "trailers"),
@@ -789,6 +795,7 @@ mod tests {
             forwarded: Some(&fwd),
             upgrade: None,
             connection: true,
+            kept: &[header::HOST],
         };
         let (out, asked) = encode(&head, RequestBody::Full(None));
         assert!(!asked.upgrade);
@@ -869,6 +876,7 @@ mod tests {
             forwarded: None,
             upgrade: None,
             connection: false,
+            kept: &[],
         }
     }
 

@@ -10,7 +10,9 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version, header};
 use smallvec::SmallVec;
 
-use super::framing::{Asked, Framing, RequestFraming, ResponseFraming, ResponseFramingError};
+use super::framing::{
+    Asked, Framing, FramingError, RequestFraming, ResponseFraming, ResponseFramingError,
+};
 use super::{Span, has_token};
 
 /// Header slots for httparse on a request; `limits.max_headers` is at
@@ -27,9 +29,9 @@ pub(crate) const MAX_RESPONSE_HEADERS: usize = 128;
 /// A request head, parsed.
 pub(crate) struct RequestHead {
     pub request: Request<()>,
-    /// None: the body could be read two ways; the request path refuses
-    /// it, and its body is never read.
-    pub framing: Option<Framing>,
+    /// Err: the body could be read two ways, or not at all; the request
+    /// path refuses the request, and its body is never read.
+    pub framing: Result<Framing, FramingError>,
     /// The connection ends after this request (`Connection: close`,
     /// HTTP/1.0 without keep-alive, or framing that cannot be trusted).
     pub close: bool,
@@ -147,7 +149,7 @@ pub(crate) fn parse_request_head(
     Ok(Some(RequestHead {
         request,
         framing,
-        close: framing.is_none() || if http10 { !keep_alive } else { close },
+        close: framing.is_err() || if http10 { !keep_alive } else { close },
         keep_alive: http10 && keep_alive,
         expect_continue: !http10 && expect_continue,
     }))
@@ -456,38 +458,63 @@ mod tests {
         parse_request_head(&mut BytesMut::from(bytes), LIMITS)
     }
 
-    fn framing(headers: &str) -> Option<Framing> {
+    fn framing(headers: &str) -> Result<Framing, FramingError> {
         let head = format!("POST / HTTP/1.1\r\nHost: x\r\n{headers}\r\n");
         parse(head.as_bytes()).unwrap().unwrap().framing
     }
 
     #[test]
     fn request_framing_follows_rfc_9112_and_refuses_what_could_be_read_two_ways() {
-        assert_eq!(framing(""), Some(Framing::Empty));
-        assert_eq!(framing("Content-Length: 0\r\n"), Some(Framing::Empty));
-        assert_eq!(framing("Content-Length: 12\r\n"), Some(Framing::Length(12)));
+        assert_eq!(framing(""), Ok(Framing::Empty));
+        assert_eq!(framing("Content-Length: 0\r\n"), Ok(Framing::Empty));
+        assert_eq!(framing("Content-Length: 12\r\n"), Ok(Framing::Length(12)));
         assert_eq!(
             framing("Transfer-Encoding: chunked\r\n"),
-            Some(Framing::Chunked)
+            Ok(Framing::Chunked)
         );
         for odd in [
             "Content-Length: 3\r\nTransfer-Encoding: chunked\r\n",
             "Content-Length: 3\r\nContent-Length: 3\r\n",
             "Content-Length: 3, 3\r\n",
             "Content-Length: +3\r\n",
+            "Content-Length: 3 3\r\n",
+            "Content-Length: \r\n",
+            "Content-Length: 0x10\r\n",
             "Transfer-Encoding: gzip, chunked\r\n",
             "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
         ] {
-            assert_eq!(framing(odd), None, "{odd}");
+            assert!(
+                matches!(framing(odd), Err(FramingError::Ambiguous(_))),
+                "{odd}"
+            );
         }
         let head = parse(b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n")
             .unwrap()
             .unwrap();
-        assert_eq!(head.framing, None);
+        assert!(head.framing.is_err());
         assert!(
             head.close,
             "a request that cannot be framed ends its connection"
         );
+    }
+
+    #[test]
+    fn content_length_is_read_whatever_its_leading_zeros_and_refused_past_u64() {
+        assert_eq!(
+            framing("Content-Length: 00000000000000000005\r\n"),
+            Ok(Framing::Length(5))
+        );
+        let zeros = format!("Content-Length: {}7\r\n", "0".repeat(300));
+        assert_eq!(framing(&zeros), Ok(Framing::Length(7)));
+        assert_eq!(framing("Content-Length: 000\r\n"), Ok(Framing::Empty));
+        assert_eq!(
+            framing("Content-Length: 18446744073709551615\r\n"),
+            Ok(Framing::Length(u64::MAX))
+        );
+        for too_large in ["18446744073709551616", "99999999999999999999999"] {
+            let h = format!("Content-Length: {too_large}\r\n");
+            assert_eq!(framing(&h), Err(FramingError::TooLarge), "{too_large}");
+        }
     }
 
     #[test]

@@ -43,7 +43,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use super::chunked::{Chunked, Decoded};
-use super::framing::Framing;
+use super::framing::{Framing, FramingError};
 use super::head::{HeadLimits, Lines, RequestHead, RequestHeadError, parse_request_head};
 use super::{has_token, put_decimal, put_hex};
 use crate::body::{Handover, IncomingBody, set_waker};
@@ -553,31 +553,31 @@ enum PumpStep {
 }
 
 impl Pump {
-    /// The body of a request framed as `framing` (None: it could be read
+    /// The body of a request framed as `framing` (Err: it could be read
     /// two ways, and is never read), taken whole from `buf` if it is all
     /// there.
     fn new(
-        framing: Option<Framing>,
+        framing: Result<Framing, FramingError>,
         expect_continue: bool,
         buf: &mut BytesMut,
     ) -> (Pump, IncomingBody) {
         let (body, slot, finished) = match framing {
-            None => (IncomingBody::Full(None), None, false),
-            Some(Framing::Length(n)) if buf.len() as u64 >= n => (
+            Err(e) => (IncomingBody::Refused(e), None, false),
+            Ok(Framing::Length(n)) if buf.len() as u64 >= n => (
                 IncomingBody::Full(Some(buf.split_to(n as usize).freeze())),
                 None,
                 true,
             ),
-            Some(Framing::Length(n)) => {
+            Ok(Framing::Length(n)) => {
                 let slot = Arc::new(Handover::default());
                 slot.lock().left = Some(n);
                 (IncomingBody::Streamed(slot.clone()), Some(slot), false)
             }
-            Some(Framing::Chunked) => {
+            Ok(Framing::Chunked) => {
                 let slot = Arc::new(Handover::default());
                 (IncomingBody::Streamed(slot.clone()), Some(slot), false)
             }
-            Some(_) => (IncomingBody::Full(None), None, true),
+            Ok(_) => (IncomingBody::Full(None), None, true),
         };
         let pump = Pump {
             framing: framing.unwrap_or(Framing::Empty),
