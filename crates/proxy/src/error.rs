@@ -63,6 +63,14 @@ pub enum ProxyError {
     /// The connection broke before a response head: the request may have
     /// reached the backend, so only idempotent requests may be retried.
     BackendReset { backend: SocketAddr },
+    /// The backend answered with something that is not an HTTP/1.1
+    /// response Fulcrum can read, or one it cannot pass on to this client:
+    /// the request may have reached the backend, so only idempotent
+    /// requests may be retried.
+    BadResponse {
+        backend: SocketAddr,
+        why: &'static str,
+    },
     /// No response head within the pool's `timeouts.response`. Never
     /// retried: the backend may still be working on it.
     ResponseTimeout { pool: Arc<str>, backend: SocketAddr },
@@ -84,6 +92,7 @@ impl ProxyError {
             | ProxyError::BackendProtocol { .. }
             | ProxyError::ConnectTimeout { .. }
             | ProxyError::BackendReset { .. }
+            | ProxyError::BadResponse { .. }
             | ProxyError::ResponseTimeout { .. } => Cause::Backend,
         }
     }
@@ -95,7 +104,7 @@ impl ProxyError {
             ProxyError::ConnectFailed { .. }
             | ProxyError::ConnectTimeout { .. }
             | ProxyError::BackendProtocol { .. } => true,
-            ProxyError::BackendReset { .. } => idempotent,
+            ProxyError::BackendReset { .. } | ProxyError::BadResponse { .. } => idempotent,
             _ => false,
         }
     }
@@ -117,7 +126,8 @@ impl ProxyError {
             ProxyError::NoBackend { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::ConnectFailed { .. }
             | ProxyError::BackendProtocol { .. }
-            | ProxyError::BackendReset { .. } => StatusCode::BAD_GATEWAY,
+            | ProxyError::BackendReset { .. }
+            | ProxyError::BadResponse { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::ConnectTimeout { .. } | ProxyError::ResponseTimeout { .. } => {
                 StatusCode::GATEWAY_TIMEOUT
             }
@@ -174,6 +184,9 @@ impl fmt::Display for ProxyError {
                     f,
                     "backend {backend} closed the connection without a response"
                 )
+            }
+            ProxyError::BadResponse { backend, why } => {
+                write!(f, "backend {backend} sent an invalid response: {why}")
             }
             ProxyError::ResponseTimeout { pool, backend } => write!(
                 f,

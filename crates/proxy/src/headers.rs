@@ -175,7 +175,7 @@ impl Forwarded<'_> {
 
     /// Sets them in a header map (for HTTP/2 backends).
     pub fn apply(&self, headers: &mut HeaderMap) {
-        let xff = self.for_value(headers.get(&X_FORWARDED_FOR));
+        let xff = self.for_value(headers.get_all(&X_FORWARDED_FOR).iter());
         headers.insert(X_FORWARDED_FOR.clone(), xff);
         headers.insert(
             X_FORWARDED_PROTO.clone(),
@@ -188,15 +188,19 @@ impl Forwarded<'_> {
     }
 
     /// Writes them as header lines (for the HTTP/1.1 encoder, which leaves
-    /// the client's copies out: [`Forwarded::sets`]). `client_for` is the
-    /// first X-Forwarded-For the client sent. The same headers as
+    /// the client's copies out: [`Forwarded::sets`]). `client_for` holds
+    /// the X-Forwarded-For lines the client sent, in order: one list, as
+    /// RFC 9110 §5.3 reads several lines of one field. The same headers as
     /// [`Forwarded::apply`], without a hash-map insert for each.
-    pub fn write(&self, out: &mut Vec<u8>, client_for: Option<&HeaderValue>) {
-        let ip = self.client_ip.as_bytes();
-        match client_for {
-            Some(prev) => put_line(out, &X_FORWARDED_FOR, &[prev.as_bytes(), b", ", ip]),
-            None => put_line(out, &X_FORWARDED_FOR, &[ip]),
+    pub fn write(&self, out: &mut Vec<u8>, client_for: &[&HeaderValue]) {
+        out.extend_from_slice(X_FORWARDED_FOR.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        for prev in client_for {
+            out.extend_from_slice(prev.as_bytes());
+            out.extend_from_slice(b", ");
         }
+        out.extend_from_slice(self.client_ip.as_bytes());
+        out.extend_from_slice(b"\r\n");
         put_line(out, &X_FORWARDED_PROTO, &[self.proto.as_bytes()]);
         if let Some(host) = self.host {
             put_line(out, &X_FORWARDED_HOST, &[host.as_bytes()]);
@@ -209,18 +213,19 @@ impl Forwarded<'_> {
         100 + self.client_ip.len() + self.host.map_or(0, HeaderValue::len) + self.request_id.len()
     }
 
-    fn for_value(&self, client_for: Option<&HeaderValue>) -> HeaderValue {
-        match client_for {
-            // A proxy in front of us already listed the chain: extend it.
-            Some(prev) => {
-                let mut v = Vec::with_capacity(prev.len() + 2 + self.client_ip.len());
-                v.extend_from_slice(prev.as_bytes());
-                v.extend_from_slice(b", ");
-                v.extend_from_slice(self.client_ip.as_bytes());
-                HeaderValue::from_bytes(&v).expect("two header values joined by a comma")
-            }
-            None => self.client_ip.clone(),
+    fn for_value<'v>(&self, mut client_for: impl Iterator<Item = &'v HeaderValue>) -> HeaderValue {
+        let Some(first) = client_for.next() else {
+            return self.client_ip.clone();
+        };
+        // Proxies in front of us already listed the chain: extend it.
+        let mut v = first.as_bytes().to_vec();
+        for prev in client_for {
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(prev.as_bytes());
         }
+        v.extend_from_slice(b", ");
+        v.extend_from_slice(self.client_ip.as_bytes());
+        HeaderValue::from_bytes(&v).expect("header values joined by commas")
     }
 }
 
@@ -369,6 +374,7 @@ mod tests {
     fn appends_forwarded_for() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", "10.0.0.1".parse().unwrap());
+        h.append("x-forwarded-for", "10.0.0.2".parse().unwrap());
         h.insert("x-request-id", "client".parse().unwrap());
         let (ip, host, id) = (
             client_ip_value("127.0.0.1".parse().unwrap()),
@@ -382,10 +388,11 @@ mod tests {
             request_id: &id,
         };
         let mut lines = Vec::new();
-        fwd.write(&mut lines, h.get("x-forwarded-for"));
-        assert!(lines.len() <= fwd.max_written() + "10.0.0.1".len());
+        let client_for: Vec<_> = h.get_all("x-forwarded-for").iter().collect();
+        fwd.write(&mut lines, &client_for);
+        assert!(lines.len() <= fwd.max_written() + "10.0.0.1, 10.0.0.2, ".len());
         fwd.apply(&mut h);
-        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 10.0.0.2, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "a.test");
         assert_eq!(h["x-request-id"], "id-1");

@@ -354,7 +354,7 @@ pub(crate) async fn handle(
     let scan = HeadScan::of(req.headers());
     let request_id = headers::request_id(scan.request_id, &mut rng);
     let close = req.version() <= Version::HTTP_11;
-    let h2_client = req.version() == Version::HTTP_2;
+    let version = req.version();
     if let Err(e) = screen(&req, &scan, &info.settings.limits) {
         count_refusal(&plane.counters, &e);
         tracing::debug!(%client, error = %e, "request refused");
@@ -465,7 +465,7 @@ pub(crate) async fn handle(
                 track,
                 log,
             };
-            backend_response(resp, held, upgrade, info, h2_client, request_id)
+            backend_response(resp, held, upgrade, info, version, request_id)
         }
         Err(e) => {
             count_refusal(&plane.counters, &e);
@@ -528,10 +528,30 @@ fn backend_response(
     held: Held,
     upgrade: Option<Duration>,
     info: &ConnInfo,
-    h2_client: bool,
+    client: Version,
     request_id: HeaderValue,
 ) -> Response<ResponseBody> {
+    let h2_client = client == Version::HTTP_2;
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if let Inner::H1(b) = resp.body()
+        && b.lines().codings.is_some()
+        && client != Version::HTTP_11
+    {
+        // A transfer coding (`gzip`) only an HTTP/1.1 client can take off.
+        Counters::inc(&info.plane.counters.backend_invalid_response);
+        let e = ProxyError::BadResponse {
+            backend: held.in_flight.backend().addr(),
+            why: "a transfer coding other than chunked, which this client cannot take",
+        };
+        let Held {
+            gauge,
+            conn,
+            track,
+            log,
+            ..
+        } = held;
+        return error_response(&e, request_id, conn, track, log, Some(gauge), None, false);
+    }
     let (mut parts, mut body) = resp.into_parts();
     if let Some(idle) = upgrade
         && switching
@@ -758,6 +778,7 @@ fn count_attempt(c: &Counters, e: &ProxyError) {
         ProxyError::ConnectTimeout { .. } => &c.backend_connect_timeout,
         ProxyError::ResponseTimeout { .. } => &c.backend_response_timeout,
         ProxyError::BackendReset { .. } => &c.backend_reset,
+        ProxyError::BadResponse { .. } => &c.backend_invalid_response,
         _ => return,
     };
     Counters::inc(counter);
@@ -1156,6 +1177,13 @@ fn classify(e: H1Error, pool: &PoolRuntime, addr: SocketAddr) -> ProxyError {
         },
         H1Error::Send(h1::Error::ClientBody(e)) => e.to_proxy_error(),
         H1Error::Send(h1::Error::ClientBodyLength) => ProxyError::ClientBody,
+        H1Error::Send(h1::Error::Head(e)) => {
+            tracing::debug!(backend = %addr, error = %e, "invalid backend response");
+            ProxyError::BadResponse {
+                backend: addr,
+                why: e.why(),
+            }
+        }
         H1Error::Send(e) => {
             tracing::debug!(backend = %addr, error = %e, "backend exchange failed");
             ProxyError::BackendReset { backend: addr }

@@ -30,7 +30,9 @@ use tokio::time::Instant;
 
 use super::chunked::{ChunkError, Chunked, Decoded};
 use super::framing::{Asked, Framing};
-use super::head::{Lines, ResponseHead, ResponseHeadError, parse_response_head};
+use super::head::{
+    Lines, MAX_RESPONSE_HEAD, ResponseHead, ResponseHeadError, head_ended, parse_response_head,
+};
 use super::pool::{H1Backend, Timer};
 use super::{put_decimal, put_hex};
 use crate::body::{ClientBodyError, RequestBody};
@@ -222,6 +224,10 @@ struct Upload {
     body: Option<RequestBody>,
     /// `Length` (bytes still to come) or `Chunked`.
     framing: Framing,
+    /// Sending broke off (the backend stopped reading, or the client's
+    /// body failed): nothing more is written, but the backend's answer is
+    /// still read, and the connection is not reused.
+    broken: Option<Error>,
 }
 
 /// The head of a request to send, borrowed from the request path: a retry
@@ -272,7 +278,8 @@ fn encode<'a>(parts: &Outgoing<'a>, body: RequestBody) -> (Upload, Asked<'a>) {
         }
         named.retain(|n| !parts.kept.contains(n));
     }
-    let mut client_for = None;
+    // The client's X-Forwarded-For lines, extended as one list.
+    let mut client_for = smallvec::SmallVec::<[&HeaderValue; 2]>::new();
     let mut out = Vec::with_capacity(cap);
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
@@ -294,8 +301,8 @@ fn encode<'a>(parts: &Outgoing<'a>, body: RequestBody) -> (Upload, Asked<'a>) {
             continue;
         }
         if parts.forwarded.is_some() && Forwarded::sets(name) {
-            if client_for.is_none() && *name == crate::headers::X_FORWARDED_FOR {
-                client_for = Some(value);
+            if *name == crate::headers::X_FORWARDED_FOR {
+                client_for.push(value);
             }
             continue;
         }
@@ -309,7 +316,7 @@ fn encode<'a>(parts: &Outgoing<'a>, body: RequestBody) -> (Upload, Asked<'a>) {
         put_line(&mut out, &header::UPGRADE, &[up.as_bytes()]);
     }
     if let Some(fwd) = parts.forwarded {
-        fwd.write(&mut out, client_for);
+        fwd.write(&mut out, &client_for);
     }
     let (framing, body) = match body {
         // As hyper's client did: no body, no framing header, unless the
@@ -343,6 +350,7 @@ fn encode<'a>(parts: &Outgoing<'a>, body: RequestBody) -> (Upload, Asked<'a>) {
         wrote: false,
         body,
         framing,
+        broken: None,
     };
     (upload, asked)
 }
@@ -429,6 +437,8 @@ struct BackendConn {
     io: TcpStream,
     buf: BytesMut,
     read_size: usize,
+    /// How much of a partial head in `buf` has been looked at for its end.
+    scanned: usize,
     timer: Timer,
 }
 
@@ -438,6 +448,7 @@ impl BackendConn {
             io,
             buf: spare_buffer(),
             read_size: READ_SIZE,
+            scanned: 0,
             timer,
         }
     }
@@ -478,7 +489,10 @@ impl BackendConn {
     /// Sends the request and reads until a final response head (1xx
     /// informational responses skipped). The upload goes on while reading,
     /// so a backend that answers before it has read the whole body is
-    /// heard, and one that sends while it reads never waits on us.
+    /// heard, and one that sends while it reads never waits on us. A
+    /// backend that stops reading (closes, or resets the connection) may
+    /// have answered first: what it sent is read before its failure is
+    /// believed.
     fn poll_exchange(
         &mut self,
         cx: &mut Context<'_>,
@@ -486,19 +500,32 @@ impl BackendConn {
         asked: Asked,
     ) -> Poll<Result<ResponseHead, Error>> {
         if !upload.done()
+            && upload.broken.is_none()
             && let Poll::Ready(Err(e)) = upload.poll(&mut self.io, cx)
         {
-            return Poll::Ready(Err(e));
+            match e {
+                Error::Io(_) => upload.broken = Some(e),
+                // The client's fault: no answer can make up for it.
+                e => return Poll::Ready(Err(e)),
+            }
         }
         loop {
+            // Parsed once a head's end is here (or it is too large to
+            // wait for); a 1xx consumed on the way leaves the rest to scan.
             if !self.buf.is_empty()
-                && let Some(head) =
-                    parse_response_head(&mut self.buf, asked).map_err(Error::Head)?
+                && (head_ended(&self.buf, &mut self.scanned) || self.buf.len() >= MAX_RESPONSE_HEAD)
             {
-                return Poll::Ready(Ok(head));
+                let before = self.buf.len();
+                match parse_response_head(&mut self.buf, asked).map_err(Error::Head)? {
+                    Some(head) => return Poll::Ready(Ok(head)),
+                    None if self.buf.len() < before => self.scanned = 0,
+                    None => self.scanned = before,
+                }
             }
-            if ready!(self.poll_fill(cx))? == 0 {
-                return Poll::Ready(Err(Error::Closed));
+            match ready!(self.poll_fill(cx)) {
+                Ok(0) => return Poll::Ready(Err(upload.broken.take().unwrap_or(Error::Closed))),
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(Err(upload.broken.take().unwrap_or(e))),
             }
         }
     }
@@ -575,11 +602,17 @@ impl H1Body {
             let Some(live) = self.live.as_mut() else {
                 return Poll::Ready(None);
             };
+            // A request still being sent: once whole, the connection may
+            // be reused; if it breaks off, the response that came is still
+            // read to its end, and the connection is not reused.
             if let Some(up) = live.upload.as_mut()
+                && up.broken.is_none()
                 && let Poll::Ready(res) = up.poll(&mut live.conn.io, cx)
             {
-                res?;
-                live.upload = None;
+                match res {
+                    Ok(()) => live.upload = None,
+                    Err(e) => up.broken = Some(e),
+                }
             }
             let buf = &mut live.conn.buf;
             let (frame, ended) = match &mut self.state {
@@ -802,7 +835,7 @@ mod tests {
         assert_eq!(
             String::from_utf8(out.out).unwrap(),
             "GET / HTTP/1.1\r\nhost: a.test\r\nx-kept: yes\r\n\
-             x-forwarded-for: 203.0.113.7, 127.0.0.1\r\nx-forwarded-proto: https\r\n\
+             x-forwarded-for: 203.0.113.7, 198.51.100.1, 127.0.0.1\r\nx-forwarded-proto: https\r\n\
              x-forwarded-host: a.test\r\nx-request-id: id-1\r\n\r\n"
         );
         // An upgrade the pool carries: Connection and Upgrade are ours.

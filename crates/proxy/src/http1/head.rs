@@ -70,6 +70,26 @@ impl HeadLimits {
     }
 }
 
+/// Whether `buf` holds the blank line that ends a head, looking only at
+/// what came since `*scanned` (which it moves on): a head trickled in a
+/// byte at a time is scanned once and parsed once, where parsing it again
+/// from its first byte after every read would cost work quadratic in its
+/// length. The caller sets `*scanned` back to 0 once the head is taken.
+pub(crate) fn head_ended(buf: &[u8], scanned: &mut usize) -> bool {
+    // A blank line split across two reads: look back two bytes.
+    let mut i = (*scanned).min(buf.len()).saturating_sub(2);
+    while let Some(lf) = buf[i..].iter().position(|&b| b == b'\n') {
+        let at = i + lf;
+        match buf.get(at + 1) {
+            Some(b'\n') => return true,
+            Some(b'\r') if buf.get(at + 2) == Some(&b'\n') => return true,
+            _ => i = at + 1,
+        }
+    }
+    *scanned = buf.len();
+    false
+}
+
 /// Parses a request head off the front of `buf`: None while incomplete.
 pub(crate) fn parse_request_head(
     buf: &mut BytesMut,
@@ -187,6 +207,25 @@ pub(crate) enum ResponseHeadError {
     Framing(ResponseFramingError),
 }
 
+impl ResponseHeadError {
+    /// What was wrong, for the client's 502.
+    pub fn why(&self) -> &'static str {
+        match self {
+            ResponseHeadError::TooLarge => "its head is over 64 KiB or 128 lines",
+            ResponseHeadError::Malformed(_) => "its head is not HTTP/1.x",
+            ResponseHeadError::Framing(ResponseFramingError::BadContentLength) => {
+                "its Content-Length is not one number"
+            }
+            ResponseHeadError::Framing(ResponseFramingError::BadTransferEncoding) => {
+                "Transfer-Encoding in an HTTP/1.0 response"
+            }
+            ResponseHeadError::Framing(ResponseFramingError::UnexpectedUpgrade) => {
+                "101 Switching Protocols to a request that asked for no upgrade"
+            }
+        }
+    }
+}
+
 impl std::fmt::Display for ResponseHeadError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -289,12 +328,20 @@ fn response_head(
     // Names the Connection header lists: hop-by-hop too. Rarely any.
     let mut named = Vec::new();
     let mut roles = SmallVec::<[Role; 32]>::with_capacity(spans.len());
+    // Every Transfer-Encoding coding, in order: rarely any.
+    let mut codings = Vec::new();
     for s in spans {
         let (name, value) = (at(s.name), at(s.value));
         let role = Role::of(name);
         match role {
             Role::Length => framing.content_length(value),
-            Role::TransferEncoding => framing.transfer_encoding(value),
+            Role::TransferEncoding => {
+                framing.transfer_encoding(value);
+                if !codings.is_empty() {
+                    codings.extend_from_slice(b", ");
+                }
+                codings.extend_from_slice(value);
+            }
             Role::Connection => {
                 close |= has_token(value, b"close");
                 crate::headers::connection_named(value, &mut named);
@@ -368,11 +415,30 @@ fn response_head(
         lines: Lines {
             bytes: Bytes::from(lines),
             has_date,
+            codings: passed_codings(codings, body),
         },
         reason,
         framing: body,
         keep_alive,
     })
+}
+
+/// The transfer codings a response's body carries besides chunked
+/// (`gzip` of `gzip, chunked`): the codec takes the chunked coding off,
+/// the others are the client's to undo, so they go on with the body.
+fn passed_codings(mut codings: Vec<u8>, framing: Framing) -> Option<Bytes> {
+    if codings.is_empty() || !matches!(framing, Framing::Chunked | Framing::Close) {
+        return None;
+    }
+    if framing == Framing::Chunked {
+        let last = codings
+            .iter()
+            .rposition(|&b| b == b',')
+            .map_or(0, |i| i + 1);
+        codings.truncate(last.saturating_sub(1));
+    }
+    let kept = codings.trim_ascii();
+    (!kept.is_empty()).then(|| Bytes::copy_from_slice(kept))
 }
 
 /// What a response header is to the codec, told by its name in any case.
@@ -417,6 +483,10 @@ pub(crate) struct Lines {
     pub bytes: Bytes,
     /// A `Date` line is among them (the client side adds one otherwise).
     pub has_date: bool,
+    /// Transfer codings of the body besides chunked (`gzip`), which the
+    /// client must get: an HTTP/1.1 client in its Transfer-Encoding, and
+    /// no other kind of client can take them.
+    pub codings: Option<Bytes>,
 }
 
 impl Lines {
@@ -746,8 +816,23 @@ mod tests {
         )
         .unwrap();
         assert_eq!((h.framing, h.keep_alive), (Framing::Chunked, true));
+        assert_eq!(h.lines.codings.as_deref(), Some(&b"gzip"[..]));
         let (h, _) = head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", GET).unwrap();
         assert_eq!((h.framing, h.keep_alive), (Framing::Close, false));
+        assert_eq!(h.lines.codings.as_deref(), Some(&b"gzip"[..]));
+        let (h, _) = head(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: br ,Chunked\r\n\r\n",
+            GET,
+        )
+        .unwrap();
+        assert_eq!(h.framing, Framing::Chunked);
+        assert_eq!(h.lines.codings.as_deref(), Some(&b"gzip, br"[..]));
+        let (h, _) = head(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            GET,
+        )
+        .unwrap();
+        assert_eq!(h.lines.codings, None);
         assert!(matches!(
             refused(
                 b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
@@ -776,5 +861,29 @@ mod tests {
         assert_eq!(h.version, Version::HTTP_10);
         let (h, _) = head(b"HTTP/1.1 200 Fine\r\nContent-Length: 0\r\n\r\n", GET).unwrap();
         assert_eq!(h.reason.unwrap().as_bytes(), b"Fine");
+    }
+
+    #[test]
+    fn the_end_of_a_head_is_found_once_however_it_trickles_in() {
+        let head = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        for step in [1, 2, 3, 7] {
+            let (mut buf, mut scanned) = (Vec::new(), 0);
+            let mut ended_at = None;
+            for piece in head.chunks(step) {
+                buf.extend_from_slice(piece);
+                if head_ended(&buf, &mut scanned) {
+                    ended_at = Some(buf.len());
+                    break;
+                }
+                assert!(scanned == buf.len(), "scanned {scanned} of {}", buf.len());
+            }
+            assert_eq!(ended_at, Some(head.len()), "step {step}");
+        }
+        let mut scanned = 0;
+        assert!(head_ended(b"GET / HTTP/1.1\nHost: x\n\n", &mut scanned));
+        assert!(!head_ended(
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r",
+            &mut scanned
+        ));
     }
 }

@@ -44,7 +44,9 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use super::chunked::{Chunked, Decoded};
 use super::framing::{Framing, FramingError};
-use super::head::{HeadLimits, Lines, RequestHead, RequestHeadError, parse_request_head};
+use super::head::{
+    HeadLimits, Lines, RequestHead, RequestHeadError, head_ended, parse_request_head,
+};
 use super::{has_token, put_decimal, put_hex};
 use crate::body::{Handover, IncomingBody, set_waker};
 use crate::counters::Counters;
@@ -104,6 +106,7 @@ pub(crate) async fn serve<I, S>(
         io,
         buf: read,
         read_size: READ_SIZE,
+        scanned: 0,
         served: 0,
         idle_since: epoch,
         park_after: PARK_AFTER.min(settings.idle_timeout / 2),
@@ -171,6 +174,8 @@ struct ClientConn<I> {
     /// Read off the socket and not yet used: the next head, or a body.
     buf: BytesMut,
     read_size: usize,
+    /// How much of a partial head in `buf` has been looked at for its end.
+    scanned: usize,
     /// Requests answered on this connection.
     served: u64,
     /// When the last response was written (or the connection opened).
@@ -315,10 +320,16 @@ async fn next_head<I: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<RequestHead, Option<RequestHeadError>> {
     std::future::poll_fn(|cx| {
         loop {
-            if !conn.buf.is_empty() {
+            // Parsed once its end is here (or it is too large to wait for).
+            if !conn.buf.is_empty()
+                && (head_ended(&conn.buf, &mut conn.scanned) || conn.buf.len() >= limits.max_head)
+            {
                 match parse_request_head(&mut conn.buf, limits) {
-                    Ok(Some(head)) => return Poll::Ready(Ok(head)),
-                    Ok(None) => {}
+                    Ok(Some(head)) => {
+                        conn.scanned = 0;
+                        return Poll::Ready(Ok(head));
+                    }
+                    Ok(None) => conn.scanned = conn.buf.len(),
                     Err(e) => return Poll::Ready(Err(Some(e))),
                 }
             }
@@ -740,7 +751,16 @@ fn encode_head(
             put_decimal(out, n);
             out.extend_from_slice(b"\r\n");
         }
-        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::Chunked => {
+            out.extend_from_slice(b"transfer-encoding: ");
+            // The backend's other codings (`gzip, chunked`) are the
+            // client's to undo: only the chunking is ours.
+            if let Some(codings) = lines.and_then(|l| l.codings.as_ref()) {
+                out.extend_from_slice(codings);
+                out.extend_from_slice(b", ");
+            }
+            out.extend_from_slice(b"chunked\r\n");
+        }
         _ => {}
     }
     if conn.close {
@@ -808,6 +828,9 @@ struct Writer<'a> {
     body_ended: bool,
     /// Everything of the body is in `out` or written.
     body_done: bool,
+    /// The body broke off: what came of it (the head, at least) is still
+    /// written, but never its end.
+    broken: bool,
 }
 
 impl<'a> Writer<'a> {
@@ -821,18 +844,22 @@ impl<'a> Writer<'a> {
             trailers: None,
             body_ended: false,
             body_done: false,
+            broken: false,
         }
     }
 
     /// Ready(Err): the body broke off or the client's socket failed; the
-    /// connection must close without finishing the response.
+    /// connection must close without finishing the response. A body that
+    /// broke off still has its head and what came of it written first: a
+    /// client told nothing at all would take the backend's failure for
+    /// the proxy's (HAProxy and NGINX do the same).
     fn poll<I, B>(&mut self, io: &mut I, body: &mut B, cx: &mut Context<'_>) -> Poll<Result<(), ()>>
     where
         I: AsyncWrite + Unpin,
         B: hyper::body::Body<Data = Bytes> + Unpin,
     {
         loop {
-            if self.body_ended && !self.body_done && self.big.is_none() {
+            if self.body_ended && !self.body_done && !self.broken && self.big.is_none() {
                 self.end()?;
             }
             if !self.body_ended && self.big.is_none() && self.out.len() - self.pos < FLUSH_AT {
@@ -846,7 +873,11 @@ impl<'a> Writer<'a> {
                         self.body_ended = true;
                         continue;
                     }
-                    Poll::Ready(Some(Err(_))) => return Poll::Ready(Err(())),
+                    Poll::Ready(Some(Err(_))) => {
+                        self.broken = true;
+                        self.body_ended = true;
+                        continue;
+                    }
                     Poll::Pending => {}
                 }
             }
@@ -880,7 +911,9 @@ impl<'a> Writer<'a> {
                     Poll::Pending => return Poll::Pending,
                 }
             }
-            return if self.body_done {
+            return if self.broken {
+                Poll::Ready(Err(()))
+            } else if self.body_done {
                 Poll::Ready(Ok(()))
             } else {
                 Poll::Pending
@@ -1077,5 +1110,24 @@ mod tests {
             vec![Frame::data(Bytes::from_static(b"abc"))],
         );
         assert_eq!(exact.unwrap(), b"abc");
+    }
+
+    #[test]
+    fn a_body_that_breaks_off_still_has_its_head_and_what_came_written() {
+        let frames = vec![
+            Ok(Frame::data(Bytes::from_static(b"part"))),
+            Err(io::Error::other("the backend left")),
+        ];
+        let mut body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+        let mut out = b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n".to_vec();
+        let mut sink = Vec::new();
+        let mut writer = Writer::new(&mut out, Framing::Length(10));
+        let polled = writer.poll(
+            &mut sink,
+            &mut body,
+            &mut Context::from_waker(Waker::noop()),
+        );
+        assert_eq!(polled, Poll::Ready(Err(())));
+        assert_eq!(sink, b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\npart");
     }
 }
