@@ -38,6 +38,8 @@ pub(crate) struct HandoverState {
     /// Bytes of a Content-Length body not yet handed over.
     pub left: Option<u64>,
     pub ended: bool,
+    /// The body's trailers, handed over after its last data.
+    pub trailers: Option<http::HeaderMap>,
     pub failed: Option<&'static str>,
     /// The reader waits for more.
     pub want: bool,
@@ -89,7 +91,7 @@ impl Body for IncomingBody {
                     return Poll::Ready(Some(Err(BodyReadError(why))));
                 }
                 if s.ended {
-                    return Poll::Ready(None);
+                    return Poll::Ready(s.trailers.take().map(|t| Ok(Frame::trailers(t))));
                 }
                 set_waker(&mut s.reader, cx);
                 if !s.want {
@@ -109,7 +111,7 @@ impl Body for IncomingBody {
             IncomingBody::Refused(_) => false,
             IncomingBody::Streamed(slot) => {
                 let s = slot.lock();
-                s.ended && s.data.is_none()
+                s.ended && s.data.is_none() && s.trailers.is_none()
             }
         }
     }
@@ -276,6 +278,14 @@ impl Body for ClientBody {
         let this = self.get_mut();
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
+                let frame = match frame.into_trailers() {
+                    // What may not be a trailer never reaches a backend.
+                    Ok(t) => match crate::headers::allowed_trailers(t) {
+                        Some(t) => Frame::trailers(t),
+                        None => return Poll::Ready(None),
+                    },
+                    Err(frame) => frame,
+                };
                 if let Some(t) = this.timer.as_mut() {
                     t.as_mut().reset(Instant::now() + this.timeout);
                 }

@@ -72,6 +72,68 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, kept: &[HeaderName]) {
     }
 }
 
+/// Whether a field must not travel as a trailer (RFC 9110 §6.5.1): one a
+/// recipient could take for part of the head, where it decides framing
+/// (`content-length`), routing (`host`), authentication, caching,
+/// conditionals, the response's control data or how to read the content
+/// (`content-type`); the hop-by-hop ones; and those the proxy sets itself
+/// (`x-forwarded-*`, `x-request-id`), which a trailer could otherwise
+/// spoof to a backend that merges trailers into its headers. The rest
+/// pass, both ways, where the receiver can take trailers.
+pub fn is_forbidden_trailer(name: &HeaderName) -> bool {
+    use header::*;
+    const FORBIDDEN: &[HeaderName] = &[
+        CONTENT_LENGTH,
+        TRANSFER_ENCODING,
+        HOST,
+        CONTENT_ENCODING,
+        CONTENT_TYPE,
+        CONTENT_RANGE,
+        TRAILER,
+        TE,
+        EXPECT,
+        MAX_FORWARDS,
+        CACHE_CONTROL,
+        PRAGMA,
+        RANGE,
+        IF_MATCH,
+        IF_NONE_MATCH,
+        IF_MODIFIED_SINCE,
+        IF_UNMODIFIED_SINCE,
+        IF_RANGE,
+        AUTHORIZATION,
+        PROXY_AUTHORIZATION,
+        WWW_AUTHENTICATE,
+        PROXY_AUTHENTICATE,
+        COOKIE,
+        SET_COOKIE,
+        AGE,
+        EXPIRES,
+        DATE,
+        LOCATION,
+        RETRY_AFTER,
+        VARY,
+        WARNING,
+    ];
+    FORBIDDEN.contains(name) || is_hop_by_hop(name.as_str().as_bytes()) || Forwarded::sets(name)
+}
+
+/// `trailers` without the fields that must not be trailers; None when
+/// none is left.
+pub fn allowed_trailers(mut trailers: HeaderMap) -> Option<HeaderMap> {
+    if trailers.keys().any(is_forbidden_trailer) {
+        let names: Vec<HeaderName> = trailers
+            .keys()
+            .filter(|n| is_forbidden_trailer(n))
+            .cloned()
+            .collect();
+        for name in names {
+            trailers.remove(name);
+        }
+    }
+    (!trailers.is_empty()).then_some(trailers)
+}
+
 /// Whether `v` is a valid `uri-host [ ":" port ]` (RFC 9110 §7.2, RFC
 /// 3986 §3.2.2): an IP literal in brackets, or a non-empty registered
 /// name or IPv4 address (unreserved characters, `%XX` escapes,
@@ -341,6 +403,33 @@ mod tests {
         ] {
             assert!(!is_authority(bad.as_bytes()), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn trailers_keep_only_what_may_be_a_trailer() {
+        let mut t = HeaderMap::new();
+        for (n, v) in [
+            ("x-checksum", "abc"),
+            ("grpc-status", "0"),
+            ("content-length", "5"),
+            ("host", "evil.test"),
+            ("transfer-encoding", "chunked"),
+            ("set-cookie", "a=b"),
+            ("authorization", "Basic x"),
+            ("content-type", "text/evil"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-request-id", "spoofed"),
+            ("connection", "close"),
+        ] {
+            t.append(HeaderName::from_static(n), HeaderValue::from_static(v));
+        }
+        let kept = allowed_trailers(t).unwrap();
+        let mut names: Vec<_> = kept.keys().map(|n| n.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["grpc-status", "x-checksum"]);
+        let mut only_bad = HeaderMap::new();
+        only_bad.insert(header::CONTENT_LENGTH, HeaderValue::from_static("1"));
+        assert!(allowed_trailers(only_bad).is_none());
     }
 
     #[test]

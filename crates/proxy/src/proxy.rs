@@ -162,6 +162,14 @@ impl Body for ResponseBody {
                 .poll_frame(cx)
                 .map_err(|e| BodyError(BodyErrorKind::H2(e))),
         };
+        let frame = match frame {
+            // What may not be a trailer never reaches a client.
+            Poll::Ready(Some(Ok(f))) if f.is_trailers() => {
+                let t = f.into_trailers().expect("a trailers frame");
+                Poll::Ready(headers::allowed_trailers(t).map(|t| Ok(Frame::trailers(t))))
+            }
+            frame => frame,
+        };
         match &frame {
             Poll::Ready(Some(Ok(f))) => {
                 if let Some(d) = f.data_ref() {

@@ -403,6 +403,8 @@ pub enum RawReply {
     SendAndClose(Vec<u8>),
     /// Writes these bytes and closes at once, without reading the body.
     Early(Vec<u8>),
+    /// Reads the body and never answers (a hung backend).
+    Silent,
 }
 
 /// An HTTP/1.1 backend on loopback that writes exactly the bytes a test
@@ -499,6 +501,7 @@ async fn raw_conn(mut s: TcpStream, seen: Arc<Mutex<Vec<RawRequest>>>, reply: Ar
         req.body = buf.drain(..n).collect();
         seen.lock().unwrap().push(req);
         match answer {
+            RawReply::Silent => return std::future::pending().await,
             RawReply::Send(bytes) => {
                 if s.write_all(&bytes).await.is_err() {
                     return;

@@ -104,8 +104,9 @@ impl H1Backend {
     /// and reads the response head. A pooled connection the backend closed
     /// before it took any of the request is skipped for the next one, so a
     /// backend closing a keep-alive connection is never seen as a failure
-    /// of the request. The response timeout starts when the request can be
-    /// sent: at once on a pooled connection, after the connect on a new one.
+    /// of the request. The response timeout runs from when the request has
+    /// been sent ([`Upload::sent_since`]): a slow upload is the client's
+    /// to answer for (`body_timeout`), not the backend's.
     pub async fn send(
         self: &Arc<Self>,
         head: Outgoing<'_>,
@@ -114,14 +115,14 @@ impl H1Backend {
     ) -> Result<Response<H1Body>, H1Error> {
         let (mut upload, asked) = encode(&head, body);
         let now = Instant::now();
-        let mut deadline = now + response_timeout;
+        let mut start = now;
         loop {
             let (mut conn, pooled) = match self.checkout(now) {
                 Some((io, timer)) => (BackendConn::new(io, timer), true),
                 None => {
                     let io = Box::pin(self.connect()).await?;
-                    deadline = Instant::now() + response_timeout;
-                    let timer = Box::pin(tokio::time::sleep_until(deadline));
+                    start = Instant::now();
+                    let timer = Box::pin(tokio::time::sleep_until(start + response_timeout));
                     (BackendConn::new(io, timer), false)
                 }
             };
@@ -130,7 +131,10 @@ impl H1Backend {
                 if let Poll::Ready(res) = conn.poll_exchange(cx, &mut upload, asked) {
                     return Poll::Ready(Some(res));
                 }
-                match conn.poll_deadline(cx, deadline, &mut checked) {
+                let Some(sent) = upload.sent_since(start) else {
+                    return Poll::Pending;
+                };
+                match conn.poll_deadline(cx, sent + response_timeout, &mut checked) {
                     Poll::Ready(()) => Poll::Ready(None),
                     Poll::Pending => Poll::Pending,
                 }
@@ -138,7 +142,10 @@ impl H1Backend {
             match exchange.await {
                 None => return Err(H1Error::ResponseTimeout),
                 Some(Ok(head)) => return Ok(self.respond(conn, head, upload)),
-                Some(Err(Error::Io(_) | Error::Closed)) if pooled && !upload.wrote => continue,
+                Some(Err(Error::Io(_) | Error::Closed)) if pooled && !upload.wrote => {
+                    upload.broken = None;
+                    continue;
+                }
                 Some(Err(e)) => return Err(H1Error::Send(e)),
             }
         }
@@ -228,6 +235,15 @@ struct Upload {
     /// body failed): nothing more is written, but the backend's answer is
     /// still read, and the connection is not reused.
     broken: Option<Error>,
+    /// A streamed body's last move: a piece read from the client or
+    /// written to the backend (None before the first, and for a request
+    /// sent in one write).
+    moved_at: Option<Instant>,
+    /// The streamed body waits for the client's next piece.
+    waiting_on_client: bool,
+    /// The request trailers of a chunked body, written after its last
+    /// chunk (others cannot carry them).
+    trailers: Option<HeaderMap>,
 }
 
 /// The head of a request to send, borrowed from the request path: a retry
@@ -351,6 +367,9 @@ fn encode<'a>(parts: &Outgoing<'a>, body: RequestBody) -> (Upload, Asked<'a>) {
         body,
         framing,
         broken: None,
+        moved_at: None,
+        waiting_on_client: false,
+        trailers: None,
     };
     (upload, asked)
 }
@@ -372,6 +391,7 @@ impl Upload {
     /// make it wait (pending). The client's body is read only as fast as
     /// the backend takes it.
     fn poll(&mut self, io: &mut TcpStream, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        let streamed = self.body.is_some();
         loop {
             while self.pos < self.out.len() {
                 let n = ready!(Pin::new(&mut *io).poll_write(cx, &self.out[self.pos..]))
@@ -381,18 +401,27 @@ impl Upload {
                 }
                 self.pos += n;
                 self.wrote = true;
+                if streamed {
+                    self.moved_at = Some(Instant::now());
+                }
             }
             let Some(body) = self.body.as_mut() else {
                 return Poll::Ready(Ok(()));
             };
             self.out.clear();
             self.pos = 0;
-            match ready!(Pin::new(body).poll_frame(cx)) {
+            let polled = Pin::new(body).poll_frame(cx);
+            self.waiting_on_client = polled.is_pending();
+            let polled = ready!(polled);
+            self.moved_at = Some(Instant::now());
+            match polled {
                 Some(Ok(frame)) => {
-                    // Request trailers are dropped, as hyper's client did:
-                    // the client's `Trailer` header is hop-by-hop and gone.
-                    let Ok(data) = frame.into_data() else {
-                        continue;
+                    let data = match frame.into_data() {
+                        Ok(data) => data,
+                        Err(frame) => {
+                            self.trailers = frame.into_trailers().ok();
+                            continue;
+                        }
                     };
                     if data.is_empty() {
                         continue;
@@ -421,12 +450,35 @@ impl Upload {
                     match self.framing {
                         Framing::Length(0) => {}
                         Framing::Length(_) => return Poll::Ready(Err(Error::ClientBodyLength)),
-                        _ => self.out.extend_from_slice(b"0\r\n\r\n"),
+                        // The trailers, which only a chunked body can
+                        // carry (a Content-Length one drops them).
+                        _ => {
+                            self.out.extend_from_slice(b"0\r\n");
+                            if let Some(t) = self.trailers.take() {
+                                for (name, value) in &t {
+                                    put_line(&mut self.out, name, &[value.as_bytes()]);
+                                }
+                            }
+                            self.out.extend_from_slice(b"\r\n");
+                        }
                     }
                     self.body = None;
                 }
             }
         }
+    }
+
+    /// When the response timeout runs from: `start` (when the request
+    /// could be sent) for one sent in one write; for a streamed body, the
+    /// last moment it moved, so the timeout counts from its end once it
+    /// is all sent, and a backend that stops taking it times out too.
+    /// None while the body waits on the client, whose own timeouts
+    /// (`body_timeout`, `min_body_rate`) apply then.
+    fn sent_since(&self, start: Instant) -> Option<Instant> {
+        if self.waiting_on_client && self.broken.is_none() {
+            return None;
+        }
+        Some(self.moved_at.unwrap_or(start))
     }
 }
 

@@ -558,6 +558,8 @@ const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 /// What the pump did with the bytes it had.
 enum PumpStep {
     Data(Bytes, bool),
+    /// The body's trailers, and its end.
+    Trailers(HeaderMap),
     End,
     More,
     Fail(&'static str),
@@ -635,9 +637,8 @@ impl Pump {
                 }
                 Framing::Chunked => match self.decoder.decode(&mut conn.buf) {
                     Ok(Some(Decoded::Data(d))) => PumpStep::Data(d, false),
-                    // Request trailers are dropped, as the backends'
-                    // encoder would drop them.
-                    Ok(Some(Decoded::Trailers(_) | Decoded::End)) => PumpStep::End,
+                    Ok(Some(Decoded::Trailers(t))) => PumpStep::Trailers(t),
+                    Ok(Some(Decoded::End)) => PumpStep::End,
                     Ok(None) => PumpStep::More,
                     Err(_) => PumpStep::Fail("malformed chunked body"),
                 },
@@ -676,6 +677,11 @@ fn hand_over(slot: &Handover, step: PumpStep) -> Option<bool> {
             s.data = Some(d);
             s.ended = last;
             last.then_some(true)
+        }
+        PumpStep::Trailers(t) => {
+            s.trailers = Some(t);
+            s.ended = true;
+            Some(true)
         }
         PumpStep::End => {
             s.ended = true;

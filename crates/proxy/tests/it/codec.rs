@@ -339,3 +339,115 @@ async fn chunk_extensions_are_capped_over_the_whole_body() {
     // The backend never saw the body end.
     assert!(b.seen().iter().all(|r| !r.body.ends_with(b"0\r\n\r\n")));
 }
+
+// ---- trailers ----
+
+#[tokio::test]
+async fn request_trailers_reach_the_backend_without_what_may_not_be_a_trailer() {
+    let (b, proxy) = recorded().await;
+    let (status, _) = exchange(
+        &proxy,
+        b"POST / HTTP/1.1\r\nHost: x.test\r\nTransfer-Encoding: chunked\r\n\r\n\
+          3\r\nabc\r\n0\r\nX-Sum: 6\r\nContent-Length: 99\r\nHost: evil.test\r\n\
+          X-Forwarded-For: 6.6.6.6\r\nAuthorization: Basic x\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200);
+    let seen = &b.seen()[0];
+    assert_eq!(seen.header("transfer-encoding"), ["chunked"]);
+    assert_eq!(
+        String::from_utf8_lossy(&seen.body),
+        "3\r\nabc\r\n0\r\nx-sum: 6\r\n\r\n"
+    );
+}
+
+#[tokio::test]
+async fn response_trailers_reach_the_client_without_what_may_not_be_a_trailer() {
+    let b = RawBackend::start(|_| {
+        RawReply::Send(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\n\r\n\
+              2\r\nok\r\n0\r\nX-Checksum: abc\r\nSet-Cookie: a=b\r\nContent-Type: text/evil\r\n\
+              Content-Length: 9\r\n\r\n"
+                .to_vec(),
+        )
+    })
+    .await;
+    let proxy = TestProxy::serving(pool("p", &[b.addr])).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x.test\r\nTE: trailers\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.ends_with(b"\r\n\r\n") || !got.windows(5).any(|w| w == b"\r\n0\r\n") {
+        let n = tokio::time::timeout(PATIENCE, s.read(&mut buf))
+            .await
+            .expect("no response in time")
+            .unwrap();
+        assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+    assert!(
+        text.ends_with("\r\n2\r\nok\r\n0\r\nx-checksum: abc\r\n\r\n"),
+        "{text}"
+    );
+    // An HTTP/1.0 client cannot take trailers: the body alone.
+    let (status, text) = exchange_closed(&proxy, b"GET / HTTP/1.0\r\nHost: x.test\r\n\r\n").await;
+    assert_eq!(status, 200);
+    assert!(text.ends_with("\r\n\r\nok"), "{text}");
+}
+
+// ---- the response timeout ----
+
+/// A proxy before `b` whose backends must answer within 300 ms.
+async fn timed(b: &RawBackend) -> TestProxy {
+    let mut p = pool("p", &[b.addr]);
+    p.timeouts.response = std::time::Duration::from_millis(300);
+    TestProxy::serving(p).await
+}
+
+#[tokio::test]
+async fn the_response_timeout_runs_from_the_end_of_a_slow_upload() {
+    let b = RawBackend::start(|_| RawReply::Send(OK.to_vec())).await;
+    let proxy = timed(&b).await;
+    // 128 KiB, streamed (over the 64 KiB buffered), sent over ~0.8 s:
+    // longer than the backend's response timeout.
+    let piece = vec![b'x'; 16 * 1024];
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"POST / HTTP/1.1\r\nHost: x.test\r\nContent-Length: 131072\r\n\r\n")
+        .await
+        .unwrap();
+    for _ in 0..8 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        s.write_all(&piece).await.unwrap();
+    }
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.ends_with(b"ok") {
+        let n = tokio::time::timeout(PATIENCE, s.read(&mut buf))
+            .await
+            .expect("no response in time")
+            .unwrap();
+        assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 200 "),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    assert_eq!(b.seen()[0].body.len(), 131072);
+    assert_eq!(proxy.plane.counters().backend_response_timeout, 0);
+}
+
+#[tokio::test]
+async fn a_backend_silent_after_the_whole_request_still_times_out() {
+    let b = RawBackend::start(|_| RawReply::Silent).await;
+    let proxy = timed(&b).await;
+    let mut req = b"POST / HTTP/1.1\r\nHost: x.test\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    req.extend_from_slice(b"3\r\nabc\r\n0\r\n\r\n");
+    let (status, text) = exchange(&proxy, &req).await;
+    assert_eq!(status, 504, "{text}");
+    assert_eq!(proxy.plane.counters().backend_response_timeout, 1);
+}
