@@ -12,6 +12,8 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::Instant;
 
+use crate::http1::framing::FramingError;
+
 /// A request body as an HTTP/1.1 connection hands it to the request path.
 #[derive(Debug)]
 pub(crate) enum IncomingBody {
@@ -19,6 +21,9 @@ pub(crate) enum IncomingBody {
     Full(Option<Bytes>),
     /// Still on the connection, which reads it when asked (its pump).
     Streamed(std::sync::Arc<Handover>),
+    /// The head's framing could not be trusted: the request path refuses
+    /// the request, and nothing of its body is ever read.
+    Refused(FramingError),
 }
 
 /// Hands a streamed body over from the connection to whoever reads it,
@@ -33,6 +38,8 @@ pub(crate) struct HandoverState {
     /// Bytes of a Content-Length body not yet handed over.
     pub left: Option<u64>,
     pub ended: bool,
+    /// The body's trailers, handed over after its last data.
+    pub trailers: Option<http::HeaderMap>,
     pub failed: Option<&'static str>,
     /// The reader waits for more.
     pub want: bool,
@@ -74,6 +81,7 @@ impl Body for IncomingBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyReadError>>> {
         match self.get_mut() {
             IncomingBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            IncomingBody::Refused(_) => Poll::Ready(Some(Err(BodyReadError("unframeable body")))),
             IncomingBody::Streamed(slot) => {
                 let mut s = slot.lock();
                 if let Some(d) = s.data.take() {
@@ -83,7 +91,7 @@ impl Body for IncomingBody {
                     return Poll::Ready(Some(Err(BodyReadError(why))));
                 }
                 if s.ended {
-                    return Poll::Ready(None);
+                    return Poll::Ready(s.trailers.take().map(|t| Ok(Frame::trailers(t))));
                 }
                 set_waker(&mut s.reader, cx);
                 if !s.want {
@@ -100,9 +108,10 @@ impl Body for IncomingBody {
     fn is_end_stream(&self) -> bool {
         match self {
             IncomingBody::Full(b) => b.is_none(),
+            IncomingBody::Refused(_) => false,
             IncomingBody::Streamed(slot) => {
                 let s = slot.lock();
-                s.ended && s.data.is_none()
+                s.ended && s.data.is_none() && s.trailers.is_none()
             }
         }
     }
@@ -110,6 +119,7 @@ impl Body for IncomingBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             IncomingBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            IncomingBody::Refused(_) => SizeHint::default(),
             IncomingBody::Streamed(slot) => {
                 let s = slot.lock();
                 match s.left {
@@ -128,6 +138,16 @@ impl Body for IncomingBody {
 pub(crate) enum RawBody {
     H1(IncomingBody),
     H2(Incoming),
+}
+
+impl RawBody {
+    /// Why the HTTP/1.1 codec could not frame this body, if it could not.
+    pub fn framing_error(&self) -> Option<FramingError> {
+        match self {
+            RawBody::H1(IncomingBody::Refused(e)) => Some(*e),
+            _ => None,
+        }
+    }
 }
 
 impl Body for RawBody {
@@ -258,6 +278,14 @@ impl Body for ClientBody {
         let this = self.get_mut();
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
+                let frame = match frame.into_trailers() {
+                    // What may not be a trailer never reaches a backend.
+                    Ok(t) => match crate::headers::allowed_trailers(t) {
+                        Some(t) => Frame::trailers(t),
+                        None => return Poll::Ready(None),
+                    },
+                    Err(frame) => frame,
+                };
                 if let Some(t) = this.timer.as_mut() {
                     t.as_mut().reset(Instant::now() + this.timeout);
                 }

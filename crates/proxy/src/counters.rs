@@ -44,6 +44,9 @@ counters! {
     backend_response_timeout,
     /// The backend closed the connection before a response head.
     backend_reset,
+    /// The backend's response head could not be read as HTTP/1.1 (or
+    /// could not be passed on to its client): 502.
+    backend_invalid_response,
     /// Responses with a 5xx status from a backend.
     backend_5xx,
     /// The backend broke off a response body: the client connection was aborted.

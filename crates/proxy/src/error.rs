@@ -36,6 +36,8 @@ pub enum ProxyError {
     /// The request is malformed or ambiguous in a way that could make the
     /// proxy and a backend read it differently (request smuggling).
     BadRequest(&'static str),
+    /// A request the proxy does not serve by design (CONNECT): 501.
+    NotImplemented(&'static str),
     /// The request head is over `limits.max_header_bytes` or `limits.max_headers`.
     HeaderTooLarge,
     /// The request target is over `limits.max_uri_bytes`.
@@ -61,6 +63,14 @@ pub enum ProxyError {
     /// The connection broke before a response head: the request may have
     /// reached the backend, so only idempotent requests may be retried.
     BackendReset { backend: SocketAddr },
+    /// The backend answered with something that is not an HTTP/1.1
+    /// response Fulcrum can read, or one it cannot pass on to this client:
+    /// the request may have reached the backend, so only idempotent
+    /// requests may be retried.
+    BadResponse {
+        backend: SocketAddr,
+        why: &'static str,
+    },
     /// No response head within the pool's `timeouts.response`. Never
     /// retried: the backend may still be working on it.
     ResponseTimeout { pool: Arc<str>, backend: SocketAddr },
@@ -72,6 +82,7 @@ impl ProxyError {
             ProxyError::NoRoute
             | ProxyError::ClientBody
             | ProxyError::BadRequest(_)
+            | ProxyError::NotImplemented(_)
             | ProxyError::HeaderTooLarge
             | ProxyError::UriTooLong
             | ProxyError::BodyTooLarge
@@ -81,6 +92,7 @@ impl ProxyError {
             | ProxyError::BackendProtocol { .. }
             | ProxyError::ConnectTimeout { .. }
             | ProxyError::BackendReset { .. }
+            | ProxyError::BadResponse { .. }
             | ProxyError::ResponseTimeout { .. } => Cause::Backend,
         }
     }
@@ -92,7 +104,7 @@ impl ProxyError {
             ProxyError::ConnectFailed { .. }
             | ProxyError::ConnectTimeout { .. }
             | ProxyError::BackendProtocol { .. } => true,
-            ProxyError::BackendReset { .. } => idempotent,
+            ProxyError::BackendReset { .. } | ProxyError::BadResponse { .. } => idempotent,
             _ => false,
         }
     }
@@ -106,6 +118,7 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::ClientBody | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ProxyError::HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -113,7 +126,8 @@ impl ProxyError {
             ProxyError::NoBackend { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::ConnectFailed { .. }
             | ProxyError::BackendProtocol { .. }
-            | ProxyError::BackendReset { .. } => StatusCode::BAD_GATEWAY,
+            | ProxyError::BackendReset { .. }
+            | ProxyError::BadResponse { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::ConnectTimeout { .. } | ProxyError::ResponseTimeout { .. } => {
                 StatusCode::GATEWAY_TIMEOUT
             }
@@ -137,6 +151,7 @@ impl fmt::Display for ProxyError {
             ProxyError::NoRoute => write!(f, "no route matches this request"),
             ProxyError::ClientBody => write!(f, "could not read the request body"),
             ProxyError::BadRequest(why) => write!(f, "malformed request: {why}"),
+            ProxyError::NotImplemented(what) => write!(f, "not supported: {what}"),
             ProxyError::HeaderTooLarge => write!(f, "the request headers are too large"),
             ProxyError::UriTooLong => write!(f, "the request target is too long"),
             ProxyError::BodyTooLarge => write!(f, "the request body is too large"),
@@ -169,6 +184,9 @@ impl fmt::Display for ProxyError {
                     f,
                     "backend {backend} closed the connection without a response"
                 )
+            }
+            ProxyError::BadResponse { backend, why } => {
+                write!(f, "backend {backend} sent an invalid response: {why}")
             }
             ProxyError::ResponseTimeout { pool, backend } => write!(
                 f,

@@ -50,12 +50,15 @@ pub fn connection_named(value: &[u8], into: &mut Vec<HeaderName>) {
 }
 
 /// Removes hop-by-hop headers, including those the Connection header
-/// names. Allocates only when a Connection header names some.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+/// names, but never one of `kept` (what routing read: a request's Host
+/// and routing headers, which a client could otherwise name away from the
+/// backend). Allocates only when a Connection header names some.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, kept: &[HeaderName]) {
     let mut named: Vec<HeaderName> = Vec::new();
     for value in headers.get_all(header::CONNECTION) {
         connection_named(value.as_bytes(), &mut named);
     }
+    named.retain(|n| !kept.contains(n));
     for name in named {
         headers.remove(name);
     }
@@ -67,6 +70,141 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     {
         headers.remove(name);
     }
+}
+
+/// Whether a field must not travel as a trailer (RFC 9110 §6.5.1): one a
+/// recipient could take for part of the head, where it decides framing
+/// (`content-length`), routing (`host`), authentication, caching,
+/// conditionals, the response's control data or how to read the content
+/// (`content-type`); the hop-by-hop ones; and those the proxy sets itself
+/// (`x-forwarded-*`, `x-request-id`), which a trailer could otherwise
+/// spoof to a backend that merges trailers into its headers. The rest
+/// pass, both ways, where the receiver can take trailers.
+pub fn is_forbidden_trailer(name: &HeaderName) -> bool {
+    use header::*;
+    const FORBIDDEN: &[HeaderName] = &[
+        CONTENT_LENGTH,
+        TRANSFER_ENCODING,
+        HOST,
+        CONTENT_ENCODING,
+        CONTENT_TYPE,
+        CONTENT_RANGE,
+        TRAILER,
+        TE,
+        EXPECT,
+        MAX_FORWARDS,
+        CACHE_CONTROL,
+        PRAGMA,
+        RANGE,
+        IF_MATCH,
+        IF_NONE_MATCH,
+        IF_MODIFIED_SINCE,
+        IF_UNMODIFIED_SINCE,
+        IF_RANGE,
+        AUTHORIZATION,
+        PROXY_AUTHORIZATION,
+        WWW_AUTHENTICATE,
+        PROXY_AUTHENTICATE,
+        COOKIE,
+        SET_COOKIE,
+        AGE,
+        EXPIRES,
+        DATE,
+        LOCATION,
+        RETRY_AFTER,
+        VARY,
+        WARNING,
+    ];
+    FORBIDDEN.contains(name) || is_hop_by_hop(name.as_str().as_bytes()) || Forwarded::sets(name)
+}
+
+/// `trailers` without the fields that must not be trailers; None when
+/// none is left.
+pub fn allowed_trailers(mut trailers: HeaderMap) -> Option<HeaderMap> {
+    if trailers.keys().any(is_forbidden_trailer) {
+        let names: Vec<HeaderName> = trailers
+            .keys()
+            .filter(|n| is_forbidden_trailer(n))
+            .cloned()
+            .collect();
+        for name in names {
+            trailers.remove(name);
+        }
+    }
+    (!trailers.is_empty()).then_some(trailers)
+}
+
+/// Whether `v` is a valid `uri-host [ ":" port ]` (RFC 9110 §7.2, RFC
+/// 3986 §3.2.2): an IP literal in brackets, or a non-empty registered
+/// name or IPv4 address (unreserved characters, `%XX` escapes,
+/// sub-delims), then an optional port of at most five digits. No
+/// userinfo (`a@b`), no path or query (`a/b?c`), no whitespace: what a
+/// Host header or a request target's authority may be.
+pub fn is_authority(v: &[u8]) -> bool {
+    let (host, port) = if v.first() == Some(&b'[') {
+        let Some(end) = v.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        if !is_ip_literal(&v[1..end]) {
+            return false;
+        }
+        (&v[..=end], &v[end + 1..])
+    } else {
+        match v.iter().position(|&b| b == b':') {
+            Some(colon) => (&v[..colon], &v[colon..]),
+            None => (v, &v[v.len()..]),
+        }
+    };
+    let port_ok = match port.split_first() {
+        None => true,
+        Some((b':', digits)) => digits.len() <= 5 && digits.iter().all(u8::is_ascii_digit),
+        Some(_) => false,
+    };
+    port_ok && !host.is_empty() && (host[0] == b'[' || is_reg_name(host))
+}
+
+/// A registered name or IPv4 address: unreserved, `%XX` and sub-delims.
+fn is_reg_name(host: &[u8]) -> bool {
+    let mut i = 0;
+    while i < host.len() {
+        match host[i] {
+            b'%' => {
+                if !(host.len() > i + 2
+                    && host[i + 1].is_ascii_hexdigit()
+                    && host[i + 2].is_ascii_hexdigit())
+                {
+                    return false;
+                }
+                i += 3;
+                continue;
+            }
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {}
+            b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' => {}
+            _ => return false,
+        }
+        i += 1;
+    }
+    true
+}
+
+/// The inside of `[...]`: an IPv6 address (no zone), or IPvFuture.
+fn is_ip_literal(inner: &[u8]) -> bool {
+    if let Some(rest) = inner
+        .strip_prefix(b"v")
+        .or_else(|| inner.strip_prefix(b"V"))
+    {
+        let Some(dot) = rest.iter().position(|&b| b == b'.') else {
+            return false;
+        };
+        let (version, tail) = (&rest[..dot], &rest[dot + 1..]);
+        return !version.is_empty()
+            && version.iter().all(u8::is_ascii_hexdigit)
+            && !tail.is_empty()
+            && tail
+                .iter()
+                .all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:".contains(&b));
+    }
+    std::str::from_utf8(inner).is_ok_and(|s| s.parse::<std::net::Ipv6Addr>().is_ok())
 }
 
 /// The client's address as a header value, made once per connection so
@@ -99,7 +237,7 @@ impl Forwarded<'_> {
 
     /// Sets them in a header map (for HTTP/2 backends).
     pub fn apply(&self, headers: &mut HeaderMap) {
-        let xff = self.for_value(headers.get(&X_FORWARDED_FOR));
+        let xff = self.for_value(headers.get_all(&X_FORWARDED_FOR).iter());
         headers.insert(X_FORWARDED_FOR.clone(), xff);
         headers.insert(
             X_FORWARDED_PROTO.clone(),
@@ -112,15 +250,19 @@ impl Forwarded<'_> {
     }
 
     /// Writes them as header lines (for the HTTP/1.1 encoder, which leaves
-    /// the client's copies out: [`Forwarded::sets`]). `client_for` is the
-    /// first X-Forwarded-For the client sent. The same headers as
+    /// the client's copies out: [`Forwarded::sets`]). `client_for` holds
+    /// the X-Forwarded-For lines the client sent, in order: one list, as
+    /// RFC 9110 §5.3 reads several lines of one field. The same headers as
     /// [`Forwarded::apply`], without a hash-map insert for each.
-    pub fn write(&self, out: &mut Vec<u8>, client_for: Option<&HeaderValue>) {
-        let ip = self.client_ip.as_bytes();
-        match client_for {
-            Some(prev) => put_line(out, &X_FORWARDED_FOR, &[prev.as_bytes(), b", ", ip]),
-            None => put_line(out, &X_FORWARDED_FOR, &[ip]),
+    pub fn write(&self, out: &mut Vec<u8>, client_for: &[&HeaderValue]) {
+        out.extend_from_slice(X_FORWARDED_FOR.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        for prev in client_for {
+            out.extend_from_slice(prev.as_bytes());
+            out.extend_from_slice(b", ");
         }
+        out.extend_from_slice(self.client_ip.as_bytes());
+        out.extend_from_slice(b"\r\n");
         put_line(out, &X_FORWARDED_PROTO, &[self.proto.as_bytes()]);
         if let Some(host) = self.host {
             put_line(out, &X_FORWARDED_HOST, &[host.as_bytes()]);
@@ -133,18 +275,19 @@ impl Forwarded<'_> {
         100 + self.client_ip.len() + self.host.map_or(0, HeaderValue::len) + self.request_id.len()
     }
 
-    fn for_value(&self, client_for: Option<&HeaderValue>) -> HeaderValue {
-        match client_for {
-            // A proxy in front of us already listed the chain: extend it.
-            Some(prev) => {
-                let mut v = Vec::with_capacity(prev.len() + 2 + self.client_ip.len());
-                v.extend_from_slice(prev.as_bytes());
-                v.extend_from_slice(b", ");
-                v.extend_from_slice(self.client_ip.as_bytes());
-                HeaderValue::from_bytes(&v).expect("two header values joined by a comma")
-            }
-            None => self.client_ip.clone(),
+    fn for_value<'v>(&self, mut client_for: impl Iterator<Item = &'v HeaderValue>) -> HeaderValue {
+        let Some(first) = client_for.next() else {
+            return self.client_ip.clone();
+        };
+        // Proxies in front of us already listed the chain: extend it.
+        let mut v = first.as_bytes().to_vec();
+        for prev in client_for {
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(prev.as_bytes());
         }
+        v.extend_from_slice(b", ");
+        v.extend_from_slice(self.client_ip.as_bytes());
+        HeaderValue::from_bytes(&v).expect("header values joined by commas")
     }
 }
 
@@ -206,9 +349,87 @@ mod tests {
         h.insert("proxy-connection", "x".parse().unwrap());
         h.insert("te", "trailers".parse().unwrap());
         h.insert("x-kept", "1".parse().unwrap());
-        strip_hop_by_hop(&mut h);
+        strip_hop_by_hop(&mut h, &[]);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-kept"));
+        // What routing read stays, whatever Connection names.
+        h.insert("connection", "host, x-tenant, x-other".parse().unwrap());
+        h.insert("host", "a.test".parse().unwrap());
+        h.insert("x-tenant", "blue".parse().unwrap());
+        h.insert("x-other", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h, &[header::HOST, HeaderName::from_static("x-tenant")]);
+        let mut names: Vec<_> = h.keys().map(|n| n.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["host", "x-kept", "x-tenant"]);
+    }
+
+    #[test]
+    fn authorities_are_host_and_port_and_nothing_else() {
+        for good in [
+            "a",
+            "app.example.com",
+            "app.example.com:8080",
+            "10.0.0.1:80",
+            "[::1]",
+            "[::1]:443",
+            "[v1.fe]",
+            "xn--bcher-kva.example",
+            "a%41b",
+            "a:",
+            "sub_domain.example",
+        ] {
+            assert!(is_authority(good.as_bytes()), "{good}");
+        }
+        for bad in [
+            "",
+            ": a",
+            ":80",
+            "a b",
+            "a/b?c",
+            "a@b",
+            "a:b",
+            "a:123456",
+            "a:80:80",
+            "[::1",
+            "[zz]",
+            "[::1]x",
+            "[fe80::1%25eth0]",
+            "a%4",
+            "a%zz",
+            "a\tb",
+            "é.example",
+            "a\"b",
+            "a#b",
+        ] {
+            assert!(!is_authority(bad.as_bytes()), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn trailers_keep_only_what_may_be_a_trailer() {
+        let mut t = HeaderMap::new();
+        for (n, v) in [
+            ("x-checksum", "abc"),
+            ("grpc-status", "0"),
+            ("content-length", "5"),
+            ("host", "evil.test"),
+            ("transfer-encoding", "chunked"),
+            ("set-cookie", "a=b"),
+            ("authorization", "Basic x"),
+            ("content-type", "text/evil"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-request-id", "spoofed"),
+            ("connection", "close"),
+        ] {
+            t.append(HeaderName::from_static(n), HeaderValue::from_static(v));
+        }
+        let kept = allowed_trailers(t).unwrap();
+        let mut names: Vec<_> = kept.keys().map(|n| n.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["grpc-status", "x-checksum"]);
+        let mut only_bad = HeaderMap::new();
+        only_bad.insert(header::CONTENT_LENGTH, HeaderValue::from_static("1"));
+        assert!(allowed_trailers(only_bad).is_none());
     }
 
     #[test]
@@ -242,6 +463,7 @@ mod tests {
     fn appends_forwarded_for() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", "10.0.0.1".parse().unwrap());
+        h.append("x-forwarded-for", "10.0.0.2".parse().unwrap());
         h.insert("x-request-id", "client".parse().unwrap());
         let (ip, host, id) = (
             client_ip_value("127.0.0.1".parse().unwrap()),
@@ -255,10 +477,11 @@ mod tests {
             request_id: &id,
         };
         let mut lines = Vec::new();
-        fwd.write(&mut lines, h.get("x-forwarded-for"));
-        assert!(lines.len() <= fwd.max_written() + "10.0.0.1".len());
+        let client_for: Vec<_> = h.get_all("x-forwarded-for").iter().collect();
+        fwd.write(&mut lines, &client_for);
+        assert!(lines.len() <= fwd.max_written() + "10.0.0.1, 10.0.0.2, ".len());
         fwd.apply(&mut h);
-        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 10.0.0.2, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "a.test");
         assert_eq!(h["x-request-id"], "id-1");

@@ -16,7 +16,9 @@ use bytes::Bytes;
 use fastrand::Rng;
 use fulcrum_config::snapshot::{Limits, RequestView, Retries};
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header,
+};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::Instant;
@@ -32,6 +34,7 @@ use crate::error::ProxyError;
 use crate::h2::{H2Backend, H2ConnectError};
 use crate::headers::{self, REQUEST_ID};
 use crate::http1::client::{self as h1, H1Body, H1Error};
+use crate::http1::framing::FramingError;
 use crate::outlier;
 use crate::recent::Recent;
 use crate::runtime::{Cohort, DataPlane, PoolRuntime, PoolShared, Runtime, Staged};
@@ -158,6 +161,14 @@ impl Body for ResponseBody {
             Inner::H2(s) => Pin::new(s)
                 .poll_frame(cx)
                 .map_err(|e| BodyError(BodyErrorKind::H2(e))),
+        };
+        let frame = match frame {
+            // What may not be a trailer never reaches a client.
+            Poll::Ready(Some(Ok(f))) if f.is_trailers() => {
+                let t = f.into_trailers().expect("a trailers frame");
+                Poll::Ready(headers::allowed_trailers(t).map(|t| Ok(Frame::trailers(t))))
+            }
+            frame => frame,
         };
         match &frame {
             Poll::Ready(Some(Ok(f))) => {
@@ -351,7 +362,7 @@ pub(crate) async fn handle(
     let scan = HeadScan::of(req.headers());
     let request_id = headers::request_id(scan.request_id, &mut rng);
     let close = req.version() <= Version::HTTP_11;
-    let h2_client = req.version() == Version::HTTP_2;
+    let version = req.version();
     if let Err(e) = screen(&req, &scan, &info.settings.limits) {
         count_refusal(&plane.counters, &e);
         tracing::debug!(%client, error = %e, "request refused");
@@ -370,10 +381,10 @@ pub(crate) async fn handle(
     // An HTTP/1.1 Upgrade (WebSocket): the request goes to the backend
     // with its Upgrade header intact.
     let upgrade = upgrade_of(&req, &scan);
-    let host_header = scan.host.first.cloned();
+    let host_header = scan.host.cloned();
     let connection = scan.connection;
 
-    let host = host_of(scan.host.first, req.uri());
+    let host = host_of(scan.host, req.uri());
     let view = RequestView {
         method: req.method(),
         host: host.as_deref(),
@@ -439,6 +450,7 @@ pub(crate) async fn handle(
         upgrade: upgrade.clone(),
         host: host_header,
         connection,
+        kept: &rt.routing_headers,
     };
 
     let upgrade = upgrade.is_some().then_some(pool.timeouts.tunnel);
@@ -461,7 +473,7 @@ pub(crate) async fn handle(
                 track,
                 log,
             };
-            backend_response(resp, held, upgrade, info, h2_client, request_id)
+            backend_response(resp, held, upgrade, info, version, request_id)
         }
         Err(e) => {
             count_refusal(&plane.counters, &e);
@@ -524,10 +536,30 @@ fn backend_response(
     held: Held,
     upgrade: Option<Duration>,
     info: &ConnInfo,
-    h2_client: bool,
+    client: Version,
     request_id: HeaderValue,
 ) -> Response<ResponseBody> {
+    let h2_client = client == Version::HTTP_2;
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if let Inner::H1(b) = resp.body()
+        && b.lines().codings.is_some()
+        && client != Version::HTTP_11
+    {
+        // A transfer coding (`gzip`) only an HTTP/1.1 client can take off.
+        Counters::inc(&info.plane.counters.backend_invalid_response);
+        let e = ProxyError::BadResponse {
+            backend: held.in_flight.backend().addr(),
+            why: "a transfer coding other than chunked, which this client cannot take",
+        };
+        let Held {
+            gauge,
+            conn,
+            track,
+            log,
+            ..
+        } = held;
+        return error_response(&e, request_id, conn, track, log, Some(gauge), None, false);
+    }
     let (mut parts, mut body) = resp.into_parts();
     if let Some(idle) = upgrade
         && switching
@@ -552,7 +584,7 @@ fn backend_response(
         }
         Inner::H1(_) => {}
         _ => {
-            headers::strip_hop_by_hop(&mut parts.headers);
+            headers::strip_hop_by_hop(&mut parts.headers, &[]);
             parts.headers.insert(REQUEST_ID.clone(), request_id);
         }
     }
@@ -586,24 +618,20 @@ struct Forwarding<'a> {
     /// Whether the client sent a Connection header (which may name more
     /// hop-by-hop headers).
     connection: bool,
-}
-
-/// A header as one pass over the head saw it: how often, and its first value.
-#[derive(Default)]
-struct Seen<'a> {
-    count: u32,
-    first: Option<&'a HeaderValue>,
+    /// Headers a Connection header may not name away: what routing read.
+    kept: &'a [HeaderName],
 }
 
 /// One pass over a request's headers: what the screen and the request
-/// path need of them, so that none is looked up by hash again.
+/// path need of them, so that none is looked up by hash again. The
+/// length headers are not among them: the HTTP/1.1 codec decided the
+/// body's framing once, and the screen reads that decision.
 #[derive(Default)]
 struct HeadScan<'a> {
     /// Name and value bytes, as counted against `max_header_bytes`.
     bytes: usize,
-    transfer_encoding: Seen<'a>,
-    content_length: Seen<'a>,
-    host: Seen<'a>,
+    hosts: u32,
+    host: Option<&'a HeaderValue>,
     request_id: Option<&'a HeaderValue>,
     upgrade: Option<&'a HeaderValue>,
     connection: bool,
@@ -614,35 +642,28 @@ impl<'a> HeadScan<'a> {
         let mut scan = HeadScan::default();
         for (n, v) in headers {
             scan.bytes += n.as_str().len() + v.len() + 4;
-            let seen = if n == header::TRANSFER_ENCODING {
-                &mut scan.transfer_encoding
-            } else if n == header::CONTENT_LENGTH {
-                &mut scan.content_length
-            } else if n == header::HOST {
-                &mut scan.host
-            } else {
-                if n == header::CONNECTION {
-                    scan.connection = true;
-                } else if n == header::UPGRADE {
-                    scan.upgrade.get_or_insert(v);
-                } else if n == REQUEST_ID {
-                    scan.request_id.get_or_insert(v);
-                }
-                continue;
-            };
-            seen.count += 1;
-            seen.first.get_or_insert(v);
+            if n == header::HOST {
+                scan.hosts += 1;
+                scan.host.get_or_insert(v);
+            } else if n == header::CONNECTION {
+                scan.connection = true;
+            } else if n == header::UPGRADE {
+                scan.upgrade.get_or_insert(v);
+            } else if n == REQUEST_ID {
+                scan.request_id.get_or_insert(v);
+            }
         }
         scan
     }
 }
 
 /// Refuses what the proxy and a backend could read differently (request
-/// smuggling) and what is over the listener's limits, before any routing
-/// or backend work. The HTTP/1.1 parser already refuses, with 400 and a
-/// closed connection, whitespace before a header colon, NUL and bare CR
-/// in headers; it passes every other header on as it came, and never
-/// reads the body of a request refused here for its framing.
+/// smuggling), what names no valid host, and what is over the listener's
+/// limits, before any routing or backend work. The HTTP/1.1 codec already
+/// refuses, with 400 and a closed connection, whitespace before a header
+/// colon, NUL and bare CR in headers; it decides the body's framing and
+/// passes every header on as it came, and never reads the body of a
+/// request whose framing it could not decide.
 fn screen(req: &Request<RawBody>, scan: &HeadScan<'_>, limits: &Limits) -> Result<(), ProxyError> {
     if req
         .uri()
@@ -656,60 +677,70 @@ fn screen(req: &Request<RawBody>, scan: &HeadScan<'_>, limits: &Limits) -> Resul
     if req.headers().len() > limits.max_headers as usize {
         return Err(ProxyError::HeaderTooLarge);
     }
-    let (te, cl, hosts) = (&scan.transfer_encoding, &scan.content_length, &scan.host);
     if scan.bytes > limits.max_header_bytes as usize {
         return Err(ProxyError::HeaderTooLarge);
     }
-    if req.version() <= Version::HTTP_11 {
-        if let Some(first) = te.first {
-            if req.version() == Version::HTTP_10 {
-                return Err(ProxyError::BadRequest("Transfer-Encoding on HTTP/1.0"));
-            }
-            if te.count > 1 {
-                return Err(ProxyError::BadRequest("several Transfer-Encoding headers"));
-            }
-            if !first
-                .as_bytes()
-                .trim_ascii()
-                .eq_ignore_ascii_case(b"chunked")
-            {
-                return Err(ProxyError::BadRequest(
-                    "Transfer-Encoding other than exactly `chunked`",
-                ));
-            }
-            if cl.count > 0 {
-                return Err(ProxyError::BadRequest(
-                    "both Content-Length and Transfer-Encoding",
-                ));
-            }
-        }
-        if let Some(first) = cl.first
-            && (cl.count > 1
-                || first.is_empty()
-                || !first.as_bytes().iter().all(u8::is_ascii_digit))
-        {
-            return Err(ProxyError::BadRequest(
-                "Content-Length repeated or not a plain number",
-            ));
-        }
-        if hosts.count > 1 {
-            return Err(ProxyError::BadRequest("several Host headers"));
-        }
-        let host = hosts.first;
-        if let (Some(auth), Some(host)) = (req.uri().authority(), host)
-            && !host
-                .as_bytes()
-                .eq_ignore_ascii_case(auth.as_str().as_bytes())
-        {
-            return Err(ProxyError::BadRequest(
-                "Host header differs from the request target's authority",
-            ));
-        }
+    match req.body().framing_error() {
+        Some(FramingError::Ambiguous(why)) => return Err(ProxyError::BadRequest(why)),
+        Some(FramingError::TooLarge) => return Err(ProxyError::BodyTooLarge),
+        None => {}
+    }
+    screen_host(req, scan)?;
+    if req.method() == Method::CONNECT {
+        return Err(ProxyError::NotImplemented(
+            "CONNECT: Fulcrum is a reverse proxy, not a tunnel to any host",
+        ));
     }
     if req.body().size_hint().lower() > limits.max_body_bytes {
         return Err(ProxyError::BodyTooLarge);
     }
     Ok(())
+}
+
+/// RFC 9112 §3.2 and RFC 9113 §8.3.1: one Host, a valid `host[:port]`,
+/// required in HTTP/1.1; the request target's authority (HTTP/2's
+/// `:authority`), when it has one, valid too, and in HTTP/1.1 the same as
+/// the Host. What routing and X-Forwarded-Host read
+/// is therefore always a valid authority.
+fn screen_host(req: &Request<RawBody>, scan: &HeadScan<'_>) -> Result<(), ProxyError> {
+    if scan.hosts > 1 {
+        return Err(ProxyError::BadRequest("several Host headers"));
+    }
+    if let Some(host) = scan.host
+        && !headers::is_authority(host.as_bytes())
+    {
+        return Err(ProxyError::BadRequest("Host is not a valid host[:port]"));
+    }
+    let authority = req.uri().authority();
+    if let Some(auth) = authority
+        && !headers::is_authority(auth.as_str().as_bytes())
+    {
+        return Err(ProxyError::BadRequest(
+            "the request target's authority is not a valid host[:port]",
+        ));
+    }
+    let http1 = req.version() <= Version::HTTP_11;
+    match (authority, scan.host) {
+        // Over HTTP/2 the Host header, when sent, is what routing reads
+        // and what the backend gets, whatever `:authority` said.
+        (Some(auth), Some(host))
+            if http1
+                && !host
+                    .as_bytes()
+                    .eq_ignore_ascii_case(auth.as_str().as_bytes()) =>
+        {
+            Err(ProxyError::BadRequest(
+                "Host header differs from the request target's authority",
+            ))
+        }
+        (_, None) if req.version() == Version::HTTP_11 => {
+            Err(ProxyError::BadRequest("no Host header"))
+        }
+        (None, None) if req.version() == Version::HTTP_2 => {
+            Err(ProxyError::BadRequest("neither :authority nor Host"))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The Upgrade header of an HTTP/1.1 upgrade request (`Connection:
@@ -733,7 +764,9 @@ fn upgrade_of(req: &Request<RawBody>, scan: &HeadScan<'_>) -> Option<HeaderValue
 fn count_refusal(c: &Counters, e: &ProxyError) {
     let counter = match e {
         ProxyError::NoRoute => &c.client_no_route,
-        ProxyError::ClientBody | ProxyError::BadRequest(_) => &c.client_bad_request,
+        ProxyError::ClientBody | ProxyError::BadRequest(_) | ProxyError::NotImplemented(_) => {
+            &c.client_bad_request
+        }
         ProxyError::HeaderTooLarge => &c.client_header_too_large,
         ProxyError::UriTooLong => &c.client_uri_too_long,
         ProxyError::BodyTooLarge => &c.client_body_too_large,
@@ -753,6 +786,7 @@ fn count_attempt(c: &Counters, e: &ProxyError) {
         ProxyError::ConnectTimeout { .. } => &c.backend_connect_timeout,
         ProxyError::ResponseTimeout { .. } => &c.backend_response_timeout,
         ProxyError::BackendReset { .. } => &c.backend_reset,
+        ProxyError::BadResponse { .. } => &c.backend_invalid_response,
         _ => return,
     };
     Counters::inc(counter);
@@ -903,7 +937,7 @@ impl<'a> Outbound<'a> {
         // ones: the map is not changed. HTTP/2 backends get the map.
         let h2_authority = if pool.h2.is_some() {
             let forwarded = forwarded(ctx, original_host.as_ref(), request_id);
-            h2_headers(&mut parts.headers, &forwarded);
+            h2_headers(&mut parts.headers, &forwarded, ctx.kept);
             original_host
                 .as_ref()
                 .and_then(|h| Authority::try_from(h.as_bytes()).ok())
@@ -974,6 +1008,7 @@ impl<'a> Outbound<'a> {
             forwarded: Some(&forwarded),
             upgrade: ctx.upgrade.as_ref(),
             connection: ctx.connection,
+            kept: ctx.kept,
         };
         match pool.h1[i].send(head, body, pool.timeouts.response).await {
             Ok(resp) => Ok(resp.map(Inner::H1)),
@@ -998,14 +1033,14 @@ fn forwarded<'a>(
 
 /// The client's headers made into an HTTP/2 backend's: hop-by-hop ones
 /// out, forwarded ones in, Host gone (it goes as `:authority`).
-fn h2_headers(headers: &mut HeaderMap, forwarded: &headers::Forwarded<'_>) {
+fn h2_headers(headers: &mut HeaderMap, forwarded: &headers::Forwarded<'_>, kept: &[HeaderName]) {
     // gRPC and other h2 peers need to know trailers are welcome.
     let te_trailers = headers.get_all(header::TE).iter().any(|v| {
         v.as_bytes()
             .windows(8)
             .any(|w| w.eq_ignore_ascii_case(b"trailers"))
     });
-    headers::strip_hop_by_hop(headers);
+    headers::strip_hop_by_hop(headers, kept);
     forwarded.apply(headers);
     headers.remove(header::HOST);
     if te_trailers {
@@ -1150,6 +1185,13 @@ fn classify(e: H1Error, pool: &PoolRuntime, addr: SocketAddr) -> ProxyError {
         },
         H1Error::Send(h1::Error::ClientBody(e)) => e.to_proxy_error(),
         H1Error::Send(h1::Error::ClientBodyLength) => ProxyError::ClientBody,
+        H1Error::Send(h1::Error::Head(e)) => {
+            tracing::debug!(backend = %addr, error = %e, "invalid backend response");
+            ProxyError::BadResponse {
+                backend: addr,
+                why: e.why(),
+            }
+        }
         H1Error::Send(e) => {
             tracing::debug!(backend = %addr, error = %e, "backend exchange failed");
             ProxyError::BackendReset { backend: addr }

@@ -31,6 +31,10 @@ pub(crate) struct Runtime {
     pub access_log: Option<AccessLog>,
     /// Headers and cookies each access-log line carries for replay.
     pub log_keys: crate::access_log::LogKeys,
+    /// The end-to-end headers routing and hashing read, Host always among
+    /// them: a client's Connection header may not name them away from the
+    /// request a backend gets.
+    pub routing_headers: Vec<http::HeaderName>,
     /// Per listener of the snapshot, in its order: the TLS acceptor of
     /// those that terminate TLS, built once here rather than per connection.
     pub tls: Vec<Option<tokio_rustls::TlsAcceptor>>,
@@ -528,11 +532,22 @@ fn build(snapshot: Arc<Snapshot>, old: Option<&Runtime>, registry: &mut Registry
         log_keys: crate::access_log::LogKeys::of(&snapshot),
         stats: registry.stats_for(&snapshot),
         recent: registry.recent.clone(),
+        routing_headers: routing_headers(&snapshot),
         snapshot,
         pools,
         access_log,
         tls,
     }
+}
+
+fn routing_headers(snapshot: &Snapshot) -> Vec<http::HeaderName> {
+    let keys = snapshot.request_keys();
+    let mut names = vec![http::header::HOST];
+    if !keys.cookies.is_empty() {
+        names.push(http::header::COOKIE);
+    }
+    names.extend(keys.headers);
+    names
 }
 
 /// Forgets the backends and pools no runtime in `live` has, and reconciles

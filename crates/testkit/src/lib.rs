@@ -374,6 +374,190 @@ impl Body for TestBody {
     }
 }
 
+/// A request as a [`RawBackend`] read it off the wire.
+#[derive(Debug, Clone, Default)]
+pub struct RawRequest {
+    /// The head, request line to blank line included, byte for byte.
+    pub head: String,
+    /// The body as it came on the wire (chunk sizes and trailers
+    /// included), as far as the backend read it.
+    pub body: Vec<u8>,
+}
+
+impl RawRequest {
+    /// The values of header `name` (any case), in order.
+    pub fn header(&self, name: &str) -> Vec<String> {
+        self.head
+            .split("\r\n")
+            .skip(1)
+            .filter_map(|l| l.split_once(':'))
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim().to_owned())
+            .collect()
+    }
+}
+
+/// What a [`RawBackend`] does with a request whose head it has read.
+pub enum RawReply {
+    /// Reads the body, writes these bytes, keeps the connection.
+    Send(Vec<u8>),
+    /// Reads the body, writes these bytes, closes the connection.
+    SendAndClose(Vec<u8>),
+    /// Writes these bytes and closes at once, without reading the body.
+    Early(Vec<u8>),
+    /// Reads the body and never answers (a hung backend).
+    Silent,
+}
+
+/// An HTTP/1.1 backend on loopback that writes exactly the bytes a test
+/// gives it and records exactly what it received: for what a real
+/// server would never send, and for checking the bytes the proxy sent.
+pub struct RawBackend {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<RawRequest>>>,
+    stop: CancellationToken,
+}
+
+type Replier = dyn Fn(&RawRequest) -> RawReply + Send + Sync;
+
+impl RawBackend {
+    pub async fn start(reply: impl Fn(&RawRequest) -> RawReply + Send + Sync + 'static) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = CancellationToken::new();
+        let reply: Arc<Replier> = Arc::new(reply);
+        let (seen2, stop2) = (seen.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let s = tokio::select! {
+                    _ = stop2.cancelled() => return,
+                    r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
+                };
+                let (seen, reply, stop) = (seen2.clone(), reply.clone(), stop2.clone());
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = raw_conn(s, seen, reply) => {}
+                        _ = stop.cancelled() => {}
+                    }
+                });
+            }
+        });
+        RawBackend { addr, seen, stop }
+    }
+
+    /// Every request received, in order.
+    pub fn seen(&self) -> Vec<RawRequest> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for RawBackend {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn raw_conn(mut s: TcpStream, seen: Arc<Mutex<Vec<RawRequest>>>, reply: Arc<Replier>) {
+    use tokio::io::AsyncWriteExt;
+    let mut buf = Vec::new();
+    loop {
+        let end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            if !raw_read(&mut s, &mut buf).await {
+                return;
+            }
+        };
+        let head: Vec<u8> = buf.drain(..end).collect();
+        let mut req = RawRequest {
+            head: String::from_utf8_lossy(&head).into_owned(),
+            body: Vec::new(),
+        };
+        let answer = reply(&req);
+        if let RawReply::Early(bytes) = &answer {
+            seen.lock().unwrap().push(req);
+            let _ = s.write_all(bytes).await;
+            return;
+        }
+        let length = req
+            .header("content-length")
+            .first()
+            .map(|v| v.parse().unwrap());
+        let chunked = req
+            .header("transfer-encoding")
+            .iter()
+            .any(|v| v.eq_ignore_ascii_case("chunked"));
+        let complete = |b: &[u8]| raw_body_len(b, length, chunked);
+        let n = loop {
+            if let Some(n) = complete(&buf) {
+                break n;
+            }
+            if !raw_read(&mut s, &mut buf).await {
+                req.body = std::mem::take(&mut buf);
+                seen.lock().unwrap().push(req);
+                return;
+            }
+        };
+        req.body = buf.drain(..n).collect();
+        seen.lock().unwrap().push(req);
+        match answer {
+            RawReply::Silent => return std::future::pending().await,
+            RawReply::Send(bytes) => {
+                if s.write_all(&bytes).await.is_err() {
+                    return;
+                }
+            }
+            RawReply::SendAndClose(bytes) | RawReply::Early(bytes) => {
+                let _ = s.write_all(&bytes).await;
+                return;
+            }
+        }
+    }
+}
+
+async fn raw_read(s: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut chunk = [0u8; 4096];
+    match s.read(&mut chunk).await {
+        Ok(0) | Err(_) => false,
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            true
+        }
+    }
+}
+
+/// How many bytes of `b` a whole body takes, once it is all there.
+fn raw_body_len(b: &[u8], length: Option<usize>, chunked: bool) -> Option<usize> {
+    if !chunked {
+        let n = length.unwrap_or(0);
+        return (b.len() >= n).then_some(n);
+    }
+    let mut at = 0;
+    loop {
+        let line = b[at..].windows(2).position(|w| w == b"\r\n")?;
+        let size_text = std::str::from_utf8(&b[at..at + line]).ok()?;
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        at += line + 2;
+        if size == 0 {
+            // Trailer lines up to the blank one.
+            loop {
+                let line = b[at..].windows(2).position(|w| w == b"\r\n")?;
+                at += line + 2;
+                if line == 0 {
+                    return Some(at);
+                }
+            }
+        }
+        if b.len() < at + size + 2 {
+            return None;
+        }
+        at += size + 2;
+    }
+}
+
 /// A loopback address whose connects hang: a listener with backlog 1 that
 /// never accepts, its accept queue filled, so the kernel drops further SYNs.
 pub struct Blackhole {

@@ -8,6 +8,9 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 
 /// A chunk-size line, extensions included.
 pub(crate) const MAX_CHUNK_LINE: usize = 4 * 1024;
+/// Chunk extensions in one body, all lines together: each line is
+/// bounded, and so is what a body of many small chunks may carry.
+pub(crate) const MAX_EXTENSIONS: usize = 16 * 1024;
 /// A trailer section.
 pub(crate) const MAX_TRAILERS: usize = 16 * 1024;
 /// Fields in a trailer section.
@@ -23,6 +26,8 @@ pub(crate) enum ChunkError {
     TrailersTooLarge,
     /// A trailer field that does not parse, or that `http` refuses.
     BadTrailer,
+    /// Chunk extensions over 16 KiB in one body.
+    ExtensionsTooLarge,
 }
 
 impl std::fmt::Display for ChunkError {
@@ -31,6 +36,7 @@ impl std::fmt::Display for ChunkError {
             ChunkError::Malformed => "malformed chunk",
             ChunkError::TrailersTooLarge => "trailers too large",
             ChunkError::BadTrailer => "malformed trailer field",
+            ChunkError::ExtensionsTooLarge => "chunk extensions too large",
         })
     }
 }
@@ -41,6 +47,8 @@ impl std::error::Error for ChunkError {}
 #[derive(Debug, Default)]
 pub(crate) struct Chunked {
     state: ChunkState,
+    /// Bytes of chunk extensions so far.
+    extensions: usize,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
@@ -76,7 +84,11 @@ impl Chunked {
                         }
                         return Ok(None);
                     };
-                    let size = chunk_size(&buf[..=lf])?;
+                    let (size, extensions) = chunk_size(&buf[..=lf])?;
+                    self.extensions += extensions;
+                    if self.extensions > MAX_EXTENSIONS {
+                        return Err(ChunkError::ExtensionsTooLarge);
+                    }
                     buf.advance(lf + 1);
                     self.state = if size == 0 {
                         ChunkState::Trailers
@@ -154,10 +166,11 @@ fn trailers(buf: &[u8]) -> Result<Option<(usize, HeaderMap)>, ChunkError> {
     Ok(Some((len, map)))
 }
 
-/// The size on a chunk-size line (`1a;name=value\r\n`); extensions are
-/// ignored but may not hold a CR, and the line must end in CRLF, so no
+/// The size on a chunk-size line (`1a;name=value\r\n`), and how many
+/// bytes follow it (extensions, and whitespace before them); extensions
+/// are ignored but may not hold a CR, and the line must end in CRLF, so no
 /// reader after us can split it differently.
-fn chunk_size(line: &[u8]) -> Result<u64, ChunkError> {
+fn chunk_size(line: &[u8]) -> Result<(u64, usize), ChunkError> {
     let line = line.strip_suffix(b"\r\n").ok_or(ChunkError::Malformed)?;
     let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
     if digits == 0 || digits > 16 {
@@ -180,7 +193,7 @@ fn chunk_size(line: &[u8]) -> Result<u64, ChunkError> {
     if !(rest.is_empty() || rest[0] == b';') || rest.contains(&b'\r') {
         return Err(ChunkError::Malformed);
     }
-    Ok(size)
+    Ok((size, line.len() - digits))
 }
 
 #[cfg(test)]
@@ -276,5 +289,19 @@ mod tests {
             trailers.extend_from_slice(b"x-long: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n");
         }
         assert_eq!(refused(&trailers), ChunkError::TrailersTooLarge);
+    }
+
+    #[test]
+    fn chunk_extensions_are_bounded_per_body_not_only_per_line() {
+        let mut body = Vec::new();
+        let ext = format!(";e={}", "x".repeat(1000));
+        for _ in 0..16 {
+            body.extend_from_slice(format!("1{ext}\r\na\r\n").as_bytes());
+        }
+        body.extend_from_slice(b"0\r\n\r\n");
+        assert_eq!(chunked(&[&body]).unwrap().0, vec![b'a'; 16]);
+        let mut more = body[..body.len() - 5].to_vec();
+        more.extend_from_slice(format!("1{ext}\r\na\r\n0\r\n\r\n").as_bytes());
+        assert_eq!(refused(&more), ChunkError::ExtensionsTooLarge);
     }
 }

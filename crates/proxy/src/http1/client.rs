@@ -30,7 +30,9 @@ use tokio::time::Instant;
 
 use super::chunked::{ChunkError, Chunked, Decoded};
 use super::framing::{Asked, Framing};
-use super::head::{Lines, ResponseHead, ResponseHeadError, parse_response_head};
+use super::head::{
+    Lines, MAX_RESPONSE_HEAD, ResponseHead, ResponseHeadError, head_ended, parse_response_head,
+};
 use super::pool::{H1Backend, Timer};
 use super::{put_decimal, put_hex};
 use crate::body::{ClientBodyError, RequestBody};
@@ -102,8 +104,9 @@ impl H1Backend {
     /// and reads the response head. A pooled connection the backend closed
     /// before it took any of the request is skipped for the next one, so a
     /// backend closing a keep-alive connection is never seen as a failure
-    /// of the request. The response timeout starts when the request can be
-    /// sent: at once on a pooled connection, after the connect on a new one.
+    /// of the request. The response timeout runs from when the request has
+    /// been sent ([`Upload::sent_since`]): a slow upload is the client's
+    /// to answer for (`body_timeout`), not the backend's.
     pub async fn send(
         self: &Arc<Self>,
         head: Outgoing<'_>,
@@ -112,14 +115,14 @@ impl H1Backend {
     ) -> Result<Response<H1Body>, H1Error> {
         let (mut upload, asked) = encode(&head, body);
         let now = Instant::now();
-        let mut deadline = now + response_timeout;
+        let mut start = now;
         loop {
             let (mut conn, pooled) = match self.checkout(now) {
                 Some((io, timer)) => (BackendConn::new(io, timer), true),
                 None => {
                     let io = Box::pin(self.connect()).await?;
-                    deadline = Instant::now() + response_timeout;
-                    let timer = Box::pin(tokio::time::sleep_until(deadline));
+                    start = Instant::now();
+                    let timer = Box::pin(tokio::time::sleep_until(start + response_timeout));
                     (BackendConn::new(io, timer), false)
                 }
             };
@@ -128,7 +131,10 @@ impl H1Backend {
                 if let Poll::Ready(res) = conn.poll_exchange(cx, &mut upload, asked) {
                     return Poll::Ready(Some(res));
                 }
-                match conn.poll_deadline(cx, deadline, &mut checked) {
+                let Some(sent) = upload.sent_since(start) else {
+                    return Poll::Pending;
+                };
+                match conn.poll_deadline(cx, sent + response_timeout, &mut checked) {
                     Poll::Ready(()) => Poll::Ready(None),
                     Poll::Pending => Poll::Pending,
                 }
@@ -136,7 +142,10 @@ impl H1Backend {
             match exchange.await {
                 None => return Err(H1Error::ResponseTimeout),
                 Some(Ok(head)) => return Ok(self.respond(conn, head, upload)),
-                Some(Err(Error::Io(_) | Error::Closed)) if pooled && !upload.wrote => continue,
+                Some(Err(Error::Io(_) | Error::Closed)) if pooled && !upload.wrote => {
+                    upload.broken = None;
+                    continue;
+                }
                 Some(Err(e)) => return Err(H1Error::Send(e)),
             }
         }
@@ -222,6 +231,19 @@ struct Upload {
     body: Option<RequestBody>,
     /// `Length` (bytes still to come) or `Chunked`.
     framing: Framing,
+    /// Sending broke off (the backend stopped reading, or the client's
+    /// body failed): nothing more is written, but the backend's answer is
+    /// still read, and the connection is not reused.
+    broken: Option<Error>,
+    /// A streamed body's last move: a piece read from the client or
+    /// written to the backend (None before the first, and for a request
+    /// sent in one write).
+    moved_at: Option<Instant>,
+    /// The streamed body waits for the client's next piece.
+    waiting_on_client: bool,
+    /// The request trailers of a chunked body, written after its last
+    /// chunk (others cannot carry them).
+    trailers: Option<HeaderMap>,
 }
 
 /// The head of a request to send, borrowed from the request path: a retry
@@ -241,6 +263,9 @@ pub(crate) struct Outgoing<'a> {
     /// Whether `headers` has a Connection header, which may name more
     /// hop-by-hop headers (known from the request path's own pass).
     pub connection: bool,
+    /// Headers the Connection header may not name away (Host, and what
+    /// routing read).
+    pub kept: &'a [http::HeaderName],
 }
 
 /// Encodes the request head, and a buffered body after it, into one
@@ -267,8 +292,10 @@ fn encode<'a>(parts: &Outgoing<'a>, body: RequestBody) -> (Upload, Asked<'a>) {
         for value in parts.headers.get_all(header::CONNECTION) {
             crate::headers::connection_named(value.as_bytes(), &mut named);
         }
+        named.retain(|n| !parts.kept.contains(n));
     }
-    let mut client_for = None;
+    // The client's X-Forwarded-For lines, extended as one list.
+    let mut client_for = smallvec::SmallVec::<[&HeaderValue; 2]>::new();
     let mut out = Vec::with_capacity(cap);
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
@@ -290,8 +317,8 @@ fn encode<'a>(parts: &Outgoing<'a>, body: RequestBody) -> (Upload, Asked<'a>) {
             continue;
         }
         if parts.forwarded.is_some() && Forwarded::sets(name) {
-            if client_for.is_none() && *name == crate::headers::X_FORWARDED_FOR {
-                client_for = Some(value);
+            if *name == crate::headers::X_FORWARDED_FOR {
+                client_for.push(value);
             }
             continue;
         }
@@ -305,7 +332,7 @@ fn encode<'a>(parts: &Outgoing<'a>, body: RequestBody) -> (Upload, Asked<'a>) {
         put_line(&mut out, &header::UPGRADE, &[up.as_bytes()]);
     }
     if let Some(fwd) = parts.forwarded {
-        fwd.write(&mut out, client_for);
+        fwd.write(&mut out, &client_for);
     }
     let (framing, body) = match body {
         // As hyper's client did: no body, no framing header, unless the
@@ -339,6 +366,10 @@ fn encode<'a>(parts: &Outgoing<'a>, body: RequestBody) -> (Upload, Asked<'a>) {
         wrote: false,
         body,
         framing,
+        broken: None,
+        moved_at: None,
+        waiting_on_client: false,
+        trailers: None,
     };
     (upload, asked)
 }
@@ -360,6 +391,7 @@ impl Upload {
     /// make it wait (pending). The client's body is read only as fast as
     /// the backend takes it.
     fn poll(&mut self, io: &mut TcpStream, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        let streamed = self.body.is_some();
         loop {
             while self.pos < self.out.len() {
                 let n = ready!(Pin::new(&mut *io).poll_write(cx, &self.out[self.pos..]))
@@ -369,18 +401,27 @@ impl Upload {
                 }
                 self.pos += n;
                 self.wrote = true;
+                if streamed {
+                    self.moved_at = Some(Instant::now());
+                }
             }
             let Some(body) = self.body.as_mut() else {
                 return Poll::Ready(Ok(()));
             };
             self.out.clear();
             self.pos = 0;
-            match ready!(Pin::new(body).poll_frame(cx)) {
+            let polled = Pin::new(body).poll_frame(cx);
+            self.waiting_on_client = polled.is_pending();
+            let polled = ready!(polled);
+            self.moved_at = Some(Instant::now());
+            match polled {
                 Some(Ok(frame)) => {
-                    // Request trailers are dropped, as hyper's client did:
-                    // the client's `Trailer` header is hop-by-hop and gone.
-                    let Ok(data) = frame.into_data() else {
-                        continue;
+                    let data = match frame.into_data() {
+                        Ok(data) => data,
+                        Err(frame) => {
+                            self.trailers = frame.into_trailers().ok();
+                            continue;
+                        }
                     };
                     if data.is_empty() {
                         continue;
@@ -409,12 +450,35 @@ impl Upload {
                     match self.framing {
                         Framing::Length(0) => {}
                         Framing::Length(_) => return Poll::Ready(Err(Error::ClientBodyLength)),
-                        _ => self.out.extend_from_slice(b"0\r\n\r\n"),
+                        // The trailers, which only a chunked body can
+                        // carry (a Content-Length one drops them).
+                        _ => {
+                            self.out.extend_from_slice(b"0\r\n");
+                            if let Some(t) = self.trailers.take() {
+                                for (name, value) in &t {
+                                    put_line(&mut self.out, name, &[value.as_bytes()]);
+                                }
+                            }
+                            self.out.extend_from_slice(b"\r\n");
+                        }
                     }
                     self.body = None;
                 }
             }
         }
+    }
+
+    /// When the response timeout runs from: `start` (when the request
+    /// could be sent) for one sent in one write; for a streamed body, the
+    /// last moment it moved, so the timeout counts from its end once it
+    /// is all sent, and a backend that stops taking it times out too.
+    /// None while the body waits on the client, whose own timeouts
+    /// (`body_timeout`, `min_body_rate`) apply then.
+    fn sent_since(&self, start: Instant) -> Option<Instant> {
+        if self.waiting_on_client && self.broken.is_none() {
+            return None;
+        }
+        Some(self.moved_at.unwrap_or(start))
     }
 }
 
@@ -425,6 +489,8 @@ struct BackendConn {
     io: TcpStream,
     buf: BytesMut,
     read_size: usize,
+    /// How much of a partial head in `buf` has been looked at for its end.
+    scanned: usize,
     timer: Timer,
 }
 
@@ -434,6 +500,7 @@ impl BackendConn {
             io,
             buf: spare_buffer(),
             read_size: READ_SIZE,
+            scanned: 0,
             timer,
         }
     }
@@ -474,7 +541,10 @@ impl BackendConn {
     /// Sends the request and reads until a final response head (1xx
     /// informational responses skipped). The upload goes on while reading,
     /// so a backend that answers before it has read the whole body is
-    /// heard, and one that sends while it reads never waits on us.
+    /// heard, and one that sends while it reads never waits on us. A
+    /// backend that stops reading (closes, or resets the connection) may
+    /// have answered first: what it sent is read before its failure is
+    /// believed.
     fn poll_exchange(
         &mut self,
         cx: &mut Context<'_>,
@@ -482,19 +552,32 @@ impl BackendConn {
         asked: Asked,
     ) -> Poll<Result<ResponseHead, Error>> {
         if !upload.done()
+            && upload.broken.is_none()
             && let Poll::Ready(Err(e)) = upload.poll(&mut self.io, cx)
         {
-            return Poll::Ready(Err(e));
+            match e {
+                Error::Io(_) => upload.broken = Some(e),
+                // The client's fault: no answer can make up for it.
+                e => return Poll::Ready(Err(e)),
+            }
         }
         loop {
+            // Parsed once a head's end is here (or it is too large to
+            // wait for); a 1xx consumed on the way leaves the rest to scan.
             if !self.buf.is_empty()
-                && let Some(head) =
-                    parse_response_head(&mut self.buf, asked).map_err(Error::Head)?
+                && (head_ended(&self.buf, &mut self.scanned) || self.buf.len() >= MAX_RESPONSE_HEAD)
             {
-                return Poll::Ready(Ok(head));
+                let before = self.buf.len();
+                match parse_response_head(&mut self.buf, asked).map_err(Error::Head)? {
+                    Some(head) => return Poll::Ready(Ok(head)),
+                    None if self.buf.len() < before => self.scanned = 0,
+                    None => self.scanned = before,
+                }
             }
-            if ready!(self.poll_fill(cx))? == 0 {
-                return Poll::Ready(Err(Error::Closed));
+            match ready!(self.poll_fill(cx)) {
+                Ok(0) => return Poll::Ready(Err(upload.broken.take().unwrap_or(Error::Closed))),
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(Err(upload.broken.take().unwrap_or(e))),
             }
         }
     }
@@ -571,11 +654,17 @@ impl H1Body {
             let Some(live) = self.live.as_mut() else {
                 return Poll::Ready(None);
             };
+            // A request still being sent: once whole, the connection may
+            // be reused; if it breaks off, the response that came is still
+            // read to its end, and the connection is not reused.
             if let Some(up) = live.upload.as_mut()
+                && up.broken.is_none()
                 && let Poll::Ready(res) = up.poll(&mut live.conn.io, cx)
             {
-                res?;
-                live.upload = None;
+                match res {
+                    Ok(()) => live.upload = None,
+                    Err(e) => up.broken = Some(e),
+                }
             }
             let buf = &mut live.conn.buf;
             let (frame, ended) = match &mut self.state {
@@ -693,6 +782,7 @@ mod tests {
             forwarded: None,
             upgrade: None,
             connection: false,
+            kept: &[],
         };
         let (up, asked) = encode(&head, body);
         // No `forwarded`, so no request id to borrow.
@@ -742,6 +832,7 @@ mod tests {
             forwarded: None,
             upgrade: None,
             connection: false,
+            kept: &[],
         };
         let (up, _) = encode(&head, RequestBody::Full(None));
         assert_eq!(
@@ -756,7 +847,7 @@ mod tests {
             Method::GET,
             &[
                 ("host", "a.test"),
-                ("connection", "keep-alive, Upgrade, X-Private"),
+                ("connection", "keep-alive, Upgrade, X-Private, Host"),
                 ("x-private", "secret"),
                 ("keep-alive", "timeout=5"),
                 ("te", "trailers"),
@@ -789,13 +880,14 @@ mod tests {
             forwarded: Some(&fwd),
             upgrade: None,
             connection: true,
+            kept: &[header::HOST],
         };
         let (out, asked) = encode(&head, RequestBody::Full(None));
         assert!(!asked.upgrade);
         assert_eq!(
             String::from_utf8(out.out).unwrap(),
             "GET / HTTP/1.1\r\nhost: a.test\r\nx-kept: yes\r\n\
-             x-forwarded-for: 203.0.113.7, 127.0.0.1\r\nx-forwarded-proto: https\r\n\
+             x-forwarded-for: 203.0.113.7, 198.51.100.1, 127.0.0.1\r\nx-forwarded-proto: https\r\n\
              x-forwarded-host: a.test\r\nx-request-id: id-1\r\n\r\n"
         );
         // An upgrade the pool carries: Connection and Upgrade are ours.
@@ -869,6 +961,7 @@ mod tests {
             forwarded: None,
             upgrade: None,
             connection: false,
+            kept: &[],
         }
     }
 

@@ -16,22 +16,33 @@ pub(crate) enum Framing {
     Upgrade,
 }
 
+/// Why a request's body cannot be framed. The codec refuses such a
+/// request before any of its body is read, and closes the connection:
+/// what follows on it could be read two ways.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FramingError {
+    /// The length headers could be read two ways (a smuggling shape) or
+    /// are malformed: 400, with the reason.
+    Ambiguous(&'static str),
+    /// A Content-Length too large to be any body's (over 2^64 - 1): 413.
+    TooLarge,
+}
+
 /// The framing headers of a request, as one pass over its head saw them.
 #[derive(Debug, Default)]
 pub(crate) struct RequestFraming {
-    length: Option<u64>,
-    bad_length: bool,
+    lengths: u32,
+    /// The first Content-Length, as [`parse_length`] read it.
+    length: Option<Result<u64, LengthError>>,
     transfer_encodings: u32,
+    /// The (only) Transfer-Encoding is exactly `chunked`.
     chunked: bool,
 }
 
 impl RequestFraming {
     pub fn content_length(&mut self, value: &[u8]) {
-        // One plain number: a list, even of equal ones, is refused.
-        match parse_length(value) {
-            Some(n) if self.length.is_none() && !value.contains(&b',') => self.length = Some(n),
-            _ => self.bad_length = true,
-        }
+        self.lengths += 1;
+        self.length.get_or_insert(parse_length(value));
     }
 
     pub fn transfer_encoding(&mut self, value: &[u8]) {
@@ -39,23 +50,60 @@ impl RequestFraming {
         self.chunked = value.trim_ascii().eq_ignore_ascii_case(b"chunked");
     }
 
-    /// The body's framing; None when it could be read two ways
-    /// (Content-Length and Transfer-Encoding together, several or odd
-    /// ones, Transfer-Encoding on HTTP/1.0).
-    pub fn decide(&self, http10: bool) -> Option<Framing> {
+    /// The body's framing (RFC 9112 §6.3), or why it has none that can be
+    /// trusted. Stricter than the RFC where it lets a recipient choose:
+    /// a request with both length headers, several Content-Length (even
+    /// equal ones) or a coding other than exactly `chunked` is refused
+    /// rather than resolved, because a backend could resolve it otherwise.
+    pub fn decide(&self, http10: bool) -> Result<Framing, FramingError> {
+        use FramingError::Ambiguous;
         if self.transfer_encodings > 0 {
-            let single_chunked = self.transfer_encodings == 1 && self.chunked;
-            return (!http10 && single_chunked && self.length.is_none() && !self.bad_length)
-                .then_some(Framing::Chunked);
+            return Err(if http10 {
+                Ambiguous("Transfer-Encoding on HTTP/1.0")
+            } else if self.transfer_encodings > 1 {
+                Ambiguous("several Transfer-Encoding headers")
+            } else if !self.chunked {
+                Ambiguous("Transfer-Encoding other than exactly `chunked`")
+            } else if self.lengths > 0 {
+                Ambiguous("both Content-Length and Transfer-Encoding")
+            } else {
+                return Ok(Framing::Chunked);
+            });
         }
-        if self.bad_length {
-            return None;
+        match self.length {
+            _ if self.lengths > 1 => Err(Ambiguous("several Content-Length headers")),
+            None | Some(Ok(0)) => Ok(Framing::Empty),
+            Some(Ok(n)) => Ok(Framing::Length(n)),
+            Some(Err(LengthError::Malformed)) => {
+                Err(Ambiguous("Content-Length is not a plain number"))
+            }
+            Some(Err(LengthError::TooLarge)) => Err(FramingError::TooLarge),
         }
-        Some(match self.length {
-            None | Some(0) => Framing::Empty,
-            Some(n) => Framing::Length(n),
-        })
     }
+}
+
+/// Why a Content-Length value is not a length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LengthError {
+    /// Not one run of digits (empty, a sign, a list, other bytes).
+    Malformed,
+    /// More than 2^64 - 1.
+    TooLarge,
+}
+
+/// A request's Content-Length: one run of ASCII digits. Leading zeros are
+/// read as the number they pad (`007` is 7; RFC 9110 §8.6 allows them),
+/// however many there are, and the backend gets the number alone, so no
+/// reader after us can take the value for another.
+pub(crate) fn parse_length(v: &[u8]) -> Result<u64, LengthError> {
+    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+        return Err(LengthError::Malformed);
+    }
+    v.iter().try_fold(0u64, |n, d| {
+        n.checked_mul(10)
+            .and_then(|n| n.checked_add(u64::from(d - b'0')))
+            .ok_or(LengthError::TooLarge)
+    })
 }
 
 /// What a response's framing depends on in its request.
@@ -89,7 +137,7 @@ pub(crate) enum ResponseFramingError {
 
 impl ResponseFraming {
     pub fn content_length(&mut self, value: &[u8]) {
-        match (parse_length(value), self.length) {
+        match (parse_length_list(value), self.length) {
             (Some(n), None) => self.length = Some(n),
             (Some(n), Some(m)) if n == m => {}
             _ => self.bad_length = true,
@@ -143,15 +191,12 @@ impl ResponseFraming {
     }
 }
 
-/// A Content-Length value: digits, or a list of the same digits (`5, 5`).
-pub(crate) fn parse_length(v: &[u8]) -> Option<u64> {
+/// A response's Content-Length: digits, or a list of the same digits
+/// (`5, 5`, which RFC 9112 §6.3 lets a recipient read as one).
+fn parse_length_list(v: &[u8]) -> Option<u64> {
     let mut found = None;
     for part in v.split(|&b| b == b',') {
-        let part = part.trim_ascii();
-        if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        let n = part.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+        let n = parse_length(part.trim_ascii()).ok()?;
         if found.is_some_and(|f| f != n) {
             return None;
         }

@@ -10,7 +10,9 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version, header};
 use smallvec::SmallVec;
 
-use super::framing::{Asked, Framing, RequestFraming, ResponseFraming, ResponseFramingError};
+use super::framing::{
+    Asked, Framing, FramingError, RequestFraming, ResponseFraming, ResponseFramingError,
+};
 use super::{Span, has_token};
 
 /// Header slots for httparse on a request; `limits.max_headers` is at
@@ -27,9 +29,9 @@ pub(crate) const MAX_RESPONSE_HEADERS: usize = 128;
 /// A request head, parsed.
 pub(crate) struct RequestHead {
     pub request: Request<()>,
-    /// None: the body could be read two ways; the request path refuses
-    /// it, and its body is never read.
-    pub framing: Option<Framing>,
+    /// Err: the body could be read two ways, or not at all; the request
+    /// path refuses the request, and its body is never read.
+    pub framing: Result<Framing, FramingError>,
     /// The connection ends after this request (`Connection: close`,
     /// HTTP/1.0 without keep-alive, or framing that cannot be trusted).
     pub close: bool,
@@ -66,6 +68,26 @@ impl HeadLimits {
             max_uri: limits.max_uri_bytes as usize,
         }
     }
+}
+
+/// Whether `buf` holds the blank line that ends a head, looking only at
+/// what came since `*scanned` (which it moves on): a head trickled in a
+/// byte at a time is scanned once and parsed once, where parsing it again
+/// from its first byte after every read would cost work quadratic in its
+/// length. The caller sets `*scanned` back to 0 once the head is taken.
+pub(crate) fn head_ended(buf: &[u8], scanned: &mut usize) -> bool {
+    // A blank line split across two reads: look back two bytes.
+    let mut i = (*scanned).min(buf.len()).saturating_sub(2);
+    while let Some(lf) = buf[i..].iter().position(|&b| b == b'\n') {
+        let at = i + lf;
+        match buf.get(at + 1) {
+            Some(b'\n') => return true,
+            Some(b'\r') if buf.get(at + 2) == Some(&b'\n') => return true,
+            _ => i = at + 1,
+        }
+    }
+    *scanned = buf.len();
+    false
 }
 
 /// Parses a request head off the front of `buf`: None while incomplete.
@@ -147,7 +169,7 @@ pub(crate) fn parse_request_head(
     Ok(Some(RequestHead {
         request,
         framing,
-        close: framing.is_none() || if http10 { !keep_alive } else { close },
+        close: framing.is_err() || if http10 { !keep_alive } else { close },
         keep_alive: http10 && keep_alive,
         expect_continue: !http10 && expect_continue,
     }))
@@ -183,6 +205,25 @@ pub(crate) enum ResponseHeadError {
     /// Not HTTP/1.x, or malformed.
     Malformed(httparse::Error),
     Framing(ResponseFramingError),
+}
+
+impl ResponseHeadError {
+    /// What was wrong, for the client's 502.
+    pub fn why(&self) -> &'static str {
+        match self {
+            ResponseHeadError::TooLarge => "its head is over 64 KiB or 128 lines",
+            ResponseHeadError::Malformed(_) => "its head is not HTTP/1.x",
+            ResponseHeadError::Framing(ResponseFramingError::BadContentLength) => {
+                "its Content-Length is not one number"
+            }
+            ResponseHeadError::Framing(ResponseFramingError::BadTransferEncoding) => {
+                "Transfer-Encoding in an HTTP/1.0 response"
+            }
+            ResponseHeadError::Framing(ResponseFramingError::UnexpectedUpgrade) => {
+                "101 Switching Protocols to a request that asked for no upgrade"
+            }
+        }
+    }
 }
 
 impl std::fmt::Display for ResponseHeadError {
@@ -287,12 +328,20 @@ fn response_head(
     // Names the Connection header lists: hop-by-hop too. Rarely any.
     let mut named = Vec::new();
     let mut roles = SmallVec::<[Role; 32]>::with_capacity(spans.len());
+    // Every Transfer-Encoding coding, in order: rarely any.
+    let mut codings = Vec::new();
     for s in spans {
         let (name, value) = (at(s.name), at(s.value));
         let role = Role::of(name);
         match role {
             Role::Length => framing.content_length(value),
-            Role::TransferEncoding => framing.transfer_encoding(value),
+            Role::TransferEncoding => {
+                framing.transfer_encoding(value);
+                if !codings.is_empty() {
+                    codings.extend_from_slice(b", ");
+                }
+                codings.extend_from_slice(value);
+            }
             Role::Connection => {
                 close |= has_token(value, b"close");
                 crate::headers::connection_named(value, &mut named);
@@ -366,11 +415,30 @@ fn response_head(
         lines: Lines {
             bytes: Bytes::from(lines),
             has_date,
+            codings: passed_codings(codings, body),
         },
         reason,
         framing: body,
         keep_alive,
     })
+}
+
+/// The transfer codings a response's body carries besides chunked
+/// (`gzip` of `gzip, chunked`): the codec takes the chunked coding off,
+/// the others are the client's to undo, so they go on with the body.
+fn passed_codings(mut codings: Vec<u8>, framing: Framing) -> Option<Bytes> {
+    if codings.is_empty() || !matches!(framing, Framing::Chunked | Framing::Close) {
+        return None;
+    }
+    if framing == Framing::Chunked {
+        let last = codings
+            .iter()
+            .rposition(|&b| b == b',')
+            .map_or(0, |i| i + 1);
+        codings.truncate(last.saturating_sub(1));
+    }
+    let kept = codings.trim_ascii();
+    (!kept.is_empty()).then(|| Bytes::copy_from_slice(kept))
 }
 
 /// What a response header is to the codec, told by its name in any case.
@@ -415,6 +483,10 @@ pub(crate) struct Lines {
     pub bytes: Bytes,
     /// A `Date` line is among them (the client side adds one otherwise).
     pub has_date: bool,
+    /// Transfer codings of the body besides chunked (`gzip`), which the
+    /// client must get: an HTTP/1.1 client in its Transfer-Encoding, and
+    /// no other kind of client can take them.
+    pub codings: Option<Bytes>,
 }
 
 impl Lines {
@@ -456,38 +528,63 @@ mod tests {
         parse_request_head(&mut BytesMut::from(bytes), LIMITS)
     }
 
-    fn framing(headers: &str) -> Option<Framing> {
+    fn framing(headers: &str) -> Result<Framing, FramingError> {
         let head = format!("POST / HTTP/1.1\r\nHost: x\r\n{headers}\r\n");
         parse(head.as_bytes()).unwrap().unwrap().framing
     }
 
     #[test]
     fn request_framing_follows_rfc_9112_and_refuses_what_could_be_read_two_ways() {
-        assert_eq!(framing(""), Some(Framing::Empty));
-        assert_eq!(framing("Content-Length: 0\r\n"), Some(Framing::Empty));
-        assert_eq!(framing("Content-Length: 12\r\n"), Some(Framing::Length(12)));
+        assert_eq!(framing(""), Ok(Framing::Empty));
+        assert_eq!(framing("Content-Length: 0\r\n"), Ok(Framing::Empty));
+        assert_eq!(framing("Content-Length: 12\r\n"), Ok(Framing::Length(12)));
         assert_eq!(
             framing("Transfer-Encoding: chunked\r\n"),
-            Some(Framing::Chunked)
+            Ok(Framing::Chunked)
         );
         for odd in [
             "Content-Length: 3\r\nTransfer-Encoding: chunked\r\n",
             "Content-Length: 3\r\nContent-Length: 3\r\n",
             "Content-Length: 3, 3\r\n",
             "Content-Length: +3\r\n",
+            "Content-Length: 3 3\r\n",
+            "Content-Length: \r\n",
+            "Content-Length: 0x10\r\n",
             "Transfer-Encoding: gzip, chunked\r\n",
             "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
         ] {
-            assert_eq!(framing(odd), None, "{odd}");
+            assert!(
+                matches!(framing(odd), Err(FramingError::Ambiguous(_))),
+                "{odd}"
+            );
         }
         let head = parse(b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n")
             .unwrap()
             .unwrap();
-        assert_eq!(head.framing, None);
+        assert!(head.framing.is_err());
         assert!(
             head.close,
             "a request that cannot be framed ends its connection"
         );
+    }
+
+    #[test]
+    fn content_length_is_read_whatever_its_leading_zeros_and_refused_past_u64() {
+        assert_eq!(
+            framing("Content-Length: 00000000000000000005\r\n"),
+            Ok(Framing::Length(5))
+        );
+        let zeros = format!("Content-Length: {}7\r\n", "0".repeat(300));
+        assert_eq!(framing(&zeros), Ok(Framing::Length(7)));
+        assert_eq!(framing("Content-Length: 000\r\n"), Ok(Framing::Empty));
+        assert_eq!(
+            framing("Content-Length: 18446744073709551615\r\n"),
+            Ok(Framing::Length(u64::MAX))
+        );
+        for too_large in ["18446744073709551616", "99999999999999999999999"] {
+            let h = format!("Content-Length: {too_large}\r\n");
+            assert_eq!(framing(&h), Err(FramingError::TooLarge), "{too_large}");
+        }
     }
 
     #[test]
@@ -719,8 +816,23 @@ mod tests {
         )
         .unwrap();
         assert_eq!((h.framing, h.keep_alive), (Framing::Chunked, true));
+        assert_eq!(h.lines.codings.as_deref(), Some(&b"gzip"[..]));
         let (h, _) = head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", GET).unwrap();
         assert_eq!((h.framing, h.keep_alive), (Framing::Close, false));
+        assert_eq!(h.lines.codings.as_deref(), Some(&b"gzip"[..]));
+        let (h, _) = head(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: br ,Chunked\r\n\r\n",
+            GET,
+        )
+        .unwrap();
+        assert_eq!(h.framing, Framing::Chunked);
+        assert_eq!(h.lines.codings.as_deref(), Some(&b"gzip, br"[..]));
+        let (h, _) = head(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            GET,
+        )
+        .unwrap();
+        assert_eq!(h.lines.codings, None);
         assert!(matches!(
             refused(
                 b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
@@ -749,5 +861,29 @@ mod tests {
         assert_eq!(h.version, Version::HTTP_10);
         let (h, _) = head(b"HTTP/1.1 200 Fine\r\nContent-Length: 0\r\n\r\n", GET).unwrap();
         assert_eq!(h.reason.unwrap().as_bytes(), b"Fine");
+    }
+
+    #[test]
+    fn the_end_of_a_head_is_found_once_however_it_trickles_in() {
+        let head = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        for step in [1, 2, 3, 7] {
+            let (mut buf, mut scanned) = (Vec::new(), 0);
+            let mut ended_at = None;
+            for piece in head.chunks(step) {
+                buf.extend_from_slice(piece);
+                if head_ended(&buf, &mut scanned) {
+                    ended_at = Some(buf.len());
+                    break;
+                }
+                assert!(scanned == buf.len(), "scanned {scanned} of {}", buf.len());
+            }
+            assert_eq!(ended_at, Some(head.len()), "step {step}");
+        }
+        let mut scanned = 0;
+        assert!(head_ended(b"GET / HTTP/1.1\nHost: x\n\n", &mut scanned));
+        assert!(!head_ended(
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r",
+            &mut scanned
+        ));
     }
 }

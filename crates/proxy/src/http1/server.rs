@@ -43,8 +43,10 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use super::chunked::{Chunked, Decoded};
-use super::framing::Framing;
-use super::head::{HeadLimits, Lines, RequestHead, RequestHeadError, parse_request_head};
+use super::framing::{Framing, FramingError};
+use super::head::{
+    HeadLimits, Lines, RequestHead, RequestHeadError, head_ended, parse_request_head,
+};
 use super::{has_token, put_decimal, put_hex};
 use crate::body::{Handover, IncomingBody, set_waker};
 use crate::counters::Counters;
@@ -104,6 +106,7 @@ pub(crate) async fn serve<I, S>(
         io,
         buf: read,
         read_size: READ_SIZE,
+        scanned: 0,
         served: 0,
         idle_since: epoch,
         park_after: PARK_AFTER.min(settings.idle_timeout / 2),
@@ -171,6 +174,8 @@ struct ClientConn<I> {
     /// Read off the socket and not yet used: the next head, or a body.
     buf: BytesMut,
     read_size: usize,
+    /// How much of a partial head in `buf` has been looked at for its end.
+    scanned: usize,
     /// Requests answered on this connection.
     served: u64,
     /// When the last response was written (or the connection opened).
@@ -315,10 +320,16 @@ async fn next_head<I: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<RequestHead, Option<RequestHeadError>> {
     std::future::poll_fn(|cx| {
         loop {
-            if !conn.buf.is_empty() {
+            // Parsed once its end is here (or it is too large to wait for).
+            if !conn.buf.is_empty()
+                && (head_ended(&conn.buf, &mut conn.scanned) || conn.buf.len() >= limits.max_head)
+            {
                 match parse_request_head(&mut conn.buf, limits) {
-                    Ok(Some(head)) => return Poll::Ready(Ok(head)),
-                    Ok(None) => {}
+                    Ok(Some(head)) => {
+                        conn.scanned = 0;
+                        return Poll::Ready(Ok(head));
+                    }
+                    Ok(None) => conn.scanned = conn.buf.len(),
                     Err(e) => return Poll::Ready(Err(Some(e))),
                 }
             }
@@ -547,37 +558,39 @@ const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 /// What the pump did with the bytes it had.
 enum PumpStep {
     Data(Bytes, bool),
+    /// The body's trailers, and its end.
+    Trailers(HeaderMap),
     End,
     More,
     Fail(&'static str),
 }
 
 impl Pump {
-    /// The body of a request framed as `framing` (None: it could be read
+    /// The body of a request framed as `framing` (Err: it could be read
     /// two ways, and is never read), taken whole from `buf` if it is all
     /// there.
     fn new(
-        framing: Option<Framing>,
+        framing: Result<Framing, FramingError>,
         expect_continue: bool,
         buf: &mut BytesMut,
     ) -> (Pump, IncomingBody) {
         let (body, slot, finished) = match framing {
-            None => (IncomingBody::Full(None), None, false),
-            Some(Framing::Length(n)) if buf.len() as u64 >= n => (
+            Err(e) => (IncomingBody::Refused(e), None, false),
+            Ok(Framing::Length(n)) if buf.len() as u64 >= n => (
                 IncomingBody::Full(Some(buf.split_to(n as usize).freeze())),
                 None,
                 true,
             ),
-            Some(Framing::Length(n)) => {
+            Ok(Framing::Length(n)) => {
                 let slot = Arc::new(Handover::default());
                 slot.lock().left = Some(n);
                 (IncomingBody::Streamed(slot.clone()), Some(slot), false)
             }
-            Some(Framing::Chunked) => {
+            Ok(Framing::Chunked) => {
                 let slot = Arc::new(Handover::default());
                 (IncomingBody::Streamed(slot.clone()), Some(slot), false)
             }
-            Some(_) => (IncomingBody::Full(None), None, true),
+            Ok(_) => (IncomingBody::Full(None), None, true),
         };
         let pump = Pump {
             framing: framing.unwrap_or(Framing::Empty),
@@ -624,9 +637,8 @@ impl Pump {
                 }
                 Framing::Chunked => match self.decoder.decode(&mut conn.buf) {
                     Ok(Some(Decoded::Data(d))) => PumpStep::Data(d, false),
-                    // Request trailers are dropped, as the backends'
-                    // encoder would drop them.
-                    Ok(Some(Decoded::Trailers(_) | Decoded::End)) => PumpStep::End,
+                    Ok(Some(Decoded::Trailers(t))) => PumpStep::Trailers(t),
+                    Ok(Some(Decoded::End)) => PumpStep::End,
                     Ok(None) => PumpStep::More,
                     Err(_) => PumpStep::Fail("malformed chunked body"),
                 },
@@ -665,6 +677,11 @@ fn hand_over(slot: &Handover, step: PumpStep) -> Option<bool> {
             s.data = Some(d);
             s.ended = last;
             last.then_some(true)
+        }
+        PumpStep::Trailers(t) => {
+            s.trailers = Some(t);
+            s.ended = true;
+            Some(true)
         }
         PumpStep::End => {
             s.ended = true;
@@ -740,7 +757,16 @@ fn encode_head(
             put_decimal(out, n);
             out.extend_from_slice(b"\r\n");
         }
-        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::Chunked => {
+            out.extend_from_slice(b"transfer-encoding: ");
+            // The backend's other codings (`gzip, chunked`) are the
+            // client's to undo: only the chunking is ours.
+            if let Some(codings) = lines.and_then(|l| l.codings.as_ref()) {
+                out.extend_from_slice(codings);
+                out.extend_from_slice(b", ");
+            }
+            out.extend_from_slice(b"chunked\r\n");
+        }
         _ => {}
     }
     if conn.close {
@@ -808,6 +834,9 @@ struct Writer<'a> {
     body_ended: bool,
     /// Everything of the body is in `out` or written.
     body_done: bool,
+    /// The body broke off: what came of it (the head, at least) is still
+    /// written, but never its end.
+    broken: bool,
 }
 
 impl<'a> Writer<'a> {
@@ -821,18 +850,22 @@ impl<'a> Writer<'a> {
             trailers: None,
             body_ended: false,
             body_done: false,
+            broken: false,
         }
     }
 
     /// Ready(Err): the body broke off or the client's socket failed; the
-    /// connection must close without finishing the response.
+    /// connection must close without finishing the response. A body that
+    /// broke off still has its head and what came of it written first: a
+    /// client told nothing at all would take the backend's failure for
+    /// the proxy's (HAProxy and NGINX do the same).
     fn poll<I, B>(&mut self, io: &mut I, body: &mut B, cx: &mut Context<'_>) -> Poll<Result<(), ()>>
     where
         I: AsyncWrite + Unpin,
         B: hyper::body::Body<Data = Bytes> + Unpin,
     {
         loop {
-            if self.body_ended && !self.body_done && self.big.is_none() {
+            if self.body_ended && !self.body_done && !self.broken && self.big.is_none() {
                 self.end()?;
             }
             if !self.body_ended && self.big.is_none() && self.out.len() - self.pos < FLUSH_AT {
@@ -846,7 +879,11 @@ impl<'a> Writer<'a> {
                         self.body_ended = true;
                         continue;
                     }
-                    Poll::Ready(Some(Err(_))) => return Poll::Ready(Err(())),
+                    Poll::Ready(Some(Err(_))) => {
+                        self.broken = true;
+                        self.body_ended = true;
+                        continue;
+                    }
                     Poll::Pending => {}
                 }
             }
@@ -880,7 +917,9 @@ impl<'a> Writer<'a> {
                     Poll::Pending => return Poll::Pending,
                 }
             }
-            return if self.body_done {
+            return if self.broken {
+                Poll::Ready(Err(()))
+            } else if self.body_done {
                 Poll::Ready(Ok(()))
             } else {
                 Poll::Pending
@@ -1077,5 +1116,24 @@ mod tests {
             vec![Frame::data(Bytes::from_static(b"abc"))],
         );
         assert_eq!(exact.unwrap(), b"abc");
+    }
+
+    #[test]
+    fn a_body_that_breaks_off_still_has_its_head_and_what_came_written() {
+        let frames = vec![
+            Ok(Frame::data(Bytes::from_static(b"part"))),
+            Err(io::Error::other("the backend left")),
+        ];
+        let mut body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+        let mut out = b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n".to_vec();
+        let mut sink = Vec::new();
+        let mut writer = Writer::new(&mut out, Framing::Length(10));
+        let polled = writer.poll(
+            &mut sink,
+            &mut body,
+            &mut Context::from_waker(Waker::noop()),
+        );
+        assert_eq!(polled, Poll::Ready(Err(())));
+        assert_eq!(sink, b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\npart");
     }
 }

@@ -2,6 +2,7 @@
 //! 127.0.0.1:0, one binary with a module per concern.
 
 mod balancing;
+mod codec;
 mod edge;
 mod failures;
 mod hardening;
