@@ -85,8 +85,8 @@ pub fn traffic(log: Option<&Path>, spec: &TrafficSpec) -> Step<Traffic> {
     };
     let text = read(path)?;
     match fulcrum_safety::traffic::parse_access_log(&text) {
-        Ok(requests) => Ok(Traffic::Recorded {
-            requests,
+        Ok(log) => Ok(Traffic::Recorded {
+            log,
             spec: spec.clone(),
             source: path.display().to_string(),
         }),
@@ -262,22 +262,15 @@ pub fn diff(
         }
         let (_, _, _, a) = config(old, format)?;
         let (_, _, _, b) = config(new, format)?;
-        let impact = match log {
+        let recorded = match log {
             Some(_) => match traffic(log, &TrafficSpec::default())? {
-                Traffic::Recorded { requests, spec, .. } => {
-                    Some(d::impact(&a, &b, &requests, &spec))
-                }
+                Traffic::Recorded { log, spec, .. } => Some((log, spec)),
                 Traffic::Synthetic(_) => None,
             },
             None => None,
         };
-        let exceeded = matches!((&impact, max_moved), (Some(i), Some(m)) if i.moved > m);
-        let report = d::Diff {
-            old_version: a.version.to_string(),
-            new_version: b.version.to_string(),
-            changes: d::semantic(&a, &b),
-            impact,
-        };
+        let report = d::diff(&a, &b, recorded.as_ref().map(|(l, s)| (l, s)));
+        let exceeded = matches!((&report.impact, max_moved), (Some(i), Some(m)) if i.moved > m);
         match format {
             Format::Json => {
                 let mut doc = serde_json::to_value(&report).unwrap_or_default();

@@ -132,12 +132,12 @@ impl Ctx<'_> {
         let pool = &self.snapshot.pools[i];
         let s = match self.traffic {
             Traffic::Synthetic(spec) => pool_shares(pool, &synthetic(spec), spec),
-            Traffic::Recorded { requests, spec, .. } => {
-                let out = replay(self.snapshot, requests, spec, true);
+            Traffic::Recorded { log, spec, .. } => {
+                let out = replay(self.snapshot, &log.requests, spec, true);
                 let mut counts = vec![0u64; pool.backends.len()];
                 for o in out.iter().filter(|o| o.pool == Some(i)) {
                     if let Some(b) = o.backend {
-                        counts[b] += 1;
+                        counts[b.index] += 1;
                     }
                 }
                 Shares::from_counts(pool, &counts)

@@ -13,7 +13,7 @@ use fastrand::Rng;
 use fulcrum_config::Snapshot;
 use fulcrum_config::balance::{Balancer, PoolView, hash_key};
 use fulcrum_config::keys::redact;
-use fulcrum_config::snapshot::{HeaderValueMatch, Pool, Routes};
+use fulcrum_config::snapshot::{Algorithm, HeaderValueMatch, MissingKey, Pool, Routes};
 use fulcrum_config::standards::TrafficSpec;
 use serde::Serialize;
 use xxhash_rust::xxh3::xxh3_64;
@@ -74,8 +74,23 @@ pub struct PoolSim {
     pub balancer: Balancer,
     pub view: ModelView,
     rng: Rng,
+    /// `first`: the pick never depends on chance or load.
+    first: bool,
     /// Picks per backend so far.
     pub counts: Vec<u64>,
+    /// Of those, picks made by a draw (random, load, round-robin turn)
+    /// rather than by the request itself.
+    pub drawn: u64,
+}
+
+/// A backend picked for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Picked {
+    pub index: usize,
+    /// The request alone decided it (`first`, or `hash` on a key it
+    /// carries or on the empty key): under the same pool it always lands
+    /// there. Otherwise it is one draw of the pool's spread.
+    pub sticky: bool,
 }
 
 impl PoolSim {
@@ -84,21 +99,27 @@ impl PoolSim {
             balancer: Balancer::new(pool),
             view: ModelView::new(pool, spec.concurrency),
             rng: Rng::with_seed(spec.seed ^ xxh3_64(pool.name.as_bytes())),
+            first: pool.algorithm == Algorithm::First,
             counts: vec![0; pool.backends.len()],
+            drawn: 0,
         }
     }
 
     /// The backend the balancer picks for `req`, exactly as `serve` would
     /// with every backend healthy.
-    pub fn pick(&mut self, req: &SampleRequest) -> Option<usize> {
-        let key = self
-            .balancer
-            .hash_policy()
-            .and_then(|p| hash_key(p, &req.view(), req.client_ip));
+    pub fn pick(&mut self, req: &SampleRequest) -> Option<Picked> {
+        let policy = self.balancer.hash_policy();
+        let key = policy.and_then(|p| hash_key(p, &req.view(), req.client_ip));
+        let sticky = self.first
+            || policy.is_some_and(|p| key.is_some() || p.on_missing == MissingKey::HashEmpty);
         let pick = self.balancer.pick(&self.view, key, &[], &mut self.rng)?;
         self.view.sent(pick.index);
         self.counts[pick.index] += 1;
-        Some(pick.index)
+        self.drawn += u64::from(!sticky);
+        Some(Picked {
+            index: pick.index,
+            sticky,
+        })
     }
 }
 
@@ -180,7 +201,7 @@ pub fn pool_shares<'a>(
 pub struct Outcome {
     pub route: Option<usize>,
     pub pool: Option<usize>,
-    pub backend: Option<usize>,
+    pub backend: Option<Picked>,
 }
 
 /// Replay `requests` in order through `snapshot`: route, then pick in the
