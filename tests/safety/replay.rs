@@ -165,3 +165,180 @@ fn a_log_that_cannot_be_replayed_exits_2_in_one_line() {
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(String::from_utf8(out.stderr).unwrap().lines().count(), 1);
 }
+
+/// The log `serve` itself writes: the data plane, on a config that hashes
+/// on `x-user` and adds `x-tenant` to its access log, serves real
+/// requests; then `diff` and `check --traffic` replay that very file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_of_a_log_serve_wrote_knows_what_it_recorded() {
+    use fulcrum_testkit::{Backend, Client, TestProxy, eventually};
+    use http::Method;
+
+    let backends = [
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("c").await,
+    ];
+    let f = Files::new();
+    let log_path = f.0.path().join("access.log");
+    let list: Vec<String> = backends
+        .iter()
+        .map(|b| format!("{{ addr = \"{}\" }}", b.addr))
+        .collect();
+    let with = |algorithm: &str, route_match: &str| {
+        format!(
+            "[access_log]\npath = {:?}\nheaders = [\"x-tenant\"]\n\n[[listener]]\nname = \"public\"\nbind = \"127.0.0.1:0\"\n\n[[route]]\nname = \"all\"\n{route_match}pool = \"p\"\n\n[pool.p]\n{algorithm}\nbackends = [{}]\n",
+            log_path.display().to_string(),
+            list.join(", ")
+        )
+    };
+    let old_text = with(
+        "algorithm = \"hash\"\nhash = { key = \"header:x-user\" }",
+        "",
+    );
+    let snapshot = fulcrum_config::check("old.toml", &old_text)
+        .snapshot
+        .expect("valid");
+    let proxy = TestProxy::start(snapshot).await;
+    let client = Client::new(proxy.addr);
+    let n = 300;
+    for i in 0..n {
+        let mut req = client
+            .request(Method::GET, "app.example.com", &format!("/item/{}", i % 40))
+            .header("x-user", format!("u{i}"));
+        if i % 2 == 0 {
+            req = req.header("x-tenant", format!("t{}", i % 3));
+        }
+        assert_eq!(client.send(req, "").await.status, 200);
+    }
+    let read = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(
+        eventually(std::time::Duration::from_secs(10), || read()
+            .lines()
+            .count()
+            == n)
+        .await,
+        "the access log has {} lines",
+        read().lines().count()
+    );
+    let first: serde_json::Value = serde_json::from_str(read().lines().nth(1).unwrap()).unwrap();
+    assert_eq!(first["headers"]["x-user"], "u1");
+    assert_eq!(first["headers"]["x-tenant"], serde_json::Value::Null);
+
+    let old = f.write("old.toml", &old_text);
+    let log = log_path.display().to_string();
+    // Replayed through the config that wrote it, nothing moves, and the
+    // replay spreads the requests over the backends exactly as the data
+    // plane did.
+    let (code, doc) = diff(&old, &old, &log, &["--max-moved", "0"]);
+    assert_eq!(code, Some(0), "{doc:#}");
+    assert_eq!(doc["impact"]["requests"], n);
+    assert_eq!(doc["impact"]["moved"], 0.0);
+    assert_eq!(doc["warnings"], serde_json::json!([]));
+    for b in doc["impact"]["pools"][0]["backends"].as_array().unwrap() {
+        let served = read()
+            .lines()
+            .filter(|l| l.contains(&format!("\"backend\":\"{}\"", b["addr"].as_str().unwrap())))
+            .count();
+        assert_eq!(
+            b["before"].as_f64().unwrap(),
+            served as f64 / n as f64,
+            "{b}"
+        );
+    }
+
+    // What the log recorded (x-user, which the config reads, and x-tenant,
+    // which [access_log] adds) replays without a warning.
+    let by_tenant = f.write(
+        "tenant.toml",
+        &with(
+            "algorithm = \"hash\"\nhash = { key = \"header:x-tenant\" }",
+            "",
+        ),
+    );
+    let (_, doc) = diff(&old, &by_tenant, &log, &[]);
+    assert_eq!(
+        doc["impact"]["unrecorded"],
+        serde_json::json!([]),
+        "{doc:#}"
+    );
+    let moved = doc["impact"]["moved"].as_f64().unwrap();
+    assert!(moved > 0.3, "a new hash key moves most requests: {moved}");
+
+    // What it did not record is named, with the lines that lack it.
+    let by_region = f.write(
+        "region.toml",
+        &with(
+            "algorithm = \"hash\"\nhash = { key = \"cookie:session\" }",
+            "match = { headers = [{ name = \"x-region\", value = \"eu\" }] }\n",
+        ),
+    );
+    let (_, doc) = diff(&old, &by_region, &log, &[]);
+    let unrecorded = doc["impact"]["unrecorded"].as_array().unwrap();
+    let names: Vec<(&str, &str, u64)> = unrecorded
+        .iter()
+        .map(|u| {
+            (
+                u["kind"].as_str().unwrap(),
+                u["name"].as_str().unwrap(),
+                u["missing"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("header", "x-region", n as u64),
+            ("cookie", "session", n as u64)
+        ]
+    );
+    assert_eq!(unrecorded[0]["read_by"][0], "route `all` (match)");
+    let codes: Vec<&str> = doc["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(codes, ["unrecorded-header", "unrecorded-cookie"]);
+    let human = run(&["diff", &old, &by_region, "--traffic", &log]);
+    let text = String::from_utf8(human.stdout).unwrap();
+    assert!(
+        text.contains("warning[unrecorded-header]: route `all` (match) reads header `x-region`, which the traffic log does not record on 300 of its 300 lines"),
+        "{text}"
+    );
+
+    // check --traffic says the same of the config it checks.
+    let rules = f.write(
+        "rules.toml",
+        "[[rule]]\nname = \"spread\"\npool = \"p\"\nmax_backend_share = 1.0\n",
+    );
+    let out = run(&[
+        "check",
+        &by_region,
+        "--standards",
+        &rules,
+        "--traffic",
+        &log,
+        "--format",
+        "json",
+    ]);
+    let doc = json(&out);
+    assert_eq!(
+        doc["standards"]["unrecorded"][0]["name"], "x-region",
+        "{doc:#}"
+    );
+    let out = run(&[
+        "check",
+        &by_region,
+        "--standards",
+        &rules,
+        "--traffic",
+        &log,
+    ]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("warning[unrecorded-cookie]: pool `p` (hash key) reads cookie `session`"),
+        "{text}"
+    );
+    proxy.shutdown().await;
+}

@@ -33,6 +33,8 @@ pub(crate) struct RawAdmin {
 pub(crate) struct RawAccessLog {
     pub path: Spanned<String>,
     pub redact: Option<Vec<Spanned<String>>>,
+    pub headers: Option<Vec<Spanned<String>>>,
+    pub cookies: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -11,7 +11,7 @@ use fulcrum_config::standards::{Location, PoolSelector, Rule, Standards};
 use serde::Serialize;
 
 use crate::simulate::{Shares, pool_shares, replay};
-use crate::traffic::{Traffic, synthetic};
+use crate::traffic::{Traffic, Unrecorded, synthetic};
 
 /// The config a snapshot was compiled from, to point at its lines.
 #[derive(Debug, Clone, Copy)]
@@ -26,6 +26,9 @@ pub struct Evaluation {
     pub standards: String,
     /// What the simulated shares were computed over.
     pub traffic: String,
+    /// With a recorded sample: the headers and cookies the config reads
+    /// that some lines of the log did not record (taken as absent there).
+    pub unrecorded: Vec<Unrecorded>,
     pub passed: usize,
     pub failed: usize,
     pub rules: Vec<RuleOutcome>,
@@ -97,9 +100,14 @@ pub fn evaluate(
     };
     let rules: Vec<RuleOutcome> = standards.rules.iter().map(|r| ctx.rule(r)).collect();
     let failed = rules.iter().filter(|r| !r.passed).count();
+    let unrecorded = match traffic {
+        Traffic::Recorded { log, .. } => log.unrecorded(snapshot),
+        Traffic::Synthetic(_) => Vec::new(),
+    };
     Evaluation {
         standards: standards.file.clone(),
         traffic: traffic.describe(),
+        unrecorded,
         passed: rules.len() - failed,
         failed,
         rules,
@@ -489,6 +497,13 @@ pub fn render_human(e: &Evaluation) -> String {
                 }
             }
         }
+    }
+    for u in &e.unrecorded {
+        out.push_str(&format!(
+            "warning[unrecorded-{}]: {}\n",
+            u.kind,
+            u.message()
+        ));
     }
     out.push_str(&format!("{} passed, {} failed\n", e.passed, e.failed));
     out
