@@ -10,7 +10,8 @@ use fulcrum_config::snapshot::Pool;
 use fulcrum_config::standards::{Location, PoolSelector, Rule, Standards};
 use serde::Serialize;
 
-use crate::simulate::{Shares, pool_shares, replay};
+use crate::share::{Breach, judge};
+use crate::simulate::{PoolSim, Shares, replay_pools, simulate_pool};
 use crate::traffic::{Traffic, Unrecorded, synthetic};
 
 /// The config a snapshot was compiled from, to point at its lines.
@@ -97,6 +98,7 @@ pub fn evaluate(
         config,
         traffic,
         shares: vec![None; snapshot.pools.len()],
+        replayed: None,
     };
     let rules: Vec<RuleOutcome> = standards.rules.iter().map(|r| ctx.rule(r)).collect();
     let failed = rules.iter().filter(|r| !r.passed).count();
@@ -120,6 +122,8 @@ struct Ctx<'a> {
     traffic: &'a Traffic,
     /// Simulated once per pool, on first use.
     shares: Vec<Option<Shares>>,
+    /// A recorded sample, replayed once through every pool on first use.
+    replayed: Option<Vec<PoolSim>>,
 }
 
 impl Ctx<'_> {
@@ -139,16 +143,12 @@ impl Ctx<'_> {
         }
         let pool = &self.snapshot.pools[i];
         let s = match self.traffic {
-            Traffic::Synthetic(spec) => pool_shares(pool, &synthetic(spec), spec),
+            Traffic::Synthetic(spec) => judge(pool, &simulate_pool(pool, &synthetic(spec), spec)),
             Traffic::Recorded { log, spec, .. } => {
-                let out = replay(self.snapshot, &log.requests, spec, true);
-                let mut counts = vec![0u64; pool.backends.len()];
-                for o in out.iter().filter(|o| o.pool == Some(i)) {
-                    if let Some(b) = o.backend {
-                        counts[b.index] += 1;
-                    }
-                }
-                Shares::from_counts(pool, &counts)
+                let sims = self.replayed.get_or_insert_with(|| {
+                    replay_pools(self.snapshot, &log.requests, spec, true).1
+                });
+                judge(pool, &sims[i])
             }
         };
         self.shares[i] = Some(s.clone());
@@ -304,7 +304,7 @@ impl Ctx<'_> {
                             self.at(&pk),
                             Some(Evidence::Shares(shares)),
                         );
-                    } else if let Some(top) = shares.max().filter(|t| t.share > max + 1e-9) {
+                    } else if let Some(breach) = shares.breach(max) {
                         let at = if p.algorithm.name() == "round_robin" {
                             self.at(&format!("{pk}.backends"))
                         } else {
@@ -312,15 +312,7 @@ impl Ctx<'_> {
                         };
                         fail(
                             "max_backend_share",
-                            format!(
-                                "backend {} of pool `{}` would receive {:.1}% of its requests (at most {:.1}% allowed) under `{}`: {}; spread the load (weights, algorithm, or a hash key that varies)",
-                                top.addr,
-                                p.name,
-                                top.share * 100.0,
-                                max * 100.0,
-                                p.algorithm.name(),
-                                shares.summary()
-                            ),
+                            share_message(p, &shares, breach, max),
                             at,
                             Some(Evidence::Shares(shares.clone())),
                         );
@@ -456,6 +448,60 @@ impl Ctx<'_> {
     }
 }
 
+fn pct(x: f64) -> String {
+    format!("{:.1}%", x * 100.0)
+}
+
+/// A confidence level, to its last significant digit: `99.99%`.
+fn level(c: f64) -> String {
+    format!("{}%", (c * 1e6).round() / 1e4)
+}
+
+/// What is wrong with a pool's spread, from the evidence that decides.
+fn share_message(p: &Pool, shares: &Shares, breach: Breach<'_>, max: f64) -> String {
+    let top = match breach {
+        Breach::Backend(top) => top,
+        Breach::Floor(floor) => {
+            return format!(
+                "pool `{}` hashes its requests on only {} of its key, and however they fall on the ring one backend receives at least {} of them ({} confidence; at most {} allowed): {}; hash on a key that varies (a user or session id), or set `on_missing = \"random\"` if most requests lack it",
+                p.name,
+                match shares.keys.unwrap_or(0) {
+                    1 => "1 distinct value".to_owned(),
+                    k => format!("{k} distinct values"),
+                },
+                pct(floor),
+                level(crate::share::CONFIDENCE),
+                pct(max),
+                shares.summary()
+            );
+        }
+    };
+    let how = match shares.confidence {
+        Some(c) => format!(
+            "backend {} of pool `{}` would receive {} of its requests ({} interval {}–{}, all above the {} allowed)",
+            top.addr,
+            p.name,
+            pct(top.share),
+            level(c),
+            pct(top.low.unwrap_or(top.share)),
+            pct(top.high.unwrap_or(top.share)),
+            pct(max)
+        ),
+        None => format!(
+            "backend {} of pool `{}` would receive {} of its requests, exactly (at most {} allowed)",
+            top.addr,
+            p.name,
+            pct(top.share),
+            pct(max)
+        ),
+    };
+    format!(
+        "{how} under `{}`: {}; spread the load (weights, algorithm, or a hash key that varies)",
+        p.algorithm.name(),
+        shares.summary()
+    )
+}
+
 fn fulcrum_humantime(d: std::time::Duration) -> String {
     let ms = d.as_millis();
     if ms.is_multiple_of(1000) {
@@ -484,10 +530,18 @@ pub fn render_human(e: &Evaluation) -> String {
                 out.push_str(&format!("    --> {}:{}:{}\n", c.file, c.line, c.col));
             }
             if let Some(Evidence::Shares(s)) = &f.evidence {
-                out.push_str(&format!("    simulated over {}:\n", e.traffic));
+                let how = match s.confidence {
+                    Some(c) => format!("shares estimated, with {} intervals", level(c)),
+                    None => "shares exact".to_owned(),
+                };
+                out.push_str(&format!("    simulated over {} ({how}):\n", e.traffic));
                 for b in &s.backends {
+                    let interval = match (b.low, b.high) {
+                        (Some(lo), Some(hi)) => format!(" ({}–{})", pct(lo), pct(hi)),
+                        _ => String::new(),
+                    };
                     out.push_str(&format!(
-                        "      {:<24} weight {:<4} {:>6.1}%  ({} of {})\n",
+                        "      {:<24} weight {:<4} {:>6.1}%{interval}  ({} of {} simulated)\n",
                         b.addr,
                         b.weight,
                         b.share * 100.0,
