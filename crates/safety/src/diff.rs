@@ -373,7 +373,7 @@ fn dur(d: Duration) -> String {
 
 fn health(p: &Pool) -> Settings {
     match &p.health {
-        None => vec![("health", "none".into())],
+        None => Vec::new(),
         Some(h) => vec![
             ("path", h.path.clone()),
             ("interval", dur(h.interval)),
@@ -426,6 +426,9 @@ fn retries(p: &Pool) -> Settings {
 fn changed_keys(a: &Settings, b: &Settings) -> (String, String) {
     let same_keys = a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.0 == y.0);
     let show = |s: &Settings, keep: &dyn Fn(usize) -> bool| {
+        if s.is_empty() {
+            return "none".to_owned();
+        }
         s.iter()
             .enumerate()
             .filter(|(i, _)| keep(*i))

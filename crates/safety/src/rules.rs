@@ -355,6 +355,29 @@ impl Ctx<'_> {
                         None,
                     );
                 }
+                if let Some(allowed) = &rule.allowed_backends {
+                    let outside: Vec<String> = p
+                        .backends
+                        .iter()
+                        .filter(|b| !allowed.iter().any(|a| a.matches(b.addr)))
+                        .map(|b| b.addr.to_string())
+                        .collect();
+                    if !outside.is_empty() {
+                        let allowed: Vec<String> = allowed.iter().map(|a| a.to_string()).collect();
+                        fail(
+                            "allowed_backends",
+                            format!(
+                                "pool `{}` sends traffic to {}, which {} not among the servers it may use ({}); point the pool back at its own servers, or extend allowed_backends if these really serve it",
+                                p.name,
+                                outside.join(", "),
+                                if outside.len() == 1 { "is" } else { "are" },
+                                allowed.join(", ")
+                            ),
+                            self.at(&format!("{pk}.backends")),
+                            None,
+                        );
+                    }
+                }
                 for (key, range, d) in [
                     ("connect_timeout", rule.connect_timeout, p.timeouts.connect),
                     (
