@@ -235,15 +235,20 @@ async fn replay_of_a_log_serve_wrote_knows_what_it_recorded() {
     assert_eq!(doc["impact"]["requests"], n);
     assert_eq!(doc["impact"]["moved"], 0.0);
     assert_eq!(doc["warnings"], serde_json::json!([]));
+    // A request retried on another backend (a keep-alive connection the
+    // backend closed as it was reused) is logged with its last backend:
+    // only those may differ.
+    let lines: Vec<serde_json::Value> = read()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let retried = lines.iter().filter(|l| l["attempts"] != 1).count() as f64;
     for b in doc["impact"]["pools"][0]["backends"].as_array().unwrap() {
-        let served = read()
-            .lines()
-            .filter(|l| l.contains(&format!("\"backend\":\"{}\"", b["addr"].as_str().unwrap())))
-            .count();
-        assert_eq!(
-            b["before"].as_f64().unwrap(),
-            served as f64 / n as f64,
-            "{b}"
+        let served = lines.iter().filter(|l| l["backend"] == b["addr"]).count() as f64;
+        let replayed = b["before"].as_f64().unwrap() * n as f64;
+        assert!(
+            (replayed - served).abs() <= retried + 1e-6,
+            "{b} served {served}"
         );
     }
 

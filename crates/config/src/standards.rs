@@ -228,9 +228,34 @@ impl Default for TrafficSpec {
     }
 }
 
+/// Every key a `[[rule]]` takes besides `name`, as docs/standards.md lists
+/// them; a test holds it to `RawRule`.
+pub const RULE_KEYS: &[&str] = &[
+    "request",
+    "headers",
+    "client_ip",
+    "expect_route",
+    "expect_pool",
+    "expect_status",
+    "pool",
+    "min_backends",
+    "max_backend_share",
+    "algorithms",
+    "require_health_check",
+    "require_outlier_detection",
+    "connect_timeout",
+    "response_timeout",
+    "idle_timeout",
+    "allowed_backends",
+    "every_pool_used",
+    "no_shadowed_routes",
+    "admin_on_loopback",
+    "require_version",
+];
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawRule {
+pub(crate) struct RawRule {
     name: Spanned<String>,
     request: Option<Spanned<String>>,
     headers: Option<BTreeMap<String, Spanned<String>>>,
@@ -258,7 +283,7 @@ struct RawRule {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawTraffic {
+pub(crate) struct RawTraffic {
     requests: Option<Spanned<i64>>,
     clients: Option<Spanned<i64>>,
     paths: Option<Spanned<i64>>,
@@ -286,12 +311,7 @@ pub fn parse_standards(file: &str, source: &str) -> CheckedStandards {
         ..Standards::default()
     };
     match DeTable::parse(source) {
-        Err(e) => {
-            d.error("toml-syntax", e.span(), "", e.message().trim().to_owned())
-                .hint(
-                    "fix the TOML syntax at this position; nothing else is checked until it parses",
-                );
-        }
+        Err(e) => crate::raw::syntax_error(&mut d, &e),
         Ok(root) => {
             for (key, value) in root.get_ref() {
                 match key.get_ref().as_ref() {

@@ -4,7 +4,7 @@
 //! so compiling it into a snapshot cannot fail.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use http::{HeaderName, Method};
@@ -1550,21 +1550,39 @@ impl Validator<'_, '_> {
         if let Ok(addr) = s.parse::<SocketAddr>() {
             return Some(addr);
         }
-        let has_port = s
-            .rsplit_once(':')
-            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-        let hint = if has_port {
-            "use an IP address; Fulcrum does not resolve DNS names in config"
-        } else {
-            "write IP:PORT, e.g. \"127.0.0.1:8080\" or \"[::1]:8080\""
+        let split = s.rsplit_once(':').filter(|(host, _)| !host.is_empty());
+        let ip = |host: &str| {
+            host.trim_matches(|c| c == '[' || c == ']')
+                .parse::<IpAddr>()
+                .is_ok()
+        };
+        let (message, hint) = match split {
+            // Digits, but more than a port holds: say so, whatever the host.
+            Some((host, port))
+                if !port.is_empty()
+                    && port.bytes().all(|b| b.is_ascii_digit())
+                    && port.parse::<u16>().is_err() =>
+            {
+                (
+                    format!("port {port} of `{s}` is out of range: ports go up to 65535"),
+                    if ip(host) {
+                        "write a port from 1 to 65535".to_owned()
+                    } else {
+                        "write a port from 1 to 65535, and an IP address: Fulcrum does not resolve DNS names in config".to_owned()
+                    },
+                )
+            }
+            Some((host, port)) if port.parse::<u16>().is_ok() && !ip(host) => (
+                format!("`{s}` is not an IP:port address: `{host}` is not an IP address"),
+                "use an IP address; Fulcrum does not resolve DNS names in config".to_owned(),
+            ),
+            _ => (
+                format!("`{s}` is not an IP:port address"),
+                "write IP:PORT, e.g. \"127.0.0.1:8080\" or \"[::1]:8080\"".to_owned(),
+            ),
         };
         self.d
-            .error(
-                "invalid-address",
-                Some(raw.span()),
-                kp,
-                format!("`{s}` is not an IP:port address"),
-            )
+            .error("invalid-address", Some(raw.span()), kp, message)
             .hint(hint);
         None
     }

@@ -6,7 +6,7 @@
 
 use fulcrum_config::Snapshot;
 use fulcrum_config::locate::locate;
-use fulcrum_config::snapshot::Pool;
+use fulcrum_config::snapshot::{PathMatch, Pool, RequestView};
 use fulcrum_config::standards::{Location, PoolSelector, Rule, Standards};
 use serde::Serialize;
 
@@ -155,6 +155,62 @@ impl Ctx<'_> {
         s
     }
 
+    /// How to make a request routed by route `matched` reach pool `want`,
+    /// and the config line to change. Never "point a catch-all at it",
+    /// which would send all traffic there: when a later route already
+    /// sends it to `want`, the routes are in the wrong order.
+    fn reroute(
+        &self,
+        view: &RequestView<'_>,
+        matched: Option<usize>,
+        want: &str,
+    ) -> (String, Option<Location>) {
+        let s = self.snapshot;
+        if s.pool(want).is_none() {
+            return (format!("the config has no pool `{want}`"), None);
+        }
+        let Some(i) = matched else {
+            return (format!("add a route for it with `pool = \"{want}\"`"), None);
+        };
+        let taker = &s.routes[i].name;
+        let later = s
+            .routes
+            .iter()
+            .enumerate()
+            .skip(i + 1)
+            .find(|(_, r)| &*s.pools[r.pool].name == want && r.matcher.matches(view));
+        if let Some((k, r)) = later {
+            return (
+                format!(
+                    "route `{}` would send it there, but route `{taker}` comes first and takes it: move `{}` above `{taker}`",
+                    r.name, r.name
+                ),
+                self.at(&format!("route[{k}]")),
+            );
+        }
+        let m = &s.routes[i].matcher;
+        let catch_all = m.host.is_none()
+            && m.methods.is_empty()
+            && m.headers.is_empty()
+            && m.path
+                .as_ref()
+                .is_none_or(|p| matches!(p, PathMatch::Prefix(x) if x == "/"));
+        if catch_all {
+            return (
+                format!(
+                    "route `{taker}` takes every request, so pointing it at `{want}` would send all traffic there: add a route for this request with `pool = \"{want}\"` before `{taker}`"
+                ),
+                self.at(&format!("route[{i}]")),
+            );
+        }
+        (
+            format!(
+                "point route `{taker}` at `pool = \"{want}\"`, or add a route for it before `{taker}`"
+            ),
+            None,
+        )
+    }
+
     fn rule(&mut self, rule: &Rule) -> RuleOutcome {
         let mut failures = Vec::new();
         let mut routes = Vec::new();
@@ -179,7 +235,7 @@ impl Ctx<'_> {
         let s = self.snapshot;
 
         if let Some(req) = &rule.request {
-            let view = fulcrum_config::snapshot::RequestView {
+            let view = RequestView {
                 method: &req.method,
                 host: req.host.as_deref(),
                 path: &req.path,
@@ -225,18 +281,14 @@ impl Ctx<'_> {
             if let Some(want) = &rule.expect_pool
                 && pool.is_none_or(|p| &*p.name != want)
             {
-                let hint = if s.pool(want).is_some() {
-                    format!("point that route at `pool = \"{want}\"` or add a route for it before")
-                } else {
-                    format!("the config has no pool `{want}`")
-                };
+                let (hint, at) = self.reroute(&view, routed.map(|(i, _)| i), want);
                 fail(
                     "expect_pool",
                     format!(
                         "`{}` must reach pool `{want}`, but {went}; {hint}",
                         req.text
                     ),
-                    route_at.clone(),
+                    at.or_else(|| route_at.clone()),
                     Some(evidence.clone()),
                 );
             }

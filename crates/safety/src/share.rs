@@ -194,6 +194,18 @@ mod tests {
         evaluate(snapshot, None, &rules, &traffic).ok()
     }
 
+    /// [`passes`] on a sample drawn once for many configs: the decision
+    /// `evaluate` makes for `max_backend_share`.
+    fn within(
+        snapshot: &fulcrum_config::Snapshot,
+        sample: &[crate::traffic::SampleRequest],
+        spec: &fulcrum_config::standards::TrafficSpec,
+    ) -> bool {
+        let pool = &snapshot.pools[0];
+        let shares = judge(pool, &crate::simulate::simulate_pool(pool, sample, spec));
+        shares.breach(0.5).is_none()
+    }
+
     #[test]
     fn wilson_is_inside_unit_and_narrows_with_n() {
         let (lo, hi) = wilson(0.5, 100.0);
@@ -210,26 +222,44 @@ mod tests {
     /// any algorithm that balances.
     #[test]
     fn even_pools_pass_the_design_rule_over_many_seeds() {
-        for alg in EVEN_ALGORITHMS {
-            let snapshot = config(alg, &[1, 1]);
-            for seed in 1..=60 {
-                assert!(passes(&snapshot, seed), "{alg}: seed {seed} fails");
+        let configs: Vec<_> = EVEN_ALGORITHMS.iter().map(|a| config(a, &[1, 1])).collect();
+        for (alg, snapshot) in EVEN_ALGORITHMS.iter().zip(&configs) {
+            assert!(passes(snapshot, 1), "{alg}");
+        }
+        for seed in 2..=60 {
+            let spec = design_rule(seed).traffic;
+            let sample = crate::traffic::synthetic(&spec);
+            for (alg, snapshot) in EVEN_ALGORITHMS.iter().zip(&configs) {
+                assert!(within(snapshot, &sample, &spec), "{alg}: seed {seed} fails");
             }
         }
     }
 
     #[test]
     fn starved_weights_and_a_constant_key_fail_over_many_seeds() {
-        let constant = config(
-            "algorithm = \"hash\"\nhash = { key = \"header:x-session\" }",
-            &[1, 1],
-        );
-        for seed in 1..=60 {
-            for alg in &EVEN_ALGORITHMS[..4] {
-                let starved = config(alg, &[20, 1, 1]);
-                assert!(!passes(&starved, seed), "{alg} 20:1:1: seed {seed} passes");
+        let mut configs: Vec<_> = EVEN_ALGORITHMS[..4]
+            .iter()
+            .map(|a| (*a, config(a, &[20, 1, 1])))
+            .collect();
+        configs.push((
+            "constant key",
+            config(
+                "algorithm = \"hash\"\nhash = { key = \"header:x-session\" }",
+                &[1, 1],
+            ),
+        ));
+        for (alg, snapshot) in &configs {
+            assert!(!passes(snapshot, 1), "{alg}");
+        }
+        for seed in 2..=60 {
+            let spec = design_rule(seed).traffic;
+            let sample = crate::traffic::synthetic(&spec);
+            for (alg, snapshot) in &configs {
+                assert!(
+                    !within(snapshot, &sample, &spec),
+                    "{alg}: seed {seed} passes"
+                );
             }
-            assert!(!passes(&constant, seed), "constant key: seed {seed} passes");
         }
     }
 

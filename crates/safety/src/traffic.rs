@@ -142,16 +142,23 @@ pub struct TrafficError {
     pub message: String,
 }
 
+impl TrafficError {
+    /// What to do about it.
+    pub fn hint(&self) -> &'static str {
+        if self.line == 0 {
+            "replay needs the access log of a `fulcrum serve` that has served traffic ([access_log] path)"
+        } else {
+            "each line must be one JSON object as `fulcrum serve` writes to its access log"
+        }
+    }
+}
+
 impl fmt::Display for TrafficError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.line == 0 {
-            return f.write_str(&self.message);
+        if self.line > 0 {
+            write!(f, "line {}: ", self.line)?;
         }
-        write!(
-            f,
-            "line {}: {} (each line must be one JSON object as `fulcrum serve` writes to its access log)",
-            self.line, self.message
-        )
+        write!(f, "{} ({})", self.message, self.hint())
     }
 }
 
@@ -273,7 +280,7 @@ pub fn parse_access_log(text: &str) -> Result<Recording, TrafficError> {
     if out.requests.is_empty() {
         return Err(TrafficError {
             line: 0,
-            message: "the log holds no request: replay needs the access log of a `fulcrum serve` that has served traffic ([access_log] path)".into(),
+            message: "the log holds no request".into(),
         });
     }
     Ok(out)
