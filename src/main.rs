@@ -5,6 +5,7 @@
 
 mod demo;
 mod env;
+mod logging;
 mod remote;
 mod serve;
 mod tools;
@@ -60,6 +61,10 @@ enum Verb {
         /// are kept; default: `NAME.state/` beside the config file.
         #[arg(long, value_name = "DIR")]
         state: Option<PathBuf>,
+        /// How the process log (stderr) is written: text, coloured only on
+        /// a terminal, or one JSON object per line.
+        #[arg(long, value_enum, value_name = "FORMAT", default_value = "text")]
+        log_format: logging::LogFormat,
     },
     /// Check a config: syntax, types and semantics, with every problem at once.
     /// Exits 78 if the config is invalid, 0 otherwise (warnings included).
@@ -271,14 +276,18 @@ fn main() -> ExitCode {
             demo_backends,
             standards,
             state,
-        } => serve::run(serve::Options {
-            config,
-            grace,
-            threads,
-            demo_backends,
-            standards,
-            state,
-        }),
+            log_format,
+        } => {
+            logging::init(log_format);
+            serve::run(serve::Options {
+                config,
+                grace,
+                threads,
+                demo_backends,
+                standards,
+                state,
+            })
+        }
     }
 }
 
@@ -289,19 +298,29 @@ fn main() -> ExitCode {
 pub fn check_file(
     path: &std::path::Path,
 ) -> Result<(String, String, fulcrum_config::Checked), String> {
-    let source = read_config(path)?;
+    check_file_io(path).map_err(|e| unreadable(path, &e))
+}
+
+/// [`check_file`], with the reason a file could not be read as it came.
+/// A file that is not UTF-8 is read, and invalid (`not-utf8`).
+pub fn check_file_io(
+    path: &std::path::Path,
+) -> std::io::Result<(String, String, fulcrum_config::Checked)> {
+    let bytes = std::fs::read(path)?;
     let label = path.display().to_string();
     let env = env::FileEnv::for_config(path);
-    let checked = fulcrum_config::check_with(&label, &source, &env);
+    let (source, checked) = fulcrum_config::check_bytes_with(&label, bytes, &env);
     Ok((label, source, checked))
 }
 
 /// Read a file a verb was given, or explain in one line why not.
 pub fn read_config(path: &std::path::Path) -> Result<String, String> {
-    std::fs::read_to_string(path).map_err(|e| {
-        format!(
-            "fulcrum: cannot read {}: {e} (check the path and its permissions)",
-            path.display()
-        )
-    })
+    std::fs::read_to_string(path).map_err(|e| unreadable(path, &e))
+}
+
+fn unreadable(path: &std::path::Path, e: &std::io::Error) -> String {
+    format!(
+        "fulcrum: cannot read {}: {e} (check the path and its permissions)",
+        path.display()
+    )
 }

@@ -41,7 +41,6 @@ pub fn default_state_dir(config: &Path) -> PathBuf {
 }
 
 pub fn run(o: Options) -> ExitCode {
-    init_tracing();
     let watch = match o.standards.as_deref().map(Watch::load).transpose() {
         Ok(w) => w,
         Err(report) => {
@@ -291,13 +290,4 @@ async fn start_admin(
     }));
     tokio::spawn(admin::serve(listener, tls, router, stop));
     Ok(())
-}
-
-fn init_tracing() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
 }

@@ -7,8 +7,10 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::process::ExitCode;
 
-use fulcrum_config::standards::{Standards, TrafficSpec, parse_request_line, parse_standards};
-use fulcrum_config::{Checked, Snapshot};
+use fulcrum_config::standards::{
+    CheckedStandards, Standards, TrafficSpec, parse_request_line, parse_standards,
+};
+use fulcrum_config::{Checked, Diagnostic, Severity, Snapshot};
 use fulcrum_safety::rules::{ConfigSource, Evaluation};
 use fulcrum_safety::{Traffic, diff as d, explain as x, rules, sarif};
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -19,19 +21,59 @@ use crate::{EXIT_INVALID, EXIT_USAGE, Format};
 /// Exit early from a verb with a code, having printed why.
 type Step<T> = Result<T, ExitCode>;
 
-fn read(path: &Path) -> Step<String> {
-    crate::read_config(path).map_err(|e| {
-        eprintln!("{e}");
-        ExitCode::from(EXIT_USAGE)
-    })
+/// A file a verb cannot use: the one-line reason on stderr (exit 2), and
+/// for `--format json|sarif` an error document on stdout as well, so a
+/// tool reading it never gets nothing. `line` is 0 when the problem is the
+/// whole file.
+fn unusable(format: Format, file: &Path, line: usize, message: String, hint: &str) -> ExitCode {
+    eprintln!("fulcrum: {message} ({hint})");
+    let d = Diagnostic {
+        severity: Severity::Error,
+        code: "unreadable",
+        message,
+        file: file.display().to_string(),
+        line: line.max(1),
+        col: 1,
+        key_path: String::new(),
+        hint: Some(hint.to_owned()),
+        span: None,
+    };
+    match format {
+        Format::Human => {}
+        Format::Json => {
+            let checked = Checked {
+                snapshot: None,
+                diagnostics: vec![d],
+            };
+            println!(
+                "{}",
+                fulcrum_config::render_json(&file.display().to_string(), &checked)
+            );
+        }
+        Format::Sarif => println!("{}", sarif::render_failure(&d)),
+    }
+    ExitCode::from(EXIT_USAGE)
+}
+
+fn cannot_read(format: Format, path: &Path, e: &std::io::Error) -> ExitCode {
+    let message = format!("cannot read {}: {e}", path.display());
+    unusable(
+        format,
+        path,
+        0,
+        message,
+        "check the path and its permissions",
+    )
+}
+
+fn read_bytes(path: &Path, format: Format) -> Step<Vec<u8>> {
+    std::fs::read(path).map_err(|e| cannot_read(format, path, &e))
 }
 
 /// Read and compile a config; on errors print them (in `format`) and exit 78.
 fn config(path: &Path, format: Format) -> Step<(String, String, Checked, Snapshot)> {
-    let (label, source, checked) = crate::check_file(path).map_err(|e| {
-        eprintln!("{e}");
-        ExitCode::from(EXIT_USAGE)
-    })?;
+    let (label, source, checked) =
+        crate::check_file_io(path).map_err(|e| cannot_read(format, path, &e))?;
     match checked.snapshot.clone() {
         Some(s) => Ok((label, source, checked, s)),
         None => {
@@ -50,9 +92,20 @@ fn config(path: &Path, format: Format) -> Step<(String, String, Checked, Snapsho
 
 /// Read and parse a rules file; on errors print them and exit 78.
 pub fn standards(path: &Path, format: Format) -> Step<Standards> {
-    let source = read(path)?;
     let label = path.display().to_string();
-    let parsed = parse_standards(&label, &source);
+    let (source, parsed) = match fulcrum_config::text(&label, read_bytes(path, format)?) {
+        Ok(source) => {
+            let parsed = parse_standards(&label, &source);
+            (source, parsed)
+        }
+        Err(e) => (
+            e.source,
+            CheckedStandards {
+                standards: None,
+                diagnostics: vec![e.diagnostic],
+            },
+        ),
+    };
     match parsed.standards {
         Some(s) => Ok(s),
         None => {
@@ -78,21 +131,35 @@ pub fn standards(path: &Path, format: Format) -> Step<Standards> {
 }
 
 /// The traffic sample: the recorded log when given, else the spec's
-/// synthetic sample.
-pub fn traffic(log: Option<&Path>, spec: &TrafficSpec) -> Step<Traffic> {
+/// synthetic sample. A log that cannot be replayed is a usage error.
+pub fn traffic(log: Option<&Path>, spec: &TrafficSpec, format: Format) -> Step<Traffic> {
     let Some(path) = log else {
         return Ok(Traffic::Synthetic(spec.clone()));
     };
-    let text = read(path)?;
+    let bytes = read_bytes(path, format)?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let message = format!("{}: not UTF-8 text (byte offset {at})", path.display());
+        unusable(
+            format,
+            path,
+            0,
+            message,
+            "give the access log `fulcrum serve` writes",
+        )
+    })?;
     match fulcrum_safety::traffic::parse_access_log(&text) {
-        Ok(requests) => Ok(Traffic::Recorded {
-            requests,
+        Ok(log) => Ok(Traffic::Recorded {
+            log,
             spec: spec.clone(),
             source: path.display().to_string(),
         }),
         Err(e) => {
-            eprintln!("fulcrum: {}: {e}", path.display());
-            Err(ExitCode::from(EXIT_USAGE))
+            let message = match e.line {
+                0 => format!("{}: {}", path.display(), e.message),
+                n => format!("{}: line {n}: {}", path.display(), e.message),
+            };
+            Err(unusable(format, path, e.line, message, e.hint()))
         }
     }
 }
@@ -112,7 +179,7 @@ pub fn check(
         let evaluation = match standards_path {
             Some(p) => {
                 let s = standards(p, format)?;
-                let t = traffic(log, &s.traffic)?;
+                let t = traffic(log, &s.traffic, format)?;
                 Some(rules::evaluate(
                     &snapshot,
                     Some(ConfigSource {
@@ -169,7 +236,7 @@ pub fn test(
         let mut all: Vec<Evaluation> = Vec::new();
         for t in tests {
             let s = standards(t, format)?;
-            let tr = traffic(log, &s.traffic)?;
+            let tr = traffic(log, &s.traffic, format)?;
             all.push(rules::evaluate(
                 &snapshot,
                 Some(ConfigSource {
@@ -262,22 +329,15 @@ pub fn diff(
         }
         let (_, _, _, a) = config(old, format)?;
         let (_, _, _, b) = config(new, format)?;
-        let impact = match log {
-            Some(_) => match traffic(log, &TrafficSpec::default())? {
-                Traffic::Recorded { requests, spec, .. } => {
-                    Some(d::impact(&a, &b, &requests, &spec))
-                }
+        let recorded = match log {
+            Some(_) => match traffic(log, &TrafficSpec::default(), format)? {
+                Traffic::Recorded { log, spec, .. } => Some((log, spec)),
                 Traffic::Synthetic(_) => None,
             },
             None => None,
         };
-        let exceeded = matches!((&impact, max_moved), (Some(i), Some(m)) if i.moved > m);
-        let report = d::Diff {
-            old_version: a.version.to_string(),
-            new_version: b.version.to_string(),
-            changes: d::semantic(&a, &b),
-            impact,
-        };
+        let report = d::diff(&a, &b, recorded.as_ref().map(|(l, s)| (l, s)));
+        let exceeded = matches!((&report.impact, max_moved), (Some(i), Some(m)) if i.moved > m);
         match format {
             Format::Json => {
                 let mut doc = serde_json::to_value(&report).unwrap_or_default();

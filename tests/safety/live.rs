@@ -45,6 +45,8 @@ async fn both(algorithm: &str, weights: [u32; 3], n: usize) -> (Vec<u64>, Vec<u6
                 path: "/".into(),
                 headers,
                 client_ip: IpAddr::from([127, 0, 0, 1]),
+                duration_ms: None,
+                status: None,
             }
         })
         .collect();

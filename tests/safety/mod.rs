@@ -3,6 +3,8 @@
 //! simulator is the data plane's own balancer.
 
 mod live;
+mod messages;
+mod replay;
 mod schema;
 mod verbs;
 

@@ -49,7 +49,7 @@ fn healthy_config_meets_the_standards() {
     assert_eq!(code, Some(0), "{doc:#}");
     assert_eq!(doc["valid"], true);
     assert_eq!(doc["standards"]["failed"], 0);
-    assert_eq!(doc["standards"]["passed"], 5);
+    assert_eq!(doc["standards"]["passed"], 7);
 }
 
 #[test]
@@ -69,6 +69,94 @@ fn incident_1_auth_route_to_another_pool_is_refused() {
             .as_str()
             .unwrap()
             .contains("pool `auth`")
+    );
+}
+
+#[test]
+fn incident_2_swapped_servers_are_refused_and_warned_about() {
+    let (code, doc) = check_json("incident-2.toml");
+    assert_eq!(code, Some(1));
+    let fails = broken(&doc, "auth runs on the auth servers only");
+    assert_eq!(fails[0]["assertion"], "allowed_backends");
+    let message = fails[0]["message"].as_str().unwrap();
+    assert!(
+        message.contains("pool `auth` sends traffic to 127.0.0.1:9201, 127.0.0.1:9202, which are not among the servers it may use"),
+        "{message}"
+    );
+    // The `backends` line of the auth pool.
+    assert_eq!(fails[0]["config"]["line"], 25);
+    let health = broken(&doc, "auth is redundant and evenly balanced");
+    assert_eq!(health[0]["assertion"], "require_health_check");
+
+    let (code, doc) = diff_json("incident-2.toml", None);
+    assert_eq!(code, Some(0));
+    let warnings = doc["warnings"].as_array().unwrap();
+    assert_eq!(warnings.len(), 1, "{doc:#}");
+    assert_eq!(warnings[0]["code"], "backends-replaced");
+    assert!(
+        warnings[0]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("every backend of pool `auth` is replaced at once")
+    );
+    let text = String::from_utf8(run(&["diff", &f("healthy.toml"), &f("incident-2.toml")]).stdout)
+        .unwrap();
+    assert!(
+        text.contains("~ pool auth health: path /healthz, interval 1s, timeout 2s, healthy_threshold 2, unhealthy_threshold 3, expect_status 200-399 → none"),
+        "{text}"
+    );
+    assert!(text.contains("warning[backends-replaced]"), "{text}");
+}
+
+#[test]
+fn incident_3_cut_timeouts_are_refused_and_their_cost_predicted() {
+    let (code, doc) = check_json("incident-3.toml");
+    assert_eq!(code, Some(1));
+    let fails = broken(&doc, "auth timeouts stay sane");
+    let assertions: Vec<&str> = fails
+        .iter()
+        .map(|f| f["assertion"].as_str().unwrap())
+        .collect();
+    assert_eq!(assertions, ["connect_timeout", "response_timeout"]);
+
+    // traffic.log: 152 of its 400 logins took longer than 50 ms.
+    let (code, doc) = diff_json("incident-3.toml", Some("0.05"));
+    assert_eq!(code, Some(0), "timeouts move no request: {doc:#}");
+    let change = &doc["changes"][0];
+    assert_eq!(change["field"], "timeouts");
+    assert_eq!(change["old"], "connect 2s, response 30s");
+    assert_eq!(change["new"], "connect 10ms, response 50ms");
+    let t = &doc["impact"]["timeouts"][0];
+    assert_eq!(t["pool"], "auth");
+    assert_eq!(
+        (t["old"].as_str(), t["new"].as_str()),
+        (Some("30s"), Some("50ms"))
+    );
+    assert_eq!(
+        (t["over"].as_u64(), t["requests"].as_u64()),
+        (Some(152), Some(400))
+    );
+    assert_eq!(t["share"], 0.38);
+    let text = String::from_utf8(
+        run(&[
+            "diff",
+            &f("healthy.toml"),
+            &f("incident-3.toml"),
+            "--traffic",
+            &f("traffic.log"),
+        ])
+        .stdout,
+    )
+    .unwrap();
+    assert!(
+        text.contains("pool auth timeouts.response: 30s → 50ms: 152 of 400 recorded requests (38.0%) took longer than 50ms"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "~ pool auth timeouts: connect 2s, response 30s → connect 10ms, response 50ms"
+        ),
+        "{text}"
     );
 }
 
@@ -112,7 +200,7 @@ fn incident_5_starving_weights_are_refused_with_shares() {
         "{text}"
     );
     assert!(text.contains("127.0.0.1:9101 90.9%"), "{text}");
-    assert!(text.contains("4 passed, 1 failed"), "{text}");
+    assert!(text.contains("6 passed, 1 failed"), "{text}");
 }
 
 #[test]

@@ -98,6 +98,11 @@ impl<'s> Diags<'s> {
         }
     }
 
+    /// The text being checked.
+    pub(crate) fn source(&self) -> &'s str {
+        self.source
+    }
+
     /// 1-based line and column (in characters) of a byte offset.
     pub(crate) fn line_col(&self, offset: usize) -> (usize, usize) {
         let offset = offset.min(self.source.len());

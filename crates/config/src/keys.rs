@@ -1,9 +1,10 @@
 //! What of a request a snapshot looks at beyond method, host and path: the
 //! header and cookie names its routes match on or its pools hash on. The data
-//! plane copies exactly these into the access log (computed once per
-//! snapshot, off the request path) so that `diff --traffic` and
-//! `check --traffic` can replay recorded requests through another config.
-//! Values of sensitive headers are replaced by [`redact`]ed ones.
+//! plane copies these, and those `[access_log]` adds, into the access log
+//! (computed once per snapshot, off the request path) so that
+//! `diff --traffic` and `check --traffic` can replay recorded requests
+//! through another config. Values of sensitive headers are replaced by
+//! [`redact`]ed ones.
 
 use http::HeaderName;
 
@@ -48,6 +49,21 @@ impl Snapshot {
         keys.headers.dedup();
         keys.cookies.sort();
         keys.cookies.dedup();
+        keys
+    }
+
+    /// What the access log records of every request: what the config reads
+    /// ([`Snapshot::request_keys`]) and what `[access_log]` adds.
+    pub fn logged_keys(&self) -> RequestKeys {
+        let mut keys = self.request_keys();
+        if let Some(log) = &self.access_log {
+            keys.headers.extend(log.headers.iter().cloned());
+            keys.cookies.extend(log.cookies.iter().cloned());
+            keys.headers.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+            keys.headers.dedup();
+            keys.cookies.sort();
+            keys.cookies.dedup();
+        }
         keys
     }
 

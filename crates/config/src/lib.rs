@@ -18,6 +18,7 @@ pub mod diag;
 pub mod keys;
 pub mod locate;
 mod raw;
+pub mod reference;
 pub mod render;
 mod routes;
 pub mod schema;
@@ -81,6 +82,59 @@ impl Checked {
 /// label diagnostics). For configs that name no files; see [`check_with`].
 pub fn check(file: &str, source: &str) -> Checked {
     check_with(file, source, &NoFiles)
+}
+
+/// [`check_with`] on a file's bytes, as read: a file that is not UTF-8 is
+/// an invalid config (one `not-utf8` error at the first bad byte), not an
+/// unreadable one. Also returns the text checked (decoded lossily when it
+/// is not UTF-8), to render the diagnostics against.
+pub fn check_bytes_with(file: &str, bytes: Vec<u8>, env: &dyn Environment) -> (String, Checked) {
+    match text(file, bytes) {
+        Ok(source) => {
+            let checked = check_with(file, &source, env);
+            (source, checked)
+        }
+        Err(e) => (
+            e.source,
+            Checked {
+                snapshot: None,
+                diagnostics: vec![e.diagnostic],
+            },
+        ),
+    }
+}
+
+/// A file that is not UTF-8 text.
+#[derive(Debug)]
+pub struct NotUtf8 {
+    /// The file decoded lossily, to render the diagnostic against.
+    pub source: String,
+    /// `not-utf8`, at the first byte that is not UTF-8.
+    pub diagnostic: Diagnostic,
+}
+
+/// A file's bytes as text, or why not. For configs and rules files alike.
+pub fn text(file: &str, bytes: Vec<u8>) -> Result<String, Box<NotUtf8>> {
+    match String::from_utf8(bytes) {
+        Ok(s) => Ok(s),
+        Err(e) => {
+            let at = e.utf8_error().valid_up_to();
+            let byte = e.as_bytes()[at];
+            let source = String::from_utf8_lossy(e.as_bytes()).into_owned();
+            let mut d = diag::Diags::new(file, &source);
+            // Up to `at` the lossy text is the file itself, so the offset
+            // maps to the same line and column in both.
+            d.error(
+                "not-utf8",
+                Some(at..at + 1),
+                "",
+                format!("the file is not UTF-8 text: byte 0x{byte:02x} at offset {at} is not valid UTF-8"),
+            )
+            .hint("save the file as UTF-8 (TOML files must be UTF-8)");
+            let diagnostic = d.into_sorted().remove(0);
+            Err(Box::new(NotUtf8 { source, diagnostic }))
+        }
+    }
 }
 
 /// [`check`], reading the files the config names (certificates) and the

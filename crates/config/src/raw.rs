@@ -33,6 +33,8 @@ pub(crate) struct RawAdmin {
 pub(crate) struct RawAccessLog {
     pub path: Spanned<String>,
     pub redact: Option<Vec<Spanned<String>>>,
+    pub headers: Option<Vec<Spanned<String>>>,
+    pub cookies: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -263,11 +265,7 @@ pub(crate) fn parse(source: &str, diags: &mut Diags<'_>) -> Option<RawDoc> {
     let root = match DeTable::parse(source) {
         Ok(root) => root,
         Err(e) => {
-            diags
-                .error("toml-syntax", e.span(), "", e.message().trim().to_owned())
-                .hint(
-                    "fix the TOML syntax at this position; nothing else is checked until it parses",
-                );
+            syntax_error(diags, &e);
             return None;
         }
     };
@@ -333,6 +331,93 @@ pub(crate) fn parse(source: &str, diags: &mut Diags<'_>) -> Option<RawDoc> {
         }
     }
     Some(doc)
+}
+
+/// A document that does not parse. A table or key given twice is named,
+/// with both lines, rather than left as TOML's bare "duplicate key".
+pub(crate) fn syntax_error(diags: &mut Diags<'_>, e: &toml::de::Error) {
+    let message = e.message().trim();
+    if message.contains("duplicate key")
+        && let Some(span) = e.span()
+        && duplicate(diags, span.clone())
+    {
+        return;
+    }
+    diags
+        .error("toml-syntax", e.span(), "", message.to_owned())
+        .hint("fix the TOML syntax at this position; nothing else is checked until it parses");
+}
+
+/// Report the duplicate whose second occurrence is at `span`; false when
+/// its line is not a table header or a `key = …` line.
+fn duplicate(diags: &mut Diags<'_>, span: Span) -> bool {
+    let source = diags.source();
+    let start = source[..span.start].rfind('\n').map_or(0, |i| i + 1);
+    let end = source[span.start..]
+        .find('\n')
+        .map_or(source.len(), |i| span.start + i);
+    let line = source[start..end].trim();
+    let (this, _) = diags.line_col(span.start);
+    // Earlier lines, nearest first, with their offsets.
+    let earlier = || {
+        source[..start]
+            .lines()
+            .scan(0usize, |at, l| {
+                let here = *at;
+                *at += l.len() + 1;
+                Some((here, l.trim()))
+            })
+            .collect::<Vec<_>>()
+    };
+    let table = |l: &str| -> Option<String> {
+        let inner = l.strip_prefix('[')?.split(']').next()?;
+        (!l.starts_with("[[")).then(|| inner.split_whitespace().collect())
+    };
+    if let Some(header) = table(line) {
+        let first = earlier()
+            .into_iter()
+            .find(|(_, l)| table(l).as_deref() == Some(header.as_str()));
+        let at = first.map_or(String::new(), |(o, _)| {
+            format!("at line {} and ", diags.line_col(o).0)
+        });
+        let (code, what, hint) = match header.strip_prefix("pool.") {
+            Some(pool) => (
+                "duplicate-pool",
+                format!("pool `{pool}` is defined twice: {at}line {this}"),
+                format!("a pool is one [pool.{pool}] table: merge the two, or rename one of them"),
+            ),
+            None => (
+                "duplicate-key",
+                format!("table [{header}] is defined twice: {at}line {this}"),
+                "merge the two tables into one".to_owned(),
+            ),
+        };
+        diags.error(code, Some(span), header, what).hint(hint);
+        return true;
+    }
+    let Some((key, _)) = line.split_once('=') else {
+        return false;
+    };
+    let key = key.trim();
+    // The first `key =` in the same table: back to the nearest header.
+    let first = earlier()
+        .into_iter()
+        .rev()
+        .take_while(|(_, l)| !l.starts_with('['))
+        .filter(|(_, l)| l.split_once('=').is_some_and(|(k, _)| k.trim() == key))
+        .last();
+    let at = first.map_or(String::new(), |(o, _)| {
+        format!("at line {} and ", diags.line_col(o).0)
+    });
+    diags
+        .error(
+            "duplicate-key",
+            Some(span),
+            key,
+            format!("`{key}` is set twice in one table: {at}line {this}"),
+        )
+        .hint("keep one of them");
+    true
 }
 
 fn array_of_tables<T: DeserializeOwned>(

@@ -164,7 +164,9 @@ pub fn config_schema() -> Value {
             }), &[]),
             "access_log": object("One JSON line per request.", json!({
                 "path": { "type": "string", "description": "`stdout` or a file path." },
-                "redact": { "type": "array", "items": { "type": "string" }, "description": "Headers logged only as a keyed hash." }
+                "redact": { "type": "array", "items": { "type": "string" }, "description": "Headers logged only as a keyed hash." },
+                "headers": { "type": "array", "items": { "type": "string" }, "description": "Headers recorded on every line besides those the config reads, so a later config that reads them can be replayed." },
+                "cookies": { "type": "array", "items": { "type": "string" }, "description": "Cookies recorded (redacted) on every line besides those the config hashes on." }
             }), &["path"]),
             "listener": { "type": "array", "items": listener },
             "route": { "type": "array", "items": object("The first route that matches wins.", json!({

@@ -452,6 +452,11 @@ pub struct AccessLog {
     /// Headers whose values are logged only as a keyed hash
     /// (`keys::redact`), besides the credentials that always are.
     pub redact: Vec<http::HeaderName>,
+    /// Headers and cookies recorded on every line besides those the
+    /// config reads (`Snapshot::logged_keys`), so a later config that
+    /// routes or hashes on them can be replayed against this log.
+    pub headers: Vec<http::HeaderName>,
+    pub cookies: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

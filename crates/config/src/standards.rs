@@ -5,7 +5,7 @@
 //! crate: evaluating rules needs the balancer and lives in `fulcrum-safety`.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
@@ -73,6 +73,9 @@ pub struct Rule {
     pub connect_timeout: Option<DurationRange>,
     pub response_timeout: Option<DurationRange>,
     pub idle_timeout: Option<DurationRange>,
+    /// Every backend of the pool must be one of these (incident 2: the auth
+    /// servers swapped for servers that do not serve auth).
+    pub allowed_backends: Option<Vec<AddrPattern>>,
 
     // Global.
     pub every_pool_used: bool,
@@ -86,6 +89,68 @@ pub enum PoolSelector {
     /// `pool = "*"`: every pool of the config.
     All,
     Named(String),
+}
+
+/// A backend address a rule allows: one `IP:PORT`, any port of one IP,
+/// or a CIDR block (`10.0.1.0/24`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddrPattern {
+    Exact(SocketAddr),
+    Ip(IpAddr),
+    Net(IpAddr, u8),
+}
+
+impl AddrPattern {
+    pub fn parse(text: &str) -> Result<AddrPattern, String> {
+        let t = text.trim();
+        if let Ok(a) = t.parse::<SocketAddr>() {
+            return Ok(AddrPattern::Exact(a));
+        }
+        if let Ok(ip) = t.parse::<IpAddr>() {
+            return Ok(AddrPattern::Ip(ip));
+        }
+        let (ip, len) = t
+            .split_once('/')
+            .ok_or_else(|| format!("`{t}` is not an IP, IP:PORT or CIDR block"))?;
+        let ip: IpAddr = ip
+            .parse()
+            .map_err(|_| format!("`{ip}` in `{t}` is not an IP address"))?;
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        match len.parse::<u8>() {
+            Ok(n) if n <= max => Ok(AddrPattern::Net(ip, n)),
+            _ => Err(format!(
+                "`/{len}` in `{t}` is not a prefix length (0 to {max})"
+            )),
+        }
+    }
+
+    pub fn matches(&self, addr: SocketAddr) -> bool {
+        match *self {
+            AddrPattern::Exact(a) => a == addr,
+            AddrPattern::Ip(ip) => ip == addr.ip(),
+            AddrPattern::Net(net, len) => match (net, addr.ip()) {
+                (IpAddr::V4(n), IpAddr::V4(a)) => {
+                    let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+                    u32::from(n) & mask == u32::from(a) & mask
+                }
+                (IpAddr::V6(n), IpAddr::V6(a)) => {
+                    let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+                    u128::from(n) & mask == u128::from(a) & mask
+                }
+                _ => false,
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for AddrPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AddrPattern::Exact(a) => write!(f, "{a}"),
+            AddrPattern::Ip(ip) => write!(f, "{ip}"),
+            AddrPattern::Net(ip, len) => write!(f, "{ip}/{len}"),
+        }
+    }
 }
 
 /// Inclusive bounds; either may be open.
@@ -163,9 +228,34 @@ impl Default for TrafficSpec {
     }
 }
 
+/// Every key a `[[rule]]` takes besides `name`, as docs/standards.md lists
+/// them; a test holds it to `RawRule`.
+pub const RULE_KEYS: &[&str] = &[
+    "request",
+    "headers",
+    "client_ip",
+    "expect_route",
+    "expect_pool",
+    "expect_status",
+    "pool",
+    "min_backends",
+    "max_backend_share",
+    "algorithms",
+    "require_health_check",
+    "require_outlier_detection",
+    "connect_timeout",
+    "response_timeout",
+    "idle_timeout",
+    "allowed_backends",
+    "every_pool_used",
+    "no_shadowed_routes",
+    "admin_on_loopback",
+    "require_version",
+];
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawRule {
+pub(crate) struct RawRule {
     name: Spanned<String>,
     request: Option<Spanned<String>>,
     headers: Option<BTreeMap<String, Spanned<String>>>,
@@ -184,6 +274,7 @@ struct RawRule {
     connect_timeout: Option<Spanned<Vec<Spanned<String>>>>,
     response_timeout: Option<Spanned<Vec<Spanned<String>>>>,
     idle_timeout: Option<Spanned<Vec<Spanned<String>>>>,
+    allowed_backends: Option<Spanned<Vec<Spanned<String>>>>,
     every_pool_used: Option<Spanned<bool>>,
     no_shadowed_routes: Option<Spanned<bool>>,
     admin_on_loopback: Option<Spanned<bool>>,
@@ -192,7 +283,7 @@ struct RawRule {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawTraffic {
+pub(crate) struct RawTraffic {
     requests: Option<Spanned<i64>>,
     clients: Option<Spanned<i64>>,
     paths: Option<Spanned<i64>>,
@@ -220,12 +311,7 @@ pub fn parse_standards(file: &str, source: &str) -> CheckedStandards {
         ..Standards::default()
     };
     match DeTable::parse(source) {
-        Err(e) => {
-            d.error("toml-syntax", e.span(), "", e.message().trim().to_owned())
-                .hint(
-                    "fix the TOML syntax at this position; nothing else is checked until it parses",
-                );
-        }
+        Err(e) => crate::raw::syntax_error(&mut d, &e),
         Ok(root) => {
             for (key, value) in root.get_ref() {
                 match key.get_ref().as_ref() {
@@ -309,6 +395,7 @@ fn rule(d: &mut Diags<'_>, file: &str, p: &str, raw: RawRule) -> Option<Rule> {
     note!(connect_timeout);
     note!(response_timeout);
     note!(idle_timeout);
+    note!(allowed_backends);
     note!(every_pool_used);
     note!(no_shadowed_routes);
     note!(admin_on_loopback);
@@ -388,7 +475,8 @@ fn rule(d: &mut Diags<'_>, file: &str, p: &str, raw: RawRule) -> Option<Rule> {
         || raw.require_outlier_detection.is_some()
         || raw.connect_timeout.is_some()
         || raw.response_timeout.is_some()
-        || raw.idle_timeout.is_some();
+        || raw.idle_timeout.is_some()
+        || raw.allowed_backends.is_some();
     let pool = raw.pool.as_ref().map(|s| match s.get_ref().trim() {
         "*" => PoolSelector::All,
         name => PoolSelector::Named(name.to_owned()),
@@ -469,6 +557,34 @@ fn rule(d: &mut Diags<'_>, file: &str, p: &str, raw: RawRule) -> Option<Rule> {
         .as_ref()
         .and_then(|r| range(d, r, &format!("{p}.idle_timeout")));
 
+    let allowed_backends = raw.allowed_backends.as_ref().and_then(|list| {
+        let mut out = Vec::new();
+        for (i, a) in list.get_ref().iter().enumerate() {
+            match AddrPattern::parse(a.get_ref()) {
+                Ok(pattern) => out.push(pattern),
+                Err(why) => {
+                    d.error(
+                        "invalid-address",
+                        Some(a.span()),
+                        format!("{p}.allowed_backends[{i}]"),
+                        why,
+                    )
+                    .hint("write an IP:PORT (\"10.0.1.5:8080\"), an IP (\"10.0.1.5\", any port) or a CIDR block (\"10.0.1.0/24\")");
+                }
+            }
+        }
+        if list.get_ref().is_empty() {
+            d.error(
+                "invalid-value",
+                Some(list.span()),
+                format!("{p}.allowed_backends"),
+                "an empty list allows no backend at all",
+            )
+            .hint("list the servers this pool may use, e.g. [\"10.0.1.0/24\"]");
+        }
+        (out.len() == list.get_ref().len() && !out.is_empty()).then_some(out)
+    });
+
     let flag = |f: &Option<Spanned<bool>>| f.as_ref().is_some_and(|b| *b.get_ref());
     let rule = Rule {
         name,
@@ -496,6 +612,7 @@ fn rule(d: &mut Diags<'_>, file: &str, p: &str, raw: RawRule) -> Option<Rule> {
         connect_timeout,
         response_timeout,
         idle_timeout,
+        allowed_backends,
         every_pool_used: flag(&raw.every_pool_used),
         no_shadowed_routes: flag(&raw.no_shadowed_routes),
         admin_on_loopback: flag(&raw.admin_on_loopback),

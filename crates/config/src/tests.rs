@@ -217,6 +217,8 @@ retries = { attempts = 0, budget = 1, min_concurrent = 0 }
         Some(AccessLog {
             target: LogTarget::File("/var/log/fulcrum.log".into()),
             redact: Vec::new(),
+            headers: Vec::new(),
+            cookies: Vec::new(),
         })
     );
     assert_eq!(s.listeners[0].idle_timeout, Duration::from_millis(500));
@@ -1156,4 +1158,35 @@ fn guard_values_out_of_range_are_errors_with_their_key_path() {
     );
     let d = only(&src, "invalid-value");
     assert_eq!(d.key_path, "route[0].guard.failure_statuses[0]");
+}
+
+#[test]
+fn access_log_records_what_the_config_reads_and_what_it_adds() {
+    let src = format!(
+        "{BASE}\n[access_log]\npath = \"stdout\"\nheaders = [\"X-Session\", \"x-tenant\"]\ncookies = [\"session\"]\n\n[pool.sticky]\nalgorithm = \"hash\"\nhash = {{ key = \"header:x-tenant\" }}\nbackends = [{{ addr = \"127.0.0.1:9301\" }}]\n"
+    );
+    let s = run(&src).snapshot.expect("valid");
+    let log = s.access_log.as_ref().unwrap();
+    assert_eq!(log.headers, ["x-session", "x-tenant"]);
+    assert_eq!(log.cookies, ["session"]);
+    let keys = s.logged_keys();
+    assert_eq!(keys.headers, ["x-session", "x-tenant"]);
+    assert_eq!(keys.cookies, ["session"]);
+    // Only what the config itself reads is needed to replay it.
+    assert_eq!(s.request_keys().headers, ["x-tenant"]);
+
+    let bad = format!(
+        "{BASE}\n[access_log]\npath = \"stdout\"\nheaders = [\"cookie\", \"bad header\"]\ncookies = [\"a=b\"]\n"
+    );
+    let d = run(&bad).diagnostics;
+    let at: Vec<(&str, &str)> = d.iter().map(|d| (d.code, d.key_path.as_str())).collect();
+    assert_eq!(
+        at,
+        [
+            ("invalid-header-name", "access_log.headers[0]"),
+            ("invalid-header-name", "access_log.headers[1]"),
+            ("invalid-value", "access_log.cookies[0]"),
+        ]
+    );
+    assert!(d[0].hint.as_deref().unwrap().contains("cookies = ["));
 }

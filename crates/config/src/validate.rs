@@ -4,7 +4,7 @@
 //! so compiling it into a snapshot cannot fail.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use http::{HeaderName, Method};
@@ -83,43 +83,7 @@ pub(crate) fn validate(
         Some(item) => v.guard(item),
         None => Some(crate::snapshot::Guard::DEFAULT),
     };
-    let access_log = doc.access_log.as_ref().and_then(|item| {
-        let raw = item.value.as_ref()?;
-        let path = raw.path.get_ref().trim();
-        if path.is_empty() {
-            v.d.error(
-                "invalid-value",
-                Some(raw.path.span()),
-                "access_log.path",
-                "`path` is empty",
-            )
-            .hint("write \"stdout\" or a file path, or remove [access_log] to turn it off");
-            return None;
-        }
-        let mut redact = Vec::new();
-        for (i, name) in raw.redact.iter().flatten().enumerate() {
-            match HeaderName::from_bytes(name.get_ref().trim().as_bytes()) {
-                Ok(h) => redact.push(h),
-                Err(_) => {
-                    v.d.error(
-                        "invalid-header-name",
-                        Some(name.span()),
-                        format!("access_log.redact[{i}]"),
-                        format!("`{}` is not a valid header name", name.get_ref()),
-                    )
-                    .hint("write a header name such as \"x-api-key\"");
-                }
-            }
-        }
-        Some(AccessLog {
-            target: if path == "stdout" {
-                LogTarget::Stdout
-            } else {
-                LogTarget::File(path.into())
-            },
-            redact,
-        })
-    });
+    let access_log = doc.access_log.as_ref().and_then(|item| v.access_log(item));
     let listeners = v.listeners(doc);
 
     // Pools first: routes resolve their `pool` against them.
@@ -446,6 +410,96 @@ impl Validator<'_, '_> {
             consecutive: consecutive?,
             webhook: webhook?,
         })
+    }
+
+    fn access_log(&mut self, item: &Item<crate::raw::RawAccessLog>) -> Option<AccessLog> {
+        let raw = item.value.as_ref()?;
+        let path = raw.path.get_ref().trim();
+        if path.is_empty() {
+            self.d
+                .error(
+                    "invalid-value",
+                    Some(raw.path.span()),
+                    "access_log.path",
+                    "`path` is empty",
+                )
+                .hint("write \"stdout\" or a file path, or remove [access_log] to turn it off");
+            return None;
+        }
+        let redact = self.header_names(raw.redact.as_deref(), "access_log.redact");
+        let headers = self.header_names(raw.headers.as_deref(), "access_log.headers");
+        let mut cookies: Vec<String> = Vec::new();
+        let mut cookies_ok = true;
+        for (i, c) in raw.cookies.iter().flatten().enumerate() {
+            let name = c.get_ref().trim();
+            // A cookie name is an HTTP token (RFC 6265).
+            let ok = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b));
+            if ok {
+                cookies.push(name.to_owned());
+            } else {
+                cookies_ok = false;
+                self.d
+                    .error(
+                        "invalid-value",
+                        Some(c.span()),
+                        format!("access_log.cookies[{i}]"),
+                        format!("`{}` is not a cookie name", c.get_ref()),
+                    )
+                    .hint("write the name alone, e.g. \"session\" for `Cookie: session=…`");
+            }
+        }
+        Some(AccessLog {
+            target: if path == "stdout" {
+                LogTarget::Stdout
+            } else {
+                LogTarget::File(path.into())
+            },
+            redact: redact?,
+            headers: headers?,
+            cookies,
+        })
+        .filter(|_| cookies_ok)
+    }
+
+    /// Header names listed under `kp`; `None` when one is invalid.
+    fn header_names(
+        &mut self,
+        raw: Option<&[Spanned<String>]>,
+        kp: &str,
+    ) -> Option<Vec<HeaderName>> {
+        let mut out = Vec::new();
+        let mut ok = true;
+        for (i, name) in raw.into_iter().flatten().enumerate() {
+            match HeaderName::from_bytes(name.get_ref().trim().as_bytes()) {
+                Ok(h) if h == http::header::COOKIE && kp == "access_log.headers" => {
+                    ok = false;
+                    self.d
+                        .error(
+                            "invalid-header-name",
+                            Some(name.span()),
+                            format!("{kp}[{i}]"),
+                            "the whole `cookie` header is never logged",
+                        )
+                        .hint("list the cookies to record by name: `cookies = [\"session\"]`");
+                }
+                Ok(h) => out.push(h),
+                Err(_) => {
+                    ok = false;
+                    self.d
+                        .error(
+                            "invalid-header-name",
+                            Some(name.span()),
+                            format!("{kp}[{i}]"),
+                            format!("`{}` is not a valid header name", name.get_ref()),
+                        )
+                        .hint("write a header name such as \"x-api-key\"");
+                }
+            }
+        }
+        ok.then_some(out)
     }
 
     fn listeners(&mut self, doc: &RawDoc) -> Vec<Option<Listener>> {
@@ -1496,21 +1550,39 @@ impl Validator<'_, '_> {
         if let Ok(addr) = s.parse::<SocketAddr>() {
             return Some(addr);
         }
-        let has_port = s
-            .rsplit_once(':')
-            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-        let hint = if has_port {
-            "use an IP address; Fulcrum does not resolve DNS names in config"
-        } else {
-            "write IP:PORT, e.g. \"127.0.0.1:8080\" or \"[::1]:8080\""
+        let split = s.rsplit_once(':').filter(|(host, _)| !host.is_empty());
+        let ip = |host: &str| {
+            host.trim_matches(|c| c == '[' || c == ']')
+                .parse::<IpAddr>()
+                .is_ok()
+        };
+        let (message, hint) = match split {
+            // Digits, but more than a port holds: say so, whatever the host.
+            Some((host, port))
+                if !port.is_empty()
+                    && port.bytes().all(|b| b.is_ascii_digit())
+                    && port.parse::<u16>().is_err() =>
+            {
+                (
+                    format!("port {port} of `{s}` is out of range: ports go up to 65535"),
+                    if ip(host) {
+                        "write a port from 1 to 65535".to_owned()
+                    } else {
+                        "write a port from 1 to 65535, and an IP address: Fulcrum does not resolve DNS names in config".to_owned()
+                    },
+                )
+            }
+            Some((host, port)) if port.parse::<u16>().is_ok() && !ip(host) => (
+                format!("`{s}` is not an IP:port address: `{host}` is not an IP address"),
+                "use an IP address; Fulcrum does not resolve DNS names in config".to_owned(),
+            ),
+            _ => (
+                format!("`{s}` is not an IP:port address"),
+                "write IP:PORT, e.g. \"127.0.0.1:8080\" or \"[::1]:8080\"".to_owned(),
+            ),
         };
         self.d
-            .error(
-                "invalid-address",
-                Some(raw.span()),
-                kp,
-                format!("`{s}` is not an IP:port address"),
-            )
+            .error("invalid-address", Some(raw.span()), kp, message)
             .hint(hint);
         None
     }

@@ -20,6 +20,18 @@ use crate::journal::{Journal, blocking};
 use crate::listeners::Listeners;
 use crate::store::{EventKind, Origin, Store, StoreError, VersionMeta};
 
+impl BootError {
+    /// What went wrong, as printed.
+    pub fn message(&self) -> &str {
+        match self {
+            BootError::Unreadable(m)
+            | BootError::Invalid(m)
+            | BootError::Refused(m)
+            | BootError::Failed(m) => m,
+        }
+    }
+}
+
 /// Why the process cannot start.
 #[derive(Debug)]
 pub enum BootError {
@@ -54,7 +66,7 @@ impl Boot {
         let label = settings.config_path.display().to_string();
         let file = read(&settings.config_path);
         let Some(head) = head else {
-            let source = file.map_err(BootError::Unreadable)?;
+            let source = file?;
             let mut report = Report::new();
             let snapshot = gate(&settings, &label, &source, &mut report)?;
             let serving = serving(
@@ -94,6 +106,7 @@ impl Boot {
         let file = match file {
             Ok(f) => f,
             Err(e) => {
+                let e = e.message();
                 warn!("{e}; serving v{head} from the store");
                 let serving = head_serving(&settings).ok_or_else(|| {
                     BootError::Failed(format!(
@@ -226,19 +239,22 @@ impl Boot {
     }
 }
 
-fn read(path: &std::path::Path) -> Result<String, String> {
+/// The config file's text. One that is not UTF-8 is an invalid config
+/// (`not-utf8` at the first bad byte, exit 78), as `fulcrum check` says.
+fn read(path: &std::path::Path) -> Result<String, BootError> {
     let bytes = std::fs::read(path).map_err(|e| {
-        format!(
+        BootError::Unreadable(format!(
             "fulcrum: cannot read {}: {e} (check the path and its permissions)",
             path.display()
-        )
+        ))
     })?;
-    String::from_utf8(bytes).map_err(|e| {
-        format!(
-            "fulcrum: {} is not UTF-8 text: the first bad byte is at offset {}; save it as UTF-8",
-            path.display(),
-            e.utf8_error().valid_up_to()
-        )
+    let label = path.display().to_string();
+    fulcrum_config::text(&label, bytes).map_err(|e| {
+        let checked = fulcrum_config::Checked {
+            snapshot: None,
+            diagnostics: vec![e.diagnostic],
+        };
+        BootError::Invalid(fulcrum_config::render_human(&label, &e.source, &checked))
     })
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 use fulcrum_config::{Environment, Snapshot, content_version};
 use fulcrum_proxy::{DataPlane, Writer};
-use fulcrum_safety::traffic::SampleRequest;
+use fulcrum_safety::traffic::Recording;
 use serde_json::json;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
@@ -415,7 +415,7 @@ impl Controller {
     /// Replay what this server served recently through both configs.
     fn impact(&self, old: &Snapshot, new: &Snapshot, req: &ChangeRequest, report: &mut Report) {
         let recent = recorded(&self.plane);
-        if recent.is_empty() {
+        if recent.requests.is_empty() {
             report.step("impact", true, "no recent requests recorded to replay");
             return;
         }
@@ -835,13 +835,13 @@ pub struct Rollback {
 /// The data plane's recent requests as a replayable sample: written out as
 /// access-log lines and read back exactly as `diff --traffic` reads a log,
 /// so pre-flight and `diff` can never disagree on what a request carried.
-pub fn recorded(plane: &DataPlane) -> Vec<SampleRequest> {
+pub fn recorded(plane: &DataPlane) -> Recording {
     let mut text = Vec::new();
     for entry in plane.recent_requests() {
         fulcrum_proxy::access_log::format_entry(&entry, &mut text);
     }
     match std::str::from_utf8(&text).map(fulcrum_safety::traffic::parse_access_log) {
-        Ok(Ok(requests)) => requests,
-        _ => Vec::new(),
+        Ok(Ok(recording)) => recording,
+        _ => Recording::default(),
     }
 }

@@ -63,8 +63,10 @@ impl Listeners {
             let sockets =
                 bind(l.bind, self.serving.len(), l.limits.max_connections).map_err(|e| {
                     format!(
-                        "listener {:?}: cannot bind {}: {e} (is another process using it?)",
-                        l.name, l.bind
+                        "listener {:?}: cannot bind {}: {e} ({})",
+                        l.name,
+                        l.bind,
+                        bind_hint(&e, l.bind)
                     )
                 })?;
             bound.push(Bound {
@@ -165,6 +167,24 @@ impl Listeners {
         })
         .await
         .is_ok()
+    }
+}
+
+/// What to do about a failed bind, by its cause: the OS's own words
+/// ("Cannot assign requested address") do not say that the address is not
+/// one of this host's.
+pub fn bind_hint(e: &std::io::Error, addr: SocketAddr) -> String {
+    match e.kind() {
+        std::io::ErrorKind::AddrNotAvailable => format!(
+            "this host has no address {}: bind one of its own addresses, or {} for all of them",
+            addr.ip(),
+            if addr.is_ipv4() { "0.0.0.0" } else { "[::]" }
+        ),
+        std::io::ErrorKind::PermissionDenied if addr.port() < 1024 => format!(
+            "port {} is privileged: run as root, grant CAP_NET_BIND_SERVICE, or use a port from 1024",
+            addr.port()
+        ),
+        _ => "is another process using it?".to_owned(),
     }
 }
 

@@ -39,8 +39,9 @@ pub struct Entry {
 }
 
 /// Which headers and cookies to copy into each line: those the snapshot's
-/// routes match on or its pools hash on, so `diff --traffic` can replay the
-/// line through another config. Computed once per snapshot, off the request
+/// routes match on or its pools hash on, and those `[access_log]` adds
+/// (`Snapshot::logged_keys`), so `diff --traffic` can replay the line
+/// through another config. Computed once per snapshot, off the request
 /// path.
 #[derive(Debug, Clone, Default)]
 pub struct LogKeys {
@@ -52,7 +53,7 @@ pub struct LogKeys {
 
 impl LogKeys {
     pub fn of(snapshot: &Snapshot) -> LogKeys {
-        let keys = snapshot.request_keys();
+        let keys = snapshot.logged_keys();
         LogKeys {
             headers: keys
                 .headers
@@ -67,28 +68,36 @@ impl LogKeys {
     }
 }
 
-/// What a request carried of the [`LogKeys`]: usually nothing or one or
-/// two short values, so the copy is cheap.
+/// What a request carried of the [`LogKeys`]: usually one or two short
+/// values, so the copy is cheap. Every key is there, `None` when the
+/// request lacked it: a line then says what it recorded, and replay can
+/// tell "absent" from "not recorded".
 #[derive(Debug, Clone, Default)]
 pub struct Captured {
-    pub headers: Vec<(HeaderName, String)>,
-    pub cookies: Vec<(String, String)>,
+    pub headers: Vec<(HeaderName, Option<String>)>,
+    pub cookies: Vec<(String, Option<String>)>,
 }
 
 /// Copy (and redact where sensitive) the logged keys from a request.
 pub fn capture(keys: &LogKeys, headers: &HeaderMap) -> Captured {
-    let mut out = Captured::default();
+    let mut out = Captured {
+        headers: Vec::with_capacity(keys.headers.len()),
+        cookies: Vec::with_capacity(keys.cookies.len()),
+    };
     for (name, sensitive) in &keys.headers {
         // The first value: what `hash` keys on; exact header conditions
         // accept any value, and a second one is rare enough to leave out.
-        if let Some(v) = headers.get(name) {
-            let value = if *sensitive {
+        let value = headers.get(name).map(|v| {
+            if *sensitive {
                 redact(v.as_bytes())
             } else {
                 String::from_utf8_lossy(v.as_bytes()).into_owned()
-            };
-            out.headers.push((name.clone(), value));
-        }
+            }
+        });
+        out.headers.push((name.clone(), value));
+    }
+    for name in &keys.cookies {
+        out.cookies.push((name.clone(), None));
     }
     if !keys.cookies.is_empty() {
         for v in headers.get_all(http::header::COOKIE) {
@@ -97,12 +106,12 @@ pub fn capture(keys: &LogKeys, headers: &HeaderMap) -> Captured {
                 let Some(eq) = pair.iter().position(|&b| b == b'=') else {
                     continue;
                 };
-                let name = String::from_utf8_lossy(pair[..eq].trim_ascii());
-                if keys.cookies.iter().any(|c| *c == name)
-                    && !out.cookies.iter().any(|(c, _)| *c == name)
+                let name = pair[..eq].trim_ascii();
+                // The first value of each cookie, as `hash` reads it.
+                if let Some((_, value @ None)) =
+                    out.cookies.iter_mut().find(|(c, _)| c.as_bytes() == name)
                 {
-                    out.cookies
-                        .push((name.into_owned(), redact(pair[eq + 1..].trim_ascii())));
+                    *value = Some(redact(pair[eq + 1..].trim_ascii()));
                 }
             }
         }
@@ -238,6 +247,27 @@ mod tests {
     use super::*;
     use std::time::{Duration, UNIX_EPOCH};
 
+    fn entry(captured: Captured) -> Entry {
+        Entry {
+            time: UNIX_EPOCH,
+            method: Method::GET,
+            host: None,
+            path: "/".into(),
+            route: None,
+            pool: None,
+            backend: None,
+            status: 404,
+            duration_ms: 0.0,
+            bytes: 0,
+            version: "v".into(),
+            request_id: HeaderValue::from_static("r"),
+            client_ip: IpAddr::from([127, 0, 0, 1]),
+            attempts: 0,
+            captured,
+            cohort: crate::runtime::Cohort::Stable,
+        }
+    }
+
     #[test]
     fn captures_only_the_keys_and_redacts_sensitive_values() {
         let src = "[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:1\"\n[[route]]\nname = \"a\"\nmatch = { headers = [{ name = \"authorization\", value = \"Bearer x\" }] }\npool = \"p\"\n[[route]]\nname = \"b\"\npool = \"q\"\n[pool.p]\nalgorithm = \"hash\"\nhash = { key = \"cookie:session\" }\nbackends = [{ addr = \"127.0.0.1:2\" }]\n[pool.q]\nalgorithm = \"hash\"\nhash = { key = \"header:x-user\" }\nbackends = [{ addr = \"127.0.0.1:3\" }]\n";
@@ -256,12 +286,30 @@ mod tests {
             vec![
                 (
                     HeaderName::from_static("authorization"),
-                    redact(b"Bearer x")
+                    Some(redact(b"Bearer x"))
                 ),
-                (HeaderName::from_static("x-user"), "alice".to_owned()),
+                (HeaderName::from_static("x-user"), Some("alice".to_owned())),
             ]
         );
-        assert_eq!(c.cookies, vec![("session".to_owned(), redact(b"s3cret"))]);
+        assert_eq!(
+            c.cookies,
+            vec![("session".to_owned(), Some(redact(b"s3cret")))]
+        );
+        // A request without them still records them, as absent.
+        let c = capture(&keys, &HeaderMap::new());
+        assert_eq!(
+            c.headers,
+            vec![
+                (HeaderName::from_static("authorization"), None),
+                (HeaderName::from_static("x-user"), None),
+            ]
+        );
+        assert_eq!(c.cookies, vec![("session".to_owned(), None)]);
+        let mut line = Vec::new();
+        format_entry(&entry(c), &mut line);
+        let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(v["headers"]["x-user"], serde_json::Value::Null);
+        assert_eq!(v["cookies"]["session"], serde_json::Value::Null);
     }
 
     #[test]

@@ -1,17 +1,22 @@
 //! `diff`: what changes between two configs, by meaning (routes, pools,
 //! backends, weights, algorithms, health, timeouts; never text lines), and
 //! with a recorded traffic sample, the impact: which requests change route,
-//! pool or backend, replayed through both configs by the simulator.
+//! pool or backend, replayed through both configs by the simulator, and
+//! which a shorter timeout would have cut.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
 
 use fulcrum_config::Snapshot;
-use fulcrum_config::snapshot::{HeaderValueMatch, HostMatch, PathMatch, Pool, Route, RouteMatch};
+use fulcrum_config::snapshot::{
+    Algorithm, HashKey, HeaderValueMatch, HostMatch, PathMatch, Pool, Route, RouteMatch,
+};
 use fulcrum_config::standards::TrafficSpec;
 use serde::Serialize;
 
-use crate::simulate::replay;
-use crate::traffic::SampleRequest;
+use crate::simulate::{Outcome, replay};
+use crate::traffic::{Recording, Unrecorded};
 
 /// One semantic change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -36,7 +41,75 @@ pub struct Diff {
     pub old_version: String,
     pub new_version: String,
     pub changes: Vec<Change>,
+    /// Changes that deserve a second look, and what replay could not see.
+    pub warnings: Vec<Warning>,
     pub impact: Option<Impact>,
+}
+
+/// Something a reviewer should look at; never changes the exit code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Warning {
+    /// `backends-replaced`, `unrecorded-header` or `unrecorded-cookie`.
+    pub code: &'static str,
+    pub message: String,
+}
+
+/// Compare `old` and `new`; with a recorded log, replay it through both.
+pub fn diff(old: &Snapshot, new: &Snapshot, traffic: Option<(&Recording, &TrafficSpec)>) -> Diff {
+    let mut warnings = replaced_backends(old, new);
+    let impact = traffic.map(|(log, spec)| impact(old, new, log, spec));
+    for u in impact.iter().flat_map(|i| &i.unrecorded) {
+        warnings.push(Warning {
+            code: if u.kind == "header" {
+                "unrecorded-header"
+            } else {
+                "unrecorded-cookie"
+            },
+            message: u.message(),
+        });
+    }
+    Diff {
+        old_version: old.version.to_string(),
+        new_version: new.version.to_string(),
+        changes: semantic(old, new),
+        warnings,
+        impact,
+    }
+}
+
+/// A pool that keeps its name but none of its backends: the shape of
+/// incident 2 (the auth servers swapped for servers that do not serve
+/// auth). Legal, sometimes meant, never to go by unnoticed.
+fn replaced_backends(old: &Snapshot, new: &Snapshot) -> Vec<Warning> {
+    let mut out = Vec::new();
+    for p in &old.pools {
+        let Some((_, n)) = new.pool(&p.name) else {
+            continue;
+        };
+        if !p
+            .backends
+            .iter()
+            .any(|b| n.backends.iter().any(|x| x.addr == b.addr))
+        {
+            let addrs = |pool: &Pool| {
+                pool.backends
+                    .iter()
+                    .map(|b| b.addr.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            out.push(Warning {
+                code: "backends-replaced",
+                message: format!(
+                    "every backend of pool `{}` is replaced at once ({} → {}): none of the new servers has served this pool; make sure they serve what it serves (a health check on a path that exercises it, a `fulcrum test` request, or allowed_backends in the standards), or replace them a few at a time",
+                    p.name,
+                    addrs(p),
+                    addrs(n)
+                ),
+            });
+        }
+    }
+    out
 }
 
 pub fn semantic(old: &Snapshot, new: &Snapshot) -> Vec<Change> {
@@ -129,26 +202,15 @@ pub fn semantic(old: &Snapshot, new: &Snapshot) -> Vec<Change> {
                     }
                 };
                 field("algorithm", describe_algorithm(p), describe_algorithm(n));
-                field(
-                    "health",
-                    format!("{:?}", p.health),
-                    format!("{:?}", n.health),
-                );
-                field(
-                    "outlier",
-                    format!("{:?}", p.outlier),
-                    format!("{:?}", n.outlier),
-                );
-                field(
-                    "timeouts",
-                    format!("{:?}", p.timeouts),
-                    format!("{:?}", n.timeouts),
-                );
-                field(
-                    "retries",
-                    format!("{:?}", p.retries),
-                    format!("{:?}", n.retries),
-                );
+                for (f, a, b) in [
+                    ("health", health(p), health(n)),
+                    ("outlier", outlier(p), outlier(n)),
+                    ("timeouts", timeouts(p), timeouts(n)),
+                    ("retries", retries(p), retries(n)),
+                ] {
+                    let (a, b) = changed_keys(&a, &b);
+                    field(f, a, b);
+                }
                 field(
                     "panic_threshold",
                     p.panic_threshold.to_string(),
@@ -289,17 +351,96 @@ pub fn describe_match(m: &RouteMatch) -> String {
 
 pub fn describe_algorithm(p: &Pool) -> String {
     match &p.algorithm {
-        fulcrum_config::snapshot::Algorithm::Hash(h) => {
+        Algorithm::Hash(h) => {
             let key = match &h.key {
-                fulcrum_config::snapshot::HashKey::Header(n) => format!("header:{n}"),
-                fulcrum_config::snapshot::HashKey::Cookie(c) => format!("cookie:{c}"),
-                fulcrum_config::snapshot::HashKey::ClientIp => "client_ip".into(),
-                fulcrum_config::snapshot::HashKey::Path => "path".into(),
+                HashKey::Header(n) => format!("header:{n}"),
+                HashKey::Cookie(c) => format!("cookie:{c}"),
+                HashKey::ClientIp => "client_ip".into(),
+                HashKey::Path => "path".into(),
             };
             format!("hash on {key}")
         }
         a => a.name().to_owned(),
     }
+}
+
+/// A setting as `key value` pairs, in config words, for [`changed_keys`].
+type Settings = Vec<(&'static str, String)>;
+
+fn dur(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+fn health(p: &Pool) -> Settings {
+    match &p.health {
+        None => Vec::new(),
+        Some(h) => vec![
+            ("path", h.path.clone()),
+            ("interval", dur(h.interval)),
+            ("timeout", dur(h.timeout)),
+            ("healthy_threshold", h.healthy_threshold.to_string()),
+            ("unhealthy_threshold", h.unhealthy_threshold.to_string()),
+            (
+                "expect_status",
+                format!("{}-{}", h.expect_status.0, h.expect_status.1),
+            ),
+        ],
+    }
+}
+
+fn outlier(p: &Pool) -> Settings {
+    match &p.outlier {
+        None => vec![("enabled", "false".into())],
+        Some(o) => vec![
+            ("enabled", "true".into()),
+            ("consecutive_failures", o.consecutive_failures.to_string()),
+            ("base_ejection", dur(o.base_ejection)),
+            ("max_ejection", dur(o.max_ejection)),
+            ("max_ejected_fraction", o.max_ejected_fraction.to_string()),
+        ],
+    }
+}
+
+fn timeouts(p: &Pool) -> Settings {
+    let t = &p.timeouts;
+    vec![
+        ("connect", dur(t.connect)),
+        ("response", dur(t.response)),
+        ("idle", dur(t.idle)),
+        ("tunnel", dur(t.tunnel)),
+    ]
+}
+
+fn retries(p: &Pool) -> Settings {
+    let r = &p.retries;
+    vec![
+        ("attempts", r.attempts.to_string()),
+        ("budget", r.budget.to_string()),
+        ("min_concurrent", r.min_concurrent.to_string()),
+    ]
+}
+
+/// `connect 2s, response 30s` → `connect 10ms, response 50ms`: only the
+/// keys whose value differs (all of a side that has keys the other lacks,
+/// as when a health check is added). Equal settings give two equal strings.
+fn changed_keys(a: &Settings, b: &Settings) -> (String, String) {
+    let same_keys = a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.0 == y.0);
+    let show = |s: &Settings, keep: &dyn Fn(usize) -> bool| {
+        if s.is_empty() {
+            return "none".to_owned();
+        }
+        s.iter()
+            .enumerate()
+            .filter(|(i, _)| keep(*i))
+            .map(|(_, (k, v))| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if !same_keys {
+        return (show(a, &|_| true), show(b, &|_| true));
+    }
+    let differs = |i: usize| a[i].1 != b[i].1;
+    (show(a, &differs), show(b, &differs))
 }
 
 fn describe_pool(p: &Pool) -> String {
@@ -315,15 +456,28 @@ fn describe_pool(p: &Pool) -> String {
 #[derive(Debug, Clone, Serialize)]
 pub struct Impact {
     pub requests: usize,
-    /// The share of all requests that land on a different (pool, backend):
-    /// the total variation distance between the before and after
-    /// distributions over (pool, backend address). Compared with `--max-moved`.
+    /// The share of replayed requests that land on another pool or
+    /// backend: what `--max-moved` gates. A request whose backend its pool
+    /// decides from the request itself (`hash`, `first`) moves when that
+    /// backend changes; one its pool draws for (`round_robin`, `random`,
+    /// `least_request`) has no backend of its own and moves by as much as
+    /// the pool's spread over its backends changes.
     pub moved: f64,
+    /// How far the spread of all requests over (pool, backend) changes: the
+    /// total variation distance between the two replays' distributions. A
+    /// change of hash key keeps it near 0 while moving most clients, so it
+    /// is reported beside `moved`, never gated.
+    pub distribution_shift: f64,
     /// Share of all requests whose route changes / whose pool changes.
     pub route_changed: f64,
     pub pool_changed: f64,
     pub routes: Vec<RouteImpact>,
     pub pools: Vec<PoolImpact>,
+    /// Pools whose response timeout gets shorter, with the recorded
+    /// requests that took longer than the new one.
+    pub timeouts: Vec<TimeoutImpact>,
+    /// Headers and cookies the configs read that the log did not record.
+    pub unrecorded: Vec<Unrecorded>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -332,7 +486,8 @@ pub struct RouteImpact {
     pub requests_before: usize,
     pub requests_after: usize,
     /// Of the requests this route took before, the share that now take
-    /// another route / reach another pool / another backend.
+    /// another route / reach another pool / land on another pool or
+    /// backend (moved, as `Impact::moved`).
     pub route_changed: f64,
     pub pool_changed: f64,
     pub backend_changed: f64,
@@ -345,6 +500,8 @@ pub struct PoolImpact {
     pub requests_after: usize,
     /// Share of the pool's requests (before) that now reach another pool.
     pub pool_changed: f64,
+    /// Share of the pool's requests (before) that move, as `Impact::moved`.
+    pub moved: f64,
     /// Each backend's share of the pool's requests, before and after (null
     /// where the pool or backend does not exist on that side).
     pub backends: Vec<BackendImpact>,
@@ -357,117 +514,252 @@ pub struct BackendImpact {
     pub after: Option<f64>,
 }
 
-/// Replay `requests` through both snapshots and compare where they go.
-pub fn impact(
-    old: &Snapshot,
-    new: &Snapshot,
-    requests: &[SampleRequest],
-    spec: &TrafficSpec,
-) -> Impact {
+/// A shorter response timeout, against the recorded durations of the
+/// requests the pool serves under both configs.
+#[derive(Debug, Clone, Serialize)]
+pub struct TimeoutImpact {
+    pub pool: String,
+    /// `response`.
+    pub timeout: &'static str,
+    pub old: String,
+    pub new: String,
+    /// Recorded requests to the pool, under both configs, with a duration.
+    pub requests: usize,
+    /// Of those, how many took longer than the new timeout. An upper bound
+    /// of the requests it would cut: the recorded duration runs to the last
+    /// byte sent, the timeout only to the response head.
+    pub over: usize,
+    pub share: f64,
+}
+
+/// Requests per (pool, backend address), before and after.
+type Distribution = BTreeMap<(Option<String>, Option<String>), (f64, f64)>;
+
+/// Where a request may land in its pool: certain when the request alone
+/// decided its backend, else the pool's weight shares (what round robin,
+/// random and least_request all spread towards).
+fn spread(s: &Snapshot, o: &Outcome) -> Vec<(SocketAddr, f64)> {
+    let (Some(p), Some(picked)) = (o.pool, o.backend) else {
+        return Vec::new();
+    };
+    let pool = &s.pools[p];
+    if picked.sticky {
+        return vec![(pool.backends[picked.index].addr, 1.0)];
+    }
+    let total: f64 = pool.backends.iter().map(|b| f64::from(b.weight)).sum();
+    pool.backends
+        .iter()
+        .filter(|b| b.weight > 0)
+        .map(|b| (b.addr, f64::from(b.weight) / total))
+        .collect()
+}
+
+/// Total variation distance: the least share that must move to turn one
+/// spread into the other (1 between nothing and somewhere).
+fn tv(a: &[(SocketAddr, f64)], b: &[(SocketAddr, f64)]) -> f64 {
+    let mass = |x: &[(SocketAddr, f64)]| x.iter().map(|p| p.1).sum::<f64>();
+    let at = |x: &[(SocketAddr, f64)], addr: SocketAddr| {
+        x.iter().find(|p| p.0 == addr).map_or(0.0, |p| p.1)
+    };
+    let mut d: f64 = a.iter().map(|&(addr, p)| (p - at(b, addr)).abs()).sum();
+    d += b
+        .iter()
+        .filter(|p| !a.iter().any(|q| q.0 == p.0))
+        .map(|p| p.1)
+        .sum::<f64>();
+    (d + (mass(a) - mass(b)).abs()) / 2.0
+}
+
+/// Replay the log's requests through both snapshots and compare where they go.
+pub fn impact(old: &Snapshot, new: &Snapshot, log: &Recording, spec: &TrafficSpec) -> Impact {
+    let requests = &log.requests;
     let a = replay(old, requests, spec, true);
     let b = replay(new, requests, spec, true);
     let n = requests.len().max(1) as f64;
-    let key = |s: &Snapshot, o: &crate::simulate::Outcome| {
+    let key = |s: &Snapshot, o: &Outcome| {
         let pool = o.pool.map(|p| s.pools[p].name.to_string());
         let backend = match (o.pool, o.backend) {
-            (Some(p), Some(i)) => Some(s.pools[p].backends[i].addr.to_string()),
+            (Some(p), Some(i)) => Some(s.pools[p].backends[i.index].addr.to_string()),
             _ => None,
         };
         (pool, backend)
     };
-    let route_name =
-        |s: &Snapshot, o: &crate::simulate::Outcome| o.route.map(|r| s.routes[r].name.to_string());
+    let route_name = |s: &Snapshot, o: &Outcome| o.route.map(|r| s.routes[r].name.to_string());
 
-    let mut dist: BTreeMap<(Option<String>, Option<String>), (f64, f64)> = BTreeMap::new();
-    let (mut route_changed, mut pool_changed) = (0usize, 0usize);
-    let mut routes: BTreeMap<String, [usize; 5]> = BTreeMap::new();
-    let mut pools: BTreeMap<String, [usize; 3]> = BTreeMap::new();
+    let mut dist = Distribution::new();
+    let (mut route_changed, mut pool_changed, mut moved) = (0usize, 0usize, 0.0f64);
+    // Per route: before, after, route changed, pool changed; and moved.
+    let mut routes: BTreeMap<String, ([usize; 4], f64)> = BTreeMap::new();
+    // Per pool: before, after, pool changed; and moved.
+    let mut pools: BTreeMap<String, ([usize; 3], f64)> = BTreeMap::new();
     for (x, y) in a.iter().zip(&b) {
         let (kx, ky) = (key(old, x), key(new, y));
         dist.entry(kx.clone()).or_default().0 += 1.0;
         dist.entry(ky.clone()).or_default().1 += 1.0;
         let (rx, ry) = (route_name(old, x), route_name(new, y));
+        let pool_moved = kx.0 != ky.0;
+        let m = if pool_moved {
+            1.0
+        } else {
+            tv(&spread(old, x), &spread(new, y))
+        };
         route_changed += (rx != ry) as usize;
-        pool_changed += (kx.0 != ky.0) as usize;
+        pool_changed += pool_moved as usize;
+        moved += m;
         if let Some(r) = &rx {
             let e = routes.entry(r.clone()).or_default();
-            e[0] += 1;
-            e[2] += (rx != ry) as usize;
-            e[3] += (kx.0 != ky.0) as usize;
-            e[4] += (kx != ky) as usize;
+            e.0[0] += 1;
+            e.0[2] += (rx != ry) as usize;
+            e.0[3] += pool_moved as usize;
+            e.1 += m;
         }
         if let Some(r) = &ry {
-            routes.entry(r.clone()).or_default()[1] += 1;
+            routes.entry(r.clone()).or_default().0[1] += 1;
         }
         if let Some(p) = &kx.0 {
             let e = pools.entry(p.clone()).or_default();
-            e[0] += 1;
-            e[2] += (kx.0 != ky.0) as usize;
+            e.0[0] += 1;
+            e.0[2] += pool_moved as usize;
+            e.1 += m;
         }
         if let Some(p) = &ky.0 {
-            pools.entry(p.clone()).or_default()[1] += 1;
+            pools.entry(p.clone()).or_default().0[1] += 1;
         }
     }
-    let moved = dist.values().map(|(x, y)| (x - y).abs()).sum::<f64>() / 2.0 / n;
-    let frac = |x: usize, of: usize| if of == 0 { 0.0 } else { x as f64 / of as f64 };
+    let distribution_shift = dist.values().map(|(x, y)| (x - y).abs()).sum::<f64>() / 2.0 / n;
+    let frac = |x: f64, of: usize| if of == 0 { 0.0 } else { x / of as f64 };
     let routes = routes
         .into_iter()
-        .map(|(route, c)| RouteImpact {
+        .map(|(route, (c, m))| RouteImpact {
             route,
             requests_before: c[0],
             requests_after: c[1],
-            route_changed: frac(c[2], c[0]),
-            pool_changed: frac(c[3], c[0]),
-            backend_changed: frac(c[4], c[0]),
+            route_changed: frac(c[2] as f64, c[0]),
+            pool_changed: frac(c[3] as f64, c[0]),
+            backend_changed: frac(m, c[0]),
         })
         .collect();
     let pools = pools
         .into_iter()
-        .map(|(pool, c)| {
-            let mut addrs: Vec<String> = Vec::new();
-            for s in [old, new] {
-                if let Some((_, p)) = s.pool(&pool) {
-                    for be in &p.backends {
-                        let a = be.addr.to_string();
-                        if !addrs.contains(&a) {
-                            addrs.push(a);
-                        }
-                    }
-                }
-            }
-            let share = |s: &Snapshot, side: usize, addr: &str| -> Option<f64> {
-                let (_, p) = s.pool(&pool)?;
-                p.backends.iter().find(|b| b.addr.to_string() == addr)?;
-                let total = c[side];
-                let hits = dist
-                    .get(&(Some(pool.clone()), Some(addr.to_owned())))
-                    .map_or(0.0, |d| if side == 0 { d.0 } else { d.1 });
-                Some(if total == 0 { 0.0 } else { hits / total as f64 })
-            };
+        .map(|(pool, (c, m))| {
+            let backends = backend_shares(old, new, &pool, &dist, c);
             PoolImpact {
-                backends: addrs
-                    .iter()
-                    .map(|addr| BackendImpact {
-                        addr: addr.clone(),
-                        before: share(old, 0, addr),
-                        after: share(new, 1, addr),
-                    })
-                    .collect(),
-                pool_changed: frac(c[2], c[0]),
+                backends,
+                pool_changed: frac(c[2] as f64, c[0]),
+                moved: frac(m, c[0]),
                 requests_before: c[0],
                 requests_after: c[1],
                 pool,
             }
         })
         .collect();
+    let mut unrecorded = log.unrecorded(new);
+    for mut u in log.unrecorded(old) {
+        let read_by = u.read_by.iter().map(|r| format!("old {r}"));
+        match unrecorded
+            .iter_mut()
+            .find(|x| x.kind == u.kind && x.name == u.name)
+        {
+            Some(x) => x.read_by.extend(read_by),
+            None => {
+                u.read_by = read_by.collect();
+                unrecorded.push(u);
+            }
+        }
+    }
     Impact {
         requests: requests.len(),
-        moved,
-        route_changed: frac(route_changed, requests.len()),
-        pool_changed: frac(pool_changed, requests.len()),
+        moved: moved / n,
+        distribution_shift,
+        route_changed: frac(route_changed as f64, requests.len()),
+        pool_changed: frac(pool_changed as f64, requests.len()),
         routes,
         pools,
+        timeouts: timeout_cuts(old, new, log, &a, &b),
+        unrecorded,
     }
+}
+
+/// Each backend's share of `pool`'s requests on each side.
+fn backend_shares(
+    old: &Snapshot,
+    new: &Snapshot,
+    pool: &str,
+    dist: &Distribution,
+    counts: [usize; 3],
+) -> Vec<BackendImpact> {
+    let mut addrs: Vec<String> = Vec::new();
+    for s in [old, new] {
+        if let Some((_, p)) = s.pool(pool) {
+            for be in &p.backends {
+                let a = be.addr.to_string();
+                if !addrs.contains(&a) {
+                    addrs.push(a);
+                }
+            }
+        }
+    }
+    let share = |s: &Snapshot, side: usize, addr: &str| -> Option<f64> {
+        let (_, p) = s.pool(pool)?;
+        p.backends.iter().find(|b| b.addr.to_string() == addr)?;
+        let total = counts[side];
+        let hits = dist
+            .get(&(Some(pool.to_owned()), Some(addr.to_owned())))
+            .map_or(0.0, |d| if side == 0 { d.0 } else { d.1 });
+        Some(if total == 0 { 0.0 } else { hits / total as f64 })
+    };
+    addrs
+        .iter()
+        .map(|addr| BackendImpact {
+            addr: addr.clone(),
+            before: share(old, 0, addr),
+            after: share(new, 1, addr),
+        })
+        .collect()
+}
+
+/// For each pool whose response timeout gets shorter: of the recorded
+/// requests it serves under both configs, those that took longer than the
+/// new timeout (incident 3: timeouts cut below what logins need).
+fn timeout_cuts(
+    old: &Snapshot,
+    new: &Snapshot,
+    log: &Recording,
+    a: &[Outcome],
+    b: &[Outcome],
+) -> Vec<TimeoutImpact> {
+    let mut out = Vec::new();
+    for (j, n) in new.pools.iter().enumerate() {
+        let Some((i, o)) = old.pool(&n.name) else {
+            continue;
+        };
+        let (before, after) = (o.timeouts.response, n.timeouts.response);
+        if after >= before {
+            continue;
+        }
+        let limit_ms = after.as_secs_f64() * 1000.0;
+        let durations: Vec<f64> = log
+            .requests
+            .iter()
+            .zip(a.iter().zip(b))
+            .filter(|(_, (x, y))| x.pool == Some(i) && y.pool == Some(j))
+            .filter_map(|(r, _)| r.duration_ms)
+            .collect();
+        if durations.is_empty() {
+            continue;
+        }
+        let over = durations.iter().filter(|&&d| d > limit_ms).count();
+        out.push(TimeoutImpact {
+            pool: n.name.to_string(),
+            timeout: "response",
+            old: dur(before),
+            new: dur(after),
+            requests: durations.len(),
+            over,
+            share: over as f64 / durations.len() as f64,
+        });
+    }
+    out
 }
 
 fn pct(x: f64) -> String {
@@ -504,7 +796,7 @@ pub fn render_human(d: &Diff, max_moved: Option<f64>) -> String {
             i.requests
         ));
         out.push_str(&format!(
-            "  moved: {} of requests land on a different pool or backend",
+            "  moved: {} of requests land on another pool or backend",
             pct(i.moved)
         ));
         if let Some(m) = max_moved {
@@ -512,13 +804,17 @@ pub fn render_human(d: &Diff, max_moved: Option<f64>) -> String {
             out.push_str(&format!(" ({verdict} --max-moved {})", pct(m)));
         }
         out.push_str(&format!(
+            "\n  distribution shift: {} (how far the spread over pools and backends changes; not gated)",
+            pct(i.distribution_shift)
+        ));
+        out.push_str(&format!(
             "\n  route changed: {}, pool changed: {}\n",
             pct(i.route_changed),
             pct(i.pool_changed)
         ));
         for r in &i.routes {
             out.push_str(&format!(
-                "  route {}: {} → {} requests; of its requests {} change route, {} change pool, {} change backend\n",
+                "  route {}: {} → {} requests; of its requests {} change route, {} change pool, {} move\n",
                 r.route,
                 r.requests_before,
                 r.requests_after,
@@ -529,11 +825,12 @@ pub fn render_human(d: &Diff, max_moved: Option<f64>) -> String {
         }
         for p in &i.pools {
             out.push_str(&format!(
-                "  pool {}: {} → {} requests ({} of its requests go to another pool)\n",
+                "  pool {}: {} → {} requests ({} of its requests go to another pool, {} move)\n",
                 p.pool,
                 p.requests_before,
                 p.requests_after,
-                pct(p.pool_changed)
+                pct(p.pool_changed),
+                pct(p.moved)
             ));
             for b in &p.backends {
                 let s = |x: Option<f64>| x.map_or("—".to_owned(), pct);
@@ -545,6 +842,15 @@ pub fn render_human(d: &Diff, max_moved: Option<f64>) -> String {
                 ));
             }
         }
+        for t in &i.timeouts {
+            out.push_str(&format!(
+                "  pool {} timeouts.{}: {} → {}: {} of {} recorded requests ({}) took longer than {}: up to that many would be cut (504)\n",
+                t.pool, t.timeout, t.old, t.new, t.over, t.requests, pct(t.share), t.new
+            ));
+        }
+    }
+    for w in &d.warnings {
+        out.push_str(&format!("warning[{}]: {}\n", w.code, w.message));
     }
     out
 }

@@ -11,6 +11,7 @@ pub mod diff;
 pub mod explain;
 pub mod rules;
 pub mod sarif;
+pub mod share;
 pub mod simulate;
 pub mod traffic;
 

@@ -6,12 +6,13 @@
 
 use fulcrum_config::Snapshot;
 use fulcrum_config::locate::locate;
-use fulcrum_config::snapshot::Pool;
+use fulcrum_config::snapshot::{PathMatch, Pool, RequestView};
 use fulcrum_config::standards::{Location, PoolSelector, Rule, Standards};
 use serde::Serialize;
 
-use crate::simulate::{Shares, pool_shares, replay};
-use crate::traffic::{Traffic, synthetic};
+use crate::share::{Breach, judge};
+use crate::simulate::{PoolSim, Shares, replay_pools, simulate_pool};
+use crate::traffic::{Traffic, Unrecorded, synthetic};
 
 /// The config a snapshot was compiled from, to point at its lines.
 #[derive(Debug, Clone, Copy)]
@@ -26,6 +27,9 @@ pub struct Evaluation {
     pub standards: String,
     /// What the simulated shares were computed over.
     pub traffic: String,
+    /// With a recorded sample: the headers and cookies the config reads
+    /// that some lines of the log did not record (taken as absent there).
+    pub unrecorded: Vec<Unrecorded>,
     pub passed: usize,
     pub failed: usize,
     pub rules: Vec<RuleOutcome>,
@@ -94,12 +98,18 @@ pub fn evaluate(
         config,
         traffic,
         shares: vec![None; snapshot.pools.len()],
+        replayed: None,
     };
     let rules: Vec<RuleOutcome> = standards.rules.iter().map(|r| ctx.rule(r)).collect();
     let failed = rules.iter().filter(|r| !r.passed).count();
+    let unrecorded = match traffic {
+        Traffic::Recorded { log, .. } => log.unrecorded(snapshot),
+        Traffic::Synthetic(_) => Vec::new(),
+    };
     Evaluation {
         standards: standards.file.clone(),
         traffic: traffic.describe(),
+        unrecorded,
         passed: rules.len() - failed,
         failed,
         rules,
@@ -112,6 +122,8 @@ struct Ctx<'a> {
     traffic: &'a Traffic,
     /// Simulated once per pool, on first use.
     shares: Vec<Option<Shares>>,
+    /// A recorded sample, replayed once through every pool on first use.
+    replayed: Option<Vec<PoolSim>>,
 }
 
 impl Ctx<'_> {
@@ -131,20 +143,72 @@ impl Ctx<'_> {
         }
         let pool = &self.snapshot.pools[i];
         let s = match self.traffic {
-            Traffic::Synthetic(spec) => pool_shares(pool, &synthetic(spec), spec),
-            Traffic::Recorded { requests, spec, .. } => {
-                let out = replay(self.snapshot, requests, spec, true);
-                let mut counts = vec![0u64; pool.backends.len()];
-                for o in out.iter().filter(|o| o.pool == Some(i)) {
-                    if let Some(b) = o.backend {
-                        counts[b] += 1;
-                    }
-                }
-                Shares::from_counts(pool, &counts)
+            Traffic::Synthetic(spec) => judge(pool, &simulate_pool(pool, &synthetic(spec), spec)),
+            Traffic::Recorded { log, spec, .. } => {
+                let sims = self.replayed.get_or_insert_with(|| {
+                    replay_pools(self.snapshot, &log.requests, spec, true).1
+                });
+                judge(pool, &sims[i])
             }
         };
         self.shares[i] = Some(s.clone());
         s
+    }
+
+    /// How to make a request routed by route `matched` reach pool `want`,
+    /// and the config line to change. Never "point a catch-all at it",
+    /// which would send all traffic there: when a later route already
+    /// sends it to `want`, the routes are in the wrong order.
+    fn reroute(
+        &self,
+        view: &RequestView<'_>,
+        matched: Option<usize>,
+        want: &str,
+    ) -> (String, Option<Location>) {
+        let s = self.snapshot;
+        if s.pool(want).is_none() {
+            return (format!("the config has no pool `{want}`"), None);
+        }
+        let Some(i) = matched else {
+            return (format!("add a route for it with `pool = \"{want}\"`"), None);
+        };
+        let taker = &s.routes[i].name;
+        let later = s
+            .routes
+            .iter()
+            .enumerate()
+            .skip(i + 1)
+            .find(|(_, r)| &*s.pools[r.pool].name == want && r.matcher.matches(view));
+        if let Some((k, r)) = later {
+            return (
+                format!(
+                    "route `{}` would send it there, but route `{taker}` comes first and takes it: move `{}` above `{taker}`",
+                    r.name, r.name
+                ),
+                self.at(&format!("route[{k}]")),
+            );
+        }
+        let m = &s.routes[i].matcher;
+        let catch_all = m.host.is_none()
+            && m.methods.is_empty()
+            && m.headers.is_empty()
+            && m.path
+                .as_ref()
+                .is_none_or(|p| matches!(p, PathMatch::Prefix(x) if x == "/"));
+        if catch_all {
+            return (
+                format!(
+                    "route `{taker}` takes every request, so pointing it at `{want}` would send all traffic there: add a route for this request with `pool = \"{want}\"` before `{taker}`"
+                ),
+                self.at(&format!("route[{i}]")),
+            );
+        }
+        (
+            format!(
+                "point route `{taker}` at `pool = \"{want}\"`, or add a route for it before `{taker}`"
+            ),
+            None,
+        )
     }
 
     fn rule(&mut self, rule: &Rule) -> RuleOutcome {
@@ -171,7 +235,7 @@ impl Ctx<'_> {
         let s = self.snapshot;
 
         if let Some(req) = &rule.request {
-            let view = fulcrum_config::snapshot::RequestView {
+            let view = RequestView {
                 method: &req.method,
                 host: req.host.as_deref(),
                 path: &req.path,
@@ -217,18 +281,14 @@ impl Ctx<'_> {
             if let Some(want) = &rule.expect_pool
                 && pool.is_none_or(|p| &*p.name != want)
             {
-                let hint = if s.pool(want).is_some() {
-                    format!("point that route at `pool = \"{want}\"` or add a route for it before")
-                } else {
-                    format!("the config has no pool `{want}`")
-                };
+                let (hint, at) = self.reroute(&view, routed.map(|(i, _)| i), want);
                 fail(
                     "expect_pool",
                     format!(
                         "`{}` must reach pool `{want}`, but {went}; {hint}",
                         req.text
                     ),
-                    route_at.clone(),
+                    at.or_else(|| route_at.clone()),
                     Some(evidence.clone()),
                 );
             }
@@ -296,7 +356,7 @@ impl Ctx<'_> {
                             self.at(&pk),
                             Some(Evidence::Shares(shares)),
                         );
-                    } else if let Some(top) = shares.max().filter(|t| t.share > max + 1e-9) {
+                    } else if let Some(breach) = shares.breach(max) {
                         let at = if p.algorithm.name() == "round_robin" {
                             self.at(&format!("{pk}.backends"))
                         } else {
@@ -304,15 +364,7 @@ impl Ctx<'_> {
                         };
                         fail(
                             "max_backend_share",
-                            format!(
-                                "backend {} of pool `{}` would receive {:.1}% of its requests (at most {:.1}% allowed) under `{}`: {}; spread the load (weights, algorithm, or a hash key that varies)",
-                                top.addr,
-                                p.name,
-                                top.share * 100.0,
-                                max * 100.0,
-                                p.algorithm.name(),
-                                shares.summary()
-                            ),
+                            share_message(p, &shares, breach, max),
                             at,
                             Some(Evidence::Shares(shares.clone())),
                         );
@@ -354,6 +406,29 @@ impl Ctx<'_> {
                         self.at(&format!("{pk}.outlier")),
                         None,
                     );
+                }
+                if let Some(allowed) = &rule.allowed_backends {
+                    let outside: Vec<String> = p
+                        .backends
+                        .iter()
+                        .filter(|b| !allowed.iter().any(|a| a.matches(b.addr)))
+                        .map(|b| b.addr.to_string())
+                        .collect();
+                    if !outside.is_empty() {
+                        let allowed: Vec<String> = allowed.iter().map(|a| a.to_string()).collect();
+                        fail(
+                            "allowed_backends",
+                            format!(
+                                "pool `{}` sends traffic to {}, which {} not among the servers it may use ({}); point the pool back at its own servers, or extend allowed_backends if these really serve it",
+                                p.name,
+                                outside.join(", "),
+                                if outside.len() == 1 { "is" } else { "are" },
+                                allowed.join(", ")
+                            ),
+                            self.at(&format!("{pk}.backends")),
+                            None,
+                        );
+                    }
                 }
                 for (key, range, d) in [
                     ("connect_timeout", rule.connect_timeout, p.timeouts.connect),
@@ -448,6 +523,60 @@ impl Ctx<'_> {
     }
 }
 
+fn pct(x: f64) -> String {
+    format!("{:.1}%", x * 100.0)
+}
+
+/// A confidence level, to its last significant digit: `99.99%`.
+fn level(c: f64) -> String {
+    format!("{}%", (c * 1e6).round() / 1e4)
+}
+
+/// What is wrong with a pool's spread, from the evidence that decides.
+fn share_message(p: &Pool, shares: &Shares, breach: Breach<'_>, max: f64) -> String {
+    let top = match breach {
+        Breach::Backend(top) => top,
+        Breach::Floor(floor) => {
+            return format!(
+                "pool `{}` hashes its requests on only {} of its key, and however they fall on the ring one backend receives at least {} of them ({} confidence; at most {} allowed): {}; hash on a key that varies (a user or session id), or set `on_missing = \"random\"` if most requests lack it",
+                p.name,
+                match shares.keys.unwrap_or(0) {
+                    1 => "1 distinct value".to_owned(),
+                    k => format!("{k} distinct values"),
+                },
+                pct(floor),
+                level(crate::share::CONFIDENCE),
+                pct(max),
+                shares.summary()
+            );
+        }
+    };
+    let how = match shares.confidence {
+        Some(c) => format!(
+            "backend {} of pool `{}` would receive {} of its requests ({} interval {}–{}, all above the {} allowed)",
+            top.addr,
+            p.name,
+            pct(top.share),
+            level(c),
+            pct(top.low.unwrap_or(top.share)),
+            pct(top.high.unwrap_or(top.share)),
+            pct(max)
+        ),
+        None => format!(
+            "backend {} of pool `{}` would receive {} of its requests, exactly (at most {} allowed)",
+            top.addr,
+            p.name,
+            pct(top.share),
+            pct(max)
+        ),
+    };
+    format!(
+        "{how} under `{}`: {}; spread the load (weights, algorithm, or a hash key that varies)",
+        p.algorithm.name(),
+        shares.summary()
+    )
+}
+
 fn fulcrum_humantime(d: std::time::Duration) -> String {
     let ms = d.as_millis();
     if ms.is_multiple_of(1000) {
@@ -476,10 +605,18 @@ pub fn render_human(e: &Evaluation) -> String {
                 out.push_str(&format!("    --> {}:{}:{}\n", c.file, c.line, c.col));
             }
             if let Some(Evidence::Shares(s)) = &f.evidence {
-                out.push_str(&format!("    simulated over {}:\n", e.traffic));
+                let how = match s.confidence {
+                    Some(c) => format!("shares estimated, with {} intervals", level(c)),
+                    None => "shares exact".to_owned(),
+                };
+                out.push_str(&format!("    simulated over {} ({how}):\n", e.traffic));
                 for b in &s.backends {
+                    let interval = match (b.low, b.high) {
+                        (Some(lo), Some(hi)) => format!(" ({}–{})", pct(lo), pct(hi)),
+                        _ => String::new(),
+                    };
                     out.push_str(&format!(
-                        "      {:<24} weight {:<4} {:>6.1}%  ({} of {})\n",
+                        "      {:<24} weight {:<4} {:>6.1}%{interval}  ({} of {} simulated)\n",
                         b.addr,
                         b.weight,
                         b.share * 100.0,
@@ -489,6 +626,13 @@ pub fn render_human(e: &Evaluation) -> String {
                 }
             }
         }
+    }
+    for u in &e.unrecorded {
+        out.push_str(&format!(
+            "warning[unrecorded-{}]: {}\n",
+            u.kind,
+            u.message()
+        ));
     }
     out.push_str(&format!("{} passed, {} failed\n", e.passed, e.failed));
     out

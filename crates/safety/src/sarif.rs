@@ -26,8 +26,53 @@ fn at(l: &Location, text: Option<&str>) -> Value {
     location(&l.file, l.line, l.col, text)
 }
 
+/// A SARIF `reportingDescriptor` for `id`, described by the docs' own
+/// reference tables (docs/config.md, docs/standards.md).
+fn descriptor(id: &str) -> Value {
+    let (short, full, help) = match id.split_once('/') {
+        Some(("config", code)) => match fulcrum_config::reference::code(code) {
+            Some(d) => (
+                format!("config diagnostic `{code}` ({})", d.severity),
+                d.meaning.to_owned(),
+                format!("{} (docs/config.md#diagnostics)", d.fix),
+            ),
+            None => (
+                format!("config diagnostic `{code}`"),
+                format!("The config breaks `{code}`."),
+                "See docs/config.md#diagnostics.".to_owned(),
+            ),
+        },
+        Some((_, key)) => (
+            format!("standard assertion `{key}`"),
+            fulcrum_config::reference::rule_key(key)
+                .unwrap_or("A rule of the standards or tests file.")
+                .to_owned(),
+            format!(
+                "A rule asserting `{key}` does not hold: change the config line this result points at first, or, if the standard itself changed, the rule (docs/standards.md)."
+            ),
+        ),
+        None => (id.to_owned(), id.to_owned(), String::new()),
+    };
+    json!({
+        "id": id,
+        "shortDescription": { "text": short },
+        "fullDescription": { "text": full },
+        "help": { "text": help }
+    })
+}
+
 /// One SARIF log with one run holding every diagnostic and rule failure.
 pub fn render(diagnostics: &[Diagnostic], evaluation: Option<&Evaluation>) -> String {
+    log(diagnostics, evaluation, true)
+}
+
+/// The SARIF log of a run that could not check anything (an unreadable
+/// file): its one diagnostic, and an invocation that did not succeed.
+pub fn render_failure(diagnostic: &Diagnostic) -> String {
+    log(std::slice::from_ref(diagnostic), None, false)
+}
+
+fn log(diagnostics: &[Diagnostic], evaluation: Option<&Evaluation>, ran: bool) -> String {
     let mut results = Vec::new();
     let mut rule_ids: Vec<String> = Vec::new();
     for d in diagnostics {
@@ -42,7 +87,7 @@ pub fn render(diagnostics: &[Diagnostic], evaluation: Option<&Evaluation>) -> St
         results.push(json!({
             "ruleId": id,
             "level": if d.is_error() { "error" } else { "warning" },
-            "message": { "text": format!("{}: {text}", d.key_path) },
+            "message": { "text": if d.key_path.is_empty() { text } else { format!("{}: {text}", d.key_path) } },
             "locations": [location(&d.file, d.line, d.col, None)]
         }));
     }
@@ -67,7 +112,7 @@ pub fn render(diagnostics: &[Diagnostic], evaluation: Option<&Evaluation>) -> St
             }));
         }
     }
-    let rules: Vec<Value> = rule_ids.iter().map(|id| json!({ "id": id })).collect();
+    let rules: Vec<Value> = rule_ids.iter().map(|id| descriptor(id)).collect();
     let log = json!({
         "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
         "version": "2.1.0",
@@ -77,6 +122,7 @@ pub fn render(diagnostics: &[Diagnostic], evaluation: Option<&Evaluation>) -> St
                 "version": env!("CARGO_PKG_VERSION"),
                 "rules": rules
             }},
+            "invocations": [{ "executionSuccessful": ran }],
             "results": results
         }]
     });

@@ -7,13 +7,13 @@
 //! per pool (so a run is reproducible, and an unchanged pool picks the same
 //! backends under two configs).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use fastrand::Rng;
 use fulcrum_config::Snapshot;
 use fulcrum_config::balance::{Balancer, PoolView, hash_key};
 use fulcrum_config::keys::redact;
-use fulcrum_config::snapshot::{HeaderValueMatch, Pool, Routes};
+use fulcrum_config::snapshot::{Algorithm, HeaderValueMatch, MissingKey, Pool, Routes};
 use fulcrum_config::standards::TrafficSpec;
 use serde::Serialize;
 use xxhash_rust::xxh3::xxh3_64;
@@ -74,8 +74,28 @@ pub struct PoolSim {
     pub balancer: Balancer,
     pub view: ModelView,
     rng: Rng,
+    /// `first`: the pick never depends on chance or load.
+    first: bool,
     /// Picks per backend so far.
     pub counts: Vec<u64>,
+    /// Of those, picks made by a draw (random, load, round-robin turn)
+    /// rather than by the request itself.
+    pub drawn: u64,
+    /// `hash` pools: each hashed key the request decided by (the empty
+    /// key's hash for those without one under `hash_empty`), its requests
+    /// and its backend. What makes a hash pool's spread a matter of how
+    /// many keys there are and how heavy the heaviest are.
+    pub keys: HashMap<u64, (u64, usize)>,
+}
+
+/// A backend picked for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Picked {
+    pub index: usize,
+    /// The request alone decided it (`first`, or `hash` on a key it
+    /// carries or on the empty key): under the same pool it always lands
+    /// there. Otherwise it is one draw of the pool's spread.
+    pub sticky: bool,
 }
 
 impl PoolSim {
@@ -84,21 +104,32 @@ impl PoolSim {
             balancer: Balancer::new(pool),
             view: ModelView::new(pool, spec.concurrency),
             rng: Rng::with_seed(spec.seed ^ xxh3_64(pool.name.as_bytes())),
+            first: pool.algorithm == Algorithm::First,
             counts: vec![0; pool.backends.len()],
+            drawn: 0,
+            keys: HashMap::new(),
         }
     }
 
     /// The backend the balancer picks for `req`, exactly as `serve` would
     /// with every backend healthy.
-    pub fn pick(&mut self, req: &SampleRequest) -> Option<usize> {
-        let key = self
-            .balancer
-            .hash_policy()
-            .and_then(|p| hash_key(p, &req.view(), req.client_ip));
+    pub fn pick(&mut self, req: &SampleRequest) -> Option<Picked> {
+        let policy = self.balancer.hash_policy();
+        let key = policy.and_then(|p| hash_key(p, &req.view(), req.client_ip));
+        let sticky = self.first
+            || policy.is_some_and(|p| key.is_some() || p.on_missing == MissingKey::HashEmpty);
         let pick = self.balancer.pick(&self.view, key, &[], &mut self.rng)?;
         self.view.sent(pick.index);
         self.counts[pick.index] += 1;
-        Some(pick.index)
+        self.drawn += u64::from(!sticky);
+        if policy.is_some() && sticky {
+            let k = key.unwrap_or_else(Balancer::empty_key);
+            self.keys.entry(k).or_insert((0, pick.index)).0 += 1;
+        }
+        Some(Picked {
+            index: pick.index,
+            sticky,
+        })
     }
 }
 
@@ -107,7 +138,21 @@ impl PoolSim {
 pub struct Shares {
     pub pool: String,
     pub algorithm: &'static str,
+    /// Requests of the sample that reached the pool.
     pub requests: u64,
+    /// `counted` (the shares are the simulated counts), `exact` (computed
+    /// from the weights, or from each request's own key) or `estimated`
+    /// (a sample of a spread that chance or keys decide: each share comes
+    /// with an interval); see [`crate::share`].
+    pub method: &'static str,
+    /// Of the intervals, when `estimated`.
+    pub confidence: Option<f64>,
+    /// `hash` pools: however their keys fall on the ring, the busiest
+    /// backend gets at least this share (a lower confidence bound, from
+    /// the heaviest keys alone).
+    pub floor: Option<f64>,
+    /// `hash` pools: distinct keys among the sample's requests.
+    pub keys: Option<usize>,
     pub backends: Vec<BackendShare>,
 }
 
@@ -115,9 +160,13 @@ pub struct Shares {
 pub struct BackendShare {
     pub addr: String,
     pub weight: u32,
+    /// Simulated picks.
     pub requests: u64,
     /// Of the pool's requests; 0 when the pool had none.
     pub share: f64,
+    /// The interval around `share`, when `estimated`.
+    pub low: Option<f64>,
+    pub high: Option<f64>,
 }
 
 impl Shares {
@@ -127,6 +176,10 @@ impl Shares {
             pool: pool.name.to_string(),
             algorithm: pool.algorithm.name(),
             requests: total,
+            method: "counted",
+            confidence: None,
+            floor: None,
+            keys: None,
             backends: pool
                 .backends
                 .iter()
@@ -140,6 +193,8 @@ impl Shares {
                     } else {
                         n as f64 / total as f64
                     },
+                    low: None,
+                    high: None,
                 })
                 .collect(),
         }
@@ -162,17 +217,26 @@ impl Shares {
     }
 }
 
-/// The shares of `pool` over `requests`.
+/// `pool` simulated over `requests`.
+pub fn simulate_pool<'a>(
+    pool: &Pool,
+    requests: impl IntoIterator<Item = &'a SampleRequest>,
+    spec: &TrafficSpec,
+) -> PoolSim {
+    let mut sim = PoolSim::new(pool, spec);
+    for r in requests {
+        sim.pick(r);
+    }
+    sim
+}
+
+/// The simulated counts of `pool` over `requests`.
 pub fn pool_shares<'a>(
     pool: &Pool,
     requests: impl IntoIterator<Item = &'a SampleRequest>,
     spec: &TrafficSpec,
 ) -> Shares {
-    let mut sim = PoolSim::new(pool, spec);
-    for r in requests {
-        sim.pick(r);
-    }
-    Shares::from_counts(pool, &sim.counts)
+    Shares::from_counts(pool, &simulate_pool(pool, requests, spec).counts)
 }
 
 /// Where one request of a replay went.
@@ -180,7 +244,7 @@ pub fn pool_shares<'a>(
 pub struct Outcome {
     pub route: Option<usize>,
     pub pool: Option<usize>,
-    pub backend: Option<usize>,
+    pub backend: Option<Picked>,
 }
 
 /// Replay `requests` in order through `snapshot`: route, then pick in the
@@ -193,6 +257,16 @@ pub fn replay(
     spec: &TrafficSpec,
     recorded: bool,
 ) -> Vec<Outcome> {
+    replay_pools(snapshot, requests, spec, recorded).0
+}
+
+/// [`replay`], and each pool's simulation after it (in snapshot order).
+pub fn replay_pools(
+    snapshot: &Snapshot,
+    requests: &[SampleRequest],
+    spec: &TrafficSpec,
+    recorded: bool,
+) -> (Vec<Outcome>, Vec<PoolSim>) {
     let redacted;
     let snapshot = if recorded {
         redacted = for_recorded(snapshot);
@@ -205,7 +279,7 @@ pub fn replay(
         .iter()
         .map(|p| PoolSim::new(p, spec))
         .collect();
-    requests
+    let outcomes = requests
         .iter()
         .map(|r| match snapshot.route(&r.view()) {
             None => Outcome {
@@ -219,7 +293,8 @@ pub fn replay(
                 backend: sims[route.pool].pick(r),
             },
         })
-        .collect()
+        .collect();
+    (outcomes, sims)
 }
 
 /// The snapshot as matched against an access log: an exact header

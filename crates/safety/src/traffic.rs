@@ -1,15 +1,20 @@
 //! Traffic samples: the requests the simulator replays. Either synthetic,
 //! drawn from a team's `[traffic]` description (only the headers and cookies
 //! it declares, so a pool hashing on one nobody sends is caught), or
-//! recorded: the JSON lines of Fulcrum's access log.
+//! recorded: the JSON lines of Fulcrum's access log, with what each line
+//! recorded, so a config that reads a header the log did not keep is told
+//! so rather than replayed as if every request lacked it.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 
 use fastrand::Rng;
-use fulcrum_config::snapshot::RequestView;
+use fulcrum_config::Snapshot;
+use fulcrum_config::snapshot::{Algorithm, HashKey, RequestView};
 use fulcrum_config::standards::TrafficSpec;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use serde::Serialize;
 
 /// One request of a sample, owning what routing and hashing read.
 #[derive(Debug, Clone)]
@@ -19,6 +24,10 @@ pub struct SampleRequest {
     pub path: String,
     pub headers: HeaderMap,
     pub client_ip: IpAddr,
+    /// From a recorded line: from arrival to the last byte sent, and the
+    /// status sent. `None` in a synthetic sample.
+    pub duration_ms: Option<f64>,
+    pub status: Option<u16>,
 }
 
 impl SampleRequest {
@@ -41,7 +50,7 @@ pub enum Traffic {
     /// Recorded requests, routed through the config under test; the spec
     /// still gives the model's concurrency and seed.
     Recorded {
-        requests: Vec<SampleRequest>,
+        log: Recording,
         spec: TrafficSpec,
         /// Where it came from, for reports.
         source: String,
@@ -74,9 +83,12 @@ impl Traffic {
                 }
                 d
             }
-            Traffic::Recorded {
-                requests, source, ..
-            } => format!("recorded sample: {} requests from {source}", requests.len()),
+            Traffic::Recorded { log, source, .. } => {
+                format!(
+                    "recorded sample: {} requests from {source}",
+                    log.requests.len()
+                )
+            }
         }
     }
 }
@@ -114,91 +126,218 @@ pub fn synthetic(spec: &TrafficSpec) -> Vec<SampleRequest> {
                 path,
                 headers,
                 client_ip: IpAddr::V4(Ipv4Addr::from(0x0a00_0000 | client)),
+                duration_ms: None,
+                status: None,
             }
         })
         .collect()
 }
 
-/// A line of an access log that cannot be replayed.
+/// An access log that cannot be replayed: a line that is not one of
+/// `serve`'s, or a log with no request at all.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrafficError {
+    /// 1-based; 0 when the problem is the whole file.
     pub line: usize,
     pub message: String,
 }
 
+impl TrafficError {
+    /// What to do about it.
+    pub fn hint(&self) -> &'static str {
+        if self.line == 0 {
+            "replay needs the access log of a `fulcrum serve` that has served traffic ([access_log] path)"
+        } else {
+            "each line must be one JSON object as `fulcrum serve` writes to its access log"
+        }
+    }
+}
+
 impl fmt::Display for TrafficError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "line {}: {} (each line must be one JSON object as `fulcrum serve` writes to its access log)",
-            self.line, self.message
-        )
+        if self.line > 0 {
+            write!(f, "line {}: ", self.line)?;
+        }
+        write!(f, "{} ({})", self.message, self.hint())
     }
 }
 
 impl std::error::Error for TrafficError {}
 
+/// A parsed access log: its requests, and how many lines recorded each
+/// header and cookie. `serve` writes every header and cookie its config
+/// reads (plus those `[access_log]` names) on every line, `null` when the
+/// request lacked it, so a name missing from a line was not recorded there,
+/// which is not the same as absent from the request.
+#[derive(Debug, Clone, Default)]
+pub struct Recording {
+    pub requests: Vec<SampleRequest>,
+    /// Lower-case header name → lines that recorded it.
+    pub headers: BTreeMap<String, usize>,
+    /// Cookie name → lines that recorded it.
+    pub cookies: BTreeMap<String, usize>,
+}
+
+/// A header or cookie a config reads that some lines of the log did not
+/// record: replay treats it as absent on those lines, and says so.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Unrecorded {
+    /// `header` or `cookie`.
+    pub kind: &'static str,
+    pub name: String,
+    /// What reads it: `route web (match)`, `pool auth (hash key)`.
+    pub read_by: Vec<String>,
+    /// Lines that did not record it, of `lines`.
+    pub missing: usize,
+    pub lines: usize,
+}
+
+impl Unrecorded {
+    /// One line for human output.
+    pub fn message(&self) -> String {
+        format!(
+            "{} reads {} `{}`, which the traffic log does not record on {} of its {} lines: replay takes it as absent there; to replay it, record it in the running config with `[access_log] {}s = [\"{}\"]`",
+            self.read_by.join(", "),
+            self.kind,
+            self.name,
+            self.missing,
+            self.lines,
+            self.kind,
+            self.name
+        )
+    }
+}
+
+impl Recording {
+    /// The headers and cookies `snapshot` routes or hashes on that some
+    /// line did not record, with what reads each.
+    pub fn unrecorded(&self, snapshot: &Snapshot) -> Vec<Unrecorded> {
+        let lines = self.requests.len();
+        let mut out: Vec<Unrecorded> = Vec::new();
+        let mut note = |kind: &'static str, name: &str, reader: String| {
+            let recorded = match kind {
+                "header" => self.headers.get(name),
+                _ => self.cookies.get(name),
+            };
+            let missing = lines - recorded.copied().unwrap_or(0).min(lines);
+            if missing == 0 {
+                return;
+            }
+            match out.iter_mut().find(|u| u.kind == kind && u.name == name) {
+                Some(u) if !u.read_by.contains(&reader) => u.read_by.push(reader),
+                Some(_) => {}
+                None => out.push(Unrecorded {
+                    kind,
+                    name: name.to_owned(),
+                    read_by: vec![reader],
+                    missing,
+                    lines,
+                }),
+            }
+        };
+        for r in &snapshot.routes {
+            for h in &r.matcher.headers {
+                note(
+                    "header",
+                    h.name.as_str(),
+                    format!("route `{}` (match)", r.name),
+                );
+            }
+        }
+        for p in &snapshot.pools {
+            if let Algorithm::Hash(policy) = &p.algorithm {
+                let reader = format!("pool `{}` (hash key)", p.name);
+                match &policy.key {
+                    HashKey::Header(h) => note("header", h.as_str(), reader),
+                    HashKey::Cookie(c) => note("cookie", c, reader),
+                    HashKey::ClientIp | HashKey::Path => {}
+                }
+            }
+        }
+        out
+    }
+}
+
 /// Parse Fulcrum access-log lines (blank lines skipped). The fields used are
-/// `method`, `host`, `path`, `client_ip`, and the `headers` and `cookies`
-/// objects (values already redacted where sensitive, kept as logged so
-/// replay compares hashes with hashes).
-pub fn parse_access_log(text: &str) -> Result<Vec<SampleRequest>, TrafficError> {
-    let mut out = Vec::new();
+/// `method`, `host`, `path`, `client_ip`, `duration_ms`, `status`, and the
+/// `headers` and `cookies` objects (values already redacted where
+/// sensitive, kept as logged so replay compares hashes with hashes; `null`
+/// for one the request lacked). A log without a single request is an
+/// error: replaying nothing would report that nothing moves.
+pub fn parse_access_log(text: &str) -> Result<Recording, TrafficError> {
+    let mut out = Recording::default();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() {
             continue;
         }
-        let err = |message: String| TrafficError {
+        let req = parse_line(line, &mut out).map_err(|message| TrafficError {
             line: i + 1,
             message,
-        };
-        let v: serde_json::Value =
-            serde_json::from_str(line).map_err(|e| err(format!("not JSON: {e}")))?;
-        let s = |k: &str| v.get(k).and_then(|x| x.as_str());
-        let method = Method::from_bytes(
-            s("method")
-                .ok_or_else(|| err("no `method`".into()))?
-                .as_bytes(),
-        )
-        .map_err(|_| err("`method` is not an HTTP method".into()))?;
-        let path = s("path").ok_or_else(|| err("no `path`".into()))?.to_owned();
-        let client_ip = match s("client_ip") {
-            Some(ip) => ip
-                .parse()
-                .map_err(|_| err(format!("`client_ip` {ip:?} is not an IP")))?,
-            None => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-        };
-        let mut headers = HeaderMap::new();
-        if let Some(h) = v.get("headers").and_then(|h| h.as_object()) {
-            for (name, value) in h {
-                let (Ok(n), Some(Ok(val))) = (
-                    HeaderName::from_bytes(name.as_bytes()),
-                    value.as_str().map(HeaderValue::from_str),
-                ) else {
-                    return Err(err(format!("header `{name}` is not a valid header")));
-                };
-                headers.append(n, val);
-            }
-        }
-        if let Some(c) = v.get("cookies").and_then(|c| c.as_object()) {
-            let pairs: Vec<String> = c
-                .iter()
-                .filter_map(|(k, v)| v.as_str().map(|v| format!("{k}={v}")))
-                .collect();
-            if !pairs.is_empty() {
-                let val = HeaderValue::from_str(&pairs.join("; "))
-                    .map_err(|_| err("`cookies` holds an invalid value".into()))?;
-                headers.append(http::header::COOKIE, val);
-            }
-        }
-        out.push(SampleRequest {
-            method,
-            host: s("host").map(str::to_owned),
-            path,
-            headers,
-            client_ip,
+        })?;
+        out.requests.push(req);
+    }
+    if out.requests.is_empty() {
+        return Err(TrafficError {
+            line: 0,
+            message: "the log holds no request".into(),
         });
     }
     Ok(out)
+}
+
+/// One line; counts what it recorded into `rec`.
+fn parse_line(line: &str, rec: &mut Recording) -> Result<SampleRequest, String> {
+    let v: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+    let s = |k: &str| v.get(k).and_then(|x| x.as_str());
+    let method = Method::from_bytes(s("method").ok_or("no `method`")?.as_bytes())
+        .map_err(|_| "`method` is not an HTTP method".to_owned())?;
+    let path = s("path").ok_or("no `path`")?.to_owned();
+    let client_ip = match s("client_ip") {
+        Some(ip) => ip
+            .parse()
+            .map_err(|_| format!("`client_ip` {ip:?} is not an IP"))?,
+        None => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+    };
+    let mut headers = HeaderMap::new();
+    if let Some(h) = v.get("headers").and_then(|h| h.as_object()) {
+        for (name, value) in h {
+            let invalid = || format!("header `{name}` is not a valid header");
+            let n = HeaderName::from_bytes(name.as_bytes()).map_err(|_| invalid())?;
+            *rec.headers.entry(n.as_str().to_owned()).or_default() += 1;
+            match value {
+                serde_json::Value::Null => {}
+                serde_json::Value::String(val) => {
+                    headers.append(n, HeaderValue::from_str(val).map_err(|_| invalid())?);
+                }
+                _ => return Err(invalid()),
+            }
+        }
+    }
+    if let Some(c) = v.get("cookies").and_then(|c| c.as_object()) {
+        let mut pairs = Vec::new();
+        for (k, val) in c {
+            *rec.cookies.entry(k.clone()).or_default() += 1;
+            if let Some(val) = val.as_str() {
+                pairs.push(format!("{k}={val}"));
+            }
+        }
+        if !pairs.is_empty() {
+            let val = HeaderValue::from_str(&pairs.join("; "))
+                .map_err(|_| "`cookies` holds an invalid value".to_owned())?;
+            headers.append(http::header::COOKIE, val);
+        }
+    }
+    Ok(SampleRequest {
+        method,
+        host: s("host").map(str::to_owned),
+        path,
+        headers,
+        client_ip,
+        duration_ms: v.get("duration_ms").and_then(|d| d.as_f64()),
+        status: v
+            .get("status")
+            .and_then(|d| d.as_u64())
+            .and_then(|d| u16::try_from(d).ok()),
+    })
 }

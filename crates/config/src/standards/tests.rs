@@ -112,3 +112,58 @@ fn a_request_that_must_be_refused_is_never_probed() {
     assert_eq!((d.line, d.col), (5, 9));
     assert_eq!(d.hint.as_deref(), Some("remove `probe`"));
 }
+
+#[test]
+fn addr_patterns_match_an_address_an_ip_or_a_block() {
+    let a: SocketAddr = "10.0.1.5:8080".parse().unwrap();
+    let yes = [
+        "10.0.1.5:8080",
+        "10.0.1.5",
+        "10.0.1.0/24",
+        "10.0.0.0/8",
+        "0.0.0.0/0",
+    ];
+    let no = ["10.0.1.5:8081", "10.0.1.6", "10.0.2.0/24", "::1", "::/0"];
+    for t in yes {
+        assert!(AddrPattern::parse(t).unwrap().matches(a), "{t}");
+    }
+    for t in no {
+        assert!(!AddrPattern::parse(t).unwrap().matches(a), "{t}");
+    }
+    let v6: SocketAddr = "[2001:db8::7]:443".parse().unwrap();
+    assert!(AddrPattern::parse("2001:db8::/32").unwrap().matches(v6));
+    assert_eq!(
+        AddrPattern::parse("10.0.1.0/33").unwrap_err(),
+        "`/33` in `10.0.1.0/33` is not a prefix length (0 to 32)"
+    );
+    assert!(AddrPattern::parse("auth.internal:80").is_err());
+}
+
+#[test]
+fn allowed_backends_is_a_pool_assertion_with_every_entry_checked() {
+    let src = "[[rule]]\nname = \"auth servers\"\npool = \"auth\"\nallowed_backends = [\"10.0.1.0/24\", \"10.0.2.0/40\", \"auth-1\"]\n\n[[rule]]\nname = \"none\"\npool = \"auth\"\nallowed_backends = []\n";
+    let parsed = parse_standards("s.toml", src);
+    let at: Vec<(&str, &str)> = parsed
+        .diagnostics
+        .iter()
+        .map(|d| (d.code, d.key_path.as_str()))
+        .collect();
+    assert_eq!(
+        at,
+        [
+            ("invalid-address", "rule[0].allowed_backends[1]"),
+            ("invalid-address", "rule[0].allowed_backends[2]"),
+            ("invalid-value", "rule[1].allowed_backends"),
+        ]
+    );
+    let ok = parse_standards(
+        "s.toml",
+        "[[rule]]\nname = \"auth servers\"\npool = \"auth\"\nallowed_backends = [\"10.0.1.0/24\"]\n",
+    );
+    let rule = &ok.standards.unwrap().rules[0];
+    assert_eq!(
+        rule.allowed_backends,
+        Some(vec![AddrPattern::Net("10.0.1.0".parse().unwrap(), 24)])
+    );
+    assert_eq!(rule.assertions[0].0, "allowed_backends");
+}

@@ -153,6 +153,8 @@ async fn access_log_writes_one_json_line_per_request() {
             s.access_log = Some(AccessLog {
                 target: LogTarget::File(path.clone()),
                 redact: Vec::new(),
+                headers: Vec::new(),
+                cookies: Vec::new(),
             })
         })
         .build();
