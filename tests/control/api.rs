@@ -130,6 +130,17 @@ async fn config_answers_the_exact_running_bytes_and_metrics_parse() {
             .any(|s| s.metric == "fulcrum_backend_healthy" && s.labels.get("pool") == Some("auth")),
         "{metrics}"
     );
+    // The guard's expectation beside what was observed.
+    for metric in [
+        "fulcrum_guard_verdict",
+        "fulcrum_backend_expected_share",
+        "fulcrum_backend_observed_share",
+    ] {
+        assert!(
+            scrape.samples.iter().any(|s| s.metric == metric),
+            "{metric} in {metrics}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

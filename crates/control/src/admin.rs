@@ -486,7 +486,7 @@ async fn guard(State(admin): State<Arc<Admin>>) -> Response {
 }
 
 async fn metrics(State(admin): State<Arc<Admin>>) -> Response {
-    let text = crate::metrics::render(&admin.controller);
+    let text = crate::metrics::render(&admin.controller, Some(admin.guard.view()));
     let mut r = text.into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
