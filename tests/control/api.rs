@@ -130,16 +130,20 @@ async fn config_answers_the_exact_running_bytes_and_metrics_parse() {
             .any(|s| s.metric == "fulcrum_backend_healthy" && s.labels.get("pool") == Some("auth")),
         "{metrics}"
     );
-    // The guard's expectation beside what was observed.
-    for metric in [
-        "fulcrum_guard_verdict",
-        "fulcrum_backend_expected_share",
-        "fulcrum_backend_observed_share",
-    ] {
-        assert!(
-            scrape.samples.iter().any(|s| s.metric == metric),
-            "{metric} in {metrics}"
-        );
+    // The guard's expectation beside what was observed, once it has
+    // sampled the window (four times a second).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let (_, _, m) = lb.call("GET", "/metrics", "", Some(TOKEN)).await;
+        let has = |metric: &str| m.lines().any(|l| l.starts_with(metric));
+        if has("fulcrum_guard_verdict{")
+            && has("fulcrum_backend_expected_share{")
+            && has("fulcrum_backend_observed_share{")
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no guard series: {m}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
 
