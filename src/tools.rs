@@ -192,6 +192,20 @@ pub fn check(
             }
             None => None,
         };
+        // The rule files the config ships with (`tests = [...]`), as every
+        // change to a running `serve` must pass them.
+        let own: Vec<Evaluation> = snapshot
+            .tests
+            .iter()
+            .map(|t| {
+                let config = ConfigSource {
+                    file: &label,
+                    source: &source,
+                };
+                let traffic = Traffic::Synthetic(t.traffic.clone());
+                rules::evaluate(&snapshot, Some(config), t, &traffic)
+            })
+            .collect();
         match format {
             Format::Human => {
                 print!(
@@ -202,6 +216,10 @@ pub fn check(
                     println!("\nstandards {}:", e.standards);
                     print!("{}", rules::render_human(e));
                 }
+                for e in &own {
+                    println!("\ntests {}:", e.standards);
+                    print!("{}", rules::render_human(e));
+                }
             }
             Format::Json => {
                 let config: serde_json::Value =
@@ -209,6 +227,7 @@ pub fn check(
                         .unwrap_or_default();
                 let mut doc = config;
                 doc["standards"] = serde_json::to_value(&evaluation).unwrap_or_default();
+                doc["tests"] = serde_json::to_value(&own).unwrap_or_default();
                 println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
             }
             Format::Sarif => println!(
@@ -216,7 +235,9 @@ pub fn check(
                 sarif::render(&checked.diagnostics, evaluation.as_ref())
             ),
         }
-        Ok(if evaluation.as_ref().is_none_or(Evaluation::ok) {
+        let passed =
+            evaluation.as_ref().is_none_or(Evaluation::ok) && own.iter().all(Evaluation::ok);
+        Ok(if passed {
             ExitCode::SUCCESS
         } else {
             ExitCode::FAILURE

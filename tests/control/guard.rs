@@ -55,7 +55,11 @@ impl Traffic {
                         if stop.load(Ordering::Relaxed) {
                             return;
                         }
-                        let path = if (n + i).is_multiple_of(3) { "/" } else { "/auth/login" };
+                        let path = if (n + i).is_multiple_of(3) {
+                            "/"
+                        } else {
+                            "/auth/login"
+                        };
                         let mut req = http::Request::get(format!("http://{proxy}{path}"));
                         for (k, v) in headers {
                             req = req.header(*k, *v);
