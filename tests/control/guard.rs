@@ -22,7 +22,7 @@ struct Traffic {
 
 impl Traffic {
     fn start(proxy: SocketAddr, headers: &'static [(&'static str, &'static str)]) -> Traffic {
-        Traffic::from(proxy, headers, &[None; 4])
+        Traffic::from(proxy, headers, &[None; 6])
     }
 
     /// One client per address (`None`: the default, 127.0.0.1).
@@ -83,7 +83,7 @@ impl Traffic {
                                 _ => (0, String::new()),
                             };
                         seen.lock().unwrap().push((Instant::now(), got.0, got.1));
-                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        tokio::time::sleep(Duration::from_millis(10)).await;
                     }
                 })
             })
