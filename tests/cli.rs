@@ -81,6 +81,10 @@ fn check_json_is_one_document() {
 fn check_accepts_the_examples() {
     for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/examples")).unwrap() {
         let path = entry.unwrap().path();
+        // Configs only, as .ci/run checks them: alerts.yml is Prometheus'.
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
         let out = fulcrum().arg("check").arg(&path).output().unwrap();
         assert!(
             out.status.success(),

@@ -6,6 +6,7 @@ mod api;
 mod canary;
 mod changes;
 mod crash;
+mod dashboard;
 mod guard;
 
 use std::net::{IpAddr, SocketAddr};
