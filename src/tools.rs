@@ -429,10 +429,14 @@ pub fn explain(
     })())
 }
 
-pub fn schema() -> ExitCode {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&fulcrum_config::schema::config_schema()).unwrap_or_default()
-    );
+pub fn schema(kind: crate::SchemaKind) -> ExitCode {
+    let schema = match kind {
+        crate::SchemaKind::Config => fulcrum_config::schema::config_schema(),
+        crate::SchemaKind::Rules => fulcrum_config::schema::rules_schema(),
+    };
+    // Often piped into a file or `head`: a closed pipe is not a crash.
+    use std::io::Write as _;
+    let text = serde_json::to_string_pretty(&schema).unwrap_or_default();
+    let _ = writeln!(std::io::stdout().lock(), "{text}");
     ExitCode::SUCCESS
 }

@@ -77,14 +77,26 @@ fn check_json_is_one_document() {
     assert_eq!(first["hint"], "did you mean `auth`?");
 }
 
+/// The config files of `examples/`: every `.toml` but the rules files
+/// (`standards.toml`, `*tests.toml`).
+pub fn example_configs() -> Vec<PathBuf> {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            name.ends_with(".toml") && name != "standards.toml" && !name.ends_with("tests.toml")
+        })
+        .collect();
+    out.sort();
+    assert!(out.len() >= 3, "{out:?}");
+    out
+}
+
 #[test]
 fn check_accepts_the_examples() {
-    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/examples")).unwrap() {
-        let path = entry.unwrap().path();
-        // Configs only, as .ci/run checks them: alerts.yml is Prometheus'.
-        if path.extension().is_none_or(|e| e != "toml") {
-            continue;
-        }
+    for path in example_configs() {
         let out = fulcrum().arg("check").arg(&path).output().unwrap();
         assert!(
             out.status.success(),
