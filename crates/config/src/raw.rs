@@ -45,6 +45,8 @@ pub(crate) struct RawListener {
     pub header_timeout: Option<Spanned<String>>,
     pub idle_timeout: Option<Spanned<String>>,
     pub body_timeout: Option<Spanned<String>>,
+    pub min_body_rate: Option<Spanned<i64>>,
+    pub send_timeout: Option<Spanned<String>>,
     pub limits: Option<Spanned<RawLimits>>,
     pub http2: Option<Spanned<RawHttp2>>,
     pub tls: Option<Spanned<RawTls>>,
@@ -64,6 +66,7 @@ pub(crate) struct RawLimits {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawHttp2 {
     pub enabled: Option<Spanned<bool>>,
+    pub only: Option<Spanned<bool>>,
     pub max_concurrent_streams: Option<Spanned<i64>>,
     pub max_pending_reset_streams: Option<Spanned<i64>>,
     pub max_local_error_reset_streams: Option<Spanned<i64>>,

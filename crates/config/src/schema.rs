@@ -131,6 +131,8 @@ pub fn config_schema() -> Value {
             "header_timeout": duration("For a complete request head."),
             "idle_timeout": duration("Between keep-alive requests."),
             "body_timeout": duration("Between two reads of a request body."),
+            "min_body_rate": { "type": "integer", "minimum": 0, "maximum": 1073741824, "description": "Bytes per second a request body must average after body_timeout; 0: no minimum." },
+            "send_timeout": duration("Longest a client may take no bytes of its response."),
             "limits": object("Request and connection limits.", json!({
                 "max_header_bytes": { "type": "integer", "minimum": 1 },
                 "max_headers": { "type": "integer", "minimum": 1 },
@@ -140,6 +142,7 @@ pub fn config_schema() -> Value {
             }), &[]),
             "http2": object("HTTP/2 from clients.", json!({
                 "enabled": { "type": "boolean" },
+                "only": { "type": "boolean", "description": "HTTP/2 alone: h2c by prior knowledge, or h2 by ALPN." },
                 "max_concurrent_streams": { "type": "integer", "minimum": 1 },
                 "max_pending_reset_streams": { "type": "integer", "minimum": 1 },
                 "max_local_error_reset_streams": { "type": "integer", "minimum": 1 },

@@ -54,6 +54,13 @@ pub struct Listener {
     pub idle_timeout: Duration,
     /// Longest wait for the next chunk of a request body (slow-body clients).
     pub body_timeout: Duration,
+    /// Bytes per second a request body must average once it has had
+    /// `body_timeout` (slow-body clients sending a piece now and then);
+    /// 0: no minimum.
+    pub min_body_rate: u32,
+    /// Longest a client may take no bytes of its response (slow readers),
+    /// over HTTP/1.1 and on an HTTP/2 connection with streams to send.
+    pub send_timeout: Duration,
     pub limits: Limits,
     pub http2: Http2,
     /// Present when the listener terminates TLS.
@@ -90,6 +97,9 @@ impl Limits {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Http2 {
     pub enabled: bool,
+    /// HTTP/2 alone: cleartext connections must open with the h2 preface
+    /// (h2c, prior knowledge), and TLS offers only `h2` by ALPN.
+    pub only: bool,
     pub max_concurrent_streams: u32,
     /// Streams a client may open and reset before the proxy accepts them
     /// (the "rapid reset" attack, CVE-2023-44487); past it: GOAWAY.
@@ -104,6 +114,7 @@ pub struct Http2 {
 impl Http2 {
     pub const DEFAULT: Http2 = Http2 {
         enabled: true,
+        only: false,
         max_concurrent_streams: 100,
         max_pending_reset_streams: 20,
         max_local_error_reset_streams: 100,

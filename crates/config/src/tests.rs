@@ -104,6 +104,8 @@ fn contract_config_compiles() {
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             body_timeout: Duration::from_secs(30),
+            min_body_rate: 1024,
+            send_timeout: Duration::from_secs(30),
             limits: Limits::DEFAULT,
             http2: Http2::DEFAULT,
             tls: None,

@@ -264,6 +264,8 @@ fn a_second_certificate_without_names_is_unreachable() {
 fn limits_and_http2_keys() {
     let src = with_listener(
         r#"body_timeout = "5s"
+min_body_rate = 100
+send_timeout = "7s"
 limits = { max_header_bytes = 9000, max_headers = 50, max_uri_bytes = 2048, max_body_bytes = 1024, max_connections = 7 }
 http2 = { enabled = false, max_concurrent_streams = 10, max_pending_reset_streams = 5, max_local_error_reset_streams = 50, keep_alive_interval = "1s", keep_alive_timeout = "2s" }"#,
     );
@@ -271,6 +273,8 @@ http2 = { enabled = false, max_concurrent_streams = 10, max_pending_reset_stream
     assert!(checked.diagnostics.is_empty(), "{:#?}", checked.diagnostics);
     let l = &checked.snapshot.unwrap().listeners[0];
     assert_eq!(l.body_timeout, Duration::from_secs(5));
+    assert_eq!(l.min_body_rate, 100);
+    assert_eq!(l.send_timeout, Duration::from_secs(7));
     assert_eq!(
         l.limits,
         Limits {
@@ -285,6 +289,7 @@ http2 = { enabled = false, max_concurrent_streams = 10, max_pending_reset_stream
         l.http2,
         Http2 {
             enabled: false,
+            only: false,
             max_concurrent_streams: 10,
             max_pending_reset_streams: 5,
             max_local_error_reset_streams: 50,
@@ -306,6 +311,39 @@ http2 = { max_concurrent_streams = 0 }"#,
             "out-of-range"
         ]
     );
+}
+
+#[test]
+fn slow_clients_and_http2_only_keys() {
+    let defaults = check("fulcrum.toml", &with_listener(""));
+    let l = &defaults.snapshot.unwrap().listeners[0];
+    assert_eq!(
+        (l.min_body_rate, l.send_timeout, l.http2.only),
+        (1024, Duration::from_secs(30), false)
+    );
+    let src = with_listener("min_body_rate = 0\nhttp2 = { only = true }");
+    let checked = check("fulcrum.toml", &src);
+    assert!(checked.diagnostics.is_empty(), "{:#?}", checked.diagnostics);
+    let l = &checked.snapshot.unwrap().listeners[0];
+    assert_eq!(
+        (l.min_body_rate, l.http2.enabled, l.http2.only),
+        (0, true, true)
+    );
+
+    let bad = with_listener(
+        "min_body_rate = -1\nsend_timeout = \"0s\"\nhttp2 = { enabled = false, only = true }",
+    );
+    let d = check("fulcrum.toml", &bad).diagnostics;
+    let got: Vec<_> = d.iter().map(|d| (d.code, d.key_path.as_str())).collect();
+    assert_eq!(
+        got,
+        [
+            ("out-of-range", "listener[0].min_body_rate"),
+            ("invalid-duration", "listener[0].send_timeout"),
+            ("conflicting-http2", "listener[0].http2.only"),
+        ]
+    );
+    assert!(d[2].hint.as_deref().unwrap().contains("remove `only`"));
 }
 
 #[test]

@@ -567,6 +567,18 @@ impl Validator<'_, '_> {
             &format!("{p}.body_timeout"),
             Duration::from_secs(30),
         );
+        let min_body_rate = self.int(
+            raw.min_body_rate.as_ref(),
+            &format!("{p}.min_body_rate"),
+            1024,
+            0,
+            1 << 30,
+        );
+        let send_timeout = self.duration(
+            raw.send_timeout.as_ref(),
+            &format!("{p}.send_timeout"),
+            Duration::from_secs(30),
+        );
         let limits = self.limits(
             raw.limits.as_ref().map(|l| l.get_ref()),
             &format!("{p}.limits"),
@@ -588,6 +600,8 @@ impl Validator<'_, '_> {
             header_timeout: header_timeout?,
             idle_timeout: idle_timeout?,
             body_timeout: body_timeout?,
+            min_body_rate: min_body_rate?,
+            send_timeout: send_timeout?,
             limits: limits?,
             http2: http2?,
             tls: tls?,
@@ -676,10 +690,25 @@ impl Validator<'_, '_> {
             &format!("{p}.keep_alive_timeout"),
             d.keep_alive_timeout,
         );
+        let enabled = raw.and_then(|r| r.enabled.as_ref());
+        let only = raw.and_then(|r| r.only.as_ref());
+        if let (Some(e), Some(o)) = (enabled, only)
+            && !*e.get_ref()
+            && *o.get_ref()
+        {
+            self.d
+                .error(
+                    "conflicting-http2",
+                    Some(o.span()),
+                    format!("{p}.only"),
+                    "`only = true` serves HTTP/2 alone, but `enabled = false` turns HTTP/2 off",
+                )
+                .hint("remove `only` to serve HTTP/1.1 alone, or `enabled` to serve HTTP/2 alone");
+            return None;
+        }
         Some(Http2 {
-            enabled: raw
-                .and_then(|r| r.enabled.as_ref())
-                .is_none_or(|e| *e.get_ref()),
+            enabled: enabled.is_none_or(|e| *e.get_ref()),
+            only: only.is_some_and(|o| *o.get_ref()),
             max_concurrent_streams: streams?,
             max_pending_reset_streams: pending?,
             max_local_error_reset_streams: local?,

@@ -214,17 +214,46 @@ impl Body for RequestBody {
 }
 
 /// The client's request body, bounded as it streams: at most
-/// `limits.max_body_bytes` in all (whatever Content-Length said), and no
-/// longer than `body_timeout` between two chunks (slow-body clients).
+/// `limits.max_body_bytes` in all (whatever Content-Length said), no
+/// longer than `body_timeout` between two pieces, and no slower than
+/// `min_body_rate` on average (slow-body clients that send a piece now
+/// and then).
 #[derive(Debug)]
 pub struct ClientBody {
     inner: RawBody,
     read: u64,
     limit: u64,
     timeout: Duration,
+    /// Bytes per second; 0: none.
+    min_rate: u32,
     /// Made on the first wait only: a body that is already there costs no
-    /// timer.
-    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// timer, and no clock read.
+    pace: Option<Pace>,
+}
+
+/// A body's clock, from its first wait on the client.
+#[derive(Debug)]
+struct Pace {
+    timer: Pin<Box<tokio::time::Sleep>>,
+    /// When the body first waited, and how much of it had come by then.
+    since: Instant,
+    read_then: u64,
+    /// When the last piece came.
+    last: Instant,
+}
+
+impl Pace {
+    /// The next piece is due `timeout` after the last; the body as a
+    /// whole by `timeout` after its first wait plus a second for every
+    /// `min_rate` bytes since.
+    fn due(&self, read: u64, timeout: Duration, min_rate: u32) -> Instant {
+        let piece = self.last + timeout;
+        if min_rate == 0 {
+            return piece;
+        }
+        let earned = Duration::from_secs_f64((read - self.read_then) as f64 / f64::from(min_rate));
+        piece.min(self.since + timeout + earned)
+    }
 }
 
 /// Why the client's body stopped: the backend request fails with this as
@@ -233,7 +262,10 @@ pub struct ClientBody {
 pub enum ClientBodyError {
     Read(Box<dyn std::error::Error + Send + Sync>),
     TooLarge,
+    /// No piece for `body_timeout`.
     Timeout,
+    /// Pieces now and then, but slower than `min_body_rate`.
+    TooSlow,
 }
 
 impl std::fmt::Display for ClientBodyError {
@@ -242,6 +274,7 @@ impl std::fmt::Display for ClientBodyError {
             ClientBodyError::Read(e) => write!(f, "reading the client's body: {e}"),
             ClientBodyError::TooLarge => f.write_str("the client's body is over the limit"),
             ClientBodyError::Timeout => f.write_str("the client stopped sending its body"),
+            ClientBodyError::TooSlow => f.write_str("the client sent its body too slowly"),
         }
     }
 }
@@ -256,13 +289,14 @@ impl std::error::Error for ClientBodyError {
 }
 
 impl ClientBody {
-    pub(crate) fn new(inner: RawBody, limit: u64, timeout: Duration) -> Self {
+    pub(crate) fn new(inner: RawBody, limit: u64, timeout: Duration, min_rate: u32) -> Self {
         ClientBody {
             inner,
             read: 0,
             limit,
             timeout,
-            timer: None,
+            min_rate,
+            pace: None,
         }
     }
 }
@@ -286,25 +320,38 @@ impl Body for ClientBody {
                     },
                     Err(frame) => frame,
                 };
-                if let Some(t) = this.timer.as_mut() {
-                    t.as_mut().reset(Instant::now() + this.timeout);
-                }
                 if let Some(d) = frame.data_ref() {
                     this.read += d.len() as u64;
                     if this.read > this.limit {
                         return Poll::Ready(Some(Err(ClientBodyError::TooLarge)));
                     }
                 }
+                if let Some(pace) = this.pace.as_mut() {
+                    pace.last = Instant::now();
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(ClientBodyError::Read(e)))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
-                let timeout = this.timeout;
-                let timer = this
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                match timer.as_mut().poll(cx) {
+                let (read, timeout, min_rate) = (this.read, this.timeout, this.min_rate);
+                let pace = this.pace.get_or_insert_with(|| {
+                    let now = Instant::now();
+                    Pace {
+                        timer: Box::pin(tokio::time::sleep_until(now + timeout)),
+                        since: now,
+                        read_then: read,
+                        last: now,
+                    }
+                });
+                let due = pace.due(read, timeout, min_rate);
+                if pace.timer.deadline() != due {
+                    pace.timer.as_mut().reset(due);
+                }
+                match pace.timer.as_mut().poll(cx) {
+                    Poll::Ready(()) if due < pace.last + timeout => {
+                        Poll::Ready(Some(Err(ClientBodyError::TooSlow)))
+                    }
                     Poll::Ready(()) => Poll::Ready(Some(Err(ClientBodyError::Timeout))),
                     Poll::Pending => Poll::Pending,
                 }

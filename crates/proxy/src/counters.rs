@@ -70,8 +70,12 @@ counters! {
     client_body_too_large,
     /// Request heads not complete within `header_timeout` (slowloris).
     client_header_timeout,
-    /// Request bodies that stalled past `body_timeout`: 408.
+    /// Request bodies that stalled past `body_timeout` or came slower
+    /// than `min_body_rate`: 408.
     client_body_timeout,
+    /// Connections closed because the client took none of its response
+    /// for `send_timeout` (slow readers, HTTP/1.1 and HTTP/2).
+    client_send_timeout,
     /// Keep-alive connections closed after `idle_timeout`.
     client_idle_closed,
     /// Times an idle HTTP/1.1 connection gave its buffers back to wait for

@@ -44,7 +44,8 @@ pub enum ProxyError {
     UriTooLong,
     /// The request body is over `limits.max_body_bytes`.
     BodyTooLarge,
-    /// The client stopped sending its body for longer than `body_timeout`.
+    /// The client stopped sending its body for longer than `body_timeout`,
+    /// or sent it slower than `min_body_rate`.
     BodyTimeout,
     /// The pool has no backend to send to (all down, ejected, or drained).
     NoBackend {
@@ -156,7 +157,7 @@ impl fmt::Display for ProxyError {
             ProxyError::UriTooLong => write!(f, "the request target is too long"),
             ProxyError::BodyTooLarge => write!(f, "the request body is too large"),
             ProxyError::BodyTimeout => {
-                write!(f, "the client stopped sending the request body")
+                write!(f, "the client sent the request body too slowly")
             }
             ProxyError::NoBackend {
                 pool,

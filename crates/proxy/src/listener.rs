@@ -25,10 +25,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::body::{IncomingBody, RawBody};
-use crate::conn::{Admission, ConnGuard, ConnInfo, ConnState};
+use crate::conn::{Admission, ConnGuard, ConnInfo, ConnState, Unanswered};
 use crate::counters::Counters;
 use crate::http1::{self, head::Lines, server::ConnContext};
-use crate::io::{LazyPoll, MAX_CHECK, Rewind, Socket};
+use crate::io::{LazyPoll, MAX_CHECK, Rewind, SHUTDOWN_WRITE, Socket};
 use crate::proxy::ResponseBody;
 use crate::runtime::DataPlane;
 use crate::tunnel::Tunnel;
@@ -216,6 +216,12 @@ async fn tls_connection(
     };
     let protocols = match tls.get_ref().1.alpn_protocol() {
         Some(b"h2") => Protocols::Http2,
+        // HTTP/2 only, and the client negotiated nothing.
+        _ if settings.http2.only => {
+            Counters::inc(&plane.counters.client_bad_request);
+            tracing::debug!(%client, "no h2 by ALPN on an HTTP/2-only listener; closing");
+            return;
+        }
         _ => Protocols::Http1,
     };
     http(
@@ -287,6 +293,9 @@ async fn http<I>(
             }
         }
     };
+    if !h2 && settings.http2.only {
+        return refuse_http1(io, &plane.counters, client).await;
+    }
     if !h2 {
         let ctx = ConnContext {
             client,
@@ -296,17 +305,21 @@ async fn http<I>(
         let path = RequestPath(info);
         return http1::server::serve(io, read, ctx, &path, &shutdown, epoch).await;
     }
-    let state = Arc::new(ConnState::new(epoch));
+    let state = Arc::new(ConnState::new(
+        epoch,
+        settings.http2.max_pending_reset_streams,
+    ));
     let service = {
         let state = state.clone();
         service_fn(move |req: http::Request<hyper::body::Incoming>| {
             let info = info.clone();
             let guard = ConnGuard::new(&state);
+            let unanswered = Unanswered::new(&state);
             async move {
                 let req = req.map(RawBody::H2);
-                Ok::<_, Infallible>(
-                    crate::proxy::handle(&info.plane, req, &info, Some(guard)).await,
-                )
+                let resp = crate::proxy::handle(&info.plane, req, &info, Some(guard)).await;
+                unanswered.answered();
+                Ok::<_, Infallible>(resp)
             }
         })
     };
@@ -317,10 +330,30 @@ async fn http<I>(
         shutdown: &shutdown,
         header_timeout: settings.header_timeout,
         idle_timeout: settings.idle_timeout,
+        send_timeout: settings.send_timeout,
     };
     let io = Rewind::new(io, read.freeze());
     let mut conn = Box::pin(h2_builder(&settings).serve_connection(TokioIo::new(io), service));
     Box::pin(life.drive(&mut conn, |c| c.as_mut().graceful_shutdown())).await;
+}
+
+/// An HTTP/1 request on an HTTP/2-only listener: `505`, and the
+/// connection closed.
+async fn refuse_http1<I: AsyncWrite + Unpin>(mut io: I, counters: &Counters, client: SocketAddr) {
+    use tokio::io::AsyncWriteExt;
+    Counters::inc(&counters.client_bad_request);
+    tracing::debug!(%client, "HTTP/1 on an HTTP/2-only listener; refused");
+    const BODY: &str = "505 HTTP Version Not Supported: this listener serves HTTP/2 only (h2c with prior knowledge, or h2 by ALPN)\n";
+    let head = format!(
+        "HTTP/1.1 505 HTTP Version Not Supported\r\ncontent-type: text/plain; charset=utf-8\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let _ = tokio::time::timeout(SHUTDOWN_WRITE, async {
+        let _ = io.write_all(head.as_bytes()).await;
+        let _ = io.shutdown().await;
+    })
+    .await;
 }
 
 /// Reads until the first bytes tell HTTP/2's preface from an HTTP/1
@@ -367,59 +400,38 @@ struct Life<'a> {
     shutdown: &'a CancellationToken,
     header_timeout: Duration,
     idle_timeout: Duration,
+    send_timeout: Duration,
+}
+
+/// Where an HTTP/2 connection stands in `Life::drive`.
+#[derive(Clone, Copy, PartialEq)]
+enum Stage {
+    Open,
+    /// The listener shuts down: GOAWAY went out, and the streams in
+    /// progress finish (`serve`'s grace bounds how long).
+    Draining,
+    /// GOAWAY went out for a reason of the connection's own (no request in
+    /// time, idle, too many resets): dropped at this deadline if its
+    /// streams have not ended by then.
+    Closing(Instant),
 }
 
 impl Life<'_> {
-    /// Drives one HTTP/2 connection until it ends: closed gracefully on
-    /// shutdown and once idle past the idle timeout.
+    /// Drives one HTTP/2 connection until it ends. Every end but the
+    /// client's own starts with a GOAWAY (RFC 9113 §6.8): on shutdown, when
+    /// no request came within the header timeout, when idle past the idle
+    /// timeout, and when the client resets too many streams. A client that
+    /// lets none of its responses move for `send_timeout` is dropped.
     async fn drive<C>(&self, conn: &mut C, mut graceful: impl FnMut(&mut C))
     where
         C: Future<Output = hyper::Result<()>> + Unpin,
     {
         let state = self.state;
-        let (header_timeout, idle_timeout) = (self.header_timeout, self.idle_timeout);
-        let mut step = idle_timeout;
-        let mut closing = false;
+        let mut step = self.idle_timeout;
+        let mut stage = Stage::Open;
         loop {
-            // Until a first request arrives, the connection lives on the
-            // header deadline; after that, on the idle timeout. The
-            // deadline is a check, not a verdict: when it fires, the state
-            // is read again. While streams are open the next check is one
-            // step away, so an idle connection is found at most then; the
-            // step grows while the connection stays busy.
+            let event = self.next_event(conn, stage, step).await;
             let now = Instant::now();
-            let check = if closing {
-                None
-            } else if state.started.load(Relaxed) == 0 {
-                Some((state.epoch + header_timeout).min(now + step))
-            } else if state.active.load(Relaxed) > 0 {
-                Some(now + step)
-            } else {
-                Some(state.idle_since() + idle_timeout)
-            };
-            let event = {
-                let sleep = check.map(tokio::time::sleep_until);
-                let cancelled = (!closing).then(|| self.shutdown.cancelled());
-                tokio::pin!(sleep, cancelled);
-                let mut watch = LazyPoll::default();
-                std::future::poll_fn(|cx| {
-                    if let Poll::Ready(res) = Pin::new(&mut *conn).poll(cx) {
-                        return Poll::Ready(Event::Conn(res));
-                    }
-                    if let Some(c) = cancelled.as_mut().as_pin_mut()
-                        && watch.shutdown(cx, c)
-                    {
-                        return Poll::Ready(Event::Shutdown);
-                    }
-                    if let Some(s) = sleep.as_mut().as_pin_mut()
-                        && watch.timer(cx, s)
-                    {
-                        return Poll::Ready(Event::Timer);
-                    }
-                    Poll::Pending
-                })
-                .await
-            };
             match event {
                 Event::Conn(res) => {
                     if let Err(e) = res {
@@ -431,32 +443,112 @@ impl Life<'_> {
                 Event::Shutdown => {
                     // Idle streams close now; busy ones after their response.
                     graceful(conn);
-                    closing = true;
+                    stage = Stage::Draining;
                 }
-                Event::Timer => {
-                    if state.started.load(Relaxed) == 0 {
-                        if state.epoch.elapsed() < header_timeout {
+                Event::Glitched => {
+                    Counters::inc(&self.counters.client_h2_protocol_error);
+                    tracing::debug!(client = %self.client, "client reset too many streams before their response; GOAWAY");
+                    graceful(conn);
+                    stage = Stage::Closing(now + SHUTDOWN_WRITE);
+                }
+                Event::Timer => match stage {
+                    Stage::Closing(at) if now >= at => return,
+                    Stage::Closing(_) | Stage::Draining => {}
+                    Stage::Open if state.started.load(Relaxed) == 0 => {
+                        if now < state.epoch + self.header_timeout {
                             continue;
                         }
                         // Never sent a request in time.
                         self.counters.head_timed_out(self.client);
-                        return;
-                    }
-                    if state.active.load(Relaxed) > 0 {
-                        step = (step * 2)
-                            .min(MAX_CHECK.max(idle_timeout))
-                            .min(idle_timeout);
-                        continue;
-                    }
-                    if state.idle_since().elapsed() >= idle_timeout {
-                        Counters::inc(&self.counters.client_idle_closed);
-                        tracing::debug!(client = %self.client, "closing idle client connection");
                         graceful(conn);
-                        closing = true;
+                        stage = Stage::Closing(now + SHUTDOWN_WRITE);
                     }
-                }
+                    Stage::Open if state.active.load(Relaxed) > 0 => {
+                        if state
+                            .stalled_since()
+                            .is_some_and(|since| now >= since + self.send_timeout)
+                        {
+                            Counters::inc(&self.counters.client_send_timeout);
+                            tracing::debug!(client = %self.client, "client let no response move in send_timeout; closing");
+                            return;
+                        }
+                        step = (step * 2)
+                            .min(MAX_CHECK.max(self.idle_timeout))
+                            .min(self.idle_timeout);
+                    }
+                    Stage::Open => {
+                        if state.idle_since().elapsed() >= self.idle_timeout {
+                            Counters::inc(&self.counters.client_idle_closed);
+                            tracing::debug!(client = %self.client, "closing idle client connection");
+                            graceful(conn);
+                            stage = Stage::Closing(now + self.send_timeout);
+                        }
+                    }
+                },
             }
         }
+    }
+
+    /// Until a first request arrives, the connection lives on the header
+    /// deadline; after that, on the idle timeout, and while streams wait
+    /// on the client, on the send timeout. The deadline is a check, not a
+    /// verdict: when it fires, the state is read again. While streams are
+    /// open the next check is one step away, so an idle connection is
+    /// found at most then; the step grows while the connection stays busy.
+    fn next_check(&self, stage: Stage, step: Duration) -> Option<Instant> {
+        let state = self.state;
+        let now = Instant::now();
+        match stage {
+            Stage::Draining => None,
+            Stage::Closing(at) => Some(at),
+            Stage::Open if state.started.load(Relaxed) == 0 => {
+                Some((state.epoch + self.header_timeout).min(now + step))
+            }
+            Stage::Open if state.active.load(Relaxed) > 0 => {
+                let busy = now + step;
+                Some(match state.stalled_since() {
+                    Some(since) => busy.min(since + self.send_timeout),
+                    None => busy,
+                })
+            }
+            Stage::Open => Some(state.idle_since() + self.idle_timeout),
+        }
+    }
+
+    /// What happens next: the connection ends, the listener shuts down,
+    /// the client resets too many streams, or the check is due.
+    async fn next_event<C>(&self, conn: &mut C, stage: Stage, step: Duration) -> Event
+    where
+        C: Future<Output = hyper::Result<()>> + Unpin,
+    {
+        let open = stage == Stage::Open;
+        let sleep = self.next_check(stage, step).map(tokio::time::sleep_until);
+        let cancelled = open.then(|| self.shutdown.cancelled());
+        let glitched = open.then(|| self.state.glitched.notified());
+        tokio::pin!(sleep, cancelled, glitched);
+        let mut watch = LazyPoll::default();
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(res) = Pin::new(&mut *conn).poll(cx) {
+                return Poll::Ready(Event::Conn(res));
+            }
+            if let Some(c) = cancelled.as_mut().as_pin_mut()
+                && watch.shutdown(cx, c)
+            {
+                return Poll::Ready(Event::Shutdown);
+            }
+            if let Some(g) = glitched.as_mut().as_pin_mut()
+                && g.poll(cx).is_ready()
+            {
+                return Poll::Ready(Event::Glitched);
+            }
+            if let Some(s) = sleep.as_mut().as_pin_mut()
+                && watch.timer(cx, s)
+            {
+                return Poll::Ready(Event::Timer);
+            }
+            Poll::Pending
+        })
+        .await
     }
 }
 
@@ -464,6 +556,8 @@ impl Life<'_> {
 enum Event {
     Conn(hyper::Result<()>),
     Shutdown,
+    /// The client reset too many streams before their response.
+    Glitched,
     Timer,
 }
 

@@ -49,7 +49,7 @@ impl ClientBodyError {
         match self {
             ClientBodyError::Read(_) => ProxyError::ClientBody,
             ClientBodyError::TooLarge => ProxyError::BodyTooLarge,
-            ClientBodyError::Timeout => ProxyError::BodyTimeout,
+            ClientBodyError::Timeout | ClientBodyError::TooSlow => ProxyError::BodyTimeout,
         }
     }
 }
@@ -66,8 +66,9 @@ pub struct ResponseBody {
     counters: Option<Arc<Counters>>,
     _in_flight: Option<InFlight>,
     _request: Option<RequestGauge>,
-    /// HTTP/2 only: an HTTP/1.1 connection knows when its response ends.
-    _conn: Option<ConnGuard>,
+    /// HTTP/2 only: an HTTP/1.1 connection knows when its response ends,
+    /// and whether its client takes it.
+    conn: Option<ConnGuard>,
     /// The request's outcome, recorded when the response ends.
     track: Option<Track>,
     /// Boxed: it is large, and the response is moved several times.
@@ -153,6 +154,9 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
+        if let Some(c) = this.conn.as_mut() {
+            c.polled();
+        }
         let frame = match &mut this.inner {
             Inner::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Inner::H1(s) => Pin::new(s)
@@ -174,6 +178,9 @@ impl Body for ResponseBody {
             Poll::Ready(Some(Ok(f))) => {
                 if let Some(d) = f.data_ref() {
                     this.bytes += d.len() as u64;
+                    if let Some(c) = this.conn.as_mut() {
+                        c.gave();
+                    }
                 }
             }
             // The error reaches the client connection, which closes
@@ -447,6 +454,7 @@ pub(crate) async fn handle(
         tls: info.tls,
         limits: &info.settings.limits,
         body_timeout: info.settings.body_timeout,
+        min_body_rate: info.settings.min_body_rate,
         upgrade: upgrade.clone(),
         host: host_header,
         connection,
@@ -596,7 +604,7 @@ fn backend_response(
         counters: Some(info.plane.counters.clone()),
         _in_flight: Some(held.in_flight),
         _request: Some(held.gauge),
-        _conn: held.conn,
+        conn: held.conn,
         track: Some(track),
         log: held.log,
     };
@@ -610,6 +618,7 @@ struct Forwarding<'a> {
     tls: bool,
     limits: &'a Limits,
     body_timeout: Duration,
+    min_body_rate: u32,
     /// The client's Upgrade header, when the request is an upgrade the
     /// pool can carry.
     upgrade: Option<HeaderValue>,
@@ -813,7 +822,7 @@ fn error_response(
         counters: None,
         _in_flight: in_flight,
         _request: gauge,
-        _conn: conn,
+        conn,
         track: Some(track),
         log,
     };
@@ -1051,7 +1060,12 @@ fn h2_headers(headers: &mut HeaderMap, forwarded: &headers::Forwarded<'_>, kept:
 /// The client's body as attempts send it: small or empty bodies are read
 /// whole so they can be sent again; larger or chunked ones stream.
 async fn buffered(body: RawBody, ctx: &Forwarding<'_>) -> Result<RequestBody, ProxyError> {
-    let body = ClientBody::new(body, ctx.limits.max_body_bytes, ctx.body_timeout);
+    let body = ClientBody::new(
+        body,
+        ctx.limits.max_body_bytes,
+        ctx.body_timeout,
+        ctx.min_body_rate,
+    );
     Ok(match body.size_hint().exact() {
         Some(0) => RequestBody::Full(None),
         Some(n) if n <= MAX_BUFFERED_BODY => {

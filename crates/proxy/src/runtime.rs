@@ -522,10 +522,11 @@ fn build(snapshot: Arc<Snapshot>, old: Option<&Runtime>, registry: &mut Registry
                     ol.name == l.name
                         && ol.tls.as_ref() == Some(tls)
                         && ol.http2.enabled == l.http2.enabled
+                        && ol.http2.only == l.http2.only
                 })?;
                 o.tls[i].clone()
             });
-            Some(kept.unwrap_or_else(|| crate::tls::acceptor(tls, l.http2.enabled)))
+            Some(kept.unwrap_or_else(|| crate::tls::listener_acceptor(tls, &l.http2)))
         })
         .collect();
     Runtime {

@@ -12,6 +12,25 @@ use tokio_rustls::TlsAcceptor;
 /// The acceptor for one listener: TLS 1.2+ (or 1.3 only), ALPN `h2` (when
 /// HTTP/2 is on) then `http/1.1`, certificates by SNI.
 pub fn acceptor(tls: &Tls, http2: bool) -> TlsAcceptor {
+    let alpn: &[&[u8]] = if http2 {
+        &[b"h2", b"http/1.1"]
+    } else {
+        &[b"http/1.1"]
+    };
+    acceptor_offering(tls, alpn)
+}
+
+/// The acceptor of a listener with these HTTP/2 settings: `h2` alone by
+/// ALPN when it serves HTTP/2 only.
+pub(crate) fn listener_acceptor(tls: &Tls, http2: &fulcrum_config::snapshot::Http2) -> TlsAcceptor {
+    if http2.only {
+        acceptor_offering(tls, &[b"h2"])
+    } else {
+        acceptor(tls, http2.enabled)
+    }
+}
+
+fn acceptor_offering(tls: &Tls, alpn: &[&[u8]]) -> TlsAcceptor {
     let versions: &[&rustls::SupportedProtocolVersion] = match tls.min_version {
         TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
         TlsVersion::Tls13 => &[&rustls::version::TLS13],
@@ -22,11 +41,7 @@ pub fn acceptor(tls: &Tls, http2: bool) -> TlsAcceptor {
         .expect("the ring provider supports TLS 1.2 and 1.3")
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(BySni::new(&tls.certificates)));
-    config.alpn_protocols = if http2 {
-        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
-    } else {
-        vec![b"http/1.1".to_vec()]
-    };
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     // Session tickets let returning clients skip a full handshake.
     config.send_tls13_tickets = 2;
     TlsAcceptor::from(Arc::new(config))

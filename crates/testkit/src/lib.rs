@@ -650,6 +650,8 @@ impl SnapshotBuilder {
                 header_timeout: Duration::from_secs(5),
                 idle_timeout: Duration::from_secs(30),
                 body_timeout: Duration::from_secs(5),
+                min_body_rate: 1024,
+                send_timeout: Duration::from_secs(5),
                 limits: Limits::DEFAULT,
                 http2: Http2::DEFAULT,
                 tls: None,

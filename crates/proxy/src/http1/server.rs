@@ -417,6 +417,7 @@ where
         http10: request.version() == Version::HTTP_10,
         head: request.method() == Method::HEAD,
         keep_alive,
+        close: false,
     };
     if request.method() == Method::CONNECT {
         // Whatever the answer, the client would take a 2xx for a
@@ -442,9 +443,12 @@ where
         tracing::debug!(client = %ctx.client, "client went away mid-request");
         return Some(End::Drop);
     };
-    close |= waits.lazy.closing || !pump.finished;
+    let asked = Asked {
+        close: close || waits.lazy.closing || !pump.finished,
+        ..asked
+    };
     let (upgrade, close) =
-        match respond::<I, S>(conn, response, &mut pump, asked, close, limits, out).await {
+        match respond::<I, S>(conn, response, &mut pump, asked, ctx, waits, out).await {
             Ok(how) => how,
             Err(()) => return Some(End::Drop),
         };
@@ -466,6 +470,8 @@ struct Asked {
     head: bool,
     /// An HTTP/1.0 client asked to keep the connection.
     keep_alive: bool,
+    /// The connection ends after this response, whatever it says.
+    close: bool,
 }
 
 /// Writes `response`, pumping the request's body meanwhile for a backend
@@ -477,14 +483,17 @@ async fn respond<I, S>(
     response: Response<S::Body>,
     pump: &mut Pump,
     asked: Asked,
-    mut close: bool,
-    limits: HeadLimits,
+    ctx: &ConnContext<'_>,
+    waits: &mut Waits<'_, '_>,
     out: &mut Vec<u8>,
 ) -> Result<(bool, bool), ()>
 where
     I: AsyncRead + AsyncWrite + Unpin,
     S: Service,
 {
+    let mut close = asked.close;
+    let max_head = HeadLimits::of(&ctx.settings.limits).max_head;
+    let send_timeout = ctx.settings.send_timeout;
     let (parts, mut body) = response.into_parts();
     let status = parts.status.as_u16();
     let upgrade = status == 101;
@@ -523,8 +532,23 @@ where
             return Poll::Ready(Err(()));
         }
         let written = writer.poll(&mut conn.io, &mut body, cx);
-        if written.is_pending() && conn.gone(cx, limits.max_head) {
-            return Poll::Ready(Err(()));
+        if written.is_pending() {
+            if conn.gone(cx, max_head) {
+                return Poll::Ready(Err(()));
+            }
+            // A client that takes none of its response for
+            // `send_timeout` (a slow reader) loses its connection.
+            if let Some(since) = writer.stalled_since {
+                let due = since + send_timeout;
+                if waits.timer.deadline() != due {
+                    waits.lazy.reset(waits.timer.as_mut(), due);
+                }
+                if waits.lazy.timer(cx, waits.timer.as_mut()) && Instant::now() >= due {
+                    Counters::inc(&ctx.counters.client_send_timeout);
+                    tracing::debug!(client = %ctx.client, "client took none of its response in send_timeout; closing");
+                    return Poll::Ready(Err(()));
+                }
+            }
         }
         written
     })
@@ -837,6 +861,8 @@ struct Writer<'a> {
     /// The body broke off: what came of it (the head, at least) is still
     /// written, but never its end.
     broken: bool,
+    /// Since when the client has taken no bytes (a write is pending).
+    stalled_since: Option<Instant>,
 }
 
 impl<'a> Writer<'a> {
@@ -851,6 +877,7 @@ impl<'a> Writer<'a> {
             body_ended: false,
             body_done: false,
             broken: false,
+            stalled_since: None,
         }
     }
 
@@ -890,6 +917,7 @@ impl<'a> Writer<'a> {
             if self.pos < self.out.len() {
                 match Pin::new(&mut *io).poll_write(cx, &self.out[self.pos..]) {
                     Poll::Ready(Ok(n)) if n > 0 => {
+                        self.stalled_since = None;
                         self.pos += n;
                         if self.pos == self.out.len() {
                             self.out.clear();
@@ -898,12 +926,13 @@ impl<'a> Writer<'a> {
                         continue;
                     }
                     Poll::Ready(_) => return Poll::Ready(Err(())),
-                    Poll::Pending => return Poll::Pending,
+                    Poll::Pending => return self.stalled(),
                 }
             }
             if let Some(big) = self.big.as_mut() {
                 match Pin::new(&mut *io).poll_write(cx, big) {
                     Poll::Ready(Ok(n)) if n > 0 => {
+                        self.stalled_since = None;
                         big.advance(n);
                         if big.is_empty() {
                             self.big = None;
@@ -914,7 +943,7 @@ impl<'a> Writer<'a> {
                         continue;
                     }
                     Poll::Ready(_) => return Poll::Ready(Err(())),
-                    Poll::Pending => return Poll::Pending,
+                    Poll::Pending => return self.stalled(),
                 }
             }
             return if self.broken {
@@ -925,6 +954,12 @@ impl<'a> Writer<'a> {
                 Poll::Pending
             };
         }
+    }
+
+    /// The client takes no more for now: noted, once, for `send_timeout`.
+    fn stalled(&mut self) -> Poll<Result<(), ()>> {
+        self.stalled_since.get_or_insert_with(Instant::now);
+        Poll::Pending
     }
 
     fn frame(&mut self, frame: Frame<Bytes>) -> Result<(), ()> {

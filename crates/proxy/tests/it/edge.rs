@@ -478,6 +478,147 @@ async fn rapid_reset_is_answered_with_goaway() {
 }
 
 #[tokio::test]
+async fn rapid_reset_paced_under_the_pending_count_is_cut_off_too() {
+    // A backend slow enough that no stream is answered before its reset.
+    let a = Backend::start("a").await;
+    a.set_mode(Mode::Delay(Duration::from_millis(200)));
+    let proxy = TestProxy::serving(pool("p", &[a.addr])).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(PREFACE).await.unwrap();
+    s.write_all(&frame(4, 0, 0, &[])).await.unwrap();
+    let block = [
+        0x82, 0x86, 0x84, 0x41, 0x06, b'x', b'.', b't', b'e', b's', b't',
+    ];
+    // 100 HEADERS, a 20 ms wait (so the proxy has accepted them all, and
+    // none counts as pending), 100 RST_STREAM; again and again.
+    let mut next = 1u32;
+    let mut cut = false;
+    for _ in 0..100 {
+        let ids: Vec<u32> = (0..100).map(|i| next + 2 * i).collect();
+        next += 200;
+        let opens: Vec<u8> = ids
+            .iter()
+            .flat_map(|&id| frame(1, 0x5, id, &block))
+            .collect();
+        let resets: Vec<u8> = ids
+            .iter()
+            .flat_map(|&id| frame(3, 0, id, &8u32.to_be_bytes()))
+            .collect();
+        if s.write_all(&opens).await.is_err() {
+            cut = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if s.write_all(&resets).await.is_err() {
+            cut = true;
+            break;
+        }
+        if proxy.plane.counters().client_h2_protocol_error > 0 {
+            break;
+        }
+    }
+    if !cut {
+        cut = until_goaway_or_close(&mut s).await.is_some();
+    }
+    assert!(cut, "paced rapid reset was never cut off");
+    assert_eq!(proxy.plane.counters().client_h2_protocol_error, 1);
+    // About the first batch reached the backend, not thousands.
+    assert!(a.hits() <= 200, "{} requests reached the backend", a.hits());
+    assert_eq!(Client::h2c(proxy.addr).get("x.test", "/").await.status, 200);
+}
+
+#[tokio::test]
+async fn an_h2c_connection_without_a_request_gets_goaway_before_it_closes() {
+    let a = Backend::start("a").await;
+    let snap = SnapshotBuilder::new()
+        .pool(pool("p", &[a.addr]))
+        .catch_all("p")
+        .listener(|l| l.header_timeout = Duration::from_millis(200))
+        .build();
+    let proxy = TestProxy::start(snap).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(PREFACE).await.unwrap();
+    s.write_all(&frame(4, 0, 0, &[])).await.unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(PATIENCE, s.read(&mut buf))
+            .await
+            .expect("an idle h2c connection was never closed")
+            .unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let mut goaway = false;
+    let mut i = 0;
+    while seen.len() >= i + 9 {
+        let len = ((seen[i] as usize) << 16) | ((seen[i + 1] as usize) << 8) | seen[i + 2] as usize;
+        goaway |= seen[i + 3] == 7;
+        i += 9 + len;
+    }
+    assert!(goaway, "closed without a GOAWAY: {seen:?}");
+    assert_eq!(proxy.plane.counters().client_header_timeout, 1);
+}
+
+#[tokio::test]
+async fn an_h2c_only_listener_refuses_http1_and_serves_h2c() {
+    let a = Backend::start("a").await;
+    let snap = SnapshotBuilder::new()
+        .pool(pool("p", &[a.addr]))
+        .catch_all("p")
+        .listener(|l| l.http2.only = true)
+        .build();
+    let proxy = TestProxy::start(snap).await;
+    let got = crate::raw_until_closed(proxy.addr, b"GET / HTTP/1.1\r\nHost: x.test\r\n\r\n")
+        .await
+        .expect("HTTP/1.1 left open on an h2c-only listener");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 505 "), "{text}");
+    assert_eq!(a.hits(), 0);
+    let r = Client::h2c(proxy.addr).get("x.test", "/").await;
+    assert_eq!((r.status, r.body.as_str()), (200, "a"));
+}
+
+#[tokio::test]
+async fn an_h2_only_tls_listener_offers_h2_alone() {
+    let a = Backend::start("a").await;
+    let (cert, der) = certificate(&["app.test"]);
+    let snap = SnapshotBuilder::new()
+        .pool(pool("p", &[a.addr]))
+        .catch_all("p")
+        .listener(|l| {
+            l.tls = Some(tls_of(vec![cert]));
+            l.http2.only = true;
+        })
+        .build();
+    let proxy = TestProxy::start(snap).await;
+    let s = tls_connect(
+        proxy.addr,
+        "app.test",
+        std::slice::from_ref(&der),
+        &[b"h2", b"http/1.1"],
+    )
+    .await;
+    assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (status, _, body) = get_on(s, true, "app.test", "/").await;
+    assert_eq!((status, body.as_str()), (200, "a"));
+    // A client that negotiates no protocol gets nothing.
+    let mut s = tls_connect(proxy.addr, "app.test", &[der], &[]).await;
+    let _ = s
+        .write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .await;
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(PATIENCE, s.read(&mut buf))
+        .await
+        .expect("left open")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    assert_eq!(a.hits(), 1);
+}
+
+#[tokio::test]
 async fn ping_and_settings_floods_are_bounded() {
     let (_a, proxy) = h2_proxy().await;
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();

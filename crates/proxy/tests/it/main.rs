@@ -11,6 +11,7 @@ mod http1;
 mod pooling;
 mod reload;
 mod routing;
+mod slow;
 mod timeouts;
 
 use std::net::SocketAddr;
