@@ -7,13 +7,10 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::process::ExitCode;
 
-use fulcrum_config::standards::{
-    CheckedStandards, Standards, TrafficSpec, parse_request_line, parse_standards,
-};
+use fulcrum_config::standards::{CheckedStandards, Standards, TrafficSpec, parse_standards};
 use fulcrum_config::{Checked, Diagnostic, Severity, Snapshot};
 use fulcrum_safety::rules::{ConfigSource, Evaluation};
 use fulcrum_safety::{Traffic, diff as d, explain as x, rules, sarif};
-use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::json;
 
 use crate::{EXIT_INVALID, EXIT_USAGE, Format};
@@ -389,38 +386,10 @@ pub fn explain(
             return Err(ExitCode::from(EXIT_USAGE));
         }
         let (_, _, _, snapshot) = config(path, format)?;
-        let usage = |msg: String| {
+        let e = x::explain_text(&snapshot, request, headers, client_ip).map_err(|msg| {
             eprintln!("fulcrum: {msg}");
             ExitCode::from(EXIT_USAGE)
-        };
-        let (method, host, req_path) = parse_request_line(request)
-            .map_err(|e| usage(format!("`{request}` is not a request: {e}; write e.g. 'POST http://app.example.com/auth/login'")))?;
-        let mut map = HeaderMap::new();
-        for h in headers {
-            let (n, v) = h
-                .split_once(':')
-                .ok_or_else(|| usage(format!("-H `{h}`: write 'name: value'")))?;
-            let (Ok(n), Ok(v)) = (
-                HeaderName::from_bytes(n.trim().as_bytes()),
-                HeaderValue::from_str(v.trim()),
-            ) else {
-                return Err(usage(format!("-H `{h}` is not a valid header")));
-            };
-            map.append(n, v);
-        }
-        // A Host header overrides the URL's host, as it does for serve.
-        let host = map
-            .get(http::header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .map(|h| h.split(':').next().unwrap_or(h).to_ascii_lowercase())
-            .or(host);
-        let view = fulcrum_config::snapshot::RequestView {
-            method: &method,
-            host: host.as_deref(),
-            path: &req_path,
-            headers: &map,
-        };
-        let e = x::explain(&snapshot, request, &view, client_ip);
+        })?;
         match format {
             Format::Json => println!("{}", serde_json::to_string_pretty(&e).unwrap_or_default()),
             _ => print!("{}", x::render_human(&e)),

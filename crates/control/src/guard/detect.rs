@@ -288,31 +288,24 @@ pub fn pools(
                 .iter()
                 .map(|h| h.is_none_or(|h| h.healthy && !h.ejected))
                 .collect();
-            let observed: Vec<u64> = p
+            // Each backend's requests and mean latency (seconds) in the window.
+            let (observed, latency): (Vec<u64>, Vec<f64>) = p
                 .backends
                 .iter()
                 .map(|b| {
                     let addr = b.addr.to_string();
-                    counts
+                    let c = counts
                         .pools
                         .get(&p.name)
-                        .and_then(|c| c.backends.iter().find(|x| x.addr == addr))
-                        .map_or(0, |x| x.requests)
+                        .and_then(|c| c.backends.iter().find(|x| x.addr == addr));
+                    c.filter(|x| x.requests > 0).map_or((0, 0.0), |x| {
+                        (
+                            x.requests,
+                            x.latency_sum_us as f64 / x.requests as f64 / 1e6,
+                        )
+                    })
                 })
-                .collect();
-            let latency: Vec<f64> = p
-                .backends
-                .iter()
-                .map(|b| {
-                    let addr = b.addr.to_string();
-                    counts
-                        .pools
-                        .get(&p.name)
-                        .and_then(|c| c.backends.iter().find(|x| x.addr == addr))
-                        .filter(|x| x.requests > 0)
-                        .map_or(0.0, |x| x.latency_sum_us as f64 / x.requests as f64 / 1e6)
-                })
-                .collect();
+                .unzip();
             let n: u64 = observed.iter().sum();
             let per_second = n as f64 / span.as_secs_f64().max(0.001);
             let expected = expect::shares(p, &available, &latency, per_second);
