@@ -16,7 +16,7 @@ use super::{Lb, stderr, stdout};
 /// few concurrent clients until stopped.
 struct Traffic {
     stop: Arc<AtomicBool>,
-    seen: Arc<Mutex<Vec<(Instant, u16, String)>>>,
+    seen: Arc<Mutex<Vec<(SystemTime, u16, String)>>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -32,7 +32,7 @@ impl Traffic {
         clients: &[Option<std::net::IpAddr>],
     ) -> Traffic {
         let stop = Arc::new(AtomicBool::new(false));
-        let seen: Arc<Mutex<Vec<(Instant, u16, String)>>> = Arc::default();
+        let seen: Arc<Mutex<Vec<(SystemTime, u16, String)>>> = Arc::default();
         let tasks = clients
             .iter()
             .copied()
@@ -82,7 +82,7 @@ impl Traffic {
                                 }
                                 _ => (0, String::new()),
                             };
-                        seen.lock().unwrap().push((Instant::now(), got.0, got.1));
+                        seen.lock().unwrap().push((SystemTime::now(), got.0, got.1));
                         tokio::time::sleep(Duration::from_millis(10)).await;
                     }
                 })
@@ -91,7 +91,7 @@ impl Traffic {
         Traffic { stop, seen, tasks }
     }
 
-    async fn stop(self) -> Vec<(Instant, u16, String)> {
+    async fn stop(self) -> Vec<(SystemTime, u16, String)> {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.tasks {
             let _ = t.await;
@@ -182,13 +182,31 @@ async fn forced_incident(
     // v1 serves again.
     let (_, h, _) = lb.call("GET", "/config", "", Some(super::TOKEN)).await;
     assert_eq!(h["fulcrum-version"].to_str().unwrap(), "1");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let seen = traffic.stop().await;
+    // Requests that failed: only while the change served, none once it was
+    // rolled back (a request in flight at that moment may end either way).
+    let (applied_at, rolled_at) = (time(applied), time(&rolled));
     let failed = seen.iter().filter(|(_, s, _)| *s != 200).count();
+    let during = seen
+        .iter()
+        .filter(|(t, s, _)| {
+            *s != 200 && *t >= applied_at && *t <= rolled_at + Duration::from_millis(200)
+        })
+        .count();
+    let after = seen
+        .iter()
+        .filter(|(t, s, _)| *s != 200 && *t > rolled_at + Duration::from_millis(200))
+        .count();
     eprintln!(
-        "detected in {detect:?}, rolled back in {recover:?}; {failed} of {} requests not 200",
+        "detected in {detect:?}, rolled back in {recover:?}; {failed} of {} requests not 200, {during} of them while the change served",
         seen.len()
     );
+    assert_eq!(
+        failed, during,
+        "every failed request fell while the change served"
+    );
+    assert_eq!(after, 0, "no request failed after the rollback");
     alert
 }
 
