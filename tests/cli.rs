@@ -508,7 +508,9 @@ async fn a_reload_that_keeps_the_version_label_logs_and_records_the_content_hash
     let get = || async {
         let uri: hyper::Uri = format!("http://{}/", served.addr).parse().unwrap();
         let resp = client().get(uri).await.unwrap();
-        let body = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap();
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap();
         String::from_utf8(body.to_bytes().to_vec()).unwrap()
     };
     assert_eq!(get().await, "one");
