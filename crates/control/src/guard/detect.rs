@@ -263,16 +263,27 @@ fn pool_requests(c: &Counts, pool: &str) -> u64 {
     })
 }
 
+/// What the pools are like now: each backend's health, and the expected
+/// shares that follow from it.
+pub struct Live<'a> {
+    pub health: &'a [BackendStatus],
+    pub expected: &'a mut expect::Memo,
+}
+
 /// Traffic lost, shares against expectation, skew and health of every pool.
 pub fn pools(
     new: &Snapshot,
     counts: &Counts,
     span: Duration,
     base: Option<&(Snapshot, Counts)>,
-    health: &[BackendStatus],
+    live: Live<'_>,
     s: &Settings,
     out: &mut Vec<Finding>,
 ) -> Vec<PoolView> {
+    let Live {
+        health,
+        expected: memo,
+    } = live;
     let touched = touched(base, new);
     let all = total(counts);
     new.pools
@@ -308,7 +319,7 @@ pub fn pools(
                 .unzip();
             let n: u64 = observed.iter().sum();
             let per_second = n as f64 / span.as_secs_f64().max(0.001);
-            let expected = expect::shares(p, &available, &latency, per_second);
+            let expected = memo.shares(&new.hash, p, &available, &latency, per_second);
             let mut found = vec![
                 ("shift", shift(&name, counts, all, base, s)),
                 ("shares", fit(&observed, &expected, s)),
