@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use fulcrum_testkit::Backend;
 
-use super::{TOKEN, admin_addr, call, config};
+use super::{TOKEN, admin_addr, call, config, try_call};
 use crate::{Served, write_config};
 
 /// Every complete journal line parses, and only the last line may be cut
@@ -79,22 +79,23 @@ async fn killed_during_applies_no_acknowledged_version_is_lost_and_nothing_is_to
     let state = dir.path().join("fulcrum.state");
     let acknowledged: Arc<Mutex<Vec<u64>>> = Arc::default();
     let mut rng = fastrand::Rng::with_seed(7);
-    // At least 8 kills, and on until 8 changes were acknowledged: a loaded
-    // machine applies fewer before each kill. Bounded.
+    // At least 8 kills, and on until 8 changes were acknowledged. Bounded.
     for round in 0..40 {
         if round >= 8 && acknowledged.lock().unwrap().len() >= 8 {
             break;
         }
         let served = Served::start_env(&path, &[], &[("FULCRUM_ADMIN_TOKEN", TOKEN)]);
         let admin = admin_addr(&served);
+        let before = acknowledged.lock().unwrap().len();
         let applying = tokio::spawn({
             let acknowledged = acknowledged.clone();
             let (auth, web) = (auth.addr, web.addr);
             async move {
                 for i in 0.. {
                     let body = config(&[auth], web, &format!("# round {round}, change {i}\n"));
-                    let call = call(admin, "POST", "/config?author=crash", &body, Some(TOKEN));
-                    let Ok((status, _, text)) =
+                    let call = try_call(admin, "POST", "/config?author=crash", &body, Some(TOKEN));
+                    // Killed under it: what it was told before is final.
+                    let Ok(Ok((status, _, text))) =
                         tokio::time::timeout(Duration::from_secs(5), call).await
                     else {
                         return;
@@ -110,7 +111,16 @@ async fn killed_during_applies_no_acknowledged_version_is_lost_and_nothing_is_to
                 }
             }
         });
-        tokio::time::sleep(Duration::from_millis(rng.u64(20..250))).await;
+        // A loaded machine may take longer for one apply than the random
+        // wait: let each round have one acknowledged first (within 5 s),
+        // so that every round kills in the middle of the applies after it.
+        for _ in 0..500 {
+            if acknowledged.lock().unwrap().len() > before {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.u64(0..250))).await;
         drop(served); // SIGKILL, then reaped
         // The client sees its connection die; what it was told is final.
         let _ = tokio::time::timeout(Duration::from_secs(10), applying).await;

@@ -161,6 +161,20 @@ pub async fn call(
     body: &str,
     token: Option<&str>,
 ) -> (u16, http::HeaderMap, String) {
+    try_call(admin, method, path, body, token)
+        .await
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+/// [`call`], for a server that may die under it: its error instead of a
+/// panic.
+pub async fn try_call(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    token: Option<&str>,
+) -> Result<(u16, http::HeaderMap, String), String> {
     let mut req = http::Request::builder()
         .method(method)
         .uri(format!("http://{admin}{path}"));
@@ -173,12 +187,17 @@ pub async fn call(
             .build_http();
     let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req))
         .await
-        .expect("the admin API answers within 30 s")
-        .unwrap();
+        .map_err(|_| "no answer within 30 s".to_owned())?
+        .map_err(|e| e.to_string())?;
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, headers, String::from_utf8_lossy(&body).into_owned())
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, headers, String::from_utf8_lossy(&body).into_owned()))
 }
 
 /// GET through the proxy, from `from` (a loopback address) when given:
