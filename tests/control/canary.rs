@@ -45,6 +45,13 @@ async fn a_canary_serves_its_share_of_clients_each_pinned_and_a_rollback_drops_i
         on_canary += (seen[0] == "new") as u32;
         *answers.entry(seen[0].clone()).or_default() += 1;
     }
+    // A healthy canary: the guard has nothing to say of it.
+    let events = lb.events().await;
+    let guard: Vec<_> = events
+        .iter()
+        .filter(|e| e["kind"] == "alert" || e["actor"] == "guard")
+        .collect();
+    assert!(guard.is_empty(), "false alarm: {guard:#?}");
     // 200 clients at p = 0.3: σ ≈ 0.032, so ±4σ is 0.17 to 0.43.
     let share = on_canary as f64 / clients as f64;
     assert!(
