@@ -132,8 +132,12 @@ enum Verb {
         #[arg(long, value_enum, default_value_t = Format::Human)]
         format: Format,
     },
-    /// Print a JSON Schema of the config file, for editors.
-    Schema,
+    /// Print a JSON Schema for editors: of the config file, or of a rules
+    /// file (standards and tests share one language).
+    Schema {
+        #[arg(value_enum, default_value = "config")]
+        kind: SchemaKind,
+    },
     /// Apply a config to a running `serve` through its admin API: check,
     /// standards, the config's tests, the diff, the traffic impact over
     /// recent requests and live probes of new backends, then a canary or
@@ -202,6 +206,15 @@ enum Verb {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SchemaKind {
+    /// A config file (`fulcrum.toml`).
+    Config,
+    /// A standards or tests file ([[rule]]s).
+    #[value(alias = "standards", alias = "tests")]
+    Rules,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
     Human,
     Json,
@@ -245,7 +258,7 @@ fn main() -> ExitCode {
             client_ip,
             format,
         } => tools::explain(&config, &request, &headers, client_ip, format),
-        Verb::Schema => tools::schema(),
+        Verb::Schema { kind } => tools::schema(kind),
         Verb::Apply {
             file,
             target,

@@ -282,7 +282,7 @@ async fn start_admin(
         .as_ref()
         .map(|t| fulcrum_proxy::tls_acceptor(t, false));
     let scheme = if tls.is_some() { "https" } else { "http" };
-    info!(admin = %addr, token = %source, "admin API on {scheme}://{addr}; its bearer token is in {source}");
+    info!(admin = %addr, token = %source, "admin API on {scheme}://{addr}; its bearer token is in {source}; the dashboard is at {scheme}://{addr}/");
     let (router, _) = admin::router(Arc::new(Admin {
         controller: controller.clone(),
         guard: guard.clone(),

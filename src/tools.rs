@@ -7,13 +7,10 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::process::ExitCode;
 
-use fulcrum_config::standards::{
-    CheckedStandards, Standards, TrafficSpec, parse_request_line, parse_standards,
-};
+use fulcrum_config::standards::{CheckedStandards, Standards, TrafficSpec, parse_standards};
 use fulcrum_config::{Checked, Diagnostic, Severity, Snapshot};
 use fulcrum_safety::rules::{ConfigSource, Evaluation};
 use fulcrum_safety::{Traffic, diff as d, explain as x, rules, sarif};
-use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::json;
 
 use crate::{EXIT_INVALID, EXIT_USAGE, Format};
@@ -192,6 +189,20 @@ pub fn check(
             }
             None => None,
         };
+        // The rule files the config ships with (`tests = [...]`), as every
+        // change to a running `serve` must pass them.
+        let own: Vec<Evaluation> = snapshot
+            .tests
+            .iter()
+            .map(|t| {
+                let config = ConfigSource {
+                    file: &label,
+                    source: &source,
+                };
+                let traffic = Traffic::Synthetic(t.traffic.clone());
+                rules::evaluate(&snapshot, Some(config), t, &traffic)
+            })
+            .collect();
         match format {
             Format::Human => {
                 print!(
@@ -202,6 +213,10 @@ pub fn check(
                     println!("\nstandards {}:", e.standards);
                     print!("{}", rules::render_human(e));
                 }
+                for e in &own {
+                    println!("\ntests {}:", e.standards);
+                    print!("{}", rules::render_human(e));
+                }
             }
             Format::Json => {
                 let config: serde_json::Value =
@@ -209,6 +224,7 @@ pub fn check(
                         .unwrap_or_default();
                 let mut doc = config;
                 doc["standards"] = serde_json::to_value(&evaluation).unwrap_or_default();
+                doc["tests"] = serde_json::to_value(&own).unwrap_or_default();
                 println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
             }
             Format::Sarif => println!(
@@ -216,7 +232,9 @@ pub fn check(
                 sarif::render(&checked.diagnostics, evaluation.as_ref())
             ),
         }
-        Ok(if evaluation.as_ref().is_none_or(Evaluation::ok) {
+        let passed =
+            evaluation.as_ref().is_none_or(Evaluation::ok) && own.iter().all(Evaluation::ok);
+        Ok(if passed {
             ExitCode::SUCCESS
         } else {
             ExitCode::FAILURE
@@ -368,38 +386,10 @@ pub fn explain(
             return Err(ExitCode::from(EXIT_USAGE));
         }
         let (_, _, _, snapshot) = config(path, format)?;
-        let usage = |msg: String| {
+        let e = x::explain_text(&snapshot, request, headers, client_ip).map_err(|msg| {
             eprintln!("fulcrum: {msg}");
             ExitCode::from(EXIT_USAGE)
-        };
-        let (method, host, req_path) = parse_request_line(request)
-            .map_err(|e| usage(format!("`{request}` is not a request: {e}; write e.g. 'POST http://app.example.com/auth/login'")))?;
-        let mut map = HeaderMap::new();
-        for h in headers {
-            let (n, v) = h
-                .split_once(':')
-                .ok_or_else(|| usage(format!("-H `{h}`: write 'name: value'")))?;
-            let (Ok(n), Ok(v)) = (
-                HeaderName::from_bytes(n.trim().as_bytes()),
-                HeaderValue::from_str(v.trim()),
-            ) else {
-                return Err(usage(format!("-H `{h}` is not a valid header")));
-            };
-            map.append(n, v);
-        }
-        // A Host header overrides the URL's host, as it does for serve.
-        let host = map
-            .get(http::header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .map(|h| h.split(':').next().unwrap_or(h).to_ascii_lowercase())
-            .or(host);
-        let view = fulcrum_config::snapshot::RequestView {
-            method: &method,
-            host: host.as_deref(),
-            path: &req_path,
-            headers: &map,
-        };
-        let e = x::explain(&snapshot, request, &view, client_ip);
+        })?;
         match format {
             Format::Json => println!("{}", serde_json::to_string_pretty(&e).unwrap_or_default()),
             _ => print!("{}", x::render_human(&e)),
@@ -408,10 +398,14 @@ pub fn explain(
     })())
 }
 
-pub fn schema() -> ExitCode {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&fulcrum_config::schema::config_schema()).unwrap_or_default()
-    );
+pub fn schema(kind: crate::SchemaKind) -> ExitCode {
+    let schema = match kind {
+        crate::SchemaKind::Config => fulcrum_config::schema::config_schema(),
+        crate::SchemaKind::Rules => fulcrum_config::schema::rules_schema(),
+    };
+    // Often piped into a file or `head`: a closed pipe is not a crash.
+    use std::io::Write as _;
+    let text = serde_json::to_string_pretty(&schema).unwrap_or_default();
+    let _ = writeln!(std::io::stdout().lock(), "{text}");
     ExitCode::SUCCESS
 }

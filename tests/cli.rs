@@ -77,10 +77,26 @@ fn check_json_is_one_document() {
     assert_eq!(first["hint"], "did you mean `auth`?");
 }
 
+/// The config files of `examples/`: every `.toml` but the rules files
+/// (`standards.toml`, `*tests.toml`).
+pub fn example_configs() -> Vec<PathBuf> {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            name.ends_with(".toml") && name != "standards.toml" && !name.ends_with("tests.toml")
+        })
+        .collect();
+    out.sort();
+    assert!(out.len() >= 3, "{out:?}");
+    out
+}
+
 #[test]
 fn check_accepts_the_examples() {
-    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/examples")).unwrap() {
-        let path = entry.unwrap().path();
+    for path in example_configs() {
         let out = fulcrum().arg("check").arg(&path).output().unwrap();
         assert!(
             out.status.success(),
@@ -160,6 +176,45 @@ fn usage_errors_exit_2_with_one_line() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn check_runs_the_tests_a_config_ships_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = |pool: &str| {
+        format!(
+            "tests = [\"login.tests.toml\"]\n[[listener]]\nname = \"public\"\nbind = \"127.0.0.1:8080\"\n[[route]]\nname = \"auth\"\nmatch = {{ path_prefix = \"/auth/\" }}\npool = \"{pool}\"\n[[route]]\nname = \"web\"\npool = \"web\"\n[pool.auth]\nbackends = [{{ addr = \"127.0.0.1:9101\" }}]\n[pool.web]\nbackends = [{{ addr = \"127.0.0.1:9201\" }}]\n"
+        )
+    };
+    write_config(
+        &dir,
+        "login.tests.toml",
+        "[[rule]]\nname = \"logins reach auth\"\nrequest = \"POST http://app.example.com/auth/login\"\nexpect_pool = \"auth\"\n",
+    );
+    let good = write_config(&dir, "good.toml", &config("auth"));
+    let out = fulcrum().arg("check").arg(&good).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("tests login.tests.toml"));
+    // Incident 1: the config's own test catches it.
+    let bad = write_config(&dir, "bad.toml", &config("web"));
+    let out = fulcrum()
+        .args(["check", "--format", "json"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["tests"][0]["failed"], 1, "{doc}");
+    // A tests file that is missing makes the config invalid.
+    std::fs::remove_file(dir.path().join("login.tests.toml")).unwrap();
+    let out = fulcrum().arg("check").arg(&good).output().unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("unreadable-tests"));
 }
 
 #[test]

@@ -130,6 +130,21 @@ async fn config_answers_the_exact_running_bytes_and_metrics_parse() {
             .any(|s| s.metric == "fulcrum_backend_healthy" && s.labels.get("pool") == Some("auth")),
         "{metrics}"
     );
+    // The guard's expectation beside what was observed, once it has
+    // sampled the window (four times a second).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let (_, _, m) = lb.call("GET", "/metrics", "", Some(TOKEN)).await;
+        let has = |metric: &str| m.lines().any(|l| l.starts_with(metric));
+        if has("fulcrum_guard_verdict{")
+            && has("fulcrum_backend_expected_share{")
+            && has("fulcrum_backend_observed_share{")
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no guard series: {m}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,4 +250,84 @@ async fn health_flips_are_journaled() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_over_tls_still_wants_the_token() {
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let auth = Backend::start("auth").await;
+    let web = Backend::start("web").await;
+    let cert = rcgen::generate_simple_self_signed(vec!["admin.example.com".to_owned()]).unwrap();
+    let text = config(&[auth.addr], web.addr, "").replace(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n",
+        "[admin]\nlisten = \"127.0.0.1:0\"\ntls = { cert = \"admin.pem\", key = \"admin.key\" }\n",
+    );
+    // TLS makes a non-loopback admin address acceptable to `check`.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("admin.pem"), cert.cert.pem()).unwrap();
+    std::fs::write(
+        dir.path().join("admin.key"),
+        cert.signing_key.serialize_pem(),
+    )
+    .unwrap();
+    let wide = crate::write_config(
+        &dir,
+        "wide.toml",
+        &text.replace(
+            "listen = \"127.0.0.1:0\"\ntls",
+            "listen = \"0.0.0.0:0\"\ntls",
+        ),
+    );
+    let out = super::fulcrum().arg("check").arg(&wide).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", super::stdout(&out));
+
+    let lb = Lb::start_with(
+        &text,
+        &[
+            ("admin.pem", &cert.cert.pem()),
+            ("admin.key", &cert.signing_key.serialize_pem()),
+        ],
+        &[],
+    );
+    assert!(
+        lb.served
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("admin API on https://"))
+    );
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).unwrap();
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let get = |auth: Option<&'static str>| {
+        let tls = tls.clone();
+        let admin = lb.admin;
+        async move {
+            let tcp = tokio::net::TcpStream::connect(admin).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from("admin.example.com").unwrap();
+            let mut s = tokio_rustls::TlsConnector::from(Arc::new(tls))
+                .connect(name, tcp)
+                .await
+                .unwrap();
+            let header = auth
+                .map(|t| format!("Authorization: Bearer {t}\r\n"))
+                .unwrap_or_default();
+            let req =
+                format!("GET /status HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n{header}\r\n");
+            s.write_all(req.as_bytes()).await.unwrap();
+            let mut answer = Vec::new();
+            let _ = s.read_to_end(&mut answer).await;
+            String::from_utf8_lossy(&answer).into_owned()
+        }
+    };
+    assert!(get(None).await.starts_with("HTTP/1.1 401"));
+    assert!(get(Some(TOKEN)).await.starts_with("HTTP/1.1 200"));
 }

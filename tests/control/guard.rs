@@ -16,31 +16,50 @@ use super::{Lb, stderr, stdout};
 /// few concurrent clients until stopped.
 struct Traffic {
     stop: Arc<AtomicBool>,
-    seen: Arc<Mutex<Vec<(Instant, u16, String)>>>,
+    seen: Arc<Mutex<Vec<(SystemTime, u16, String)>>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Traffic {
     fn start(proxy: SocketAddr, headers: &'static [(&'static str, &'static str)]) -> Traffic {
+        Traffic::from(proxy, headers, &[None; 6])
+    }
+
+    /// One client per address (`None`: the default, 127.0.0.1).
+    fn from(
+        proxy: SocketAddr,
+        headers: &'static [(&'static str, &'static str)],
+        clients: &[Option<std::net::IpAddr>],
+    ) -> Traffic {
         let stop = Arc::new(AtomicBool::new(false));
-        let seen: Arc<Mutex<Vec<(Instant, u16, String)>>> = Arc::default();
-        let tasks = (0..4)
-            .map(|i| {
+        let seen: Arc<Mutex<Vec<(SystemTime, u16, String)>>> = Arc::default();
+        let tasks = clients
+            .iter()
+            .copied()
+            .enumerate()
+            .map(|(i, from)| {
+                let i = i as u32;
                 let (stop, seen) = (stop.clone(), seen.clone());
                 tokio::spawn(async move {
+                    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+                    connector.set_local_address(from);
                     let client: hyper_util::client::legacy::Client<
                         _,
                         http_body_util::Empty<bytes::Bytes>,
                     > = hyper_util::client::legacy::Client::builder(
                         hyper_util::rt::TokioExecutor::new(),
                     )
-                    .build_http();
+                    .build(connector);
                     // Bounded: at most 3,000 requests a client (about 60 s).
                     for n in 0..3_000u32 {
                         if stop.load(Ordering::Relaxed) {
                             return;
                         }
-                        let path = if (n + i) % 3 == 0 { "/" } else { "/auth/login" };
+                        let path = if (n + i).is_multiple_of(3) {
+                            "/"
+                        } else {
+                            "/auth/login"
+                        };
                         let mut req = http::Request::get(format!("http://{proxy}{path}"));
                         for (k, v) in headers {
                             req = req.header(*k, *v);
@@ -63,8 +82,8 @@ impl Traffic {
                                 }
                                 _ => (0, String::new()),
                             };
-                        seen.lock().unwrap().push((Instant::now(), got.0, got.1));
-                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        seen.lock().unwrap().push((SystemTime::now(), got.0, got.1));
+                        tokio::time::sleep(Duration::from_millis(10)).await;
                     }
                 })
             })
@@ -72,7 +91,7 @@ impl Traffic {
         Traffic { stop, seen, tasks }
     }
 
-    async fn stop(self) -> Vec<(Instant, u16, String)> {
+    async fn stop(self) -> Vec<(SystemTime, u16, String)> {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.tasks {
             let _ = t.await;
@@ -163,13 +182,31 @@ async fn forced_incident(
     // v1 serves again.
     let (_, h, _) = lb.call("GET", "/config", "", Some(super::TOKEN)).await;
     assert_eq!(h["fulcrum-version"].to_str().unwrap(), "1");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let seen = traffic.stop().await;
+    // Requests that failed: only while the change served, none once it was
+    // rolled back (a request in flight at that moment may end either way).
+    let (applied_at, rolled_at) = (time(applied), time(&rolled));
     let failed = seen.iter().filter(|(_, s, _)| *s != 200).count();
+    let during = seen
+        .iter()
+        .filter(|(t, s, _)| {
+            *s != 200 && *t >= applied_at && *t <= rolled_at + Duration::from_millis(200)
+        })
+        .count();
+    let after = seen
+        .iter()
+        .filter(|(t, s, _)| *s != 200 && *t > rolled_at + Duration::from_millis(200))
+        .count();
     eprintln!(
-        "detected in {detect:?}, rolled back in {recover:?}; {failed} of {} requests not 200",
+        "detected in {detect:?}, rolled back in {recover:?}; {failed} of {} requests not 200, {during} of them while the change served",
         seen.len()
     );
+    assert_eq!(
+        failed, during,
+        "every failed request fell while the change served"
+    );
+    assert_eq!(after, 0, "no request failed after the rollback");
     alert
 }
 
@@ -474,4 +511,134 @@ async fn a_benign_change_over_a_noisy_healthy_pool_raises_no_alarm() {
     assert_ne!(guard["verdict"], "fail", "{guard:#}");
     ta.abort();
     tb.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_canary_is_dropped_by_the_guard_and_the_webhook_hears_of_it() {
+    let (a, b, web) = (
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("web").await,
+    );
+    let (x, y) = (Backend::start("x").await, Backend::start("y").await);
+    x.set_mode(Mode::Status(404));
+    y.set_mode(Mode::Status(404));
+    // A webhook receiver.
+    let hook = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_addr = hook.local_addr().unwrap();
+    let heard: Arc<Mutex<Vec<String>>> = Arc::default();
+    let heard_by = heard.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = hook.accept().await else {
+                return;
+            };
+            let heard = heard_by.clone();
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let heard = heard.clone();
+                        async move {
+                            use http_body_util::BodyExt;
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            heard
+                                .lock()
+                                .unwrap()
+                                .push(String::from_utf8_lossy(&body).into_owned());
+                            Ok::<_, std::convert::Infallible>(http::Response::new(
+                                http_body_util::Empty::<bytes::Bytes>::new(),
+                            ))
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    let guard = format!("[guard]\nwebhook = \"http://{hook_addr}/alerts\"\n");
+    let v1 = format!(
+        "{guard}{}",
+        config(
+            "auth",
+            &pool("auth", "round_robin", &[(a.addr, 1), (b.addr, 1)], ""),
+            web.addr
+        )
+    );
+    let v2 = format!(
+        "{guard}{}",
+        config(
+            "auth",
+            &pool("auth", "round_robin", &[(x.addr, 1), (y.addr, 1)], ""),
+            web.addr
+        )
+    );
+    let lb = Lb::start(&v1);
+    // Clients on both sides of a half canary, chosen by the cohort hash.
+    let mut sides = (Vec::new(), Vec::new());
+    for i in 2..=250u8 {
+        let ip = std::net::IpAddr::from([127, 0, 0, i]);
+        let canary = fulcrum_proxy::cohort_hash(ip) < u64::MAX / 2;
+        let side = if canary { &mut sides.0 } else { &mut sides.1 };
+        if side.len() < 3 {
+            side.push(Some(ip));
+        }
+    }
+    let clients: Vec<Option<std::net::IpAddr>> = sides.0.into_iter().chain(sides.1).collect();
+    let traffic = Traffic::from(lb.served.addr, &[], &clients);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let file = lb.file("bad.toml", &v2);
+    let out = lb.cli(&[
+        "apply",
+        file.to_str().unwrap(),
+        "--force",
+        "--canary",
+        "0.5",
+        "--bake",
+        "10m",
+        "--no-wait",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let rolled = loop {
+        let events = lb.events().await;
+        if let Some(r) = events
+            .iter()
+            .find(|e| e["kind"] == "rolled_back" && e["actor"] == "guard")
+        {
+            break r.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the guard did not drop the canary: {events:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(rolled["detail"]["canary"], true, "{rolled}");
+    let (_, status) = lb.json("GET", "/status", "").await;
+    assert!(status["canary"].is_null(), "{status}");
+    assert_eq!(status["version"]["number"], 1);
+    let alert = lb
+        .events()
+        .await
+        .into_iter()
+        .find(|e| e["kind"] == "alert")
+        .unwrap();
+    assert_eq!(alert["detail"]["state"], "canary", "{alert}");
+    // The webhook got the alert (retried in the background).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while heard.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the webhook heard nothing");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got: serde_json::Value = serde_json::from_str(&heard.lock().unwrap()[0]).unwrap();
+    assert_eq!(got["change"]["number"], 2, "{got}");
+    assert_eq!(got["action"], "rollback");
+    traffic.stop().await;
 }

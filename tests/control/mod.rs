@@ -6,6 +6,7 @@ mod api;
 mod canary;
 mod changes;
 mod crash;
+mod dashboard;
 mod guard;
 
 use std::net::{IpAddr, SocketAddr};
@@ -137,15 +138,15 @@ impl Lb {
     }
 }
 
-/// The admin address from serve's log line.
+/// The admin address from serve's log line (`http://` or `https://`).
 pub fn admin_addr(served: &Served) -> SocketAddr {
-    served.wait_log("admin API on http://", 1);
+    served.wait_log("admin API on http", 1);
     let log = served.log.lock().unwrap();
     let line = log
         .iter()
-        .find(|l| l.contains("admin API on http://"))
+        .find(|l| l.contains("admin API on http"))
         .unwrap();
-    let rest = line.split("admin API on http://").nth(1).unwrap();
+    let rest = line.split("://").nth(1).unwrap();
     rest.split(|c: char| c == ';' || c.is_whitespace())
         .next()
         .unwrap()

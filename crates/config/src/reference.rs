@@ -95,6 +95,14 @@ mod tests {
                 "diagnostic code `{c}` has no row in docs/config.md#diagnostics"
             );
         }
+        let mut rows: Vec<&str> = super::rows(CONFIG_MD)
+            .filter(|c| c.len() == 4 && matches!(c[1], "error" | "warning"))
+            .flat_map(|c| names(c[0]))
+            .collect();
+        let n = rows.len();
+        rows.sort();
+        rows.dedup();
+        assert_eq!(rows.len(), n, "a code has two rows in docs/config.md");
         let d = code("unknown-pool").unwrap();
         assert_eq!(d.severity, "error");
         assert!(d.fix.contains("did-you-mean"), "{d:?}");

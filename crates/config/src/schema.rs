@@ -1,12 +1,29 @@
-//! The JSON Schema of the config file, for editors (`fulcrum schema`).
+//! The JSON Schemas of the config file and of rules files (standards and
+//! tests), for editors (`fulcrum schema`, docs/cli.md#fulcrum-schema).
 //! Hand-written from the raw structs, so descriptions can say what the
-//! validator will say; a test probes every raw struct's accepted keys
-//! through serde and fails when the schema and the parser disagree.
+//! validator will say; tests probe every raw struct's accepted keys through
+//! serde and fail when a schema and the parser disagree. Draft 7 keywords
+//! only, which taplo (VS Code's Even Better TOML) understands.
 
 use serde_json::{Value, json};
 
+use crate::standards::RULE_KEYS;
+use crate::validate::ALGORITHMS;
+
+const DRAFT: &str = "http://json-schema.org/draft-07/schema#";
+
+/// humantime's syntax: one or more `NUMBER UNIT`, e.g. `1h 30m`.
+pub const DURATION_PATTERN: &str = "^\\s*([0-9]+\\s*(nsec|ns|usec|us|msec|ms|seconds|second|sec|s|minutes|minute|min|m|hours|hour|hr|h|days|day|d|weeks|week|w|months|month|M|years|year|y)\\s*)+$";
+
+/// `IP:PORT`, IPv4 or bracketed IPv6, port 0 to 65535.
+pub const ADDRESS_PATTERN: &str = "^\\s*([0-9]{1,3}(\\.[0-9]{1,3}){3}|\\[[0-9A-Fa-f:.]+\\]):(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})\\s*$";
+
 fn duration(desc: &str) -> Value {
-    json!({ "type": "string", "description": format!("{desc} A duration such as \"500ms\", \"2s\" or \"1m\"."), "pattern": "^\\s*[0-9]" })
+    json!({ "type": "string", "description": format!("{desc} A duration such as \"500ms\", \"2s\" or \"1m\"; not zero."), "pattern": DURATION_PATTERN })
+}
+
+fn address(desc: &str) -> Value {
+    json!({ "type": "string", "description": format!("{desc} IP:PORT, e.g. \"127.0.0.1:8080\" or \"[::1]:8080\"; no host names."), "pattern": ADDRESS_PATTERN })
 }
 
 fn object(desc: &str, props: Value, required: &[&str]) -> Value {
@@ -19,7 +36,7 @@ fn object(desc: &str, props: Value, required: &[&str]) -> Value {
     })
 }
 
-/// The schema, draft 2020-12.
+/// The config file's schema.
 pub fn config_schema() -> Value {
     let header = object(
         "A header condition: present, equal to `value`, or matching `regex`.",
@@ -45,7 +62,7 @@ pub fn config_schema() -> Value {
     let backend = object(
         "One backend server.",
         json!({
-            "addr": { "type": "string", "description": "IP:port." },
+            "addr": address("The backend's address."),
             "weight": { "type": "integer", "minimum": 0, "maximum": 1000, "default": 1 }
         }),
         &["addr"],
@@ -59,7 +76,7 @@ pub fn config_schema() -> Value {
                 "key": { "type": "string", "description": "`header:NAME`, `cookie:NAME`, `client_ip` or `path`." },
                 "on_missing": { "enum": ["hash_empty", "random"] }
             }), &["key"]),
-            "backends": { "type": "array", "items": backend },
+            "backends": { "type": "array", "items": backend, "minItems": 1 },
             "health": object("Active health check.", json!({
                 "path": { "type": "string" },
                 "interval": duration("Between checks."),
@@ -110,7 +127,7 @@ pub fn config_schema() -> Value {
         "Where clients connect.",
         json!({
             "name": { "type": "string" },
-            "bind": { "type": "string" },
+            "bind": address("The socket clients connect to; port 0 picks a free one."),
             "header_timeout": duration("For a complete request head."),
             "idle_timeout": duration("Between keep-alive requests."),
             "body_timeout": duration("Between two reads of a request body."),
@@ -137,16 +154,17 @@ pub fn config_schema() -> Value {
         &["name", "bind"],
     );
     json!({
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$schema": DRAFT,
         "title": "Fulcrum config",
         "description": "See docs/config.md for every key.",
         "type": "object",
         "additionalProperties": false,
+        "required": ["listener"],
         "properties": {
             "version": { "type": "string", "description": "A label for this config; default: a hash of the file." },
             "tests": { "type": "array", "items": { "type": "string" }, "description": "Rule files this config ships with, relative to it; every change must pass them." },
             "admin": object("The admin API, dashboard and /metrics.", json!({
-                "listen": { "type": "string" },
+                "listen": address("Where the admin API listens."),
                 "token_file": { "type": "string", "description": "The file holding the bearer token." },
                 "tls": tls
             }), &["listen"]),
@@ -171,7 +189,7 @@ pub fn config_schema() -> Value {
                 "headers": { "type": "array", "items": { "type": "string" }, "description": "Headers recorded on every line besides those the config reads, so a later config that reads them can be replayed." },
                 "cookies": { "type": "array", "items": { "type": "string" }, "description": "Cookies recorded (redacted) on every line besides those the config hashes on." }
             }), &["path"]),
-            "listener": { "type": "array", "items": listener },
+            "listener": { "type": "array", "items": listener, "minItems": 1 },
             "route": { "type": "array", "items": object("The first route that matches wins.", json!({
                 "name": { "type": "string" },
                 "match": matcher,
@@ -181,6 +199,105 @@ pub fn config_schema() -> Value {
                 }), &[])
             }), &["name", "pool"]) },
             "pool": { "type": "object", "additionalProperties": pool }
+        }
+    })
+}
+
+/// What docs/standards.md says of a rule key, for its description.
+fn rule_doc(key: &str) -> String {
+    crate::reference::rule_key(key)
+        .unwrap_or("See docs/standards.md.")
+        .to_owned()
+}
+
+/// The schema of a rules file: standards and config tests share one
+/// language ([`crate::standards`]).
+pub fn rules_schema() -> Value {
+    let string = |k: &str| json!({ "type": "string", "description": rule_doc(k) });
+    let flag = |k: &str| json!({ "type": "boolean", "description": rule_doc(k) });
+    let range = |k: &str| {
+        json!({
+            "type": "array",
+            "description": rule_doc(k),
+            "minItems": 2,
+            "maxItems": 2,
+            "items": { "type": "string", "pattern": format!("^\\s*$|{DURATION_PATTERN}") }
+        })
+    };
+    let mut props = serde_json::Map::new();
+    props.insert(
+        "name".into(),
+        json!({ "type": "string", "description": "What the rule protects, printed when it breaks." }),
+    );
+    for &k in RULE_KEYS {
+        let v = match k {
+            "request" => {
+                json!({ "type": "string", "description": rule_doc(k), "pattern": "^\\s*[A-Za-z]+\\s+\\S+" })
+            }
+            "headers" => {
+                json!({ "type": "object", "description": rule_doc(k), "additionalProperties": { "type": "string" } })
+            }
+            "expect_status" => {
+                json!({ "type": "integer", "description": rule_doc(k), "minimum": 100, "maximum": 599 })
+            }
+            "min_backends" => {
+                json!({ "type": "integer", "description": rule_doc(k), "minimum": 0 })
+            }
+            "max_backend_share" => {
+                json!({ "type": "number", "description": rule_doc(k), "exclusiveMinimum": 0, "maximum": 1 })
+            }
+            "algorithms" => {
+                json!({ "type": "array", "description": rule_doc(k), "items": { "enum": ALGORITHMS } })
+            }
+            "allowed_backends" => json!({
+                "type": "array",
+                "description": rule_doc(k),
+                "minItems": 1,
+                "items": { "type": "string", "pattern": "^\\s*[0-9A-Fa-f.:\\[\\]]+(/[0-9]{1,3})?\\s*$" }
+            }),
+            "connect_timeout" | "response_timeout" | "idle_timeout" => range(k),
+            "require_health_check"
+            | "require_outlier_detection"
+            | "every_pool_used"
+            | "no_shadowed_routes"
+            | "admin_on_loopback"
+            | "require_version"
+            | "probe" => flag(k),
+            _ => string(k),
+        };
+        props.insert(k.into(), v);
+    }
+    let rule = json!({
+        "type": "object",
+        "description": "One rule: a name and assertions, all of which must hold.",
+        "additionalProperties": false,
+        "required": ["name"],
+        "properties": props
+    });
+    let count =
+        |desc: &str, min: u64| json!({ "type": "integer", "minimum": min, "description": desc });
+    let traffic = object(
+        "The synthetic traffic sample `max_backend_share` is simulated over (docs/standards.md#simulation).",
+        json!({
+            "requests": count("Requests in the sample (default 10000).", 1),
+            "clients": count("Distinct client IPs, drawn uniformly (default 1000).", 1),
+            "paths": count("Distinct paths, drawn uniformly (default 1000).", 1),
+            "headers": { "type": "object", "description": "Each header the clients send, and how many distinct values it takes; no other header is sent.", "additionalProperties": { "type": "integer", "minimum": 1 } },
+            "cookies": { "type": "object", "description": "Likewise for cookies.", "additionalProperties": { "type": "integer", "minimum": 1 } },
+            "concurrency": count("Requests a backend holds in flight in the model (default 8).", 0),
+            "seed": count("The sample's seed.", 0)
+        }),
+        &[],
+    );
+    json!({
+        "$schema": DRAFT,
+        "title": "Fulcrum standards or tests",
+        "description": "[[rule]]s and an optional [traffic]; see docs/standards.md.",
+        "type": "object",
+        "additionalProperties": false,
+        "properties": {
+            "rule": { "type": "array", "items": rule },
+            "traffic": traffic
         }
     })
 }
@@ -278,6 +395,30 @@ mod tests {
             assert_eq!(
                 got, want,
                 "the schema and the parser disagree; update schema.rs"
+            );
+        }
+    }
+
+    #[test]
+    fn rules_schema_covers_every_key_the_parser_accepts() {
+        use crate::standards::{RawRule, RawTraffic};
+        let s = rules_schema();
+        let mut want = keys::<RawRule>();
+        want.retain(|k| k != "name");
+        let mut listed: Vec<String> = RULE_KEYS.iter().map(|k| k.to_string()).collect();
+        listed.sort();
+        assert_eq!(listed, want, "RULE_KEYS and RawRule disagree");
+        want.push("name".into());
+        want.sort();
+        assert_eq!(props(&s["properties"]["rule"]["items"]), want);
+        assert_eq!(props(&s["properties"]["traffic"]), keys::<RawTraffic>());
+        for k in RULE_KEYS {
+            let d = s["properties"]["rule"]["items"]["properties"][k]["description"]
+                .as_str()
+                .unwrap();
+            assert_ne!(
+                d, "See docs/standards.md.",
+                "{k} has no row in docs/standards.md"
             );
         }
     }

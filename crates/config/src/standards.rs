@@ -251,6 +251,8 @@ pub const RULE_KEYS: &[&str] = &[
     "no_shadowed_routes",
     "admin_on_loopback",
     "require_version",
+    "probe",
+    "body",
 ];
 
 #[derive(Debug, Deserialize)]

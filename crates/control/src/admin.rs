@@ -1,7 +1,8 @@
 //! The admin API (axum): status, the running config and its history,
 //! changes and rollbacks, the journal (also as a live server-sent event
-//! stream), explain and `/metrics`. Every route but `GET /healthz` needs
-//! the bearer token; `/openapi.json` describes them all.
+//! stream), explain, `/metrics` and the dashboard. Every route but `GET
+//! /healthz` and the dashboard's page needs the bearer token;
+//! `/openapi.json` describes them all.
 
 use std::convert::Infallible;
 use std::net::IpAddr;
@@ -57,9 +58,29 @@ pub fn router(admin: Arc<Admin>) -> (Router, Vec<(&'static str, &'static str)>) 
     add("get", "/metrics", get(metrics));
     add("get", "/openapi.json", get(openapi));
     let protected = r.layer(middleware::from_fn_with_state(admin.clone(), authorize));
-    routes.push(("get", "/healthz"));
+    // A browser cannot send the token when it navigates: the dashboard's
+    // page, script and style hold no data, and the page asks for the
+    // token before it calls anything else.
+    routes.extend([
+        ("get", "/healthz"),
+        ("get", "/"),
+        ("get", "/dashboard.js"),
+        ("get", "/dashboard.css"),
+    ]);
     let router = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/",
+            get(|| async { dashboard(DASHBOARD_HTML, "text/html; charset=utf-8") }),
+        )
+        .route(
+            "/dashboard.js",
+            get(|| async { dashboard(DASHBOARD_JS, "text/javascript; charset=utf-8") }),
+        )
+        .route(
+            "/dashboard.css",
+            get(|| async { dashboard(DASHBOARD_CSS, "text/css; charset=utf-8") }),
+        )
         .merge(protected)
         .fallback(|| async {
             error(
@@ -486,12 +507,38 @@ async fn guard(State(admin): State<Arc<Admin>>) -> Response {
 }
 
 async fn metrics(State(admin): State<Arc<Admin>>) -> Response {
-    let text = crate::metrics::render(&admin.controller);
+    let text = crate::metrics::render(&admin.controller, Some(admin.guard.view()));
     let mut r = text.into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
     );
+    r
+}
+
+const DASHBOARD_HTML: &str = include_str!("dashboard/index.html");
+const DASHBOARD_JS: &str = include_str!("dashboard/dashboard.js");
+const DASHBOARD_CSS: &str = include_str!("dashboard/dashboard.css");
+
+/// One of the dashboard's three files. The policy lets the page load only
+/// these and call only this API, so the browser itself refuses any fetch
+/// from elsewhere (a CDN, a font) and any script not served here.
+fn dashboard(body: &'static str, content_type: &'static str) -> Response {
+    let mut r = body.into_response();
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
+             base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+        ),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     r
 }
 

@@ -651,8 +651,27 @@ impl Controller {
         actor: &str,
         reason: &str,
     ) -> Result<Rollback, String> {
+        self.roll_back(None, to, actor, reason).await
+    }
+
+    async fn roll_back(
+        &self,
+        expect: Option<u64>,
+        to: Option<u64>,
+        actor: &str,
+        reason: &str,
+    ) -> Result<Rollback, String> {
         let mut state = self.state.lock().await;
         let view = self.view();
+        let serving = view
+            .canary
+            .as_ref()
+            .map_or(view.stable.meta.number, |c| c.serving.meta.number);
+        if let Some(n) = expect.filter(|n| *n != serving) {
+            return Err(format!(
+                "v{n} no longer serves (v{serving} does): nothing rolled back"
+            ));
+        }
         if let Some(c) = &view.canary
             && to.is_none_or(|t| t == view.stable.meta.number)
         {
@@ -743,6 +762,19 @@ impl Controller {
             )
             .await;
         Ok(Rollback { from, to: serving })
+    }
+
+    /// [`Controller::rollback`], only while version `number` still serves
+    /// (as the canary, or to every request): the guard judged that one,
+    /// and a change that came since is not its to undo.
+    pub async fn rollback_if(
+        &self,
+        number: u64,
+        to: Option<u64>,
+        actor: &str,
+        reason: &str,
+    ) -> Result<Rollback, String> {
+        self.roll_back(Some(number), to, actor, reason).await
     }
 
     /// SIGHUP: the config file, through the same pipeline as any change.

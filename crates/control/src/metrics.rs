@@ -19,6 +19,7 @@ use crate::change::Controller;
 /// Everything one scrape reports, read once.
 #[derive(Debug)]
 struct Scrape {
+    guard: Option<Arc<crate::guard::View>>,
     stats: Vec<Arc<VersionStats>>,
     backends: Vec<BackendStatus>,
     counters: CounterValues,
@@ -27,7 +28,19 @@ struct Scrape {
     serving: Vec<(u64, String, &'static str, f64)>,
 }
 
-pub fn render(c: &Controller) -> String {
+/// The guard's verdicts as numbers, for alert rules: 0 no data, 1 pass,
+/// 2 marginal, 3 fail.
+fn verdict(v: crate::guard::Verdict) -> f64 {
+    use crate::guard::Verdict;
+    match v {
+        Verdict::NoData => 0.0,
+        Verdict::Pass => 1.0,
+        Verdict::Marginal => 2.0,
+        Verdict::Fail => 3.0,
+    }
+}
+
+pub fn render(c: &Controller, guard: Option<Arc<crate::guard::View>>) -> String {
     let view = c.view();
     let plane = c.plane();
     let mut serving = vec![(
@@ -45,6 +58,7 @@ pub fn render(c: &Controller) -> String {
         ));
     }
     let scrape = Scrape {
+        guard,
         stats: plane.stats(),
         backends: plane.backends(),
         counters: plane.counters(),
@@ -235,6 +249,9 @@ impl Collector for Scrape {
                 vec![(Vec::new(), Value::Counter(n))],
             )?;
         }
+        if let Some(g) = &self.guard {
+            self.encode_guard(g, &mut family)?;
+        }
         family(
             "access_log_dropped",
             "Access-log lines dropped because the writer fell behind.",
@@ -242,6 +259,85 @@ impl Collector for Scrape {
             vec![(Vec::new(), Value::Counter(self.access_log_dropped))],
         )?;
         Ok(())
+    }
+}
+
+impl Scrape {
+    /// The guard's verdicts, and the expected shares beside the observed.
+    fn encode_guard<'a>(
+        &self,
+        g: &'a crate::guard::View,
+        family: &mut impl FnMut(
+            &str,
+            &str,
+            MetricType,
+            Vec<(Labels, Value<'a>)>,
+        ) -> Result<(), std::fmt::Error>,
+    ) -> Result<(), std::fmt::Error> {
+        family(
+            "guard_verdict",
+            "The guard's overall verdict on the change it watches: 0 no data, 1 pass, 2 marginal, 3 fail (see docs/guard.md).",
+            MetricType::Gauge,
+            vec![(
+                vec![("state", g.state.to_owned())],
+                Value::Gauge(verdict(g.verdict)),
+            )],
+        )?;
+        family(
+            "guard_route_verdict",
+            "The guard's verdict per route (0 no data, 1 pass, 2 marginal, 3 fail).",
+            MetricType::Gauge,
+            g.routes
+                .iter()
+                .map(|r| {
+                    (
+                        vec![("route", r.name.clone()), ("pool", r.pool.clone())],
+                        Value::Gauge(verdict(r.verdict)),
+                    )
+                })
+                .collect(),
+        )?;
+        family(
+            "guard_pool_verdict",
+            "The guard's verdict per pool (0 no data, 1 pass, 2 marginal, 3 fail).",
+            MetricType::Gauge,
+            g.pools
+                .iter()
+                .map(|p| {
+                    (
+                        vec![("pool", p.name.clone())],
+                        Value::Gauge(verdict(p.verdict)),
+                    )
+                })
+                .collect(),
+        )?;
+        let share = |f: fn(&crate::guard::BackendView) -> Option<f64>| -> Vec<(Labels, Value<'a>)> {
+            g.pools
+                .iter()
+                .flat_map(|p| {
+                    p.backends.iter().filter_map(move |b| {
+                        f(b).map(|v| {
+                            (
+                                vec![("pool", p.name.clone()), ("backend", b.addr.clone())],
+                                Value::Gauge(v),
+                            )
+                        })
+                    })
+                })
+                .collect()
+        };
+        family(
+            "backend_expected_share",
+            "The share of its pool's requests a backend should get, from weights, health, observed latency and the algorithm (the guard's model).",
+            MetricType::Gauge,
+            share(|b| b.expected),
+        )?;
+        family(
+            "backend_observed_share",
+            "The share of its pool's requests a backend got over the guard's window.",
+            MetricType::Gauge,
+            share(|b| b.observed),
+        )
     }
 }
 

@@ -1,5 +1,5 @@
-//! The admin API in process: its router against its OpenAPI document, and
-//! the journal's live event stream.
+//! The admin API in process: its router against its OpenAPI document, the
+//! journal's live event stream, and the dashboard's files.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +10,7 @@ use fulcrum_control::change::{ChangeRequest, Controller, DEFAULT_BAKE, Settings}
 use fulcrum_control::store::{Local, Origin};
 use fulcrum_control::token::Token;
 use fulcrum_testkit::Backend;
+use tokio_util::sync::CancellationToken;
 
 struct NoFiles;
 impl fulcrum_config::Environment for NoFiles {
@@ -40,6 +41,20 @@ async fn controller(dir: &std::path::Path, backend: std::net::SocketAddr) -> Arc
     boot.start(vec![tokio::runtime::Handle::current()])
         .await
         .unwrap()
+}
+
+/// The admin API on 127.0.0.1:0, token `t`, until the token is cancelled.
+async fn serve(c: Arc<Controller>) -> (std::net::SocketAddr, CancellationToken) {
+    let (router, _) = admin::router(Arc::new(Admin {
+        guard: fulcrum_control::guard::Guard::spawn(&c),
+        controller: c,
+        token: Token::new("t"),
+    }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(admin::serve(listener, None, router, stop.clone()));
+    (addr, stop)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -83,15 +98,7 @@ async fn the_event_stream_sends_what_was_missed_then_each_event_as_it_happens() 
     let backend = Backend::start("web").await;
     let dir = tempfile::tempdir().unwrap();
     let c = controller(dir.path(), backend.addr).await;
-    let (router, _) = admin::router(Arc::new(Admin {
-        guard: fulcrum_control::guard::Guard::spawn(&c),
-        controller: c.clone(),
-        token: Token::new("t"),
-    }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let stop = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(admin::serve(listener, None, router, stop.clone()));
+    let (addr, stop) = serve(c.clone()).await;
 
     // Raw HTTP/1.1, to read the stream as it arrives. After seq 0: the
     // start event first.
@@ -142,5 +149,39 @@ async fn the_event_stream_sends_what_was_missed_then_each_event_as_it_happens() 
     assert!(seen.contains("event: applied"), "{seen}");
     assert!(seen.contains("\"actor\":\"alice\""), "{seen}");
     assert!(seen.contains("id: 2"), "{seen}");
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_loads_without_the_token_and_only_from_this_listener() {
+    let backend = Backend::start("web").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, stop) = serve(controller(dir.path(), backend.addr).await).await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    for (path, kind) in [
+        ("/", "text/html"),
+        ("/dashboard.js", "text/javascript"),
+        ("/dashboard.css", "text/css"),
+    ] {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        let head = head.to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 200"), "{path}: {head}");
+        assert!(head.contains(&format!("content-type: {kind}")), "{head}");
+        // The browser enforces it: nothing from elsewhere, no inline script.
+        assert!(
+            head.contains("content-security-policy: default-src 'none'; script-src 'self';"),
+            "{head}"
+        );
+        // Nor does any of the three name another place.
+        assert!(!body.contains("://"), "{path} names another origin");
+    }
     stop.cancel();
 }

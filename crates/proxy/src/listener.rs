@@ -434,7 +434,11 @@ impl Life<'_> {
             let now = Instant::now();
             match event {
                 Event::Conn(res) => {
-                    if let Err(e) = res {
+                    // An error after we chose to close is our own doing
+                    // (the GOAWAY, the cut), already counted by its cause.
+                    if let Err(e) = res
+                        && !matches!(stage, Stage::Closing(_))
+                    {
                         count_connection_error(self.counters, &e);
                         tracing::debug!(client = %self.client, error = %e, "client connection ended with an error");
                     }

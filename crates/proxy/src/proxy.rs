@@ -36,7 +36,6 @@ use crate::headers::{self, REQUEST_ID};
 use crate::http1::client::{self as h1, H1Body, H1Error};
 use crate::http1::framing::FramingError;
 use crate::outlier;
-use crate::recent::Recent;
 use crate::runtime::{Cohort, DataPlane, PoolRuntime, PoolShared, Runtime, Staged};
 use crate::stats::Outcome;
 
@@ -97,6 +96,25 @@ struct Attempt {
 }
 
 impl Track {
+    fn new(
+        staged: Arc<Staged>,
+        cohort: Cohort,
+        route: Option<u32>,
+        pool: Option<u32>,
+        start: Instant,
+    ) -> Track {
+        Track {
+            staged,
+            cohort,
+            route,
+            pool,
+            attempt: Attempt::default(),
+            status: 0,
+            cause: None,
+            start,
+        }
+    }
+
     fn outcome(&self) -> Outcome {
         Outcome {
             route: self.route,
@@ -373,16 +391,7 @@ pub(crate) async fn handle(
     if let Err(e) = screen(&req, &scan, &info.settings.limits) {
         count_refusal(&plane.counters, &e);
         tracing::debug!(%client, error = %e, "request refused");
-        let track = Track {
-            staged,
-            cohort,
-            route: None,
-            pool: None,
-            attempt: Attempt::default(),
-            status: 0,
-            cause: None,
-            start,
-        };
+        let track = Track::new(staged, cohort, None, None, start);
         return error_response(&e, request_id, conn, track, None, None, None, close);
     }
     // An HTTP/1.1 Upgrade (WebSocket): the request goes to the backend
@@ -406,7 +415,7 @@ pub(crate) async fn handle(
             .and_then(|policy| hash_key(policy, &view, client.ip()))
     });
 
-    let sampled = Recent::sample();
+    let sampled = rt.recent.sample();
     let log = (rt.access_log.is_some() || sampled).then(|| {
         log_context(
             rt.access_log.clone(),
@@ -419,16 +428,8 @@ pub(crate) async fn handle(
         )
     });
     drop(host);
-    let mut track = Track {
-        route: routed.map(|(i, _)| i as u32),
-        pool: routed.map(|(_, r)| r.pool as u32),
-        staged: staged.clone(),
-        cohort,
-        attempt: Attempt::default(),
-        status: 0,
-        cause: None,
-        start,
-    };
+    let route = routed.map(|(i, _)| i as u32);
+    let pool_index = routed.map(|(_, r)| r.pool as u32);
 
     let (pool, gauge) = match pool {
         Some(p) => (p, RequestGauge::new(&p.shared)),
@@ -438,7 +439,7 @@ pub(crate) async fn handle(
                 &ProxyError::NoRoute,
                 request_id,
                 conn,
-                track,
+                Track::new(staged, cohort, None, None, start),
                 log,
                 None,
                 None,
@@ -462,16 +463,14 @@ pub(crate) async fn handle(
     };
 
     let upgrade = upgrade.is_some().then_some(pool.timeouts.tunnel);
-    let result = forward(
-        pool,
-        req,
-        &ctx,
-        &request_id,
-        key,
-        &mut rng,
-        &mut track.attempt,
-    )
-    .await;
+    let mut attempt = Attempt::default();
+    let result = forward(pool, req, &ctx, &request_id, key, &mut rng, &mut attempt).await;
+    // Moved, not cloned: the request holds what serves until its response
+    // ends, with no second count on the one reference every thread shares.
+    let track = Track {
+        attempt,
+        ..Track::new(staged, cohort, route, pool_index, start)
+    };
     match result {
         Ok((resp, in_flight)) => {
             let held = Held {

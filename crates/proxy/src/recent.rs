@@ -1,8 +1,9 @@
 //! A bounded sample of the requests this process served lately, with the
 //! same attributes an access-log line carries, so a change's traffic impact
-//! can be replayed against what really came in. One request in
-//! [`EVERY`] is kept, in a ring that overwrites the oldest; writers never
-//! wait for each other or for a reader.
+//! can be replayed against what really came in. Every request is kept until
+//! the ring is full, then one in [`EVERY`] (per worker thread), overwriting
+//! the oldest: a quiet server keeps all it saw, a busy one pays for a
+//! sixteenth. Writers never wait for each other or for a reader.
 
 use std::cell::Cell;
 use std::sync::Arc;
@@ -14,8 +15,11 @@ use crate::access_log::Entry;
 
 /// Requests kept.
 pub const CAPACITY: usize = 4096;
-/// One request in this many is sampled (per worker thread).
-pub const EVERY: u32 = 4;
+/// Once the ring is full, one request in this many is sampled (per worker
+/// thread): enough to replace the whole ring within seconds at any load
+/// worth measuring, at a sixteenth of the cost of an access-log entry per
+/// request.
+pub const EVERY: u32 = 16;
 
 pub struct Recent {
     slots: Box<[ArcSwapOption<Entry>]>,
@@ -36,13 +40,14 @@ thread_local! {
 }
 
 impl Recent {
-    /// Whether this request is sampled: every [`EVERY`]th on this thread.
+    /// Whether this request is sampled: all while the ring fills, then
+    /// every [`EVERY`]th on this thread.
     #[inline]
-    pub fn sample() -> bool {
+    pub fn sample(&self) -> bool {
         COUNT.with(|c| {
             let n = c.get().wrapping_add(1);
             c.set(n);
-            n % EVERY == 1
+            n % EVERY == 1 || self.next.load(Relaxed) < CAPACITY
         })
     }
 

@@ -320,19 +320,37 @@ impl Writer {
     /// counters; in-flight requests finish on the snapshot they started
     /// with.
     pub fn swap(&self, snapshot: Snapshot) {
+        self.serve_alone(|old, registry| {
+            Some(Arc::new(build(
+                Arc::new(snapshot),
+                Some(&old.stable),
+                registry,
+            )))
+        });
+        tracing::info!(version = %self.plane.snapshot().version, "config swapped in");
+    }
+
+    /// Serve what `pick` chooses from what serves now, to every request,
+    /// and forget what only the rest used. False when it chooses nothing.
+    fn serve_alone(
+        &self,
+        pick: impl FnOnce(&Staged, &mut Registry) -> Option<Arc<Runtime>>,
+    ) -> bool {
         let plane = &*self.plane;
         let mut registry = plane
             .registry
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let old = plane.current.load_full();
-        let runtime = build(Arc::new(snapshot), Some(&old.stable), &mut registry);
+        let Some(runtime) = pick(&old, &mut registry) else {
+            return false;
+        };
         prune(&mut registry, &[&runtime], &plane.health_client);
         plane.current.store(Arc::new(Staged {
-            stable: Arc::new(runtime),
+            stable: runtime,
             canary: None,
         }));
-        tracing::info!(version = %plane.snapshot().version, "config swapped in");
+        true
     }
 
     /// Serve `snapshot` to `fraction` of clients (by address) beside the
@@ -372,43 +390,21 @@ impl Writer {
 
     /// The canary serves every request. False when there is none.
     pub fn promote(&self) -> bool {
-        let plane = &*self.plane;
-        let mut registry = plane
-            .registry
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let old = plane.current.load_full();
-        let Some(canary) = &old.canary else {
-            return false;
-        };
-        prune(&mut registry, &[&canary.runtime], &plane.health_client);
-        plane.current.store(Arc::new(Staged {
-            stable: canary.runtime.clone(),
-            canary: None,
-        }));
-        tracing::info!(version = %plane.snapshot().version, "canary promoted");
-        true
+        let promoted = self.serve_alone(|old, _| old.canary.as_ref().map(|c| c.runtime.clone()));
+        if promoted {
+            tracing::info!(version = %self.plane.snapshot().version, "canary promoted");
+        }
+        promoted
     }
 
     /// Every request goes back to the stable config. False when there was
     /// no canary.
     pub fn drop_canary(&self) -> bool {
-        let plane = &*self.plane;
-        let mut registry = plane
-            .registry
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let old = plane.current.load_full();
-        if old.canary.is_none() {
-            return false;
+        let dropped = self.serve_alone(|old, _| old.canary.as_ref().map(|_| old.stable.clone()));
+        if dropped {
+            tracing::info!(version = %self.plane.snapshot().version, "canary dropped");
         }
-        prune(&mut registry, &[&old.stable], &plane.health_client);
-        plane.current.store(Arc::new(Staged {
-            stable: old.stable.clone(),
-            canary: None,
-        }));
-        tracing::info!(version = %plane.snapshot().version, "canary dropped");
-        true
+        dropped
     }
 }
 

@@ -107,8 +107,27 @@ fn rise(what: &str, k: u64, n: u64, base: Option<(u64, u64)>, s: &Settings) -> (
     }
 }
 
-fn latency(cur: &RouteCounts, base: Option<&RouteCounts>, s: &Settings) -> (Verdict, String) {
+/// Latency wants a longer look than rates: a p99 over a second of
+/// traffic moves with the machine's weather, not the change.
+const LATENCY_SPAN: Duration = Duration::from_secs(2);
+
+fn latency(
+    cur: &RouteCounts,
+    base: Option<&RouteCounts>,
+    span: Duration,
+    s: &Settings,
+) -> (Verdict, String) {
     let (h, min) = (cur.histogram(), s.min_requests as u64);
+    if span < LATENCY_SPAN.min(s.window) {
+        return (
+            Verdict::NoData,
+            format!(
+                "{:.1} s of traffic, less than {} s",
+                span.as_secs_f64(),
+                LATENCY_SPAN.as_secs()
+            ),
+        );
+    }
     let n: u64 = h.iter().sum();
     let Some(b) = base
         .map(RouteCounts::histogram)
@@ -136,6 +155,7 @@ fn latency(cur: &RouteCounts, base: Option<&RouteCounts>, s: &Settings) -> (Verd
 pub fn routes(
     new: &Snapshot,
     counts: &Counts,
+    span: Duration,
     base: Option<&(Snapshot, Counts)>,
     s: &Settings,
     out: &mut Vec<Finding>,
@@ -172,7 +192,7 @@ pub fn routes(
                         s,
                     ),
                 ),
-                ("latency", latency(cur, b, s)),
+                ("latency", latency(cur, b, span, s)),
             ];
             // After a change, a route it did not touch (nor its pool) is not
             // the change's doing as far as before-and-after can tell.
@@ -268,31 +288,24 @@ pub fn pools(
                 .iter()
                 .map(|h| h.is_none_or(|h| h.healthy && !h.ejected))
                 .collect();
-            let observed: Vec<u64> = p
+            // Each backend's requests and mean latency (seconds) in the window.
+            let (observed, latency): (Vec<u64>, Vec<f64>) = p
                 .backends
                 .iter()
                 .map(|b| {
                     let addr = b.addr.to_string();
-                    counts
+                    let c = counts
                         .pools
                         .get(&p.name)
-                        .and_then(|c| c.backends.iter().find(|x| x.addr == addr))
-                        .map_or(0, |x| x.requests)
+                        .and_then(|c| c.backends.iter().find(|x| x.addr == addr));
+                    c.filter(|x| x.requests > 0).map_or((0, 0.0), |x| {
+                        (
+                            x.requests,
+                            x.latency_sum_us as f64 / x.requests as f64 / 1e6,
+                        )
+                    })
                 })
-                .collect();
-            let latency: Vec<f64> = p
-                .backends
-                .iter()
-                .map(|b| {
-                    let addr = b.addr.to_string();
-                    counts
-                        .pools
-                        .get(&p.name)
-                        .and_then(|c| c.backends.iter().find(|x| x.addr == addr))
-                        .filter(|x| x.requests > 0)
-                        .map_or(0.0, |x| x.latency_sum_us as f64 / x.requests as f64 / 1e6)
-                })
-                .collect();
+                .unzip();
             let n: u64 = observed.iter().sum();
             let per_second = n as f64 / span.as_secs_f64().max(0.001);
             let expected = expect::shares(p, &available, &latency, per_second);

@@ -217,8 +217,7 @@ async fn run(guard: Arc<Guard>) {
                 TransitionKind::Changed => {
                     let base = previous.as_ref().and_then(|p| {
                         let from = now.checked_sub(settings.window)?;
-                        let (counts, span) = windows.between(&p.snapshot.version, from, now)?;
-                        Some((p.clone(), counts, span))
+                        Some((p.clone(), windows.all_between(from, now), settings.window))
                     });
                     // A canary promoted keeps being judged as the same change.
                     let promoted = watched
@@ -418,7 +417,10 @@ async fn act(
     if rolling {
         w.acted = true;
         let to = if state == "canary" { None } else { w.from };
-        if let Err(e) = c.rollback(to, "guard", &reasons.join("; ")).await {
+        if let Err(e) = c
+            .rollback_if(w.number, to, "guard", &reasons.join("; "))
+            .await
+        {
             error!("guard: cannot roll back v{}: {e}", w.number);
         }
     }
@@ -507,7 +509,14 @@ fn judge_now(
     };
     let health = c.plane().backends();
     let mut findings = Vec::new();
-    let routes = detect::routes(&new.snapshot, &counts, base.as_ref(), s, &mut findings);
+    let routes = detect::routes(
+        &new.snapshot,
+        &counts,
+        span,
+        base.as_ref(),
+        s,
+        &mut findings,
+    );
     let pools = detect::pools(
         &new.snapshot,
         &counts,

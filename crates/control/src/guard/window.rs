@@ -14,6 +14,16 @@ use fulcrum_proxy::stats::{BUCKETS, VersionStats};
 /// Nonzero (index, count) pairs, by index.
 pub type Sparse = Vec<(u16, u64)>;
 
+fn add_sparse(to: &mut Sparse, more: &Sparse) {
+    for (i, n) in more {
+        match to.iter_mut().find(|(j, _)| j == i) {
+            Some((_, m)) => *m += n,
+            None => to.push((*i, *n)),
+        }
+    }
+    to.sort_unstable_by_key(|(i, _)| *i);
+}
+
 /// One version's counters at one moment.
 #[derive(Debug, Clone, Default)]
 pub struct Counts {
@@ -90,6 +100,34 @@ impl Counts {
                     )
                 })
                 .collect(),
+        }
+    }
+
+    /// Add `other` to `self`, entry by entry.
+    pub fn add(&mut self, other: &Counts) {
+        for (name, r) in &other.routes {
+            let to = self
+                .routes
+                .entry(name.clone())
+                .or_insert_with(|| RouteCounts {
+                    pool: r.pool.clone(),
+                    ..RouteCounts::default()
+                });
+            add_sparse(&mut to.statuses, &r.statuses);
+            add_sparse(&mut to.latency, &r.latency);
+        }
+        for (name, p) in &other.pools {
+            let to = self.pools.entry(name.clone()).or_default();
+            to.unserved += p.unserved;
+            for b in &p.backends {
+                match to.backends.iter_mut().find(|x| x.addr == b.addr) {
+                    Some(x) => {
+                        x.requests += b.requests;
+                        x.latency_sum_us += b.latency_sum_us;
+                    }
+                    None => to.backends.push(b.clone()),
+                }
+            }
         }
     }
 
@@ -220,6 +258,20 @@ impl Windows {
         }
         let (t, base) = q.iter().find(|(t, _)| *t >= from)?;
         (last_t > t).then(|| (last.minus(base), *last_t - *t))
+    }
+
+    /// What every version counted from `from` to `to`, added up by route,
+    /// pool and backend: the traffic before a change, however many
+    /// versions served it (a reload every second leaves each version a
+    /// second of traffic, too little to compare with alone).
+    pub fn all_between(&self, from: Instant, to: Instant) -> Counts {
+        let mut sum = Counts::default();
+        for v in self.samples.keys() {
+            if let Some((c, _)) = self.between(v, from, to) {
+                sum.add(&c);
+            }
+        }
+        sum
     }
 
     /// What `version` counted from `from` to `to`.
