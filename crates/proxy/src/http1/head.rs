@@ -426,7 +426,7 @@ fn response_head(
 /// The transfer codings a response's body carries besides chunked
 /// (`gzip` of `gzip, chunked`): the codec takes the chunked coding off,
 /// the others are the client's to undo, so they go on with the body.
-fn passed_codings(mut codings: Vec<u8>, framing: Framing) -> Option<Bytes> {
+fn passed_codings(mut codings: Vec<u8>, framing: Framing) -> Option<Box<Bytes>> {
     if codings.is_empty() || !matches!(framing, Framing::Chunked | Framing::Close) {
         return None;
     }
@@ -438,7 +438,7 @@ fn passed_codings(mut codings: Vec<u8>, framing: Framing) -> Option<Bytes> {
         codings.truncate(last.saturating_sub(1));
     }
     let kept = codings.trim_ascii();
-    (!kept.is_empty()).then(|| Bytes::copy_from_slice(kept))
+    (!kept.is_empty()).then(|| Box::new(Bytes::copy_from_slice(kept)))
 }
 
 /// What a response header is to the codec, told by its name in any case.
@@ -485,8 +485,9 @@ pub(crate) struct Lines {
     pub has_date: bool,
     /// Transfer codings of the body besides chunked (`gzip`), which the
     /// client must get: an HTTP/1.1 client in its Transfer-Encoding, and
-    /// no other kind of client can take them.
-    pub codings: Option<Bytes>,
+    /// no other kind of client can take them. Boxed: rare, and the lines
+    /// travel with every response.
+    pub codings: Option<Box<Bytes>>,
 }
 
 impl Lines {
@@ -816,17 +817,26 @@ mod tests {
         )
         .unwrap();
         assert_eq!((h.framing, h.keep_alive), (Framing::Chunked, true));
-        assert_eq!(h.lines.codings.as_deref(), Some(&b"gzip"[..]));
+        assert_eq!(
+            h.lines.codings.as_deref().map(|c| &c[..]),
+            Some(&b"gzip"[..])
+        );
         let (h, _) = head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", GET).unwrap();
         assert_eq!((h.framing, h.keep_alive), (Framing::Close, false));
-        assert_eq!(h.lines.codings.as_deref(), Some(&b"gzip"[..]));
+        assert_eq!(
+            h.lines.codings.as_deref().map(|c| &c[..]),
+            Some(&b"gzip"[..])
+        );
         let (h, _) = head(
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: br ,Chunked\r\n\r\n",
             GET,
         )
         .unwrap();
         assert_eq!(h.framing, Framing::Chunked);
-        assert_eq!(h.lines.codings.as_deref(), Some(&b"gzip, br"[..]));
+        assert_eq!(
+            h.lines.codings.as_deref().map(|c| &c[..]),
+            Some(&b"gzip, br"[..])
+        );
         let (h, _) = head(
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
             GET,
