@@ -297,7 +297,11 @@ async fn a_backend_killed_with_requests_in_flight_costs_no_idempotent_request() 
         assert_eq!((r.status, r.backend()), (200, Some("b")), "{}", r.body);
     }
     let c = proxy.plane.counters();
-    assert_eq!((c.backend_reset, c.retry_budget_exhausted), (10, 0), "{c:?}");
+    assert_eq!(
+        (c.backend_reset, c.retry_budget_exhausted),
+        (10, 0),
+        "{c:?}"
+    );
 }
 
 #[tokio::test]
