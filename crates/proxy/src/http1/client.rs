@@ -31,7 +31,7 @@ use tokio::time::Instant;
 use super::chunked::{ChunkError, Chunked, Decoded};
 use super::framing::{Asked, Framing};
 use super::head::{
-    Lines, MAX_RESPONSE_HEAD, ResponseHead, ResponseHeadError, head_ended, parse_response_head,
+    Lines, MAX_RESPONSE_HEAD, ResponseHead, ResponseHeadError, parse_response_head, worth_parsing,
 };
 use super::pool::{H1Backend, Timer};
 use super::{put_decimal, put_hex};
@@ -584,9 +584,7 @@ impl BackendConn {
         loop {
             // Parsed once a head's end is here (or it is too large to
             // wait for); a 1xx consumed on the way leaves the rest to scan.
-            if !self.buf.is_empty()
-                && (head_ended(&self.buf, &mut self.scanned) || self.buf.len() >= MAX_RESPONSE_HEAD)
-            {
+            if worth_parsing(&mut self.buf, &mut self.scanned, MAX_RESPONSE_HEAD) {
                 let before = self.buf.len();
                 match parse_response_head(&mut self.buf, asked).map_err(Error::Head)? {
                     Some(head) => return Poll::Ready(Ok(head)),

@@ -70,12 +70,39 @@ impl HeadLimits {
     }
 }
 
+/// Whether parsing `buf` again can find more than the last parse did: at
+/// once the first time (`*scanned == 0`: most heads come whole in one
+/// read, and cost no scan), and after a parse found it incomplete (the
+/// caller then sets `*scanned` to the buffer's length) only once the
+/// blank line that ends a head has come, or the buffer has grown too large
+/// to wait for one. So a head trickled in a byte at a time is scanned once
+/// and parsed twice, where parsing it again from its first byte after
+/// every read would cost work quadratic in its length. The caller sets
+/// `*scanned` back to 0 once a head is taken.
+///
+/// Empty lines before a head are dropped first (RFC 9112 §2.2 lets a
+/// server ignore them, and httparse skips them): each would otherwise look
+/// like a head's end, and a stream of them would be parsed whole on every
+/// read.
+pub(crate) fn worth_parsing(buf: &mut BytesMut, scanned: &mut usize, max_head: usize) -> bool {
+    let mut empty = 0;
+    while let Some(rest) = buf.get(empty..) {
+        empty += match rest {
+            [b'\n', ..] => 1,
+            [b'\r', b'\n', ..] => 2,
+            _ => break,
+        };
+    }
+    if empty > 0 {
+        buf.advance(empty);
+        *scanned = 0;
+    }
+    !buf.is_empty() && (*scanned == 0 || buf.len() >= max_head || head_ended(buf, scanned))
+}
+
 /// Whether `buf` holds the blank line that ends a head, looking only at
-/// what came since `*scanned` (which it moves on): a head trickled in a
-/// byte at a time is scanned once and parsed once, where parsing it again
-/// from its first byte after every read would cost work quadratic in its
-/// length. The caller sets `*scanned` back to 0 once the head is taken.
-pub(crate) fn head_ended(buf: &[u8], scanned: &mut usize) -> bool {
+/// what came since `*scanned` (which it moves on).
+fn head_ended(buf: &[u8], scanned: &mut usize) -> bool {
     // A blank line split across two reads: look back two bytes.
     let mut i = (*scanned).min(buf.len()).saturating_sub(2);
     while let Some(lf) = buf[i..].iter().position(|&b| b == b'\n') {
@@ -895,5 +922,32 @@ mod tests {
             b"GET / HTTP/1.1\r\nHost: x\r\n\r",
             &mut scanned
         ));
+    }
+
+    /// A stream of empty lines is dropped as it comes, so that none of
+    /// them sets off a parse of all the others; the head after them is
+    /// parsed when its own end comes.
+    #[test]
+    fn empty_lines_before_a_head_are_dropped_not_parsed() {
+        let (mut buf, mut scanned) = (BytesMut::new(), 0);
+        for _ in 0..1000 {
+            buf.extend_from_slice(b"\r\n");
+            assert!(!worth_parsing(&mut buf, &mut scanned, 100));
+            assert!(buf.is_empty());
+            buf.extend_from_slice(b"\n");
+            assert!(!worth_parsing(&mut buf, &mut scanned, 100));
+        }
+        buf.extend_from_slice(b"\r");
+        assert!(worth_parsing(&mut buf, &mut scanned, 100), "first look");
+        assert_eq!(&buf[..], b"\r", "a CR alone waits for its LF");
+        scanned = buf.len();
+        buf.extend_from_slice(b"\nGET / HTTP/1.1\r\n");
+        assert!(worth_parsing(&mut buf, &mut scanned, 100), "first look");
+        assert_eq!(&buf[..], b"GET / HTTP/1.1\r\n");
+        scanned = buf.len();
+        buf.extend_from_slice(b"Host: x\r\n");
+        assert!(!worth_parsing(&mut buf, &mut scanned, 100));
+        buf.extend_from_slice(b"\r\n");
+        assert!(worth_parsing(&mut buf, &mut scanned, 100));
     }
 }

@@ -45,7 +45,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use super::chunked::{Chunked, Decoded};
 use super::framing::{Framing, FramingError};
 use super::head::{
-    HeadLimits, Lines, RequestHead, RequestHeadError, head_ended, parse_request_head,
+    HeadLimits, Lines, RequestHead, RequestHeadError, parse_request_head, worth_parsing,
 };
 use super::{has_token, put_decimal, put_hex};
 use crate::body::{Handover, IncomingBody, set_waker};
@@ -321,9 +321,7 @@ async fn next_head<I: AsyncRead + AsyncWrite + Unpin>(
     std::future::poll_fn(|cx| {
         loop {
             // Parsed once its end is here (or it is too large to wait for).
-            if !conn.buf.is_empty()
-                && (head_ended(&conn.buf, &mut conn.scanned) || conn.buf.len() >= limits.max_head)
-            {
+            if worth_parsing(&mut conn.buf, &mut conn.scanned, limits.max_head) {
                 match parse_request_head(&mut conn.buf, limits) {
                     Ok(Some(head)) => {
                         conn.scanned = 0;
@@ -1102,7 +1100,7 @@ mod tests {
         let mut body = http_body_util::StreamBody::new(stream);
         let mut out = Vec::new();
         let mut sink = Vec::new();
-        let mut writer = Writer::new(&mut out, framing);
+        let mut writer = BodyWriter::new(&mut out, framing);
         let waker = Waker::noop();
         match writer.poll(&mut sink, &mut body, &mut Context::from_waker(waker)) {
             Poll::Ready(Ok(())) => Ok(sink),
@@ -1163,7 +1161,7 @@ mod tests {
         let mut body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
         let mut out = b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n".to_vec();
         let mut sink = Vec::new();
-        let mut writer = Writer::new(&mut out, Framing::Length(10));
+        let mut writer = BodyWriter::new(&mut out, Framing::Length(10));
         let polled = writer.poll(
             &mut sink,
             &mut body,
