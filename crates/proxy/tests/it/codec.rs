@@ -90,6 +90,46 @@ async fn content_length_past_u64_is_413_and_never_reaches_a_backend() {
     assert_eq!(proxy.plane.counters().client_body_too_large, 2);
 }
 
+/// A head trickled a byte at a time, after a stream of empty lines, is
+/// read whole: the codec parses it when it comes and again once its end
+/// has come (not after every byte), and drops the empty lines as they
+/// come (not parsing them again with every one).
+#[tokio::test]
+async fn a_head_trickled_a_byte_at_a_time_after_empty_lines_is_read_whole() {
+    let (b, proxy) = recorded().await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    for i in 0..200 {
+        let line: &[u8] = if i % 2 == 0 { b"\r\n" } else { b"\n" };
+        s.write_all(line).await.unwrap();
+        tokio::task::yield_now().await;
+    }
+    let head = b"POST /trickled HTTP/1.1\r\nHost: x.test\r\nContent-Length: 2\r\n\r\nhi";
+    for byte in head {
+        s.write_all(std::slice::from_ref(byte)).await.unwrap();
+        tokio::task::yield_now().await;
+    }
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.ends_with(b"\r\n\r\nok") {
+        let n = tokio::time::timeout(PATIENCE, s.read(&mut buf))
+            .await
+            .expect("no response in time")
+            .unwrap();
+        assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(got.starts_with(b"HTTP/1.1 200 "));
+    let seen = b.seen();
+    assert_eq!(seen.len(), 1);
+    assert!(
+        seen[0].head.starts_with("POST /trickled HTTP/1.1\r\n"),
+        "{seen:?}"
+    );
+    assert_eq!(seen[0].header("host"), ["x.test"]);
+    assert_eq!(seen[0].body, b"hi");
+}
+
 // ---- Host ----
 
 #[tokio::test]
