@@ -77,6 +77,25 @@ async fn content_length_with_leading_zeros_is_read_as_its_number() {
     assert_eq!(seen[0].body, b"hello");
 }
 
+/// The input of the request_framing fuzz target's first failure (the
+/// reference, not the codec, was wrong): a Content-Length list with a
+/// byte outside ASCII is no length.
+#[tokio::test]
+async fn a_content_length_of_digits_commas_and_other_bytes_is_400() {
+    let (b, proxy) = recorded().await;
+    let (status, text) = exchange_closed(
+        &proxy,
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3,\xff2 3\r\n\r\nabc",
+    )
+    .await;
+    assert_eq!(status, 400, "{text}");
+    assert!(
+        text.contains("Content-Length is not a plain number"),
+        "{text}"
+    );
+    assert!(b.seen().is_empty());
+}
+
 #[tokio::test]
 async fn content_length_past_u64_is_413_and_never_reaches_a_backend() {
     let (b, proxy) = recorded().await;
@@ -286,6 +305,39 @@ async fn an_answer_sent_before_the_backend_read_the_whole_request_is_forwarded()
     }
     let c = proxy.plane.counters();
     assert_eq!((c.backend_reset, c.backend_invalid_response), (0, 0));
+}
+
+/// The response of the response_head fuzz target's first failure (the
+/// check, not the codec, was wrong): more bytes than its Content-Length.
+/// The client gets the length's worth; the rest is no response, so the
+/// connection is not used again and the next request gets a new one.
+#[tokio::test]
+async fn bytes_after_a_response_are_dropped_with_its_connection() {
+    let b = RawBackend::start(|_| {
+        RawReply::Send(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhe\xff\xff\xff\xff\xff\xff\xff\xff\xffllo".to_vec())
+    })
+    .await;
+    let proxy = TestProxy::serving(pool("p", &[b.addr])).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    for _ in 0..3 {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x.test\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !got.ends_with(b"\r\n\r\nhe\xff\xff\xff") {
+            let n = tokio::time::timeout(PATIENCE, s.read(&mut buf))
+                .await
+                .expect("no response in time")
+                .unwrap();
+            assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(got.starts_with(b"HTTP/1.1 200 "));
+    }
+    assert_eq!(b.seen().len(), 3);
+    let c = proxy.plane.counters();
+    assert_eq!((c.backend_invalid_response, c.backend_reset), (0, 0));
 }
 
 #[tokio::test]
