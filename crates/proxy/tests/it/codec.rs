@@ -60,6 +60,22 @@ async fn exchange(proxy: &TestProxy, bytes: &[u8]) -> (u16, String) {
     }
 }
 
+/// Reads from `s` until what came is `done`; panics if the connection
+/// closes first or nothing more comes in time.
+async fn read_until(s: &mut TcpStream, done: impl Fn(&[u8]) -> bool) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !done(&got) {
+        let n = tokio::time::timeout(PATIENCE, s.read(&mut buf))
+            .await
+            .expect("no response in time")
+            .unwrap();
+        assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    got
+}
+
 // ---- one framing decision ----
 
 #[tokio::test]
@@ -128,16 +144,7 @@ async fn a_head_trickled_a_byte_at_a_time_after_empty_lines_is_read_whole() {
         s.write_all(std::slice::from_ref(byte)).await.unwrap();
         tokio::task::yield_now().await;
     }
-    let mut got = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !got.ends_with(b"\r\n\r\nok") {
-        let n = tokio::time::timeout(PATIENCE, s.read(&mut buf))
-            .await
-            .expect("no response in time")
-            .unwrap();
-        assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&got));
-        got.extend_from_slice(&buf[..n]);
-    }
+    let got = read_until(&mut s, |got| got.ends_with(b"\r\n\r\nok")).await;
     assert!(got.starts_with(b"HTTP/1.1 200 "));
     let seen = b.seen();
     assert_eq!(seen.len(), 1);
@@ -323,16 +330,7 @@ async fn bytes_after_a_response_are_dropped_with_its_connection() {
         s.write_all(b"GET / HTTP/1.1\r\nHost: x.test\r\n\r\n")
             .await
             .unwrap();
-        let mut got = Vec::new();
-        let mut buf = [0u8; 1024];
-        while !got.ends_with(b"\r\n\r\nhe\xff\xff\xff") {
-            let n = tokio::time::timeout(PATIENCE, s.read(&mut buf))
-                .await
-                .expect("no response in time")
-                .unwrap();
-            assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&got));
-            got.extend_from_slice(&buf[..n]);
-        }
+        let got = read_until(&mut s, |got| got.ends_with(b"\r\n\r\nhe\xff\xff\xff")).await;
         assert!(got.starts_with(b"HTTP/1.1 200 "));
     }
     assert_eq!(b.seen().len(), 3);
@@ -374,16 +372,7 @@ async fn a_transfer_coding_besides_chunked_reaches_the_client() {
     s.write_all(b"GET / HTTP/1.1\r\nHost: x.test\r\nTE: gzip\r\n\r\n")
         .await
         .unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !got.ends_with(b"\r\n0\r\n\r\n") {
-        let n = tokio::time::timeout(PATIENCE, s.read(&mut buf))
-            .await
-            .expect("no response in time")
-            .unwrap();
-        assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&got));
-        got.extend_from_slice(&buf[..n]);
-    }
+    let got = read_until(&mut s, |got| got.ends_with(b"\r\n0\r\n\r\n")).await;
     let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
     assert!(
         text.contains("\r\ntransfer-encoding: gzip, chunked\r\n"),
@@ -469,16 +458,10 @@ async fn response_trailers_reach_the_client_without_what_may_not_be_a_trailer() 
     s.write_all(b"GET / HTTP/1.1\r\nHost: x.test\r\nTE: trailers\r\n\r\n")
         .await
         .unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !got.ends_with(b"\r\n\r\n") || !got.windows(5).any(|w| w == b"\r\n0\r\n") {
-        let n = tokio::time::timeout(PATIENCE, s.read(&mut buf))
-            .await
-            .expect("no response in time")
-            .unwrap();
-        assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&got));
-        got.extend_from_slice(&buf[..n]);
-    }
+    let got = read_until(&mut s, |got| {
+        got.ends_with(b"\r\n\r\n") && got.windows(5).any(|w| w == b"\r\n0\r\n")
+    })
+    .await;
     let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
     assert!(
         text.ends_with("\r\n2\r\nok\r\n0\r\nx-checksum: abc\r\n\r\n"),
@@ -514,16 +497,7 @@ async fn the_response_timeout_runs_from_the_end_of_a_slow_upload() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         s.write_all(&piece).await.unwrap();
     }
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !got.ends_with(b"ok") {
-        let n = tokio::time::timeout(PATIENCE, s.read(&mut buf))
-            .await
-            .expect("no response in time")
-            .unwrap();
-        assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&got));
-        got.extend_from_slice(&buf[..n]);
-    }
+    let got = read_until(&mut s, |got| got.ends_with(b"ok")).await;
     assert!(
         got.starts_with(b"HTTP/1.1 200 "),
         "{:?}",
