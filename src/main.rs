@@ -224,6 +224,9 @@ pub enum Format {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.verb, Verb::Serve { .. }) {
+        die_quietly_on_closed_stdout();
+    }
     match cli.verb {
         Verb::Check {
             file,
@@ -336,4 +339,12 @@ fn unreadable(path: &std::path::Path, e: &std::io::Error) -> String {
         "fulcrum: cannot read {}: {e} (check the path and its permissions)",
         path.display()
     )
+}
+
+/// A report piped into `head` ends when its reader goes, as `cat`'s would,
+/// instead of panicking on the next print: Rust ignores SIGPIPE, so give
+/// it back its default action. Not for `serve`, which must outlive any
+/// reader of its access log or stdout.
+fn die_quietly_on_closed_stdout() {
+    sigpipe::reset();
 }

@@ -27,6 +27,11 @@ pub struct Target {
     /// A file holding the admin token; default: $FULCRUM_ADMIN_TOKEN.
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+    /// PEM certificates to trust for an https:// admin URL (the admin
+    /// API's own certificate, or the CA that signed it); default:
+    /// $FULCRUM_ADMIN_CA, else the system's roots.
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
 }
 
 pub const DEFAULT_ADMIN: &str = "http://127.0.0.1:9901";
@@ -41,6 +46,8 @@ fn usage(msg: impl std::fmt::Display) -> ExitCode {
 struct Api {
     base: String,
     token: Option<String>,
+    /// For an https:// URL: the roots its certificate must chain to.
+    tls: Option<rustls::ClientConfig>,
 }
 
 impl Api {
@@ -52,11 +59,19 @@ impl Api {
             .or(fallback)
             .unwrap_or_else(|| DEFAULT_ADMIN.to_owned());
         let base = base.trim_end_matches('/').to_owned();
-        if !base.starts_with("http://") {
+        let tls = if base.starts_with("https://") {
+            let ca = target
+                .ca_file
+                .clone()
+                .or_else(|| std::env::var_os("FULCRUM_ADMIN_CA").map(PathBuf::from));
+            Some(client_tls(ca.as_deref()).map_err(usage)?)
+        } else if base.starts_with("http://") {
+            None
+        } else {
             return Err(usage(format!(
-                "--admin {base}: write an http:// URL such as {DEFAULT_ADMIN} (this CLI speaks plain HTTP; reach a TLS admin API through a tunnel)"
+                "--admin {base}: write an http:// or https:// URL such as {DEFAULT_ADMIN}"
             )));
-        }
+        };
         let token = match &target.token_file {
             Some(f) => Some(fulcrum_control::token::read_text(f).map_err(usage)?),
             None => std::env::var(fulcrum_control::token::ENV)
@@ -64,7 +79,7 @@ impl Api {
                 .map(|t| t.trim().to_owned())
                 .filter(|t| !t.is_empty()),
         };
-        Ok(Api { base, token })
+        Ok(Api { base, token, tls })
     }
 
     /// Send a request; `Err` (printed, exit 2) when the API cannot be
@@ -88,7 +103,13 @@ impl Api {
             .build()
             .map_err(|e| usage(format!("cannot start: {e}")))?;
         let got = runtime.block_on(async {
-            let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+            let connector = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(self.tls.clone().unwrap_or_else(no_roots))
+                .https_or_http()
+                .enable_http1()
+                .build();
+            let client: Client<_, Full<Bytes>> =
+                Client::builder(TokioExecutor::new()).build(connector);
             let resp = tokio::time::timeout(Duration::from_secs(120), client.request(req))
                 .await
                 .map_err(|_| "timed out after 120 s".to_owned())?
@@ -111,8 +132,13 @@ impl Api {
             Ok::<_, String>((status, body))
         });
         let (status, body) = got.map_err(|e| {
+            let hint = if e.contains("certificate") {
+                "pass --ca-file with the admin API's certificate or the CA that signed it"
+            } else {
+                "is `fulcrum serve` running with an [admin] listen? pass --admin URL"
+            };
             usage(format!(
-                "cannot reach the admin API at {}: {e} (is `fulcrum serve` running with an [admin] listen? pass --admin URL)",
+                "cannot reach the admin API at {}: {e} ({hint})",
                 self.base
             ))
         })?;
@@ -146,6 +172,58 @@ impl Api {
     }
 }
 
+/// TLS towards an https:// admin API: trusting the certificates in `ca`,
+/// else the system's roots.
+fn client_tls(ca: Option<&Path>) -> Result<rustls::ClientConfig, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| format!("--ca-file {}: {e}", path.display()))?;
+            if certs.is_empty() {
+                return Err(format!(
+                    "--ca-file {}: no PEM certificate in it",
+                    path.display()
+                ));
+            }
+            for c in certs {
+                roots
+                    .add(c)
+                    .map_err(|e| format!("--ca-file {}: {e}", path.display()))?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(found.certs);
+            if roots.is_empty() {
+                return Err(
+                    "no system root certificates to check the admin API's with: pass --ca-file FILE"
+                        .to_owned(),
+                );
+            }
+        }
+    }
+    Ok(tls_with(roots))
+}
+
+/// For http:// URLs, which never use it.
+fn no_roots() -> rustls::ClientConfig {
+    tls_with(rustls::RootCertStore::empty())
+}
+
+fn tls_with(roots: rustls::RootCertStore) -> rustls::ClientConfig {
+    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("ring supports the default TLS versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth()
+}
+
 fn done(r: Step<ExitCode>) -> ExitCode {
     r.unwrap_or_else(|c| c)
 }
@@ -172,7 +250,10 @@ pub fn apply(o: ApplyOptions<'_>) -> ExitCode {
         let own = fulcrum_config::check(&o.file.display().to_string(), &source)
             .snapshot
             .and_then(|s| s.admin)
-            .map(|a| format!("http://{}", a.listen));
+            .map(|a| {
+                let scheme = if a.tls.is_some() { "https" } else { "http" };
+                format!("{scheme}://{}", a.listen)
+            });
         let api = Api::new(o.target, own)?;
         let (_, status) = api.json(Method::GET, "/status", None)?;
         let parent = status["version"]["number"].as_u64();

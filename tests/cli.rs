@@ -487,6 +487,82 @@ async fn sighup_reloads_under_load_without_failing_a_request() {
     );
 }
 
+/// A config labelled `version = "same"` before and after a reload that
+/// changes its text: the log warns with both hashes, and the access log
+/// tells the two apart by `config_hash`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_keeps_the_version_label_logs_and_records_the_content_hash() {
+    let one = Backend::start("one").await;
+    let two = Backend::start("two").await;
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("access.log");
+    let labelled = |pool: &str, addr: SocketAddr| {
+        format!(
+            "version = \"same\"\n\n[access_log]\npath = {:?}\n\n{}",
+            log_path.display(),
+            config_one_pool("127.0.0.1:0", pool, addr)
+        )
+    };
+    let path = write_config(&dir, "fulcrum.toml", &labelled("one", one.addr));
+    let served = Served::start(&path);
+    let get = || async {
+        let uri: hyper::Uri = format!("http://{}/", served.addr).parse().unwrap();
+        let resp = client().get(uri).await.unwrap();
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap();
+        String::from_utf8(body.to_bytes().to_vec()).unwrap()
+    };
+    assert_eq!(get().await, "one");
+
+    std::fs::write(&path, labelled("two", two.addr)).unwrap();
+    served.signal("HUP");
+    served.wait_log("config reloaded", 1);
+    served.wait_log("its `version` did not", 1);
+    assert_eq!(get().await, "two");
+
+    let hashes = |text: &str| fulcrum_config::content_version(text);
+    let (before, after) = (
+        hashes(&labelled("one", one.addr)),
+        hashes(&labelled("two", two.addr)),
+    );
+    let warning = served
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|l| l.contains("its `version` did not"))
+        .cloned()
+        .unwrap();
+    assert!(
+        warning.contains(&format!("hash={after}")) && warning.contains(&format!("was={before}")),
+        "{warning}"
+    );
+    // The writer flushes off the request path: wait for both lines.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let lines = loop {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if lines.len() >= 2 || Instant::now() > deadline {
+            break lines;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let seen: Vec<(&str, &str)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["version"].as_str().unwrap(),
+                l["config_hash"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(seen, [("same", &*before), ("same", &*after)]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests_then_exits_0() {
     let slow = Backend::start("slow").await;

@@ -258,7 +258,11 @@ async fn the_admin_api_over_tls_still_wants_the_token() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let auth = Backend::start("auth").await;
     let web = Backend::start("web").await;
-    let cert = rcgen::generate_simple_self_signed(vec!["admin.example.com".to_owned()]).unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec![
+        "admin.example.com".to_owned(),
+        "127.0.0.1".to_owned(),
+    ])
+    .unwrap();
     let text = config(&[auth.addr], web.addr, "").replace(
         "[admin]\nlisten = \"127.0.0.1:0\"\n",
         "[admin]\nlisten = \"127.0.0.1:0\"\ntls = { cert = \"admin.pem\", key = \"admin.key\" }\n",
@@ -330,4 +334,33 @@ async fn the_admin_api_over_tls_still_wants_the_token() {
     };
     assert!(get(None).await.starts_with("HTTP/1.1 401"));
     assert!(get(Some(TOKEN)).await.starts_with("HTTP/1.1 200"));
+
+    // The CLI speaks TLS too, trusting the certificate it is given.
+    let https = format!("https://{}", lb.admin);
+    let cli = |args: &[&str]| {
+        super::fulcrum()
+            .args(["status", "--admin", &https])
+            .args(args)
+            .env("FULCRUM_ADMIN_TOKEN", TOKEN)
+            .current_dir(lb.dir.path())
+            .output()
+            .unwrap()
+    };
+    let out = cli(&["--ca-file", "admin.pem"]);
+    assert_eq!(out.status.code(), Some(0), "{}", super::stderr(&out));
+    assert!(
+        super::stdout(&out).contains("v1"),
+        "{}",
+        super::stdout(&out)
+    );
+    // Without it the self-signed certificate is refused, in one line that
+    // says what to pass.
+    let out = cli(&[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = super::stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("certificate") && err.contains("--ca-file"),
+        "{err}"
+    );
 }

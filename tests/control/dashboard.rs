@@ -40,12 +40,28 @@ struct Browser {
     _profile: tempfile::TempDir,
 }
 
+/// The test command installs what its tests need: Debian's Chromium,
+/// when it is missing (as root, as CI and a fresh machine run it).
+fn install_chromium() {
+    if Path::new(CHROMIUM).exists() {
+        return;
+    }
+    let apt = |args: &[&str]| {
+        Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    assert!(
+        apt(&["update"]) && apt(&["install", "-y", "chromium"]) && Path::new(CHROMIUM).exists(),
+        "the dashboard test needs Debian's Chromium at {CHROMIUM} and could not install it: run `apt-get install -y chromium` as root"
+    );
+}
+
 impl Browser {
     async fn launch() -> Browser {
-        assert!(
-            Path::new(CHROMIUM).exists(),
-            "the dashboard test needs Debian's Chromium at {CHROMIUM}: run `apt-get install -y chromium` (.ci/run does)"
-        );
+        install_chromium();
         let profile = tempfile::tempdir().unwrap();
         let log = std::fs::File::create(profile.path().join("chromium.log")).unwrap();
         let child = Command::new(CHROMIUM)

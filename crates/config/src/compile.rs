@@ -6,11 +6,10 @@ use crate::snapshot::{Routes, Snapshot};
 use crate::validate::Valid;
 
 pub(crate) fn compile(valid: Valid, source: &str) -> Snapshot {
+    let hash = content_version(source);
     Snapshot {
-        version: valid
-            .version
-            .unwrap_or_else(|| content_version(source))
-            .into(),
+        version: valid.version.unwrap_or_else(|| hash.clone()).into(),
+        hash: hash.into(),
         admin: valid.admin,
         listeners: valid.listeners,
         routes: Routes::new(valid.routes),

@@ -18,6 +18,10 @@ pub struct Snapshot {
     /// Identifies this config in logs, the access log and metrics: a short
     /// hash of the source text, so the same file always has the same version.
     pub version: Arc<str>,
+    /// The same short hash of the source text, whether or not `version`
+    /// names the config: two files that share a `version` label are still
+    /// told apart in the log and the access log.
+    pub hash: Arc<str>,
     pub admin: Option<Admin>,
     pub listeners: Vec<Listener>,
     /// In config order: the first route that matches a request wins.

@@ -29,6 +29,8 @@ pub struct Entry {
     pub duration_ms: f64,
     pub bytes: u64,
     pub version: Arc<str>,
+    /// The content hash of the config that served it.
+    pub config_hash: Arc<str>,
     /// Which side of a canary served it.
     pub cohort: crate::stats::Cohort,
     pub request_id: HeaderValue,
@@ -209,6 +211,7 @@ pub fn format_entry(e: &Entry, out: &mut Vec<u8>) {
         "duration_ms": (e.duration_ms * 1000.0).round() / 1000.0,
         "bytes": e.bytes,
         "version": &*e.version,
+        "config_hash": &*e.config_hash,
         "cohort": e.cohort.as_str(),
         "request_id": String::from_utf8_lossy(e.request_id.as_bytes()),
         "client_ip": e.client_ip.to_string(),
@@ -260,6 +263,7 @@ mod tests {
             duration_ms: 0.0,
             bytes: 0,
             version: "v".into(),
+            config_hash: "0123456789ab".into(),
             request_id: HeaderValue::from_static("r"),
             client_ip: IpAddr::from([127, 0, 0, 1]),
             attempts: 0,

@@ -301,6 +301,7 @@ impl LogFields {
             duration_ms: o.latency.as_secs_f64() * 1000.0,
             bytes,
             version: s.version.clone(),
+            config_hash: s.hash.clone(),
             cohort: o.cohort,
             request_id: self.request_id,
             client_ip: self.client.ip(),

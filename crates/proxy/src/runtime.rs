@@ -304,6 +304,7 @@ impl Writer {
     /// counters; in-flight requests finish on the snapshot they started
     /// with.
     pub fn swap(&self, snapshot: Snapshot) {
+        note_same_label(&self.plane.snapshot(), &snapshot);
         self.serve_alone(|old, registry| {
             Some(Arc::new(build(
                 Arc::new(snapshot),
@@ -311,7 +312,8 @@ impl Writer {
                 registry,
             )))
         });
-        tracing::info!(version = %self.plane.snapshot().version, "config swapped in");
+        let s = self.plane.snapshot();
+        tracing::info!(version = %s.version, hash = %s.hash, "config swapped in");
     }
 
     /// Serve what `pick` chooses from what serves now, to every request,
@@ -349,6 +351,7 @@ impl Writer {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let old = plane.current.load_full();
+        note_same_label(&old.stable.snapshot, &snapshot);
         let runtime = build(Arc::new(snapshot), Some(&old.stable), &mut registry);
         prune(
             &mut registry,
@@ -369,7 +372,9 @@ impl Writer {
                 fraction,
             }),
         }));
-        tracing::info!(version = %plane.canary().map_or_else(String::new, |c| c.0.version.to_string()), fraction, "canary staged");
+        if let Some((s, _)) = plane.canary() {
+            tracing::info!(version = %s.version, hash = %s.hash, fraction, "canary staged");
+        }
     }
 
     /// The canary serves every request. False when there is none.
@@ -389,6 +394,20 @@ impl Writer {
             tracing::info!(version = %self.plane.snapshot().version, "canary dropped");
         }
         dropped
+    }
+}
+
+/// A config whose text changed while its `version` label did not would
+/// look like the same config in every log line: say so, with the hashes
+/// that tell them apart (the access log carries the hash too).
+fn note_same_label(old: &Snapshot, new: &Snapshot) {
+    if old.version == new.version && old.hash != new.hash {
+        tracing::warn!(
+            version = %new.version,
+            hash = %new.hash,
+            was = %old.hash,
+            "the config's content changed but its `version` did not; its content hash tells the two apart"
+        );
     }
 }
 

@@ -643,6 +643,7 @@ impl SnapshotBuilder {
     pub fn new() -> Self {
         SnapshotBuilder(Snapshot {
             version: "test-1".into(),
+            hash: "0123456789ab".into(),
             admin: None,
             listeners: vec![Listener {
                 name: "test".into(),

@@ -200,33 +200,9 @@ pub fn routes(
                 && !routes.contains(&name)
                 && !pools.contains(&pool)
             {
-                for (_, (v, text)) in &mut found {
-                    if *v == Verdict::Fail {
-                        *v = Verdict::Marginal;
-                        text.push_str("; the change did not touch this route or its pool");
-                    }
-                }
+                untouched(&mut found, "this route or its pool");
             }
-            let verdict = found
-                .iter()
-                .map(|(_, (v, _))| *v)
-                .max()
-                .unwrap_or(Verdict::NoData);
-            let reason = found
-                .iter()
-                .filter(|(_, (v, _))| *v == verdict)
-                .map(|(d, (_, t))| format!("{d}: {t}"))
-                .collect::<Vec<_>>()
-                .join("; ");
-            for (detector, (v, text)) in &found {
-                out.push(Finding {
-                    detector,
-                    route: Some(name.clone()),
-                    pool: None,
-                    verdict: *v,
-                    summary: format!("route {name}: {detector}: {text}"),
-                });
-            }
+            let (verdict, reason) = conclude(found, Some(&name), None, out);
             RouteView {
                 requests: n,
                 error_rate: rate(e, n),
@@ -263,16 +239,77 @@ fn pool_requests(c: &Counts, pool: &str) -> u64 {
     })
 }
 
+/// Each detector's verdict and why, in one route's or pool's judgement.
+type Found = Vec<(&'static str, (Verdict, String))>;
+
+/// Failures where the change touched nothing, as far as before-and-after
+/// can tell, are only marginal: not the change's doing.
+fn untouched(found: &mut Found, what: &str) {
+    for (_, (v, text)) in found {
+        if *v == Verdict::Fail {
+            *v = Verdict::Marginal;
+            text.push_str("; the change did not touch ");
+            text.push_str(what);
+        }
+    }
+}
+
+/// The worst verdict of a route (or pool) and the findings that gave it;
+/// every finding goes to `out`.
+fn conclude(
+    found: Found,
+    route: Option<&str>,
+    pool: Option<&str>,
+    out: &mut Vec<Finding>,
+) -> (Verdict, String) {
+    let verdict = found
+        .iter()
+        .map(|(_, (v, _))| *v)
+        .max()
+        .unwrap_or(Verdict::NoData);
+    let reason = found
+        .iter()
+        .filter(|(_, (v, _))| *v == verdict)
+        .map(|(d, (_, t))| format!("{d}: {t}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let scope = match (route, pool) {
+        (Some(r), _) => format!("route {r}"),
+        (None, p) => format!("pool {}", p.unwrap_or_default()),
+    };
+    for (detector, (v, text)) in found {
+        out.push(Finding {
+            detector,
+            route: route.map(str::to_owned),
+            pool: pool.map(str::to_owned),
+            verdict: v,
+            summary: format!("{scope}: {detector}: {text}"),
+        });
+    }
+    (verdict, reason)
+}
+
+/// What the pools are like now: each backend's health, and the expected
+/// shares that follow from it.
+pub struct Live<'a> {
+    pub health: &'a [BackendStatus],
+    pub expected: &'a mut expect::Memo,
+}
+
 /// Traffic lost, shares against expectation, skew and health of every pool.
 pub fn pools(
     new: &Snapshot,
     counts: &Counts,
     span: Duration,
     base: Option<&(Snapshot, Counts)>,
-    health: &[BackendStatus],
+    live: Live<'_>,
     s: &Settings,
     out: &mut Vec<Finding>,
 ) -> Vec<PoolView> {
+    let Live {
+        health,
+        expected: memo,
+    } = live;
     let touched = touched(base, new);
     let all = total(counts);
     new.pools
@@ -308,7 +345,7 @@ pub fn pools(
                 .unzip();
             let n: u64 = observed.iter().sum();
             let per_second = n as f64 / span.as_secs_f64().max(0.001);
-            let expected = expect::shares(p, &available, &latency, per_second);
+            let expected = memo.shares(&new.hash, p, &available, &latency, per_second);
             let mut found = vec![
                 ("shift", shift(&name, counts, all, base, s)),
                 ("shares", fit(&observed, &expected, s)),
@@ -325,14 +362,7 @@ pub fn pools(
                         .any(|r| old.pools[r.pool].name == p.name && routes.contains(&*r.name))
                 });
                 if !pools.contains(&name) && !fed_by_touched {
-                    for (_, (v, text)) in &mut found {
-                        if *v == Verdict::Fail {
-                            *v = Verdict::Marginal;
-                            text.push_str(
-                                "; the change did not touch this pool or the routes to it",
-                            );
-                        }
-                    }
+                    untouched(&mut found, "this pool or the routes to it");
                 }
             }
             let weighted = available
@@ -345,26 +375,7 @@ pub fn pools(
                 .zip(&p.backends)
                 .filter(|(a, b)| **a && b.weight > 0)
                 .count();
-            let verdict = found
-                .iter()
-                .map(|(_, (v, _))| *v)
-                .max()
-                .unwrap_or(Verdict::NoData);
-            let reason = found
-                .iter()
-                .filter(|(_, (v, _))| *v == verdict)
-                .map(|(d, (_, t))| format!("{d}: {t}"))
-                .collect::<Vec<_>>()
-                .join("; ");
-            for (detector, (v, text)) in found {
-                out.push(Finding {
-                    detector,
-                    route: None,
-                    pool: Some(name.clone()),
-                    verdict: v,
-                    summary: format!("pool {name}: {detector}: {text}"),
-                });
-            }
+            let (verdict, reason) = conclude(found, None, Some(&name), out);
             PoolView {
                 algorithm: p.algorithm.name(),
                 healthy_fraction: if weighted == 0 {

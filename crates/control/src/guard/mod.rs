@@ -170,6 +170,7 @@ struct Watched {
 
 async fn run(guard: Arc<Guard>) {
     let mut windows = Windows::default();
+    let mut memo = expect::Memo::default();
     let mut watched: Option<Watched> = None;
     let mut last_stable: Option<u64> = None;
     let mut last_canary: Option<u64> = None;
@@ -250,7 +251,7 @@ async fn run(guard: Arc<Guard>) {
             (None, Some(w)) if now.duration_since(w.since) < settings.probation => "probation",
             _ => "steady",
         };
-        let judged = judge_now(&c, &windows, watched.as_ref(), &settings, now);
+        let judged = judge_now(&c, &windows, watched.as_ref(), &settings, now, &mut memo);
         let verdict = judged
             .findings
             .iter()
@@ -474,6 +475,7 @@ fn judge_now(
     watched: Option<&Watched>,
     s: &Settings,
     now: Instant,
+    memo: &mut expect::Memo,
 ) -> Judged {
     let view = c.view();
     // What is judged: the canary, else the stable config; since the change
@@ -522,7 +524,10 @@ fn judge_now(
         &counts,
         span,
         base.as_ref(),
-        &health,
+        detect::Live {
+            health: &health,
+            expected: memo,
+        },
         s,
         &mut findings,
     );
