@@ -12,6 +12,8 @@ mod body;
 mod conn;
 pub mod counters;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzz;
 mod h2;
 pub mod headers;
 pub mod health;
