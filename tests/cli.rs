@@ -783,6 +783,64 @@ fn serve_with_two_threads_fails_in_one_line_on_a_taken_port() {
     );
 }
 
+/// A second `serve` on an address the first already serves: SO_REUSEPORT
+/// would let it start without a word and take half the connections (how
+/// incident 1 reached a fifth of the users). It refuses, in one line, and
+/// the first keeps every connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_serve_on_the_same_address_exits_1() {
+    let one = Backend::start("one").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        &dir,
+        "fulcrum.toml",
+        &config_one_pool("127.0.0.1:0", "one", one.addr),
+    );
+    let served = Served::start(&path); // --threads 2
+    let addr = served.addr;
+    let second = write_config(
+        &dir,
+        "second.toml",
+        &config_one_pool(&addr.to_string(), "web", "127.0.0.1:9".parse().unwrap()),
+    );
+    let mut child = fulcrum()
+        .args(["serve", "--threads", "2", "-c"])
+        .arg(&second)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("a second serve started on {addr}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with(&format!(
+            "fulcrum: listener \"public\": cannot bind {addr}: "
+        )),
+        "{err}"
+    );
+    assert!(err.contains("another process listens there"), "{err}");
+    assert_eq!(
+        listening_sockets(addr.port()),
+        2,
+        "only the first's sockets"
+    );
+    assert_eq!(
+        one_per_connection(addr, 32).await,
+        Ok(vec!["one".to_owned(); 32])
+    );
+}
+
 fn config_auth_web(auth_pool: &str, auth: SocketAddr, web: SocketAddr) -> String {
     format!(
         r#"[[listener]]

@@ -173,7 +173,7 @@ fn contract_config_compiles() {
         pool.retries,
         Retries {
             attempts: 1,
-            budget: 0.2,
+            budget: 1.0,
             min_concurrent: 3,
         }
     );

@@ -1504,10 +1504,14 @@ impl Validator<'_, '_> {
             0,
             Retries::MAX_ATTEMPTS as i64,
         );
+        // 1.0: never short of a first retry (with one retry per request,
+        // retries in flight can never outnumber requests in flight), so
+        // one backend's death costs no idempotent request however many
+        // were in flight on it (docs/config.md, retries).
         let budget = self.fraction(
             raw.and_then(|r| r.budget.as_ref()),
             &format!("{p}.budget"),
-            0.2,
+            1.0,
         );
         let min = self.int(
             raw.and_then(|r| r.min_concurrent.as_ref()),

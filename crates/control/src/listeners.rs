@@ -19,6 +19,8 @@ use tracing::{error, info};
 struct Running {
     /// The address as configured (port 0 stays 0), to tell a moved listener.
     bind: SocketAddr,
+    /// The address its sockets hold (port 0 resolved).
+    local: Option<SocketAddr>,
     shutdown: CancellationToken,
     /// One per socket: fires once that listening socket is closed.
     closed: Vec<oneshot::Receiver<()>>,
@@ -60,8 +62,11 @@ impl Listeners {
             if self.running.get(&l.name).is_some_and(|r| r.bind == l.bind) {
                 continue;
             }
-            let sockets =
-                bind(l.bind, self.serving.len(), l.limits.max_connections).map_err(|e| {
+            // An address this process holds already (a listener renamed
+            // in place) is shared with it; any other must be vacant.
+            let ours = self.running.values().any(|r| r.local == Some(l.bind));
+            let sockets = bind(l.bind, self.serving.len(), l.limits.max_connections, ours)
+                .map_err(|e| {
                     format!(
                         "listener {:?}: cannot bind {}: {e} ({})",
                         l.name,
@@ -101,14 +106,14 @@ impl Listeners {
             }
         }
         for b in bound {
-            let addr = b.sockets[0]
-                .local_addr()
-                .map_or_else(|_| b.bind.to_string(), |a| a.to_string());
+            let local = b.sockets[0].local_addr().ok();
+            let addr = local.map_or_else(|| b.bind.to_string(), |a| a.to_string());
             info!(listener = %b.name, addr = %addr, "listening");
             let shutdown = CancellationToken::new();
             let open = ConnectionCount::default();
             let mut running = Running {
                 bind: b.bind,
+                local,
                 shutdown: shutdown.clone(),
                 closed: Vec::new(),
                 tasks: Vec::new(),
@@ -184,6 +189,9 @@ pub fn bind_hint(e: &std::io::Error, addr: SocketAddr) -> String {
             "port {} is privileged: run as root, grant CAP_NET_BIND_SERVICE, or use a port from 1024",
             addr.port()
         ),
+        std::io::ErrorKind::AddrInUse => {
+            "another process listens there, perhaps another fulcrum: stop it, or bind another address".to_owned()
+        }
         _ => "is another process using it?".to_owned(),
     }
 }
@@ -193,13 +201,18 @@ pub fn bind_hint(e: &std::io::Error, addr: SocketAddr) -> String {
 /// and the kernel spreads incoming connections over them; all but the first
 /// bind the address the first got, so port 0 means one ephemeral port for
 /// all. SO_REUSEPORT is set only then: it also lets another process of the
-/// same user, with it set too, bind the same port without an error.
+/// same user, with it set too, bind the same port without an error and
+/// take a share of its connections (one balancer of five on the wrong
+/// config, as in incident 1). So unless the address is this process's own
+/// already (`ours`), it must be vacant first ([`vacant`]).
 fn bind(
     addr: SocketAddr,
     n: usize,
     max_connections: u32,
+    ours: bool,
 ) -> std::io::Result<Vec<std::net::TcpListener>> {
     use socket2::{Domain, Socket, Type};
+    let addr = if n > 1 && !ours { vacant(addr)? } else { addr };
     let mut sockets: Vec<std::net::TcpListener> = Vec::with_capacity(n);
     for _ in 0..n {
         let at = match sockets.first() {
@@ -223,4 +236,22 @@ fn bind(
         sockets.push(socket.into());
     }
     Ok(sockets)
+}
+
+/// Fails with `AddrInUse` if any socket listens on `addr`, with
+/// SO_REUSEPORT or without: the kernel is asked by binding one socket
+/// without it, which no listening socket lets share its address. The
+/// socket is closed again at once, never having listened (so it leaves no
+/// TIME_WAIT behind); the address to bind is returned, port 0 resolved to
+/// the free port found.
+fn vacant(addr: SocketAddr) -> std::io::Result<SocketAddr> {
+    use socket2::{Domain, Socket, Type};
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    // Connections of an earlier process in TIME_WAIT are no listener.
+    probe.set_reuse_address(true)?;
+    probe.bind(&addr.into())?;
+    probe
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| std::io::Error::other("a TCP socket without an IP address"))
 }

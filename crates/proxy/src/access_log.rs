@@ -32,7 +32,7 @@ pub struct Entry {
     /// The content hash of the config that served it.
     pub config_hash: Arc<str>,
     /// Which side of a canary served it.
-    pub cohort: crate::runtime::Cohort,
+    pub cohort: crate::stats::Cohort,
     pub request_id: HeaderValue,
     pub client_ip: IpAddr,
     pub attempts: u32,
@@ -268,7 +268,7 @@ mod tests {
             client_ip: IpAddr::from([127, 0, 0, 1]),
             attempts: 0,
             captured,
-            cohort: crate::runtime::Cohort::Stable,
+            cohort: crate::stats::Cohort::Stable,
         }
     }
 

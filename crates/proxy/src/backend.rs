@@ -22,6 +22,9 @@ pub struct BackendState {
     /// multiplier of the next ejection's length).
     pub(crate) streak: AtomicU32,
     pub(crate) ejections_in_row: AtomicU32,
+    /// Counts ejections begun and ended: the timer of an ejection that
+    /// ended early (health checks passing) must not end a later one.
+    ejection: AtomicU32,
 }
 
 /// A point-in-time copy of a backend's state, for status and metrics.
@@ -48,6 +51,7 @@ impl BackendState {
             failures: AtomicU64::new(0),
             streak: AtomicU32::new(0),
             ejections_in_row: AtomicU32::new(0),
+            ejection: AtomicU32::new(0),
         }
     }
 
@@ -97,8 +101,27 @@ impl BackendState {
     pub(crate) fn set_healthy(&self, up: bool) -> bool {
         self.healthy.swap(up, Relaxed)
     }
-    pub(crate) fn set_ejected(&self, ejected: bool) -> bool {
-        self.ejected.swap(ejected, Relaxed)
+    /// Ejects the backend; the ejection's number, to end it by, or None
+    /// when it was ejected already.
+    pub(crate) fn eject(&self) -> Option<u32> {
+        if self.ejected.swap(true, Relaxed) {
+            return None;
+        }
+        Some(self.ejection.fetch_add(1, Relaxed) + 1)
+    }
+
+    /// Ends ejection `n`, if it is still the current one; whether it did.
+    pub(crate) fn readmit(&self, n: u32) -> bool {
+        self.ejection
+            .compare_exchange(n, n + 1, Relaxed, Relaxed)
+            .is_ok()
+            && self.ejected.swap(false, Relaxed)
+    }
+
+    /// The current ejection's number, when the backend is ejected.
+    pub(crate) fn ejection(&self) -> Option<u32> {
+        let n = self.ejection.load(Relaxed);
+        self.is_ejected().then_some(n)
     }
     pub(crate) fn count_failure(&self) {
         self.failures.fetch_add(1, Relaxed);

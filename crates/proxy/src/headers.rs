@@ -141,51 +141,59 @@ pub fn allowed_trailers(mut trailers: HeaderMap) -> Option<HeaderMap> {
 /// userinfo (`a@b`), no path or query (`a/b?c`), no whitespace: what a
 /// Host header or a request target's authority may be.
 pub fn is_authority(v: &[u8]) -> bool {
-    let (host, port) = if v.first() == Some(&b'[') {
+    if v.first() == Some(&b'[') {
         let Some(end) = v.iter().position(|&b| b == b']') else {
             return false;
         };
-        if !is_ip_literal(&v[1..end]) {
-            return false;
+        return is_ip_literal(&v[1..end]) && is_port(&v[end + 1..]);
+    }
+    // A registered name or IPv4 address, in one pass up to its port.
+    let mut i = 0;
+    while i < v.len() {
+        let b = v[i];
+        if REG_NAME[usize::from(b)] {
+            i += 1;
+        } else if b == b'%'
+            && v.len() > i + 2
+            && v[i + 1].is_ascii_hexdigit()
+            && v[i + 2].is_ascii_hexdigit()
+        {
+            i += 3;
+        } else {
+            break;
         }
-        (&v[..=end], &v[end + 1..])
-    } else {
-        match v.iter().position(|&b| b == b':') {
-            Some(colon) => (&v[..colon], &v[colon..]),
-            None => (v, &v[v.len()..]),
-        }
-    };
-    let port_ok = match port.split_first() {
+    }
+    i > 0 && is_port(&v[i..])
+}
+
+/// Nothing, or `:` and at most five digits.
+fn is_port(rest: &[u8]) -> bool {
+    match rest.split_first() {
         None => true,
         Some((b':', digits)) => digits.len() <= 5 && digits.iter().all(u8::is_ascii_digit),
         Some(_) => false,
-    };
-    port_ok && !host.is_empty() && (host[0] == b'[' || is_reg_name(host))
+    }
 }
 
-/// A registered name or IPv4 address: unreserved, `%XX` and sub-delims.
-fn is_reg_name(host: &[u8]) -> bool {
+/// The bytes of a registered name (RFC 3986 §3.2.2) besides `%XX`:
+/// unreserved characters and sub-delims. A table: a Host is checked on
+/// every request.
+const REG_NAME: [bool; 256] = {
+    let mut t = [false; 256];
+    let extra = b"-._~!$&'()*+,;=";
     let mut i = 0;
-    while i < host.len() {
-        match host[i] {
-            b'%' => {
-                if !(host.len() > i + 2
-                    && host[i + 1].is_ascii_hexdigit()
-                    && host[i + 2].is_ascii_hexdigit())
-                {
-                    return false;
-                }
-                i += 3;
-                continue;
-            }
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {}
-            b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' => {}
-            _ => return false,
-        }
+    while i < 256 {
+        let b = i as u8;
+        t[i] = b.is_ascii_alphanumeric();
         i += 1;
     }
-    true
-}
+    let mut j = 0;
+    while j < extra.len() {
+        t[extra[j] as usize] = true;
+        j += 1;
+    }
+    t
+};
 
 /// The inside of `[...]`: an IPv6 address (no zone), or IPvFuture.
 fn is_ip_literal(inner: &[u8]) -> bool {
@@ -228,6 +236,7 @@ pub struct Forwarded<'a> {
 impl Forwarded<'_> {
     /// Whether `name` is one of the headers set here, so that a client's
     /// copy is not passed on.
+    #[inline]
     pub fn sets(name: &HeaderName) -> bool {
         name == X_FORWARDED_FOR
             || name == X_FORWARDED_PROTO

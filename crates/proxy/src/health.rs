@@ -63,8 +63,15 @@ pub(crate) fn spawn(
         // Streaks live in the task: a restarted task (changed config)
         // starts counting afresh but keeps the backend's current state.
         let (mut passes, mut fails) = (0u32, 0u32);
+        // The outlier ejection the passes are counted against, and how
+        // many came since it began.
+        let mut ejection: Option<(u32, u32)> = None;
         loop {
             tick.tick().await;
+            let current = backend.ejection();
+            if current != ejection.map(|(n, _)| n) {
+                ejection = current.map(|n| (n, 0));
+            }
             match probe(&backend, &check, &client).await {
                 Ok(()) => {
                     fails = 0;
@@ -75,9 +82,26 @@ pub(crate) fn spawn(
                             "backend is healthy again: passed {passes} health checks in a row"
                         );
                     }
+                    // As HAProxy's `rise` after `on-error mark-down`: an
+                    // ejection ends once the active check has passed
+                    // healthy_threshold times since it began, not only
+                    // when its time is up.
+                    if let Some((n, since)) = ejection.as_mut() {
+                        *since += 1;
+                        if *since >= check.healthy_threshold && backend.readmit(*n) {
+                            tracing::info!(
+                                pool = %backend.pool(), backend = %backend.addr(), passes = *since,
+                                "backend re-admitted before its ejection ended: passed {since} health checks in a row since"
+                            );
+                            ejection = None;
+                        }
+                    }
                 }
                 Err(reason) => {
                     passes = 0;
+                    if let Some((_, since)) = ejection.as_mut() {
+                        *since = 0;
+                    }
                     fails = fails.saturating_add(1);
                     if fails >= check.unhealthy_threshold && backend.set_healthy(false) {
                         tracing::warn!(

@@ -12,6 +12,8 @@ mod body;
 mod conn;
 pub mod counters;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzz;
 mod h2;
 pub mod headers;
 pub mod health;
@@ -30,7 +32,8 @@ pub use backend::{BackendState, BackendStatus};
 pub use counters::CounterValues;
 pub use error::{Cause, ProxyError};
 pub use listener::{ConnectionCount, Open, accept, serve};
-pub use runtime::{Cohort, DataPlane, Writer, cohort_hash};
+pub use runtime::{DataPlane, Writer, cohort_hash};
+pub use stats::Cohort;
 pub use tls::acceptor as tls_acceptor;
 
 pub use fulcrum_config::Snapshot;

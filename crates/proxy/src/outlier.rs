@@ -1,7 +1,8 @@
 //! Passive outlier ejection: backends that fail requests in a row (5xx,
 //! connect failure, reset or timeout) are taken out of balancing for a
 //! growing time, never more than a set fraction of the pool at once, and
-//! re-admitted by a timer.
+//! re-admitted by a timer, or sooner by the pool's active health check
+//! once it passes `healthy_threshold` times in a row (`crate::health`).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -38,9 +39,9 @@ pub(crate) fn record(cfg: &Outlier, pool: &[Arc<BackendState>], i: usize, failed
         );
         return;
     }
-    if backend.set_ejected(true) {
+    let Some(ejection) = backend.eject() else {
         return; // another request ejected it first
-    }
+    };
     backend.streak.store(0, Relaxed);
     let n = backend.ejections_in_row.fetch_add(1, Relaxed) + 1;
     let duration = cfg.base_ejection.saturating_mul(n).min(cfg.max_ejection);
@@ -52,8 +53,10 @@ pub(crate) fn record(cfg: &Outlier, pool: &[Arc<BackendState>], i: usize, failed
     let backend = backend.clone();
     tokio::spawn(async move {
         tokio::time::sleep(duration).await;
-        backend.set_ejected(false);
-        tracing::info!(pool = %backend.pool(), backend = %backend.addr(), "backend re-admitted after ejection");
+        // Unless its health checks re-admitted it first.
+        if backend.readmit(ejection) {
+            tracing::info!(pool = %backend.pool(), backend = %backend.addr(), "backend re-admitted after ejection");
+        }
     });
 }
 

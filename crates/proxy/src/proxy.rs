@@ -36,8 +36,8 @@ use crate::headers::{self, REQUEST_ID};
 use crate::http1::client::{self as h1, H1Body, H1Error};
 use crate::http1::framing::FramingError;
 use crate::outlier;
-use crate::runtime::{Cohort, DataPlane, PoolRuntime, PoolShared, Runtime, Staged};
-use crate::stats::Outcome;
+use crate::runtime::{DataPlane, PoolRuntime, PoolShared, Runtime, Staged};
+use crate::stats::{Cohort, Outcome};
 
 /// Request bodies up to this size are buffered so the request can be sent
 /// again; larger or chunked bodies stream and are never retried.

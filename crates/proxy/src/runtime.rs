@@ -21,7 +21,7 @@ use crate::h2::H2Backend;
 use crate::health::{self, HealthClient};
 use crate::http1::pool::H1Backend;
 use crate::recent::Recent;
-use crate::stats::VersionStats;
+use crate::stats::{Cohort, VersionStats};
 
 /// One snapshot, compiled for serving. Requests hold an `Arc` of it for
 /// their whole life, so a reload never changes a request midway.
@@ -145,22 +145,6 @@ pub(crate) struct Canary {
     /// A client whose address hashes below this is in the canary cohort.
     threshold: u64,
     pub fraction: f64,
-}
-
-/// Which side of a canary a request was served by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Cohort {
-    Stable,
-    Canary,
-}
-
-impl Cohort {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Cohort::Stable => "stable",
-            Cohort::Canary => "canary",
-        }
-    }
 }
 
 impl Staged {

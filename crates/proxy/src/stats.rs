@@ -14,7 +14,22 @@ use std::time::Duration;
 use fulcrum_config::Snapshot;
 
 use crate::error::Cause;
-use crate::runtime::Cohort;
+
+/// Which side of a canary a request was served by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Cohort {
+    Stable,
+    Canary,
+}
+
+impl Cohort {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cohort::Stable => "stable",
+            Cohort::Canary => "canary",
+        }
+    }
+}
 
 /// What one request came to, built once when its response ends (or it is
 /// refused): fed to the statistics, the access log and the reservoir of

@@ -31,7 +31,7 @@ use tokio::time::Instant;
 use super::chunked::{ChunkError, Chunked, Decoded};
 use super::framing::{Asked, Framing};
 use super::head::{
-    Lines, MAX_RESPONSE_HEAD, ResponseHead, ResponseHeadError, head_ended, parse_response_head,
+    Lines, MAX_RESPONSE_HEAD, ResponseHead, ResponseHeadError, parse_response_head, worth_parsing,
 };
 use super::pool::{H1Backend, Timer};
 use super::{put_decimal, put_hex};
@@ -228,18 +228,25 @@ struct Upload {
     /// Some of the request reached the socket: from here on a failure may
     /// have reached the backend too.
     wrote: bool,
-    body: Option<RequestBody>,
-    /// `Length` (bytes still to come) or `Chunked`.
-    framing: Framing,
+    /// A streamed body: boxed, as a request sent in one write (the common
+    /// one) has none and should not carry its room.
+    stream: Option<Box<Streamed>>,
     /// Sending broke off (the backend stopped reading, or the client's
     /// body failed): nothing more is written, but the backend's answer is
     /// still read, and the connection is not reused.
     broken: Option<Error>,
-    /// A streamed body's last move: a piece read from the client or
-    /// written to the backend (None before the first, and for a request
-    /// sent in one write).
+}
+
+/// The client's body as it streams to the backend.
+struct Streamed {
+    /// None once it has ended (its end encoded in `Upload::out`).
+    body: Option<RequestBody>,
+    /// `Length` (bytes still to come) or `Chunked`.
+    framing: Framing,
+    /// The last moment it moved: a piece read from the client or written
+    /// to the backend (None before the first).
     moved_at: Option<Instant>,
-    /// The streamed body waits for the client's next piece.
+    /// It waits for the client's next piece.
     waiting_on_client: bool,
     /// The request trailers of a chunked body, written after its last
     /// chunk (others cannot carry them).
@@ -334,7 +341,7 @@ fn encode<'a>(parts: &Outgoing<'a>, body: RequestBody) -> (Upload, Asked<'a>) {
     if let Some(fwd) = parts.forwarded {
         fwd.write(&mut out, &client_for);
     }
-    let (framing, body) = match body {
+    let framing = match &body {
         // As hyper's client did: no body, no framing header, unless the
         // client said `Content-Length: 0` itself.
         RequestBody::Full(None) => {
@@ -342,34 +349,39 @@ fn encode<'a>(parts: &Outgoing<'a>, body: RequestBody) -> (Upload, Asked<'a>) {
                 out.extend_from_slice(b"content-length: 0\r\n");
             }
             out.extend_from_slice(b"\r\n");
-            (Framing::Length(0), None)
+            None
         }
         RequestBody::Full(Some(b)) => {
             put_length(&mut out, b.len() as u64);
-            out.extend_from_slice(&b);
-            (Framing::Length(0), None)
+            out.extend_from_slice(b);
+            None
         }
-        RequestBody::Stream(s) => match s.size_hint().exact() {
+        RequestBody::Stream(s) => Some(match s.size_hint().exact() {
             Some(n) => {
                 put_length(&mut out, n);
-                (Framing::Length(n), Some(RequestBody::Stream(s)))
+                Framing::Length(n)
             }
             None => {
                 out.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
-                (Framing::Chunked, Some(RequestBody::Stream(s)))
+                Framing::Chunked
             }
-        },
+        }),
     };
+    let stream = framing.map(|framing| {
+        Box::new(Streamed {
+            body: Some(body),
+            framing,
+            moved_at: None,
+            waiting_on_client: false,
+            trailers: None,
+        })
+    });
     let upload = Upload {
         out,
         pos: 0,
         wrote: false,
-        body,
-        framing,
+        stream,
         broken: None,
-        moved_at: None,
-        waiting_on_client: false,
-        trailers: None,
     };
     (upload, asked)
 }
@@ -383,7 +395,7 @@ fn put_length(out: &mut Vec<u8>, n: u64) {
 
 impl Upload {
     fn done(&self) -> bool {
-        self.body.is_none() && self.pos == self.out.len()
+        self.stream.as_ref().is_none_or(|s| s.body.is_none()) && self.pos == self.out.len()
     }
 
     /// Writes what is encoded, then pulls and encodes the body's next
@@ -391,7 +403,6 @@ impl Upload {
     /// make it wait (pending). The client's body is read only as fast as
     /// the backend takes it.
     fn poll(&mut self, io: &mut TcpStream, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        let streamed = self.body.is_some();
         loop {
             while self.pos < self.out.len() {
                 let n = ready!(Pin::new(&mut *io).poll_write(cx, &self.out[self.pos..]))
@@ -401,60 +412,34 @@ impl Upload {
                 }
                 self.pos += n;
                 self.wrote = true;
-                if streamed {
-                    self.moved_at = Some(Instant::now());
+                if let Some(s) = self.stream.as_mut() {
+                    s.moved_at = Some(Instant::now());
                 }
             }
-            let Some(body) = self.body.as_mut() else {
+            let Some(s) = self.stream.as_mut() else {
+                return Poll::Ready(Ok(()));
+            };
+            let Some(body) = s.body.as_mut() else {
                 return Poll::Ready(Ok(()));
             };
             self.out.clear();
             self.pos = 0;
             let polled = Pin::new(body).poll_frame(cx);
-            self.waiting_on_client = polled.is_pending();
+            s.waiting_on_client = polled.is_pending();
             let polled = ready!(polled);
-            self.moved_at = Some(Instant::now());
+            s.moved_at = Some(Instant::now());
             match polled {
-                Some(Ok(frame)) => {
-                    let data = match frame.into_data() {
-                        Ok(data) => data,
-                        Err(frame) => {
-                            self.trailers = frame.into_trailers().ok();
-                            continue;
-                        }
-                    };
-                    if data.is_empty() {
-                        continue;
-                    }
-                    match &mut self.framing {
-                        Framing::Length(left) => {
-                            // More than declared would be read by the
-                            // backend as the start of another request.
-                            if data.len() as u64 > *left {
-                                return Poll::Ready(Err(Error::ClientBodyLength));
-                            }
-                            *left -= data.len() as u64;
-                        }
-                        _ => {
-                            put_hex(&mut self.out, data.len() as u64);
-                            self.out.extend_from_slice(b"\r\n");
-                        }
-                    }
-                    self.out.extend_from_slice(&data);
-                    if let Framing::Chunked = self.framing {
-                        self.out.extend_from_slice(b"\r\n");
-                    }
-                }
+                Some(Ok(frame)) => s.encode(frame, &mut self.out)?,
                 Some(Err(e)) => return Poll::Ready(Err(Error::ClientBody(e))),
                 None => {
-                    match self.framing {
+                    match s.framing {
                         Framing::Length(0) => {}
                         Framing::Length(_) => return Poll::Ready(Err(Error::ClientBodyLength)),
                         // The trailers, which only a chunked body can
                         // carry (a Content-Length one drops them).
                         _ => {
                             self.out.extend_from_slice(b"0\r\n");
-                            if let Some(t) = self.trailers.take() {
+                            if let Some(t) = s.trailers.take() {
                                 for (name, value) in &t {
                                     put_line(&mut self.out, name, &[value.as_bytes()]);
                                 }
@@ -462,7 +447,7 @@ impl Upload {
                             self.out.extend_from_slice(b"\r\n");
                         }
                     }
-                    self.body = None;
+                    s.body = None;
                 }
             }
         }
@@ -475,10 +460,45 @@ impl Upload {
     /// None while the body waits on the client, whose own timeouts
     /// (`body_timeout`, `min_body_rate`) apply then.
     fn sent_since(&self, start: Instant) -> Option<Instant> {
-        if self.waiting_on_client && self.broken.is_none() {
-            return None;
+        match &self.stream {
+            None => Some(start),
+            Some(s) if s.waiting_on_client && self.broken.is_none() => None,
+            Some(s) => Some(s.moved_at.unwrap_or(start)),
         }
-        Some(self.moved_at.unwrap_or(start))
+    }
+}
+
+impl Streamed {
+    /// Encodes a frame of the client's body into `out`.
+    fn encode(&mut self, frame: Frame<Bytes>, out: &mut Vec<u8>) -> Result<(), Error> {
+        let data = match frame.into_data() {
+            Ok(data) => data,
+            Err(frame) => {
+                self.trailers = frame.into_trailers().ok();
+                return Ok(());
+            }
+        };
+        if data.is_empty() {
+            return Ok(());
+        }
+        match &mut self.framing {
+            Framing::Length(left) => {
+                // More than declared would be read by the backend as the
+                // start of another request.
+                if data.len() as u64 > *left {
+                    return Err(Error::ClientBodyLength);
+                }
+                *left -= data.len() as u64;
+                out.extend_from_slice(&data);
+            }
+            _ => {
+                put_hex(out, data.len() as u64);
+                out.extend_from_slice(b"\r\n");
+                out.extend_from_slice(&data);
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+        Ok(())
     }
 }
 
@@ -564,9 +584,7 @@ impl BackendConn {
         loop {
             // Parsed once a head's end is here (or it is too large to
             // wait for); a 1xx consumed on the way leaves the rest to scan.
-            if !self.buf.is_empty()
-                && (head_ended(&self.buf, &mut self.scanned) || self.buf.len() >= MAX_RESPONSE_HEAD)
-            {
+            if worth_parsing(&mut self.buf, &mut self.scanned, MAX_RESPONSE_HEAD) {
                 let before = self.buf.len();
                 match parse_response_head(&mut self.buf, asked).map_err(Error::Head)? {
                     Some(head) => return Poll::Ready(Ok(head)),
@@ -805,7 +823,7 @@ mod tests {
             RequestBody::Full(None),
         );
         assert_eq!(up.out, b"GET /p?q=1 HTTP/1.1\r\nhost: b\r\n\r\n");
-        assert!(!asked.head && !asked.upgrade && up.body.is_none());
+        assert!(!asked.head && !asked.upgrade && up.stream.is_none());
         let (up, _) = encode_for(
             &parts(Method::POST, &[("content-length", "0")]),
             RequestBody::Full(None),

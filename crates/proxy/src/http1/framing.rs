@@ -47,7 +47,7 @@ impl RequestFraming {
 
     pub fn transfer_encoding(&mut self, value: &[u8]) {
         self.transfer_encodings += 1;
-        self.chunked = value.trim_ascii().eq_ignore_ascii_case(b"chunked");
+        self.chunked = trim_ows(value).eq_ignore_ascii_case(b"chunked");
     }
 
     /// The body's framing (RFC 9112 §6.3), or why it has none that can be
@@ -80,6 +80,20 @@ impl RequestFraming {
             Some(Err(LengthError::TooLarge)) => Err(FramingError::TooLarge),
         }
     }
+}
+
+/// `v` without the optional whitespace (space and tab, RFC 9110 §5.6.3)
+/// around it: nothing else counts as blank.
+fn trim_ows(v: &[u8]) -> &[u8] {
+    let start = v
+        .iter()
+        .position(|&b| b != b' ' && b != b'\t')
+        .unwrap_or(v.len());
+    let end = v
+        .iter()
+        .rposition(|&b| b != b' ' && b != b'\t')
+        .map_or(start, |i| i + 1);
+    &v[start..end]
 }
 
 /// Why a Content-Length value is not a length.

@@ -70,12 +70,39 @@ impl HeadLimits {
     }
 }
 
+/// Whether parsing `buf` again can find more than the last parse did: at
+/// once the first time (`*scanned == 0`: most heads come whole in one
+/// read, and cost no scan), and after a parse found it incomplete (the
+/// caller then sets `*scanned` to the buffer's length) only once the
+/// blank line that ends a head has come, or the buffer has grown too large
+/// to wait for one. So a head trickled in a byte at a time is scanned once
+/// and parsed twice, where parsing it again from its first byte after
+/// every read would cost work quadratic in its length. The caller sets
+/// `*scanned` back to 0 once a head is taken.
+///
+/// Empty lines before a head are dropped first (RFC 9112 §2.2 lets a
+/// server ignore them, and httparse skips them): each would otherwise look
+/// like a head's end, and a stream of them would be parsed whole on every
+/// read.
+pub(crate) fn worth_parsing(buf: &mut BytesMut, scanned: &mut usize, max_head: usize) -> bool {
+    let mut empty = 0;
+    while let Some(rest) = buf.get(empty..) {
+        empty += match rest {
+            [b'\n', ..] => 1,
+            [b'\r', b'\n', ..] => 2,
+            _ => break,
+        };
+    }
+    if empty > 0 {
+        buf.advance(empty);
+        *scanned = 0;
+    }
+    !buf.is_empty() && (*scanned == 0 || buf.len() >= max_head || head_ended(buf, scanned))
+}
+
 /// Whether `buf` holds the blank line that ends a head, looking only at
-/// what came since `*scanned` (which it moves on): a head trickled in a
-/// byte at a time is scanned once and parsed once, where parsing it again
-/// from its first byte after every read would cost work quadratic in its
-/// length. The caller sets `*scanned` back to 0 once the head is taken.
-pub(crate) fn head_ended(buf: &[u8], scanned: &mut usize) -> bool {
+/// what came since `*scanned` (which it moves on).
+fn head_ended(buf: &[u8], scanned: &mut usize) -> bool {
     // A blank line split across two reads: look back two bytes.
     let mut i = (*scanned).min(buf.len()).saturating_sub(2);
     while let Some(lf) = buf[i..].iter().position(|&b| b == b'\n') {
@@ -426,7 +453,7 @@ fn response_head(
 /// The transfer codings a response's body carries besides chunked
 /// (`gzip` of `gzip, chunked`): the codec takes the chunked coding off,
 /// the others are the client's to undo, so they go on with the body.
-fn passed_codings(mut codings: Vec<u8>, framing: Framing) -> Option<Bytes> {
+fn passed_codings(mut codings: Vec<u8>, framing: Framing) -> Option<Box<Bytes>> {
     if codings.is_empty() || !matches!(framing, Framing::Chunked | Framing::Close) {
         return None;
     }
@@ -438,7 +465,7 @@ fn passed_codings(mut codings: Vec<u8>, framing: Framing) -> Option<Bytes> {
         codings.truncate(last.saturating_sub(1));
     }
     let kept = codings.trim_ascii();
-    (!kept.is_empty()).then(|| Bytes::copy_from_slice(kept))
+    (!kept.is_empty()).then(|| Box::new(Bytes::copy_from_slice(kept)))
 }
 
 /// What a response header is to the codec, told by its name in any case.
@@ -485,8 +512,9 @@ pub(crate) struct Lines {
     pub has_date: bool,
     /// Transfer codings of the body besides chunked (`gzip`), which the
     /// client must get: an HTTP/1.1 client in its Transfer-Encoding, and
-    /// no other kind of client can take them.
-    pub codings: Option<Bytes>,
+    /// no other kind of client can take them. Boxed: rare, and the lines
+    /// travel with every response.
+    pub codings: Option<Box<Bytes>>,
 }
 
 impl Lines {
@@ -816,17 +844,26 @@ mod tests {
         )
         .unwrap();
         assert_eq!((h.framing, h.keep_alive), (Framing::Chunked, true));
-        assert_eq!(h.lines.codings.as_deref(), Some(&b"gzip"[..]));
+        assert_eq!(
+            h.lines.codings.as_deref().map(|c| &c[..]),
+            Some(&b"gzip"[..])
+        );
         let (h, _) = head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", GET).unwrap();
         assert_eq!((h.framing, h.keep_alive), (Framing::Close, false));
-        assert_eq!(h.lines.codings.as_deref(), Some(&b"gzip"[..]));
+        assert_eq!(
+            h.lines.codings.as_deref().map(|c| &c[..]),
+            Some(&b"gzip"[..])
+        );
         let (h, _) = head(
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: br ,Chunked\r\n\r\n",
             GET,
         )
         .unwrap();
         assert_eq!(h.framing, Framing::Chunked);
-        assert_eq!(h.lines.codings.as_deref(), Some(&b"gzip, br"[..]));
+        assert_eq!(
+            h.lines.codings.as_deref().map(|c| &c[..]),
+            Some(&b"gzip, br"[..])
+        );
         let (h, _) = head(
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
             GET,
@@ -885,5 +922,32 @@ mod tests {
             b"GET / HTTP/1.1\r\nHost: x\r\n\r",
             &mut scanned
         ));
+    }
+
+    /// A stream of empty lines is dropped as it comes, so that none of
+    /// them sets off a parse of all the others; the head after them is
+    /// parsed when its own end comes.
+    #[test]
+    fn empty_lines_before_a_head_are_dropped_not_parsed() {
+        let (mut buf, mut scanned) = (BytesMut::new(), 0);
+        for _ in 0..1000 {
+            buf.extend_from_slice(b"\r\n");
+            assert!(!worth_parsing(&mut buf, &mut scanned, 100));
+            assert!(buf.is_empty());
+            buf.extend_from_slice(b"\n");
+            assert!(!worth_parsing(&mut buf, &mut scanned, 100));
+        }
+        buf.extend_from_slice(b"\r");
+        assert!(worth_parsing(&mut buf, &mut scanned, 100), "first look");
+        assert_eq!(&buf[..], b"\r", "a CR alone waits for its LF");
+        scanned = buf.len();
+        buf.extend_from_slice(b"\nGET / HTTP/1.1\r\n");
+        assert!(worth_parsing(&mut buf, &mut scanned, 100), "first look");
+        assert_eq!(&buf[..], b"GET / HTTP/1.1\r\n");
+        scanned = buf.len();
+        buf.extend_from_slice(b"Host: x\r\n");
+        assert!(!worth_parsing(&mut buf, &mut scanned, 100));
+        buf.extend_from_slice(b"\r\n");
+        assert!(worth_parsing(&mut buf, &mut scanned, 100));
     }
 }

@@ -45,7 +45,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use super::chunked::{Chunked, Decoded};
 use super::framing::{Framing, FramingError};
 use super::head::{
-    HeadLimits, Lines, RequestHead, RequestHeadError, head_ended, parse_request_head,
+    HeadLimits, Lines, RequestHead, RequestHeadError, parse_request_head, worth_parsing,
 };
 use super::{has_token, put_decimal, put_hex};
 use crate::body::{Handover, IncomingBody, set_waker};
@@ -321,9 +321,7 @@ async fn next_head<I: AsyncRead + AsyncWrite + Unpin>(
     std::future::poll_fn(|cx| {
         loop {
             // Parsed once its end is here (or it is too large to wait for).
-            if !conn.buf.is_empty()
-                && (head_ended(&conn.buf, &mut conn.scanned) || conn.buf.len() >= limits.max_head)
-            {
+            if worth_parsing(&mut conn.buf, &mut conn.scanned, limits.max_head) {
                 match parse_request_head(&mut conn.buf, limits) {
                     Ok(Some(head)) => {
                         conn.scanned = 0;
@@ -413,7 +411,7 @@ where
         keep_alive,
         expect_continue,
     } = head;
-    let asked = Asked {
+    let reply_to = ReplyTo {
         http10: request.version() == Version::HTTP_10,
         head: request.method() == Method::HEAD,
         keep_alive,
@@ -443,12 +441,12 @@ where
         tracing::debug!(client = %ctx.client, "client went away mid-request");
         return Some(End::Drop);
     };
-    let asked = Asked {
+    let reply_to = ReplyTo {
         close: close || waits.lazy.closing || !pump.finished,
-        ..asked
+        ..reply_to
     };
     let (upgrade, close) =
-        match respond::<I, S>(conn, response, &mut pump, asked, ctx, waits, out).await {
+        match respond::<I, S>(conn, response, &mut pump, reply_to, ctx, waits, out).await {
             Ok(how) => how,
             Err(()) => return Some(End::Drop),
         };
@@ -463,9 +461,10 @@ where
     close.then_some(End::Close)
 }
 
-/// What the response's framing depends on in its request.
+/// What writing a response to a client depends on in its request (the
+/// backend side has [`super::framing::Asked`]).
 #[derive(Clone, Copy)]
-struct Asked {
+struct ReplyTo {
     http10: bool,
     head: bool,
     /// An HTTP/1.0 client asked to keep the connection.
@@ -482,7 +481,7 @@ async fn respond<I, S>(
     conn: &mut ClientConn<I>,
     response: Response<S::Body>,
     pump: &mut Pump,
-    asked: Asked,
+    reply_to: ReplyTo,
     ctx: &ConnContext<'_>,
     waits: &mut Waits<'_, '_>,
     out: &mut Vec<u8>,
@@ -491,13 +490,13 @@ where
     I: AsyncRead + AsyncWrite + Unpin,
     S: Service,
 {
-    let mut close = asked.close;
+    let mut close = reply_to.close;
     let max_head = HeadLimits::of(&ctx.settings.limits).max_head;
     let send_timeout = ctx.settings.send_timeout;
     let (parts, mut body) = response.into_parts();
     let status = parts.status.as_u16();
     let upgrade = status == 101;
-    let no_body = asked.head || (100..200).contains(&status) || status == 204 || status == 304;
+    let no_body = reply_to.head || (100..200).contains(&status) || status == 204 || status == 304;
     close |= parts
         .headers
         .get_all(header::CONNECTION)
@@ -507,7 +506,7 @@ where
         Framing::Empty
     } else if let Some(n) = body.size_hint().exact() {
         Framing::Length(n)
-    } else if asked.http10 {
+    } else if reply_to.http10 {
         close = true;
         Framing::Close
     } else {
@@ -521,11 +520,11 @@ where
         framing,
         Connection {
             close: close && !upgrade,
-            keep_alive: asked.http10 && asked.keep_alive && !close,
+            keep_alive: reply_to.http10 && reply_to.keep_alive && !close,
         },
     );
     drop(parts);
-    let mut writer = Writer::new(out, framing);
+    let mut writer = BodyWriter::new(out, framing);
     std::future::poll_fn(|cx| {
         // The backend may still be reading the request's body.
         if pump.poll(conn, cx).is_err() {
@@ -845,7 +844,7 @@ fn write_refusal(out: &mut Vec<u8>, e: &ProxyError) {
 /// Writes a response body as it comes: small frames gathered into one
 /// buffer (with the head, one write for a small response), large ones
 /// written from their own.
-struct Writer<'a> {
+struct BodyWriter<'a> {
     out: &'a mut Vec<u8>,
     pos: usize,
     /// A large data frame, written after `out`.
@@ -865,10 +864,10 @@ struct Writer<'a> {
     stalled_since: Option<Instant>,
 }
 
-impl<'a> Writer<'a> {
+impl<'a> BodyWriter<'a> {
     /// `out` holds the encoded head.
     fn new(out: &'a mut Vec<u8>, framing: Framing) -> Self {
-        Writer {
+        BodyWriter {
             out,
             pos: 0,
             big: None,
@@ -1094,14 +1093,14 @@ mod tests {
         assert_eq!(text.matches("connection").count(), 1, "{text}");
     }
 
-    /// Runs a `Writer` over `frames` into memory.
+    /// Runs a `BodyWriter` over `frames` into memory.
     fn write_body(framing: Framing, frames: Vec<Frame<Bytes>>) -> Result<Vec<u8>, ()> {
         let stream =
             futures_util::stream::iter(frames.into_iter().map(Ok::<_, std::convert::Infallible>));
         let mut body = http_body_util::StreamBody::new(stream);
         let mut out = Vec::new();
         let mut sink = Vec::new();
-        let mut writer = Writer::new(&mut out, framing);
+        let mut writer = BodyWriter::new(&mut out, framing);
         let waker = Waker::noop();
         match writer.poll(&mut sink, &mut body, &mut Context::from_waker(waker)) {
             Poll::Ready(Ok(())) => Ok(sink),
@@ -1162,7 +1161,7 @@ mod tests {
         let mut body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
         let mut out = b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n".to_vec();
         let mut sink = Vec::new();
-        let mut writer = Writer::new(&mut out, Framing::Length(10));
+        let mut writer = BodyWriter::new(&mut out, Framing::Length(10));
         let polled = writer.poll(
             &mut sink,
             &mut body,

@@ -60,6 +60,22 @@ async fn exchange(proxy: &TestProxy, bytes: &[u8]) -> (u16, String) {
     }
 }
 
+/// Reads from `s` until what came is `done`; panics if the connection
+/// closes first or nothing more comes in time.
+async fn read_until(s: &mut TcpStream, done: impl Fn(&[u8]) -> bool) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !done(&got) {
+        let n = tokio::time::timeout(PATIENCE, s.read(&mut buf))
+            .await
+            .expect("no response in time")
+            .unwrap();
+        assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    got
+}
+
 // ---- one framing decision ----
 
 #[tokio::test]
@@ -77,6 +93,25 @@ async fn content_length_with_leading_zeros_is_read_as_its_number() {
     assert_eq!(seen[0].body, b"hello");
 }
 
+/// The input of the request_framing fuzz target's first failure (the
+/// reference, not the codec, was wrong): a Content-Length list with a
+/// byte outside ASCII is no length.
+#[tokio::test]
+async fn a_content_length_of_digits_commas_and_other_bytes_is_400() {
+    let (b, proxy) = recorded().await;
+    let (status, text) = exchange_closed(
+        &proxy,
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3,\xff2 3\r\n\r\nabc",
+    )
+    .await;
+    assert_eq!(status, 400, "{text}");
+    assert!(
+        text.contains("Content-Length is not a plain number"),
+        "{text}"
+    );
+    assert!(b.seen().is_empty());
+}
+
 #[tokio::test]
 async fn content_length_past_u64_is_413_and_never_reaches_a_backend() {
     let (b, proxy) = recorded().await;
@@ -88,6 +123,37 @@ async fn content_length_past_u64_is_413_and_never_reaches_a_backend() {
     }
     assert!(b.seen().is_empty());
     assert_eq!(proxy.plane.counters().client_body_too_large, 2);
+}
+
+/// A head trickled a byte at a time, after a stream of empty lines, is
+/// read whole: the codec parses it when it comes and again once its end
+/// has come (not after every byte), and drops the empty lines as they
+/// come (not parsing them again with every one).
+#[tokio::test]
+async fn a_head_trickled_a_byte_at_a_time_after_empty_lines_is_read_whole() {
+    let (b, proxy) = recorded().await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    for i in 0..200 {
+        let line: &[u8] = if i % 2 == 0 { b"\r\n" } else { b"\n" };
+        s.write_all(line).await.unwrap();
+        tokio::task::yield_now().await;
+    }
+    let head = b"POST /trickled HTTP/1.1\r\nHost: x.test\r\nContent-Length: 2\r\n\r\nhi";
+    for byte in head {
+        s.write_all(std::slice::from_ref(byte)).await.unwrap();
+        tokio::task::yield_now().await;
+    }
+    let got = read_until(&mut s, |got| got.ends_with(b"\r\n\r\nok")).await;
+    assert!(got.starts_with(b"HTTP/1.1 200 "));
+    let seen = b.seen();
+    assert_eq!(seen.len(), 1);
+    assert!(
+        seen[0].head.starts_with("POST /trickled HTTP/1.1\r\n"),
+        "{seen:?}"
+    );
+    assert_eq!(seen[0].header("host"), ["x.test"]);
+    assert_eq!(seen[0].body, b"hi");
 }
 
 // ---- Host ----
@@ -248,6 +314,30 @@ async fn an_answer_sent_before_the_backend_read_the_whole_request_is_forwarded()
     assert_eq!((c.backend_reset, c.backend_invalid_response), (0, 0));
 }
 
+/// The response of the response_head fuzz target's first failure (the
+/// check, not the codec, was wrong): more bytes than its Content-Length.
+/// The client gets the length's worth; the rest is no response, so the
+/// connection is not used again and the next request gets a new one.
+#[tokio::test]
+async fn bytes_after_a_response_are_dropped_with_its_connection() {
+    let b = RawBackend::start(|_| {
+        RawReply::Send(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhe\xff\xff\xff\xff\xff\xff\xff\xff\xffllo".to_vec())
+    })
+    .await;
+    let proxy = TestProxy::serving(pool("p", &[b.addr])).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    for _ in 0..3 {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x.test\r\n\r\n")
+            .await
+            .unwrap();
+        let got = read_until(&mut s, |got| got.ends_with(b"\r\n\r\nhe\xff\xff\xff")).await;
+        assert!(got.starts_with(b"HTTP/1.1 200 "));
+    }
+    assert_eq!(b.seen().len(), 3);
+    let c = proxy.plane.counters();
+    assert_eq!((c.backend_invalid_response, c.backend_reset), (0, 0));
+}
+
 #[tokio::test]
 async fn a_malformed_response_is_an_invalid_response_not_a_reset() {
     for reply in [
@@ -282,16 +372,7 @@ async fn a_transfer_coding_besides_chunked_reaches_the_client() {
     s.write_all(b"GET / HTTP/1.1\r\nHost: x.test\r\nTE: gzip\r\n\r\n")
         .await
         .unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !got.ends_with(b"\r\n0\r\n\r\n") {
-        let n = tokio::time::timeout(PATIENCE, s.read(&mut buf))
-            .await
-            .expect("no response in time")
-            .unwrap();
-        assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&got));
-        got.extend_from_slice(&buf[..n]);
-    }
+    let got = read_until(&mut s, |got| got.ends_with(b"\r\n0\r\n\r\n")).await;
     let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
     assert!(
         text.contains("\r\ntransfer-encoding: gzip, chunked\r\n"),
@@ -377,16 +458,10 @@ async fn response_trailers_reach_the_client_without_what_may_not_be_a_trailer() 
     s.write_all(b"GET / HTTP/1.1\r\nHost: x.test\r\nTE: trailers\r\n\r\n")
         .await
         .unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !got.ends_with(b"\r\n\r\n") || !got.windows(5).any(|w| w == b"\r\n0\r\n") {
-        let n = tokio::time::timeout(PATIENCE, s.read(&mut buf))
-            .await
-            .expect("no response in time")
-            .unwrap();
-        assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&got));
-        got.extend_from_slice(&buf[..n]);
-    }
+    let got = read_until(&mut s, |got| {
+        got.ends_with(b"\r\n\r\n") && got.windows(5).any(|w| w == b"\r\n0\r\n")
+    })
+    .await;
     let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
     assert!(
         text.ends_with("\r\n2\r\nok\r\n0\r\nx-checksum: abc\r\n\r\n"),
@@ -422,16 +497,7 @@ async fn the_response_timeout_runs_from_the_end_of_a_slow_upload() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         s.write_all(&piece).await.unwrap();
     }
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !got.ends_with(b"ok") {
-        let n = tokio::time::timeout(PATIENCE, s.read(&mut buf))
-            .await
-            .expect("no response in time")
-            .unwrap();
-        assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&got));
-        got.extend_from_slice(&buf[..n]);
-    }
+    let got = read_until(&mut s, |got| got.ends_with(b"ok")).await;
     assert!(
         got.starts_with(b"HTTP/1.1 200 "),
         "{:?}",

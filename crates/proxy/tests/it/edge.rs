@@ -527,6 +527,50 @@ async fn rapid_reset_paced_under_the_pending_count_is_cut_off_too() {
     assert_eq!(Client::h2c(proxy.addr).get("x.test", "/").await.status, 200);
 }
 
+/// Every frame the server sends until it closes the connection, as (type,
+/// stream id), in order. Acknowledges its SETTINGS and PINGs as a client
+/// would (a graceful close waits for the PING after the first GOAWAY).
+async fn frames_until_closed(s: &mut TcpStream) -> Vec<(u8, u32)> {
+    let mut seen = Vec::new();
+    let mut frames = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(PATIENCE, s.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("an idle h2c connection was never closed: {frames:?}"))
+            .unwrap_or(0);
+        if n == 0 {
+            return frames;
+        }
+        seen.extend_from_slice(&buf[..n]);
+        let mut i = 0;
+        while seen.len() >= i + 9 {
+            let len =
+                ((seen[i] as usize) << 16) | ((seen[i + 1] as usize) << 8) | seen[i + 2] as usize;
+            if seen.len() < i + 9 + len {
+                break;
+            }
+            let (kind, flags) = (seen[i + 3], seen[i + 4]);
+            let id = u32::from_be_bytes(seen[i + 5..i + 9].try_into().unwrap()) & 0x7fff_ffff;
+            let payload = &seen[i + 9..i + 9 + len];
+            let ack = match (kind, flags & 1) {
+                (4, 0) => Some(frame(4, 1, 0, &[])),
+                (6, 0) => Some(frame(6, 1, 0, payload)),
+                _ => None,
+            };
+            if let Some(ack) = ack {
+                // The server may have closed already.
+                let _ = s.write_all(&ack).await;
+            }
+            frames.push((kind, id));
+            i += 9 + len;
+        }
+        seen.drain(..i);
+    }
+}
+
+const GOAWAY: u8 = 7;
+
 #[tokio::test]
 async fn an_h2c_connection_without_a_request_gets_goaway_before_it_closes() {
     let a = Backend::start("a").await;
@@ -539,27 +583,43 @@ async fn an_h2c_connection_without_a_request_gets_goaway_before_it_closes() {
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     s.write_all(PREFACE).await.unwrap();
     s.write_all(&frame(4, 0, 0, &[])).await.unwrap();
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = tokio::time::timeout(PATIENCE, s.read(&mut buf))
-            .await
-            .expect("an idle h2c connection was never closed")
-            .unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        seen.extend_from_slice(&buf[..n]);
-    }
-    let mut goaway = false;
-    let mut i = 0;
-    while seen.len() >= i + 9 {
-        let len = ((seen[i] as usize) << 16) | ((seen[i + 1] as usize) << 8) | seen[i + 2] as usize;
-        goaway |= seen[i + 3] == 7;
-        i += 9 + len;
-    }
-    assert!(goaway, "closed without a GOAWAY: {seen:?}");
+    let frames = frames_until_closed(&mut s).await;
+    assert!(
+        frames.iter().any(|&(kind, _)| kind == GOAWAY),
+        "closed without a GOAWAY: {frames:?}"
+    );
     assert_eq!(proxy.plane.counters().client_header_timeout, 1);
+}
+
+/// Idle past `idle_timeout` after a request: a GOAWAY, then the close.
+#[tokio::test]
+async fn an_h2c_connection_idle_after_its_request_gets_goaway_before_it_closes() {
+    let a = Backend::start("a").await;
+    let snap = SnapshotBuilder::new()
+        .pool(pool("p", &[a.addr]))
+        .catch_all("p")
+        .listener(|l| l.idle_timeout = Duration::from_millis(200))
+        .build();
+    let proxy = TestProxy::start(snap).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(PREFACE).await.unwrap();
+    s.write_all(&frame(4, 0, 0, &[])).await.unwrap();
+    // GET / for x.test (HPACK: static :method GET, :scheme http, :path /,
+    // and :authority), ending the stream.
+    let block = [
+        0x82, 0x86, 0x84, 0x41, 0x06, b'x', b'.', b't', b'e', b's', b't',
+    ];
+    s.write_all(&frame(1, 0x5, 1, &block)).await.unwrap();
+    let frames = frames_until_closed(&mut s).await;
+    let answered = frames.iter().position(|&f| f == (1, 1));
+    let goaway = frames.iter().position(|&(kind, _)| kind == GOAWAY);
+    assert!(
+        matches!((answered, goaway), (Some(r), Some(g)) if r < g),
+        "the response, then a GOAWAY: {frames:?}"
+    );
+    assert_eq!(a.hits(), 1);
+    let c = proxy.plane.counters();
+    assert_eq!((c.client_idle_closed, c.client_header_timeout), (1, 0));
 }
 
 #[tokio::test]

@@ -262,3 +262,76 @@ async fn in_flight_counts_return_to_zero_after_every_outcome() {
     }
     assert!(state.requests() >= 5);
 }
+
+/// The retry policy a pool gets when its config says nothing of it.
+fn default_retries() -> fulcrum_config::snapshot::Retries {
+    let src = "[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\n\n[[route]]\nname = \"r\"\npool = \"p\"\n\n[pool.p]\nbackends = [{ addr = \"127.0.0.1:9\" }]\n";
+    let snap = fulcrum_config::check("fulcrum.toml", src).snapshot.unwrap();
+    snap.pools[0].retries.clone()
+}
+
+#[tokio::test]
+async fn a_backend_killed_with_requests_in_flight_costs_no_idempotent_request() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    for x in [&a, &b] {
+        x.set_mode(Mode::Delay(Duration::from_millis(300)));
+    }
+    let mut p = pool("p", &[a.addr, b.addr]);
+    p.retries = default_retries();
+    p.timeouts.response = Duration::from_secs(5);
+    let proxy = TestProxy::serving(p).await;
+    let c = Client::new(proxy.addr);
+    // 20 GETs at once: 10 in flight on each backend when `a` dies.
+    let requests: Vec<_> = (0..20)
+        .map(|i| {
+            let c = c.clone();
+            tokio::spawn(async move { c.get("x.test", &format!("/{i}")).await })
+        })
+        .collect();
+    // Every one of a's requests has reached it, and waits for its answer.
+    assert!(eventually(PATIENCE, || a.hits() == 10).await);
+    a.kill();
+    for r in requests {
+        let r = r.await.unwrap();
+        assert_eq!((r.status, r.backend()), (200, Some("b")), "{}", r.body);
+    }
+    let c = proxy.plane.counters();
+    assert_eq!(
+        (c.backend_reset, c.retry_budget_exhausted),
+        (10, 0),
+        "{c:?}"
+    );
+}
+
+#[tokio::test]
+async fn passing_health_checks_end_an_ejection_before_its_time() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let mut p = pool("p", &[a.addr, b.addr]);
+    p.health = Some(health_check());
+    // Ejections far longer than the test: only the health check can end one.
+    p.outlier = Some(Outlier {
+        base_ejection: Duration::from_secs(30),
+        max_ejection: Duration::from_secs(300),
+        ..outlier()
+    });
+    let proxy = TestProxy::serving(p).await;
+    let state = proxy.plane.backend("p", a.addr).unwrap();
+    let c = Client::new(proxy.addr);
+    a.kill();
+    for _ in 0..50 {
+        if state.is_ejected() {
+            break;
+        }
+        c.get("x.test", "/").await;
+    }
+    assert!(state.is_ejected(), "a never ejected");
+    a.restart().await;
+    assert!(
+        eventually(PATIENCE, || state.is_healthy() && !state.is_ejected()).await,
+        "a back, its health checks passing, and still ejected"
+    );
+    let t = c.tally(20, "x.test", "/").await;
+    assert_eq!((t["a"], t["b"]), (10, 10));
+}

@@ -5,6 +5,7 @@ mod balancing;
 mod codec;
 mod edge;
 mod failures;
+mod fuzz;
 mod hardening;
 mod headers;
 mod http1;
