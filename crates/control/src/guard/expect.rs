@@ -27,7 +27,6 @@ pub struct Memo {
     runs: u64,
 }
 
-#[derive(PartialEq)]
 struct Key {
     /// The content hash of the config the pool is from.
     config: String,
@@ -54,21 +53,23 @@ impl Memo {
                 .collect(),
             _ => Vec::new(),
         };
+        if let Some((k, shares)) = self.pools.get(&*pool.name)
+            && k.config == config
+            && k.available == available
+            && k.load == load
+        {
+            return shares.clone();
+        }
+        let fresh = shares(pool, available, latency, rate);
+        self.runs += 1;
         let key = Key {
             config: config.to_owned(),
             available: available.to_vec(),
             load,
         };
-        match self.pools.get(&*pool.name) {
-            Some((k, shares)) if *k == key => shares.clone(),
-            _ => {
-                let fresh = shares(pool, available, latency, rate);
-                self.runs += 1;
-                self.pools
-                    .insert(pool.name.to_string(), (key, fresh.clone()));
-                fresh
-            }
-        }
+        self.pools
+            .insert(pool.name.to_string(), (key, fresh.clone()));
+        fresh
     }
 }
 
