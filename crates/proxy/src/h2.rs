@@ -12,9 +12,9 @@ use arc_swap::ArcSwapOption;
 use fulcrum_config::snapshot::Timeouts;
 use hyper::client::conn::http2::{self, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpStream;
 
 use crate::body::RequestBody;
+use crate::tcp::Tcp;
 
 /// Why no h2 connection to the backend could be had.
 #[derive(Debug)]
@@ -70,7 +70,7 @@ impl H2Backend {
         if let Some(s) = self.live() {
             return Ok(s);
         }
-        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr))
+        let stream = tokio::time::timeout(self.connect_timeout, Tcp::connect(self.addr))
             .await
             .map_err(|_| H2ConnectError::Timeout)?
             .map_err(H2ConnectError::Connect)?;

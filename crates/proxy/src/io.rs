@@ -17,6 +17,8 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::WaitForCancellationFuture;
 
+use crate::tcp::Tcp;
+
 /// First read size; doubled, up to `MAX_READ`, while reads fill it.
 pub(crate) const READ_SIZE: usize = 8 * 1024;
 const MAX_READ: usize = 128 * 1024;
@@ -103,13 +105,13 @@ pub(crate) trait Socket {
     fn tcp(&self) -> &TcpStream;
 }
 
-impl Socket for TcpStream {
+impl Socket for Tcp {
     fn tcp(&self) -> &TcpStream {
         self
     }
 }
 
-impl Socket for tokio_rustls::server::TlsStream<TcpStream> {
+impl Socket for tokio_rustls::server::TlsStream<Tcp> {
     fn tcp(&self) -> &TcpStream {
         self.get_ref().0
     }

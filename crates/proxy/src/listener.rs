@@ -19,7 +19,9 @@ use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
+
+use crate::tcp::Tcp;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -134,7 +136,7 @@ pub async fn accept(
         };
         let _ = stream.set_nodelay(true);
         tokio::spawn(connection(
-            stream,
+            Tcp::new(stream),
             client,
             plane.clone(),
             settings.clone(),
@@ -157,7 +159,7 @@ enum Protocols {
 }
 
 async fn connection(
-    stream: TcpStream,
+    stream: Tcp,
     client: SocketAddr,
     plane: Arc<DataPlane>,
     settings: Arc<Listener>,
@@ -189,7 +191,7 @@ async fn connection(
 }
 
 async fn tls_connection(
-    stream: TcpStream,
+    stream: Tcp,
     acceptor: tokio_rustls::TlsAcceptor,
     client: SocketAddr,
     plane: Arc<DataPlane>,

@@ -10,18 +10,18 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::counters::Counters;
 use crate::io::Rewind;
+use crate::tcp::Tcp;
 
 /// A backend's agreement to an upgrade, waiting for the client's side:
 /// the client connection turns into the tunnel once it has sent the 101.
 pub(crate) struct Tunnel {
     /// The backend connection, with any bytes it sent past its 101.
-    pub backend: Rewind<TcpStream>,
+    pub backend: Rewind<Tcp>,
     /// The pool's `timeouts.tunnel`.
     pub idle: Duration,
 }

@@ -21,11 +21,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use crate::tcp::Tcp;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Method, Response, header};
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::AsyncWrite;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::chunked::{ChunkError, Chunked, Decoded};
@@ -151,8 +151,8 @@ impl H1Backend {
         }
     }
 
-    pub(super) async fn connect(&self) -> Result<TcpStream, H1Error> {
-        let io = tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr()))
+    pub(super) async fn connect(&self) -> Result<Tcp, H1Error> {
+        let io = tokio::time::timeout(self.connect_timeout, Tcp::connect(self.addr()))
             .await
             .map_err(|_| H1Error::ConnectTimeout)?
             .map_err(H1Error::Connect)?;
@@ -402,7 +402,7 @@ impl Upload {
     /// frame, until the body has ended (ready) or the socket or the client
     /// make it wait (pending). The client's body is read only as fast as
     /// the backend takes it.
-    fn poll(&mut self, io: &mut TcpStream, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+    fn poll(&mut self, io: &mut Tcp, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         loop {
             while self.pos < self.out.len() {
                 let n = ready!(Pin::new(&mut *io).poll_write(cx, &self.out[self.pos..]))
@@ -506,7 +506,7 @@ impl Streamed {
 
 /// A backend connection in use, with what has been read and not consumed.
 struct BackendConn {
-    io: TcpStream,
+    io: Tcp,
     buf: BytesMut,
     read_size: usize,
     /// How much of a partial head in `buf` has been looked at for its end.
@@ -515,7 +515,7 @@ struct BackendConn {
 }
 
 impl BackendConn {
-    fn new(io: TcpStream, timer: Timer) -> Self {
+    fn new(io: Tcp, timer: Timer) -> Self {
         BackendConn {
             io,
             buf: spare_buffer(),
@@ -643,7 +643,7 @@ impl H1Body {
 
     /// The connection of a 101 response, taken for the tunnel: bytes the
     /// backend sent past the head come first.
-    pub fn take_upgrade(&mut self) -> Option<Rewind<TcpStream>> {
+    pub fn take_upgrade(&mut self) -> Option<Rewind<Tcp>> {
         if !matches!(self.state, BodyState::Upgrade) {
             return None;
         }

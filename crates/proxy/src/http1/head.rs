@@ -84,7 +84,19 @@ impl HeadLimits {
 /// server ignore them, and httparse skips them): each would otherwise look
 /// like a head's end, and a stream of them would be parsed whole on every
 /// read.
+#[inline]
 pub(crate) fn worth_parsing(buf: &mut BytesMut, scanned: &mut usize, max_head: usize) -> bool {
+    // The common case, inline: a fresh head that does not open with an
+    // empty line (called three times per exchange on each side).
+    match buf.first() {
+        None => false,
+        Some(b'\r' | b'\n') => worth_parsing_slow(buf, scanned, max_head),
+        Some(_) => *scanned == 0 || buf.len() >= max_head || head_ended(buf, scanned),
+    }
+}
+
+#[cold]
+fn worth_parsing_slow(buf: &mut BytesMut, scanned: &mut usize, max_head: usize) -> bool {
     let mut empty = 0;
     while let Some(rest) = buf.get(empty..) {
         empty += match rest {

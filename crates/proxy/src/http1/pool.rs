@@ -14,9 +14,9 @@ use std::pin::Pin;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use crate::tcp::Tcp;
 use fulcrum_config::snapshot::Timeouts;
 use thread_local::ThreadLocal;
-use tokio::net::TcpStream;
 use tokio::runtime::RuntimeFlavor;
 use tokio::time::Instant;
 
@@ -40,7 +40,7 @@ struct Stack {
 const SURPLUS_GRACE: Duration = Duration::from_secs(1);
 
 struct Idle {
-    io: TcpStream,
+    io: Tcp,
     since: Instant,
     timer: Timer,
 }
@@ -122,7 +122,7 @@ impl H1Backend {
 
     /// The most recently used idle connection that is within the idle
     /// timeout and still open.
-    pub(super) fn checkout(&self, now: Instant) -> Option<(TcpStream, Timer)> {
+    pub(super) fn checkout(&self, now: Instant) -> Option<(Tcp, Timer)> {
         let mut stack = self.idle.get()?.borrow_mut();
         while let Some(i) = stack.conns.pop() {
             if now.duration_since(i.since) < self.idle_timeout && still_open(&i.io) {
@@ -134,7 +134,7 @@ impl H1Backend {
 
     /// Puts a connection whose response ended back on this thread's stack,
     /// or closes it when `idle_per_backend` are already there.
-    pub(super) fn release(self: &Arc<Self>, io: TcpStream, timer: Timer) {
+    pub(super) fn release(self: &Arc<Self>, io: Tcp, timer: Timer) {
         if self.max_idle == 0 {
             return; // dropping `io` closes it
         }
@@ -221,7 +221,7 @@ async fn sweep(backend: Weak<H1Backend>, mut at: Instant, wake: Arc<tokio::sync:
 /// Whether an idle connection can carry a request: not closed by the
 /// backend, and without bytes nobody asked for. No system call unless the
 /// socket turned readable since its last read drained it.
-fn still_open(io: &TcpStream) -> bool {
+fn still_open(io: &Tcp) -> bool {
     let mut probe = [0u8; 1];
     matches!(io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
 }
@@ -245,7 +245,7 @@ mod tests {
         let mut peers = Vec::new();
         let mut conns = Vec::new();
         for _ in 0..3 {
-            conns.push(TcpStream::connect(addr).await.unwrap());
+            conns.push(Tcp::connect(addr).await.unwrap());
             peers.push(listener.accept().await.unwrap().0);
         }
         let timer = || Box::pin(tokio::time::sleep(Duration::from_secs(5)));
