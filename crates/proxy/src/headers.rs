@@ -34,6 +34,11 @@ pub fn is_hop_by_hop(name: &[u8]) -> bool {
 /// The header names a Connection value lists, its options (`close`,
 /// `keep-alive`, `upgrade`) aside. Usually none, and then no allocation.
 pub fn connection_named(value: &[u8], into: &mut Vec<HeaderName>) {
+    // The usual values, whole (every keep-alive response of most
+    // backends carries one): no tokens to split and compare.
+    if matches!(value, b"keep-alive" | b"Keep-Alive" | b"close" | b"Close") {
+        return;
+    }
     for token in value.split(|&b| b == b',') {
         let token = token.trim_ascii();
         if token.is_empty()

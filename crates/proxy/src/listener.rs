@@ -247,6 +247,10 @@ impl http1::server::Service for RequestPath {
         body.lines()
     }
 
+    fn finish(body: &mut ResponseBody) {
+        body.finish();
+    }
+
     fn take_tunnel(&self) -> Option<Tunnel> {
         self.0
             .tunnel

@@ -241,10 +241,27 @@ impl ResponseBody {
 }
 
 impl Drop for ResponseBody {
-    /// The one place a request's outcome is recorded: in its version's
-    /// statistics always, and as an access-log entry when the log is on
-    /// or the request is sampled for the recent-requests reservoir.
     fn drop(&mut self) {
+        self.record();
+    }
+}
+
+impl ResponseBody {
+    /// The client has all of the body: its outcome is recorded, and what
+    /// it held for the backend (the in-flight count, the request gauge)
+    /// goes, as when it drops.
+    pub(crate) fn finish(&mut self) {
+        self.record();
+        self._in_flight = None;
+        self._request = None;
+    }
+
+    /// The one place a request's outcome is recorded (once: when the
+    /// client connection has written the body, else when it drops): in
+    /// its version's statistics always, and as an access-log entry when
+    /// the log is on or the request is sampled for the recent-requests
+    /// reservoir.
+    fn record(&mut self) {
         let Some(track) = self.track.take() else {
             return;
         };

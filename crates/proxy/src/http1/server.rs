@@ -78,6 +78,12 @@ pub(crate) trait Service {
 
     /// The tunnel the last response (a 101) agreed on, if any.
     fn take_tunnel(&self) -> Option<Tunnel>;
+
+    /// Called where a body lies once the client has been handed all of
+    /// it, before the flush: what the body's end means (its outcome) is
+    /// recorded now. A response is large, and dropping it there would
+    /// copy it first.
+    fn finish(body: &mut Self::Body);
 }
 
 /// The client connection's side of the listener.
@@ -445,8 +451,9 @@ where
         close: close || waits.lazy.closing || !pump.finished,
         ..reply_to
     };
+    let mut response = response;
     let (upgrade, close) =
-        match respond::<I, S>(conn, response, &mut pump, reply_to, ctx, waits, out).await {
+        match respond::<I, S>(conn, &mut response, &mut pump, reply_to, ctx, waits, out).await {
             Ok(how) => how,
             Err(()) => return Some(End::Drop),
         };
@@ -479,7 +486,7 @@ struct ReplyTo {
 /// the connection is dropped.
 async fn respond<I, S>(
     conn: &mut ClientConn<I>,
-    response: Response<S::Body>,
+    response: &mut Response<S::Body>,
     pump: &mut Pump,
     reply_to: ReplyTo,
     ctx: &ConnContext<'_>,
@@ -493,18 +500,17 @@ where
     let mut close = reply_to.close;
     let max_head = HeadLimits::of(&ctx.settings.limits).max_head;
     let send_timeout = ctx.settings.send_timeout;
-    let (parts, mut body) = response.into_parts();
-    let status = parts.status.as_u16();
+    let status = response.status().as_u16();
     let upgrade = status == 101;
     let no_body = reply_to.head || (100..200).contains(&status) || status == 204 || status == 304;
-    close |= parts
-        .headers
+    close |= response
+        .headers()
         .get_all(header::CONNECTION)
         .iter()
         .any(|v| has_token(v.as_bytes(), b"close"));
     let framing = if no_body {
         Framing::Empty
-    } else if let Some(n) = body.size_hint().exact() {
+    } else if let Some(n) = response.body().size_hint().exact() {
         Framing::Length(n)
     } else if reply_to.http10 {
         close = true;
@@ -515,22 +521,22 @@ where
     out.clear();
     encode_head(
         out,
-        &parts,
-        S::lines(&body),
+        response,
+        S::lines(response.body()),
         framing,
         Connection {
             close: close && !upgrade,
             keep_alive: reply_to.http10 && reply_to.keep_alive && !close,
         },
     );
-    drop(parts);
+    let body = response.body_mut();
     let mut writer = BodyWriter::new(out, framing);
     std::future::poll_fn(|cx| {
         // The backend may still be reading the request's body.
         if pump.poll(conn, cx).is_err() {
             return Poll::Ready(Err(()));
         }
-        let written = writer.poll(&mut conn.io, &mut body, cx);
+        let written = writer.poll(&mut conn.io, body, cx);
         if written.is_pending() {
             if conn.gone(cx, max_head) {
                 return Poll::Ready(Err(()));
@@ -552,7 +558,7 @@ where
         written
     })
     .await?;
-    drop(body);
+    S::finish(body);
     std::future::poll_fn(|cx| Pin::new(&mut conn.io).poll_flush(cx))
         .await
         .map_err(|_| ())?;
@@ -735,9 +741,9 @@ struct Connection {
 /// or hop-by-hop headers; they go first, then those in `parts`.
 /// `framing`: `Empty` (the headers stay as they are), `Length`, `Chunked`
 /// or `Close`.
-fn encode_head(
+fn encode_head<B>(
     out: &mut Vec<u8>,
-    parts: &http::response::Parts,
+    response: &Response<B>,
     lines: Option<&Lines>,
     framing: Framing,
     conn: Connection,
@@ -745,13 +751,13 @@ fn encode_head(
     // HTTP/1.1 to HTTP/1.0 clients too, as RFC 9110 §6.2 asks; the
     // framing and keep-alive are what HTTP/1.0 understands.
     out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(parts.status.as_str().as_bytes());
+    out.extend_from_slice(response.status().as_str().as_bytes());
     out.push(b' ');
-    match parts.extensions.get::<hyper::ext::ReasonPhrase>() {
+    match response.extensions().get::<hyper::ext::ReasonPhrase>() {
         Some(r) => out.extend_from_slice(r.as_bytes()),
         None => out.extend_from_slice(
-            parts
-                .status
+            response
+                .status()
                 .canonical_reason()
                 .unwrap_or_default()
                 .as_bytes(),
@@ -765,7 +771,7 @@ fn encode_head(
         out.extend_from_slice(&lines.bytes);
         dated = lines.has_date;
     }
-    for (name, value) in &parts.headers {
+    for (name, value) in response.headers() {
         if (framed && (name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING))
             || (ours && name == header::CONNECTION)
         {
@@ -1029,9 +1035,8 @@ mod tests {
     use std::task::Waker;
 
     fn head_of(resp: http::Response<()>, framing: Framing, conn: Connection) -> String {
-        let (parts, ()) = resp.into_parts();
         let mut out = Vec::new();
-        encode_head(&mut out, &parts, None, framing, conn);
+        encode_head(&mut out, &resp, None, framing, conn);
         String::from_utf8(out).unwrap()
     }
 
