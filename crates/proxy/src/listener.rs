@@ -247,8 +247,8 @@ impl http1::server::Service for RequestPath {
         body.lines()
     }
 
-    fn finish(body: &mut ResponseBody) {
-        body.finish();
+    fn finish(body: &mut ResponseBody, at: Instant) {
+        body.finish(at);
     }
 
     fn take_tunnel(&self) -> Option<Tunnel> {

@@ -115,14 +115,14 @@ impl Track {
         }
     }
 
-    fn outcome(&self) -> Outcome {
+    fn outcome(&self, end: Instant) -> Outcome {
         Outcome {
             route: self.route,
             pool: self.pool,
             backend: self.attempt.backend,
             status: self.status,
             cause: self.cause,
-            latency: self.start.elapsed(),
+            latency: end.saturating_duration_since(self.start),
             cohort: self.cohort,
         }
     }
@@ -242,7 +242,9 @@ impl ResponseBody {
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
-        self.record();
+        if self.track.is_some() {
+            self.record(Instant::now());
+        }
     }
 }
 
@@ -250,8 +252,9 @@ impl ResponseBody {
     /// The client has all of the body: its outcome is recorded, and what
     /// it held for the backend (the in-flight count, the request gauge)
     /// goes, as when it drops.
-    pub(crate) fn finish(&mut self) {
-        self.record();
+    /// `at`: when (the client connection's clock, read once for both).
+    pub(crate) fn finish(&mut self, at: Instant) {
+        self.record(at);
         self._in_flight = None;
         self._request = None;
     }
@@ -261,11 +264,11 @@ impl ResponseBody {
     /// its version's statistics always, and as an access-log entry when
     /// the log is on or the request is sampled for the recent-requests
     /// reservoir.
-    fn record(&mut self) {
+    fn record(&mut self, end: Instant) {
         let Some(track) = self.track.take() else {
             return;
         };
-        let outcome = track.outcome();
+        let outcome = track.outcome(end);
         let rt = track.staged.runtime(track.cohort);
         rt.stats.record(&outcome);
         if let Some(log) = self.log.take() {

@@ -80,10 +80,10 @@ pub(crate) trait Service {
     fn take_tunnel(&self) -> Option<Tunnel>;
 
     /// Called where a body lies once the client has been handed all of
-    /// it, before the flush: what the body's end means (its outcome) is
-    /// recorded now. A response is large, and dropping it there would
-    /// copy it first.
-    fn finish(body: &mut Self::Body);
+    /// it (`at`), before the flush: what the body's end means (its
+    /// outcome) is recorded now. A response is large, and dropping it
+    /// there would copy it first.
+    fn finish(body: &mut Self::Body, at: Instant);
 }
 
 /// The client connection's side of the listener.
@@ -458,7 +458,6 @@ where
             Err(()) => return Some(End::Drop),
         };
     conn.served += 1;
-    conn.idle_since = Instant::now();
     if upgrade {
         return Some(match service.take_tunnel() {
             Some(t) => End::Upgrade(t),
@@ -558,7 +557,10 @@ where
         written
     })
     .await?;
-    S::finish(body);
+    // One clock read for the outcome's end and the connection's idle
+    // clock.
+    conn.idle_since = Instant::now();
+    S::finish(body, conn.idle_since);
     std::future::poll_fn(|cx| Pin::new(&mut conn.io).poll_flush(cx))
         .await
         .map_err(|_| ())?;
