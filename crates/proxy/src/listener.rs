@@ -20,8 +20,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpListener;
-
-use crate::tcp::Tcp;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -33,6 +31,7 @@ use crate::http1::{self, head::Lines, server::ConnContext};
 use crate::io::{LazyPoll, MAX_CHECK, Rewind, SHUTDOWN_WRITE, Socket};
 use crate::proxy::ResponseBody;
 use crate::runtime::DataPlane;
+use crate::tcp::Tcp;
 use crate::tunnel::Tunnel;
 
 pub use crate::conn::ConnectionCount;

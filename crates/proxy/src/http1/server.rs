@@ -442,7 +442,7 @@ where
         Poll::Pending
     })
     .await;
-    let Some(response) = response else {
+    let Some(mut response) = response else {
         // The client left: its request (and the backend exchange) go.
         tracing::debug!(client = %ctx.client, "client went away mid-request");
         return Some(End::Drop);
@@ -451,7 +451,6 @@ where
         close: close || waits.lazy.closing || !pump.finished,
         ..reply_to
     };
-    let mut response = response;
     let (upgrade, close) =
         match respond::<I, S>(conn, &mut response, &mut pump, reply_to, ctx, waits, out).await {
             Ok(how) => how,
@@ -740,7 +739,7 @@ struct Connection {
 }
 
 /// `lines`: the backend's headers, already encoded and without framing
-/// or hop-by-hop headers; they go first, then those in `parts`.
+/// or hop-by-hop headers; they go first, then the response's own.
 /// `framing`: `Empty` (the headers stay as they are), `Length`, `Chunked`
 /// or `Close`.
 fn encode_head<B>(
