@@ -311,13 +311,6 @@ where
         if let Some(end) = exchange(conn, ctx, service, head, &mut waits, limits, &mut out).await {
             return end;
         }
-        // The request, which read from the buffer, is gone: the next one
-        // is read into the buffer's first bytes, which the cache still
-        // holds, rather than further along it (50 connections walking
-        // 8 KiB each miss the cache on every read; round 9).
-        if conn.buf.is_empty() {
-            let _ = conn.buf.try_reclaim(READ_SIZE);
-        }
         if out.capacity() > FLUSH_AT {
             out = Vec::new();
         }
