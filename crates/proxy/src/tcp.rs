@@ -101,12 +101,16 @@ impl AsyncRead for Tcp {
     ) -> Poll<io::Result<()>> {
         let stream = &self.0;
         let fd = stream.as_raw_fd();
+        // The task's budget, taken as tokio's own reads take it, so a
+        // connection that always has bytes still yields now and then.
+        let coop = ready!(tokio::task::coop::poll_proceed(cx));
         loop {
-            ready!(stream.poll_read_ready(cx))?;
             // SAFETY: only bytes the kernel wrote are marked filled.
             let unfilled = unsafe { buf.unfilled_mut() };
             let want = unfilled.len();
             let mut drained = None;
+            // Read first, while tokio's readiness says so; wait for it
+            // (registering the waker) only when it does not.
             let read = stream.try_io(Interest::READABLE, || {
                 let n = recv(fd, unfilled)?;
                 if n > 0 && n < want {
@@ -118,15 +122,39 @@ impl AsyncRead for Tcp {
                 Ok(n)
             });
             let n = match (drained, read) {
-                (Some(n), _) => n,
-                (None, Ok(n)) => n,
-                (None, Err(e)) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                (Some(n), _) | (None, Ok(n)) => n,
+                (None, Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                    ready!(stream.poll_read_ready(cx))?;
+                    continue;
+                }
                 (None, Err(e)) => return Poll::Ready(Err(e)),
             };
+            coop.made_progress();
             // SAFETY: the kernel initialised `n` bytes of `unfilled`.
             unsafe { buf.assume_init(n) };
             buf.advance(n);
             return Poll::Ready(Ok(()));
+        }
+    }
+}
+
+/// Writes by `call` once tokio's readiness allows, as [`Tcp::poll_read`]
+/// reads.
+fn poll_write_with(
+    stream: &TcpStream,
+    cx: &mut Context<'_>,
+    mut call: impl FnMut() -> io::Result<usize>,
+) -> Poll<io::Result<usize>> {
+    let coop = ready!(tokio::task::coop::poll_proceed(cx));
+    loop {
+        match stream.try_io(Interest::WRITABLE, &mut call) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                ready!(stream.poll_write_ready(cx))?;
+            }
+            done => {
+                coop.made_progress();
+                return Poll::Ready(done);
+            }
         }
     }
 }
@@ -137,15 +165,8 @@ impl AsyncWrite for Tcp {
         cx: &mut Context<'_>,
         from: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let stream = &self.0;
-        let fd = stream.as_raw_fd();
-        loop {
-            ready!(stream.poll_write_ready(cx))?;
-            match stream.try_io(Interest::WRITABLE, || send(fd, from)) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                done => return Poll::Ready(done),
-            }
-        }
+        let fd = self.0.as_raw_fd();
+        poll_write_with(&self.0, cx, || send(fd, from))
     }
 
     fn poll_write_vectored(
@@ -153,15 +174,8 @@ impl AsyncWrite for Tcp {
         cx: &mut Context<'_>,
         from: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let stream = &self.0;
-        let fd = stream.as_raw_fd();
-        loop {
-            ready!(stream.poll_write_ready(cx))?;
-            match stream.try_io(Interest::WRITABLE, || writev(fd, from)) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                done => return Poll::Ready(done),
-            }
-        }
+        let fd = self.0.as_raw_fd();
+        poll_write_with(&self.0, cx, || writev(fd, from))
     }
 
     fn is_write_vectored(&self) -> bool {

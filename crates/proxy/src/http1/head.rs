@@ -173,7 +173,11 @@ pub(crate) fn parse_request_head(
     let head = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(path.0 as usize..path.1 as usize))
         .map_err(|_| RequestHeadError::Malformed)?;
-    let mut headers = HeaderMap::with_capacity(spans.len());
+    // Filled in place: a map put in afterwards costs the drop of the
+    // empty one it replaces.
+    let mut request = Request::new(());
+    let headers = request.headers_mut();
+    headers.reserve(spans.len());
     let mut framing = RequestFraming::default();
     let (mut close, mut keep_alive, mut expect_continue) = (false, false, false);
     for s in &spans {
@@ -196,7 +200,6 @@ pub(crate) fn parse_request_head(
     }
     let http10 = minor == 0;
     let framing = framing.decide(http10);
-    let mut request = Request::new(());
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     *request.version_mut() = if http10 {
@@ -204,7 +207,6 @@ pub(crate) fn parse_request_head(
     } else {
         Version::HTTP_11
     };
-    *request.headers_mut() = headers;
     Ok(Some(RequestHead {
         request,
         framing,
