@@ -1236,3 +1236,26 @@ fn classify(e: H1Error, pool: &PoolRuntime, addr: SocketAddr) -> ProxyError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The host routing reads: without its port, lowercase, an IPv6
+    /// literal with its brackets, and the URI's when there is no header.
+    #[test]
+    fn host_of_drops_the_port_and_lowercases() {
+        let uri: Uri = "http://from.uri:81/x".parse().unwrap();
+        let host = |h: &str| {
+            let v = HeaderValue::from_str(h).unwrap();
+            host_of(Some(&v), &uri).map(Cow::into_owned)
+        };
+        assert_eq!(host("a.example:8080").as_deref(), Some("a.example"));
+        assert_eq!(host("A.Example").as_deref(), Some("a.example"));
+        assert_eq!(host("plain").as_deref(), Some("plain"));
+        assert_eq!(host("[::1]:8080").as_deref(), Some("[::1]"));
+        assert_eq!(host("[::1]").as_deref(), Some("[::1]"));
+        assert_eq!(host("a.example:").as_deref(), Some("a.example"));
+        assert_eq!(host_of(None, &uri).as_deref(), Some("from.uri"));
+    }
+}
