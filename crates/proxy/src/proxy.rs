@@ -63,8 +63,8 @@ pub struct ResponseBody {
     bytes: u64,
     /// Set for backend bodies: counts a backend breaking off mid-body.
     counters: Option<Arc<Counters>>,
-    _in_flight: Option<InFlight>,
-    _request: Option<RequestGauge>,
+    in_flight: Option<InFlight>,
+    request_gauge: Option<RequestGauge>,
     /// HTTP/2 only: an HTTP/1.1 connection knows when its response ends,
     /// and whether its client takes it.
     conn: Option<ConnGuard>,
@@ -255,8 +255,8 @@ impl ResponseBody {
     /// `at`: when (the client connection's clock, read once for both).
     pub(crate) fn finish(&mut self, at: Instant) {
         self.record(at);
-        self._in_flight = None;
-        self._request = None;
+        self.in_flight = None;
+        self.request_gauge = None;
     }
 
     /// The one place a request's outcome is recorded (once: when the
@@ -626,8 +626,8 @@ fn backend_response(
         inner: body,
         bytes: 0,
         counters: Some(info.plane.counters.clone()),
-        _in_flight: Some(held.in_flight),
-        _request: Some(held.gauge),
+        in_flight: Some(held.in_flight),
+        request_gauge: Some(held.gauge),
         conn: held.conn,
         track: Some(track),
         log: held.log,
@@ -844,8 +844,8 @@ fn error_response(
         inner: Inner::Full(Some(Bytes::from(e.body()))),
         bytes: 0,
         counters: None,
-        _in_flight: in_flight,
-        _request: gauge,
+        in_flight,
+        request_gauge: gauge,
         conn,
         track: Some(track),
         log,

@@ -3,10 +3,10 @@
 //! [`RawBackend`] records it byte for byte).
 
 use fulcrum_testkit::{RawBackend, RawReply, TestProxy, pool};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::{PATIENCE, raw_until_closed};
+use crate::{raw_until_closed, read_until};
 
 const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
 
@@ -37,43 +37,21 @@ fn status_of(text: &str) -> u16 {
 async fn exchange(proxy: &TestProxy, bytes: &[u8]) -> (u16, String) {
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     s.write_all(bytes).await.unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
-            let len = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length: "))
-                .map_or(0, |v| v.trim().parse::<usize>().unwrap());
-            if got.len() >= end + 4 + len {
-                let text = String::from_utf8_lossy(&got).into_owned();
-                return (status_of(&text), text);
-            }
-        }
-        let n = tokio::time::timeout(PATIENCE, s.read(&mut buf))
-            .await
-            .expect("no response in time")
-            .unwrap();
-        assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&got));
-        got.extend_from_slice(&buf[..n]);
-    }
-}
-
-/// Reads from `s` until what came is `done`; panics if the connection
-/// closes first or nothing more comes in time.
-async fn read_until(s: &mut TcpStream, done: impl Fn(&[u8]) -> bool) -> Vec<u8> {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !done(&got) {
-        let n = tokio::time::timeout(PATIENCE, s.read(&mut buf))
-            .await
-            .expect("no response in time")
-            .unwrap();
-        assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&got));
-        got.extend_from_slice(&buf[..n]);
-    }
-    got
+    let got = read_until(&mut s, |got| {
+        got.windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .is_some_and(|end| {
+                let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+                let len = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+                got.len() >= end + 4 + len
+            })
+    })
+    .await;
+    let text = String::from_utf8_lossy(&got).into_owned();
+    (status_of(&text), text)
 }
 
 // ---- one framing decision ----

@@ -25,6 +25,22 @@ use tokio::net::TcpStream;
 /// only ever reached when a test is about to fail.
 pub const PATIENCE: Duration = Duration::from_secs(5);
 
+/// Reads from `s` until what came is `done`; panics if the connection
+/// closes first or nothing more comes in time.
+pub async fn read_until(s: &mut TcpStream, done: impl Fn(&[u8]) -> bool) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !done(&got) {
+        let n = tokio::time::timeout(PATIENCE, s.read(&mut buf))
+            .await
+            .expect("no response in time")
+            .unwrap();
+        assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    got
+}
+
 /// Writes `bytes` on a fresh connection and reads until the proxy closes
 /// it; `None` if it stays open longer than `PATIENCE`.
 pub async fn raw_until_closed(addr: SocketAddr, bytes: &[u8]) -> Option<Vec<u8>> {

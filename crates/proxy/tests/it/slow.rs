@@ -12,7 +12,7 @@ use fulcrum_testkit::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::PATIENCE;
+use crate::{PATIENCE, read_until};
 
 const MS: fn(u64) -> Duration = Duration::from_millis;
 
@@ -175,15 +175,6 @@ async fn a_slow_body_above_the_minimum_rate_goes_through() {
         tokio::time::sleep(MS(100)).await;
         s.write_all(&[b'y'; 20]).await.unwrap();
     }
-    let mut got = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !got.ends_with(&[b'y'; 100]) {
-        let n = tokio::time::timeout(PATIENCE, s.read(&mut buf))
-            .await
-            .expect("no response in time")
-            .unwrap();
-        assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&got));
-        got.extend_from_slice(&buf[..n]);
-    }
+    let got = read_until(&mut s, |got| got.ends_with(&[b'y'; 100])).await;
     assert!(got.starts_with(b"HTTP/1.1 200 "));
 }
