@@ -949,6 +949,12 @@ struct Outbound<'a> {
     request_id: &'a HeaderValue,
 }
 
+impl Drop for Outbound<'_> {
+    fn drop(&mut self) {
+        crate::http1::head::keep_map(std::mem::take(&mut self.parts.headers));
+    }
+}
+
 impl<'a> Outbound<'a> {
     fn new(
         mut parts: http::request::Parts,

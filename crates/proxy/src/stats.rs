@@ -143,11 +143,13 @@ impl VersionStats {
     /// Count one request. A few relaxed adds; no allocation.
     #[inline]
     pub fn record(&self, o: &Outcome) {
+        // Once for both histograms it goes in.
+        let latency = Sample::of(o.latency);
         let route = o
             .route
             .and_then(|r| self.routes.get(r as usize))
             .unwrap_or(&self.unrouted);
-        route.count(o);
+        route.count(o, latency);
         let Some(pool) = o.pool.and_then(|p| self.pools.get(p as usize)) else {
             return;
         };
@@ -159,7 +161,7 @@ impl VersionStats {
                     (o.status / 100).clamp(1, 5) as usize - 1
                 };
                 b.classes[class].fetch_add(1, Relaxed);
-                b.latency.record(o.latency);
+                b.latency.add(latency);
             }
             None => {
                 pool.no_backend.fetch_add(1, Relaxed);
@@ -180,14 +182,14 @@ impl RouteStats {
     }
 
     #[inline]
-    fn count(&self, o: &Outcome) {
+    fn count(&self, o: &Outcome, latency: Sample) {
         if let Some(s) = self.statuses.get(o.status as usize) {
             s.fetch_add(1, Relaxed);
         }
         if let Some(c) = o.cause {
             self.causes[cause_index(c)].fetch_add(1, Relaxed);
         }
-        self.latency.record(o.latency);
+        self.latency.add(latency);
     }
 
     /// Requests answered with `status`.
@@ -270,9 +272,13 @@ impl Default for Histogram {
 impl Histogram {
     #[inline]
     pub fn record(&self, d: Duration) {
-        let us = d.as_micros().min(u64::MAX as u128) as u64;
-        self.buckets[bucket(us)].fetch_add(1, Relaxed);
-        self.sum_us.fetch_add(us, Relaxed);
+        self.add(Sample::of(d));
+    }
+
+    #[inline]
+    fn add(&self, s: Sample) {
+        self.buckets[s.bucket].fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(s.us, Relaxed);
     }
 
     /// A copy of the counts, for differencing and quantiles.
@@ -286,6 +292,28 @@ impl Histogram {
 
     pub fn sum(&self) -> Duration {
         Duration::from_micros(self.sum_us.load(Relaxed))
+    }
+}
+
+/// A duration as a histogram counts it: in microseconds, and its bucket.
+#[derive(Clone, Copy)]
+struct Sample {
+    us: u64,
+    bucket: usize,
+}
+
+impl Sample {
+    #[inline]
+    fn of(d: Duration) -> Sample {
+        // In u64: a u128 product for a value that never needs one.
+        let us = d
+            .as_secs()
+            .saturating_mul(1_000_000)
+            .saturating_add(u64::from(d.subsec_micros()));
+        Sample {
+            us,
+            bucket: bucket(us),
+        }
     }
 }
 
@@ -378,6 +406,21 @@ mod tests {
         assert_eq!(quantile(&[0; BUCKETS], 0.99), None);
         assert_eq!(h.count(), 100);
         assert_eq!(h.sum(), Duration::from_millis(5050));
+    }
+
+    #[test]
+    fn a_sample_is_whole_microseconds_as_as_micros_counts_them() {
+        for d in [
+            Duration::ZERO,
+            Duration::from_nanos(999),
+            Duration::new(3, 999_999_999),
+            Duration::from_secs(86_400),
+        ] {
+            let s = Sample::of(d);
+            assert_eq!(u128::from(s.us), d.as_micros(), "{d:?}");
+            assert_eq!(s.bucket, bucket(s.us));
+        }
+        assert_eq!(Sample::of(Duration::MAX).us, u64::MAX);
     }
 
     #[test]

@@ -108,10 +108,11 @@ impl AsyncRead for Tcp {
             // SAFETY: only bytes the kernel wrote are marked filled.
             let unfilled = unsafe { buf.unfilled_mut() };
             let want = unfilled.len();
-            let mut drained = None;
+            let (mut drained, mut called) = (None, false);
             // Read first, while tokio's readiness says so; wait for it
             // (registering the waker) only when it does not.
             let read = stream.try_io(Interest::READABLE, || {
+                called = true;
                 let n = recv(fd, unfilled)?;
                 if n > 0 && n < want {
                     // Drained: answering WouldBlock makes tokio clear the
@@ -123,7 +124,8 @@ impl AsyncRead for Tcp {
             });
             let n = match (drained, read) {
                 (Some(n), _) | (None, Ok(n)) => n,
-                (None, Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                // Not ready (no call made), or the call found nothing.
+                (None, Err(e)) if !called || e.kind() == io::ErrorKind::WouldBlock => {
                     ready!(stream.poll_read_ready(cx))?;
                     continue;
                 }
