@@ -15,6 +15,7 @@ mod conn;
 pub mod counters;
 pub mod error;
 #[doc(hidden)]
+#[cfg(feature = "fuzz")]
 pub mod fuzz;
 mod h2;
 pub mod headers;
