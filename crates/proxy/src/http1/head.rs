@@ -134,18 +134,20 @@ thread_local! {
     /// Header maps of this thread's latest forwarded requests, emptied
     /// for the next ones: building a request's map cost two allocations
     /// and dropping it two frees (bench/callgrind, round 9). Several, as
-    /// a thread parses the next requests of its other connections before
-    /// the first one's is sent.
+    /// a request keeps its map until its response head has come, and a
+    /// thread parses the requests of its other connections meanwhile.
     static SPARE_MAPS: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Maps kept per thread, and the most headers a kept one may have room
+/// Maps kept per thread (one per request in flight, as the read buffers
+/// of `io::SPARE_BUFFERS`), and the most headers a kept one may have room
 /// for: a map that grew past it is let go.
-const MAPS_KEPT: usize = 16;
+const MAPS_KEPT: usize = 64;
 const SPARE_MAP_HEADERS: usize = 64;
 
-/// Gives a request's header map back once the request has been sent, for
-/// a request head this thread parses next.
+/// Gives a request's header map back once it is done with (its response
+/// head has come, or its last attempt failed), for a request head this
+/// thread parses next.
 pub(crate) fn keep_map(mut map: HeaderMap) {
     if map.capacity() == 0 || map.capacity() > SPARE_MAP_HEADERS {
         return;
