@@ -46,9 +46,9 @@ thread_local! {
 /// Buffers kept per thread; past this, the oldest is let go. A buffer is
 /// busy from its request's send until the client has the response, so a
 /// thread needs about as many as it has exchanges in flight: 16 ran dry at
-/// 50 connections, and the misses cost an 8 KiB allocation each (bench/
-/// callgrind with 50 connections: 16,415 → 15,776 instructions a request).
-/// 64 hold at most 512 KiB a thread.
+/// 50 connections, and the misses cost an 8 KiB allocation each
+/// (bench/callgrind with 50 connections: 16,415 → 15,776 instructions a
+/// request). 64 hold at most 512 KiB a thread.
 const SPARE_BUFFERS: usize = 64;
 
 /// The latest finished exchange's buffer that no response still uses,
