@@ -415,10 +415,14 @@ enum Stage {
     /// The listener shuts down: GOAWAY went out, and the streams in
     /// progress finish (`serve`'s grace bounds how long).
     Draining,
-    /// GOAWAY went out for a reason of the connection's own (no request in
-    /// time, idle, too many resets): dropped at this deadline if its
-    /// streams have not ended by then.
+    /// GOAWAY went out because the client reset too many streams: dropped
+    /// at this deadline if its streams have not ended by then.
     Closing(Instant),
+    /// GOAWAY went out because the connection was quiet (no request within
+    /// the header timeout, or idle): closed at this deadline, or later once
+    /// a stream that crossed the GOAWAY has finished. Waiting on the
+    /// client's PING acknowledgement alone never holds it past the deadline.
+    Quiet(Instant),
 }
 
 impl Life<'_> {
@@ -442,7 +446,7 @@ impl Life<'_> {
                     // An error after we chose to close is our own doing
                     // (the GOAWAY, the cut), already counted by its cause.
                     if let Err(e) = res
-                        && !matches!(stage, Stage::Closing(_))
+                        && !matches!(stage, Stage::Closing(_) | Stage::Quiet(_))
                     {
                         count_connection_error(self.counters, &e);
                         tracing::debug!(client = %self.client, error = %e, "client connection ended with an error");
@@ -462,7 +466,12 @@ impl Life<'_> {
                 }
                 Event::Timer => match stage {
                     Stage::Closing(at) if now >= at => return,
-                    Stage::Closing(_) | Stage::Draining => {}
+                    Stage::Quiet(at) if now >= at => {
+                        if state.active.load(Relaxed) == 0 || self.send_timed_out(now) {
+                            return;
+                        }
+                    }
+                    Stage::Closing(_) | Stage::Quiet(_) | Stage::Draining => {}
                     Stage::Open if state.started.load(Relaxed) == 0 => {
                         if now < state.epoch + self.header_timeout {
                             continue;
@@ -470,15 +479,10 @@ impl Life<'_> {
                         // Never sent a request in time.
                         self.counters.head_timed_out(self.client);
                         graceful(conn);
-                        stage = Stage::Closing(now + SHUTDOWN_WRITE);
+                        stage = Stage::Quiet(now + SHUTDOWN_WRITE);
                     }
                     Stage::Open if state.active.load(Relaxed) > 0 => {
-                        if state
-                            .stalled_since()
-                            .is_some_and(|since| now >= since + self.send_timeout)
-                        {
-                            Counters::inc(&self.counters.client_send_timeout);
-                            tracing::debug!(client = %self.client, "client let no response move in send_timeout; closing");
+                        if self.send_timed_out(now) {
                             return;
                         }
                         step = (step * 2)
@@ -490,11 +494,33 @@ impl Life<'_> {
                             Counters::inc(&self.counters.client_idle_closed);
                             tracing::debug!(client = %self.client, "closing idle client connection");
                             graceful(conn);
-                            stage = Stage::Closing(now + self.send_timeout);
+                            stage = Stage::Quiet(now + SHUTDOWN_WRITE);
                         }
                     }
                 },
             }
+        }
+    }
+
+    /// Whether the client has let none of its responses move for
+    /// `send_timeout` (counted when it has).
+    fn send_timed_out(&self, now: Instant) -> bool {
+        let stalled = self
+            .state
+            .stalled_since()
+            .is_some_and(|since| now >= since + self.send_timeout);
+        if stalled {
+            Counters::inc(&self.counters.client_send_timeout);
+            tracing::debug!(client = %self.client, "client let no response move in send_timeout; closing");
+        }
+        stalled
+    }
+
+    /// `at`, or sooner when the streams' stall reaches `send_timeout`.
+    fn or_stalled(&self, at: Instant) -> Instant {
+        match self.state.stalled_since() {
+            Some(since) => at.min(since + self.send_timeout),
+            None => at,
         }
     }
 
@@ -510,16 +536,17 @@ impl Life<'_> {
         match stage {
             Stage::Draining => None,
             Stage::Closing(at) => Some(at),
+            Stage::Quiet(at) if now < at => Some(at),
             Stage::Open if state.started.load(Relaxed) == 0 => {
                 Some((state.epoch + self.header_timeout).min(now + step))
             }
-            Stage::Open if state.active.load(Relaxed) > 0 => {
-                let busy = now + step;
-                Some(match state.stalled_since() {
-                    Some(since) => busy.min(since + self.send_timeout),
-                    None => busy,
-                })
+            Stage::Open if state.active.load(Relaxed) > 0 => Some(self.or_stalled(now + step)),
+            // Past its deadline, the streams that crossed the GOAWAY are
+            // looked at every second; with none left, the timer fires now.
+            Stage::Quiet(_) if state.active.load(Relaxed) > 0 => {
+                Some(self.or_stalled(now + MAX_CHECK))
             }
+            Stage::Quiet(_) => Some(now),
             Stage::Open => Some(state.idle_since() + self.idle_timeout),
         }
     }

@@ -531,6 +531,11 @@ async fn rapid_reset_paced_under_the_pending_count_is_cut_off_too() {
 /// stream id), in order. Acknowledges its SETTINGS and PINGs as a client
 /// would (a graceful close waits for the PING after the first GOAWAY).
 async fn frames_until_closed(s: &mut TcpStream) -> Vec<(u8, u32)> {
+    frames_until_closed_acking(s, true).await
+}
+
+/// `frames_until_closed`, acknowledging PINGs only when `pings` is set.
+async fn frames_until_closed_acking(s: &mut TcpStream, pings: bool) -> Vec<(u8, u32)> {
     let mut seen = Vec::new();
     let mut frames = Vec::new();
     let mut buf = [0u8; 4096];
@@ -555,7 +560,7 @@ async fn frames_until_closed(s: &mut TcpStream) -> Vec<(u8, u32)> {
             let payload = &seen[i + 9..i + 9 + len];
             let ack = match (kind, flags & 1) {
                 (4, 0) => Some(frame(4, 1, 0, &[])),
-                (6, 0) => Some(frame(6, 1, 0, payload)),
+                (6, 0) if pings => Some(frame(6, 1, 0, payload)),
                 _ => None,
             };
             if let Some(ack) = ack {
@@ -620,6 +625,65 @@ async fn an_h2c_connection_idle_after_its_request_gets_goaway_before_it_closes()
     assert_eq!(a.hits(), 1);
     let c = proxy.plane.counters();
     assert_eq!((c.client_idle_closed, c.client_header_timeout), (1, 0));
+}
+
+/// A graceful close waits for the client to acknowledge a PING after the
+/// first GOAWAY; a client that never does cannot hold an idle connection
+/// for the send timeout (30 s) that way: it closes a second after.
+#[tokio::test]
+async fn an_idle_h2c_connection_closes_even_if_the_client_never_acknowledges_the_ping() {
+    let a = Backend::start("a").await;
+    let snap = SnapshotBuilder::new()
+        .pool(pool("p", &[a.addr]))
+        .catch_all("p")
+        .listener(|l| l.idle_timeout = Duration::from_millis(200))
+        .build();
+    let proxy = TestProxy::start(snap).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(PREFACE).await.unwrap();
+    s.write_all(&frame(4, 0, 0, &[])).await.unwrap();
+    let block = [
+        0x82, 0x86, 0x84, 0x41, 0x06, b'x', b'.', b't', b'e', b's', b't',
+    ];
+    s.write_all(&frame(1, 0x5, 1, &block)).await.unwrap();
+    let frames = frames_until_closed_acking(&mut s, false).await;
+    assert!(
+        frames.iter().any(|&(kind, _)| kind == GOAWAY),
+        "closed without a GOAWAY: {frames:?}"
+    );
+    assert_eq!(proxy.plane.counters().client_idle_closed, 1);
+}
+
+/// A request that crosses the GOAWAY of a quiet connection is still
+/// answered, though its answer comes after the close would have.
+#[tokio::test]
+async fn a_request_that_crosses_a_quiet_goaway_is_answered_before_the_close() {
+    let a = Backend::start("a").await;
+    // Answered 1.3 s after the GOAWAY: past the close of a quiet
+    // connection (1 s), well within the response timeout.
+    a.set_mode(Mode::Delay(Duration::from_millis(1300)));
+    let mut p = pool("p", &[a.addr]);
+    p.timeouts.response = Duration::from_secs(5);
+    let snap = SnapshotBuilder::new()
+        .pool(p)
+        .catch_all("p")
+        .listener(|l| l.header_timeout = Duration::from_millis(200))
+        .build();
+    let proxy = TestProxy::start(snap).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(PREFACE).await.unwrap();
+    s.write_all(&frame(4, 0, 0, &[])).await.unwrap();
+    assert!(until_goaway_or_close(&mut s).await.is_some());
+    let block = [
+        0x82, 0x86, 0x84, 0x41, 0x06, b'x', b'.', b't', b'e', b's', b't',
+    ];
+    s.write_all(&frame(1, 0x5, 1, &block)).await.unwrap();
+    let frames = frames_until_closed_acking(&mut s, false).await;
+    assert!(
+        frames.contains(&(1, 1)),
+        "closed before the answer: {frames:?}"
+    );
+    assert_eq!(a.hits(), 1);
 }
 
 #[tokio::test]
