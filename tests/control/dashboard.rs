@@ -433,6 +433,45 @@ async fn the_dashboard_asks_for_the_token_then_shows_shares_changes_and_rolls_ba
         "{version}"
     );
 
+    // Any stored version can serve again, not only the parent: v2's own
+    // button, confirmed, serves its exact bytes.
+    page.wait(
+        "v2's button",
+        "(b => b ? (b.click(), true) : null)(document.querySelector('#versions [data-serve=\"2\"]'))",
+    )
+    .await;
+    let asked = page
+        .wait(
+            "the confirmation for v2",
+            "!document.getElementById('rollback-confirm').hidden && document.getElementById('rollback-what').textContent",
+        )
+        .await;
+    assert!(
+        asked.as_str().unwrap().contains("serve v2 again"),
+        "{asked}"
+    );
+    page.click("rollback-yes").await;
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (_, headers, text) = lb.call("GET", "/config", "", Some(TOKEN)).await;
+        if headers["fulcrum-version"] == "2" {
+            assert_eq!(text, v2, "the exact bytes of v2 serve again");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "v2's button did not serve v2: {}",
+            page.eval("document.getElementById('rollback-result').textContent")
+                .await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    page.wait(
+        "the rollback to v2 in the timeline",
+        "[...document.querySelectorAll('#timeline [data-kind=\"rolled_back\"]')].some((e) => e.textContent.includes('to v2 by dashboard'))",
+    )
+    .await;
+
     // The page fetched nothing from anywhere else, and threw nothing.
     let elsewhere: Vec<&String> = page
         .requests

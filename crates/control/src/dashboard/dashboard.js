@@ -14,6 +14,9 @@ const DATA = ['serving', 'versions-now', 'guard', 'pools', 'routes', 'incidents'
 
 let session = null; // { token, abort }: one per sign-in
 let data = fresh();
+// The version chosen in the list to serve again, or null: the rollback
+// button's own target (the canary, or the serving version's parent).
+let rollbackTo = null;
 
 function fresh() {
   // guard: undefined until asked, null when the server has no guard.
@@ -259,6 +262,7 @@ function stop() {
   for (const id of DATA) $(id).replaceChildren();
   delete $('serving').dataset.version;
   $('rollback-confirm').hidden = true;
+  rollbackTo = null;
   live(null);
 }
 
@@ -283,10 +287,12 @@ function renderNow() {
   }
   if (st.drift?.problems?.length) rows.push(el('ul', { class: 'drift' }, st.drift.problems.map((p) => el('li', {}, 'drift: ' + p))));
   $('versions-now').replaceChildren(...rows);
-  // What the rollback button would do.
+  // What the rollback button would do, or the version chosen in the list.
   const target = st.canary ? `drop canary v${st.canary.version.number}; v${v.number} keeps serving`
     : v.parent ? `serve v${v.parent} again instead of v${v.number}` : null;
-  $('rollback-what').textContent = target ? `Roll back: ${target}?` : '';
+  const chosen = rollbackTo !== null && !st.canary && rollbackTo !== v.number
+    ? `serve v${rollbackTo} again instead of v${v.number}` : null;
+  $('rollback-what').textContent = chosen || target ? `Roll back: ${chosen || target}?` : '';
   $('rollback-ask').disabled = !target;
   $('rollback-ask').title = target ? '' : `v${v.number} is the first version: nothing to roll back to`;
 }
@@ -401,9 +407,13 @@ function renderIncidents() {
 function renderVersions() {
   const h = data.history;
   if (!h) return;
+  // Any stored version can serve again, not only the parent (when the
+  // parent was bad too); not while a canary runs: that is dropped first.
+  const canary = h.versions.some((v) => v.state === 'canary');
   $('versions').replaceChildren(...h.versions.map((v) =>
     el('details', { class: 'version', 'data-version': v.number, 'data-state': v.state, open: v.state !== 'stored' ? '' : null },
-      el('summary', {}, `v${v.number} `, badge(v.state), ` by ${v.author}`, v.message ? `: ${v.message}` : '', ' · ', clock(v.time), ` · ${v.hash}`),
+      el('summary', {}, `v${v.number} `, badge(v.state), ` by ${v.author}`, v.message ? `: ${v.message}` : '', ' · ', clock(v.time), ` · ${v.hash}`,
+        v.state === 'stored' && !canary ? [' ', el('button', { type: 'button', class: 'serve-again', 'data-serve': v.number }, `Serve v${v.number} again…`)] : null),
       v.parent == null ? el('p', { class: 'muted' }, 'the first version') : diffOf(v.number))));
 }
 
@@ -420,7 +430,10 @@ function renderTimeline() {
 async function rollback() {
   const why = $('rollback-reason').value.trim() || 'rolled back from the dashboard';
   $('rollback-confirm').hidden = true;
-  const r = await api('/rollback?' + new URLSearchParams({ author: 'dashboard', reason: why }), { method: 'POST' });
+  const query = { author: 'dashboard', reason: why };
+  if (rollbackTo !== null) query.to = rollbackTo;
+  rollbackTo = null;
+  const r = await api('/rollback?' + new URLSearchParams(query), { method: 'POST' });
   const body = await r.json().catch(() => ({}));
   $('rollback-result').textContent = r.ok ? body.summary : `refused: ${body.error || r.status}`;
   $('rollback-result').className = r.ok ? 'pass' : 'fail';
@@ -435,11 +448,25 @@ $('login-form').addEventListener('submit', (e) => {
   signIn($('token').value.trim());
 });
 $('sign-out').addEventListener('click', () => signOut('signed out'));
-$('rollback-ask').addEventListener('click', () => {
+function askRollback(to) {
+  rollbackTo = to;
+  renderNow();
   $('rollback-result').textContent = '';
   $('rollback-confirm').hidden = false;
+  $('rollback-reason').focus();
+}
+$('rollback-ask').addEventListener('click', () => askRollback(null));
+$('versions').addEventListener('click', (e) => {
+  const button = e.target.closest('button[data-serve]');
+  if (!button) return;
+  // A button in a <summary> would also open or close its version.
+  e.preventDefault();
+  askRollback(Number(button.dataset.serve));
 });
-$('rollback-no').addEventListener('click', () => ($('rollback-confirm').hidden = true));
+$('rollback-no').addEventListener('click', () => {
+  rollbackTo = null;
+  $('rollback-confirm').hidden = true;
+});
 $('rollback-yes').addEventListener('click', () => rollback().catch(trouble));
 
 const saved = sessionStorage.getItem(KEY);
