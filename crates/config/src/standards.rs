@@ -376,8 +376,66 @@ fn loc(d: &Diags<'_>, file: &str, span: std::ops::Range<usize>) -> Location {
     }
 }
 
+/// A raw `[[rule]]` checked into a [`Rule`], or `None` once any of its
+/// parts reported an error.
 fn rule(d: &mut Diags<'_>, file: &str, p: &str, raw: RawRule) -> Option<Rule> {
-    let errors_before = d.list.iter().filter(|x| x.is_error()).count();
+    let errors_before = error_count(d);
+    let assertions = assertions(d, file, &raw);
+    let name = rule_name(d, p, &raw);
+    let routing = routing(d, p, &raw);
+    let pools = pool_assertions(d, p, &raw);
+    let rule = Rule {
+        name,
+        key_path: p.to_owned(),
+        location: loc(d, file, raw.name.span()),
+        assertions,
+        request: routing.request,
+        expect_route: routing.expect_route,
+        expect_pool: routing.expect_pool,
+        expect_status: routing.expect_status,
+        probe: routing.probe,
+        body: routing.body,
+        pool: pools.pool,
+        min_backends: pools.min_backends,
+        max_backend_share: pools.max_backend_share,
+        algorithms: pools.algorithms,
+        require_health_check: pools.require_health_check,
+        require_outlier_detection: pools.require_outlier_detection,
+        connect_timeout: pools.connect_timeout,
+        response_timeout: pools.response_timeout,
+        idle_timeout: pools.idle_timeout,
+        allowed_backends: pools.allowed_backends,
+        every_pool_used: flag(&raw.every_pool_used),
+        no_shadowed_routes: flag(&raw.no_shadowed_routes),
+        admin_on_loopback: flag(&raw.admin_on_loopback),
+        require_version: flag(&raw.require_version),
+    };
+    if rule.assertions.is_empty() && error_count(d) == errors_before {
+        d.error(
+            "rule-without-assertion",
+            Some(raw.name.span()),
+            p,
+            format!("rule `{}` asserts nothing", rule.name),
+        )
+        .hint("add an assertion such as `expect_pool`, `max_backend_share` or `every_pool_used = true`");
+    }
+    let ok = error_count(d) == errors_before;
+    ok.then_some(rule)
+}
+
+/// Errors so far; a rule compares counts because `d` holds the whole file's.
+fn error_count(d: &Diags<'_>) -> usize {
+    d.list.iter().filter(|x| x.is_error()).count()
+}
+
+/// An absent flag asserts nothing, like `false`.
+fn flag(f: &Option<Spanned<bool>>) -> bool {
+    f.as_ref().is_some_and(|b| *b.get_ref())
+}
+
+/// Each assertion key present and where, in file order: reports point at
+/// the broken one.
+fn assertions(d: &Diags<'_>, file: &str, raw: &RawRule) -> Vec<(&'static str, Location)> {
     let mut assertions = Vec::new();
     macro_rules! note {
         ($field:ident) => {
@@ -403,7 +461,11 @@ fn rule(d: &mut Diags<'_>, file: &str, p: &str, raw: RawRule) -> Option<Rule> {
     note!(admin_on_loopback);
     note!(require_version);
     assertions.sort_by_key(|(_, l)| (l.line, l.col));
+    assertions
+}
 
+/// The rule's name, trimmed; reports name it, so an empty one is an error.
+fn rule_name(d: &mut Diags<'_>, p: &str, raw: &RawRule) -> String {
     let name = raw.name.get_ref().trim().to_owned();
     if name.is_empty() {
         d.error(
@@ -414,7 +476,21 @@ fn rule(d: &mut Diags<'_>, file: &str, p: &str, raw: RawRule) -> Option<Rule> {
         )
         .hint("name the rule after what it protects, e.g. \"logins reach the auth pool\"");
     }
+    name
+}
 
+/// The routing part of a [`Rule`], checked.
+struct RoutingAssertions {
+    request: Option<RuleRequest>,
+    expect_route: Option<String>,
+    expect_pool: Option<String>,
+    expect_status: Option<u16>,
+    probe: bool,
+    body: Option<String>,
+}
+
+/// The routing part: `request`, where it must go and what pre-flight sends.
+fn routing(d: &mut Diags<'_>, p: &str, raw: &RawRule) -> RoutingAssertions {
     let request = raw.request.as_ref().and_then(|r| {
         request(
             d,
@@ -424,6 +500,28 @@ fn rule(d: &mut Diags<'_>, file: &str, p: &str, raw: RawRule) -> Option<Rule> {
             &format!("{p}.request"),
         )
     });
+    request_pairing(d, p, raw);
+    let probe = probe(d, p, raw, request.as_ref());
+    let expect_status = expect_status(d, p, raw);
+    RoutingAssertions {
+        request,
+        expect_route: raw
+            .expect_route
+            .as_ref()
+            .map(|s| s.get_ref().trim().to_owned()),
+        expect_pool: raw
+            .expect_pool
+            .as_ref()
+            .map(|s| s.get_ref().trim().to_owned()),
+        expect_status,
+        probe,
+        body: raw.body.as_ref().map(|b| b.get_ref().clone()),
+    }
+}
+
+/// Errors for a `request` that asserts nothing and for routing keys that
+/// have no `request` to apply to.
+fn request_pairing(d: &mut Diags<'_>, p: &str, raw: &RawRule) {
     let routing =
         raw.expect_route.is_some() || raw.expect_pool.is_some() || raw.expect_status.is_some();
     if routing && raw.request.is_none() {
@@ -453,8 +551,11 @@ fn rule(d: &mut Diags<'_>, file: &str, p: &str, raw: RawRule) -> Option<Rule> {
         )
         .hint("add `request = \"METHOD URL\"` or remove them");
     }
-    let probe = probe(d, p, &raw, request.as_ref());
-    let expect_status = raw.expect_status.as_ref().and_then(|s| {
+}
+
+/// `expect_status`, which must be an HTTP status.
+fn expect_status(d: &mut Diags<'_>, p: &str, raw: &RawRule) -> Option<u16> {
+    raw.expect_status.as_ref().and_then(|s| {
         let v = *s.get_ref();
         if (100..=599).contains(&v) {
             Some(v as u16)
@@ -468,8 +569,59 @@ fn rule(d: &mut Diags<'_>, file: &str, p: &str, raw: RawRule) -> Option<Rule> {
             .hint("write a status from 100 to 599, e.g. 404");
             None
         }
-    });
+    })
+}
 
+/// The pool part of a [`Rule`], checked.
+struct PoolAssertions {
+    pool: Option<PoolSelector>,
+    min_backends: Option<usize>,
+    max_backend_share: Option<f64>,
+    algorithms: Option<Vec<String>>,
+    require_health_check: bool,
+    require_outlier_detection: bool,
+    connect_timeout: Option<DurationRange>,
+    response_timeout: Option<DurationRange>,
+    idle_timeout: Option<DurationRange>,
+    allowed_backends: Option<Vec<AddrPattern>>,
+}
+
+/// The pool part: which pools, and what must hold of each.
+fn pool_assertions(d: &mut Diags<'_>, p: &str, raw: &RawRule) -> PoolAssertions {
+    let pool = pool_selector(d, p, raw);
+    let min_backends = min_backends(d, p, raw);
+    let max_backend_share = max_backend_share(d, p, raw);
+    let algorithms = algorithms(d, p, raw);
+    let connect_timeout = raw
+        .connect_timeout
+        .as_ref()
+        .and_then(|r| range(d, r, &format!("{p}.connect_timeout")));
+    let response_timeout = raw
+        .response_timeout
+        .as_ref()
+        .and_then(|r| range(d, r, &format!("{p}.response_timeout")));
+    let idle_timeout = raw
+        .idle_timeout
+        .as_ref()
+        .and_then(|r| range(d, r, &format!("{p}.idle_timeout")));
+    let allowed_backends = allowed_backends(d, p, raw);
+    PoolAssertions {
+        pool,
+        min_backends,
+        max_backend_share,
+        algorithms,
+        require_health_check: flag(&raw.require_health_check),
+        require_outlier_detection: flag(&raw.require_outlier_detection),
+        connect_timeout,
+        response_timeout,
+        idle_timeout,
+        allowed_backends,
+    }
+}
+
+/// `pool`, with errors for pool assertions without one and for one without
+/// pool assertions.
+fn pool_selector(d: &mut Diags<'_>, p: &str, raw: &RawRule) -> Option<PoolSelector> {
     let pool_keys = raw.min_backends.is_some()
         || raw.max_backend_share.is_some()
         || raw.algorithms.is_some()
@@ -501,7 +653,12 @@ fn rule(d: &mut Diags<'_>, file: &str, p: &str, raw: RawRule) -> Option<Rule> {
         )
         .hint("add e.g. `min_backends = 2` or `max_backend_share = 0.5`");
     }
-    let min_backends = raw.min_backends.as_ref().and_then(|v| {
+    pool
+}
+
+/// `min_backends`, which must not be negative.
+fn min_backends(d: &mut Diags<'_>, p: &str, raw: &RawRule) -> Option<usize> {
+    raw.min_backends.as_ref().and_then(|v| {
         usize::try_from(*v.get_ref()).ok().or_else(|| {
             d.error(
                 "out-of-range",
@@ -512,8 +669,12 @@ fn rule(d: &mut Diags<'_>, file: &str, p: &str, raw: RawRule) -> Option<Rule> {
             .hint("write a count of backends, e.g. 2");
             None
         })
-    });
-    let max_backend_share = raw.max_backend_share.as_ref().and_then(|v| {
+    })
+}
+
+/// `max_backend_share`, which must be a share in (0, 1].
+fn max_backend_share(d: &mut Diags<'_>, p: &str, raw: &RawRule) -> Option<f64> {
+    raw.max_backend_share.as_ref().and_then(|v| {
         let x = *v.get_ref();
         if x > 0.0 && x <= 1.0 {
             Some(x)
@@ -527,8 +688,12 @@ fn rule(d: &mut Diags<'_>, file: &str, p: &str, raw: RawRule) -> Option<Rule> {
             .hint("write a fraction, e.g. 0.5 for \"no backend gets more than half\"");
             None
         }
-    });
-    let algorithms = raw.algorithms.as_ref().map(|list| {
+    })
+}
+
+/// `algorithms`, keeping the known names and reporting each unknown one.
+fn algorithms(d: &mut Diags<'_>, p: &str, raw: &RawRule) -> Option<Vec<String>> {
+    raw.algorithms.as_ref().map(|list| {
         let mut out = Vec::new();
         for (i, a) in list.get_ref().iter().enumerate() {
             let name = a.get_ref().trim();
@@ -545,21 +710,12 @@ fn rule(d: &mut Diags<'_>, file: &str, p: &str, raw: RawRule) -> Option<Rule> {
             }
         }
         out
-    });
-    let connect_timeout = raw
-        .connect_timeout
-        .as_ref()
-        .and_then(|r| range(d, r, &format!("{p}.connect_timeout")));
-    let response_timeout = raw
-        .response_timeout
-        .as_ref()
-        .and_then(|r| range(d, r, &format!("{p}.response_timeout")));
-    let idle_timeout = raw
-        .idle_timeout
-        .as_ref()
-        .and_then(|r| range(d, r, &format!("{p}.idle_timeout")));
+    })
+}
 
-    let allowed_backends = raw.allowed_backends.as_ref().and_then(|list| {
+/// `allowed_backends`, only when every pattern parses and there is one.
+fn allowed_backends(d: &mut Diags<'_>, p: &str, raw: &RawRule) -> Option<Vec<AddrPattern>> {
+    raw.allowed_backends.as_ref().and_then(|list| {
         let mut out = Vec::new();
         for (i, a) in list.get_ref().iter().enumerate() {
             match AddrPattern::parse(a.get_ref()) {
@@ -585,53 +741,7 @@ fn rule(d: &mut Diags<'_>, file: &str, p: &str, raw: RawRule) -> Option<Rule> {
             .hint("list the servers this pool may use, e.g. [\"10.0.1.0/24\"]");
         }
         (out.len() == list.get_ref().len() && !out.is_empty()).then_some(out)
-    });
-
-    let flag = |f: &Option<Spanned<bool>>| f.as_ref().is_some_and(|b| *b.get_ref());
-    let rule = Rule {
-        name,
-        key_path: p.to_owned(),
-        location: loc(d, file, raw.name.span()),
-        assertions,
-        request,
-        expect_route: raw
-            .expect_route
-            .as_ref()
-            .map(|s| s.get_ref().trim().to_owned()),
-        expect_pool: raw
-            .expect_pool
-            .as_ref()
-            .map(|s| s.get_ref().trim().to_owned()),
-        expect_status,
-        probe,
-        body: raw.body.as_ref().map(|b| b.get_ref().clone()),
-        pool,
-        min_backends,
-        max_backend_share,
-        algorithms,
-        require_health_check: flag(&raw.require_health_check),
-        require_outlier_detection: flag(&raw.require_outlier_detection),
-        connect_timeout,
-        response_timeout,
-        idle_timeout,
-        allowed_backends,
-        every_pool_used: flag(&raw.every_pool_used),
-        no_shadowed_routes: flag(&raw.no_shadowed_routes),
-        admin_on_loopback: flag(&raw.admin_on_loopback),
-        require_version: flag(&raw.require_version),
-    };
-    if rule.assertions.is_empty() && d.list.iter().filter(|x| x.is_error()).count() == errors_before
-    {
-        d.error(
-            "rule-without-assertion",
-            Some(raw.name.span()),
-            p,
-            format!("rule `{}` asserts nothing", rule.name),
-        )
-        .hint("add an assertion such as `expect_pool`, `max_backend_share` or `every_pool_used = true`");
-    }
-    let ok = d.list.iter().filter(|x| x.is_error()).count() == errors_before;
-    ok.then_some(rule)
+    })
 }
 
 /// Whether pre-flight sends the rule's request, with a diagnostic for a

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use fulcrum_proxy::stats::{self, Histogram, VersionStats};
+use fulcrum_proxy::stats::{self, Histogram, PoolStats, RouteStats, VersionStats};
 use fulcrum_proxy::{BackendStatus, CounterValues};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -75,28 +75,149 @@ pub fn render(c: &Controller, guard: Option<Arc<crate::guard::View>>) -> String 
 
 type Labels = Vec<(&'static str, String)>;
 
+/// The families of one scrape, written in call order.
+struct Families<'e> {
+    enc: DescriptorEncoder<'e>,
+}
+
+impl Families<'_> {
+    /// One family and its series; a family without series is left out, so
+    /// the text has no descriptor without samples.
+    fn family(
+        &mut self,
+        name: &str,
+        help: &str,
+        kind: MetricType,
+        series: Vec<(Labels, Value<'_>)>,
+    ) -> Result<(), std::fmt::Error> {
+        if series.is_empty() {
+            return Ok(());
+        }
+        let mut m = self.enc.encode_descriptor(name, help, None, kind)?;
+        for (labels, v) in series {
+            let e = m.encode_family(&labels)?;
+            match v {
+                Value::Counter(n) => ConstCounter::new(n).encode(e)?,
+                Value::Gauge(g) => ConstGauge::new(g).encode(e)?,
+                Value::Histogram(h) => encode_histogram(h, e)?,
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Collector for Scrape {
-    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let mut family = |name: &str,
-                          help: &str,
-                          kind: MetricType,
-                          series: Vec<(Labels, Value<'_>)>|
-         -> Result<(), std::fmt::Error> {
-            if series.is_empty() {
-                return Ok(());
+    fn encode(&self, enc: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let mut out = Families { enc };
+        self.encode_serving(&mut out)?;
+        self.encode_traffic(&mut out)?;
+        self.encode_backend_state(&mut out)?;
+        self.encode_counters(&mut out)?;
+        if let Some(g) = &self.guard {
+            self.encode_guard(g, &mut out)?;
+        }
+        out.family(
+            "access_log_dropped",
+            "Access-log lines dropped because the writer fell behind.",
+            MetricType::Counter,
+            vec![(Vec::new(), Value::Counter(self.access_log_dropped))],
+        )?;
+        Ok(())
+    }
+}
+
+/// The series the per-version statistics feed, one list per family, so a
+/// single pass over the statistics fills every family.
+#[derive(Default)]
+struct Traffic<'a> {
+    requests: Vec<(Labels, Value<'a>)>,
+    errors: Vec<(Labels, Value<'a>)>,
+    route_latency: Vec<(Labels, Value<'a>)>,
+    responses: Vec<(Labels, Value<'a>)>,
+    backend_latency: Vec<(Labels, Value<'a>)>,
+    no_backend: Vec<(Labels, Value<'a>)>,
+}
+
+impl<'a> Traffic<'a> {
+    /// Every version's routes (and unrouted requests), then its pools.
+    fn gather(stats: &'a [Arc<VersionStats>]) -> Traffic<'a> {
+        let mut t = Traffic::default();
+        for s in stats {
+            let version = s.version.to_string();
+            for r in s.routes.iter().chain([&s.unrouted]) {
+                t.route(&version, r);
             }
-            let mut m = enc.encode_descriptor(name, help, None, kind)?;
-            for (labels, v) in series {
-                let e = m.encode_family(&labels)?;
-                match v {
-                    Value::Counter(n) => ConstCounter::new(n).encode(e)?,
-                    Value::Gauge(g) => ConstGauge::new(g).encode(e)?,
-                    Value::Histogram(h) => encode_histogram(h, e)?,
-                }
+            for p in s.pools.iter() {
+                t.pool(&version, p);
             }
-            Ok(())
-        };
-        family(
+        }
+        t
+    }
+
+    /// A route's requests by status, errors by cause, and latency.
+    fn route(&mut self, version: &str, r: &'a RouteStats) {
+        let base = vec![
+            ("version", version.to_owned()),
+            ("route", r.name.to_string()),
+            ("pool", r.pool.as_deref().unwrap_or("").to_owned()),
+        ];
+        for (code, n) in r.statuses() {
+            let mut l = base.clone();
+            l.push(("code", code.to_string()));
+            self.requests.push((l, Value::Counter(n)));
+        }
+        for cause in [
+            fulcrum_proxy::Cause::Client,
+            fulcrum_proxy::Cause::Backend,
+            fulcrum_proxy::Cause::Proxy,
+        ] {
+            let n = r.errors(cause);
+            if n > 0 {
+                let mut l = base.clone();
+                l.push(("cause", cause.as_str().to_owned()));
+                self.errors.push((l, Value::Counter(n)));
+            }
+        }
+        if r.requests() > 0 {
+            self.route_latency
+                .push((base, Value::Histogram(&r.latency)));
+        }
+    }
+
+    /// A pool's unserved requests, and each backend's responses by status
+    /// class and latency.
+    fn pool(&mut self, version: &str, p: &'a PoolStats) {
+        self.no_backend.push((
+            vec![
+                ("version", version.to_owned()),
+                ("pool", p.name.to_string()),
+            ],
+            Value::Counter(p.no_backend.load(std::sync::atomic::Ordering::Relaxed)),
+        ));
+        for b in p.backends.iter() {
+            let base = vec![
+                ("version", version.to_owned()),
+                ("pool", p.name.to_string()),
+                ("backend", b.addr.to_string()),
+            ];
+            for class in 1..=5u16 {
+                let mut l = base.clone();
+                l.push(("class", format!("{class}xx")));
+                self.responses.push((l, Value::Counter(b.class(class))));
+            }
+            let mut l = base.clone();
+            l.push(("class", "error".to_owned()));
+            self.responses.push((l, Value::Counter(b.errors())));
+            self.backend_latency
+                .push((base, Value::Histogram(&b.latency)));
+        }
+    }
+}
+
+impl Scrape {
+    /// `config_info`: the versions serving and the share of clients each gets.
+    fn encode_serving(&self, out: &mut Families<'_>) -> Result<(), std::fmt::Error> {
+        out.family(
             "config_info",
             "The config versions serving: stored number, label and cohort (the value is the share of clients served).",
             MetricType::Gauge,
@@ -113,102 +234,52 @@ impl Collector for Scrape {
                     )
                 })
                 .collect(),
-        )?;
-        let mut requests = Vec::new();
-        let mut errors = Vec::new();
-        let mut route_latency = Vec::new();
-        let mut responses = Vec::new();
-        let mut backend_latency = Vec::new();
-        let mut no_backend = Vec::new();
-        for s in &self.stats {
-            let version = s.version.to_string();
-            for r in s.routes.iter().chain([&s.unrouted]) {
-                let base = vec![
-                    ("version", version.clone()),
-                    ("route", r.name.to_string()),
-                    ("pool", r.pool.as_deref().unwrap_or("").to_owned()),
-                ];
-                for (code, n) in r.statuses() {
-                    let mut l = base.clone();
-                    l.push(("code", code.to_string()));
-                    requests.push((l, Value::Counter(n)));
-                }
-                for cause in [
-                    fulcrum_proxy::Cause::Client,
-                    fulcrum_proxy::Cause::Backend,
-                    fulcrum_proxy::Cause::Proxy,
-                ] {
-                    let n = r.errors(cause);
-                    if n > 0 {
-                        let mut l = base.clone();
-                        l.push(("cause", cause.as_str().to_owned()));
-                        errors.push((l, Value::Counter(n)));
-                    }
-                }
-                if r.requests() > 0 {
-                    route_latency.push((base, Value::Histogram(&r.latency)));
-                }
-            }
-            for p in s.pools.iter() {
-                no_backend.push((
-                    vec![("version", version.clone()), ("pool", p.name.to_string())],
-                    Value::Counter(p.no_backend.load(std::sync::atomic::Ordering::Relaxed)),
-                ));
-                for b in p.backends.iter() {
-                    let base = vec![
-                        ("version", version.clone()),
-                        ("pool", p.name.to_string()),
-                        ("backend", b.addr.to_string()),
-                    ];
-                    for class in 1..=5u16 {
-                        let mut l = base.clone();
-                        l.push(("class", format!("{class}xx")));
-                        responses.push((l, Value::Counter(b.class(class))));
-                    }
-                    let mut l = base.clone();
-                    l.push(("class", "error".to_owned()));
-                    responses.push((l, Value::Counter(b.errors())));
-                    backend_latency.push((base, Value::Histogram(&b.latency)));
-                }
-            }
-        }
-        family(
+        )
+    }
+
+    /// The route, backend and pool families the per-version statistics feed.
+    fn encode_traffic(&self, out: &mut Families<'_>) -> Result<(), std::fmt::Error> {
+        let t = Traffic::gather(&self.stats);
+        out.family(
             "route_requests",
             "Requests per route by response status, per config version; route \"\" holds requests no route took.",
             MetricType::Counter,
-            requests,
+            t.requests,
         )?;
-        family(
+        out.family(
             "route_errors",
             "Answers the proxy made for an error, per route, by who caused it (client, backend, proxy).",
             MetricType::Counter,
-            errors,
+            t.errors,
         )?;
-        family(
+        out.family(
             "route_request_duration_seconds",
             "From the request head to the response's last byte, per route.",
             MetricType::Histogram,
-            route_latency,
+            t.route_latency,
         )?;
-        family(
+        out.family(
             "backend_responses",
             "Responses per backend by status class; `error` when the backend sent none (connect failure, reset, timeout).",
             MetricType::Counter,
-            responses,
+            t.responses,
         )?;
-        family(
+        out.family(
             "backend_request_duration_seconds",
             "From the request head to the response's last byte, per backend.",
             MetricType::Histogram,
-            backend_latency,
+            t.backend_latency,
         )?;
-        family(
+        out.family(
             "pool_unserved",
             "Requests a pool answered without a backend (503: none available), per config version.",
             MetricType::Counter,
-            no_backend,
-        )?;
+            t.no_backend,
+        )
+    }
 
+    /// Each backend's current state: healthy, ejected, requests in flight.
+    fn encode_backend_state(&self, out: &mut Families<'_>) -> Result<(), std::fmt::Error> {
         let state = |f: fn(&BackendStatus) -> f64| -> Vec<(Labels, Value<'_>)> {
             self.backends
                 .iter()
@@ -223,58 +294,46 @@ impl Collector for Scrape {
                 })
                 .collect()
         };
-        family(
+        out.family(
             "backend_healthy",
             "1 when active health checks pass (always 1 without checks).",
             MetricType::Gauge,
             state(|b| b.healthy as u8 as f64),
         )?;
-        family(
+        out.family(
             "backend_ejected",
             "1 while passive outlier detection keeps the backend out.",
             MetricType::Gauge,
             state(|b| b.ejected as u8 as f64),
         )?;
-        family(
+        out.family(
             "backend_in_flight",
             "Requests sent to the backend and not yet finished.",
             MetricType::Gauge,
             state(|b| b.in_flight as f64),
-        )?;
+        )
+    }
+
+    /// The data plane's counters, one family each.
+    fn encode_counters(&self, out: &mut Families<'_>) -> Result<(), std::fmt::Error> {
         for (name, n) in self.counters.pairs() {
-            family(
+            out.family(
                 name,
                 &format!("Data plane counter `{name}` (see docs/metrics.md)."),
                 MetricType::Counter,
                 vec![(Vec::new(), Value::Counter(n))],
             )?;
         }
-        if let Some(g) = &self.guard {
-            self.encode_guard(g, &mut family)?;
-        }
-        family(
-            "access_log_dropped",
-            "Access-log lines dropped because the writer fell behind.",
-            MetricType::Counter,
-            vec![(Vec::new(), Value::Counter(self.access_log_dropped))],
-        )?;
         Ok(())
     }
-}
 
-impl Scrape {
     /// The guard's verdicts, and the expected shares beside the observed.
     fn encode_guard<'a>(
         &self,
         g: &'a crate::guard::View,
-        family: &mut impl FnMut(
-            &str,
-            &str,
-            MetricType,
-            Vec<(Labels, Value<'a>)>,
-        ) -> Result<(), std::fmt::Error>,
+        out: &mut Families<'_>,
     ) -> Result<(), std::fmt::Error> {
-        family(
+        out.family(
             "guard_verdict",
             "The guard's overall verdict on the change it watches: 0 no data, 1 pass, 2 marginal, 3 fail (see docs/guard.md).",
             MetricType::Gauge,
@@ -283,7 +342,7 @@ impl Scrape {
                 Value::Gauge(verdict(g.verdict)),
             )],
         )?;
-        family(
+        out.family(
             "guard_route_verdict",
             "The guard's verdict per route (0 no data, 1 pass, 2 marginal, 3 fail).",
             MetricType::Gauge,
@@ -297,7 +356,7 @@ impl Scrape {
                 })
                 .collect(),
         )?;
-        family(
+        out.family(
             "guard_pool_verdict",
             "The guard's verdict per pool (0 no data, 1 pass, 2 marginal, 3 fail).",
             MetricType::Gauge,
@@ -326,13 +385,13 @@ impl Scrape {
                 })
                 .collect()
         };
-        family(
+        out.family(
             "backend_expected_share",
             "The share of its pool's requests a backend should get, from weights, health, observed latency and the algorithm (the guard's model).",
             MetricType::Gauge,
             share(|b| b.expected),
         )?;
-        family(
+        out.family(
             "backend_observed_share",
             "The share of its pool's requests a backend got over the guard's window.",
             MetricType::Gauge,
