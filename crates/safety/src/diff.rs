@@ -112,66 +112,86 @@ fn replaced_backends(old: &Snapshot, new: &Snapshot) -> Vec<Warning> {
     out
 }
 
+/// Every change from `old` to `new`, by meaning: routes, then pools and
+/// their backends, then where Fulcrum listens.
 pub fn semantic(old: &Snapshot, new: &Snapshot) -> Vec<Change> {
-    let mut out = Vec::new();
-    let ch = |kind, op, name: &str, field, old: Option<String>, new: Option<String>| Change {
+    let mut out = route_changes(old, new);
+    out.extend(pool_changes(old, new));
+    out.extend(listener_changes(old, new));
+    out
+}
+
+fn change(
+    kind: &'static str,
+    op: &'static str,
+    name: &str,
+    field: Option<&'static str>,
+    old: Option<String>,
+    new: Option<String>,
+) -> Change {
+    Change {
         kind,
         op,
         name: name.to_owned(),
         field,
         old,
         new,
-    };
+    }
+}
+
+/// Routes removed, added, or given another pool, match or position; a
+/// route is the same route while it keeps its name.
+fn route_changes(old: &Snapshot, new: &Snapshot) -> Vec<Change> {
+    let mut out = Vec::new();
     let pool_name = |s: &Snapshot, r: &Route| s.pools[r.pool].name.to_string();
     for (i, r) in old.routes.iter().enumerate() {
-        match new.routes.iter().position(|n| n.name == r.name) {
-            None => out.push(ch(
+        let Some(j) = new.routes.iter().position(|n| n.name == r.name) else {
+            out.push(change(
                 "route",
                 "removed",
                 &r.name,
                 None,
                 Some(describe_match(&r.matcher)),
                 None,
-            )),
-            Some(j) => {
-                let n = &new.routes[j];
-                if pool_name(old, r) != pool_name(new, n) {
-                    out.push(ch(
-                        "route",
-                        "changed",
-                        &r.name,
-                        Some("pool"),
-                        Some(pool_name(old, r)),
-                        Some(pool_name(new, n)),
-                    ));
-                }
-                let (a, b) = (describe_match(&r.matcher), describe_match(&n.matcher));
-                if a != b {
-                    out.push(ch(
-                        "route",
-                        "changed",
-                        &r.name,
-                        Some("match"),
-                        Some(a),
-                        Some(b),
-                    ));
-                }
-                if i != j {
-                    out.push(ch(
-                        "route",
-                        "changed",
-                        &r.name,
-                        Some("order"),
-                        Some((i + 1).to_string()),
-                        Some((j + 1).to_string()),
-                    ));
-                }
-            }
+            ));
+            continue;
+        };
+        let n = &new.routes[j];
+        if pool_name(old, r) != pool_name(new, n) {
+            out.push(change(
+                "route",
+                "changed",
+                &r.name,
+                Some("pool"),
+                Some(pool_name(old, r)),
+                Some(pool_name(new, n)),
+            ));
+        }
+        let (a, b) = (describe_match(&r.matcher), describe_match(&n.matcher));
+        if a != b {
+            out.push(change(
+                "route",
+                "changed",
+                &r.name,
+                Some("match"),
+                Some(a),
+                Some(b),
+            ));
+        }
+        if i != j {
+            out.push(change(
+                "route",
+                "changed",
+                &r.name,
+                Some("order"),
+                Some((i + 1).to_string()),
+                Some((j + 1).to_string()),
+            ));
         }
     }
     for r in &new.routes {
         if !old.routes.iter().any(|o| o.name == r.name) {
-            out.push(ch(
+            out.push(change(
                 "route",
                 "added",
                 &r.name,
@@ -185,9 +205,16 @@ pub fn semantic(old: &Snapshot, new: &Snapshot) -> Vec<Change> {
             ));
         }
     }
+    out
+}
+
+/// Pools removed, added, or kept under their name with other settings or
+/// backends.
+fn pool_changes(old: &Snapshot, new: &Snapshot) -> Vec<Change> {
+    let mut out = Vec::new();
     for p in &old.pools {
         match new.pool(&p.name) {
-            None => out.push(ch(
+            None => out.push(change(
                 "pool",
                 "removed",
                 &p.name,
@@ -196,71 +223,14 @@ pub fn semantic(old: &Snapshot, new: &Snapshot) -> Vec<Change> {
                 None,
             )),
             Some((_, n)) => {
-                let mut field = |f, a: String, b: String| {
-                    if a != b {
-                        out.push(ch("pool", "changed", &p.name, Some(f), Some(a), Some(b)));
-                    }
-                };
-                field("algorithm", describe_algorithm(p), describe_algorithm(n));
-                for (f, a, b) in [
-                    ("health", health(p), health(n)),
-                    ("outlier", outlier(p), outlier(n)),
-                    ("timeouts", timeouts(p), timeouts(n)),
-                    ("retries", retries(p), retries(n)),
-                ] {
-                    let (a, b) = changed_keys(&a, &b);
-                    field(f, a, b);
-                }
-                field(
-                    "panic_threshold",
-                    p.panic_threshold.to_string(),
-                    n.panic_threshold.to_string(),
-                );
-                field(
-                    "idle_per_backend",
-                    p.idle_per_backend.to_string(),
-                    n.idle_per_backend.to_string(),
-                );
-                for b in &p.backends {
-                    let name = format!("{}/{}", p.name, b.addr);
-                    match n.backends.iter().find(|x| x.addr == b.addr) {
-                        None => out.push(ch(
-                            "backend",
-                            "removed",
-                            &name,
-                            None,
-                            Some(format!("weight {}", b.weight)),
-                            None,
-                        )),
-                        Some(x) if x.weight != b.weight => out.push(ch(
-                            "backend",
-                            "changed",
-                            &name,
-                            Some("weight"),
-                            Some(b.weight.to_string()),
-                            Some(x.weight.to_string()),
-                        )),
-                        Some(_) => {}
-                    }
-                }
-                for b in &n.backends {
-                    if !p.backends.iter().any(|x| x.addr == b.addr) {
-                        out.push(ch(
-                            "backend",
-                            "added",
-                            &format!("{}/{}", p.name, b.addr),
-                            None,
-                            None,
-                            Some(format!("weight {}", b.weight)),
-                        ));
-                    }
-                }
+                out.extend(setting_changes(p, n));
+                out.extend(backend_changes(p, n));
             }
         }
     }
     for p in &new.pools {
         if old.pool(&p.name).is_none() {
-            out.push(ch(
+            out.push(change(
                 "pool",
                 "added",
                 &p.name,
@@ -270,9 +240,96 @@ pub fn semantic(old: &Snapshot, new: &Snapshot) -> Vec<Change> {
             ));
         }
     }
+    out
+}
+
+/// Each setting of a kept pool that differs, showing only the keys that
+/// differ so a one-key edit reads as one.
+fn setting_changes(p: &Pool, n: &Pool) -> Vec<Change> {
+    let mut out = Vec::new();
+    let mut field = |f, a: String, b: String| {
+        if a != b {
+            out.push(change(
+                "pool",
+                "changed",
+                &p.name,
+                Some(f),
+                Some(a),
+                Some(b),
+            ));
+        }
+    };
+    field("algorithm", describe_algorithm(p), describe_algorithm(n));
+    for (f, a, b) in [
+        ("health", health(p), health(n)),
+        ("outlier", outlier(p), outlier(n)),
+        ("timeouts", timeouts(p), timeouts(n)),
+        ("retries", retries(p), retries(n)),
+    ] {
+        let (a, b) = changed_keys(&a, &b);
+        field(f, a, b);
+    }
+    field(
+        "panic_threshold",
+        p.panic_threshold.to_string(),
+        n.panic_threshold.to_string(),
+    );
+    field(
+        "idle_per_backend",
+        p.idle_per_backend.to_string(),
+        n.idle_per_backend.to_string(),
+    );
+    out
+}
+
+/// A kept pool's backends removed, reweighted or added; a backend is the
+/// same backend while it keeps its address.
+fn backend_changes(p: &Pool, n: &Pool) -> Vec<Change> {
+    let mut out = Vec::new();
+    for b in &p.backends {
+        let name = format!("{}/{}", p.name, b.addr);
+        match n.backends.iter().find(|x| x.addr == b.addr) {
+            None => out.push(change(
+                "backend",
+                "removed",
+                &name,
+                None,
+                Some(format!("weight {}", b.weight)),
+                None,
+            )),
+            Some(x) if x.weight != b.weight => out.push(change(
+                "backend",
+                "changed",
+                &name,
+                Some("weight"),
+                Some(b.weight.to_string()),
+                Some(x.weight.to_string()),
+            )),
+            Some(_) => {}
+        }
+    }
+    for b in &n.backends {
+        if !p.backends.iter().any(|x| x.addr == b.addr) {
+            out.push(change(
+                "backend",
+                "added",
+                &format!("{}/{}", p.name, b.addr),
+                None,
+                None,
+                Some(format!("weight {}", b.weight)),
+            ));
+        }
+    }
+    out
+}
+
+/// Where Fulcrum listens: the admin API's address, and listeners removed,
+/// rebound or added.
+fn listener_changes(old: &Snapshot, new: &Snapshot) -> Vec<Change> {
+    let mut out = Vec::new();
     let admin = |s: &Snapshot| s.admin.as_ref().map(|a| a.listen.to_string());
     if admin(old) != admin(new) {
-        out.push(ch(
+        out.push(change(
             "admin",
             "changed",
             "admin",
@@ -283,7 +340,7 @@ pub fn semantic(old: &Snapshot, new: &Snapshot) -> Vec<Change> {
     }
     for l in &old.listeners {
         match new.listeners.iter().find(|n| n.name == l.name) {
-            None => out.push(ch(
+            None => out.push(change(
                 "listener",
                 "removed",
                 &l.name,
@@ -291,7 +348,7 @@ pub fn semantic(old: &Snapshot, new: &Snapshot) -> Vec<Change> {
                 Some(l.bind.to_string()),
                 None,
             )),
-            Some(n) if n != l => out.push(ch(
+            Some(n) if n != l => out.push(change(
                 "listener",
                 "changed",
                 &l.name,
@@ -304,7 +361,7 @@ pub fn semantic(old: &Snapshot, new: &Snapshot) -> Vec<Change> {
     }
     for l in &new.listeners {
         if !old.listeners.iter().any(|o| o.name == l.name) {
-            out.push(ch(
+            out.push(change(
                 "listener",
                 "added",
                 &l.name,

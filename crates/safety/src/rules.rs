@@ -7,7 +7,9 @@
 use fulcrum_config::Snapshot;
 use fulcrum_config::locate::locate;
 use fulcrum_config::snapshot::{PathMatch, Pool, RequestView};
-use fulcrum_config::standards::{Location, PoolSelector, Rule, Standards};
+use fulcrum_config::standards::{
+    AddrPattern, Location, PoolSelector, Rule, RuleRequest, Standards,
+};
 use serde::Serialize;
 
 use crate::share::{Breach, judge};
@@ -212,254 +214,286 @@ impl Ctx<'_> {
     }
 
     fn rule(&mut self, rule: &Rule) -> RuleOutcome {
-        let mut failures = Vec::new();
-        let mut routes = Vec::new();
-        let where_ = |key: &str| {
-            rule.assertions
-                .iter()
-                .find(|(k, _)| *k == key)
-                .map_or_else(|| rule.location.clone(), |(_, l)| l.clone())
+        let mut v = Verdict {
+            rule,
+            failures: Vec::new(),
         };
-        let mut fail = |assertion: &'static str,
-                        message: String,
-                        config: Option<Location>,
-                        evidence: Option<Evidence>| {
-            failures.push(Failure {
-                assertion,
-                message,
-                location: where_(assertion),
-                config,
-                evidence,
-            });
+        let routes = match &rule.request {
+            Some(req) => self.check_request(req, &mut v).into_iter().collect(),
+            None => Vec::new(),
         };
-        let s = self.snapshot;
-
-        if let Some(req) = &rule.request {
-            let view = RequestView {
-                method: &req.method,
-                host: req.host.as_deref(),
-                path: &req.path,
-                headers: &req.headers,
-            };
-            let routed = s.route(&view);
-            let route = routed.map(|(i, r)| (i, r.name.to_string()));
-            let pool = routed.map(|(_, r)| &s.pools[r.pool]);
-            let status = match pool {
-                None => Some(404),
-                Some(p) if p.backends.iter().all(|b| b.weight == 0) => Some(503),
-                Some(_) => None,
-            };
-            if let Some((_, name)) = &route {
-                routes.push(name.clone());
-            }
-            let evidence = Evidence::Routing {
-                request: req.text.clone(),
-                route: route.as_ref().map(|r| r.1.clone()),
-                pool: pool.map(|p| p.name.to_string()),
-                status,
-            };
-            let went = match (&route, pool) {
-                (Some((_, r)), Some(p)) => format!("route `{r}` sends it to pool `{}`", p.name),
-                _ => "no route matches it (404)".to_owned(),
-            };
-            let route_at = route
-                .as_ref()
-                .and_then(|(i, _)| self.at(&format!("route[{i}].pool")));
-            if let Some(want) = &rule.expect_route
-                && route.as_ref().is_none_or(|(_, r)| r != want)
-            {
-                fail(
-                    "expect_route",
-                    format!(
-                        "`{}` must take route `{want}`, but {went}; fix the routes' order or match conditions",
-                        req.text
-                    ),
-                    route_at.clone(),
-                    Some(evidence.clone()),
-                );
-            }
-            if let Some(want) = &rule.expect_pool
-                && pool.is_none_or(|p| &*p.name != want)
-            {
-                let (hint, at) = self.reroute(&view, routed.map(|(i, _)| i), want);
-                fail(
-                    "expect_pool",
-                    format!(
-                        "`{}` must reach pool `{want}`, but {went}; {hint}",
-                        req.text
-                    ),
-                    at.or_else(|| route_at.clone()),
-                    Some(evidence.clone()),
-                );
-            }
-            if let Some(want) = rule.expect_status
-                && status != Some(want)
-            {
-                let got = status.map_or_else(
-                    || format!("{went}, which serves it"),
-                    |st| format!("it gets {st}"),
-                );
-                fail(
-                    "expect_status",
-                    format!("`{}` must be refused with {want}, but {got}", req.text),
-                    route_at,
-                    Some(evidence),
-                );
-            }
-        }
-
         if let Some(sel) = &rule.pool {
-            let pools: Vec<usize> = match sel {
-                PoolSelector::All => (0..s.pools.len()).collect(),
-                PoolSelector::Named(n) => match s.pool(n) {
-                    Some((i, _)) => vec![i],
-                    None => {
-                        let first = rule.assertions.first().map_or("pool", |a| a.0);
-                        fail(
-                            first,
-                            format!(
-                                "the config has no pool `{n}`, so this rule cannot hold; name an existing pool or `*`"
-                            ),
-                            None,
-                            None,
-                        );
-                        vec![]
-                    }
-                },
-            };
-            for i in pools {
-                let p: &Pool = &s.pools[i];
-                let pk = format!("pool.{}", p.name);
-                let weighted = p.backends.iter().filter(|b| b.weight > 0).count();
-                if let Some(min) = rule.min_backends
-                    && weighted < min
-                {
-                    fail(
-                        "min_backends",
-                        format!(
-                            "pool `{}` has {weighted} backend(s) with weight above 0; at least {min} required for redundancy",
-                            p.name
-                        ),
-                        self.at(&format!("{pk}.backends")),
-                        None,
-                    );
-                }
-                if let Some(max) = rule.max_backend_share {
-                    let shares = self.shares(i);
-                    if shares.requests == 0 {
-                        fail(
-                            "max_backend_share",
-                            format!(
-                                "no request of the traffic sample reaches pool `{}`, so its balance cannot be shown; record traffic that reaches it",
-                                p.name
-                            ),
-                            self.at(&pk),
-                            Some(Evidence::Shares(shares)),
-                        );
-                    } else if let Some(breach) = shares.breach(max) {
-                        let at = if p.algorithm.name() == "round_robin" {
-                            self.at(&format!("{pk}.backends"))
-                        } else {
-                            self.at(&format!("{pk}.algorithm"))
-                        };
-                        fail(
-                            "max_backend_share",
-                            share_message(p, &shares, breach, max),
-                            at,
-                            Some(Evidence::Shares(shares.clone())),
-                        );
-                    }
-                }
-                if let Some(allowed) = &rule.algorithms
-                    && !allowed.iter().any(|a| a == p.algorithm.name())
-                {
-                    fail(
-                        "algorithms",
-                        format!(
-                            "pool `{}` uses `{}`, which is not allowed here (allowed: {})",
-                            p.name,
-                            p.algorithm.name(),
-                            allowed.join(", ")
-                        ),
-                        self.at(&format!("{pk}.algorithm")),
-                        None,
-                    );
-                }
-                if rule.require_health_check && p.health.is_none() {
-                    fail(
-                        "require_health_check",
-                        format!(
-                            "pool `{}` has no active health check, so a dead backend keeps getting traffic; add `health = {{ path = \"/healthz\" }}`",
-                            p.name
-                        ),
-                        self.at(&pk),
-                        None,
-                    );
-                }
-                if rule.require_outlier_detection && p.outlier.is_none() {
-                    fail(
-                        "require_outlier_detection",
-                        format!(
-                            "pool `{}` has outlier detection turned off; remove `outlier.enabled = false`",
-                            p.name
-                        ),
-                        self.at(&format!("{pk}.outlier")),
-                        None,
-                    );
-                }
-                if let Some(allowed) = &rule.allowed_backends {
-                    let outside: Vec<String> = p
-                        .backends
-                        .iter()
-                        .filter(|b| !allowed.iter().any(|a| a.matches(b.addr)))
-                        .map(|b| b.addr.to_string())
-                        .collect();
-                    if !outside.is_empty() {
-                        let allowed: Vec<String> = allowed.iter().map(|a| a.to_string()).collect();
-                        fail(
-                            "allowed_backends",
-                            format!(
-                                "pool `{}` sends traffic to {}, which {} not among the servers it may use ({}); point the pool back at its own servers, or extend allowed_backends if these really serve it",
-                                p.name,
-                                outside.join(", "),
-                                if outside.len() == 1 { "is" } else { "are" },
-                                allowed.join(", ")
-                            ),
-                            self.at(&format!("{pk}.backends")),
-                            None,
-                        );
-                    }
-                }
-                for (key, range, d) in [
-                    ("connect_timeout", rule.connect_timeout, p.timeouts.connect),
-                    (
-                        "response_timeout",
-                        rule.response_timeout,
-                        p.timeouts.response,
-                    ),
-                    ("idle_timeout", rule.idle_timeout, p.timeouts.idle),
-                ] {
-                    if let Some(range) = range.filter(|r| !r.contains(d)) {
-                        let field = key.trim_end_matches("_timeout");
-                        fail(
-                            key,
-                            format!(
-                                "pool `{}` has timeouts.{field} = {}, outside the allowed {range}",
-                                p.name,
-                                fulcrum_humantime(d)
-                            ),
-                            self.at(&format!("{pk}.timeouts.{field}")),
-                            None,
-                        );
-                    }
-                }
+            for i in self.select_pools(sel, &mut v) {
+                self.check_pool(i, &mut v);
             }
         }
+        self.check_config(&mut v);
+        RuleOutcome {
+            name: rule.name.clone(),
+            key_path: rule.key_path.clone(),
+            location: rule.location.clone(),
+            passed: v.failures.is_empty(),
+            failures: v.failures,
+            routes,
+        }
+    }
 
+    /// Where the rule's request goes against `expect_route`, `expect_pool`
+    /// and `expect_status`; returns the route it took, for test coverage.
+    fn check_request(&self, req: &RuleRequest, v: &mut Verdict<'_>) -> Option<String> {
+        let rule = v.rule;
+        let s = self.snapshot;
+        let view = RequestView {
+            method: &req.method,
+            host: req.host.as_deref(),
+            path: &req.path,
+            headers: &req.headers,
+        };
+        let routed = s.route(&view);
+        let route = routed.map(|(i, r)| (i, r.name.to_string()));
+        let pool = routed.map(|(_, r)| &s.pools[r.pool]);
+        let status = refusal(pool);
+        let evidence = Evidence::Routing {
+            request: req.text.clone(),
+            route: route.as_ref().map(|r| r.1.clone()),
+            pool: pool.map(|p| p.name.to_string()),
+            status,
+        };
+        let went = match (&route, pool) {
+            (Some((_, r)), Some(p)) => format!("route `{r}` sends it to pool `{}`", p.name),
+            _ => "no route matches it (404)".to_owned(),
+        };
+        let route_at = route
+            .as_ref()
+            .and_then(|(i, _)| self.at(&format!("route[{i}].pool")));
+        if let Some(want) = &rule.expect_route
+            && route.as_ref().is_none_or(|(_, r)| r != want)
+        {
+            v.fail(
+                "expect_route",
+                format!(
+                    "`{}` must take route `{want}`, but {went}; fix the routes' order or match conditions",
+                    req.text
+                ),
+                route_at.clone(),
+                Some(evidence.clone()),
+            );
+        }
+        if let Some(want) = &rule.expect_pool
+            && pool.is_none_or(|p| &*p.name != want)
+        {
+            let (hint, at) = self.reroute(&view, routed.map(|(i, _)| i), want);
+            v.fail(
+                "expect_pool",
+                format!(
+                    "`{}` must reach pool `{want}`, but {went}; {hint}",
+                    req.text
+                ),
+                at.or_else(|| route_at.clone()),
+                Some(evidence.clone()),
+            );
+        }
+        if let Some(want) = rule.expect_status
+            && status != Some(want)
+        {
+            let got = status.map_or_else(
+                || format!("{went}, which serves it"),
+                |st| format!("it gets {st}"),
+            );
+            v.fail(
+                "expect_status",
+                format!("`{}` must be refused with {want}, but {got}", req.text),
+                route_at,
+                Some(evidence),
+            );
+        }
+        route.map(|(_, name)| name)
+    }
+
+    /// The pools the rule's pool assertions apply to. A named pool the
+    /// config lacks fails the rule: it could never hold.
+    fn select_pools(&self, sel: &PoolSelector, v: &mut Verdict<'_>) -> Vec<usize> {
+        let s = self.snapshot;
+        match sel {
+            PoolSelector::All => (0..s.pools.len()).collect(),
+            PoolSelector::Named(n) => match s.pool(n) {
+                Some((i, _)) => vec![i],
+                None => {
+                    let first = v.rule.assertions.first().map_or("pool", |a| a.0);
+                    v.fail(
+                        first,
+                        format!(
+                            "the config has no pool `{n}`, so this rule cannot hold; name an existing pool or `*`"
+                        ),
+                        None,
+                        None,
+                    );
+                    vec![]
+                }
+            },
+        }
+    }
+
+    /// One selected pool against every pool assertion of the rule, in the
+    /// order the report lists them.
+    fn check_pool(&mut self, i: usize, v: &mut Verdict<'_>) {
+        let rule = v.rule;
+        let p: &Pool = &self.snapshot.pools[i];
+        let pk = format!("pool.{}", p.name);
+        let weighted = p.backends.iter().filter(|b| b.weight > 0).count();
+        if let Some(min) = rule.min_backends
+            && weighted < min
+        {
+            v.fail(
+                "min_backends",
+                format!(
+                    "pool `{}` has {weighted} backend(s) with weight above 0; at least {min} required for redundancy",
+                    p.name
+                ),
+                self.at(&format!("{pk}.backends")),
+                None,
+            );
+        }
+        if let Some(max) = rule.max_backend_share {
+            self.check_share(i, &pk, max, v);
+        }
+        if let Some(allowed) = &rule.algorithms
+            && !allowed.iter().any(|a| a == p.algorithm.name())
+        {
+            v.fail(
+                "algorithms",
+                format!(
+                    "pool `{}` uses `{}`, which is not allowed here (allowed: {})",
+                    p.name,
+                    p.algorithm.name(),
+                    allowed.join(", ")
+                ),
+                self.at(&format!("{pk}.algorithm")),
+                None,
+            );
+        }
+        if rule.require_health_check && p.health.is_none() {
+            v.fail(
+                "require_health_check",
+                format!(
+                    "pool `{}` has no active health check, so a dead backend keeps getting traffic; add `health = {{ path = \"/healthz\" }}`",
+                    p.name
+                ),
+                self.at(&pk),
+                None,
+            );
+        }
+        if rule.require_outlier_detection && p.outlier.is_none() {
+            v.fail(
+                "require_outlier_detection",
+                format!(
+                    "pool `{}` has outlier detection turned off; remove `outlier.enabled = false`",
+                    p.name
+                ),
+                self.at(&format!("{pk}.outlier")),
+                None,
+            );
+        }
+        if let Some(allowed) = &rule.allowed_backends {
+            self.check_backends(p, &pk, allowed, v);
+        }
+        self.check_timeouts(p, &pk, v);
+    }
+
+    /// `max_backend_share`: how the traffic sample spreads over pool `i`'s
+    /// backends.
+    fn check_share(&mut self, i: usize, pk: &str, max: f64, v: &mut Verdict<'_>) {
+        let p: &Pool = &self.snapshot.pools[i];
+        let shares = self.shares(i);
+        if shares.requests == 0 {
+            v.fail(
+                "max_backend_share",
+                format!(
+                    "no request of the traffic sample reaches pool `{}`, so its balance cannot be shown; record traffic that reaches it",
+                    p.name
+                ),
+                self.at(pk),
+                Some(Evidence::Shares(shares)),
+            );
+        } else if let Some(breach) = shares.breach(max) {
+            let at = if p.algorithm.name() == "round_robin" {
+                self.at(&format!("{pk}.backends"))
+            } else {
+                self.at(&format!("{pk}.algorithm"))
+            };
+            v.fail(
+                "max_backend_share",
+                share_message(p, &shares, breach, max),
+                at,
+                Some(Evidence::Shares(shares.clone())),
+            );
+        }
+    }
+
+    /// `allowed_backends`: every backend of the pool is one it may use.
+    fn check_backends(&self, p: &Pool, pk: &str, allowed: &[AddrPattern], v: &mut Verdict<'_>) {
+        let outside: Vec<String> = p
+            .backends
+            .iter()
+            .filter(|b| !allowed.iter().any(|a| a.matches(b.addr)))
+            .map(|b| b.addr.to_string())
+            .collect();
+        if outside.is_empty() {
+            return;
+        }
+        let allowed: Vec<String> = allowed.iter().map(|a| a.to_string()).collect();
+        v.fail(
+            "allowed_backends",
+            format!(
+                "pool `{}` sends traffic to {}, which {} not among the servers it may use ({}); point the pool back at its own servers, or extend allowed_backends if these really serve it",
+                p.name,
+                outside.join(", "),
+                if outside.len() == 1 { "is" } else { "are" },
+                allowed.join(", ")
+            ),
+            self.at(&format!("{pk}.backends")),
+            None,
+        );
+    }
+
+    /// `connect_timeout`, `response_timeout` and `idle_timeout`: each of
+    /// the pool's timeouts within its allowed range.
+    fn check_timeouts(&self, p: &Pool, pk: &str, v: &mut Verdict<'_>) {
+        let rule = v.rule;
+        for (key, range, d) in [
+            ("connect_timeout", rule.connect_timeout, p.timeouts.connect),
+            (
+                "response_timeout",
+                rule.response_timeout,
+                p.timeouts.response,
+            ),
+            ("idle_timeout", rule.idle_timeout, p.timeouts.idle),
+        ] {
+            if let Some(range) = range.filter(|r| !r.contains(d)) {
+                let field = key.trim_end_matches("_timeout");
+                v.fail(
+                    key,
+                    format!(
+                        "pool `{}` has timeouts.{field} = {}, outside the allowed {range}",
+                        p.name,
+                        fulcrum_humantime(d)
+                    ),
+                    self.at(&format!("{pk}.timeouts.{field}")),
+                    None,
+                );
+            }
+        }
+    }
+
+    /// The config-wide assertions: `every_pool_used`, `no_shadowed_routes`,
+    /// `admin_on_loopback` and `require_version`.
+    fn check_config(&self, v: &mut Verdict<'_>) {
+        let rule = v.rule;
+        let s = self.snapshot;
         if rule.every_pool_used {
             for p in &s.pools {
                 if !s.routes.iter().any(|r| s.pools[r.pool].name == p.name) {
-                    fail(
+                    v.fail(
                         "every_pool_used",
                         format!(
                             "no route sends traffic to pool `{}`; a route probably points at the wrong pool",
@@ -473,7 +507,7 @@ impl Ctx<'_> {
         }
         if rule.no_shadowed_routes {
             for (later, earlier) in fulcrum_config::shadowed_routes(s) {
-                fail(
+                v.fail(
                     "no_shadowed_routes",
                     format!(
                         "route `{}` can never match: route `{}` before it matches every request it does; reorder them",
@@ -487,7 +521,7 @@ impl Ctx<'_> {
         if rule.admin_on_loopback
             && let Some(a) = s.admin.as_ref().filter(|a| !a.listen.ip().is_loopback())
         {
-            fail(
+            v.fail(
                 "admin_on_loopback",
                 format!(
                     "the admin API listens on {}, reachable from other hosts; bind it to 127.0.0.1",
@@ -502,7 +536,7 @@ impl Ctx<'_> {
                 .config
                 .is_none_or(|c| locate(c.source, "version").is_some());
             if !has_version {
-                fail(
+                v.fail(
                     "require_version",
                     "the config has no `version`; add `version = \"…\"` naming this change"
                         .to_owned(),
@@ -511,15 +545,48 @@ impl Ctx<'_> {
                 );
             }
         }
+    }
+}
 
-        RuleOutcome {
-            name: rule.name.clone(),
-            key_path: rule.key_path.clone(),
-            location: rule.location.clone(),
-            passed: failures.is_empty(),
-            failures,
-            routes,
-        }
+/// One rule's failures so far.
+struct Verdict<'r> {
+    rule: &'r Rule,
+    failures: Vec<Failure>,
+}
+
+impl Verdict<'_> {
+    /// Reports point at the broken assertion's own line, or at the rule
+    /// when the file does not name it.
+    fn fail(
+        &mut self,
+        assertion: &'static str,
+        message: String,
+        config: Option<Location>,
+        evidence: Option<Evidence>,
+    ) {
+        let location = self
+            .rule
+            .assertions
+            .iter()
+            .find(|(k, _)| *k == assertion)
+            .map_or_else(|| self.rule.location.clone(), |(_, l)| l.clone());
+        self.failures.push(Failure {
+            assertion,
+            message,
+            location,
+            config,
+            evidence,
+        });
+    }
+}
+
+/// The status Fulcrum answers a request with itself: 404 when no route
+/// takes it, 503 when its pool has no backend with weight above zero.
+fn refusal(pool: Option<&Pool>) -> Option<u16> {
+    match pool {
+        None => Some(404),
+        Some(p) if p.backends.iter().all(|b| b.weight == 0) => Some(503),
+        Some(_) => None,
     }
 }
 
