@@ -8,13 +8,75 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use arc_swap::ArcSwapOption;
+use bytes::Bytes;
 use fulcrum_config::snapshot::Timeouts;
+use hyper::body::{Body, Frame, SizeHint};
 use hyper::client::conn::http2::{self, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::sync::oneshot;
 
-use crate::body::RequestBody;
+use crate::body::{ClientBodyError, RequestBody};
 use crate::tcp::Tcp;
+
+/// A request body on its way over HTTP/2, telling when its last frame has
+/// gone to the connection: the response timeout runs from then, as over
+/// HTTP/1.1, so a slow upload to a healthy backend is not its timeout.
+/// hyper sends the body from the connection's task, hence the channel.
+#[derive(Debug)]
+pub(crate) struct SentBody {
+    body: RequestBody,
+    sent: Option<oneshot::Sender<()>>,
+}
+
+impl SentBody {
+    /// The body, and what resolves once it has been sent (or dropped
+    /// unsent: the exchange failed, and its error says why).
+    pub fn new(body: RequestBody) -> (SentBody, oneshot::Receiver<()>) {
+        let (tx, rx) = oneshot::channel();
+        let mut b = SentBody {
+            body,
+            sent: Some(tx),
+        };
+        // An empty body goes with the head, never polled.
+        if b.body.is_end_stream() {
+            b.done();
+        }
+        (b, rx)
+    }
+
+    fn done(&mut self) {
+        if let Some(tx) = self.sent.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl Body for SentBody {
+    type Data = Bytes;
+    type Error = ClientBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        let this = self.get_mut();
+        let frame = Pin::new(&mut this.body).poll_frame(cx);
+        if matches!(frame, Poll::Ready(None)) || this.body.is_end_stream() {
+            this.done();
+        }
+        frame
+    }
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
 
 /// Why no h2 connection to the backend could be had.
 #[derive(Debug)]
@@ -33,7 +95,7 @@ pub(crate) struct H2Backend {
     connect_timeout: Duration,
     /// The live connection's handle; replaced when it closes. Read with one
     /// atomic load on the request path.
-    sender: ArcSwapOption<SendRequest<RequestBody>>,
+    sender: ArcSwapOption<SendRequest<SentBody>>,
     /// Only one task connects at a time; the others wait and reuse its
     /// connection. Taken only when there is no live connection.
     connecting: tokio::sync::Mutex<()>,
@@ -53,7 +115,7 @@ impl H2Backend {
         self.addr
     }
 
-    fn live(&self) -> Option<SendRequest<RequestBody>> {
+    fn live(&self) -> Option<SendRequest<SentBody>> {
         self.sender
             .load()
             .as_ref()
@@ -62,7 +124,7 @@ impl H2Backend {
     }
 
     /// A handle on a live connection, connecting first if there is none.
-    pub async fn sender(&self) -> Result<SendRequest<RequestBody>, H2ConnectError> {
+    pub async fn sender(&self) -> Result<SendRequest<SentBody>, H2ConnectError> {
         if let Some(s) = self.live() {
             return Ok(s);
         }

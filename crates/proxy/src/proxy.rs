@@ -31,7 +31,7 @@ use crate::conn::{ConnGuard, ConnInfo};
 use crate::counters::Counters;
 use crate::error::Cause;
 use crate::error::ProxyError;
-use crate::h2::{H2Backend, H2ConnectError};
+use crate::h2::{H2Backend, H2ConnectError, SentBody};
 use crate::headers::{self, REQUEST_ID};
 use crate::http1::client::{self as h1, H1Body, H1Error};
 use crate::http1::framing::FramingError;
@@ -1162,7 +1162,8 @@ fn note_panic(pool: &PoolRuntime, panic: bool) {
 }
 
 /// One attempt over the backend's HTTP/2 connection, bounded by the pool's
-/// connect and response timeouts.
+/// connect and response timeouts: the wait for a stream, then the wait
+/// for the response once the request's last byte has gone.
 async fn send_h2(
     backend: &H2Backend,
     req: Request<RequestBody>,
@@ -1183,19 +1184,30 @@ async fn send_h2(
             backend: addr,
         },
     })?;
-    let sent = tokio::time::timeout(pool.timeouts.response, async {
-        sender.ready().await?;
-        sender.send_request(req).await
-    });
-    match sent.await {
-        Err(_) => Err(ProxyError::ResponseTimeout {
-            pool: pool.name.clone(),
-            backend: addr,
-        }),
-        Ok(Err(e)) => {
-            Err(client_body_fault(&e).unwrap_or(ProxyError::BackendReset { backend: addr }))
-        }
-        Ok(Ok(resp)) => Ok(resp),
+    let timed_out = || ProxyError::ResponseTimeout {
+        pool: pool.name.clone(),
+        backend: addr,
+    };
+    let failed = |e: hyper::Error| {
+        client_body_fault(&e).unwrap_or(ProxyError::BackendReset { backend: addr })
+    };
+    match tokio::time::timeout(pool.timeouts.response, sender.ready()).await {
+        Err(_) => return Err(timed_out()),
+        Ok(Err(e)) => return Err(failed(e)),
+        Ok(Ok(())) => {}
+    }
+    let (parts, body) = req.into_parts();
+    let (body, sent) = SentBody::new(body);
+    let response = sender.send_request(Request::from_parts(parts, body));
+    // The client's upload is bounded by its own body timeouts; only the
+    // backend's wait after it is the backend's.
+    let deadline = async {
+        let _ = sent.await;
+        tokio::time::sleep(pool.timeouts.response).await;
+    };
+    tokio::select! {
+        r = response => r.map_err(failed),
+        () = deadline => Err(timed_out()),
     }
 }
 

@@ -226,6 +226,61 @@ async fn h2c_prior_knowledge_end_to_end() {
     );
 }
 
+/// A client's POST over raw HTTP/1.1 with `Connection: close`, 16 KiB at a
+/// time every `every`, and everything the proxy sent back.
+async fn slow_post(proxy: &TestProxy, pieces: usize, every: Duration) -> String {
+    let piece = vec![b'x'; 16 * 1024];
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    let head = format!(
+        "POST / HTTP/1.1\r\nHost: x.test\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        pieces * piece.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    for _ in 0..pieces {
+        tokio::time::sleep(every).await;
+        s.write_all(&piece).await.unwrap();
+    }
+    let mut got = Vec::new();
+    tokio::time::timeout(PATIENCE, s.read_to_end(&mut got))
+        .await
+        .expect("no answer")
+        .unwrap();
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// Over HTTP/2 as over HTTP/1.1, the response timeout runs from the
+/// request's last byte: a slow upload (0.8 s) to a healthy backend whose
+/// timeout is 300 ms gets its answer, not 504.
+#[tokio::test]
+async fn h2_response_timeout_runs_from_the_end_of_a_slow_upload() {
+    let a = Backend::start("a").await;
+    let mut p = pool("p", &[a.addr]);
+    p.protocol = Protocol::H2;
+    let proxy = TestProxy::serving(p).await;
+    let got = slow_post(&proxy, 8, Duration::from_millis(100)).await;
+    assert!(got.starts_with("HTTP/1.1 200 "), "{got}");
+    let seen = a.last().unwrap();
+    assert_eq!(
+        (seen.version, seen.body.len()),
+        (Version::HTTP_2, 128 * 1024)
+    );
+    assert_eq!(proxy.plane.counters().backend_response_timeout, 0);
+}
+
+/// …and a backend that never answers a request it has whole still times
+/// out.
+#[tokio::test]
+async fn h2_backend_silent_after_the_whole_request_times_out() {
+    let a = Backend::start("a").await;
+    a.set_mode(Mode::Hang);
+    let mut p = pool("p", &[a.addr]);
+    p.protocol = Protocol::H2;
+    let proxy = TestProxy::serving(p).await;
+    let got = slow_post(&proxy, 1, Duration::ZERO).await;
+    assert!(got.starts_with("HTTP/1.1 504 "), "{got}");
+    assert_eq!(proxy.plane.counters().backend_response_timeout, 1);
+}
+
 #[tokio::test]
 async fn h2_backend_gets_authority_and_trailers_come_back() {
     let a = Backend::start("a").await;
