@@ -350,6 +350,39 @@ fn diff_human_names_the_change() {
     );
 }
 
+/// Every key a config can say shows in the diff (the guard reads it for
+/// what a change touched): a pool's protocol, a route's outcome signal,
+/// the access log and the guard's own settings.
+#[test]
+fn diff_names_protocol_failure_statuses_access_log_and_guard_changes() {
+    let old = std::fs::read_to_string(fixture("healthy.toml")).unwrap();
+    let new = old
+        .replace("headers = [\"x-user\"]", "headers = [\"x-user\", \"x-tenant\"]")
+        .replace(
+            "pool = \"auth\"\n",
+            "pool = \"auth\"\nguard = { failure_statuses = [\"401\", \"5xx\"] }\n",
+        )
+        .replace(
+            "algorithm = \"least_request\"",
+            "algorithm = \"least_request\"\nprotocol = \"h2\"",
+        )
+        .replace("[admin]", "[guard]\nwindow = \"30s\"\n\n[admin]");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("new.toml");
+    std::fs::write(&path, &new).unwrap();
+    let out = run(&["diff", &f("healthy.toml"), &path.display().to_string()]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    for line in [
+        "~ route auth failure_statuses: 4xx, 5xx → 401, 5xx",
+        "~ pool auth protocol: http1 → h2",
+        "~ access_log access_log settings: headers x-user → headers x-user x-tenant",
+        "~ guard guard settings: window 10s → window 30s",
+    ] {
+        assert!(text.contains(line), "{line} missing from:\n{text}");
+    }
+}
+
 const TESTS: &str = r#"
 [[rule]]
 name = "logins go to auth"

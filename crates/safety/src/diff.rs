@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use fulcrum_config::Snapshot;
 use fulcrum_config::snapshot::{
-    Algorithm, HashKey, HeaderValueMatch, HostMatch, PathMatch, Pool, Route, RouteMatch,
+    Algorithm, HashKey, HeaderValueMatch, HostMatch, LogTarget, PathMatch, Pool, Protocol, Route,
+    RouteMatch,
 };
 use fulcrum_config::standards::TrafficSpec;
 use serde::Serialize;
@@ -21,15 +22,17 @@ use crate::traffic::{Recording, Unrecorded};
 /// One semantic change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Change {
-    /// `route`, `pool`, `backend`, `admin` or `listener`.
+    /// `route`, `pool`, `backend`, `admin`, `listener`, `access_log` or
+    /// `guard`.
     pub kind: &'static str,
     /// `added`, `removed` or `changed`.
     pub op: &'static str,
     /// `auth`, or `auth/127.0.0.1:9101` for a backend.
     pub name: String,
-    /// What changed, for `changed`: `pool`, `match`, `order`, `algorithm`,
-    /// `weight`, `health`, `outlier`, `timeouts`, `retries`, `panic_threshold`,
-    /// `idle_per_backend`.
+    /// What changed, for `changed`: `pool`, `match`, `order`,
+    /// `failure_statuses`, `algorithm`, `protocol`, `weight`, `health`,
+    /// `outlier`, `timeouts`, `retries`, `panic_threshold`,
+    /// `idle_per_backend`, `settings` (access log and guard).
     pub field: Option<&'static str>,
     pub old: Option<String>,
     pub new: Option<String>,
@@ -113,11 +116,14 @@ fn replaced_backends(old: &Snapshot, new: &Snapshot) -> Vec<Warning> {
 }
 
 /// Every change from `old` to `new`, by meaning: routes, then pools and
-/// their backends, then where Fulcrum listens.
+/// their backends, then where Fulcrum listens, then the access log and the
+/// guard. Nothing a config can say is left out: the guard reads this list
+/// for what a change touched.
 pub fn semantic(old: &Snapshot, new: &Snapshot) -> Vec<Change> {
     let mut out = route_changes(old, new);
     out.extend(pool_changes(old, new));
     out.extend(listener_changes(old, new));
+    out.extend(section_changes(old, new));
     out
 }
 
@@ -186,6 +192,20 @@ fn route_changes(old: &Snapshot, new: &Snapshot) -> Vec<Change> {
                 Some("order"),
                 Some((i + 1).to_string()),
                 Some((j + 1).to_string()),
+            ));
+        }
+        let (a, b) = (
+            describe_statuses(&r.failure_statuses),
+            describe_statuses(&n.failure_statuses),
+        );
+        if a != b {
+            out.push(change(
+                "route",
+                "changed",
+                &r.name,
+                Some("failure_statuses"),
+                Some(a),
+                Some(b),
             ));
         }
     }
@@ -260,6 +280,7 @@ fn setting_changes(p: &Pool, n: &Pool) -> Vec<Change> {
         }
     };
     field("algorithm", describe_algorithm(p), describe_algorithm(n));
+    field("protocol", protocol(p).into(), protocol(n).into());
     for (f, a, b) in [
         ("health", health(p), health(n)),
         ("outlier", outlier(p), outlier(n)),
@@ -374,6 +395,44 @@ fn listener_changes(old: &Snapshot, new: &Snapshot) -> Vec<Change> {
     out
 }
 
+/// The access log's and the guard's settings, each as one change listing
+/// the keys that differ.
+fn section_changes(old: &Snapshot, new: &Snapshot) -> Vec<Change> {
+    let mut out = Vec::new();
+    for (kind, a, b) in [
+        ("access_log", access_log(old), access_log(new)),
+        ("guard", guard(old), guard(new)),
+    ] {
+        if a != b {
+            let (a, b) = changed_keys(&a, &b);
+            out.push(change(
+                kind,
+                "changed",
+                kind,
+                Some("settings"),
+                Some(a),
+                Some(b),
+            ));
+        }
+    }
+    out
+}
+
+/// `401, 403, 5xx`.
+fn describe_statuses(s: &fulcrum_config::snapshot::StatusSet) -> String {
+    let classes = s.classes.iter().map(|c| format!("{c}xx"));
+    let exact = s.exact.iter().map(u16::to_string);
+    exact.chain(classes).collect::<Vec<_>>().join(", ")
+}
+
+/// As the config writes it.
+fn protocol(p: &Pool) -> &'static str {
+    match p.protocol {
+        Protocol::Http1 => "http1",
+        Protocol::H2 => "h2",
+    }
+}
+
 /// `host=app.example.com path_prefix=/auth/ methods=GET,POST`, or `any request`.
 pub fn describe_match(m: &RouteMatch) -> String {
     let mut parts = Vec::new();
@@ -456,6 +515,52 @@ fn outlier(p: &Pool) -> Settings {
             ("max_ejected_fraction", o.max_ejected_fraction.to_string()),
         ],
     }
+}
+
+fn access_log(s: &Snapshot) -> Settings {
+    let Some(l) = &s.access_log else {
+        return Vec::new();
+    };
+    let names = |h: &[http::HeaderName]| {
+        h.iter()
+            .map(http::HeaderName::as_str)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    vec![
+        (
+            "path",
+            match &l.target {
+                LogTarget::Stdout => "stdout".to_owned(),
+                LogTarget::File(p) => p.display().to_string(),
+            },
+        ),
+        ("redact", names(&l.redact)),
+        ("headers", names(&l.headers)),
+        ("cookies", l.cookies.join(" ")),
+    ]
+}
+
+fn guard(s: &Snapshot) -> Settings {
+    let g = &s.guard;
+    vec![
+        ("enabled", g.enabled.to_string()),
+        ("rollback", g.rollback.to_string()),
+        ("window", dur(g.window)),
+        ("probation", dur(g.probation)),
+        ("attribution", dur(g.attribution)),
+        ("min_requests", g.min_requests.to_string()),
+        ("confidence", g.confidence.to_string()),
+        ("min_effect", g.min_effect.to_string()),
+        ("latency_ratio", g.latency_ratio.to_string()),
+        ("max_backend_share", g.max_backend_share.to_string()),
+        ("min_healthy_fraction", g.min_healthy_fraction.to_string()),
+        ("consecutive", g.consecutive.to_string()),
+        (
+            "webhook",
+            g.webhook.clone().unwrap_or_else(|| "none".into()),
+        ),
+    ]
 }
 
 fn timeouts(p: &Pool) -> Settings {
