@@ -556,7 +556,9 @@ async fn a_bad_canary_is_dropped_by_the_guard_and_the_webhook_hears_of_it() {
             });
         }
     });
-    let guard = format!("[guard]\nwebhook = \"http://{hook_addr}/alerts\"\n");
+    // Both carry one `version` label, as a change made without bumping it
+    // does: the guard tells the two sides apart by content all the same.
+    let guard = format!("version = \"prod\"\n[guard]\nwebhook = \"http://{hook_addr}/alerts\"\n");
     let v1 = format!(
         "{guard}{}",
         config(

@@ -43,23 +43,32 @@ fn verdict(v: crate::guard::Verdict) -> f64 {
 pub fn render(c: &Controller, guard: Option<Arc<crate::guard::View>>) -> String {
     let view = c.view();
     let plane = c.plane();
+    let stats = plane.stats();
+    // The label its series carry, which is not the config's own when
+    // another config of that label is kept.
+    let label = |s: &fulcrum_config::Snapshot| {
+        stats
+            .iter()
+            .find(|v| v.hash == s.hash)
+            .map_or_else(|| s.version.to_string(), |v| v.version.to_string())
+    };
     let mut serving = vec![(
         view.stable.meta.number,
-        view.stable.snapshot.version.to_string(),
+        label(&view.stable.snapshot),
         "stable",
         1.0 - view.canary.as_ref().map_or(0.0, |c| c.fraction),
     )];
     if let Some(cv) = &view.canary {
         serving.push((
             cv.serving.meta.number,
-            cv.serving.snapshot.version.to_string(),
+            label(&cv.serving.snapshot),
             "canary",
             cv.fraction,
         ));
     }
     let scrape = Scrape {
         guard,
-        stats: plane.stats(),
+        stats,
         backends: plane.backends(),
         counters: plane.counters(),
         access_log_dropped: plane.access_log_dropped(),

@@ -100,9 +100,10 @@ struct Registry {
     backends: HashMap<BackendKey, Arc<BackendState>>,
     pools: HashMap<Arc<str>, Arc<PoolShared>>,
     health: HashMap<BackendKey, (Probe, JoinHandle<()>)>,
-    /// The statistics of the versions served lately, oldest first: a
-    /// version served again counts on where it left off, and `/metrics`
-    /// still reports a version's last requests after it stopped serving.
+    /// The statistics of the versions served lately, oldest first, one
+    /// per content: a version served again counts on where it left off,
+    /// and `/metrics` still reports a version's last requests after it
+    /// stopped serving.
     stats: Vec<Arc<VersionStats>>,
     recent: Arc<Recent>,
 }
@@ -111,19 +112,27 @@ struct Registry {
 const KEPT_VERSIONS: usize = 8;
 
 impl Registry {
-    /// The statistics of `snapshot`'s version: the kept ones when the
-    /// version and its shape are the same, else new ones.
+    /// The statistics of `snapshot`'s content: the kept ones when it was
+    /// served before, else new ones. Kept by content, not by label: a
+    /// change that did not touch `version` must not count with the config
+    /// it replaced (or, as a canary, with the one beside it), so its label
+    /// gets its hash.
     fn stats_for(&mut self, snapshot: &Snapshot) -> Arc<VersionStats> {
-        let fresh = VersionStats::of(snapshot);
+        let mut fresh = VersionStats::of(snapshot);
         let kept = self
             .stats
             .iter()
-            .position(|s| s.version == fresh.version && s.same_shape(&fresh));
+            .position(|s| s.hash == fresh.hash && s.same_shape(&fresh));
         let stats = match kept {
             Some(i) => self.stats.remove(i),
-            None => Arc::new(fresh),
+            None => {
+                if self.stats.iter().any(|s| s.version == fresh.version) {
+                    fresh.version = format!("{}@{}", fresh.version, fresh.hash).into();
+                }
+                Arc::new(fresh)
+            }
         };
-        self.stats.retain(|s| s.version != stats.version);
+        self.stats.retain(|s| s.hash != stats.hash);
         self.stats.push(stats.clone());
         if self.stats.len() > KEPT_VERSIONS {
             self.stats.remove(0);

@@ -56,7 +56,11 @@ const STATUSES: usize = 600;
 /// One version's statistics, laid out like its snapshot.
 #[derive(Debug)]
 pub struct VersionStats {
+    /// The label its series carry: the config's `version`, or, when a
+    /// config of other content kept that label, `version@hash`.
     pub version: Arc<str>,
+    /// The config's content hash: what these statistics are kept by.
+    pub hash: Arc<str>,
     pub routes: Box<[RouteStats]>,
     /// Requests no route took: refused before routing, or matching none.
     pub unrouted: RouteStats,
@@ -94,6 +98,7 @@ impl VersionStats {
     pub fn of(snapshot: &Snapshot) -> VersionStats {
         VersionStats {
             version: snapshot.version.clone(),
+            hash: snapshot.hash.clone(),
             routes: snapshot
                 .routes
                 .iter()

@@ -664,8 +664,19 @@ impl SnapshotBuilder {
             tests: Vec::new(),
         })
     }
+    /// The label `v`, and a content hash of its own, as a config that
+    /// names a new version has new content.
     pub fn version(mut self, v: &str) -> Self {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        v.hash(&mut h);
         self.0.version = v.into();
+        self.0.hash = format!("{:012x}", h.finish() & 0xffff_ffff_ffff).into();
+        self
+    }
+    /// The content hash alone: another config under the same label.
+    pub fn hash(mut self, h: &str) -> Self {
+        self.0.hash = h.into();
         self
     }
     pub fn pool(mut self, pool: Pool) -> Self {

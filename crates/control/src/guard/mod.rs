@@ -484,7 +484,7 @@ fn judge_now(
         (Some(cv), Some(w)) => {
             let from = w.since.max(now.checked_sub(s.window).unwrap_or(w.since));
             let base = windows
-                .between(&view.stable.snapshot.version, from, now)
+                .between(&view.stable.snapshot.hash, from, now)
                 .map(|(counts, _)| ((*view.stable.snapshot).clone(), counts));
             (&cv.serving, base)
         }
@@ -501,7 +501,7 @@ fn judge_now(
             Some(w.since.max(now.checked_sub(s.window).unwrap_or(w.since)))
         })
         .unwrap_or(now);
-    let current = windows.since(&new.snapshot.version, from);
+    let current = windows.since(&new.snapshot.hash, from);
     let Some((counts, span)) = current else {
         return Judged {
             findings: Vec::new(),

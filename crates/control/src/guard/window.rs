@@ -220,7 +220,8 @@ impl RouteCounts {
 /// One version's samples, oldest first, and when it was first seen.
 type Series = (Instant, VecDeque<(Instant, Counts)>);
 
-/// The samples of every version.
+/// The samples of every version, by its content hash: two configs that
+/// share a `version` label are still two versions.
 #[derive(Default)]
 pub struct Windows {
     samples: HashMap<Arc<str>, Series>,
@@ -232,7 +233,7 @@ impl Windows {
         for s in stats {
             let (_, q) = self
                 .samples
-                .entry(s.version.clone())
+                .entry(s.hash.clone())
                 .or_insert_with(|| (now, VecDeque::new()));
             q.push_back((now, Counts::of(s)));
             while q
@@ -243,15 +244,15 @@ impl Windows {
             }
         }
         self.samples
-            .retain(|v, _| stats.iter().any(|s| s.version == *v));
+            .retain(|v, _| stats.iter().any(|s| s.hash == *v));
     }
 
-    /// What `version` counted from `from` to its latest sample, and over
-    /// how long. A version first seen after `from` counted everything since
-    /// it began (its statistics start at zero when it is built). `None`
-    /// when there is nothing to tell yet.
-    pub fn since(&self, version: &str, from: Instant) -> Option<(Counts, Duration)> {
-        let (first_seen, q) = self.samples.get(version)?;
+    /// What the version of content `hash` counted from `from` to its
+    /// latest sample, and over how long. A version first seen after `from`
+    /// counted everything since it began (its statistics start at zero
+    /// when it is built). `None` when there is nothing to tell yet.
+    pub fn since(&self, hash: &str, from: Instant) -> Option<(Counts, Duration)> {
+        let (first_seen, q) = self.samples.get(hash)?;
         let (last_t, last) = q.back()?;
         if *first_seen >= from {
             return Some((last.clone(), last_t.saturating_duration_since(from)));
@@ -274,9 +275,9 @@ impl Windows {
         sum
     }
 
-    /// What `version` counted from `from` to `to`.
-    pub fn between(&self, version: &str, from: Instant, to: Instant) -> Option<(Counts, Duration)> {
-        let (_, q) = self.samples.get(version)?;
+    /// What the version of content `hash` counted from `from` to `to`.
+    pub fn between(&self, hash: &str, from: Instant, to: Instant) -> Option<(Counts, Duration)> {
+        let (_, q) = self.samples.get(hash)?;
         let (t0, first) = q.iter().find(|(t, _)| *t >= from)?;
         let (t1, last) = q.iter().rev().find(|(t, _)| *t <= to)?;
         (t1 > t0).then(|| (last.minus(first), *t1 - *t0))

@@ -66,6 +66,58 @@ async fn health_and_counters_survive_a_swap() {
     );
 }
 
+/// The statistics a request counts in, as (label, hash, requests).
+fn counted(proxy: &TestProxy) -> Vec<(String, String, u64)> {
+    proxy
+        .plane
+        .stats()
+        .iter()
+        .map(|s| {
+            let n = s.routes.iter().map(|r| r.requests()).sum();
+            (s.version.to_string(), s.hash.to_string(), n)
+        })
+        .collect()
+}
+
+/// A change that kept its `version` label counts apart from the config it
+/// replaces, beside it as a canary too (else the guard would compare the
+/// two sides' merged counts); content served again counts on.
+#[tokio::test]
+async fn a_change_that_kept_its_version_label_counts_apart() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let config = |backend, hash: &str| {
+        SnapshotBuilder::new()
+            .version("x")
+            .hash(hash)
+            .pool(pool("p", &[backend]))
+            .catch_all("p")
+            .build()
+    };
+    let proxy = TestProxy::start(config(a.addr, "aaaaaaaaaaaa")).await;
+    let c = Client::new(proxy.addr);
+    c.tally(4, "x.test", "/").await;
+    proxy.writer.stage(config(b.addr, "bbbbbbbbbbbb"), 1.0);
+    c.tally(6, "x.test", "/").await;
+    assert_eq!(
+        counted(&proxy),
+        [
+            ("x".into(), "aaaaaaaaaaaa".into(), 4),
+            ("x@bbbbbbbbbbbb".into(), "bbbbbbbbbbbb".into(), 6)
+        ]
+    );
+    // Dropped, the canary's counts stay reported; the stable one's go on.
+    proxy.writer.drop_canary();
+    c.tally(1, "x.test", "/").await;
+    assert_eq!(
+        counted(&proxy),
+        [
+            ("x".into(), "aaaaaaaaaaaa".into(), 5),
+            ("x@bbbbbbbbbbbb".into(), "bbbbbbbbbbbb".into(), 6)
+        ]
+    );
+}
+
 #[tokio::test]
 async fn in_flight_request_finishes_on_its_snapshot() {
     let old = Backend::start("old").await;
