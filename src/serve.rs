@@ -13,7 +13,7 @@ use std::time::Duration;
 use fulcrum_control::admin::{self, Admin};
 use fulcrum_control::boot::{Boot, BootError};
 use fulcrum_control::change::{Controller, Settings};
-use fulcrum_control::standards::Watch;
+use fulcrum_control::standards::{LoadError, Watch};
 use fulcrum_control::store::Local;
 use fulcrum_control::token::{self, Token};
 use tokio::runtime::Handle;
@@ -43,9 +43,12 @@ pub fn default_state_dir(config: &Path) -> PathBuf {
 pub fn run(o: Options) -> ExitCode {
     let watch = match o.standards.as_deref().map(Watch::load).transpose() {
         Ok(w) => w,
-        Err(report) => {
-            eprintln!("{report}");
-            return ExitCode::from(EXIT_INVALID);
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(match e {
+                LoadError::Unreadable(_) => EXIT_USAGE,
+                LoadError::Invalid(_) => EXIT_INVALID,
+            });
         }
     };
     let state_dir = o

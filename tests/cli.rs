@@ -232,6 +232,41 @@ fn serve_refuses_an_invalid_config_with_78() {
     assert!(err.contains("error[unknown-pool]"), "{err}");
 }
 
+#[test]
+fn serve_refuses_an_unreadable_standards_file_with_2_and_an_invalid_one_with_78() {
+    let dir = tempfile::tempdir().unwrap();
+    // An invalid config: were the standards file skipped, this would exit 78.
+    let broken = write_config(&dir, "fulcrum.toml", BROKEN);
+    let missing = dir.path().join("missing-standards.toml");
+    let out = fulcrum()
+        .arg("serve")
+        .arg("-c")
+        .arg(&broken)
+        .arg("--standards")
+        .arg(&missing)
+        .output()
+        .unwrap();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("fulcrum: cannot read "), "{err}");
+    assert!(err.contains("missing-standards.toml"), "{err}");
+
+    // A missing config: were the standards file skipped, this would exit 2.
+    let invalid = write_config(&dir, "standards.toml", "[[rule]]\nname = 7\n");
+    let out = fulcrum()
+        .arg("serve")
+        .arg("-c")
+        .arg(dir.path().join("absent.toml"))
+        .arg("--standards")
+        .arg(&invalid)
+        .output()
+        .unwrap();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(err.contains("invalid standards file"), "{err}");
+}
+
 // ---------------------------------------------------------------- serve
 
 /// A `fulcrum serve` child process with its log captured line by line.

@@ -2,7 +2,7 @@
 //! bytes; refused by the standards, the config's own tests, a pre-flight
 //! probe (incident 2) and the traffic-impact budget, each leaving the
 //! running config serving and the refusal in the journal; a stale parent;
-//! SIGHUP of an invalid file.
+//! SIGHUP of an invalid file; a store that cannot record the change.
 
 use fulcrum_testkit::{Backend, Mode};
 
@@ -276,4 +276,58 @@ async fn sighup_of_an_invalid_file_is_refused_and_journaled() {
         "{}",
         stdout(&out)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_the_store_cannot_record_is_refused_and_journaled() {
+    let old = Backend::start("old").await;
+    let new = Backend::start("new").await;
+    let web = Backend::start("web").await;
+    let lb = Lb::start(&config(&[old.addr], web.addr, ""));
+    // A directory where v2's file goes: renaming onto it fails, even as
+    // root, while the journal (an open file) can still be appended to.
+    let blocker = lb.dir.path().join("fulcrum.state/versions/000002.json");
+    std::fs::create_dir(&blocker).unwrap();
+
+    let v2 = config(&[new.addr], web.addr, "");
+    let path = lb.file("new.toml", &v2);
+    let out = lb.cli(&["apply", path.to_str().unwrap(), "-m", "auth moves to new"]);
+    let shown = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{shown}{}", stderr(&out));
+    assert!(shown.contains("✗ store: "), "{shown}");
+    assert!(
+        shown.contains("refused: store: cannot store the change"),
+        "{shown}"
+    );
+    assert_eq!(lb.get("/auth/login").await.1, "old");
+
+    let refused = lb
+        .events()
+        .await
+        .into_iter()
+        .rev()
+        .find(|e| e["kind"] == "refused");
+    let refused = refused.expect("the store failure is in the journal");
+    assert!(
+        refused["summary"].as_str().unwrap().contains("store: "),
+        "{refused}"
+    );
+    assert_eq!(refused["detail"]["outcome"], "failed", "{refused}");
+    assert_eq!(
+        refused["detail"]["refusals"][0]["step"], "store",
+        "{refused}"
+    );
+
+    // Once the store can write again, the same change goes through as v2.
+    std::fs::remove_dir(&blocker).unwrap();
+    let out = lb.cli(&["apply", path.to_str().unwrap()]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(stdout(&out).contains("stored as v2"), "{}", stdout(&out));
+    assert_eq!(lb.get("/auth/login").await.1, "new");
 }

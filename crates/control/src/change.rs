@@ -239,6 +239,9 @@ impl Controller {
             origin: req.origin,
         };
         let Some(serving) = self.store_version(meta, &req, snapshot, &mut report).await else {
+            // Journaled like any refusal (reason `store`), if the journal
+            // can still be written.
+            self.journal_refusal(&req, &report).await;
             return report;
         };
         let number = serving.meta.number;

@@ -23,14 +23,31 @@ pub struct Watch {
     standards: Standards,
 }
 
+/// Why [`Watch::load`] failed; each holds what to print.
+#[derive(Debug)]
+pub enum LoadError {
+    /// The file cannot be read (a usage error: exit 2).
+    Unreadable(String),
+    /// The file is read but is not a valid standards file (exit 78).
+    Invalid(String),
+}
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LoadError::Unreadable(m) | LoadError::Invalid(m) => f.write_str(m),
+        }
+    }
+}
+
 impl Watch {
-    /// Read and parse the standards file; `Err` holds what to print.
-    pub fn load(path: &Path) -> Result<Watch, String> {
+    /// Read and parse the standards file.
+    pub fn load(path: &Path) -> Result<Watch, LoadError> {
         let text = std::fs::read_to_string(path).map_err(|e| {
-            format!(
+            LoadError::Unreadable(format!(
                 "fulcrum: cannot read {}: {e} (check the path and its permissions)",
                 path.display()
-            )
+            ))
         })?;
         let label = path.display().to_string();
         let parsed = parse_standards(&label, &text);
@@ -40,12 +57,14 @@ impl Watch {
                 hash: xxhash_rust::xxh3::xxh3_64(text.as_bytes()),
                 standards,
             }),
-            None => Err(parsed
-                .diagnostics
-                .iter()
-                .map(|d| fulcrum_config::render_diagnostic(&text, d))
-                .collect::<String>()
-                + &format!("{label}: invalid standards file")),
+            None => Err(LoadError::Invalid(
+                parsed
+                    .diagnostics
+                    .iter()
+                    .map(|d| fulcrum_config::render_diagnostic(&text, d))
+                    .collect::<String>()
+                    + &format!("{label}: invalid standards file"),
+            )),
         }
     }
 

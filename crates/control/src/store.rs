@@ -78,7 +78,8 @@ pub enum EventKind {
     /// A change passed the pipeline and was stored.
     Applied,
     /// A change was refused (invalid, standards, tests, pre-flight, impact,
-    /// conflict); nothing changed.
+    /// conflict, listeners, or the store could not record it); nothing
+    /// changed.
     Refused,
     /// A stored version went live on a fraction of requests.
     Staged,
