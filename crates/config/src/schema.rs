@@ -12,14 +12,36 @@ use crate::validate::ALGORITHMS;
 
 const DRAFT: &str = "http://json-schema.org/draft-07/schema#";
 
-/// humantime's syntax: one or more `NUMBER UNIT`, e.g. `1h 30m`.
-pub const DURATION_PATTERN: &str = "^\\s*([0-9]+\\s*(nsec|ns|usec|us|msec|ms|seconds|second|sec|s|minutes|minute|min|m|hours|hour|hr|h|days|day|d|weeks|week|w|months|month|M|years|year|y)\\s*)+$";
+/// humantime's units.
+macro_rules! units {
+    () => {
+        "(nsec|ns|usec|us|msec|ms|seconds|second|sec|s|minutes|minute|min|m|hours|hour|hr|h|days|day|d|weeks|week|w|months|month|M|years|year|y)"
+    };
+}
+
+/// humantime's syntax: one or more `NUMBER UNIT`, e.g. `1h 30m`. Zero
+/// included: a bound of a rules file's range may be zero.
+pub const DURATION_PATTERN: &str = concat!("^\\s*([0-9]+\\s*", units!(), "\\s*)+$");
+
+/// [`DURATION_PATTERN`] with at least one non-zero number: the validator
+/// refuses a zero duration for every config key (an interval or deadline
+/// of zero means "never" or "immediately"). No lookahead: the `regex`
+/// crate, which tests check the schema with, has none.
+pub const NONZERO_DURATION_PATTERN: &str = concat!(
+    "^\\s*([0-9]+\\s*",
+    units!(),
+    "\\s*)*[0-9]*[1-9][0-9]*\\s*",
+    units!(),
+    "\\s*([0-9]+\\s*",
+    units!(),
+    "\\s*)*$"
+);
 
 /// `IP:PORT`, IPv4 or bracketed IPv6, port 0 to 65535.
 pub const ADDRESS_PATTERN: &str = "^\\s*([0-9]{1,3}(\\.[0-9]{1,3}){3}|\\[[0-9A-Fa-f:.]+\\]):(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})\\s*$";
 
 fn duration(desc: &str) -> Value {
-    json!({ "type": "string", "description": format!("{desc} A duration such as \"500ms\", \"2s\" or \"1m\"; not zero."), "pattern": DURATION_PATTERN })
+    json!({ "type": "string", "description": format!("{desc} A duration such as \"500ms\", \"2s\" or \"1m\"; not zero."), "pattern": NONZERO_DURATION_PATTERN })
 }
 
 fn address(desc: &str) -> Value {
@@ -36,7 +58,8 @@ fn object(desc: &str, props: Value, required: &[&str]) -> Value {
     })
 }
 
-/// The config file's schema.
+/// The config file's schema. Integer ranges are validate.rs's, so an editor
+/// flags what `check` refuses; keep the two in step.
 pub fn config_schema() -> Value {
     let header = object(
         "A header condition: present, equal to `value`, or matching `regex`.",
@@ -81,12 +104,12 @@ pub fn config_schema() -> Value {
                 "path": { "type": "string" },
                 "interval": duration("Between checks."),
                 "timeout": duration("Per check."),
-                "healthy_threshold": { "type": "integer", "minimum": 1 },
-                "unhealthy_threshold": { "type": "integer", "minimum": 1 },
+                "healthy_threshold": { "type": "integer", "minimum": 1, "maximum": 100 },
+                "unhealthy_threshold": { "type": "integer", "minimum": 1, "maximum": 100 },
                 "expect_status": { "type": "string", "description": "`200` or `200-399`." }
             }), &["path"]),
             "outlier": object("Passive outlier ejection.", json!({
-                "consecutive_failures": { "type": "integer", "minimum": 1 },
+                "consecutive_failures": { "type": "integer", "minimum": 1, "maximum": 1000 },
                 "base_ejection": duration("First ejection."),
                 "max_ejection": duration("Longest ejection."),
                 "max_ejected_fraction": { "type": "number", "minimum": 0, "maximum": 1 },
@@ -103,7 +126,7 @@ pub fn config_schema() -> Value {
             "retries": object("Retries, bounded by a budget.", json!({
                 "attempts": { "type": "integer", "minimum": 0, "maximum": 10 },
                 "budget": { "type": "number", "minimum": 0, "maximum": 1 },
-                "min_concurrent": { "type": "integer", "minimum": 0 }
+                "min_concurrent": { "type": "integer", "minimum": 0, "maximum": 1000 }
             }), &[])
         }),
         &["backends"],
@@ -134,18 +157,18 @@ pub fn config_schema() -> Value {
             "min_body_rate": { "type": "integer", "minimum": 0, "maximum": 1073741824, "description": "Bytes per second a request body must average after body_timeout; 0: no minimum." },
             "send_timeout": duration("Longest a client may take no bytes of its response."),
             "limits": object("Request and connection limits.", json!({
-                "max_header_bytes": { "type": "integer", "minimum": 1 },
-                "max_headers": { "type": "integer", "minimum": 1 },
-                "max_uri_bytes": { "type": "integer", "minimum": 1 },
-                "max_body_bytes": { "type": "integer", "minimum": 0 },
-                "max_connections": { "type": "integer", "minimum": 1 }
+                "max_header_bytes": { "type": "integer", "minimum": 8192, "maximum": 1048576 },
+                "max_headers": { "type": "integer", "minimum": 8, "maximum": 1000 },
+                "max_uri_bytes": { "type": "integer", "minimum": 256, "maximum": 65536 },
+                "max_body_bytes": { "type": "integer", "minimum": 0, "maximum": 1099511627776u64 },
+                "max_connections": { "type": "integer", "minimum": 1, "maximum": 1000000 }
             }), &[]),
             "http2": object("HTTP/2 from clients.", json!({
                 "enabled": { "type": "boolean" },
                 "only": { "type": "boolean", "description": "HTTP/2 alone: h2c by prior knowledge, or h2 by ALPN." },
-                "max_concurrent_streams": { "type": "integer", "minimum": 1 },
-                "max_pending_reset_streams": { "type": "integer", "minimum": 1 },
-                "max_local_error_reset_streams": { "type": "integer", "minimum": 1 },
+                "max_concurrent_streams": { "type": "integer", "minimum": 1, "maximum": 10000 },
+                "max_pending_reset_streams": { "type": "integer", "minimum": 1, "maximum": 10000 },
+                "max_local_error_reset_streams": { "type": "integer", "minimum": 1, "maximum": 100000 },
                 "keep_alive_interval": duration("Between PINGs to an idle client."),
                 "keep_alive_timeout": duration("For a PING's answer.")
             }), &[]),
@@ -174,10 +197,10 @@ pub fn config_schema() -> Value {
                 "window": duration("The sliding window rates and shares are judged over."),
                 "probation": duration("After promotion, how long a change is still rolled back on a failing verdict."),
                 "attribution": duration("An alert within this long of a change names it."),
-                "min_requests": { "type": "integer", "minimum": 5 },
+                "min_requests": { "type": "integer", "minimum": 5, "maximum": 1000000 },
                 "confidence": { "type": "number", "exclusiveMinimum": 0.5, "exclusiveMaximum": 1 },
                 "min_effect": { "type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1 },
-                "latency_ratio": { "type": "number", "exclusiveMinimum": 1 },
+                "latency_ratio": { "type": "number", "exclusiveMinimum": 1, "exclusiveMaximum": 100 },
                 "max_backend_share": { "type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1 },
                 "min_healthy_fraction": { "type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1 },
                 "consecutive": { "type": "integer", "minimum": 1, "maximum": 100 },

@@ -571,6 +571,39 @@ fn invalid_hash_key() {
     assert_eq!(d.key_path, "pool.web.hash.key");
 }
 
+/// A cookie or header name no request can carry would hash every request
+/// as keyless: refused by the rule `access_log.cookies` follows.
+#[test]
+fn hash_key_names_must_be_tokens() {
+    let hashed = |key: &str| {
+        BASE.replace(
+            "[pool.web]\n",
+            &format!("[pool.web]\nalgorithm = \"hash\"\nhash = {{ key = \"{key}\" }}\n"),
+        )
+    };
+    for (key, message) in [
+        ("cookie:a b", "`a b` is not a valid cookie name"),
+        ("cookie:a=b", "`a=b` is not a valid cookie name"),
+        ("cookie:", "`` is not a valid cookie name"),
+        ("header:x user", "`x user` is not a valid header name"),
+    ] {
+        let d = only(&hashed(key), "invalid-hash-key");
+        assert_eq!(d.severity, Severity::Error);
+        assert_eq!(d.key_path, "pool.web.hash.key");
+        assert_eq!(d.message, message);
+        assert!(d.hint.as_deref().unwrap().contains("is a token"), "{d:?}");
+        assert_eq!((d.line, d.col), (11, 16), "{key}");
+    }
+    for key in ["cookie:session", "cookie:__Host-sid", "header:x-user"] {
+        let checked = run(&hashed(key));
+        assert!(
+            checked.diagnostics.is_empty(),
+            "{key}: {:#?}",
+            checked.diagnostics
+        );
+    }
+}
+
 #[test]
 fn invalid_regex() {
     let src = BASE.replace(
@@ -620,6 +653,104 @@ fn invalid_path() {
     );
     let d = only(&src, "invalid-path");
     assert_eq!(d.hint.as_deref(), Some("write \"/auth/\""));
+}
+
+/// A route path holding what no request path holds (refused by the HTTP/1
+/// codec, or cut off before the router sees it) could never match.
+#[test]
+fn route_paths_no_request_can_have_are_refused() {
+    let matching = |key: &str, path: &str| {
+        BASE.replace(
+            "name = \"web\"\n",
+            &format!("name = \"web\"\nmatch = {{ {key} = \"{path}\" }}\n"),
+        )
+    };
+    for (key, path, message, hint) in [
+        (
+            "path_prefix",
+            "/a b",
+            "path `/a b` has a space, which no request path contains",
+            "write it percent-encoded, as clients send it: `%20`",
+        ),
+        (
+            "path",
+            "/a<b",
+            "path `/a<b` has `<`, which no request path contains",
+            "write it percent-encoded, as clients send it: `%3C`",
+        ),
+        (
+            "path_prefix",
+            "/a\\tb",
+            "path `/a\\tb` has a control character, which no request path contains",
+            "write it percent-encoded, as clients send it: `%09`",
+        ),
+        (
+            "path",
+            "/search?q=1",
+            "path `/search?q=1` has a query",
+            "routes match the path without its query: remove `?` and what follows",
+        ),
+        (
+            "path_prefix",
+            "/docs#intro",
+            "path `/docs#intro` has a fragment",
+            "a fragment is never sent in a request: remove `#` and what follows, or write `%23` for a literal `#`",
+        ),
+    ] {
+        let d = only(&matching(key, path), "invalid-path");
+        assert_eq!(d.severity, Severity::Error);
+        assert_eq!(d.key_path, format!("route[0].match.{key}"));
+        assert_eq!(d.message, message);
+        assert_eq!(d.hint.as_deref(), Some(hint));
+        assert_eq!(d.line, 7);
+    }
+    // What clients do send, raw UTF-8 and JSON-ish braces included (the
+    // codec accepts both), is still a path.
+    for path in ["/a%20b", "/caf\u{e9}/", "/api/{id}", "/~user/a;b=c", "/"] {
+        let checked = run(&matching("path_prefix", path));
+        assert!(
+            checked.diagnostics.is_empty(),
+            "{path}: {:#?}",
+            checked.diagnostics
+        );
+    }
+}
+
+/// The probe's request is built from the health path: one that forms no
+/// request target is refused by `check` rather than failing every probe.
+#[test]
+fn health_paths_must_form_a_request_target() {
+    let health = |path: &str| format!("{BASE}health = {{ path = \"{path}\" }}\n");
+    for (path, message) in [
+        (
+            "/a b".to_owned(),
+            "health check path `/a b` has a space, which no request path contains".to_owned(),
+        ),
+        (
+            "/status<".to_owned(),
+            "health check path `/status<` has `<`, which no request path contains".to_owned(),
+        ),
+        (
+            "/healthz#x".to_owned(),
+            "health check path `/healthz#x` has a fragment".to_owned(),
+        ),
+        (
+            format!("/{}", "a".repeat(8192)),
+            "health check path is 8193 bytes: longer than 8192".to_owned(),
+        ),
+    ] {
+        let d = only(&health(&path), "invalid-path");
+        assert_eq!(d.severity, Severity::Error);
+        assert_eq!(d.key_path, "pool.web.health.path");
+        assert_eq!(d.message, message);
+        assert!(d.hint.is_some());
+        assert_eq!((d.line, d.col), (11, 19));
+    }
+    // A query is sent with the path, and may hold what a path may not.
+    for path in ["/healthz", "/healthz?full=1", "/h?x=a`b", "/caf\u{e9}"] {
+        let s = run(&health(path)).snapshot.expect(path);
+        assert_eq!(s.pools[0].health.as_ref().unwrap().path, path);
+    }
 }
 
 #[test]
@@ -1191,4 +1322,195 @@ fn access_log_records_what_the_config_reads_and_what_it_adds() {
         ]
     );
     assert!(d[0].hint.as_deref().unwrap().contains("cookies = ["));
+}
+
+// --- schema ---
+
+/// Every integer range the schema states is the validator's: the bounds
+/// pass `check`, one past them is `out-of-range`. An editor flags what
+/// `check` refuses, and nothing it accepts.
+#[test]
+fn schema_integer_ranges_are_the_validators() {
+    let schema = crate::schema::config_schema();
+    let listener = |k: &str, v: i64| BASE.replace("8080\"\n", &format!("8080\"\n{k} = {v}\n"));
+    let limits = |k: &str, v: i64| {
+        listener("limits", 0).replace("limits = 0", &format!("limits = {{ {k} = {v} }}"))
+    };
+    let http2 = |k: &str, v: i64| {
+        listener("http2", 0).replace("http2 = 0", &format!("http2 = {{ {k} = {v} }}"))
+    };
+    let pool = |k: &str, v: i64| format!("{BASE}{k} = {v}\n");
+    let table = |t: &'static str| move |k: &str, v: i64| format!("{BASE}{t} = {{ {k} = {v} }}\n");
+    let health = |k: &str, v: i64| format!("{BASE}health = {{ path = \"/\", {k} = {v} }}\n");
+    let guard = |k: &str, v: i64| format!("[guard]\n{k} = {v}\n\n{BASE}");
+    // Beside a second backend: a lone backend of weight 0 is `zero-weight`.
+    let weight = |_: &str, v: i64| {
+        BASE.replace(
+            "9201\" }",
+            &format!("9201\", weight = {v} }}, {{ addr = \"127.0.0.1:9202\" }}"),
+        )
+    };
+    let l = "/properties/listener/items/properties";
+    let p = "/properties/pool/additionalProperties/properties";
+    // (schema pointer, lowest, highest, the config setting KEY to a value)
+    type Case<'a> = (String, i64, i64, Box<dyn Fn(&str, i64) -> String + 'a>);
+    let cases: Vec<Case<'_>> = vec![
+        (format!("{l}/min_body_rate"), 0, 1 << 30, Box::new(listener)),
+        (
+            format!("{l}/limits/properties/max_header_bytes"),
+            8192,
+            1048576,
+            Box::new(limits),
+        ),
+        (
+            format!("{l}/limits/properties/max_headers"),
+            8,
+            1000,
+            Box::new(limits),
+        ),
+        (
+            format!("{l}/limits/properties/max_uri_bytes"),
+            256,
+            65536,
+            Box::new(limits),
+        ),
+        (
+            format!("{l}/limits/properties/max_body_bytes"),
+            0,
+            1 << 40,
+            Box::new(limits),
+        ),
+        (
+            format!("{l}/limits/properties/max_connections"),
+            1,
+            1_000_000,
+            Box::new(limits),
+        ),
+        (
+            format!("{l}/http2/properties/max_concurrent_streams"),
+            1,
+            10_000,
+            Box::new(http2),
+        ),
+        (
+            format!("{l}/http2/properties/max_pending_reset_streams"),
+            1,
+            10_000,
+            Box::new(http2),
+        ),
+        (
+            format!("{l}/http2/properties/max_local_error_reset_streams"),
+            1,
+            100_000,
+            Box::new(http2),
+        ),
+        (
+            format!("{p}/backends/items/properties/weight"),
+            0,
+            1000,
+            Box::new(weight),
+        ),
+        (format!("{p}/idle_per_backend"), 0, 100_000, Box::new(pool)),
+        (
+            format!("{p}/health/properties/healthy_threshold"),
+            1,
+            100,
+            Box::new(health),
+        ),
+        (
+            format!("{p}/health/properties/unhealthy_threshold"),
+            1,
+            100,
+            Box::new(health),
+        ),
+        (
+            format!("{p}/outlier/properties/consecutive_failures"),
+            1,
+            1000,
+            Box::new(table("outlier")),
+        ),
+        (
+            format!("{p}/retries/properties/attempts"),
+            0,
+            10,
+            Box::new(table("retries")),
+        ),
+        (
+            format!("{p}/retries/properties/min_concurrent"),
+            0,
+            1000,
+            Box::new(table("retries")),
+        ),
+        (
+            "/properties/guard/properties/min_requests".into(),
+            5,
+            1_000_000,
+            Box::new(guard),
+        ),
+        (
+            "/properties/guard/properties/consecutive".into(),
+            1,
+            100,
+            Box::new(guard),
+        ),
+    ];
+    for (pointer, lo, hi, src) in &cases {
+        let node = schema
+            .pointer(pointer)
+            .unwrap_or_else(|| panic!("{pointer}"));
+        assert_eq!(node["type"], "integer", "{pointer}");
+        assert_eq!(node["minimum"].as_i64(), Some(*lo), "{pointer}: minimum");
+        assert_eq!(node["maximum"].as_i64(), Some(*hi), "{pointer}: maximum");
+        let key = pointer.rsplit('/').next().unwrap();
+        for v in [*lo, *hi] {
+            // Warnings (skewed weights) may come; errors may not.
+            let checked = run(&src(key, v));
+            assert!(
+                checked.snapshot.is_some(),
+                "{key} = {v}: {:#?}",
+                checked.diagnostics
+            );
+        }
+        for v in [lo - 1, hi + 1] {
+            let d = only(&src(key, v), "out-of-range");
+            assert!(d.key_path.ends_with(key), "{key} = {v}: {d:?}");
+        }
+    }
+    // The audit's example: what `check` refuses lies outside the schema.
+    let max_headers = &schema
+        .pointer(&format!("{l}/limits/properties/max_headers"))
+        .unwrap();
+    assert!(5 < max_headers["minimum"].as_i64().unwrap());
+    only(&limits("max_headers", 5), "out-of-range");
+}
+
+/// Every config duration refuses zero (`invalid-duration`), and so does
+/// the schema's pattern; a rules file's range bound may be zero, and its
+/// pattern still allows it.
+#[test]
+fn schema_durations_refuse_zero_as_check_does() {
+    let schema = crate::schema::config_schema();
+    let pattern =
+        |v: &serde_json::Value| regex::Regex::new(v["pattern"].as_str().unwrap()).unwrap();
+    let interval = pattern(
+        &schema["properties"]["pool"]["additionalProperties"]["properties"]["health"]["properties"]
+            ["interval"],
+    );
+    for zero in ["0s", "0ms", " 0s 0ms ", "00h"] {
+        assert!(!interval.is_match(zero), "the schema accepts {zero:?}");
+        let src = format!("{BASE}health = {{ path = \"/\", interval = \"{zero}\" }}\n");
+        only(&src, "invalid-duration");
+    }
+    for ok in ["1s", "0s 500ms", "1s 0ms", "10ms", "1h 30m", "2 min"] {
+        assert!(interval.is_match(ok), "the schema refuses {ok:?}");
+        let src = format!("{BASE}health = {{ path = \"/\", interval = \"{ok}\" }}\n");
+        assert!(run(&src).snapshot.is_some(), "check refuses {ok:?}");
+    }
+    for bad in ["1500", "2 parsecs", ""] {
+        assert!(!interval.is_match(bad), "the schema accepts {bad:?}");
+    }
+    let rules = crate::schema::rules_schema();
+    let bound =
+        pattern(&rules["properties"]["rule"]["items"]["properties"]["connect_timeout"]["items"]);
+    assert!(bound.is_match("0s") && bound.is_match(""));
 }

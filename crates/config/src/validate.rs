@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use http::uri::PathAndQuery;
 use http::{HeaderName, Method};
 use regex::Regex;
 use toml::Spanned;
@@ -51,6 +52,12 @@ pub(crate) const MAX_WEIGHT: i64 = 1000;
 const SKEWED_SHARE: f64 = 0.75;
 
 const DURATION_HINT: &str = "write a number and a unit, e.g. \"500ms\", \"2s\" or \"1m\"";
+
+/// The longest health check path: past it, backends' request-line limits
+/// (NGINX's request-line buffer and Fulcrum's own `max_uri_bytes` default
+/// to 8 KiB) would fail every probe, and the probe's URI stays well inside
+/// what `http` parses.
+const MAX_HEALTH_PATH: usize = 8 * 1024;
 
 /// Check `doc`; `None` when any error was reported.
 pub(crate) fn validate(
@@ -432,12 +439,7 @@ impl Validator<'_, '_> {
         let mut cookies_ok = true;
         for (i, c) in raw.cookies.iter().flatten().enumerate() {
             let name = c.get_ref().trim();
-            // A cookie name is an HTTP token (RFC 6265).
-            let ok = !name.is_empty()
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b));
-            if ok {
+            if is_token(name) {
                 cookies.push(name.to_owned());
             } else {
                 cookies_ok = false;
@@ -871,6 +873,13 @@ impl Validator<'_, '_> {
                         .hint(format!("write \"/{s}\""));
                     None
                 }
+                // A route no request could match is a typo, not a route.
+                _ if let Some((message, hint)) = path_problem(s, false) => {
+                    self.d
+                        .error("invalid-path", Some(value.span()), kp, message)
+                        .hint(hint);
+                    None
+                }
                 "path" => Some(PathMatch::Exact(s.clone())),
                 _ => Some(PathMatch::Prefix(s.clone())),
             };
@@ -1184,31 +1193,49 @@ impl Validator<'_, '_> {
 
     fn hash(&mut self, raw: &RawHash, p: &str) -> Option<HashPolicy> {
         let key_str = raw.key.get_ref().as_str();
-        let key = if let Some(name) = key_str.strip_prefix("header:") {
-            HeaderName::from_bytes(name.as_bytes())
-                .ok()
-                .map(HashKey::Header)
+        // The kind and name of a `header:`/`cookie:` key, to say which
+        // name is wrong rather than list the forms again.
+        let (key, named) = if let Some(name) = key_str.strip_prefix("header:") {
+            let key = HeaderName::from_bytes(name.as_bytes()).ok();
+            (key.map(HashKey::Header), Some(("header", name, "x-user")))
         } else if let Some(name) = key_str.strip_prefix("cookie:") {
-            (!name.is_empty()).then(|| HashKey::Cookie(name.to_owned()))
+            // As for `access_log.cookies`: a cookie name is an HTTP token
+            // (RFC 6265); no request carries any other, so every request
+            // would hash as keyless.
+            let key = is_token(name).then(|| HashKey::Cookie(name.to_owned()));
+            (key, Some(("cookie", name, "session")))
         } else {
-            match key_str {
+            let key = match key_str {
                 "client_ip" => Some(HashKey::ClientIp),
                 "path" => Some(HashKey::Path),
                 _ => None,
-            }
+            };
+            (key, None)
         };
         if key.is_none() {
+            let (message, hint) = match named {
+                Some((kind, name, example)) => (
+                    format!("`{name}` is not a valid {kind} name"),
+                    format!(
+                        "a {kind} name is a token (letters, digits and !#$%&'*+-.^_`|~), e.g. \"{kind}:{example}\""
+                    ),
+                ),
+                None => (
+                    format!("cannot hash on `{key_str}`"),
+                    format!(
+                        "valid keys: {} (NAME a header or cookie name)",
+                        list(HASH_KEYS)
+                    ),
+                ),
+            };
             self.d
                 .error(
                     "invalid-hash-key",
                     Some(raw.key.span()),
                     format!("{p}.key"),
-                    format!("cannot hash on `{key_str}`"),
+                    message,
                 )
-                .hint(format!(
-                    "valid keys: {} (NAME a header or cookie name)",
-                    list(HASH_KEYS)
-                ));
+                .hint(hint);
         }
         let on_missing = match raw.on_missing.as_ref() {
             None => Some(MissingKey::HashEmpty),
@@ -1339,16 +1366,35 @@ impl Validator<'_, '_> {
 
     fn health(&mut self, raw: &RawHealth, p: &str) -> Option<HealthCheck> {
         let path = raw.path.get_ref();
-        let path_ok = path.starts_with('/');
-        if !path_ok {
+        // The probe's request is built from this path: one that forms no
+        // request target would fail every check, whatever the backend.
+        let problem = if !path.starts_with('/') {
+            Some((
+                format!("health check path `{path}` does not start with `/`"),
+                format!("write \"/{path}\""),
+            ))
+        } else if path.len() > MAX_HEALTH_PATH {
+            Some((
+                format!(
+                    "health check path is {} bytes: longer than {MAX_HEALTH_PATH}",
+                    path.len()
+                ),
+                "probe a short path, such as \"/healthz\"".to_owned(),
+            ))
+        } else {
+            path_problem(path, true)
+                .map(|(message, hint)| (format!("health check {message}"), hint))
+        };
+        let path_ok = problem.is_none();
+        if let Some((message, hint)) = problem {
             self.d
                 .error(
                     "invalid-path",
                     Some(raw.path.span()),
                     format!("{p}.path"),
-                    format!("health check path `{path}` does not start with `/`"),
+                    message,
                 )
-                .hint(format!("write \"/{path}\""));
+                .hint(hint);
         }
         let interval = self.duration(
             raw.interval.as_ref(),
@@ -1749,4 +1795,68 @@ fn binds_overlap(a: SocketAddr, b: SocketAddr) -> bool {
     a.port() == b.port()
         && (a.ip() == b.ip()
             || (a.is_ipv4() == b.is_ipv4() && (a.ip().is_unspecified() || b.ip().is_unspecified())))
+}
+
+/// An HTTP token (RFC 9110 §5.6.2), the grammar of cookie names
+/// (RFC 6265): visible ASCII but the separators.
+fn is_token(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b))
+}
+
+/// Why `path` cannot be a request's path (with its query, when `query`):
+/// (message, hint), or `None` when it can. Both the HTTP/1 codec
+/// (proxy/src/http1/head.rs) and h2 hand the request target to
+/// `http::uri::PathAndQuery`, so what it refuses no request carries, and
+/// the router and the probe see what it keeps: the path alone, without the
+/// query or a fragment.
+fn path_problem(path: &str, query: bool) -> Option<(String, String)> {
+    let whole = |s: &str| {
+        PathAndQuery::try_from(s).is_ok_and(|pq| s == if query { pq.as_str() } else { pq.path() })
+    };
+    if whole(path) {
+        return None;
+    }
+    // Each character tried alone, in the part of the target it is in: a
+    // query may hold `` ` `` and a path may not; a path may hold `"` and a
+    // query may not.
+    let query_at = path.find('?').filter(|_| query).unwrap_or(path.len());
+    let bad = path.char_indices().find_map(|(i, c)| {
+        let alone = if i > query_at {
+            format!("/?{c}")
+        } else {
+            format!("/{c}")
+        };
+        (!whole(&alone)).then_some(c)
+    });
+    let shown = path.escape_debug();
+    Some(match bad {
+        Some('?') => (
+            format!("path `{shown}` has a query"),
+            "routes match the path without its query: remove `?` and what follows".to_owned(),
+        ),
+        Some('#') => (
+            format!("path `{shown}` has a fragment"),
+            "a fragment is never sent in a request: remove `#` and what follows, or write `%23` for a literal `#`".to_owned(),
+        ),
+        Some(c) => {
+            let what = match c {
+                ' ' => "a space".to_owned(),
+                c if c.is_control() => "a control character".to_owned(),
+                c => format!("`{c}`"),
+            };
+            let encoded: String = c.to_string().bytes().map(|b| format!("%{b:02X}")).collect();
+            (
+                format!("path `{shown}` has {what}, which no request path contains"),
+                format!("write it percent-encoded, as clients send it: `{encoded}`"),
+            )
+        }
+        // Every character is fine alone: the whole is too long for `http`.
+        None => (
+            format!("path is {} bytes: longer than any request target", path.len()),
+            "shorten it".to_owned(),
+        ),
+    })
 }

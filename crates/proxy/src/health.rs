@@ -66,6 +66,9 @@ pub(crate) fn spawn(
         // The outlier ejection the passes are counted against, and how
         // many came since it began.
         let mut ejection: Option<(u32, u32)> = None;
+        // A request that cannot be built fails every probe alike: say so
+        // once, not at every interval.
+        let mut told_unbuildable = false;
         loop {
             tick.tick().await;
             let current = backend.ejection();
@@ -98,6 +101,15 @@ pub(crate) fn spawn(
                     }
                 }
                 Err(reason) => {
+                    if let ProbeFailure::Unbuildable(e) = &reason
+                        && !told_unbuildable
+                    {
+                        told_unbuildable = true;
+                        tracing::error!(
+                            pool = %backend.pool(), backend = %backend.addr(), path = %check.path, error = %e,
+                            "health check request cannot be built; every probe of this backend fails until the config changes"
+                        );
+                    }
                     passes = 0;
                     if let Some((_, since)) = ejection.as_mut() {
                         *since = 0;
@@ -120,6 +132,9 @@ pub(crate) fn spawn(
 enum ProbeFailure {
     Status(u16),
     Timeout,
+    /// The address and path do not form a request. `check` refuses such
+    /// paths, so only a snapshot that bypassed it gets here.
+    Unbuildable(http::Error),
     Error(hyper_util::client::legacy::Error),
 }
 
@@ -128,6 +143,7 @@ impl std::fmt::Display for ProbeFailure {
         match self {
             ProbeFailure::Status(s) => write!(f, "status {s}"),
             ProbeFailure::Timeout => write!(f, "timed out"),
+            ProbeFailure::Unbuildable(_) => write!(f, "the health check request cannot be built"),
             ProbeFailure::Error(e) if e.is_connect() => write!(f, "connect failed"),
             ProbeFailure::Error(_) => write!(f, "connection failed before a response"),
         }
@@ -144,7 +160,7 @@ async fn probe(
         .header(header::HOST, addr.to_string())
         .header(header::USER_AGENT, "fulcrum-health")
         .body(Empty::new())
-        .expect("a socket address and a validated path form a valid URI");
+        .map_err(ProbeFailure::Unbuildable)?;
     let resp = timeout(check.timeout, client.request(req))
         .await
         .map_err(|_| ProbeFailure::Timeout)?
@@ -154,5 +170,47 @@ async fn probe(
         Ok(())
     } else {
         Err(ProbeFailure::Status(status))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A path `check` would refuse, as a snapshot built around `check`
+    /// could still carry: the probe fails, the task lives on.
+    #[tokio::test]
+    async fn a_path_that_forms_no_request_fails_the_check_without_panicking() {
+        let backend = Arc::new(BackendState::new(
+            "web".into(),
+            "127.0.0.1:9".parse().unwrap(),
+        ));
+        let check = HealthCheck {
+            path: "/a b".into(),
+            interval: Duration::from_millis(5),
+            timeout: Duration::from_secs(1),
+            healthy_threshold: 1,
+            unhealthy_threshold: 2,
+            expect_status: (200, 399),
+        };
+        let client = client().speaking(Protocol::Http1);
+        let failure = probe(&backend, &check, &client).await.unwrap_err();
+        assert!(
+            matches!(failure, ProbeFailure::Unbuildable(_)),
+            "{failure:?}"
+        );
+
+        let task = spawn(backend.clone(), check, client);
+        for _ in 0..200 {
+            if !backend.is_healthy() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(!backend.is_healthy(), "failed probes mark the backend down");
+        assert!(!task.is_finished(), "the task goes on probing");
+        task.abort();
     }
 }
