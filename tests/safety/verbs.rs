@@ -357,7 +357,10 @@ fn diff_human_names_the_change() {
 fn diff_names_protocol_failure_statuses_access_log_and_guard_changes() {
     let old = std::fs::read_to_string(fixture("healthy.toml")).unwrap();
     let new = old
-        .replace("headers = [\"x-user\"]", "headers = [\"x-user\", \"x-tenant\"]")
+        .replace(
+            "headers = [\"x-user\"]",
+            "headers = [\"x-user\", \"x-tenant\"]",
+        )
         .replace(
             "pool = \"auth\"\n",
             "pool = \"auth\"\nguard = { failure_statuses = [\"401\", \"5xx\"] }\n",
