@@ -22,6 +22,9 @@ impl fulcrum_config::Environment for FileEnv {
     fn read_file(&self, path: &str) -> Result<Vec<u8>, String> {
         std::fs::read(self.dir.join(path)).map_err(|e| e.to_string())
     }
+    fn resolve(&self, path: &str) -> PathBuf {
+        self.dir.join(path)
+    }
     fn now_unix(&self) -> i64 {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)

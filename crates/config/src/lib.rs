@@ -44,6 +44,13 @@ pub trait Environment {
     fn read_file(&self, path: &str) -> Result<Vec<u8>, String>;
     /// Now, in seconds since the Unix epoch.
     fn now_unix(&self) -> i64;
+    /// Where `path`, as written in the config, is for a file the config
+    /// names but the check does not read (the access log): relative to the
+    /// config file's directory, as for the files it reads. As written when
+    /// there is no directory to go by.
+    fn resolve(&self, path: &str) -> std::path::PathBuf {
+        path.into()
+    }
 }
 
 /// For checking a config as text alone: any file it names is unreadable.

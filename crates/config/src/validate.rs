@@ -457,7 +457,7 @@ impl Validator<'_, '_> {
             target: if path == "stdout" {
                 LogTarget::Stdout
             } else {
-                LogTarget::File(path.into())
+                LogTarget::File(self.env.resolve(path))
             },
             redact: redact?,
             headers: headers?,
