@@ -68,13 +68,7 @@ async fn apply_then_rollback_restores_the_exact_bytes_and_serves_them() {
     for k in ["start", "applied", "promoted", "rolled_back"] {
         assert!(kinds.iter().any(|x| x == k), "{k} in {kinds:?}");
     }
-    let rolled = lb
-        .events()
-        .await
-        .into_iter()
-        .rev()
-        .find(|e| e["kind"] == "rolled_back")
-        .unwrap();
+    let rolled = lb.last_event("rolled_back").await.unwrap();
     assert!(
         rolled["summary"].as_str().unwrap().contains("logins fail"),
         "{rolled}"
@@ -109,12 +103,7 @@ async fn assert_refused(lb: &Lb, file: &str, text: &str, extra: &[&str], step: &
     );
     assert!(shown.contains(needle), "{needle:?} in {shown}");
     assert!(shown.contains("refused: nothing changed"), "{shown}");
-    let refused = lb
-        .events()
-        .await
-        .into_iter()
-        .rev()
-        .find(|e| e["kind"] == "refused");
+    let refused = lb.last_event("refused").await;
     let refused = refused.expect("the refusal is in the journal");
     assert!(
         refused["summary"].as_str().unwrap().contains(step),
@@ -211,13 +200,7 @@ async fn standards_tests_probes_and_the_impact_budget_refuse_changes() {
         "{}",
         stdout(&out)
     );
-    let applied = lb
-        .events()
-        .await
-        .into_iter()
-        .rev()
-        .find(|e| e["kind"] == "applied")
-        .unwrap();
+    let applied = lb.last_event("applied").await.unwrap();
     assert!(
         applied["summary"].as_str().unwrap().contains("forced"),
         "{applied}"
@@ -255,12 +238,7 @@ async fn sighup_of_an_invalid_file_is_refused_and_journaled() {
     lb.served.signal("HUP");
     lb.served.wait_log("reload refused", 1);
     assert_eq!(lb.get("/auth/login").await.1, "auth");
-    let refused = lb
-        .events()
-        .await
-        .into_iter()
-        .rev()
-        .find(|e| e["kind"] == "refused");
+    let refused = lb.last_event("refused").await;
     let refused = refused.expect("journaled");
     assert_eq!(refused["actor"], "file");
     assert!(
@@ -301,12 +279,7 @@ async fn a_change_the_store_cannot_record_is_refused_and_journaled() {
     );
     assert_eq!(lb.get("/auth/login").await.1, "old");
 
-    let refused = lb
-        .events()
-        .await
-        .into_iter()
-        .rev()
-        .find(|e| e["kind"] == "refused");
+    let refused = lb.last_event("refused").await;
     let refused = refused.expect("the store failure is in the journal");
     assert!(
         refused["summary"].as_str().unwrap().contains("store: "),

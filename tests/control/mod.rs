@@ -136,6 +136,15 @@ impl Lb {
         let (_, v) = self.json("GET", "/events?limit=10000", "").await;
         v["events"].as_array().cloned().unwrap_or_default()
     }
+
+    /// The journal's latest event of `kind`.
+    pub async fn last_event(&self, kind: &str) -> Option<serde_json::Value> {
+        self.events()
+            .await
+            .into_iter()
+            .rev()
+            .find(|e| e["kind"] == kind)
+    }
 }
 
 /// The admin address from serve's log line (`http://` or `https://`).

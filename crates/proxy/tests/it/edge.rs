@@ -431,6 +431,20 @@ fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// A GET / for x.test as a HEADERS block (HPACK: static :method GET,
+/// :scheme http, :path /, and :authority).
+const GET_X_TEST: [u8; 11] = [
+    0x82, 0x86, 0x84, 0x41, 0x06, b'x', b'.', b't', b'e', b's', b't',
+];
+
+/// An h2c connection to `addr`, its preface and an empty SETTINGS sent.
+async fn h2c_open(addr: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(PREFACE).await.unwrap();
+    s.write_all(&frame(4, 0, 0, &[])).await.unwrap();
+    s
+}
+
 /// Reads until the server closes or sends GOAWAY; `Some(bytes read)`, or
 /// `None` if it did neither in `PATIENCE`.
 async fn until_goaway_or_close(s: &mut TcpStream) -> Option<usize> {
@@ -474,9 +488,7 @@ async fn h2_proxy() -> (Backend, TestProxy) {
 #[tokio::test]
 async fn continuation_flood_is_cut_off() {
     let (_a, proxy) = h2_proxy().await;
-    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    s.write_all(PREFACE).await.unwrap();
-    s.write_all(&frame(4, 0, 0, &[])).await.unwrap(); // SETTINGS
+    let mut s = h2c_open(proxy.addr).await;
     // HEADERS without END_HEADERS, then endless CONTINUATION of literal
     // headers (0x40: literal with a new name). Flags 0: no END_HEADERS.
     let mut block = Vec::new();
@@ -485,7 +497,7 @@ async fn continuation_flood_is_cut_off() {
     lit.extend_from_slice(b"x-pad");
     lit.push(100);
     lit.extend_from_slice(&[b'a'; 100]);
-    s.write_all(&frame(1, 0, 1, &block)).await.unwrap();
+    s.write_all(&frame(1, 0, 1, &GET_X_TEST)).await.unwrap();
     let mut sent = 0usize;
     let mut cut = false;
     for _ in 0..20_000 {
@@ -510,18 +522,13 @@ async fn continuation_flood_is_cut_off() {
 #[tokio::test]
 async fn rapid_reset_is_answered_with_goaway() {
     let (_a, proxy) = h2_proxy().await;
-    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    s.write_all(PREFACE).await.unwrap();
-    s.write_all(&frame(4, 0, 0, &[])).await.unwrap();
+    let mut s = h2c_open(proxy.addr).await;
     // Open a stream and reset it at once, thousands of times, in one go:
     // HEADERS (END_STREAM | END_HEADERS) + RST_STREAM (CANCEL).
-    let block = [
-        0x82, 0x86, 0x84, 0x41, 0x06, b'x', b'.', b't', b'e', b's', b't',
-    ];
     let mut burst = Vec::new();
     for i in 0..5_000u32 {
         let id = 1 + 2 * i;
-        burst.extend(frame(1, 0x5, id, &block));
+        burst.extend(frame(1, 0x5, id, &GET_X_TEST));
         burst.extend(frame(3, 0, id, &8u32.to_be_bytes()));
     }
     let _ = s.write_all(&burst).await;
@@ -538,12 +545,7 @@ async fn rapid_reset_paced_under_the_pending_count_is_cut_off_too() {
     let a = Backend::start("a").await;
     a.set_mode(Mode::Delay(Duration::from_millis(200)));
     let proxy = TestProxy::serving(pool("p", &[a.addr])).await;
-    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    s.write_all(PREFACE).await.unwrap();
-    s.write_all(&frame(4, 0, 0, &[])).await.unwrap();
-    let block = [
-        0x82, 0x86, 0x84, 0x41, 0x06, b'x', b'.', b't', b'e', b's', b't',
-    ];
+    let mut s = h2c_open(proxy.addr).await;
     // 100 HEADERS, a 20 ms wait (so the proxy has accepted them all, and
     // none counts as pending), 100 RST_STREAM; again and again.
     let mut next = 1u32;
@@ -553,7 +555,7 @@ async fn rapid_reset_paced_under_the_pending_count_is_cut_off_too() {
         next += 200;
         let opens: Vec<u8> = ids
             .iter()
-            .flat_map(|&id| frame(1, 0x5, id, &block))
+            .flat_map(|&id| frame(1, 0x5, id, &GET_X_TEST))
             .collect();
         let resets: Vec<u8> = ids
             .iter()
@@ -640,9 +642,7 @@ async fn an_h2c_connection_without_a_request_gets_goaway_before_it_closes() {
         .listener(|l| l.header_timeout = Duration::from_millis(200))
         .build();
     let proxy = TestProxy::start(snap).await;
-    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    s.write_all(PREFACE).await.unwrap();
-    s.write_all(&frame(4, 0, 0, &[])).await.unwrap();
+    let mut s = h2c_open(proxy.addr).await;
     let frames = frames_until_closed(&mut s).await;
     assert!(
         frames.iter().any(|&(kind, _)| kind == GOAWAY),
@@ -661,15 +661,8 @@ async fn an_h2c_connection_idle_after_its_request_gets_goaway_before_it_closes()
         .listener(|l| l.idle_timeout = Duration::from_millis(200))
         .build();
     let proxy = TestProxy::start(snap).await;
-    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    s.write_all(PREFACE).await.unwrap();
-    s.write_all(&frame(4, 0, 0, &[])).await.unwrap();
-    // GET / for x.test (HPACK: static :method GET, :scheme http, :path /,
-    // and :authority), ending the stream.
-    let block = [
-        0x82, 0x86, 0x84, 0x41, 0x06, b'x', b'.', b't', b'e', b's', b't',
-    ];
-    s.write_all(&frame(1, 0x5, 1, &block)).await.unwrap();
+    let mut s = h2c_open(proxy.addr).await;
+    s.write_all(&frame(1, 0x5, 1, &GET_X_TEST)).await.unwrap();
     let frames = frames_until_closed(&mut s).await;
     let answered = frames.iter().position(|&f| f == (1, 1));
     let goaway = frames.iter().position(|&(kind, _)| kind == GOAWAY);
@@ -694,13 +687,8 @@ async fn an_idle_h2c_connection_closes_even_if_the_client_never_acknowledges_the
         .listener(|l| l.idle_timeout = Duration::from_millis(200))
         .build();
     let proxy = TestProxy::start(snap).await;
-    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    s.write_all(PREFACE).await.unwrap();
-    s.write_all(&frame(4, 0, 0, &[])).await.unwrap();
-    let block = [
-        0x82, 0x86, 0x84, 0x41, 0x06, b'x', b'.', b't', b'e', b's', b't',
-    ];
-    s.write_all(&frame(1, 0x5, 1, &block)).await.unwrap();
+    let mut s = h2c_open(proxy.addr).await;
+    s.write_all(&frame(1, 0x5, 1, &GET_X_TEST)).await.unwrap();
     let frames = frames_until_closed_acking(&mut s, false).await;
     assert!(
         frames.iter().any(|&(kind, _)| kind == GOAWAY),
@@ -725,14 +713,9 @@ async fn a_request_that_crosses_a_quiet_goaway_is_answered_before_the_close() {
         .listener(|l| l.header_timeout = Duration::from_millis(200))
         .build();
     let proxy = TestProxy::start(snap).await;
-    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    s.write_all(PREFACE).await.unwrap();
-    s.write_all(&frame(4, 0, 0, &[])).await.unwrap();
+    let mut s = h2c_open(proxy.addr).await;
     assert!(until_goaway_or_close(&mut s).await.is_some());
-    let block = [
-        0x82, 0x86, 0x84, 0x41, 0x06, b'x', b'.', b't', b'e', b's', b't',
-    ];
-    s.write_all(&frame(1, 0x5, 1, &block)).await.unwrap();
+    s.write_all(&frame(1, 0x5, 1, &GET_X_TEST)).await.unwrap();
     let frames = frames_until_closed_acking(&mut s, false).await;
     assert!(
         frames.contains(&(1, 1)),
