@@ -356,7 +356,11 @@ fn diff_human_names_the_change() {
 #[test]
 fn diff_names_protocol_failure_statuses_access_log_and_guard_changes() {
     let old = std::fs::read_to_string(fixture("healthy.toml")).unwrap();
+    // The same log file, named from elsewhere: a relative path is its
+    // config's directory's.
+    let log = fixture("traffic.log").display().to_string();
     let new = old
+        .replace("path = \"traffic.log\"", &format!("path = {log:?}"))
         .replace(
             "headers = [\"x-user\"]",
             "headers = [\"x-user\", \"x-tenant\"]",
