@@ -264,6 +264,106 @@ async fn incident_1_logins_sent_to_the_wrong_pool() {
     assert!(findings.contains("pool auth: shift"), "{findings}");
 }
 
+/// Requests routed nowhere: no route matches them any more, so Fulcrum
+/// answers its own 404 on no route and no pool, where the route and pool
+/// detectors see nothing (no pool has traffic left to shift).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_that_routes_requests_nowhere() {
+    let (a, web) = (Backend::start("a").await, Backend::start("web").await);
+    let auth = pool("auth", "round_robin", &[(a.addr, 1)], "");
+    let v1 = config("auth", &auth, web.addr);
+    let bad = v1
+        .replace("path_prefix = \"/auth/\"", "path_prefix = \"/auth-v2/\"")
+        .replace(
+            "name = \"web\"\npool",
+            "name = \"web\"\nmatch = { path_prefix = \"/static/\" }\npool",
+        );
+    assert_ne!(bad, v1);
+    let alert = forced_incident(&v1, &bad, &[]).await;
+    let findings = alert["detail"]["findings"].to_string();
+    assert!(findings.contains("no route: unrouted"), "{findings}");
+}
+
+/// A change cannot switch off the guard that judges it: its own
+/// `rollback = false` (or `enabled = false`) applies once it is past
+/// judging; until then the settings of the version before it do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_cannot_switch_off_the_guard_that_judges_it() {
+    let (a, b, web) = (
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("web").await,
+    );
+    let auth = pool("auth", "round_robin", &[(a.addr, 1), (b.addr, 1)], "");
+    let bad = format!(
+        "[guard]\nrollback = false\n\n{}",
+        config("web", &auth, web.addr)
+    );
+    forced_incident(&config("auth", &auth, web.addr), &bad, &[]).await;
+}
+
+/// A canary promoted after a bake longer than the probation is still on
+/// probation from its promotion: turning bad then, it is rolled back, not
+/// only alerted on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promoted_canary_is_on_probation_from_its_promotion() {
+    let (a, web) = (Backend::start("a").await, Backend::start("web").await);
+    let x = Backend::start("x").await;
+    let guard = "[guard]\nprobation = \"3s\"\n\n";
+    let v1 = format!(
+        "{guard}{}",
+        config(
+            "auth",
+            &pool("auth", "round_robin", &[(a.addr, 1)], ""),
+            web.addr
+        )
+    );
+    let v2 = format!(
+        "{guard}{}",
+        config(
+            "auth",
+            &pool("auth", "round_robin", &[(x.addr, 1)], ""),
+            web.addr
+        )
+    );
+    let lb = Lb::start(&v1);
+    let traffic = Traffic::start(lb.served.addr, &[]);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let file = lb.file("v2.toml", &v2);
+    let out = lb.cli(&[
+        "apply",
+        file.to_str().unwrap(),
+        "--canary",
+        "0.5",
+        "--bake",
+        "4s",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    // Promoted (apply waits for the bake): now x stops serving logins.
+    x.set_mode(Mode::Status(404));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let rolled = loop {
+        if let Some(r) = lb.last_event("rolled_back").await {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the promoted change was not rolled back: {:#?}",
+            lb.events().await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(rolled["actor"], "guard", "{rolled}");
+    assert_eq!(rolled["detail"]["to"], 1, "{rolled}");
+    traffic.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn incident_2_auth_servers_that_do_not_serve_logins() {
     let (a, b, web) = (
@@ -633,6 +733,23 @@ async fn a_bad_canary_is_dropped_by_the_guard_and_the_webhook_hears_of_it() {
         .find(|e| e["kind"] == "alert")
         .unwrap();
     assert_eq!(alert["detail"]["state"], "canary", "{alert}");
+    // It names what the canary changed from the stable config beside it.
+    let diff = alert["detail"]["diff"].to_string();
+    assert!(
+        diff.contains(&format!("auth/{}", x.addr)) && diff.contains(&format!("auth/{}", a.addr)),
+        "{diff}"
+    );
+    // After the canary is dropped, /guard judges no change (from its
+    // next tick on).
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let (_, g) = lb.json("GET", "/guard", "").await;
+        if g["change"].is_null() && g["state"] == "steady" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{g}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // The webhook got the alert (retried in the background).
     let deadline = Instant::now() + Duration::from_secs(5);
     while heard.lock().unwrap().is_empty() {

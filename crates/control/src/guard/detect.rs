@@ -226,6 +226,28 @@ pub fn routes(
         .collect()
 }
 
+/// Requests no route took, as a share of all: a change that routes
+/// requests nowhere (a route removed, a match mistyped, with no catch-all)
+/// answers them with Fulcrum's own 404, on no route and no pool, where the
+/// route and pool detectors cannot see them.
+pub fn unrouted(counts: &Counts, base: Option<&(Snapshot, Counts)>, s: &Settings) -> Finding {
+    let all = |c: &Counts| c.unrouted + c.routes.values().map(RouteCounts::requests).sum::<u64>();
+    let (verdict, text) = rise(
+        "requests no route took (404)",
+        counts.unrouted,
+        all(counts),
+        base.map(|(_, c)| (c.unrouted, all(c))),
+        s,
+    );
+    Finding {
+        detector: "unrouted",
+        route: None,
+        pool: None,
+        verdict,
+        summary: format!("no route: unrouted: {text}"),
+    }
+}
+
 fn total(c: &Counts) -> u64 {
     c.pools
         .values()

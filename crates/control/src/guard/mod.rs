@@ -162,20 +162,29 @@ struct Watched {
     /// The version before it and its counts over the window before the
     /// change, for probation.
     baseline: Option<(Serving, Counts, Duration)>,
+    /// The `[guard]` settings of the version before it: a change cannot
+    /// switch off or loosen the guard that judges it.
+    settings: Settings,
     fails_in_row: u32,
     acted: bool,
     /// Detectors already alerted on for this change.
     alerted: Vec<(String, &'static str)>,
 }
 
+/// What the guard remembers of the last tick, to tell what changed since.
+#[derive(Default)]
+struct Seen {
+    stable: Option<u64>,
+    canary: Option<u64>,
+    previous: Option<Serving>,
+}
+
 async fn run(guard: Arc<Guard>) {
     let mut windows = Windows::default();
     let mut memo = expect::Memo::default();
     let mut watched: Option<Watched> = None;
-    let mut last_stable: Option<u64> = None;
-    let mut last_canary: Option<u64> = None;
+    let mut seen = Seen::default();
     let mut alerts: Vec<Alert> = Vec::new();
-    let mut previous: Option<Serving> = None;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -184,7 +193,7 @@ async fn run(guard: Arc<Guard>) {
             return;
         };
         let view = c.view();
-        let settings = view.stable.snapshot.guard.clone();
+        let settings = in_force(&view, watched.as_ref());
         if !settings.enabled {
             guard.view.store(Arc::new(View {
                 state: "disabled",
@@ -203,48 +212,13 @@ async fn run(guard: Arc<Guard>) {
             now,
             settings.window * 3 + Duration::from_secs(2),
         );
-
-        // A new change to judge?
-        let canary = view.canary.as_ref().map(|cv| cv.serving.meta.number);
-        if canary.is_some() && canary != last_canary {
-            watched = Some(Watched::new(
-                canary.unwrap_or_default(),
-                Some(view.stable.meta.number),
-                now,
-                None,
-            ));
-        } else if Some(view.stable.meta.number) != last_stable && last_stable.is_some() {
-            watched = match view.transition.kind {
-                TransitionKind::Changed => {
-                    let base = previous.as_ref().and_then(|p| {
-                        let from = now.checked_sub(settings.window)?;
-                        Some((p.clone(), windows.all_between(from, now), settings.window))
-                    });
-                    // A canary promoted keeps being judged as the same change.
-                    let promoted = watched
-                        .as_ref()
-                        .is_some_and(|w| w.number == view.stable.meta.number);
-                    if promoted {
-                        watched.take().map(|mut w| {
-                            w.baseline = base;
-                            w
-                        })
-                    } else {
-                        Some(Watched::new(
-                            view.stable.meta.number,
-                            view.transition.from,
-                            now,
-                            base,
-                        ))
-                    }
-                }
-                // A rollback is what the guard asks for, not a change.
-                _ => None,
-            };
-        }
-        last_stable = Some(view.stable.meta.number);
-        last_canary = canary;
-        previous = Some(view.stable.clone());
+        watched = follow(&view, watched, &seen, &windows, now);
+        seen = Seen {
+            stable: Some(view.stable.meta.number),
+            canary: view.canary.as_ref().map(|cv| cv.serving.meta.number),
+            previous: Some(view.stable.clone()),
+        };
+        let settings = in_force(&view, watched.as_ref());
 
         let state = match (&view.canary, &watched) {
             (Some(_), Some(_)) => "canary",
@@ -286,18 +260,92 @@ async fn run(guard: Arc<Guard>) {
     }
 }
 
+/// The guard's settings now: those the judged change's predecessor had,
+/// else the serving config's own.
+fn in_force(view: &crate::change::View, watched: Option<&Watched>) -> Settings {
+    watched.map_or_else(
+        || view.stable.snapshot.guard.clone(),
+        |w| w.settings.clone(),
+    )
+}
+
+/// The change to judge after this tick's view: a canary that began, a
+/// change that took over (a promoted canary goes on as the same change,
+/// on probation from its promotion), none after a rollback or a dropped
+/// canary, else the one judged so far.
+fn follow(
+    view: &crate::change::View,
+    watched: Option<Watched>,
+    seen: &Seen,
+    windows: &Windows,
+    now: Instant,
+) -> Option<Watched> {
+    let stable = view.stable.meta.number;
+    let canary = view.canary.as_ref().map(|cv| cv.serving.meta.number);
+    if let Some(n) = canary {
+        if canary == seen.canary {
+            return watched;
+        }
+        let settings = view.stable.snapshot.guard.clone();
+        return Some(Watched::new(n, Some(stable), now, None, settings));
+    }
+    if seen.stable.is_none() || seen.stable == Some(stable) {
+        // Unchanged, or a canary dropped: nothing of it serves to judge.
+        return if seen.canary.is_some() { None } else { watched };
+    }
+    // A rollback is what the guard asks for, not a change.
+    if view.transition.kind != TransitionKind::Changed {
+        return None;
+    }
+    let previous = seen.previous.as_ref()?;
+    let settings = previous.snapshot.guard.clone();
+    let from = now.checked_sub(settings.window);
+    match watched.filter(|w| w.number == stable) {
+        Some(mut w) => {
+            // The canary's predecessor served beside it: its own counts
+            // are what the promoted change is compared with.
+            w.baseline = from.and_then(|from| {
+                let (counts, _) = windows.between(&previous.snapshot.hash, from, now)?;
+                Some((previous.clone(), counts, settings.window))
+            });
+            w.since = now;
+            Some(w)
+        }
+        None => {
+            // Every version of the window before: a reload every second
+            // leaves each too little traffic to compare with alone.
+            let base = from.map(|from| {
+                (
+                    previous.clone(),
+                    windows.all_between(from, now),
+                    settings.window,
+                )
+            });
+            Some(Watched::new(
+                stable,
+                view.transition.from,
+                now,
+                base,
+                settings,
+            ))
+        }
+    }
+}
+
 impl Watched {
     fn new(
         number: u64,
         from: Option<u64>,
         since: Instant,
         baseline: Option<(Serving, Counts, Duration)>,
+        settings: Settings,
     ) -> Watched {
         Watched {
             number,
             from,
             since,
             baseline,
+            settings,
             fails_in_row: 0,
             acted: false,
             alerted: Vec::new(),
@@ -353,17 +401,20 @@ async fn act(
         .collect();
     let reasons: Vec<String> = failing.iter().map(|f| f.summary.clone()).collect();
     let view = c.view();
-    let meta = match &view.canary {
-        Some(cv) if cv.serving.meta.number == w.number => cv.serving.meta.clone(),
-        _ if view.stable.meta.number == w.number => view.stable.meta.clone(),
+    // The judged version, and what it changed from: the stable config
+    // beside a canary, the baseline's version after a change.
+    let (judged, before) = match &view.canary {
+        Some(cv) if cv.serving.meta.number == w.number => (&cv.serving, Some(&view.stable)),
+        _ if view.stable.meta.number == w.number => {
+            (&view.stable, w.baseline.as_ref().map(|(b, _, _)| b))
+        }
         _ => return,
     };
+    let meta = judged.meta.clone();
     let during = state == "canary" || state == "probation";
     let rolling = during && settings.rollback;
-    let diff = w
-        .baseline
-        .as_ref()
-        .map(|(b, _, _)| fulcrum_safety::diff::semantic(&b.snapshot, &view.stable.snapshot))
+    let diff = before
+        .map(|b| fulcrum_safety::diff::semantic(&b.snapshot, &judged.snapshot))
         .unwrap_or_default();
     let recommendation = match (rolling, w.from) {
         (true, _) => "rolling it back".to_owned(),
@@ -413,24 +464,41 @@ async fn act(
                 f.detector,
             ));
         }
-        webhook(&view.stable.snapshot, detail);
+        webhook(settings, detail);
     }
     if rolling {
+        // Once: a rollback that failed (the version to go back to no
+        // longer compiles, say) would fail again; it is journaled instead.
         w.acted = true;
         let to = if state == "canary" { None } else { w.from };
         if let Err(e) = c
             .rollback_if(w.number, to, "guard", &reasons.join("; "))
             .await
         {
-            error!("guard: cannot roll back v{}: {e}", w.number);
+            let summary = format!(
+                "guard: cannot roll back v{}: {e}; it still serves: roll it back by hand",
+                w.number
+            );
+            error!("{summary}");
+            let detail = json!({ "state": state, "change": { "number": w.number, "from": w.from }, "action": "rollback_failed", "error": e });
+            c.journal()
+                .note(
+                    EventKind::Alert,
+                    "guard",
+                    Some(w.number),
+                    summary,
+                    detail.clone(),
+                )
+                .await;
+            webhook(settings, detail);
         }
     }
 }
 
 /// POST the alert to `[guard] webhook`, off the request path and off the
 /// guard's own loop, retried three times.
-fn webhook(snapshot: &Snapshot, body: serde_json::Value) {
-    let Some(url) = snapshot.guard.webhook.clone() else {
+fn webhook(settings: &Settings, body: serde_json::Value) {
+    let Some(url) = settings.webhook.clone() else {
         return;
     };
     tokio::spawn(async move {
@@ -519,6 +587,7 @@ fn judge_now(
         s,
         &mut findings,
     );
+    findings.push(detect::unrouted(&counts, base.as_ref(), s));
     let pools = detect::pools(
         &new.snapshot,
         &counts,

@@ -31,6 +31,9 @@ pub struct Counts {
     pub routes: HashMap<Arc<str>, RouteCounts>,
     /// By pool name, then backend address (as text).
     pub pools: HashMap<Arc<str>, PoolCounts>,
+    /// Requests no route took (Fulcrum's own 404, or refused before
+    /// routing): a change that routes requests nowhere shows only here.
+    pub unrouted: u64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -100,6 +103,7 @@ impl Counts {
                     )
                 })
                 .collect(),
+            unrouted: s.unrouted.requests(),
         }
     }
 
@@ -116,6 +120,7 @@ impl Counts {
             add_sparse(&mut to.statuses, &r.statuses);
             add_sparse(&mut to.latency, &r.latency);
         }
+        self.unrouted += other.unrouted;
         for (name, p) in &other.pools {
             let to = self.pools.entry(name.clone()).or_default();
             to.unserved += p.unserved;
@@ -177,6 +182,7 @@ impl Counts {
                     )
                 })
                 .collect(),
+            unrouted: self.unrouted.saturating_sub(earlier.unrouted),
         }
     }
 }
