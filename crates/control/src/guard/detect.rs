@@ -1,9 +1,9 @@
 //! The detectors, each a pure function of the counts in the window, the
 //! baseline's counts and the two snapshots. A finding on a route or pool
-//! the change did not touch is at most marginal after a change (probation
-//! compares before with after, and cannot tell the change from the world);
-//! a canary is compared with the stable cohort at the same time, so there
-//! it counts whole.
+//! the change did not touch is at most marginal: after a change, probation
+//! compares before with after and cannot tell the change from the world;
+//! in a canary, both cohorts are served alike there, so a difference is
+//! chance. A change to routing touches every route and pool.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -31,6 +31,8 @@ fn server_errors() -> StatusSet {
 }
 
 /// Names the change touched: routes, and pools (a backend's pool counts).
+/// A change to routing itself (a route added, removed, matching otherwise
+/// or moved) can send requests to any route, so it touches them all.
 fn touched(
     base: Option<&(Snapshot, Counts)>,
     new: &Snapshot,
@@ -40,6 +42,10 @@ fn touched(
     let mut pools = HashSet::new();
     for c in fulcrum_safety::diff::semantic(old, new) {
         match c.kind {
+            "route" if c.op != "changed" || matches!(c.field, Some("match" | "order")) => {
+                routes.extend(new.routes.iter().map(|r| r.name.to_string()));
+                pools.extend(new.pools.iter().map(|p| p.name.to_string()));
+            }
             "route" => {
                 routes.insert(c.name.clone());
             }
@@ -618,6 +624,63 @@ mod tests {
             rise("5xx", 15_000, 1_000_000, Some((10_000, 1_000_000)), &S).0,
             Verdict::Pass
         );
+    }
+
+    fn snapshot(auth: &str) -> Snapshot {
+        let text = format!(
+            "[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\n\n\
+             [[route]]\nname = \"auth\"\nmatch = {{ path_prefix = \"{auth}\" }}\npool = \"auth\"\n\n\
+             [[route]]\nname = \"web\"\npool = \"web\"\n\n\
+             [pool.auth]\nbackends = [{{ addr = \"127.0.0.1:1\" }}]\n\n\
+             [pool.web]\nbackends = [{{ addr = \"127.0.0.1:2\" }}]\n"
+        );
+        fulcrum_config::check_with("t", &text, &fulcrum_config::NoFiles)
+            .snapshot
+            .expect("a valid config")
+    }
+
+    #[test]
+    fn a_routing_change_touches_every_route_and_pool() {
+        let old = snapshot("/auth/");
+        let base = (old.clone(), Counts::default());
+        // Nothing changed: nothing touched.
+        let (routes, pools) = touched(Some(&base), &old).unwrap();
+        assert!(routes.is_empty() && pools.is_empty());
+        // The auth route matches less: logins it no longer takes land on
+        // `web`, which the change therefore touched too.
+        let (routes, pools) = touched(Some(&base), &snapshot("/auth/v2/")).unwrap();
+        assert!(
+            routes.contains("web") && pools.contains("web"),
+            "{routes:?} {pools:?}"
+        );
+    }
+
+    #[test]
+    fn requests_routed_nowhere_fail_when_their_share_rises() {
+        let counts = |routed: u64, unrouted: u64| {
+            let mut c = Counts {
+                unrouted,
+                ..Counts::default()
+            };
+            c.routes.insert(
+                "web".into(),
+                RouteCounts {
+                    statuses: vec![(200, routed)],
+                    ..RouteCounts::default()
+                },
+            );
+            c
+        };
+        let base = (snapshot("/auth/"), counts(300, 0));
+        assert_eq!(
+            unrouted(&counts(300, 0), Some(&base), &S).verdict,
+            Verdict::Pass
+        );
+        assert_eq!(
+            unrouted(&counts(0, 300), Some(&base), &S).verdict,
+            Verdict::Fail
+        );
+        assert_eq!(unrouted(&counts(0, 300), None, &S).verdict, Verdict::Fail);
     }
 
     #[test]
