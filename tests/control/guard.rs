@@ -302,6 +302,62 @@ async fn a_change_cannot_switch_off_the_guard_that_judges_it() {
     forced_incident(&config("auth", &auth, web.addr), &bad, &[]).await;
 }
 
+/// A rollback the guard cannot make (the version before no longer
+/// compiles: a rule file it ships with is gone) is journaled, not lost in
+/// the log, and the change keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_the_guard_cannot_make_is_journaled() {
+    let (a, web) = (Backend::start("a").await, Backend::start("web").await);
+    let rules = tempfile::tempdir().unwrap();
+    let rule_file = rules.path().join("t.toml");
+    std::fs::write(
+        &rule_file,
+        "[[rule]]\nname = \"every pool is used\"\nevery_pool_used = true\n",
+    )
+    .unwrap();
+    let auth = pool("auth", "round_robin", &[(a.addr, 1)], "");
+    let v1 = format!(
+        "tests = [{:?}]\n\n{}",
+        rule_file.display().to_string(),
+        config("auth", &auth, web.addr)
+    );
+    let lb = Lb::start(&v1);
+    let traffic = Traffic::start(lb.served.addr, &[]);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let file = lb.file("bad.toml", &config("web", &auth, web.addr));
+    std::fs::remove_file(&rule_file).unwrap();
+    let out = lb.cli(&["apply", file.to_str().unwrap(), "--force"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let failed = loop {
+        let events = lb.events().await;
+        if let Some(e) = events
+            .iter()
+            .find(|e| e["kind"] == "alert" && e["detail"]["action"] == "rollback_failed")
+        {
+            break e.clone();
+        }
+        assert!(Instant::now() < deadline, "no rollback_failed: {events:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        failed["detail"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("no longer compiles"),
+        "{failed}"
+    );
+    let (_, h, _) = lb.call("GET", "/config", "", Some(super::TOKEN)).await;
+    assert_eq!(h["fulcrum-version"].to_str().unwrap(), "2");
+    traffic.stop().await;
+}
+
 /// A canary promoted after a bake longer than the probation is still on
 /// probation from its promotion: turning bad then, it is rolled back, not
 /// only alerted on.
