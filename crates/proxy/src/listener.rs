@@ -13,7 +13,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use fulcrum_config::snapshot::Listener;
+use fulcrum_config::snapshot::{Limits, Listener};
 use http::{Request, Response};
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
@@ -390,12 +390,37 @@ fn h2_builder(settings: &Listener) -> http2::Builder<TokioExecutor> {
         .max_pending_accept_reset_streams(h2.max_pending_reset_streams as usize)
         .max_local_error_reset_streams(h2.max_local_error_reset_streams as usize)
         // Bounds the HEADERS + CONTINUATION a stream may send, so a
-        // CONTINUATION flood ends in an error, not in memory.
-        .max_header_list_size(settings.limits.max_header_bytes)
+        // CONTINUATION flood ends in an error, not in memory; above the
+        // screen's limits, so the screen refuses (and counts) what is over.
+        .max_header_list_size(h2_header_list_size(&settings.limits))
         .keep_alive_interval(h2.keep_alive_interval)
         .keep_alive_timeout(h2.keep_alive_timeout);
     builder
 }
+
+/// The `SETTINGS_MAX_HEADER_LIST_SIZE` given to h2: room for any head
+/// the request path's screen would let through (whose `:method`,
+/// `:scheme` and `:authority` take under 1 KiB), so that the screen, not
+/// the codec, refuses a head over `limits` (431, counted in
+/// `client_header_too_large`; h2's own 431 reaches no counter). h2 sizes a
+/// field as its name and value plus 32 bytes (RFC 9113 §6.5.2), pseudo
+/// fields included, where the screen counts the name and value plus 4 of
+/// regular fields only: so the header bytes, 32 more for each of
+/// `max_headers` fields and the five pseudo fields (`:method`, `:scheme`,
+/// `:authority`, `:path`, `:protocol`), `max_uri_bytes` for `:path`, and
+/// [`H2_PSEUDO_ROOM`] for the other pseudo names and values.
+fn h2_header_list_size(limits: &Limits) -> u32 {
+    limits
+        .max_header_bytes
+        .saturating_add(limits.max_uri_bytes)
+        .saturating_add(limits.max_headers.saturating_add(5).saturating_mul(32))
+        .saturating_add(H2_PSEUDO_ROOM)
+}
+
+/// Pseudo-header names and the values of `:method`, `:scheme` and
+/// `:authority`, which no limit of the screen covers: a DNS name is at
+/// most 253 bytes, a port 6.
+const H2_PSEUDO_ROOM: u32 = 1024;
 
 /// What an HTTP/2 connection's lifetime rules need.
 struct Life<'a> {
@@ -607,5 +632,16 @@ fn count_connection_error(counters: &Counters, e: &hyper::Error) {
         Counters::inc(&counters.client_bad_request);
     } else {
         Counters::inc(&counters.client_h2_protocol_error);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// docs/hardening.md gives this bound for the default limits.
+    #[test]
+    fn the_h2_header_list_bound_for_the_default_limits() {
+        assert_eq!(h2_header_list_size(&Limits::DEFAULT), 28_960);
     }
 }

@@ -214,6 +214,7 @@ async fn connect_is_501_and_never_reaches_a_backend() {
     assert_eq!(status, 501, "{text}");
     assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{text}");
     assert!(b.seen().is_empty());
+    assert_eq!(proxy.plane.counters().client_bad_request, 1);
 }
 
 #[tokio::test]

@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::PATIENCE;
@@ -431,6 +431,8 @@ fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+const GOAWAY: u8 = 7;
+
 /// A GET / for x.test as a HEADERS block (HPACK: static :method GET,
 /// :scheme http, :path /, and :authority).
 const GET_X_TEST: [u8; 11] = [
@@ -479,6 +481,60 @@ async fn until_goaway_or_close(s: &mut TcpStream) -> Option<usize> {
     }
 }
 
+/// Reads the server's frames, as (type, stream id, payload), up to and
+/// including the first for which `last` holds; `None` if the connection
+/// closes, or nothing more comes within `PATIENCE`, before one does.
+async fn frames_until<R: AsyncRead + Unpin>(
+    s: &mut R,
+    last: impl Fn(u8, u32) -> bool,
+) -> Option<Vec<(u8, u32, Vec<u8>)>> {
+    let mut seen = Vec::new();
+    let mut frames = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let n = match tokio::time::timeout(PATIENCE, s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return None,
+        };
+        seen.extend_from_slice(&buf[..n]);
+        let mut i = 0;
+        while seen.len() >= i + 9 {
+            let len =
+                ((seen[i] as usize) << 16) | ((seen[i + 1] as usize) << 8) | seen[i + 2] as usize;
+            if seen.len() < i + 9 + len {
+                break;
+            }
+            let kind = seen[i + 3];
+            let id = u32::from_be_bytes(seen[i + 5..i + 9].try_into().unwrap()) & 0x7fff_ffff;
+            frames.push((kind, id, seen[i + 9..i + 9 + len].to_vec()));
+            if last(kind, id) {
+                return Some(frames);
+            }
+            i += 9 + len;
+        }
+        seen.drain(..i);
+    }
+}
+
+/// The error code of the server's GOAWAY; `None` if the connection closed
+/// (or went silent) without one: a plain close is not a GOAWAY.
+async fn goaway<R: AsyncRead + Unpin>(s: &mut R) -> Option<u32> {
+    let frames = frames_until(s, |kind, _| kind == GOAWAY).await?;
+    let (_, _, payload) = frames.last()?;
+    Some(u32::from_be_bytes(payload.get(4..8)?.try_into().unwrap()))
+}
+
+/// Waits until the proxy has counted an HTTP/2 protocol error: hyper
+/// reports a connection's error when the connection ends, which may be
+/// just after the client has read its GOAWAY.
+async fn h2_protocol_errors(proxy: &TestProxy, at_least: u64) -> u64 {
+    fulcrum_testkit::eventually(PATIENCE, || {
+        proxy.plane.counters().client_h2_protocol_error >= at_least
+    })
+    .await;
+    proxy.plane.counters().client_h2_protocol_error
+}
+
 async fn h2_proxy() -> (Backend, TestProxy) {
     let a = Backend::start("a").await;
     let proxy = TestProxy::serving(pool("p", &[a.addr])).await;
@@ -488,22 +544,22 @@ async fn h2_proxy() -> (Backend, TestProxy) {
 #[tokio::test]
 async fn continuation_flood_is_cut_off() {
     let (_a, proxy) = h2_proxy().await;
-    let mut s = h2c_open(proxy.addr).await;
+    // Frames are read as they come, while the flood is written: once the
+    // proxy closes, unread bytes may reset the connection and take a
+    // GOAWAY still in the socket with them.
+    let (mut rd, mut wr) = h2c_open(proxy.addr).await.into_split();
+    let seen = tokio::spawn(async move { goaway(&mut rd).await });
     // HEADERS without END_HEADERS, then endless CONTINUATION of literal
     // headers (0x40: literal with a new name). Flags 0: no END_HEADERS.
-    let mut block = Vec::new();
-    block.extend_from_slice(&[0x82, 0x86, 0x84]); // :method GET, :scheme http, :path /
     let mut lit = vec![0x40, 5];
     lit.extend_from_slice(b"x-pad");
     lit.push(100);
     lit.extend_from_slice(&[b'a'; 100]);
-    s.write_all(&frame(1, 0, 1, &GET_X_TEST)).await.unwrap();
+    wr.write_all(&frame(1, 0, 1, &GET_X_TEST)).await.unwrap();
     let mut sent = 0usize;
-    let mut cut = false;
     for _ in 0..20_000 {
         let payload: Vec<u8> = lit.iter().cycle().take(lit.len() * 100).copied().collect();
-        if s.write_all(&frame(9, 0, 1, &payload)).await.is_err() {
-            cut = true;
+        if wr.write_all(&frame(9, 0, 1, &payload)).await.is_err() {
             break;
         }
         sent += payload.len();
@@ -511,10 +567,11 @@ async fn continuation_flood_is_cut_off() {
             break;
         }
     }
-    if !cut {
-        cut = until_goaway_or_close(&mut s).await.is_some();
-    }
-    assert!(cut, "a CONTINUATION flood of {sent} bytes was accepted");
+    assert!(
+        seen.await.unwrap().is_some(),
+        "a CONTINUATION flood of {sent} bytes got no GOAWAY"
+    );
+    assert_eq!(h2_protocol_errors(&proxy, 1).await, 1);
     // The proxy still serves others.
     assert_eq!(Client::h2c(proxy.addr).get("x.test", "/").await.status, 200);
 }
@@ -522,7 +579,8 @@ async fn continuation_flood_is_cut_off() {
 #[tokio::test]
 async fn rapid_reset_is_answered_with_goaway() {
     let (_a, proxy) = h2_proxy().await;
-    let mut s = h2c_open(proxy.addr).await;
+    let (mut rd, mut wr) = h2c_open(proxy.addr).await.into_split();
+    let seen = tokio::spawn(async move { goaway(&mut rd).await });
     // Open a stream and reset it at once, thousands of times, in one go:
     // HEADERS (END_STREAM | END_HEADERS) + RST_STREAM (CANCEL).
     let mut burst = Vec::new();
@@ -531,12 +589,69 @@ async fn rapid_reset_is_answered_with_goaway() {
         burst.extend(frame(1, 0x5, id, &GET_X_TEST));
         burst.extend(frame(3, 0, id, &8u32.to_be_bytes()));
     }
-    let _ = s.write_all(&burst).await;
+    let _ = wr.write_all(&burst).await;
     assert!(
-        until_goaway_or_close(&mut s).await.is_some(),
-        "5000 reset streams and the connection is still open"
+        seen.await.unwrap().is_some(),
+        "5000 reset streams and no GOAWAY"
     );
+    assert!(h2_protocol_errors(&proxy, 1).await >= 1);
     assert_eq!(Client::h2c(proxy.addr).get("x.test", "/").await.status, 200);
+}
+
+/// `GET_X_TEST` with a connection-specific field, `connection: close`
+/// (HPACK literal, new name), which makes the request malformed
+/// (RFC 9113 §8.2.2): a stream the server must reset with PROTOCOL_ERROR.
+fn malformed_get() -> Vec<u8> {
+    let mut block = GET_X_TEST.to_vec();
+    block.extend_from_slice(&[0x40, 10]);
+    block.extend_from_slice(b"connection");
+    block.push(5);
+    block.extend_from_slice(b"close");
+    block
+}
+
+#[tokio::test]
+async fn protocol_error_floods_are_answered_with_goaway() {
+    let a = Backend::start("a").await;
+    let snap = SnapshotBuilder::new()
+        .pool(pool("p", &[a.addr]))
+        .catch_all("p")
+        .listener(|l| l.http2.max_local_error_reset_streams = 5)
+        .build();
+    let proxy = TestProxy::start(snap).await;
+    let mut s = h2c_open(proxy.addr).await;
+    // As many malformed requests as the limit, then a good one: each
+    // malformed stream is reset, and the connection still serves.
+    let mut burst: Vec<u8> = (0..5u32)
+        .flat_map(|i| frame(1, 0x5, 1 + 2 * i, &malformed_get()))
+        .collect();
+    burst.extend(frame(1, 0x5, 11, &GET_X_TEST));
+    s.write_all(&burst).await.unwrap();
+    let frames = frames_until(&mut s, |kind, id| (kind, id) == (1, 11) || kind == GOAWAY)
+        .await
+        .expect("no answer to the request after the malformed ones");
+    let kinds: Vec<(u8, u32)> = frames.iter().map(|&(k, id, _)| (k, id)).collect();
+    assert_eq!(kinds.last(), Some(&(1, 11)), "{kinds:?}");
+    assert_eq!(kinds.iter().filter(|f| f.0 == 3).count(), 5, "{kinds:?}");
+    // One more: past the limit, GOAWAY with ENHANCE_YOUR_CALM, and the
+    // connection closes.
+    s.write_all(&frame(1, 0x5, 13, &malformed_get()))
+        .await
+        .unwrap();
+    const ENHANCE_YOUR_CALM: u32 = 0xb;
+    assert_eq!(goaway(&mut s).await, Some(ENHANCE_YOUR_CALM));
+    let mut buf = [0u8; 4096];
+    let closed = async {
+        while let Ok(n) = s.read(&mut buf).await
+            && n > 0
+        {}
+    };
+    assert!(
+        tokio::time::timeout(PATIENCE, closed).await.is_ok(),
+        "left open after its GOAWAY"
+    );
+    assert_eq!(h2_protocol_errors(&proxy, 1).await, 1);
+    assert_eq!(a.hits(), 1);
 }
 
 #[tokio::test]
@@ -630,8 +745,6 @@ async fn frames_until_closed_acking(s: &mut TcpStream, pings: bool) -> Vec<(u8, 
         seen.drain(..i);
     }
 }
-
-const GOAWAY: u8 = 7;
 
 #[tokio::test]
 async fn an_h2c_connection_without_a_request_gets_goaway_before_it_closes() {
@@ -739,6 +852,7 @@ async fn an_h2c_only_listener_refuses_http1_and_serves_h2c() {
     let text = String::from_utf8_lossy(&got);
     assert!(text.starts_with("HTTP/1.1 505 "), "{text}");
     assert_eq!(a.hits(), 0);
+    assert_eq!(proxy.plane.counters().client_bad_request, 1);
     let r = Client::h2c(proxy.addr).get("x.test", "/").await;
     assert_eq!((r.status, r.body.as_str()), (200, "a"));
 }

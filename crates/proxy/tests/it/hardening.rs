@@ -1,16 +1,23 @@
 //! Hostile and broken clients, with raw bytes on real sockets: every
-//! request-smuggling shape gets 400 and a closed connection and never
-//! reaches a backend; every limit answers with its status; slow clients are
-//! cut off; a backend dying mid-response never looks like a whole response.
+//! request-smuggling shape gets 400 and a closed connection, and never
+//! reaches a backend if found in the head, nor a malformed byte of it if
+//! found as a chunked body streams; every limit answers with its status;
+//! slow clients are cut off; a backend dying mid-response never looks like
+//! a whole response.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use fulcrum_testkit::{Backend, Mode, SnapshotBuilder, TestProxy, pool};
+use fulcrum_testkit::{
+    Backend, Client, Mode, RawBackend, RawReply, SnapshotBuilder, TestProxy, pool,
+};
+use http::Method;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::{PATIENCE, raw_until_closed};
+
+const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
 
 async fn proxy_with(
     f: impl FnOnce(&mut fulcrum_config::snapshot::Listener),
@@ -47,9 +54,14 @@ async fn refused(proxy: &TestProxy, bytes: &[u8], status: u16) -> String {
 
 #[tokio::test]
 async fn smuggling_shapes_get_400_and_a_closed_connection() {
-    let (a, proxy) = proxy_with(|_| {}).await;
+    // A backend that records every byte it receives: the testkit's
+    // `Backend` counts a request only once it has read its whole body, so
+    // it could not see a head forwarded before a cut.
+    let b = RawBackend::start(|_| RawReply::Send(OK.to_vec())).await;
+    let proxy = TestProxy::serving(pool("p", &[b.addr])).await;
     let smuggled = "GET /smuggled HTTP/1.1\r\nHost: x.test\r\n\r\n";
-    let shapes: Vec<(&str, String)> = vec![
+    // Refused from the head alone: not a byte of these may reach a backend.
+    let at_the_head: Vec<(&str, String)> = vec![
         (
             // They agree, but a backend that takes the last would not.
             "two equal Content-Length",
@@ -133,21 +145,73 @@ async fn smuggling_shapes_get_400_and_a_closed_connection() {
             "Host differing from the absolute target",
             format!("GET http://y.test/ HTTP/1.1\r\nHost: x.test\r\n\r\n{smuggled}"),
         ),
-        (
-            "bad chunk size",
-            format!(
-                "POST / HTTP/1.1\r\nHost: x.test\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n{smuggled}"
-            ),
-        ),
     ];
-    for (name, bytes) in &shapes {
+    for (name, bytes) in &at_the_head {
         let text = refused(&proxy, bytes.as_bytes(), 400).await;
         assert!(!text.contains("smuggled"), "{name}: {text}");
     }
-    assert_eq!(a.hits(), 0, "no smuggling shape may reach a backend");
+    assert_eq!(
+        b.seen().len(),
+        0,
+        "a shape refused at its head reached the backend: {:#?}",
+        b.seen()
+    );
+
+    // A chunked body always streams, so a malformed chunk is found only
+    // when it comes: the head and the data before it have gone to the
+    // backend, and the exchange is cut there, as for a body over the size
+    // limit. The proxy writes its own chunk framing, so what the backend
+    // got is well-formed chunks without the last one (never a whole
+    // body), and not a malformed byte. Each shape has its own path, so
+    // what the backend recorded can be told apart whatever its order.
+    let chunked = |path: &str, body: &str| {
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: x.test\r\nTransfer-Encoding: chunked\r\n\r\n{body}0\r\n\r\n{smuggled}"
+        )
+    };
+    let long_size_line = format!("3\r\nabc\r\n{}\r\nabc\r\n", "1".repeat(5000));
+    // (name, request, the body the backend must have received)
+    let mid_stream: Vec<(&str, String, &str)> = vec![
+        ("bad chunk size", chunked("/1", "zz\r\nabc\r\n"), ""),
+        (
+            "a chunk, then a negative chunk size",
+            chunked("/2", "3\r\nabc\r\n-1\r\nabc\r\n"),
+            "3\r\nabc\r\n",
+        ),
+        (
+            "a chunk-size line over 4 KiB",
+            chunked("/3", &long_size_line),
+            "3\r\nabc\r\n",
+        ),
+        (
+            // The data streams before the CRLF that must end it is read:
+            // it reaches the backend in a chunk of the proxy's own, the
+            // stray byte after it does not.
+            "chunk data not followed by CRLF",
+            chunked("/4", "3\r\nabc\r\n3\r\nabcd\r\n"),
+            "3\r\nabc\r\n3\r\nabc\r\n",
+        ),
+    ];
+    for (name, bytes, _) in &mid_stream {
+        let text = refused(&proxy, bytes.as_bytes(), 400).await;
+        assert!(!text.contains("smuggled"), "{name}: {text}");
+    }
+    // The backend records a request once its connection closes.
+    fulcrum_testkit::eventually(PATIENCE, || b.seen().len() >= mid_stream.len()).await;
+    let seen = b.seen();
+    assert_eq!(seen.len(), mid_stream.len(), "{seen:#?}");
+    for (i, (name, _, body)) in mid_stream.iter().enumerate() {
+        let line = format!("POST /{} HTTP/1.1\r\n", i + 1);
+        let got = seen
+            .iter()
+            .find(|r| r.head.starts_with(&line))
+            .unwrap_or_else(|| panic!("{name}: the head never reached the backend: {seen:#?}"));
+        assert_eq!(got.header("transfer-encoding"), ["chunked"], "{name}");
+        assert_eq!(String::from_utf8_lossy(&got.body), *body, "{name}");
+    }
     assert_eq!(
         proxy.plane.counters().client_bad_request,
-        shapes.len() as u64
+        (at_the_head.len() + mid_stream.len()) as u64
     );
 }
 
@@ -191,6 +255,57 @@ async fn header_limits_answer_431() {
     refused(&proxy, big.as_bytes(), 431).await;
     assert_eq!(a.hits(), 0);
     assert_eq!(proxy.plane.counters().client_header_too_large, 2);
+}
+
+/// Over HTTP/2 the proxy's screen, not the h2 codec, refuses a head over
+/// `max_header_bytes`, so the refusal is counted as over HTTP/1.1. h2
+/// sizes a head with 32 bytes a field (RFC 9113 §6.5.2) where the screen
+/// counts 4, so h2 is given more room than the limit: given the limit
+/// itself, it would refuse such heads first, with a 431 no counter sees.
+#[tokio::test]
+async fn h2_header_over_the_limit_is_431_from_the_screen_and_counted() {
+    let (a, proxy) = proxy_with(|l| {
+        l.limits.max_headers = 10;
+        l.limits.max_header_bytes = 8192;
+    })
+    .await;
+    let client = Client::h2c(proxy.addr);
+    let big = "a".repeat(9000);
+    let r = client
+        .send(
+            client
+                .request(Method::GET, "x.test", "/")
+                .header("x-big", &big),
+            "",
+        )
+        .await;
+    assert_eq!(r.status, 431);
+    assert_eq!(a.hits(), 0);
+    assert_eq!(proxy.plane.counters().client_header_too_large, 1);
+    // Eleven small fields (Host is one): over `max_headers`, by the screen too.
+    let mut req = client.request(Method::GET, "x.test", "/");
+    for i in 0..10 {
+        req = req.header(format!("x-h{i}"), "v");
+    }
+    assert_eq!(client.send(req, "").await.status, 431);
+    assert_eq!(proxy.plane.counters().client_header_too_large, 2);
+    // Past the room h2 is given (here 8192 + 8192 + 15 × 32 + 1024 bytes
+    // as h2 sizes it) the codec refuses the head itself, and no counter
+    // sees it: the one exception hardening.md names.
+    let huge = "a".repeat(20_000);
+    let r = client
+        .send(
+            client
+                .request(Method::GET, "x.test", "/")
+                .header("x-big", &huge),
+            "",
+        )
+        .await;
+    assert_eq!(r.status, 431);
+    assert_eq!(proxy.plane.counters().client_header_too_large, 2);
+    // The connection still serves: only those streams were refused.
+    assert_eq!(client.get("x.test", "/").await.status, 200);
+    assert_eq!(a.hits(), 1);
 }
 
 #[tokio::test]
@@ -259,6 +374,7 @@ async fn slowloris_is_cut_at_the_header_deadline_despite_trickling() {
     let closed = crate::trickle_until_closed(&mut s).await;
     assert!(closed, "a trickling client kept the connection for 5 s");
     assert_eq!(a.hits(), 0);
+    assert_eq!(proxy.plane.counters().client_header_timeout, 1);
 }
 
 #[tokio::test]
