@@ -78,6 +78,9 @@ counters! {
     client_send_timeout,
     /// Keep-alive connections closed after `idle_timeout`.
     client_idle_closed,
+    /// HTTP/2 connections closed because the client answered no PING
+    /// within `http2.keep_alive_timeout`: a dead peer.
+    client_ping_timeout,
     /// Times an idle HTTP/1.1 connection gave its buffers back to wait for
     /// its next request with only the socket.
     client_parked,

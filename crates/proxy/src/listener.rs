@@ -624,8 +624,10 @@ enum Event {
 
 /// Counts why hyper ended an HTTP/2 client connection with an error.
 fn count_connection_error(counters: &Counters, e: &hyper::Error) {
+    // hyper's only timeout on an HTTP/2 server connection is its
+    // keep-alive PING's (the header deadline is `Life`'s own).
     if e.is_timeout() {
-        Counters::inc(&counters.client_header_timeout);
+        Counters::inc(&counters.client_ping_timeout);
     } else if e.is_parse_too_large() {
         Counters::inc(&counters.client_header_too_large);
     } else if e.is_parse() {

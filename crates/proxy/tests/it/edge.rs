@@ -1098,3 +1098,155 @@ async fn health_checks_speak_h2_to_an_h2_pool() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body, "h2-only");
 }
+
+// ---- the rows of hardening.md's limits table that had no test ----
+
+#[tokio::test]
+async fn a_client_below_tls_min_version_is_refused() {
+    let a = Backend::start("a").await;
+    let (cert, der) = certificate(&["x.test"]);
+    let mut tls = tls_of(vec![cert]);
+    tls.min_version = TlsVersion::Tls13;
+    let proxy = TestProxy::start(
+        SnapshotBuilder::new()
+            .pool(pool("p", &[a.addr]))
+            .catch_all("p")
+            .listener(|l| l.tls = Some(tls))
+            .build(),
+    )
+    .await;
+    let mut store = rustls::RootCertStore::empty();
+    store.add(der.clone()).unwrap();
+    let only_12 = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS12])
+    .unwrap()
+    .with_root_certificates(store)
+    .with_no_client_auth();
+    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    let refused = tokio_rustls::TlsConnector::from(Arc::new(only_12))
+        .connect(ServerName::try_from("x.test").unwrap(), tcp)
+        .await;
+    assert!(refused.is_err(), "a TLS 1.2 client got through");
+    // TLS 1.3 is served.
+    let s = tls_connect(proxy.addr, "x.test", &[der], &[b"http/1.1"]).await;
+    assert_eq!(
+        s.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
+    assert_eq!(get_on(s, false, "x.test", "/").await.0, 200);
+    assert_eq!(proxy.plane.counters().client_tls_handshake_failed, 1);
+}
+
+/// Frames from `s` as (type, flags, stream, payload) until `done` holds
+/// for one, acknowledging SETTINGS; `None` if the connection closed or
+/// `PATIENCE` passed first.
+async fn frame_where(
+    s: &mut TcpStream,
+    done: impl Fn(u8, u32, &[u8]) -> bool,
+) -> Option<(u8, u32, Vec<u8>)> {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        while seen.len() >= 9 {
+            let len = u32::from_be_bytes([0, seen[0], seen[1], seen[2]]) as usize;
+            if seen.len() < 9 + len {
+                break;
+            }
+            let (kind, flags) = (seen[3], seen[4]);
+            let id = u32::from_be_bytes(seen[5..9].try_into().unwrap()) & 0x7fff_ffff;
+            let payload = seen[9..9 + len].to_vec();
+            seen.drain(..9 + len);
+            if kind == 4 && flags & 1 == 0 {
+                s.write_all(&frame(4, 1, 0, &[])).await.ok()?;
+            }
+            if done(kind, id, &payload) {
+                return Some((kind, id, payload));
+            }
+        }
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => seen.extend_from_slice(&buf[..n]),
+            _ => return None,
+        }
+    }
+}
+
+#[tokio::test]
+async fn streams_past_max_concurrent_streams_are_refused() {
+    let a = Backend::start("a").await;
+    a.set_mode(Mode::Delay(Duration::from_millis(500)));
+    let proxy = TestProxy::start(
+        SnapshotBuilder::new()
+            .pool(pool("p", &[a.addr]))
+            .catch_all("p")
+            .listener(|l| l.http2.max_concurrent_streams = 2)
+            .build(),
+    )
+    .await;
+    let mut s = h2c_open(proxy.addr).await;
+    // The server says so (SETTINGS_MAX_CONCURRENT_STREAMS, id 3)…
+    let (_, _, settings) = frame_where(&mut s, |kind, _, _| kind == 4)
+        .await
+        .expect("the server's SETTINGS");
+    let max = settings
+        .chunks(6)
+        .find(|c| u16::from_be_bytes([c[0], c[1]]) == 3)
+        .map(|c| u32::from_be_bytes(c[2..6].try_into().unwrap()));
+    assert_eq!(max, Some(2), "{settings:?}");
+    // …and refuses a third stream while two are open (REFUSED_STREAM, 7).
+    for id in [1, 3, 5] {
+        s.write_all(&frame(1, 0x5, id, &GET_X_TEST)).await.unwrap();
+    }
+    let (_, id, code) = frame_where(&mut s, |kind, _, _| kind == 3)
+        .await
+        .expect("a RST_STREAM");
+    assert_eq!(
+        (id, u32::from_be_bytes(code[..4].try_into().unwrap())),
+        (5, 7)
+    );
+    // The two within the limit are answered.
+    let answered = std::cell::RefCell::new(Vec::new());
+    frame_where(&mut s, |kind, id, _| {
+        if kind == 1 {
+            answered.borrow_mut().push(id);
+        }
+        answered.borrow().len() == 2
+    })
+    .await;
+    let mut answered = answered.into_inner();
+    answered.sort_unstable();
+    assert_eq!(answered, [1, 3]);
+}
+
+/// A dead peer: the proxy PINGs an HTTP/2 connection every
+/// `keep_alive_interval` and closes it when no acknowledgement comes within
+/// `keep_alive_timeout`.
+#[tokio::test]
+async fn an_h2c_client_that_never_answers_a_ping_is_closed() {
+    let a = Backend::start("a").await;
+    let proxy = TestProxy::start(
+        SnapshotBuilder::new()
+            .pool(pool("p", &[a.addr]))
+            .catch_all("p")
+            .listener(|l| {
+                l.http2.keep_alive_interval = Duration::from_millis(100);
+                l.http2.keep_alive_timeout = Duration::from_millis(100);
+            })
+            .build(),
+    )
+    .await;
+    let mut s = h2c_open(proxy.addr).await;
+    // A request, so the connection is past its header deadline, then
+    // silence: PINGs go unanswered.
+    s.write_all(&frame(1, 0x5, 1, &GET_X_TEST)).await.unwrap();
+    let ping = frame_where(&mut s, |kind, _, _| kind == 6).await;
+    assert!(ping.is_some(), "no PING came");
+    assert!(
+        frame_where(&mut s, |_, _, _| false).await.is_none(),
+        "the connection stayed open"
+    );
+    let c = proxy.plane.counters();
+    assert_eq!((c.client_ping_timeout, c.client_header_timeout), (1, 0));
+}
