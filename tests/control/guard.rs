@@ -334,18 +334,11 @@ async fn a_rollback_the_guard_cannot_make_is_journaled() {
         stdout(&out),
         stderr(&out)
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let failed = loop {
-        let events = lb.events().await;
-        if let Some(e) = events
-            .iter()
-            .find(|e| e["kind"] == "alert" && e["detail"]["action"] == "rollback_failed")
-        {
-            break e.clone();
-        }
-        assert!(Instant::now() < deadline, "no rollback_failed: {events:#?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let failed = lb
+        .wait_event(Duration::from_secs(10), "a rollback_failed alert", |e| {
+            e["kind"] == "alert" && e["detail"]["action"] == "rollback_failed"
+        })
+        .await;
     assert!(
         failed["detail"]["error"]
             .as_str()
@@ -403,18 +396,13 @@ async fn a_promoted_canary_is_on_probation_from_its_promotion() {
     );
     // Promoted (apply waits for the bake): now x stops serving logins.
     x.set_mode(Mode::Status(404));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let rolled = loop {
-        if let Some(r) = lb.last_event("rolled_back").await {
-            break r;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the promoted change was not rolled back: {:#?}",
-            lb.events().await
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let rolled = lb
+        .wait_event(
+            Duration::from_secs(10),
+            "the promoted change's rollback",
+            |e| e["kind"] == "rolled_back",
+        )
+        .await;
     assert_eq!(rolled["actor"], "guard", "{rolled}");
     assert_eq!(rolled["detail"]["to"], 1, "{rolled}");
     traffic.stop().await;
@@ -763,21 +751,13 @@ async fn a_bad_canary_is_dropped_by_the_guard_and_the_webhook_hears_of_it() {
         stdout(&out),
         stderr(&out)
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let rolled = loop {
-        let events = lb.events().await;
-        if let Some(r) = events
-            .iter()
-            .find(|e| e["kind"] == "rolled_back" && e["actor"] == "guard")
-        {
-            break r.clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the guard did not drop the canary: {events:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let rolled = lb
+        .wait_event(
+            Duration::from_secs(10),
+            "the guard dropping the canary",
+            |e| e["kind"] == "rolled_back" && e["actor"] == "guard",
+        )
+        .await;
     assert_eq!(rolled["detail"]["canary"], true, "{rolled}");
     let (_, status) = lb.json("GET", "/status", "").await;
     assert!(status["canary"].is_null(), "{status}");

@@ -145,6 +145,28 @@ impl Lb {
             .rev()
             .find(|e| e["kind"] == kind)
     }
+
+    /// The journal's first event for which `found` holds, waiting up to
+    /// `within` for it; panics naming `what` and the journal otherwise.
+    pub async fn wait_event(
+        &self,
+        within: std::time::Duration,
+        what: &str,
+        found: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let events = self.events().await;
+            if let Some(e) = events.iter().find(|e| found(e)) {
+                return e.clone();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what} not in the journal: {events:#?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
 }
 
 /// The admin address from serve's log line (`http://` or `https://`).
