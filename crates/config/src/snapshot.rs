@@ -245,7 +245,7 @@ pub struct Guard {
     /// The smallest rise of an error or outcome rate that matters (0.05:
     /// five points).
     pub min_effect: f64,
-    /// How much slower (its p99, as a ratio) a change must make a
+    /// How much slower (its p99 or median, as a ratio) a change must make a
     /// route to count.
     pub latency_ratio: f64,
     /// A backend taking more than this share of a pool with other healthy

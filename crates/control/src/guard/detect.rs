@@ -69,6 +69,10 @@ fn p99_ms(h: &[u64]) -> Option<f64> {
     quantile(h, 0.99).map(|d| d.as_secs_f64() * 1000.0)
 }
 
+fn median_ms(h: &[u64]) -> Option<f64> {
+    quantile(h, 0.5).map(|d| d.as_secs_f64() * 1000.0)
+}
+
 /// A rise of `k/n` over `kb/nb` (or, with no baseline, a rate plainly
 /// above the minimum effect).
 fn rise(what: &str, k: u64, n: u64, base: Option<(u64, u64)>, s: &Settings) -> (Verdict, String) {
@@ -145,9 +149,15 @@ fn latency(
         return (Verdict::NoData, format!("{n} requests, fewer than {min}"));
     }
     let (p99, p99b) = (p99_ms(&h).unwrap_or(0.0), p99_ms(&b).unwrap_or(0.0));
+    let (p50, p50b) = (median_ms(&h).unwrap_or(0.0), median_ms(&b).unwrap_or(0.0));
     let p = mann_whitney_greater(&h, &b);
-    let text = format!("p99 {p99:.1} ms against {p99b:.1} ms before (Mann-Whitney p = {p:.2e})");
-    let slower = p99 >= p99b * s.latency_ratio && p99 - p99b >= LATENCY_FLOOR_MS;
+    let text = format!(
+        "p99 {p99:.1} ms against {p99b:.1} ms before, median {p50:.1} ms against {p50b:.1} ms (Mann-Whitney p = {p:.2e})"
+    );
+    // The median as well as the p99: a slow backend weighted up (incident
+    // 3) makes most requests slow while the p99, slow already, stays put.
+    let by = |x: f64, xb: f64| x >= xb * s.latency_ratio && x - xb >= LATENCY_FLOOR_MS;
+    let slower = by(p99, p99b) || by(p50, p50b);
     if p < 1.0 - s.confidence && slower {
         (Verdict::Fail, text)
     } else if p < 0.05 && slower {
@@ -681,6 +691,24 @@ mod tests {
             Verdict::Fail
         );
         assert_eq!(unrouted(&counts(0, 300), None, &S).verdict, Verdict::Fail);
+    }
+
+    /// Incident 3's shape: one backend in eleven slow (60 ms) before, ten
+    /// in eleven after. The p99 is that backend's both times; the median
+    /// moves from 1 ms to 60 ms.
+    #[test]
+    fn most_requests_turning_slow_fail_though_the_p99_stays() {
+        let at = |us| fulcrum_proxy::stats::bucket(us) as u16;
+        let route = |fast: u64, slow: u64| RouteCounts {
+            latency: vec![(at(1_000), fast), (at(60_000), slow)],
+            ..RouteCounts::default()
+        };
+        let long = Duration::from_secs(5);
+        let (before, after) = (route(1000, 100), route(100, 1000));
+        let (verdict, text) = latency(&after, Some(&before), long, &S);
+        assert_eq!(verdict, Verdict::Fail, "{text}");
+        assert_eq!(p99_ms(&after.histogram()), p99_ms(&before.histogram()));
+        assert_eq!(latency(&before, Some(&before), long, &S).0, Verdict::Pass);
     }
 
     #[test]
