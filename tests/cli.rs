@@ -964,6 +964,15 @@ min_backends = 2
         "auth",
         "drift is reported, not enforced by dropping traffic"
     );
+
+    // A rule that reads the config's text (the running one has no
+    // `version`) is judged on that text when the standards change too.
+    std::fs::write(
+        &standards,
+        "[[rule]]\nname = \"changes are versioned\"\nrequire_version = true\n",
+    )
+    .unwrap();
+    served.wait_log("changes are versioned", 1);
 }
 
 /// The certificate a TLS listener presents for `sni`, trusting `root`.

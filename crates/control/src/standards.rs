@@ -108,7 +108,7 @@ impl Watch {
     /// Re-read the file; if it changed, adopt it (when valid) and re-check
     /// the running config against it. `Some` with the report when the
     /// running config breaks the new standards (drift).
-    pub fn poll(&mut self, running: &Snapshot) -> Option<String> {
+    pub fn poll(&mut self, running: &Snapshot, source: ConfigSource<'_>) -> Option<String> {
         let Ok(text) = std::fs::read_to_string(&self.path) else {
             return None;
         };
@@ -124,7 +124,7 @@ impl Watch {
             }
             Ok(new) => {
                 self.standards = new.standards;
-                match self.judge(running, None) {
+                match self.judge(running, Some(source)) {
                     Ok(()) => {
                         info!(standards = %self.path.display(), version = %running.version, "standards changed; the running config meets them");
                         None
