@@ -307,7 +307,7 @@ pub fn rules_schema() -> Value {
             "paths": count("Distinct paths, drawn uniformly (default 1000).", 1),
             "headers": { "type": "object", "description": "Each header the clients send, and how many distinct values it takes; no other header is sent.", "additionalProperties": { "type": "integer", "minimum": 1 } },
             "cookies": { "type": "object", "description": "Likewise for cookies.", "additionalProperties": { "type": "integer", "minimum": 1 } },
-            "concurrency": count("Requests a backend holds in flight in the model (default 8).", 0),
+            "concurrency": count("Requests in flight per pool in the model, across its backends (default 8); each completes after this many later picks, for `least_request`.", 0),
             "seed": count("The sample's seed.", 0)
         }),
         &[],
@@ -427,13 +427,17 @@ mod tests {
         use crate::standards::{RawRule, RawTraffic};
         let s = rules_schema();
         let mut want = keys::<RawRule>();
-        want.retain(|k| k != "name");
+        want.retain(|k| k != "name" && !crate::standards::REFUSED_RULE_KEYS.contains(&k.as_str()));
         let mut listed: Vec<String> = RULE_KEYS.iter().map(|k| k.to_string()).collect();
         listed.sort();
         assert_eq!(listed, want, "RULE_KEYS and RawRule disagree");
         want.push("name".into());
         want.sort();
         assert_eq!(props(&s["properties"]["rule"]["items"]), want);
+        // A refused key stays out of the schema, so editors flag it too.
+        for k in crate::standards::REFUSED_RULE_KEYS {
+            assert!(s["properties"]["rule"]["items"]["properties"][k].is_null());
+        }
         assert_eq!(props(&s["properties"]["traffic"]), keys::<RawTraffic>());
         for k in RULE_KEYS {
             let d = s["properties"]["rule"]["items"]["properties"][k]["description"]

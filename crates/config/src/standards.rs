@@ -5,7 +5,7 @@
 //! crate: evaluating rules needs the balancer and lives in `fulcrum-safety`.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
@@ -179,7 +179,7 @@ impl std::fmt::Display for DurationRange {
 }
 
 /// A request written in a rule: `"POST http://app.example.com/auth/login"`
-/// plus `headers` and `client_ip`.
+/// plus `headers`.
 #[derive(Debug, Clone)]
 pub struct RuleRequest {
     /// As written, for messages.
@@ -189,7 +189,6 @@ pub struct RuleRequest {
     pub host: Option<String>,
     pub path: String,
     pub headers: HeaderMap,
-    pub client_ip: IpAddr,
 }
 
 /// How the synthetic traffic sample is drawn (see `docs/standards.md`).
@@ -208,8 +207,8 @@ pub struct TrafficSpec {
     pub headers: BTreeMap<String, usize>,
     /// Cookie name → how many distinct values it takes.
     pub cookies: BTreeMap<String, usize>,
-    /// Requests a backend is modelled to hold in flight: each completes
-    /// after this many later picks (for `least_request`).
+    /// Requests a pool is modelled to hold in flight, across its backends:
+    /// each completes after this many later picks (for `least_request`).
     pub concurrency: usize,
     pub seed: u64,
 }
@@ -229,11 +228,10 @@ impl Default for TrafficSpec {
 }
 
 /// Every key a `[[rule]]` takes besides `name`, as docs/standards.md lists
-/// them; a test holds it to `RawRule`.
+/// them; a test holds it, with `REFUSED_RULE_KEYS`, to `RawRule`.
 pub const RULE_KEYS: &[&str] = &[
     "request",
     "headers",
-    "client_ip",
     "expect_route",
     "expect_pool",
     "expect_status",
@@ -255,12 +253,18 @@ pub const RULE_KEYS: &[&str] = &[
     "body",
 ];
 
+/// Keys `RawRule` reads only to refuse them with their reason, which a
+/// bare "unknown key" would not give: `client_ip` was once documented as
+/// the rule request's client address, yet no assertion depends on it.
+pub const REFUSED_RULE_KEYS: &[&str] = &["client_ip"];
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawRule {
     name: Spanned<String>,
     request: Option<Spanned<String>>,
     headers: Option<BTreeMap<String, Spanned<String>>>,
+    /// Accepted only to be refused with a reason (`REFUSED_RULE_KEYS`).
     client_ip: Option<Spanned<String>>,
     expect_route: Option<Spanned<String>>,
     expect_pool: Option<Spanned<String>>,
@@ -491,15 +495,21 @@ struct RoutingAssertions {
 
 /// The routing part: `request`, where it must go and what pre-flight sends.
 fn routing(d: &mut Diags<'_>, p: &str, raw: &RawRule) -> RoutingAssertions {
-    let request = raw.request.as_ref().and_then(|r| {
-        request(
-            d,
-            r,
-            raw.headers.as_ref(),
-            raw.client_ip.as_ref(),
-            &format!("{p}.request"),
+    let request = raw
+        .request
+        .as_ref()
+        .and_then(|r| request(d, r, raw.headers.as_ref(), &format!("{p}.request")));
+    if let Some(ip) = &raw.client_ip {
+        // Routing, pool choice and Fulcrum's own 404/503 do not read the
+        // client address, so a value here would promise a test it is not.
+        d.error(
+            "unknown-key",
+            Some(ip.span()),
+            format!("{p}.client_ip"),
+            "`client_ip` has no effect",
         )
-    });
+        .hint("rules assert routes, pools and statuses, which do not depend on the client's address; remove it");
+    }
     request_pairing(d, p, raw);
     let probe = probe(d, p, raw, request.as_ref());
     let expect_status = expect_status(d, p, raw);
@@ -542,31 +552,35 @@ fn request_pairing(d: &mut Diags<'_>, p: &str, raw: &RawRule) {
         )
         .hint("add `expect_pool = \"NAME\"` (or `expect_route` / `expect_status`)");
     }
-    if (raw.headers.is_some() || raw.client_ip.is_some()) && raw.request.is_none() {
+    if raw.headers.is_some() && raw.request.is_none() {
         d.error(
             "missing-key",
             Some(raw.name.span()),
             format!("{p}.request"),
-            "`headers` and `client_ip` describe a `request`, and this rule has none",
+            "`headers` describe a `request`, and this rule has none",
         )
         .hint("add `request = \"METHOD URL\"` or remove them");
     }
 }
 
-/// `expect_status`, which must be an HTTP status.
+/// `expect_status`, which must be a status Fulcrum answers by itself
+/// (safety/src/rules.rs `refusal`): 404 when no route matches, 503 when the
+/// pool has no backend with weight above 0. Any other status comes from a
+/// backend, which rules never reach, so a rule expecting it could never
+/// pass.
 fn expect_status(d: &mut Diags<'_>, p: &str, raw: &RawRule) -> Option<u16> {
     raw.expect_status.as_ref().and_then(|s| {
         let v = *s.get_ref();
-        if (100..=599).contains(&v) {
+        if v == 404 || v == 503 {
             Some(v as u16)
         } else {
             d.error(
                 "out-of-range",
                 Some(s.span()),
                 format!("{p}.expect_status"),
-                format!("{v} is not an HTTP status"),
+                format!("{v} is never a refusal by Fulcrum: only 404 or 503 can pass"),
             )
-            .hint("write a status from 100 to 599, e.g. 404");
+            .hint("write 404 (no route matches) or 503 (no backend with weight above 0); a backend's own status is pre-flight's to probe, not a rule's");
             None
         }
     })
@@ -816,7 +830,6 @@ fn request(
     d: &mut Diags<'_>,
     raw: &Spanned<String>,
     headers: Option<&BTreeMap<String, Spanned<String>>>,
-    client_ip: Option<&Spanned<String>>,
     kp: &str,
 ) -> Option<RuleRequest> {
     let text = raw.get_ref().trim();
@@ -851,29 +864,12 @@ fn request(
             }
         }
     }
-    let client_ip = match client_ip {
-        None => IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
-        Some(ip) => match ip.get_ref().trim().parse() {
-            Ok(ip) => ip,
-            Err(_) => {
-                d.error(
-                    "invalid-address",
-                    Some(ip.span()),
-                    format!("{}.client_ip", kp.trim_end_matches(".request")),
-                    format!("`{}` is not an IP address", ip.get_ref()),
-                )
-                .hint("write an IP address, e.g. \"203.0.113.7\"");
-                return None;
-            }
-        },
-    };
     ok.then(|| RuleRequest {
         text: text.to_owned(),
         method,
         host,
         path,
         headers: map,
-        client_ip,
     })
 }
 
@@ -949,6 +945,33 @@ fn range(
 fn traffic(d: &mut Diags<'_>, raw: RawTraffic) -> Option<TrafficSpec> {
     let mut t = TrafficSpec::default();
     let mut ok = true;
+    // Names are checked, not skipped: a name no request can carry would
+    // leave a pool hashing on it looking keyless, with no word of why.
+    let header_ok = |name: &str| HeaderName::from_bytes(name.as_bytes()).is_ok();
+    for (name, v) in raw.headers.iter().flatten() {
+        if !header_ok(name) {
+            ok = false;
+            d.error(
+                "invalid-header-name",
+                Some(v.span()),
+                format!("traffic.headers.{name}"),
+                format!("`{name}` is not a valid header name"),
+            )
+            .hint("header names are letters, digits and `-`, with no spaces, e.g. `x-user`");
+        }
+    }
+    for (name, v) in raw.cookies.iter().flatten() {
+        if !crate::validate::is_token(name) {
+            ok = false;
+            d.error(
+                "invalid-value",
+                Some(v.span()),
+                format!("traffic.cookies.{name}"),
+                format!("`{name}` is not a valid cookie name"),
+            )
+            .hint("a cookie name is an HTTP token: letters, digits and ``!#$%&'*+-.^_`|~``, with no spaces, `=` or `;`, e.g. `session`");
+        }
+    }
     let mut count = |v: &Option<Spanned<i64>>, kp: &str, lo: i64, hi: i64, out: &mut usize| {
         if let Some(v) = v {
             let x = *v.get_ref();
@@ -988,6 +1011,9 @@ fn traffic(d: &mut Diags<'_>, raw: RawTraffic) -> Option<TrafficSpec> {
         t.seed = seed as u64;
     }
     for (name, v) in raw.headers.iter().flatten() {
+        if !header_ok(name) {
+            continue;
+        }
         let mut n = 0;
         count(
             &Some(v.clone()),
@@ -999,6 +1025,9 @@ fn traffic(d: &mut Diags<'_>, raw: RawTraffic) -> Option<TrafficSpec> {
         t.headers.insert(name.to_ascii_lowercase(), n);
     }
     for (name, v) in raw.cookies.iter().flatten() {
+        if !crate::validate::is_token(name) {
+            continue;
+        }
         let mut n = 0;
         count(
             &Some(v.clone()),

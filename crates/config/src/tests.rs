@@ -1514,3 +1514,81 @@ fn schema_durations_refuse_zero_as_check_does() {
         pattern(&rules["properties"]["rule"]["items"]["properties"]["connect_timeout"]["items"]);
     assert!(bound.is_match("0s") && bound.is_match(""));
 }
+
+// Standards files: keys that promised more than the rules do.
+
+/// The errors of the standards file `source`, which must not parse.
+fn standards_errors(source: &str) -> Vec<Diagnostic> {
+    let parsed = crate::standards::parse_standards("standards.toml", source);
+    assert!(parsed.standards.is_none(), "{:?}", parsed.diagnostics);
+    parsed.diagnostics
+}
+
+#[test]
+fn traffic_header_and_cookie_names_are_checked_not_dropped() {
+    // A trailing space makes a name no request carries; both are reported
+    // at once, beside a well-formed header that is kept.
+    let d = standards_errors(
+        "[traffic]\nheaders = { \"x-session \" = 50, x-user = 10 }\ncookies = { \"se ssion\" = 5 }\n",
+    );
+    let got: Vec<_> = d
+        .iter()
+        .map(|d| (d.code, d.key_path.as_str(), d.line))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("invalid-header-name", "traffic.headers.x-session ", 2),
+            ("invalid-value", "traffic.cookies.se ssion", 3),
+        ]
+    );
+    assert!(d.iter().all(|d| d.hint.is_some()));
+    let ok = crate::standards::parse_standards(
+        "standards.toml",
+        "[traffic]\nheaders = { X-User = 10 }\ncookies = { session = 5 }\n",
+    );
+    let t = ok.standards.expect("valid names parse").traffic;
+    assert_eq!(t.headers.get("x-user"), Some(&10));
+    assert_eq!(t.cookies.get("session"), Some(&5));
+}
+
+#[test]
+fn a_rule_client_ip_is_refused_with_its_reason() {
+    let d = standards_errors(
+        "[[rule]]\nname = \"r\"\nrequest = \"GET /\"\nclient_ip = \"203.0.113.7\"\nexpect_pool = \"web\"\n",
+    );
+    let [d] = <[Diagnostic; 1]>::try_from(d).unwrap_or_else(|d| panic!("{d:#?}"));
+    assert_eq!(
+        (d.code, d.key_path.as_str(), d.line, d.col),
+        ("unknown-key", "rule[0].client_ip", 4, 13)
+    );
+    assert!(
+        d.hint
+            .as_deref()
+            .unwrap()
+            .contains("do not depend on the client's address"),
+        "{:?}",
+        d.hint
+    );
+}
+
+#[test]
+fn expect_status_is_only_a_status_fulcrum_answers_itself() {
+    for ok in [404, 503] {
+        let src = format!("[[rule]]\nname = \"r\"\nrequest = \"GET /\"\nexpect_status = {ok}\n");
+        let parsed = crate::standards::parse_standards("standards.toml", &src);
+        assert!(parsed.diagnostics.is_empty(), "{:?}", parsed.diagnostics);
+    }
+    // 200 is a valid status, but a rule's request never reaches a backend,
+    // so it could never pass.
+    for bad in [200, 401, 502, 600] {
+        let src = format!("[[rule]]\nname = \"r\"\nrequest = \"GET /\"\nexpect_status = {bad}\n");
+        let d = standards_errors(&src);
+        let [d] = <[Diagnostic; 1]>::try_from(d).unwrap_or_else(|d| panic!("{d:#?}"));
+        assert_eq!(
+            (d.code, d.key_path.as_str(), d.line),
+            ("out-of-range", "rule[0].expect_status", 4)
+        );
+        assert!(d.hint.as_deref().unwrap().contains("404"), "{:?}", d.hint);
+    }
+}

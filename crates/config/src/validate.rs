@@ -1799,7 +1799,7 @@ fn binds_overlap(a: SocketAddr, b: SocketAddr) -> bool {
 
 /// An HTTP token (RFC 9110 §5.6.2), the grammar of cookie names
 /// (RFC 6265): visible ASCII but the separators.
-fn is_token(name: &str) -> bool {
+pub(crate) fn is_token(name: &str) -> bool {
     !name.is_empty()
         && name
             .bytes()
