@@ -527,18 +527,22 @@ fn access_log(s: &Snapshot) -> Settings {
             .collect::<Vec<_>>()
             .join(" ")
     };
-    vec![
-        (
-            "path",
-            match &l.target {
-                LogTarget::Stdout => "stdout".to_owned(),
-                LogTarget::File(p) => p.display().to_string(),
-            },
-        ),
+    let path = match &l.target {
+        LogTarget::Stdout => "stdout".to_owned(),
+        LogTarget::File(p) => p.display().to_string(),
+    };
+    // The lists only when they name something: `redact ` says nothing.
+    [
         ("redact", names(&l.redact)),
         ("headers", names(&l.headers)),
         ("cookies", l.cookies.join(" ")),
     ]
+    .into_iter()
+    .filter(|(_, v)| !v.is_empty())
+    .fold(vec![("path", path)], |mut out, kv| {
+        out.push(kv);
+        out
+    })
 }
 
 fn guard(s: &Snapshot) -> Settings {
