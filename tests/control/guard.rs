@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use fulcrum_testkit::{Backend, Mode};
 
-use super::{Lb, stderr, stdout};
+use super::{Lb, stdout};
 
 /// Steady synthetic traffic: logins (and a share of web requests) from a
 /// few concurrent clients until stopped.
@@ -116,20 +116,13 @@ async fn forced_incident(
     // A baseline for the window before the change.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let file = lb.file("bad.toml", bad);
-    let out = lb.cli(&[
+    let out = lb.cli_ok(&[
         "apply",
         file.to_str().unwrap(),
         "--force",
         "-m",
         "the bad change",
     ]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
     assert!(stdout(&out).contains("applied: v2"), "{}", stdout(&out));
     let deadline = Instant::now() + Duration::from_secs(12);
     let (alert, rolled) = loop {
@@ -326,14 +319,7 @@ async fn a_rollback_the_guard_cannot_make_is_journaled() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let file = lb.file("bad.toml", &config("web", &auth, web.addr));
     std::fs::remove_file(&rule_file).unwrap();
-    let out = lb.cli(&["apply", file.to_str().unwrap(), "--force"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    lb.cli_ok(&["apply", file.to_str().unwrap(), "--force"]);
     let failed = lb
         .wait_event(Duration::from_secs(10), "a rollback_failed alert", |e| {
             e["kind"] == "alert" && e["detail"]["action"] == "rollback_failed"
@@ -379,7 +365,7 @@ async fn a_promoted_canary_is_on_probation_from_its_promotion() {
     let traffic = Traffic::start(lb.served.addr, &[]);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let file = lb.file("v2.toml", &v2);
-    let out = lb.cli(&[
+    lb.cli_ok(&[
         "apply",
         file.to_str().unwrap(),
         "--canary",
@@ -387,13 +373,6 @@ async fn a_promoted_canary_is_on_probation_from_its_promotion() {
         "--bake",
         "4s",
     ]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
     // Promoted (apply waits for the bake): now x stops serving logins.
     x.set_mode(Mode::Status(404));
     let rolled = lb
@@ -734,7 +713,7 @@ async fn a_bad_canary_is_dropped_by_the_guard_and_the_webhook_hears_of_it() {
     let traffic = Traffic::from(lb.served.addr, &[], &clients);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let file = lb.file("bad.toml", &v2);
-    let out = lb.cli(&[
+    lb.cli_ok(&[
         "apply",
         file.to_str().unwrap(),
         "--force",
@@ -744,13 +723,6 @@ async fn a_bad_canary_is_dropped_by_the_guard_and_the_webhook_hears_of_it() {
         "10m",
         "--no-wait",
     ]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
     let rolled = lb
         .wait_event(
             Duration::from_secs(10),

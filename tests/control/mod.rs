@@ -121,6 +121,19 @@ impl Lb {
             .unwrap()
     }
 
+    /// `cli`, which must exit 0 (else the test fails with its output).
+    pub fn cli_ok(&self, args: &[&str]) -> Output {
+        let out = self.cli(args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}{}",
+            stdout(&out),
+            stderr(&out)
+        );
+        out
+    }
+
     /// Write `name` beside the config.
     pub fn file(&self, name: &str, text: &str) -> PathBuf {
         write_config(&self.dir, name, text)

@@ -11,7 +11,6 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 use fulcrum_config::{Environment, Snapshot, content_version};
 use fulcrum_proxy::{DataPlane, Writer};
-use fulcrum_safety::rules::ConfigSource;
 use fulcrum_safety::traffic::Recording;
 use serde_json::json;
 use tokio::task::JoinHandle;
@@ -835,13 +834,8 @@ impl Controller {
     /// breaks new standards.
     pub async fn poll_standards(&self) {
         let running = self.view().stable.clone();
-        // The text too: rules such as `require_version` read it.
-        let file = format!("v{}", running.meta.number);
-        let source = ConfigSource {
-            file: &file,
-            source: &running.source,
-        };
-        let drift = self.with_standards(|w| w.and_then(|w| w.poll(&running.snapshot, source)));
+        let drift =
+            self.with_standards(|w| w.and_then(|w| w.poll(&running.snapshot, &running.source)));
         if let Some(report) = drift {
             self.journal
                 .note(

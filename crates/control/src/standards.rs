@@ -83,14 +83,15 @@ impl Watch {
         &self.path
     }
 
-    /// `Err` with the report when `snapshot` breaks a rule.
-    pub fn judge(
-        &self,
-        snapshot: &Snapshot,
-        config: Option<ConfigSource<'_>>,
-    ) -> Result<(), String> {
+    /// `Err` with the report when `snapshot`, compiled from `text`, breaks
+    /// a rule. The text too: rules such as `require_version` read it.
+    pub fn judge(&self, snapshot: &Snapshot, text: &str) -> Result<(), String> {
         let traffic = Traffic::Synthetic(self.standards.traffic.clone());
-        let e = rules::evaluate(snapshot, config, &self.standards, &traffic);
+        let config = ConfigSource {
+            file: &snapshot.version,
+            source: text,
+        };
+        let e = rules::evaluate(snapshot, Some(config), &self.standards, &traffic);
         if e.ok() {
             Ok(())
         } else {
@@ -108,7 +109,7 @@ impl Watch {
     /// Re-read the file; if it changed, adopt it (when valid) and re-check
     /// the running config against it. `Some` with the report when the
     /// running config breaks the new standards (drift).
-    pub fn poll(&mut self, running: &Snapshot, source: ConfigSource<'_>) -> Option<String> {
+    pub fn poll(&mut self, running: &Snapshot, config_text: &str) -> Option<String> {
         let Ok(text) = std::fs::read_to_string(&self.path) else {
             return None;
         };
@@ -124,7 +125,7 @@ impl Watch {
             }
             Ok(new) => {
                 self.standards = new.standards;
-                match self.judge(running, Some(source)) {
+                match self.judge(running, config_text) {
                     Ok(()) => {
                         info!(standards = %self.path.display(), version = %running.version, "standards changed; the running config meets them");
                         None

@@ -4,7 +4,6 @@
 //! standards still agree.
 
 use fulcrum_config::content_version;
-use fulcrum_safety::rules::ConfigSource;
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -104,12 +103,7 @@ pub async fn drift(c: &Controller) -> Drift {
     };
     let standards = c.with_standards(|w| {
         w.map(|w| {
-            let file = format!("v{}", running.meta.number);
-            let source = ConfigSource {
-                file: &file,
-                source: &running.source,
-            };
-            let judged = w.judge(&running.snapshot, Some(source));
+            let judged = w.judge(&running.snapshot, &running.source);
             StandardsDrift {
                 path: w.path().display().to_string(),
                 hash: w.hash(),

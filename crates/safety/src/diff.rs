@@ -532,17 +532,17 @@ fn access_log(s: &Snapshot) -> Settings {
         LogTarget::File(p) => p.display().to_string(),
     };
     // The lists only when they name something: `redact ` says nothing.
-    [
-        ("redact", names(&l.redact)),
-        ("headers", names(&l.headers)),
-        ("cookies", l.cookies.join(" ")),
-    ]
-    .into_iter()
-    .filter(|(_, v)| !v.is_empty())
-    .fold(vec![("path", path)], |mut out, kv| {
-        out.push(kv);
-        out
-    })
+    let mut out = vec![("path", path)];
+    out.extend(
+        [
+            ("redact", names(&l.redact)),
+            ("headers", names(&l.headers)),
+            ("cookies", l.cookies.join(" ")),
+        ]
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty()),
+    );
+    out
 }
 
 fn guard(s: &Snapshot) -> Settings {
