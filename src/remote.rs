@@ -170,6 +170,20 @@ impl Api {
         })?;
         Ok((status, v))
     }
+
+    /// [`Api::json`] for a read: an answer other than 200 is its `error`,
+    /// printed (exit 1).
+    fn read(&self, path_query: &str) -> Step<Value> {
+        let (status, v) = self.json(Method::GET, path_query, None)?;
+        if status != StatusCode::OK {
+            eprintln!(
+                "fulcrum: {path_query} failed ({status}): {}",
+                v["error"].as_str().unwrap_or("no reason given")
+            );
+            return Err(ExitCode::FAILURE);
+        }
+        Ok(v)
+    }
 }
 
 /// TLS towards an https:// admin API: trusting the certificates in `ca`,
@@ -255,7 +269,7 @@ pub fn apply(o: ApplyOptions<'_>) -> ExitCode {
                 format!("{scheme}://{}", a.listen)
             });
         let api = Api::new(o.target, own)?;
-        let (_, status) = api.json(Method::GET, "/status", None)?;
+        let status = api.read("/status")?;
         let parent = status["version"]["number"].as_u64();
         let author = std::env::var("USER").unwrap_or_else(|_| "cli".into());
         let mut q = format!(
@@ -432,7 +446,7 @@ pub fn rollback(target: &Target, to: Option<u64>, reason: Option<String>) -> Exi
 pub fn history(target: &Target, json: bool) -> ExitCode {
     done((|| {
         let api = Api::new(target, None)?;
-        let (_, v) = api.json(Method::GET, "/history", None)?;
+        let v = api.read("/history")?;
         if json {
             println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             return Ok(ExitCode::SUCCESS);
@@ -460,7 +474,7 @@ pub fn history(target: &Target, json: bool) -> ExitCode {
 pub fn status(target: &Target, json: bool) -> ExitCode {
     done((|| {
         let api = Api::new(target, None)?;
-        let (_, s) = api.json(Method::GET, "/status", None)?;
+        let s = api.read("/status")?;
         if json {
             println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
             return Ok(ExitCode::SUCCESS);
@@ -517,7 +531,7 @@ pub fn status(target: &Target, json: bool) -> ExitCode {
 pub fn drift(target: &Target, json: bool) -> ExitCode {
     done((|| {
         let api = Api::new(target, None)?;
-        let (_, s) = api.json(Method::GET, "/status", None)?;
+        let s = api.read("/status")?;
         let d = &s["drift"];
         if json {
             println!("{}", serde_json::to_string_pretty(d).unwrap_or_default());

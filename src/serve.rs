@@ -203,23 +203,26 @@ async fn serve(boot: Boot, o: &Options, state_dir: &Path, serving: Vec<Handle>) 
     } else {
         Vec::new()
     };
+    // The admin API's token and address first: a start that fails there
+    // stores and journals nothing.
+    let admin = match bind_admin(boot.snapshot(), &o.config, state_dir).await {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("fulcrum: not starting: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let controller = match boot.start(serving).await {
         Ok(c) => c,
         Err(e) => return refused_to_start(e),
     };
     let guard = fulcrum_control::guard::Guard::spawn(&controller);
     let stop_admin = CancellationToken::new();
-    if let Err(e) = start_admin(
-        &controller,
-        &guard,
-        &o.config,
-        state_dir,
-        stop_admin.clone(),
-    )
-    .await
-    {
-        eprintln!("fulcrum: not starting: {e}");
-        return ExitCode::FAILURE;
+    match admin {
+        Some(admin) => admin.serve(&controller, &guard, stop_admin.clone()),
+        None => info!(
+            "no [admin] in the config: no admin API (apply, rollback and the dashboard need one)"
+        ),
     }
     tokio::spawn(fulcrum_control::health::journal_flips(Arc::downgrade(
         &controller,
@@ -250,19 +253,20 @@ async fn serve(boot: Boot, o: &Options, state_dir: &Path, serving: Vec<Handle>) 
 
 /// The admin API on `[admin] listen`, when the config has one: bound once
 /// at start (a change to `[admin]` takes effect at the next start).
-async fn start_admin(
-    controller: &Arc<Controller>,
-    guard: &Arc<fulcrum_control::guard::Guard>,
+/// The admin API, bound and with its token, before it serves.
+struct AdminBound {
+    listener: tokio::net::TcpListener,
+    cfg: fulcrum_config::snapshot::Admin,
+    token: Token,
+}
+
+async fn bind_admin(
+    snapshot: &fulcrum_config::Snapshot,
     config: &Path,
     state_dir: &Path,
-    stop: CancellationToken,
-) -> Result<(), String> {
-    let snapshot = controller.view().stable.snapshot.clone();
+) -> Result<Option<AdminBound>, String> {
     let Some(cfg) = snapshot.admin.clone() else {
-        info!(
-            "no [admin] in the config: no admin API (apply, rollback and the dashboard need one)"
-        );
-        return Ok(());
+        return Ok(None);
     };
     let config_dir = config.parent().unwrap_or(Path::new("."));
     let (token, source) = Token::resolve(
@@ -280,17 +284,32 @@ async fn start_admin(
             )
         })?;
     let addr = listener.local_addr().map_or(cfg.listen, |a| a);
-    let tls = cfg
-        .tls
-        .as_ref()
-        .map(|t| fulcrum_proxy::tls_acceptor(t, false));
-    let scheme = if tls.is_some() { "https" } else { "http" };
+    let scheme = if cfg.tls.is_some() { "https" } else { "http" };
     info!(admin = %addr, token = %source, "admin API on {scheme}://{addr}; its bearer token is in {source}; the dashboard is at {scheme}://{addr}/");
-    let (router, _) = admin::router(Arc::new(Admin {
-        controller: controller.clone(),
-        guard: guard.clone(),
+    Ok(Some(AdminBound {
+        listener,
+        cfg,
         token,
-    }));
-    tokio::spawn(admin::serve(listener, tls, router, stop));
-    Ok(())
+    }))
+}
+
+impl AdminBound {
+    fn serve(
+        self,
+        controller: &Arc<Controller>,
+        guard: &Arc<fulcrum_control::guard::Guard>,
+        stop: CancellationToken,
+    ) {
+        let (router, _) = admin::router(Arc::new(Admin {
+            controller: controller.clone(),
+            guard: guard.clone(),
+            token: self.token,
+        }));
+        let tls = self
+            .cfg
+            .tls
+            .as_ref()
+            .map(|t| fulcrum_proxy::tls_acceptor(t, false));
+        tokio::spawn(admin::serve(self.listener, tls, router, stop));
+    }
 }

@@ -8,6 +8,7 @@ mod changes;
 mod crash;
 mod dashboard;
 mod guard;
+mod restart;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -89,6 +90,36 @@ impl Lb {
             dir,
             config,
         }
+    }
+
+    /// Stop `serve` (SIGTERM, or SIGKILL when `kill`) and start it again
+    /// on the same config file and state directory.
+    pub async fn restart(&mut self, kill: bool) {
+        self.stop(kill).await;
+        self.start_again(&[]);
+    }
+
+    /// Stop `serve`: SIGTERM (it drains and exits), or SIGKILL.
+    pub async fn stop(&mut self, kill: bool) {
+        self.served.signal(if kill { "KILL" } else { "TERM" });
+        self.served.exit_status().await;
+    }
+
+    /// Start `serve` again after [`Lb::stop`], with `args`.
+    pub fn start_again(&mut self, args: &[&std::ffi::OsStr]) {
+        self.served = Served::start_env(&self.config, args, &[("FULCRUM_ADMIN_TOKEN", TOKEN)]);
+        self.admin = admin_addr(&self.served);
+    }
+
+    /// The version number serving, from `GET /config`.
+    pub async fn serving(&self) -> u64 {
+        let (status, headers, body) = self.call("GET", "/config", "", Some(TOKEN)).await;
+        assert_eq!(status, 200, "{body}");
+        headers["fulcrum-version"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap()
     }
 
     /// A raw admin API call; `token` None sends no Authorization header.

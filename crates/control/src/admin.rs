@@ -227,11 +227,21 @@ struct ApplyQuery {
 async fn apply(
     State(admin): State<Arc<Admin>>,
     q: Result<Query<ApplyQuery>, axum::extract::rejection::QueryRejection>,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
     let Query(q) = match q {
         Ok(q) => q,
         Err(e) => return error(StatusCode::BAD_REQUEST, &format!("bad query: {e}")),
+    };
+    // Over axum's 2 MB limit (413), or cut off: an answer in JSON as any.
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => {
+            return error(
+                e.status(),
+                &format!("cannot read the config sent: {}", e.body_text()),
+            );
+        }
     };
     let source = match String::from_utf8(body.to_vec()) {
         Ok(s) => s,

@@ -1,12 +1,15 @@
 //! What a starting process serves. With an empty store, the config file,
 //! if it passes the gates. Otherwise the store's head, the last version
-//! promoted — unless the file changed since it was last read, in which
-//! case the file is a change like any other: gated, stored, and if refused,
-//! the head serves and the refusal is journaled. So a restart neither
-//! forgets changes applied through the API nor ignores an edited file.
+//! promoted — unless the file holds a config the store has not seen since
+//! the file was last read, in which case the file is a change like any
+//! other: gated, stored, and if refused, the head serves and the refusal
+//! is journaled. So a restart neither forgets changes applied through the
+//! API (nor brings back one rolled back since) nor ignores an edited file.
+//! What the stop cut short — a canary's bake, a change's probation — is
+//! journaled, since neither survives it.
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use fulcrum_config::{Snapshot, content_version};
 use fulcrum_proxy::DataPlane;
@@ -18,7 +21,7 @@ use crate::change::{Controller, Serving, Settings};
 use crate::gate::{Outcome, Report, judge};
 use crate::journal::{Journal, blocking};
 use crate::listeners::Listeners;
-use crate::store::{EventKind, Origin, Store, StoreError, VersionMeta};
+use crate::store::{Event, EventKind, Origin, Store, StoreError, VersionMeta};
 
 impl BootError {
     /// What went wrong, as printed.
@@ -53,8 +56,62 @@ pub struct Boot {
     serving: Serving,
     /// Set when `serving` is not stored yet.
     new: bool,
+    /// The head an edited file takes over from, for the change's diff.
+    replaces: Option<Serving>,
     /// Journaled once the store is known to work.
     refused: Option<Report>,
+    /// What the last run left unfinished.
+    cut: Cut,
+}
+
+/// What the journal says the last run left unfinished.
+#[derive(Debug, Default, Clone, PartialEq)]
+struct Cut {
+    /// A canary staged and never promoted nor dropped: the stop dropped it.
+    canary: Option<u64>,
+    /// The head, promoted at this time, when no restart or rollback came
+    /// since: its probation may have been running.
+    promoted: Option<(u64, Option<u64>, SystemTime)>,
+}
+
+impl Cut {
+    /// Replay the journal.
+    fn read(store: &dyn Store) -> Result<Cut, StoreError> {
+        let mut cut = Cut::default();
+        let mut after = 0;
+        loop {
+            let page = store.events(after, 4096)?;
+            let Some(last) = page.last() else {
+                return Ok(cut);
+            };
+            after = last.seq;
+            for e in &page {
+                cut.see(e);
+            }
+        }
+    }
+
+    fn see(&mut self, e: &Event) {
+        match e.kind {
+            EventKind::Staged => self.canary = e.version,
+            EventKind::Promoted => {
+                let from = e.detail["from"].as_u64();
+                self.canary = None;
+                self.promoted = e.version.map(|v| (v, from, e.time));
+            }
+            EventKind::RolledBack => {
+                // A dropped canary leaves the head's probation running.
+                if e.detail["canary"] != true {
+                    self.promoted = None;
+                }
+                self.canary = None;
+            }
+            // A start settled what came before it (or an older build
+            // started without a word on it: too late to say).
+            EventKind::Start => *self = Cut::default(),
+            _ => {}
+        }
+    }
 }
 
 impl Boot {
@@ -79,7 +136,9 @@ impl Boot {
                 journal,
                 serving,
                 new: true,
+                replaces: None,
                 refused: None,
+                cut: Cut::default(),
             });
         };
         let stored = blocking(&store, move |s| s.get(head))
@@ -88,12 +147,8 @@ impl Boot {
             .ok_or_else(|| {
                 BootError::Failed(format!("the store's head names v{head}, which is missing"))
             })?;
-        let last_file = blocking(&store, |s| s.list())
-            .await
-            .map_err(failed)?
-            .into_iter()
-            .rev()
-            .find(|m| m.origin == Origin::File);
+        let versions = blocking(&store, |s| s.list()).await.map_err(failed)?;
+        let cut = blocking(&store, Cut::read).await.map_err(failed)?;
         let head_serving = |settings: &Settings| {
             let checked =
                 fulcrum_config::check_with(&format!("v{head}"), &stored.source, &*settings.env);
@@ -103,30 +158,38 @@ impl Boot {
                 snapshot: Arc::new(s),
             })
         };
+        let keep_head = |settings: Settings, refused: Option<Report>, why: String| {
+            let serving = head_serving(&settings)
+                .ok_or_else(|| BootError::Failed(format!("v{head} from the store {why}")))?;
+            Ok(Boot {
+                settings,
+                journal: journal.clone(),
+                serving,
+                new: false,
+                replaces: None,
+                refused,
+                cut: cut.clone(),
+            })
+        };
         let file = match file {
             Ok(f) => f,
             Err(e) => {
-                let e = e.message();
+                let e = e.message().to_owned();
                 warn!("{e}; serving v{head} from the store");
-                let serving = head_serving(&settings).ok_or_else(|| {
-                    BootError::Failed(format!(
-                        "v{head} from the store no longer compiles, and {e}"
-                    ))
-                })?;
-                return Ok(Boot {
+                let mut report = Report::new();
+                report.outcome = Outcome::Invalid;
+                report.refuse("read", false, e.clone());
+                return keep_head(
                     settings,
-                    journal,
-                    serving,
-                    new: false,
-                    refused: None,
-                });
+                    Some(report),
+                    format!("no longer compiles, and {e}"),
+                );
             }
         };
         let hash = content_version(&file);
-        let edited = hash != stored.meta.hash && last_file.is_none_or(|m| m.hash != hash);
-        if !edited {
+        if hash == stored.meta.hash || seen_since_read(&versions, &hash) {
             if hash != stored.meta.hash {
-                info!(file = %label, "the config file is unchanged since it was last read; serving v{head} from the store, applied since (`fulcrum drift` shows the difference)");
+                info!(file = %label, "the config file holds nothing new since it was last read; serving v{head} from the store (`fulcrum drift` shows the difference)");
             }
             if let Some(serving) = head_serving(&settings) {
                 return Ok(Boot {
@@ -134,7 +197,9 @@ impl Boot {
                     journal,
                     serving,
                     new: false,
+                    replaces: None,
                     refused: None,
+                    cut,
                 });
             }
             warn!("v{head} from the store no longer compiles here; trying the config file");
@@ -146,28 +211,24 @@ impl Boot {
                 let m = meta(&settings, &file, Some(head), "edited while stopped");
                 Ok(Boot {
                     serving: serving(m, file, snapshot),
+                    replaces: head_serving(&settings),
                     settings,
                     journal,
                     new: true,
                     refused: None,
+                    cut,
                 })
             }
-            Err(e) => match head_serving(&settings) {
-                Some(serving) => {
-                    error!(
-                        "the edited config file is refused; serving v{head} from the store instead: {}",
-                        report.summary()
-                    );
-                    Ok(Boot {
-                        settings,
-                        journal,
-                        serving,
-                        new: false,
-                        refused: Some(report),
-                    })
+            Err(e) => {
+                if head_serving(&settings).is_none() {
+                    return Err(e);
                 }
-                None => Err(e),
-            },
+                error!(
+                    "the edited config file is refused; serving v{head} from the store instead: {}",
+                    report.summary()
+                );
+                keep_head(settings, Some(report), "no longer compiles".into())
+            }
         }
     }
 
@@ -184,7 +245,9 @@ impl Boot {
             journal,
             serving: mut running,
             new,
+            replaces,
             refused,
+            cut,
         } = self;
         let failed = |e: StoreError| BootError::Failed(format!("the config store: {e}"));
         if let Some(r) = &refused {
@@ -193,11 +256,8 @@ impl Boot {
                     EventKind::Refused,
                     "file",
                     None,
-                    format!(
-                        "the edited config file is refused at start: {}",
-                        r.summary()
-                    ),
-                    json!({ "refusals": r.refusals, "steps": r.steps }),
+                    format!("the config file is refused at start: {}", r.summary()),
+                    json!({ "outcome": r.outcome, "refusals": r.refusals, "steps": r.steps }),
                 )
                 .await
                 .map_err(failed)?;
@@ -206,26 +266,53 @@ impl Boot {
         let bound = listeners
             .bind_new(&running.snapshot)
             .map_err(BootError::Failed)?;
+        if let Some(canary) = cut.canary {
+            let to = if new {
+                running.meta.parent
+            } else {
+                Some(running.meta.number)
+            };
+            journal
+                .record(
+                    EventKind::RolledBack,
+                    "fulcrum",
+                    Some(canary),
+                    format!("canary v{canary} dropped: the process stopped during its bake"),
+                    json!({ "from": canary, "to": to, "reason": "the process stopped during its bake", "canary": true }),
+                )
+                .await
+                .map_err(failed)?;
+        }
         if new {
-            let store = journal.store().clone();
-            let (meta, source) = (running.meta.clone(), running.source.clone());
-            let stored = blocking(&store, move |s| s.put(meta, &source))
-                .await
-                .map_err(failed)?;
-            let (number, parent) = (stored.number, stored.parent);
-            blocking(&store, move |s| s.set_head(number, parent))
-                .await
-                .map_err(failed)?;
-            running.meta = stored;
+            running.meta = adopt(&journal, &running, replaces.as_ref()).await?;
         }
         let number = running.meta.number;
+        let cut_short = match cut.promoted {
+            Some((n, from, at)) if !new && n == number => {
+                let settings = judged_with(&journal, &settings, from, &running).await;
+                probation_left(&settings, at)
+            }
+            _ => None,
+        };
+        let summary = match &cut_short {
+            None => format!("started serving v{number} ({})", running.meta.message),
+            Some(left) => format!(
+                "started serving v{number} ({}); its probation ends here with {} left unjudged: the guard's baseline does not survive a restart (`fulcrum rollback` if it misbehaves)",
+                running.meta.message,
+                humantime::format_duration(*left)
+            ),
+        };
         journal
             .record(
                 EventKind::Start,
                 "fulcrum",
                 Some(number),
-                format!("started serving v{number} ({})", running.meta.message),
-                json!({ "hash": running.meta.hash, "pid": std::process::id() }),
+                summary,
+                json!({
+                    "hash": running.meta.hash,
+                    "pid": std::process::id(),
+                    "probation_cut_ms": cut_short.map(|d| d.as_millis() as u64),
+                }),
             )
             .await
             .map_err(failed)?;
@@ -233,10 +320,90 @@ impl Boot {
         let (plane, writer) = DataPlane::new((*running.snapshot).clone());
         let mut listeners = listeners;
         listeners.commit(&plane.snapshot(), bound, &plane);
-        Ok(Controller::new(
-            settings, journal, writer, listeners, running,
-        ))
+        let controller = Controller::new(settings, journal, writer, listeners, running);
+        if !new {
+            controller.judge_head_by_standards().await;
+        }
+        Ok(controller)
     }
+}
+
+/// Store the config file's new version as the head and journal it as an
+/// applied change, with its diff from the head it replaces.
+async fn adopt(
+    journal: &Journal,
+    running: &Serving,
+    replaces: Option<&Serving>,
+) -> Result<VersionMeta, BootError> {
+    let failed = |e: StoreError| BootError::Failed(format!("the config store: {e}"));
+    let store = journal.store().clone();
+    let (meta, source) = (running.meta.clone(), running.source.clone());
+    let stored = blocking(&store, move |s| s.put(meta, &source))
+        .await
+        .map_err(failed)?;
+    let (number, parent) = (stored.number, stored.parent);
+    blocking(&store, move |s| s.set_head(number, parent))
+        .await
+        .map_err(failed)?;
+    if let Some(old) = replaces {
+        let diff = fulcrum_safety::diff::semantic(&old.snapshot, &running.snapshot);
+        journal
+            .record(
+                EventKind::Applied,
+                "file",
+                Some(number),
+                format!("v{number} applied by file: {}", stored.message),
+                json!({
+                    "parent": stored.parent,
+                    "hash": stored.hash,
+                    "origin": stored.origin,
+                    "message": stored.message,
+                    "diff": diff,
+                }),
+            )
+            .await
+            .map_err(failed)?;
+    }
+    Ok(stored)
+}
+
+/// The `[guard]` settings a change was judged with: those of the version
+/// it took over from, else its own.
+async fn judged_with(
+    journal: &Journal,
+    settings: &Settings,
+    from: Option<u64>,
+    running: &Serving,
+) -> fulcrum_config::snapshot::Guard {
+    let before = match from {
+        Some(n) => blocking(journal.store(), move |s| s.get(n))
+            .await
+            .ok()
+            .flatten(),
+        None => None,
+    };
+    before
+        .and_then(|v| fulcrum_config::check_with("before", &v.source, &*settings.env).snapshot)
+        .map_or_else(|| running.snapshot.guard.clone(), |s| s.guard)
+}
+
+/// What was left of a probation that began `at` (a change took over, no
+/// rollback or restart since), if any.
+fn probation_left(settings: &fulcrum_config::snapshot::Guard, at: SystemTime) -> Option<Duration> {
+    let elapsed = SystemTime::now().duration_since(at).unwrap_or_default();
+    (settings.enabled && elapsed < settings.probation).then(|| settings.probation - elapsed)
+}
+
+/// Whether the store holds the file's config from since the file was last
+/// read: the newest version read from it, or one after it (sent with
+/// `fulcrum apply`, canaried, rolled back since). Only a config new since
+/// then is an edit made while stopped.
+fn seen_since_read(versions: &[VersionMeta], hash: &str) -> bool {
+    let read = versions
+        .iter()
+        .rposition(|m| m.origin == Origin::File)
+        .unwrap_or(0);
+    versions[read..].iter().any(|m| m.hash == hash)
 }
 
 /// The config file's text. One that is not UTF-8 is an invalid config

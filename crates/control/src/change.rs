@@ -118,6 +118,9 @@ struct State {
     listeners: Listeners,
     /// Promotes the canary when its bake time is over.
     bake: Option<JoinHandle<()>>,
+    /// The store's head as last written: a head that could not be moved
+    /// is moved from where it stayed by the next change.
+    head: u64,
 }
 
 impl Controller {
@@ -137,6 +140,7 @@ impl Controller {
                 writer,
                 listeners,
                 bake: None,
+                head: stable.meta.number,
             }),
             view: ArcSwap::from_pointee(View {
                 stable,
@@ -271,7 +275,8 @@ impl Controller {
                     Origin::File => "config reloaded",
                     Origin::Api => "applied",
                 };
-                self.promote_to(serving, stable, &req.author, why).await;
+                self.promote_to(&mut state, serving, stable, &req.author, why)
+                    .await;
                 report.outcome = Outcome::Applied;
                 report.head = Some(number);
                 report.step("swap", true, format!("v{number} serves every request"));
@@ -605,14 +610,27 @@ impl Controller {
         state.writer.promote();
         state.bake = None;
         let stable = view.stable.meta.number;
-        self.promote_to(canary.serving.clone(), stable, "fulcrum", "canary baked")
-            .await;
+        self.promote_to(
+            &mut state,
+            canary.serving.clone(),
+            stable,
+            "fulcrum",
+            "canary baked",
+        )
+        .await;
         true
     }
 
     /// `serving` is the stable config now: publish it, move the store's
     /// head and journal it.
-    async fn promote_to(&self, serving: Serving, from: u64, actor: &str, why: &str) {
+    async fn promote_to(
+        &self,
+        state: &mut State,
+        serving: Serving,
+        from: u64,
+        actor: &str,
+        why: &str,
+    ) {
         let number = serving.meta.number;
         self.view.store(Arc::new(View {
             stable: serving,
@@ -623,10 +641,7 @@ impl Controller {
                 from: Some(from),
             },
         }));
-        let store = self.journal.store().clone();
-        if let Err(e) = blocking(&store, move |s| s.set_head(number, Some(from))).await {
-            error!(error = %e, "v{number} serves, but the store's head could not be moved");
-        }
+        self.move_head(state, number).await;
         info!(
             from = from,
             to = number,
@@ -643,6 +658,32 @@ impl Controller {
             .await;
     }
 
+    /// Make `number`, which serves now, the store's head: what a restart
+    /// serves. When the store refuses, the drift is journaled and the next
+    /// change moves the head from where it stayed.
+    async fn move_head(&self, state: &mut State, number: u64) {
+        let store = self.journal.store().clone();
+        let head = state.head;
+        match blocking(&store, move |s| s.set_head(number, Some(head))).await {
+            Ok(()) => state.head = number,
+            Err(e) => {
+                let summary = format!(
+                    "v{number} serves, but the store's head stays v{head} (a restart would serve v{head}): {e}"
+                );
+                error!("{summary}");
+                self.journal
+                    .note(
+                        EventKind::Drift,
+                        "fulcrum",
+                        Some(number),
+                        summary,
+                        json!({ "head": head, "error": e.to_string() }),
+                    )
+                    .await;
+            }
+        }
+    }
+
     /// Roll back: drop a running canary at once, or else serve version
     /// `to` (default: the serving version's parent) again, with its exact
     /// bytes. A rollback skips the gates on purpose: it must work in the
@@ -654,27 +695,18 @@ impl Controller {
         actor: &str,
         reason: &str,
     ) -> Result<Rollback, String> {
-        self.roll_back(None, to, actor, reason).await
+        let mut state = self.state.lock().await;
+        self.roll_back(&mut state, to, actor, reason).await
     }
 
     async fn roll_back(
         &self,
-        expect: Option<u64>,
+        state: &mut State,
         to: Option<u64>,
         actor: &str,
         reason: &str,
     ) -> Result<Rollback, String> {
-        let mut state = self.state.lock().await;
         let view = self.view();
-        let serving = view
-            .canary
-            .as_ref()
-            .map_or(view.stable.meta.number, |c| c.serving.meta.number);
-        if let Some(n) = expect.filter(|n| *n != serving) {
-            return Err(format!(
-                "v{n} no longer serves (v{serving} does): nothing rolled back"
-            ));
-        }
         if let Some(c) = &view.canary
             && to.is_none_or(|t| t == view.stable.meta.number)
         {
@@ -750,9 +782,7 @@ impl Controller {
                 from: Some(from),
             },
         }));
-        if let Err(e) = blocking(&store, move |s| s.set_head(target, Some(from))).await {
-            error!(error = %e, "v{target} serves, but the store's head could not be moved");
-        }
+        self.move_head(state, target).await;
         let summary = format!("rolled back from v{from} to v{target} by {actor}: {reason}");
         warn!("{summary}");
         self.journal
@@ -769,15 +799,27 @@ impl Controller {
 
     /// [`Controller::rollback`], only while version `number` still serves
     /// (as the canary, or to every request): the guard judged that one,
-    /// and a change that came since is not its to undo.
+    /// and a change that came since is not its to undo. `Ok(None)` when
+    /// another version serves by now.
     pub async fn rollback_if(
         &self,
         number: u64,
         to: Option<u64>,
         actor: &str,
         reason: &str,
-    ) -> Result<Rollback, String> {
-        self.roll_back(Some(number), to, actor, reason).await
+    ) -> Result<Option<Rollback>, String> {
+        let mut state = self.state.lock().await;
+        let view = self.view();
+        let serving = view
+            .canary
+            .as_ref()
+            .map_or(view.stable.meta.number, |c| c.serving.meta.number);
+        if serving != number {
+            return Ok(None);
+        }
+        self.roll_back(&mut state, to, actor, reason)
+            .await
+            .map(Some)
     }
 
     /// SIGHUP: the config file, through the same pipeline as any change.
@@ -837,16 +879,41 @@ impl Controller {
         let drift =
             self.with_standards(|w| w.and_then(|w| w.poll(&running.snapshot, &running.source)));
         if let Some(report) = drift {
-            self.journal
-                .note(
-                    EventKind::Drift,
-                    "standards",
-                    Some(running.meta.number),
-                    format!("v{} breaks the changed standards", running.meta.number),
-                    json!({ "report": report }),
-                )
+            self.journal_drift(&running, "breaks the changed standards", report)
                 .await;
         }
+    }
+
+    /// At start, journal drift when the head, served from the store, breaks
+    /// the standards in force (tightened since it was applied, or forced
+    /// past them). It serves on: refusing to start would turn a restart in
+    /// the middle of an incident into an outage.
+    pub(crate) async fn judge_head_by_standards(&self) {
+        let running = self.view().stable.clone();
+        let broken = self
+            .with_standards(|w| w.and_then(|w| w.judge(&running.snapshot, &running.source).err()));
+        if let Some(report) = broken {
+            error!(
+                version = %running.snapshot.version,
+                "DRIFT: v{} from the store {report}still serving it; fix the config and apply it, which the standards will gate",
+                running.meta.number
+            );
+            self.journal_drift(&running, "from the store breaks the standards", report)
+                .await;
+        }
+    }
+
+    async fn journal_drift(&self, running: &Serving, what: &str, report: String) {
+        let n = running.meta.number;
+        self.journal
+            .note(
+                EventKind::Drift,
+                "standards",
+                Some(n),
+                format!("v{n} {what}"),
+                json!({ "report": report }),
+            )
+            .await;
     }
 
     /// Stop every listener and wait up to `grace` for in-flight requests.

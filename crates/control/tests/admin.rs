@@ -1,5 +1,6 @@
-//! The admin API in process: its router against its OpenAPI document, the
-//! journal's live event stream, and the dashboard's files.
+//! The admin API and the controller in process: the router against its
+//! OpenAPI document, the journal's live event stream, the dashboard's files,
+//! guarded rollbacks and a head the store could not move.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -183,5 +184,97 @@ async fn the_dashboard_loads_without_the_token_and_only_from_this_listener() {
         // Nor does any of the three name another place.
         assert!(!body.contains("://"), "{path} names another origin");
     }
+    stop.cancel();
+}
+
+fn change(backend: std::net::SocketAddr, comment: &str) -> ChangeRequest {
+    ChangeRequest {
+        source: config(backend, comment),
+        label: format!("{comment}.toml"),
+        author: "alice".into(),
+        message: comment.into(),
+        origin: Origin::Api,
+        canary: None,
+        bake: DEFAULT_BAKE,
+        force: false,
+        parent: None,
+        max_moved: None,
+    }
+}
+
+/// The guard's rollback waits its turn behind a change in progress; when
+/// that change has replaced the judged version by then, nothing is rolled
+/// back and nothing is said to have failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guarded_rollback_of_a_version_replaced_meanwhile_does_nothing() {
+    let backend = Backend::start("web").await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = controller(dir.path(), backend.addr).await;
+    let report = c.apply(change(backend.addr, "v2")).await;
+    assert_eq!(report.head, Some(2), "{report:?}");
+    let r = c.rollback_if(1, None, "guard", "judged v1").await;
+    assert!(matches!(r, Ok(None)), "{r:?}");
+    assert_eq!(c.view().stable.meta.number, 2);
+    let r = c.rollback_if(2, None, "guard", "judged v2").await;
+    assert_eq!(r.unwrap().unwrap().to.meta.number, 1);
+    let rollbacks = c
+        .journal()
+        .store()
+        .events(0, 100)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == fulcrum_control::store::EventKind::RolledBack)
+        .count();
+    assert_eq!(rollbacks, 1);
+}
+
+/// A head the store could not move is journaled as drift (a restart would
+/// serve the old one), and the next change moves it from where it stayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_the_store_could_not_move_is_moved_by_the_next_change() {
+    let backend = Backend::start("web").await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = controller(dir.path(), backend.addr).await;
+    let head = dir.path().join("state/HEAD");
+    std::fs::remove_file(&head).unwrap();
+    std::fs::create_dir(&head).unwrap();
+    let report = c.apply(change(backend.addr, "v2")).await;
+    assert_eq!(report.head, Some(2), "v2 serves: {report:?}");
+    let events = c.journal().store().events(0, 100).unwrap();
+    let drift = events
+        .iter()
+        .find(|e| e.kind == fulcrum_control::store::EventKind::Drift)
+        .expect("journaled");
+    assert!(drift.summary.contains("head stays v1"), "{drift:?}");
+    std::fs::remove_dir(&head).unwrap();
+    std::fs::write(&head, "1\n").unwrap();
+    c.apply(change(backend.addr, "v3")).await;
+    assert_eq!(std::fs::read_to_string(&head).unwrap().trim(), "3");
+}
+
+/// A config over the admin API's body limit is answered in JSON, so the
+/// CLI prints its one line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_too_large_to_send_is_refused_in_json() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = Backend::start("web").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, stop) = serve(controller(dir.path(), backend.addr).await).await;
+    let body = format!("# {}\n", "x".repeat(3 << 20));
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /config HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer t\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let _ = s.write_all(body.as_bytes()).await;
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got)).await;
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 413"), "{got}");
+    assert!(
+        got.contains("\"error\":\"cannot read the config sent"),
+        "{got}"
+    );
     stop.cancel();
 }

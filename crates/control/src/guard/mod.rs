@@ -21,7 +21,7 @@ use fulcrum_config::Snapshot;
 use fulcrum_config::snapshot::Guard as Settings;
 use serde::Serialize;
 use serde_json::json;
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
 use crate::change::{Controller, Serving, TransitionKind};
 use crate::store::EventKind;
@@ -471,26 +471,35 @@ async fn act(
         // longer compiles, say) would fail again; it is journaled instead.
         w.acted = true;
         let to = if state == "canary" { None } else { w.from };
-        if let Err(e) = c
+        match c
             .rollback_if(w.number, to, "guard", &reasons.join("; "))
             .await
         {
-            let summary = format!(
-                "guard: cannot roll back v{}: {e}; it still serves: roll it back by hand",
+            Ok(Some(_)) => {}
+            // Replaced while the rollback waited its turn (behind an
+            // apply's pre-flight, say): the new version is judged next.
+            Ok(None) => info!(
+                "guard: v{} no longer serves; nothing to roll back",
                 w.number
-            );
-            error!("{summary}");
-            let detail = json!({ "state": state, "change": { "number": w.number, "from": w.from }, "action": "rollback_failed", "error": e });
-            c.journal()
-                .note(
-                    EventKind::Alert,
-                    "guard",
-                    Some(w.number),
-                    summary,
-                    detail.clone(),
-                )
-                .await;
-            webhook(settings, detail);
+            ),
+            Err(e) => {
+                let summary = format!(
+                    "guard: cannot roll back v{}: {e}; it still serves: roll it back by hand",
+                    w.number
+                );
+                error!("{summary}");
+                let detail = json!({ "state": state, "change": { "number": w.number, "from": w.from }, "action": "rollback_failed", "error": e });
+                c.journal()
+                    .note(
+                        EventKind::Alert,
+                        "guard",
+                        Some(w.number),
+                        summary,
+                        detail.clone(),
+                    )
+                    .await;
+                webhook(settings, detail);
+            }
         }
     }
 }
