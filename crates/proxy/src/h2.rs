@@ -5,7 +5,7 @@
 //! goes to the backend the balancer picked.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use std::pin::Pin;
@@ -18,40 +18,71 @@ use hyper::body::{Body, Frame, SizeHint};
 use hyper::client::conn::http2::{self, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 use crate::body::{ClientBodyError, RequestBody};
+use crate::error::ProxyError;
 use crate::tcp::Tcp;
 
-/// A request body on its way over HTTP/2, telling when its last frame has
-/// gone to the connection: the response timeout runs from then, as over
-/// HTTP/1.1, so a slow upload to a healthy backend is not its timeout.
-/// hyper sends the body from the connection's task, hence the channel.
+/// A request body on its way over HTTP/2, telling the attempt how its
+/// upload goes. hyper sends the body from the connection's task and, when
+/// the body fails, only resets the stream: the reason and the progress
+/// reach the attempt through [`Upload`].
 #[derive(Debug)]
 pub(crate) struct SentBody {
     body: RequestBody,
-    sent: Option<oneshot::Sender<()>>,
+    sent: Option<oneshot::Sender<Option<ProxyError>>>,
+    waiting: Arc<Mutex<Option<Instant>>>,
+}
+
+/// The attempt's side of a [`SentBody`].
+pub(crate) struct Upload {
+    /// Resolves once the body has gone (`None`), or failed by the client's
+    /// fault (`Some`); dropped unsent when the exchange failed.
+    pub sent: oneshot::Receiver<Option<ProxyError>>,
+    /// Since when a piece has waited for the backend to take it (its flow
+    /// control window closed); `None` while hyper asks for the next one.
+    waiting: Arc<Mutex<Option<Instant>>>,
+}
+
+impl Upload {
+    /// When the backend will have held a piece for `limit`: the moment an
+    /// upload it stopped taking times out.
+    pub fn stalled_at(&self, limit: Duration) -> Option<Instant> {
+        let waiting = *self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        waiting.map(|since| since + limit)
+    }
+
+    /// The client's fault that failed the exchange, if it was one.
+    pub fn fault(&mut self) -> Option<ProxyError> {
+        self.sent.try_recv().ok().flatten()
+    }
 }
 
 impl SentBody {
-    /// The body, and what resolves once it has been sent (or dropped
-    /// unsent: the exchange failed, and its error says why).
-    pub fn new(body: RequestBody) -> (SentBody, oneshot::Receiver<()>) {
+    pub fn new(body: RequestBody) -> (SentBody, Upload) {
         let (tx, rx) = oneshot::channel();
+        let waiting = Arc::new(Mutex::new(None));
         let mut b = SentBody {
             body,
             sent: Some(tx),
+            waiting: waiting.clone(),
         };
         // An empty body goes with the head, never polled.
         if b.body.is_end_stream() {
-            b.done();
+            b.done(None);
         }
-        (b, rx)
+        (b, Upload { sent: rx, waiting })
     }
 
-    fn done(&mut self) {
+    fn done(&mut self, fault: Option<ProxyError>) {
         if let Some(tx) = self.sent.take() {
-            let _ = tx.send(());
+            let _ = tx.send(fault);
         }
+    }
+
+    fn wait_since(&self, since: Option<Instant>) {
+        *self.waiting.lock().unwrap_or_else(PoisonError::into_inner) = since;
     }
 }
 
@@ -64,9 +95,14 @@ impl Body for SentBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         let this = self.get_mut();
+        this.wait_since(None);
         let frame = Pin::new(&mut this.body).poll_frame(cx);
-        if matches!(frame, Poll::Ready(None)) || this.body.is_end_stream() {
-            this.done();
+        match &frame {
+            Poll::Ready(Some(Err(e))) => this.done(Some(e.to_proxy_error())),
+            Poll::Ready(None) => this.done(None),
+            Poll::Ready(Some(Ok(_))) if this.body.is_end_stream() => this.done(None),
+            Poll::Ready(Some(Ok(_))) => this.wait_since(Some(Instant::now())),
+            Poll::Pending => {}
         }
         frame
     }

@@ -44,7 +44,7 @@ use crate::stats::{Cohort, Outcome};
 pub const MAX_BUFFERED_BODY: u64 = 64 * 1024;
 
 impl ClientBodyError {
-    fn to_proxy_error(&self) -> ProxyError {
+    pub(crate) fn to_proxy_error(&self) -> ProxyError {
         match self {
             ClientBodyError::Read(_) => ProxyError::ClientBody,
             ClientBodyError::TooLarge => ProxyError::BodyTooLarge,
@@ -1011,12 +1011,18 @@ impl<'a> Outbound<'a> {
         if let Some(h2) = &pool.h2 {
             let mut out = Request::new(body);
             *out.method_mut() = self.parts.method.clone();
-            *out.uri_mut() = match &self.h2_authority {
-                // Over HTTP/2 the URI carries the client's authority.
+            // Over HTTP/2 the URI carries the client's authority; without
+            // one (HTTP/1.0 without Host), the backend's, as over HTTP/1.1:
+            // h2 refuses to send a request that has none.
+            let authority = self
+                .h2_authority
+                .clone()
+                .or_else(|| Authority::try_from(pool.authorities[i].as_bytes()).ok());
+            *out.uri_mut() = match authority {
                 Some(a) => {
                     let mut u = http::uri::Parts::default();
                     u.scheme = Some(Scheme::HTTP);
-                    u.authority = Some(a.clone());
+                    u.authority = Some(a);
                     u.path_and_query = Some(self.path.clone());
                     Uri::from_parts(u).expect("scheme, authority and path form a URI")
                 }
@@ -1071,7 +1077,8 @@ fn forwarded<'a>(
 }
 
 /// The client's headers made into an HTTP/2 backend's: hop-by-hop ones
-/// out, forwarded ones in, Host gone (it goes as `:authority`).
+/// out, forwarded ones in, Host gone (it goes as `:authority`), framing
+/// left to hyper.
 fn h2_headers(headers: &mut HeaderMap, forwarded: &headers::Forwarded<'_>, kept: &[HeaderName]) {
     // gRPC and other h2 peers need to know trailers are welcome.
     let te_trailers = headers.get_all(header::TE).iter().any(|v| {
@@ -1082,6 +1089,8 @@ fn h2_headers(headers: &mut HeaderMap, forwarded: &headers::Forwarded<'_>, kept:
     headers::strip_hop_by_hop(headers, kept);
     forwarded.apply(headers);
     headers.remove(header::HOST);
+    // The client's text (`0005`): hyper writes the length the body has.
+    headers.remove(header::CONTENT_LENGTH);
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
@@ -1188,40 +1197,41 @@ async fn send_h2(
         pool: pool.name.clone(),
         backend: addr,
     };
-    let failed = |e: hyper::Error| {
-        client_body_fault(&e).unwrap_or(ProxyError::BackendReset { backend: addr })
-    };
-    match tokio::time::timeout(pool.timeouts.response, sender.ready()).await {
+    let reset = |_: hyper::Error| ProxyError::BackendReset { backend: addr };
+    let limit = pool.timeouts.response;
+    match tokio::time::timeout(limit, sender.ready()).await {
         Err(_) => return Err(timed_out()),
-        Ok(Err(e)) => return Err(failed(e)),
+        Ok(Err(e)) => return Err(reset(e)),
         Ok(Ok(())) => {}
     }
     let (parts, body) = req.into_parts();
-    let (body, sent) = SentBody::new(body);
+    let (body, mut upload) = SentBody::new(body);
     let response = sender.send_request(Request::from_parts(parts, body));
-    // The client's upload is bounded by its own body timeouts; only the
-    // backend's wait after it is the backend's.
-    let deadline = async {
-        let _ = sent.await;
-        tokio::time::sleep(pool.timeouts.response).await;
-    };
-    tokio::select! {
-        r = response => r.map_err(failed),
-        () = deadline => Err(timed_out()),
-    }
-}
-
-/// The client's fault hidden in a failed backend request: its body broke
-/// off, ran over the limit or stalled.
-fn client_body_fault(e: &(dyn std::error::Error + 'static)) -> Option<ProxyError> {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(s) = source {
-        if let Some(b) = s.downcast_ref::<ClientBodyError>() {
-            return Some(b.to_proxy_error());
+    tokio::pin!(response);
+    // While the body goes, the client's pace is bounded by its own body
+    // timeouts, and the backend must take each piece within `response`.
+    loop {
+        let stalled = upload.stalled_at(limit);
+        let check = tokio::time::Instant::now() + limit;
+        tokio::select! {
+            // A body the client broke resets the stream: its fault.
+            r = &mut response => return r.map_err(|e| upload.fault().unwrap_or_else(|| reset(e))),
+            sent = &mut upload.sent => match sent {
+                Ok(Some(fault)) => return Err(fault),
+                // Sent, or dropped unsent: the response says why.
+                _ => break,
+            },
+            () = tokio::time::sleep_until(stalled.unwrap_or(check)) => {
+                if upload.stalled_at(limit).is_some_and(|t| t <= tokio::time::Instant::now()) {
+                    return Err(timed_out());
+                }
+            }
         }
-        source = s.source();
     }
-    None
+    match tokio::time::timeout(limit, response).await {
+        Ok(r) => r.map_err(|e| upload.fault().unwrap_or_else(|| reset(e))),
+        Err(_) => Err(timed_out()),
+    }
 }
 
 /// Maps a failed HTTP/1.1 attempt to who failed and how.

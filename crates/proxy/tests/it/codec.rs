@@ -149,6 +149,8 @@ async fn an_http11_request_without_a_valid_host_is_400() {
         "GET / HTTP/1.1\r\nHost: a\"b\r\n\r\n",
         "GET / HTTP/1.1\r\nHost: \u{e9}.test\r\n\r\n",
         "GET / HTTP/1.1\r\nHost: a:80:80\r\n\r\n",
+        // Percent escapes: HTTP/2 cannot carry them in `:authority`.
+        "GET / HTTP/1.1\r\nHost: app%2eexample\r\n\r\n",
         "GET http://a@b/ HTTP/1.1\r\nHost: a@b\r\n\r\n",
         "GET http://x.test/ HTTP/1.1\r\n\r\n",
     ];

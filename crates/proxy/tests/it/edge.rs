@@ -281,6 +281,147 @@ async fn h2_backend_silent_after_the_whole_request_times_out() {
     assert_eq!(proxy.plane.counters().backend_response_timeout, 1);
 }
 
+/// An h2 backend that accepts requests and never reads their bodies nor
+/// answers: its flow-control windows (64 KiB) close and stay closed.
+async fn h2_backend_that_never_reads() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let svc = hyper::service::service_fn(|_req| {
+                std::future::pending::<Result<http::Response<Empty<Bytes>>, std::convert::Infallible>>(
+                )
+            });
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .initial_stream_window_size(65_535)
+                    .initial_connection_window_size(65_535)
+                    .serve_connection(TokioIo::new(s), svc),
+            );
+        }
+    });
+    addr
+}
+
+/// Over HTTP/2 as over HTTP/1.1, a backend must take each piece of an
+/// upload within `timeouts.response` (300 ms): one whose window stays
+/// closed gets 504, not a request held for as long as the client waits.
+#[tokio::test]
+async fn h2_backend_that_stops_taking_an_upload_times_out() {
+    let mut p = pool("p", &[h2_backend_that_never_reads().await]);
+    p.protocol = Protocol::H2;
+    let proxy = TestProxy::serving(p).await;
+    let s = TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    let len = 1 << 20;
+    tokio::spawn(async move {
+        let head = format!(
+            "POST / HTTP/1.1\r\nHost: x.test\r\nConnection: close\r\nContent-Length: {len}\r\n\r\n"
+        );
+        let _ = wr.write_all(head.as_bytes()).await;
+        let _ = wr.write_all(&vec![b'x'; len]).await;
+        // Held open: the answer must not wait for the client to give up.
+        tokio::time::sleep(PATIENCE).await;
+    });
+    let mut got = Vec::new();
+    tokio::time::timeout(PATIENCE, rd.read_to_end(&mut got))
+        .await
+        .expect("no answer while the client waits")
+        .unwrap();
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 504 "), "{got}");
+    assert_eq!(proxy.plane.counters().backend_response_timeout, 1);
+}
+
+/// A client's body over the limit, sent to an h2 pool, is the client's
+/// fault (413) as over HTTP/1.1: not a reset counted against the backend
+/// (with one failure ejecting, three such requests would empty the pool).
+#[tokio::test]
+async fn h2_pool_a_client_body_over_the_limit_is_413_and_not_the_backends_fault() {
+    let a = Backend::start("a").await;
+    let mut p = pool("p", &[a.addr]);
+    p.protocol = Protocol::H2;
+    p.outlier = Some(fulcrum_config::snapshot::Outlier {
+        consecutive_failures: 1,
+        base_ejection: Duration::from_secs(30),
+        max_ejection: Duration::from_secs(30),
+        max_ejected_fraction: 1.0,
+    });
+    let snap = SnapshotBuilder::new()
+        .pool(p)
+        .catch_all("p")
+        .listener(|l| l.limits.max_body_bytes = 1000)
+        .build();
+    let proxy = TestProxy::start(snap).await;
+    for _ in 0..3 {
+        let mut req = String::from(
+            "POST / HTTP/1.1\r\nHost: x.test\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n",
+        );
+        for _ in 0..4 {
+            req.push_str(&format!("1f4\r\n{}\r\n", "b".repeat(500)));
+        }
+        req.push_str("0\r\n\r\n");
+        let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(PATIENCE, s.read_to_end(&mut got)).await;
+        let got = String::from_utf8_lossy(&got);
+        assert!(got.starts_with("HTTP/1.1 413 "), "{got}");
+    }
+    let c = proxy.plane.counters();
+    assert_eq!((c.client_body_too_large, c.backend_reset), (3, 0));
+    let state = proxy.plane.backend("p", a.addr).unwrap();
+    assert_eq!(state.failures(), 0);
+    assert!(!state.is_ejected());
+    assert_eq!(Client::new(proxy.addr).get("x.test", "/").await.status, 200);
+}
+
+/// An HTTP/1.0 request without Host, to an h2 pool: it names the backend,
+/// as over HTTP/1.1 (h2 cannot send a request without an authority, and
+/// that failure was a reset counted against the backend).
+#[tokio::test]
+async fn h2_pool_a_request_without_host_names_the_backend() {
+    let a = Backend::start("a").await;
+    let mut p = pool("p", &[a.addr]);
+    p.protocol = Protocol::H2;
+    let proxy = TestProxy::serving(p).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"GET /old HTTP/1.0\r\n\r\n").await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(PATIENCE, s.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 200 "), "{got}");
+    let seen = a.last().unwrap();
+    assert_eq!(seen.authority, Some(a.addr.to_string()));
+    assert_eq!(proxy.plane.counters().backend_reset, 0);
+}
+
+/// The framing the screen decided goes to an h2 backend as it goes to an
+/// HTTP/1.1 one: the length alone, whatever text the client sent.
+#[tokio::test]
+async fn h2_pool_gets_the_content_length_normalised() {
+    let a = Backend::start("a").await;
+    let mut p = pool("p", &[a.addr]);
+    p.protocol = Protocol::H2;
+    let proxy = TestProxy::serving(p).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"POST / HTTP/1.1\r\nHost: x.test\r\nConnection: close\r\nContent-Length: 0005\r\n\r\nhello")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(PATIENCE, s.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(got.starts_with(b"HTTP/1.1 200 "));
+    let seen = a.last().unwrap();
+    assert_eq!(seen.headers["content-length"], "5");
+    assert_eq!(&seen.body[..], b"hello");
+}
+
 #[tokio::test]
 async fn h2_backend_gets_authority_and_trailers_come_back() {
     let a = Backend::start("a").await;
