@@ -776,12 +776,18 @@ fn screen_host(req: &Request<RawBody>, scan: &HeadScan<'_>) -> Result<(), ProxyE
     }
 }
 
-/// The Upgrade header of an HTTP/1.1 upgrade request (`Connection:
-/// upgrade` plus `Upgrade`).
+/// The Upgrade header of an HTTP/1.1 WebSocket upgrade request
+/// (`Connection: upgrade` plus `Upgrade: websocket`). Any other protocol
+/// is not carried: its Upgrade is hop-by-hop and stays behind. A tunnel to
+/// a backend that switches to, say, `h2c` would let the client send it
+/// requests no route, limit or log of ours ever sees (h2c smuggling).
 fn upgrade_of(req: &Request<RawBody>, scan: &HeadScan<'_>) -> Option<HeaderValue> {
     if req.version() != Version::HTTP_11 || !scan.connection {
         return None;
     }
+    let websocket = scan
+        .upgrade
+        .filter(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"websocket"))?;
     let asks = req
         .headers()
         .get_all(header::CONNECTION)
@@ -789,7 +795,7 @@ fn upgrade_of(req: &Request<RawBody>, scan: &HeadScan<'_>) -> Option<HeaderValue
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    asks.then(|| scan.upgrade.cloned()).flatten()
+    asks.then(|| websocket.clone())
 }
 
 /// Counts a request that ended in an error response, by what failed.

@@ -498,3 +498,35 @@ async fn a_backend_silent_after_the_whole_request_still_times_out() {
     assert_eq!(status, 504, "{text}");
     assert_eq!(proxy.plane.counters().backend_response_timeout, 1);
 }
+
+// ---- upgrades ----
+
+/// Only WebSocket is tunnelled. An `Upgrade: h2c` (with its
+/// HTTP2-Settings) goes to the backend as a plain request, without the
+/// upgrade: a backend that switched would take the client's later
+/// requests straight, past every route, limit and log (h2c smuggling).
+#[tokio::test]
+async fn only_a_websocket_upgrade_is_carried() {
+    let b = RawBackend::start(|r| {
+        if r.header("upgrade").is_empty() {
+            RawReply::Send(OK.to_vec())
+        } else {
+            RawReply::Send(
+                b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+                    .to_vec(),
+            )
+        }
+    })
+    .await;
+    let proxy = TestProxy::serving(pool("p", &[b.addr])).await;
+    for upgrade in ["h2c", "websocket, h2c", "h2c, websocket", "tls/1.2"] {
+        let head = format!(
+            "GET / HTTP/1.1\r\nHost: x.test\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: {upgrade}\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n"
+        );
+        let (status, text) = exchange(&proxy, head.as_bytes()).await;
+        assert_eq!(status, 200, "{upgrade}: {text}");
+        let seen = b.seen().pop().unwrap();
+        assert!(seen.header("upgrade").is_empty(), "{upgrade}");
+        assert!(seen.header("http2-settings").is_empty(), "{upgrade}");
+    }
+}
