@@ -133,7 +133,9 @@ pub(crate) async fn serve<I, S>(
             End::Drop => return,
             End::Upgrade(tunnel) => {
                 let io = Rewind::new(conn.io, conn.buf.freeze());
-                return Box::pin(tunnel.run(io, shutdown.clone(), counters.clone())).await;
+                let send_timeout = ctx.settings.send_timeout;
+                return Box::pin(tunnel.run(io, send_timeout, shutdown.clone(), counters.clone()))
+                    .await;
             }
         }
         Counters::inc(&counters.client_parked);

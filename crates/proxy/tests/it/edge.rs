@@ -560,6 +560,49 @@ async fn idle_websocket_is_closed_after_the_tunnel_timeout() {
     assert_eq!(proxy.plane.counters().tunnels_idle_closed, 1);
 }
 
+/// A WebSocket client that keeps sending but never reads holds the tunnel
+/// clear of idleness; what the backend sends back piles up in front of it.
+/// `send_timeout` (300 ms here; the tunnel's idle timeout is 30 s) closes
+/// it, as it closes any connection whose client takes nothing.
+#[tokio::test]
+async fn a_websocket_client_that_reads_nothing_is_closed_after_the_send_timeout() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let a = Backend::start("a").await;
+    a.set_mode(Mode::Echo);
+    let snap = SnapshotBuilder::new()
+        .pool(pool("p", &[a.addr]))
+        .catch_all("p")
+        .listener(|l| l.send_timeout = Duration::from_millis(300))
+        .build();
+    let proxy = TestProxy::start(snap).await;
+    // A small receive window, so what comes back piles up at the proxy.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(
+        format!("ws://{}/chat", proxy.addr),
+        socket.connect(proxy.addr).await.unwrap(),
+    )
+    .await
+    .unwrap();
+    let sender = tokio::spawn(async move {
+        // At most 64 MiB: more than the sockets' buffers on the way hold.
+        for _ in 0..64 {
+            let sent = ws.send(Message::binary(vec![0u8; 1 << 20]));
+            if !matches!(tokio::time::timeout(PATIENCE, sent).await, Ok(Ok(()))) {
+                break;
+            }
+        }
+    });
+    assert!(
+        fulcrum_testkit::eventually(PATIENCE, || proxy.plane.counters().client_send_timeout == 1)
+            .await,
+        "the tunnel stayed open"
+    );
+    assert_eq!(proxy.plane.counters().tunnels_idle_closed, 0);
+    sender.abort();
+}
+
 // ---- HTTP/2 abuse ----
 
 fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
