@@ -554,6 +554,39 @@ fn missing_hash_key() {
 }
 
 #[test]
+fn keys_an_h2_pool_ignores_are_warned_of() {
+    let src = BASE.replace(
+        "[pool.web]\n",
+        "[pool.web]\nprotocol = \"h2\"\nidle_per_backend = 4\ntimeouts = { idle = \"5s\", tunnel = \"1m\", response = \"5s\" }\n",
+    );
+    let checked = run(&src);
+    assert!(checked.snapshot.is_some(), "warnings only");
+    let paths: Vec<&str> = checked
+        .diagnostics
+        .iter()
+        .filter(|d| d.code == "unused-for-h2")
+        .inspect(|d| assert_eq!(d.severity, Severity::Warning))
+        .map(|d| d.key_path.as_str())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "pool.web.idle_per_backend",
+            "pool.web.timeouts.idle",
+            "pool.web.timeouts.tunnel"
+        ]
+    );
+    // The same keys on an HTTP/1.1 pool are used, and not warned of.
+    let http1 = src.replace("protocol = \"h2\"\n", "");
+    assert!(
+        run(&http1)
+            .diagnostics
+            .iter()
+            .all(|d| d.code != "unused-for-h2")
+    );
+}
+
+#[test]
 fn unused_hash() {
     let src = BASE.replace("[pool.web]\n", "[pool.web]\nhash = { key = \"path\" }\n");
     let d = only(&src, "unused-hash");

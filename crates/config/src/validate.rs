@@ -1135,6 +1135,9 @@ impl Validator<'_, '_> {
                 }
             },
         };
+        if protocol == Some(Protocol::H2) {
+            self.unused_for_h2(raw, p);
+        }
         let backends = self.backends(raw, p);
         ok &= backends.is_some();
         if let (Some(a), Some(b)) = (&algorithm, &backends)
@@ -1189,6 +1192,42 @@ impl Validator<'_, '_> {
             retries: retries?,
         })
         .filter(|_| ok)
+    }
+
+    /// Keys an `h2` pool reads nothing of: it keeps one multiplexed
+    /// connection per backend (no idle ones to count or time out) and
+    /// carries no WebSocket tunnel. Given, they would promise a limit that
+    /// is not kept.
+    fn unused_for_h2(&mut self, raw: &RawPool, p: &str) {
+        if self.partial {
+            return;
+        }
+        let timeouts = raw.timeouts.as_ref().map(|t| t.get_ref());
+        let unused = [
+            (
+                "idle_per_backend",
+                raw.idle_per_backend.as_ref().map(|v| v.span()),
+            ),
+            (
+                "timeouts.idle",
+                timeouts.and_then(|t| t.idle.as_ref()).map(|v| v.span()),
+            ),
+            (
+                "timeouts.tunnel",
+                timeouts.and_then(|t| t.tunnel.as_ref()).map(|v| v.span()),
+            ),
+        ];
+        for (key, span) in unused {
+            let Some(span) = span else { continue };
+            self.d
+                .warning(
+                    "unused-for-h2",
+                    Some(span),
+                    format!("{p}.{key}"),
+                    format!("`{key}` is ignored: an `h2` pool keeps one multiplexed connection per backend open, with no idle connections or WebSocket tunnels"),
+                )
+                .hint("remove it, or set `protocol = \"http1\"`");
+        }
     }
 
     fn hash(&mut self, raw: &RawHash, p: &str) -> Option<HashPolicy> {
