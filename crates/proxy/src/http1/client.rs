@@ -324,7 +324,8 @@ fn encode<'a>(parts: &Outgoing<'a>, body: RequestBody) -> (Upload, Asked<'a>) {
             continue;
         }
         if parts.forwarded.is_some() && Forwarded::sets(name) {
-            if *name == crate::headers::X_FORWARDED_FOR {
+            // Unless the client named it hop-by-hop, as h2 pools read it.
+            if *name == crate::headers::X_FORWARDED_FOR && !named.contains(name) {
                 client_for.push(value);
             }
             continue;

@@ -387,6 +387,22 @@ async fn several_x_forwarded_for_lines_are_one_list() {
     );
 }
 
+/// A client that names X-Forwarded-For in `Connection` made it hop-by-hop
+/// (RFC 9110 §7.6.1): its list stays behind, and the backend gets the
+/// client's address alone, over HTTP/1.1 as over HTTP/2.
+#[tokio::test]
+async fn an_x_forwarded_for_the_client_named_hop_by_hop_stays_behind() {
+    let (b, proxy) = recorded().await;
+    let (status, _) = exchange(
+        &proxy,
+        b"GET / HTTP/1.1\r\nHost: x.test\r\nConnection: x-forwarded-for\r\n\
+          X-Forwarded-For: 203.0.113.7\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(b.seen()[0].header("x-forwarded-for"), ["127.0.0.1"]);
+}
+
 #[tokio::test]
 async fn chunk_extensions_are_capped_over_the_whole_body() {
     let (b, proxy) = recorded().await;
