@@ -418,11 +418,9 @@ async fn read_events(
     let store = admin.controller.journal().store().clone();
     blocking(&store, move |s| match after {
         Some(a) => s.events(a, limit),
-        None => s.events(0, usize::MAX).map(|mut all| {
-            let cut = all.len().saturating_sub(limit);
-            all.drain(..cut);
-            all
-        }),
+        None => s
+            .last_seq()
+            .and_then(|last| s.events(last.saturating_sub(limit as u64), limit)),
     })
     .await
     .map_err(|e| format!("cannot read the journal: {e}"))

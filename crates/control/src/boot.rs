@@ -75,20 +75,30 @@ struct Cut {
 }
 
 impl Cut {
-    /// Replay the journal.
+    /// Replay the journal since the last start: pages read from its end
+    /// back to that start, so a long journal costs a start nothing.
     fn read(store: &dyn Store) -> Result<Cut, StoreError> {
-        let mut cut = Cut::default();
-        let mut after = 0;
-        loop {
-            let page = store.events(after, 4096)?;
-            let Some(last) = page.last() else {
-                return Ok(cut);
-            };
-            after = last.seq;
-            for e in &page {
-                cut.see(e);
+        const PAGE: u64 = 1024;
+        let mut end = store.last_seq()?;
+        let mut since_start = Vec::new();
+        while end > 0 {
+            let from = end.saturating_sub(PAGE);
+            let mut page = store.events(from, (end - from) as usize)?;
+            let start = page.iter().rposition(|e| e.kind == EventKind::Start);
+            if let Some(i) = start {
+                page.drain(..i);
             }
+            since_start.push(page);
+            if start.is_some() {
+                break;
+            }
+            end = from;
         }
+        let mut cut = Cut::default();
+        for e in since_start.iter().rev().flatten() {
+            cut.see(e);
+        }
+        Ok(cut)
     }
 
     fn see(&mut self, e: &Event) {

@@ -163,6 +163,8 @@ pub trait Store: Send + Sync {
     fn append(&self, event: Event) -> Result<Event, StoreError>;
     /// Journal events with `seq` above `after`, oldest first, at most `limit`.
     fn events(&self, after: u64, limit: usize) -> Result<Vec<Event>, StoreError>;
+    /// The `seq` of the journal's last event; 0 when it is empty.
+    fn last_seq(&self) -> Result<u64, StoreError>;
 }
 
 /// A [`Store`] in a directory (`serve --state DIR`):
@@ -328,6 +330,10 @@ impl Store for Local {
         }
         st.ends.push(end + line.len() as u64);
         Ok(stored)
+    }
+
+    fn last_seq(&self) -> Result<u64, StoreError> {
+        Ok(self.state().ends.len() as u64)
     }
 
     fn events(&self, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {

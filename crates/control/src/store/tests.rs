@@ -120,6 +120,7 @@ fn journal_seq_continues_across_reopen_and_pages() {
     let tmp = tempfile::tempdir().unwrap();
     {
         let store = open(tmp.path());
+        assert_eq!(store.last_seq().unwrap(), 0);
         for (i, kind) in [EventKind::Start, EventKind::Applied, EventKind::Promoted]
             .into_iter()
             .enumerate()
@@ -129,8 +130,10 @@ fn journal_seq_continues_across_reopen_and_pages() {
         }
     }
     let store = open(tmp.path());
+    assert_eq!(store.last_seq().unwrap(), 3);
     let e = store.append(event(EventKind::RolledBack, None)).unwrap();
     assert_eq!(e.seq, 4);
+    assert_eq!(store.last_seq().unwrap(), 4);
     let all = store.events(0, 100).unwrap();
     assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3, 4]);
     assert_eq!(all[3], e);
