@@ -65,7 +65,7 @@ pub struct Boot {
 }
 
 /// What the journal says the last run left unfinished.
-#[derive(Debug, Default, Clone, PartialEq)]
+#[derive(Debug, Default, Clone)]
 struct Cut {
     /// A canary staged and never promoted nor dropped: the stop dropped it.
     canary: Option<u64>,
@@ -159,17 +159,19 @@ impl Boot {
             })?;
         let versions = blocking(&store, |s| s.list()).await.map_err(failed)?;
         let cut = blocking(&store, Cut::read).await.map_err(failed)?;
-        let head_serving = |settings: &Settings| {
-            let checked =
-                fulcrum_config::check_with(&format!("v{head}"), &stored.source, &*settings.env);
-            checked.snapshot.map(|s| Serving {
-                meta: stored.meta.clone(),
-                source: stored.source.as_str().into(),
-                snapshot: Arc::new(s),
-            })
-        };
+        // `None` when it no longer compiles here (a certificate it names
+        // is gone, say): then only the file can serve.
+        let head_serving =
+            fulcrum_config::check_with(&format!("v{head}"), &stored.source, &*settings.env)
+                .snapshot
+                .map(|s| Serving {
+                    meta: stored.meta.clone(),
+                    source: stored.source.as_str().into(),
+                    snapshot: Arc::new(s),
+                });
         let keep_head = |settings: Settings, refused: Option<Report>, why: String| {
-            let serving = head_serving(&settings)
+            let serving = head_serving
+                .clone()
                 .ok_or_else(|| BootError::Failed(format!("v{head} from the store {why}")))?;
             Ok(Boot {
                 settings,
@@ -201,16 +203,8 @@ impl Boot {
             if hash != stored.meta.hash {
                 info!(file = %label, "the config file holds nothing new since it was last read; serving v{head} from the store (`fulcrum drift` shows the difference)");
             }
-            if let Some(serving) = head_serving(&settings) {
-                return Ok(Boot {
-                    settings,
-                    journal,
-                    serving,
-                    new: false,
-                    replaces: None,
-                    refused: None,
-                    cut,
-                });
+            if head_serving.is_some() {
+                return keep_head(settings, None, String::new());
             }
             warn!("v{head} from the store no longer compiles here; trying the config file");
         }
@@ -221,7 +215,7 @@ impl Boot {
                 let m = meta(&settings, &file, Some(head), "edited while stopped");
                 Ok(Boot {
                     serving: serving(m, file, snapshot),
-                    replaces: head_serving(&settings),
+                    replaces: head_serving.clone(),
                     settings,
                     journal,
                     new: true,
@@ -230,7 +224,7 @@ impl Boot {
                 })
             }
             Err(e) => {
-                if head_serving(&settings).is_none() {
+                if head_serving.is_none() {
                     return Err(e);
                 }
                 error!(
