@@ -121,20 +121,7 @@ async fn the_event_stream_sends_what_was_missed_then_each_event_as_it_happens() 
     assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
     assert!(seen.contains("text/event-stream"), "{seen}");
     // A change now arrives on the open stream.
-    let report = c
-        .apply(ChangeRequest {
-            source: config(backend.addr, "v2"),
-            label: "v2.toml".into(),
-            author: "alice".into(),
-            message: "a comment".into(),
-            origin: Origin::Api,
-            canary: None,
-            bake: DEFAULT_BAKE,
-            force: false,
-            parent: None,
-            max_moved: None,
-        })
-        .await;
+    let report = c.apply(change(backend.addr, "v2")).await;
     assert_eq!(
         report.outcome,
         fulcrum_control::gate::Outcome::Applied,

@@ -361,11 +361,8 @@ async fn h2_pool_a_client_body_over_the_limit_is_413_and_not_the_backends_fault(
             req.push_str(&format!("1f4\r\n{}\r\n", "b".repeat(500)));
         }
         req.push_str("0\r\n\r\n");
-        let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-        s.write_all(req.as_bytes()).await.unwrap();
-        let mut got = Vec::new();
-        let _ = tokio::time::timeout(PATIENCE, s.read_to_end(&mut got)).await;
-        let got = String::from_utf8_lossy(&got);
+        let got = crate::raw_until_closed(proxy.addr, req.as_bytes()).await;
+        let got = String::from_utf8_lossy(got.as_deref().unwrap_or_default());
         assert!(got.starts_with("HTTP/1.1 413 "), "{got}");
     }
     let c = proxy.plane.counters();
@@ -385,14 +382,8 @@ async fn h2_pool_a_request_without_host_names_the_backend() {
     let mut p = pool("p", &[a.addr]);
     p.protocol = Protocol::H2;
     let proxy = TestProxy::serving(p).await;
-    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    s.write_all(b"GET /old HTTP/1.0\r\n\r\n").await.unwrap();
-    let mut got = Vec::new();
-    tokio::time::timeout(PATIENCE, s.read_to_end(&mut got))
-        .await
-        .unwrap()
-        .unwrap();
-    let got = String::from_utf8_lossy(&got);
+    let got = crate::raw_until_closed(proxy.addr, b"GET /old HTTP/1.0\r\n\r\n").await;
+    let got = String::from_utf8_lossy(got.as_deref().unwrap_or_default());
     assert!(got.starts_with("HTTP/1.1 200 "), "{got}");
     let seen = a.last().unwrap();
     assert_eq!(seen.authority, Some(a.addr.to_string()));
@@ -407,16 +398,12 @@ async fn h2_pool_gets_the_content_length_normalised() {
     let mut p = pool("p", &[a.addr]);
     p.protocol = Protocol::H2;
     let proxy = TestProxy::serving(p).await;
-    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    s.write_all(b"POST / HTTP/1.1\r\nHost: x.test\r\nConnection: close\r\nContent-Length: 0005\r\n\r\nhello")
-        .await
-        .unwrap();
-    let mut got = Vec::new();
-    tokio::time::timeout(PATIENCE, s.read_to_end(&mut got))
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(got.starts_with(b"HTTP/1.1 200 "));
+    let got = crate::raw_until_closed(
+        proxy.addr,
+        b"POST / HTTP/1.1\r\nHost: x.test\r\nConnection: close\r\nContent-Length: 0005\r\n\r\nhello",
+    )
+    .await;
+    assert!(got.unwrap_or_default().starts_with(b"HTTP/1.1 200 "));
     let seen = a.last().unwrap();
     assert_eq!(seen.headers["content-length"], "5");
     assert_eq!(&seen.body[..], b"hello");
