@@ -834,7 +834,7 @@ fn request(
 ) -> Option<RuleRequest> {
     let text = raw.get_ref().trim();
     let parsed = parse_request_line(text);
-    let (method, host, path) = match parsed {
+    let (method, uri, path) = match parsed {
         Ok(p) => p,
         Err(why) => {
             d.error("invalid-request", Some(raw.span()), kp, format!("`{text}` is not a request: {why}"))
@@ -864,7 +864,23 @@ fn request(
             }
         }
     }
-    ok.then(|| RuleRequest {
+    if !ok {
+        return None;
+    }
+    let host = match served_host(&uri, &mut map) {
+        Ok(h) => h,
+        Err(why) => {
+            d.error(
+                "invalid-request",
+                Some(raw.span()),
+                kp,
+                format!("`{text}` {why}"),
+            )
+            .hint("leave the host to the URL, or give a `host` header that names the same host");
+            return None;
+        }
+    };
+    Some(RuleRequest {
         text: text.to_owned(),
         method,
         host,
@@ -873,9 +889,39 @@ fn request(
     })
 }
 
-/// `METHOD URL` → method, host (lower-case, no port) and path. Also used by
-/// `fulcrum explain` for its request argument.
-pub fn parse_request_line(text: &str) -> Result<(Method, Option<String>, String), String> {
+/// What `serve` would route of a request written as a URL and headers:
+/// its host is the `Host` header's (lower-case, without port), and a URL
+/// with a host sends it as `Host`, as an HTTP/1.1 client does, so routes
+/// and hash keys on the `host` header see it. `Err` for what `serve`
+/// refuses with 400: several `Host` headers, or one naming another host
+/// than the URL.
+pub fn served_host(uri: &http::Uri, headers: &mut HeaderMap) -> Result<Option<String>, String> {
+    let host = http::header::HOST;
+    if headers.get_all(&host).iter().nth(1).is_some() {
+        return Err("has several Host headers, which `serve` refuses (400)".into());
+    }
+    match (headers.get(&host), uri.authority()) {
+        (None, Some(a)) => {
+            let v = http::HeaderValue::from_str(a.as_str())
+                .map_err(|_| format!("has a host `{a}` that cannot be a Host header"))?;
+            headers.insert(host.clone(), v);
+        }
+        (Some(h), Some(_))
+            if crate::snapshot::host_of(Some(h), uri) != crate::snapshot::host_of(None, uri) =>
+        {
+            return Err(
+                "has a Host header naming another host than its URL, which `serve` refuses (400)"
+                    .into(),
+            );
+        }
+        _ => {}
+    }
+    Ok(crate::snapshot::host_of(headers.get(&host), uri).map(std::borrow::Cow::into_owned))
+}
+
+/// `METHOD URL` → method, URL and path. Also used by `fulcrum explain` for
+/// its request argument; [`served_host`] says which host `serve` routes on.
+pub fn parse_request_line(text: &str) -> Result<(Method, Uri, String), String> {
     let (method, url) = text
         .split_once(char::is_whitespace)
         .ok_or("it needs a method and a URL separated by a space")?;
@@ -889,7 +935,7 @@ pub fn parse_request_line(text: &str) -> Result<(Method, Option<String>, String)
     if !path.starts_with('/') {
         return Err("the path must start with `/`".into());
     }
-    Ok((method, uri.host().map(|h| h.to_ascii_lowercase()), path))
+    Ok((method, uri, path))
 }
 
 fn range(

@@ -1625,3 +1625,24 @@ fn expect_status_is_only_a_status_fulcrum_answers_itself() {
         assert!(d.hint.as_deref().unwrap().contains("404"), "{:?}", d.hint);
     }
 }
+
+/// The host routing reads: without its port, lowercase, an IPv6
+/// literal with its brackets, and the URI's when there is no header.
+#[test]
+fn host_of_drops_the_port_and_lowercases() {
+    let uri: http::Uri = "http://from.uri:81/x".parse().unwrap();
+    let host = |h: &str| {
+        let v = http::HeaderValue::from_str(h).unwrap();
+        crate::snapshot::host_of(Some(&v), &uri).map(std::borrow::Cow::into_owned)
+    };
+    assert_eq!(host("a.example:8080").as_deref(), Some("a.example"));
+    assert_eq!(host("A.Example").as_deref(), Some("a.example"));
+    assert_eq!(host("plain").as_deref(), Some("plain"));
+    assert_eq!(host("[::1]:8080").as_deref(), Some("[::1]"));
+    assert_eq!(host("[::1]").as_deref(), Some("[::1]"));
+    assert_eq!(host("a.example:").as_deref(), Some("a.example"));
+    assert_eq!(
+        crate::snapshot::host_of(None, &uri).as_deref(),
+        Some("from.uri")
+    );
+}

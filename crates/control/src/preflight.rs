@@ -130,9 +130,8 @@ struct Target {
 struct Probe {
     what: String,
     method: Method,
-    /// `Host`, when the rule names one.
-    host: Option<String>,
     path: String,
+    /// With the `Host` the rule names (its URL's), if any.
     headers: HeaderMap,
     body: Bytes,
 }
@@ -200,7 +199,6 @@ fn rule_requests(snapshot: &Snapshot, pool: usize, rules: &[&Standards]) -> Vec<
             out.push(Probe {
                 what,
                 method: req.method.clone(),
-                host: req.host.clone(),
                 path: req.path.clone(),
                 headers: req.headers.clone(),
                 body: Bytes::from(rule.body.clone().unwrap_or_default()),
@@ -228,7 +226,6 @@ impl Target {
                 let probe = Probe {
                     what: format!("health GET {}", h.path),
                     method: Method::GET,
-                    host: None,
                     path: h.path.clone(),
                     headers: HeaderMap::new(),
                     body: Bytes::new(),
@@ -292,7 +289,14 @@ impl Target {
         let stream = connect(self.addr, self.connect_timeout)
             .await
             .map_err(|e| format!("could not connect: {e}"))?;
-        let authority = probe.host.clone().unwrap_or_else(|| self.addr.to_string());
+        // The rule's Host as written (its URL's, port included), else the
+        // backend's address, as `serve` names a backend for a request
+        // without one.
+        let authority = probe
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map_or_else(|| self.addr.to_string(), str::to_owned);
         let mut req = Request::new(Full::new(probe.body.clone()));
         *req.method_mut() = probe.method.clone();
         *req.headers_mut() = probe.headers.clone();

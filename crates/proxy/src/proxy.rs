@@ -4,7 +4,6 @@
 //! backend's in-flight count and the access log entry until the last byte.
 //! Upgrades (WebSocket) become tunnels once both sides agree.
 
-use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,6 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use fastrand::Rng;
+use fulcrum_config::snapshot::host_of;
 use fulcrum_config::snapshot::{Limits, RequestView, Retries};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{
@@ -372,29 +372,6 @@ fn idempotent(m: &Method) -> bool {
         *m,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
     )
-}
-
-/// Host without port, from the Host header or the URI authority.
-fn host_of<'a>(header: Option<&'a HeaderValue>, uri: &'a Uri) -> Option<Cow<'a, str>> {
-    let raw = match header {
-        Some(h) => h.to_str().ok()?,
-        None => uri.host()?,
-    };
-    let host = if raw.starts_with('[') {
-        // IPv6 literal: keep the brackets, drop a port after them.
-        &raw[..raw.find(']').map_or(raw.len(), |i| i + 1)]
-    } else {
-        // A plain scan from the end: a host is a few bytes, fewer than
-        // memrchr's setup costs (76 instructions a request, bench/callgrind).
-        raw.bytes()
-            .rposition(|b| b == b':')
-            .map_or(raw, |i| &raw[..i])
-    };
-    Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
-        Cow::Owned(host.to_ascii_lowercase())
-    } else {
-        Cow::Borrowed(host)
-    })
 }
 
 /// Serves one request. Never fails: every error becomes a response.
@@ -1268,28 +1245,5 @@ fn classify(e: H1Error, pool: &PoolRuntime, addr: SocketAddr) -> ProxyError {
             tracing::debug!(backend = %addr, error = %e, "backend exchange failed");
             ProxyError::BackendReset { backend: addr }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The host routing reads: without its port, lowercase, an IPv6
-    /// literal with its brackets, and the URI's when there is no header.
-    #[test]
-    fn host_of_drops_the_port_and_lowercases() {
-        let uri: Uri = "http://from.uri:81/x".parse().unwrap();
-        let host = |h: &str| {
-            let v = HeaderValue::from_str(h).unwrap();
-            host_of(Some(&v), &uri).map(Cow::into_owned)
-        };
-        assert_eq!(host("a.example:8080").as_deref(), Some("a.example"));
-        assert_eq!(host("A.Example").as_deref(), Some("a.example"));
-        assert_eq!(host("plain").as_deref(), Some("plain"));
-        assert_eq!(host("[::1]:8080").as_deref(), Some("[::1]"));
-        assert_eq!(host("[::1]").as_deref(), Some("[::1]"));
-        assert_eq!(host("a.example:").as_deref(), Some("a.example"));
-        assert_eq!(host_of(None, &uri).as_deref(), Some("from.uri"));
     }
 }

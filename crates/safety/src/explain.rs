@@ -303,16 +303,21 @@ pub fn render_human(e: &Explanation) -> String {
 }
 
 /// [`explain`] a request written as people write it: `"METHOD URL"` and
-/// `"name: value"` headers (a `Host` header overrides the URL's host, as
-/// for a served request). `Err` says what is wrong with the request.
+/// `"name: value"` headers, routed as `serve` would route it (the URL's
+/// host goes as the `Host` header; see [`served_host`]). `Err` says what
+/// is wrong with the request.
+///
+/// [`served_host`]: fulcrum_config::standards::served_host
 pub fn explain_text(
     snapshot: &Snapshot,
     text: &str,
     headers: &[String],
     client_ip: IpAddr,
 ) -> Result<Explanation, String> {
-    let (method, host, path) = fulcrum_config::standards::parse_request_line(text).map_err(|e| {
-        format!("`{text}` is not a request: {e}; write e.g. 'POST http://app.example.com/auth/login'")
+    let (method, uri, path) = fulcrum_config::standards::parse_request_line(text).map_err(|e| {
+        format!(
+            "`{text}` is not a request: {e}; write e.g. 'POST http://app.example.com/auth/login'"
+        )
     })?;
     let mut map = http::HeaderMap::new();
     for h in headers {
@@ -327,11 +332,8 @@ pub fn explain_text(
         };
         map.append(n, v);
     }
-    let host = map
-        .get(http::header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .map(|h| h.split(':').next().unwrap_or(h).to_ascii_lowercase())
-        .or(host);
+    let host = fulcrum_config::standards::served_host(&uri, &mut map)
+        .map_err(|e| format!("`{text}` {e}"))?;
     let view = RequestView {
         method: &method,
         host: host.as_deref(),
@@ -339,4 +341,57 @@ pub fn explain_text(
         headers: &map,
     };
     Ok(explain(snapshot, text, &view, client_ip))
+}
+
+#[cfg(test)]
+mod served_tests {
+    use super::*;
+
+    /// `explain` routes what `serve` would: the URL's host is the request's
+    /// `Host` header, so a route on the `host` header matches it.
+    #[test]
+    fn the_urls_host_is_the_host_header_a_route_matches_on() {
+        let text = r#"
+[[listener]]
+name = "public"
+bind = "127.0.0.1:0"
+
+[[route]]
+name = "legacy"
+match = { headers = [{ name = "host", value = "legacy.example.com" }] }
+pool = "legacy"
+
+[[route]]
+name = "web"
+pool = "web"
+
+[pool.legacy]
+backends = [{ addr = "127.0.0.1:9201" }]
+
+[pool.web]
+backends = [{ addr = "127.0.0.1:9202" }]
+"#;
+        let snapshot = fulcrum_config::check("t.toml", text).snapshot.unwrap();
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let e = explain_text(&snapshot, "GET http://legacy.example.com/x", &[], ip).unwrap();
+        assert_eq!(e.route.as_deref(), Some("legacy"));
+        let e = explain_text(
+            &snapshot,
+            "GET /x",
+            &["Host: legacy.example.com".into()],
+            ip,
+        )
+        .unwrap();
+        assert_eq!(e.route.as_deref(), Some("legacy"));
+        let e = explain_text(&snapshot, "GET /x", &[], ip).unwrap();
+        assert_eq!(e.route.as_deref(), Some("web"));
+        let err = explain_text(
+            &snapshot,
+            "GET http://a.example/x",
+            &["Host: b.example".into()],
+            ip,
+        )
+        .unwrap_err();
+        assert!(err.contains("another host"), "{err}");
+    }
 }

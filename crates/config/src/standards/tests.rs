@@ -167,3 +167,25 @@ fn allowed_backends_is_a_pool_assertion_with_every_entry_checked() {
     );
     assert_eq!(rule.assertions[0].0, "allowed_backends");
 }
+
+/// A rule's request is routed as `serve` routes it: the `Host` header is
+/// its host, and a URL's host goes as the `Host` header (routes and hash
+/// keys on `host` see it). A Host naming another host than the URL is what
+/// `serve` refuses with 400.
+#[test]
+fn a_rule_request_has_the_host_serve_would_route_on() {
+    let r = rules(
+        "[[rule]]\nname = \"a\"\nrequest = \"GET /auth/login\"\nheaders = { host = \"App.Example.com:8080\" }\nexpect_pool = \"auth\"\n\
+         [[rule]]\nname = \"b\"\nrequest = \"GET http://legacy.example.com:8080/x\"\nexpect_pool = \"web\"\n",
+    );
+    let a = r[0].request.as_ref().unwrap();
+    assert_eq!(a.host.as_deref(), Some("app.example.com"));
+    let b = r[1].request.as_ref().unwrap();
+    assert_eq!(b.host.as_deref(), Some("legacy.example.com"));
+    assert_eq!(b.headers["host"], "legacy.example.com:8080");
+    let d = only(
+        "[[rule]]\nname = \"c\"\nrequest = \"GET http://a.example/x\"\nheaders = { host = \"b.example\" }\nexpect_pool = \"web\"\n",
+    );
+    assert_eq!(d.code, "invalid-request");
+    assert!(d.message.contains("another host"), "{}", d.message);
+}
