@@ -125,6 +125,58 @@ fn a_new_route_moves_only_its_own_requests_from_a_round_robin_pool() {
     assert!((moved - (0.5 - 1.0 / 3.0)).abs() < 1e-9, "moved {moved}");
 }
 
+/// Which headers a log redacted was decided by the config that wrote it:
+/// replay takes a route's value in the clear or redacted, whatever the
+/// replayed config's `redact` says. Adding `redact` changes no routing, and
+/// a log written with it still routes its lines where `serve` did.
+#[test]
+fn replay_reads_a_header_redacted_or_not_whatever_the_config_redacts() {
+    let f = Files::new();
+    let tenant = |redact: &str, tenant_backend: &str| {
+        config("algorithm = \"round_robin\"", &format!(
+            "\n[pool.blue]\nbackends = [{{ addr = \"{tenant_backend}\" }}]\n\n[access_log]\npath = \"access.log\"\nheaders = [\"x-tenant\"]\n{redact}"
+        ))
+        .replace(
+            "[[route]]\nname = \"all\"",
+            "[[route]]\nname = \"tenant\"\nmatch = { headers = [{ name = \"x-tenant\", value = \"blue\" }] }\npool = \"blue\"\n\n[[route]]\nname = \"all\"",
+        )
+    };
+    let lines = |value: &dyn Fn(usize) -> String| {
+        let mut out = String::new();
+        for i in 0..200 {
+            writeln!(
+                out,
+                r#"{{"time":"2026-01-01T00:00:00.000Z","method":"GET","host":"app.example.com","path":"/p/{i}","route":"all","pool":"p","backend":"127.0.0.1:9101","status":200,"duration_ms":1.0,"bytes":2,"version":"v1","request_id":"r{i}","client_ip":"10.0.0.{}","attempts":1,"headers":{{"x-tenant":"{}"}}}}"#,
+                i % 250,
+                value(i)
+            )
+            .unwrap();
+        }
+        out
+    };
+    let plain = f.write("old.toml", &tenant("", "127.0.0.1:9201"));
+    let redacting = f.write(
+        "new.toml",
+        &tenant("redact = [\"x-tenant\"]", "127.0.0.1:9201"),
+    );
+    let moved = f.write("moved.toml", &tenant("", "127.0.0.1:9202"));
+    let color = |i: usize| if i.is_multiple_of(2) { "blue" } else { "red" };
+    let clear = f.write("clear.log", &lines(&|i| color(i).to_owned()));
+    let hashed = f.write(
+        "hashed.log",
+        &lines(&|i| fulcrum_config::keys::redact(color(i).as_bytes())),
+    );
+    for log in [&clear, &hashed] {
+        // Redacting the header moves nothing.
+        let (code, doc) = diff(&plain, &redacting, log, &["--max-moved", "0.01"]);
+        assert_eq!(code, Some(0), "{log}: {doc:#}");
+        assert_eq!(doc["impact"]["moved"].as_f64(), Some(0.0), "{log}: {doc:#}");
+        // Moving the tenant's pool moves its half of the lines.
+        let (_, doc) = diff(&plain, &moved, log, &[]);
+        assert_eq!(doc["impact"]["moved"].as_f64(), Some(0.5), "{log}: {doc:#}");
+    }
+}
+
 #[test]
 fn a_log_that_cannot_be_replayed_exits_2_in_one_line() {
     let f = Files::new();

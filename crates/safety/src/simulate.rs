@@ -298,18 +298,22 @@ pub fn replay_pools(
 }
 
 /// The snapshot as matched against an access log: an exact header
-/// condition on a sensitive header compares against the redacted value,
-/// because that is what the log holds. (A regex on a sensitive header cannot
-/// be evaluated on a hash; it sees the hash, and docs/standards.md says so.)
+/// condition matches the value as written or its redacted form. Which
+/// headers the log redacted was decided by the config that wrote it, not
+/// by the one replayed (a change may add or drop `redact`), so both forms
+/// are taken; a clear value that reads `h:` and 32 hex digits is not one a
+/// route names. (A regex on a redacted header cannot be evaluated on a
+/// hash; it sees the hash, and docs/standards.md says so.)
 pub fn for_recorded(snapshot: &Snapshot) -> Snapshot {
     let mut s = snapshot.clone();
     let mut routes = s.routes.to_vec();
     for route in &mut routes {
         for h in &mut route.matcher.headers {
-            if snapshot.is_sensitive(&h.name)
-                && let HeaderValueMatch::Exact(v) = &mut h.value
-            {
-                *v = redact(v.as_bytes());
+            if let HeaderValueMatch::Exact(v) = &h.value {
+                let either = format!("^(?:{}|{})$", regex::escape(v), redact(v.as_bytes()));
+                h.value = HeaderValueMatch::Regex(
+                    regex::Regex::new(&either).expect("an escaped value and a hash form a regex"),
+                );
             }
         }
     }
