@@ -2,7 +2,8 @@
 //! bytes; refused by the standards, the config's own tests, a pre-flight
 //! probe (incident 2) and the traffic-impact budget, each leaving the
 //! running config serving and the refusal in the journal; a stale parent;
-//! SIGHUP of an invalid file; a store that cannot record the change.
+//! SIGHUP of an invalid file; a store that cannot record the change; an
+//! impact replay told which headers its sample lacks.
 
 use fulcrum_testkit::{Backend, Mode};
 
@@ -296,4 +297,26 @@ async fn a_change_the_store_cannot_record_is_refused_and_journaled() {
     let out = lb.cli_ok(&["apply", path.to_str().unwrap()]);
     assert!(stdout(&out).contains("stored as v2"), "{}", stdout(&out));
     assert_eq!(lb.get("/auth/login").await.1, "new");
+}
+
+/// Pre-flight's impact replays the recent requests, which carry only the
+/// headers the running config reads. A change that routes on a new one is
+/// blind there: it says so, as `diff --traffic` does, rather than show
+/// 0% moved as if it knew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_impact_step_says_which_headers_the_recent_requests_did_not_record() {
+    let (a, web) = (Backend::start("a").await, Backend::start("web").await);
+    let v1 = config(&[a.addr], web.addr, "");
+    let lb = Lb::start(&v1);
+    for _ in 0..5 {
+        assert_eq!(lb.get("/auth/x").await.0, 200);
+    }
+    let v2 = v1.replace(
+        "[[route]]\nname = \"auth\"",
+        "[[route]]\nname = \"beta\"\nmatch = { headers = [{ name = \"x-beta\", value = \"1\" }] }\npool = \"web\"\n\n[[route]]\nname = \"auth\"",
+    );
+    let (status, report) = lb.json("POST", "/config", &v2).await;
+    assert_eq!(status, 200, "{report:#}");
+    let warnings = report["warnings"].to_string();
+    assert!(warnings.contains("x-beta"), "{report:#}");
 }

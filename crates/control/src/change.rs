@@ -429,6 +429,12 @@ impl Controller {
         }
         let spec = fulcrum_config::standards::TrafficSpec::default();
         let impact = fulcrum_safety::diff::impact(old, new, &recent, &spec);
+        // A header or cookie the new config reads that the sample lacks
+        // makes the replay blind to it: the moved share is then a floor,
+        // and the reviewer is told so, as `diff --traffic` tells it.
+        report
+            .warnings
+            .extend(impact.unrecorded.iter().map(|u| u.message()));
         let over = req.max_moved.filter(|m| impact.moved > *m);
         report.step(
             "impact",
