@@ -100,7 +100,7 @@ pub async fn accept(
     // connections are done.
     let (done_tx, done_rx) = mpsc::channel::<()>(1);
     loop {
-        let (stream, client) = tokio::select! {
+        let (stream, mut client) = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -113,6 +113,10 @@ pub async fn accept(
                 }
             },
         };
+        // An IPv4 client of a `[::]` listener arrives as `::ffff:a.b.c.d`:
+        // it is that IPv4 address for hashing, the canary cohort, the
+        // forwarded headers and the log, as `explain --client-ip` takes it.
+        client.set_ip(client.ip().to_canonical());
         // A reload may have changed this listener's settings or
         // certificates; if it removed the listener, keep the last ones
         // until the caller stops us.

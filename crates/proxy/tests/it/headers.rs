@@ -67,3 +67,31 @@ async fn a_request_without_host_names_the_backend() {
     assert_eq!(seen["x-a"], "1");
     assert!(!seen.contains_key("x-forwarded-host"));
 }
+
+/// An IPv4 client of a dual-stack `[::]` listener arrives as
+/// `::ffff:127.0.0.1`; it is its IPv4 address for the forwarded headers
+/// (and the hash on `client_ip`, the canary cohort and the log), as
+/// `fulcrum explain --client-ip` takes it.
+#[tokio::test]
+async fn an_ipv4_client_of_a_dual_stack_listener_is_its_ipv4_address() {
+    let Ok(listener) = tokio::net::TcpListener::bind("[::]:0").await else {
+        eprintln!("no IPv6 on this machine: nothing to check");
+        return;
+    };
+    let a = Backend::start("a").await;
+    let snap = fulcrum_testkit::SnapshotBuilder::new()
+        .pool(pool("p", &[a.addr]))
+        .catch_all("p")
+        .build();
+    let name = snap.listeners[0].name.clone();
+    let (plane, _writer) = fulcrum_proxy::DataPlane::new(snap);
+    let port = listener.local_addr().unwrap().port();
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(fulcrum_proxy::serve(listener, name, plane, stop.clone()));
+    let r = Client::new(([127, 0, 0, 1], port).into())
+        .get("x.test", "/")
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(a.last().unwrap().headers["x-forwarded-for"], "127.0.0.1");
+    stop.cancel();
+}
