@@ -177,6 +177,69 @@ fn replay_reads_a_header_redacted_or_not_whatever_the_config_redacts() {
     }
 }
 
+/// A log line without `host` or `client_ip` (not one `serve` wrote whole)
+/// is replayed with no host or client 0.0.0.0: said when a config routes on
+/// the host or hashes on the client. A route on the `cookie` header can
+/// never be replayed (no log records that header), and the warning says so
+/// instead of suggesting a key `check` refuses.
+#[test]
+fn replay_says_when_lines_lack_the_host_or_client_and_that_cookie_routes_cannot_be_replayed() {
+    let f = Files::new();
+    let text = config("algorithm = \"hash\"\nhash = { key = \"client_ip\" }", "")
+        .replace(
+            "[[route]]\nname = \"all\"",
+            "[[route]]\nname = \"app\"\nmatch = { host = \"app.example.com\" }\npool = \"p\"\n\n[[route]]\nname = \"beta\"\nmatch = { headers = [{ name = \"cookie\", regex = \".*beta=1.*\" }] }\npool = \"p\"\n\n[[route]]\nname = \"all\"",
+        );
+    let old = f.write("old.toml", &text);
+    let new = f.write("new.toml", &text.replace("9103", "9104"));
+    let stripped: String = log(10)
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            let l = if i < 4 {
+                l.replace(r#""host":"app.example.com","#, "")
+            } else {
+                l.to_owned()
+            };
+            let l = if i < 3 {
+                l.replace(r#","client_ip":"10.0.0."#, r#","ip":"10.0.0."#)
+            } else {
+                l
+            };
+            l + "\n"
+        })
+        .collect();
+    let log = f.write("access.log", &stripped);
+    let (_, doc) = diff(&old, &new, &log, &[]);
+    let warnings: Vec<(String, String)> = doc["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            (
+                w["code"].as_str().unwrap().to_owned(),
+                w["message"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let find = |needle: &str| {
+        warnings
+            .iter()
+            .find(|(_, m)| m.contains(needle))
+            .unwrap_or_else(|| panic!("no warning on {needle}: {warnings:#?}"))
+    };
+    let (code, message) = find("`host` field");
+    assert_eq!(code, "unrecorded-field");
+    assert!(message.contains("4 of the log's 10 lines"), "{message}");
+    let (code, message) = find("`client_ip` field");
+    assert_eq!(code, "unrecorded-field");
+    assert!(message.contains("3 of the log's 10 lines"), "{message}");
+    let (code, message) = find("header `cookie`");
+    assert_eq!(code, "unrecorded-header");
+    assert!(message.contains("cannot be replayed"), "{message}");
+    assert!(!message.contains("headers = [\"cookie\"]"), "{message}");
+}
+
 #[test]
 fn a_log_that_cannot_be_replayed_exits_2_in_one_line() {
     let f = Files::new();

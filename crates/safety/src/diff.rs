@@ -52,7 +52,8 @@ pub struct Diff {
 /// Something a reviewer should look at; never changes the exit code.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Warning {
-    /// `backends-replaced`, `unrecorded-header` or `unrecorded-cookie`.
+    /// `backends-replaced`, `unrecorded-header`, `unrecorded-cookie` or
+    /// `unrecorded-field`.
     pub code: &'static str,
     pub message: String,
 }
@@ -63,10 +64,10 @@ pub fn diff(old: &Snapshot, new: &Snapshot, traffic: Option<(&Recording, &Traffi
     let impact = traffic.map(|(log, spec)| impact(old, new, log, spec));
     for u in impact.iter().flat_map(|i| &i.unrecorded) {
         warnings.push(Warning {
-            code: if u.kind == "header" {
-                "unrecorded-header"
-            } else {
-                "unrecorded-cookie"
+            code: match u.kind {
+                "header" => "unrecorded-header",
+                "field" => "unrecorded-field",
+                _ => "unrecorded-cookie",
             },
             message: u.message(),
         });

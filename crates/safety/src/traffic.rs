@@ -179,13 +179,16 @@ pub struct Recording {
     pub headers: BTreeMap<String, usize>,
     /// Cookie name → lines that recorded it.
     pub cookies: BTreeMap<String, usize>,
+    /// `host`, `client_ip` → lines that had the field (every line of a log
+    /// `serve` wrote).
+    pub fields: BTreeMap<&'static str, usize>,
 }
 
 /// A header or cookie a config reads that some lines of the log did not
 /// record: replay treats it as absent on those lines, and says so.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Unrecorded {
-    /// `header` or `cookie`.
+    /// `header`, `cookie`, or `field` (a line's `host` or `client_ip`).
     pub kind: &'static str,
     pub name: String,
     /// What reads it: `route web (match)`, `pool auth (hash key)`.
@@ -198,6 +201,23 @@ pub struct Unrecorded {
 impl Unrecorded {
     /// One line for human output.
     pub fn message(&self) -> String {
+        let (read_by, missing, lines) = (self.read_by.join(", "), self.missing, self.lines);
+        if self.kind == "field" {
+            let default = if self.name == "host" {
+                "no host"
+            } else {
+                "client 0.0.0.0"
+            };
+            return format!(
+                "{read_by} reads the `{}` field, which {missing} of the log's {lines} lines lack: replay takes {default} there (a log `fulcrum serve` wrote has it on every line)",
+                self.name
+            );
+        }
+        if self.kind == "header" && self.name == "cookie" {
+            return format!(
+                "{read_by} reads header `cookie`, which no access log records (cookies are recorded by name, redacted): replay takes it as absent on all {lines} lines; a route on a cookie cannot be replayed"
+            );
+        }
         format!(
             "{} reads {} `{}`, which the traffic log does not record on {} of its {} lines: replay takes it as absent there; to replay it, record it in the running config with `[access_log] {}s = [\"{}\"]`",
             self.read_by.join(", "),
@@ -220,6 +240,7 @@ impl Recording {
         let mut note = |kind: &'static str, name: &str, reader: String| {
             let recorded = match kind {
                 "header" => self.headers.get(name),
+                "field" => self.fields.get(name),
                 _ => self.cookies.get(name),
             };
             let missing = lines - recorded.copied().unwrap_or(0).min(lines);
@@ -246,6 +267,9 @@ impl Recording {
                     format!("route `{}` (match)", r.name),
                 );
             }
+            if r.matcher.host.is_some() {
+                note("field", "host", format!("route `{}` (match)", r.name));
+            }
         }
         for p in &snapshot.pools {
             if let Algorithm::Hash(policy) = &p.algorithm {
@@ -253,7 +277,8 @@ impl Recording {
                 match &policy.key {
                     HashKey::Header(h) => note("header", h.as_str(), reader),
                     HashKey::Cookie(c) => note("cookie", c, reader),
-                    HashKey::ClientIp | HashKey::Path => {}
+                    HashKey::ClientIp => note("field", "client_ip", reader),
+                    HashKey::Path => {}
                 }
             }
         }
@@ -302,6 +327,13 @@ fn parse_line(line: &str, rec: &mut Recording) -> Result<SampleRequest, String> 
             .map_err(|_| format!("`client_ip` {ip:?} is not an IP"))?,
         None => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
     };
+    // Recorded, even as `null` (a request without a host): `serve` writes
+    // both on every line.
+    for field in ["host", "client_ip"] {
+        if v.get(field).is_some() {
+            *rec.fields.entry(field).or_default() += 1;
+        }
+    }
     let mut headers = HeaderMap::new();
     if let Some(h) = v.get("headers").and_then(|h| h.as_object()) {
         for (name, value) in h {
