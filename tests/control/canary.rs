@@ -1,6 +1,7 @@
 //! Canaries: a share of clients (by address) on the new config, each
 //! client pinned to one side; promoted after the bake time, or dropped at
-//! once by a rollback.
+//! once by a rollback; refused when a few addresses would give it far more
+//! than its share of requests.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
@@ -116,4 +117,47 @@ async fn a_canary_is_promoted_when_its_bake_time_is_over() {
         .rposition(|k| k == "promoted")
         .expect("promoted");
     assert!(staged < promoted, "{kinds:?}");
+}
+
+/// Clients are split by address. When one address sent every recent
+/// request (a CDN or another balancer in front), a canary takes every
+/// request or none: the first is refused (a "10%" canary of a bad change
+/// serving everyone), the second is warned of (its bake judges nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_that_few_client_addresses_would_skew_is_refused_or_warned_of() {
+    let (old, new, web) = (
+        Backend::start("old").await,
+        Backend::start("new").await,
+        Backend::start("web").await,
+    );
+    let lb = Lb::start(&config(&[old.addr], web.addr, ""));
+    // One client address, low in the cohort order: a canary of slightly
+    // more than its place takes it, and with it every request.
+    let place = |ip: IpAddr| fulcrum_proxy::cohort_hash(ip) as f64 / u64::MAX as f64;
+    let (ip, p) = (2..=250)
+        .map(|i| (client(i), place(client(i))))
+        .find(|(_, p)| (0.02..0.3).contains(p))
+        .expect("some address places low");
+    for _ in 0..10 {
+        assert_eq!(get_from(lb.served.addr, "/auth/x", Some(ip)).await.0, 200);
+    }
+    let v2 = config(&[new.addr], web.addr, "");
+    let all = format!("/config?canary={}&bake=10m", p + 0.01);
+    let (status, report) = lb.json("POST", &all, &v2).await;
+    assert_eq!(status, 422, "{report:#}");
+    assert!(
+        report["refusals"]
+            .to_string()
+            .contains("100.0% of 10 recent requests"),
+        "{report:#}"
+    );
+    let none = format!("/config?canary={}&bake=10m", p / 2.0);
+    let (status, report) = lb.json("POST", &none, &v2).await;
+    assert_eq!(status, 202, "{report:#}");
+    assert!(
+        report["warnings"]
+            .to_string()
+            .contains("would judge nothing"),
+        "{report:#}"
+    );
 }

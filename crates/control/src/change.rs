@@ -418,6 +418,47 @@ impl Controller {
                 "the change touches listeners or [admin], which a canary cannot split: apply it without --canary",
             );
         }
+        self.canary_share(fraction, report);
+    }
+
+    /// The share of recent requests the canary would take. Clients are
+    /// split by address, so a few addresses (a CDN or another balancer in
+    /// front) can send it every request or none: a "10%" canary of a bad
+    /// change serving everyone is the outage it was meant to prevent.
+    fn canary_share(&self, fraction: f64, report: &mut Report) {
+        let recent = recorded(&self.plane);
+        let n = recent.requests.len();
+        if n == 0 {
+            return;
+        }
+        let threshold = fulcrum_proxy::canary_threshold(fraction);
+        let canary = recent
+            .requests
+            .iter()
+            .filter(|r| fulcrum_proxy::cohort_hash(r.client_ip) < threshold)
+            .count();
+        let clients: std::collections::HashSet<_> =
+            recent.requests.iter().map(|r| r.client_ip).collect();
+        let share = canary as f64 / n as f64;
+        let said = format!(
+            "{:.1}% of {n} recent requests, from {} client address(es), would reach the canary of {:.1}% of clients",
+            share * 100.0,
+            clients.len(),
+            fraction * 100.0
+        );
+        let over = share > (fraction * 2.0).max(fraction + 0.1);
+        report.step("canary share", !over, said.clone());
+        if over {
+            report.refuse(
+                "canary",
+                true,
+                format!("{said}: clients are split by address, and few addresses sent these (a proxy or CDN in front?); lower --canary, or --force"),
+            );
+        } else if canary == 0 {
+            report.warnings.push(format!(
+                "{said}: its bake would judge nothing; raise --canary"
+            ));
+        }
     }
 
     /// Replay what this server served recently through both configs.

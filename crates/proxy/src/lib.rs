@@ -37,7 +37,7 @@ pub use backend::{BackendState, BackendStatus};
 pub use counters::CounterValues;
 pub use error::{Cause, ProxyError};
 pub use listener::{ConnectionCount, Open, accept, serve};
-pub use runtime::{DataPlane, Writer, cohort_hash};
+pub use runtime::{DataPlane, Writer, canary_threshold, cohort_hash};
 pub use stats::Cohort;
 pub use tls::acceptor as tls_acceptor;
 

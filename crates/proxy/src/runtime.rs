@@ -177,6 +177,17 @@ impl Staged {
     }
 }
 
+/// The clients a canary of `fraction` takes: those whose [`cohort_hash`]
+/// is below this.
+pub fn canary_threshold(fraction: f64) -> u64 {
+    // 1.0 must take every client: u64::MAX itself hashes too.
+    if fraction >= 1.0 {
+        u64::MAX
+    } else {
+        (fraction.max(0.0) * u64::MAX as f64) as u64
+    }
+}
+
 /// Spreads client addresses evenly over `u64`, the same on every instance.
 pub fn cohort_hash(client: std::net::IpAddr) -> u64 {
     match client {
@@ -372,12 +383,7 @@ impl Writer {
             stable: old.stable.clone(),
             canary: Some(Canary {
                 runtime: Arc::new(runtime),
-                // 1.0 must take every client: u64::MAX itself hashes too.
-                threshold: if fraction >= 1.0 {
-                    u64::MAX
-                } else {
-                    (fraction * u64::MAX as f64) as u64
-                },
+                threshold: canary_threshold(fraction),
                 fraction,
             }),
         }));
