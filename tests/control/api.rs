@@ -364,3 +364,67 @@ async fn the_admin_api_over_tls_still_wants_the_token() {
         "{err}"
     );
 }
+
+/// examples/alerts.yml pages from metric names and labels: each must be
+/// one `/metrics` serves, or an alert silently never fires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_and_label_the_example_alerts_read_is_served() {
+    let (auth, web) = (Backend::start("auth").await, Backend::start("web").await);
+    let lb = Lb::start(&config(&[auth.addr], web.addr, ""));
+    for _ in 0..20 {
+        assert_eq!(lb.get("/auth/login").await.0, 200);
+    }
+    let alerts = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/alerts.yml"),
+    )
+    .unwrap();
+    let names = regex::Regex::new(r"\bfulcrum_[a-z_]+").unwrap();
+    let wanted: std::collections::BTreeSet<&str> =
+        names.find_iter(&alerts).map(|m| m.as_str()).collect();
+    let labels =
+        regex::Regex::new(r"\$labels\.([a-z_]+)|by \(([a-z_, ]+)\)|[{,]\s*([a-z_]+)=~?\x22")
+            .unwrap();
+    let wanted_labels: std::collections::BTreeSet<String> = labels
+        .captures_iter(&alerts)
+        .flat_map(|c| {
+            let found = c.get(1).or(c.get(2)).or(c.get(3)).unwrap().as_str();
+            found
+                .split(',')
+                .map(|l| l.trim().to_owned())
+                .filter(|l| l != "le")
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(
+        wanted.len() >= 5 && wanted_labels.contains("pool"),
+        "{wanted:?} {wanted_labels:?}"
+    );
+    let served_label = regex::Regex::new(r"[{,]([a-z_]+)=\x22").unwrap();
+    // The guard's gauges appear once it has a window of traffic.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, _, metrics) = lb.call("GET", "/metrics", "", Some(TOKEN)).await;
+        let served: std::collections::BTreeSet<&str> =
+            names.find_iter(&metrics).map(|m| m.as_str()).collect();
+        let served_labels: std::collections::BTreeSet<&str> = served_label
+            .captures_iter(&metrics)
+            .map(|c| c.get(1).unwrap().as_str())
+            .collect();
+        let missing: Vec<&&str> = wanted.iter().filter(|n| !served.contains(**n)).collect();
+        let missing_labels: Vec<&String> = wanted_labels
+            .iter()
+            .filter(|l| !served_labels.contains(l.as_str()))
+            .collect();
+        if missing.is_empty() && missing_labels.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "examples/alerts.yml reads what /metrics does not serve: {missing:?} {missing_labels:?}"
+        );
+        for _ in 0..5 {
+            lb.get("/auth/login").await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
