@@ -336,8 +336,10 @@ impl Controller {
         let snapshot = self
             .with_standards(|w| judge(&req.label, &req.source, &*self.env, w.as_deref(), report))?;
         let old = &view.stable.snapshot;
+        // What this server served lately, as the access log records it.
+        let recent = recorded(&self.plane);
         if req.canary.is_some() {
-            self.canary_limits(old, &snapshot, req, report);
+            canary_limits(old, &snapshot, req, &recent, report);
         }
         if old.admin != snapshot.admin {
             report.warnings.push(
@@ -353,7 +355,7 @@ impl Controller {
                 n => format!("{n} change(s)"),
             },
         );
-        self.impact(old, &snapshot, req, report);
+        impact(old, &snapshot, req, &recent, report);
         let rules: Vec<&fulcrum_config::standards::Standards> = snapshot.tests.iter().collect();
         let server_rules = self.with_standards(|w| w.map(|w| w.standards().clone()));
         let mut all = rules;
@@ -392,112 +394,6 @@ impl Controller {
             report.outcome = Outcome::Refused;
         }
         None
-    }
-
-    /// A canary shares the listeners and the admin API with the stable
-    /// config: it may change routes and pools only.
-    fn canary_limits(
-        &self,
-        old: &Snapshot,
-        new: &Snapshot,
-        req: &ChangeRequest,
-        report: &mut Report,
-    ) {
-        let fraction = req.canary.unwrap_or(0.0);
-        if !(fraction > 0.0 && fraction < 1.0) {
-            report.refuse(
-                "canary",
-                false,
-                format!("a canary fraction must be above 0 and below 1, not {fraction}"),
-            );
-        }
-        if old.listeners != new.listeners || old.admin != new.admin {
-            report.refuse(
-                "canary",
-                false,
-                "the change touches listeners or [admin], which a canary cannot split: apply it without --canary",
-            );
-        }
-        self.canary_share(fraction, report);
-    }
-
-    /// The share of recent requests the canary would take. Clients are
-    /// split by address, so a few addresses (a CDN or another balancer in
-    /// front) can send it every request or none: a "10%" canary of a bad
-    /// change serving everyone is the outage it was meant to prevent.
-    fn canary_share(&self, fraction: f64, report: &mut Report) {
-        let recent = recorded(&self.plane);
-        let n = recent.requests.len();
-        if n == 0 {
-            return;
-        }
-        let threshold = fulcrum_proxy::canary_threshold(fraction);
-        let canary = recent
-            .requests
-            .iter()
-            .filter(|r| fulcrum_proxy::cohort_hash(r.client_ip) < threshold)
-            .count();
-        let clients: std::collections::HashSet<_> =
-            recent.requests.iter().map(|r| r.client_ip).collect();
-        let share = canary as f64 / n as f64;
-        let said = format!(
-            "{:.1}% of {n} recent requests, from {} client address(es), would reach the canary of {:.1}% of clients",
-            share * 100.0,
-            clients.len(),
-            fraction * 100.0
-        );
-        let over = share > (fraction * 2.0).max(fraction + 0.1);
-        report.step("canary share", !over, said.clone());
-        if over {
-            report.refuse(
-                "canary",
-                true,
-                format!("{said}: clients are split by address, and few addresses sent these (a proxy or CDN in front?); lower --canary, or --force"),
-            );
-        } else if canary == 0 {
-            report.warnings.push(format!(
-                "{said}: its bake would judge nothing; raise --canary"
-            ));
-        }
-    }
-
-    /// Replay what this server served recently through both configs.
-    fn impact(&self, old: &Snapshot, new: &Snapshot, req: &ChangeRequest, report: &mut Report) {
-        let recent = recorded(&self.plane);
-        if recent.requests.is_empty() {
-            report.step("impact", true, "no recent requests recorded to replay");
-            return;
-        }
-        let spec = fulcrum_config::standards::TrafficSpec::default();
-        let impact = fulcrum_safety::diff::impact(old, new, &recent, &spec);
-        // A header or cookie the new config reads that the sample lacks
-        // makes the replay blind to it: the moved share is then a floor,
-        // and the reviewer is told so, as `diff --traffic` tells it.
-        report
-            .warnings
-            .extend(impact.unrecorded.iter().map(|u| u.message()));
-        let over = req.max_moved.filter(|m| impact.moved > *m);
-        report.step(
-            "impact",
-            over.is_none(),
-            format!(
-                "{:.1}% of {} recent requests would land on another pool or backend",
-                impact.moved * 100.0,
-                impact.requests
-            ),
-        );
-        if let Some(max) = over {
-            report.refuse(
-                "impact",
-                true,
-                format!(
-                    "{:.1}% of recent requests would move, over the budget of {:.1}%: raise --max-moved if that is intended",
-                    impact.moved * 100.0,
-                    max * 100.0
-                ),
-            );
-        }
-        report.impact = Some(impact);
     }
 
     /// Make the version durable and journal the change; `None` (with the
@@ -973,6 +869,116 @@ impl Controller {
         drop(state);
         listeners.drain(grace).await
     }
+}
+
+/// A canary shares the listeners and the admin API with the stable
+/// config: it may change routes and pools only.
+fn canary_limits(
+    old: &Snapshot,
+    new: &Snapshot,
+    req: &ChangeRequest,
+    recent: &Recording,
+    report: &mut Report,
+) {
+    let fraction = req.canary.unwrap_or(0.0);
+    if !(fraction > 0.0 && fraction < 1.0) {
+        report.refuse(
+            "canary",
+            false,
+            format!("a canary fraction must be above 0 and below 1, not {fraction}"),
+        );
+    }
+    if old.listeners != new.listeners || old.admin != new.admin {
+        report.refuse(
+            "canary",
+            false,
+            "the change touches listeners or [admin], which a canary cannot split: apply it without --canary",
+        );
+    }
+    canary_share(fraction, recent, report);
+}
+
+/// The share of recent requests the canary would take. Clients are
+/// split by address, so a few addresses (a CDN or another balancer in
+/// front) can send it every request or none: a "10%" canary of a bad
+/// change serving everyone is the outage it was meant to prevent.
+fn canary_share(fraction: f64, recent: &Recording, report: &mut Report) {
+    let n = recent.requests.len();
+    if n == 0 {
+        return;
+    }
+    let threshold = fulcrum_proxy::canary_threshold(fraction);
+    let canary = recent
+        .requests
+        .iter()
+        .filter(|r| fulcrum_proxy::cohort_hash(r.client_ip) < threshold)
+        .count();
+    let clients: std::collections::HashSet<_> =
+        recent.requests.iter().map(|r| r.client_ip).collect();
+    let share = canary as f64 / n as f64;
+    let said = format!(
+        "{:.1}% of {n} recent requests, from {} client address(es), would reach the canary of {:.1}% of clients",
+        share * 100.0,
+        clients.len(),
+        fraction * 100.0
+    );
+    let over = share > (fraction * 2.0).max(fraction + 0.1);
+    report.step("canary share", !over, said.clone());
+    if over {
+        report.refuse(
+            "canary",
+            true,
+            format!("{said}: clients are split by address, and few addresses sent these (a proxy or CDN in front?); lower --canary, or --force"),
+        );
+    } else if canary == 0 {
+        report.warnings.push(format!(
+            "{said}: its bake would judge nothing; raise --canary"
+        ));
+    }
+}
+
+/// Replay what this server served recently through both configs.
+fn impact(
+    old: &Snapshot,
+    new: &Snapshot,
+    req: &ChangeRequest,
+    recent: &Recording,
+    report: &mut Report,
+) {
+    if recent.requests.is_empty() {
+        report.step("impact", true, "no recent requests recorded to replay");
+        return;
+    }
+    let spec = fulcrum_config::standards::TrafficSpec::default();
+    let impact = fulcrum_safety::diff::impact(old, new, recent, &spec);
+    // A header or cookie the new config reads that the sample lacks
+    // makes the replay blind to it: the moved share is then a floor,
+    // and the reviewer is told so, as `diff --traffic` tells it.
+    report
+        .warnings
+        .extend(impact.unrecorded.iter().map(|u| u.message()));
+    let over = req.max_moved.filter(|m| impact.moved > *m);
+    report.step(
+        "impact",
+        over.is_none(),
+        format!(
+            "{:.1}% of {} recent requests would land on another pool or backend",
+            impact.moved * 100.0,
+            impact.requests
+        ),
+    );
+    if let Some(max) = over {
+        report.refuse(
+            "impact",
+            true,
+            format!(
+                "{:.1}% of recent requests would move, over the budget of {:.1}%: raise --max-moved if that is intended",
+                impact.moved * 100.0,
+                max * 100.0
+            ),
+        );
+    }
+    report.impact = Some(impact);
 }
 
 /// What a rollback did.
