@@ -5,6 +5,7 @@
 //! goes to the backend the balancer picked.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use fulcrum_config::snapshot::Timeouts;
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::client::conn::http2::{self, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -135,6 +137,10 @@ pub(crate) struct H2Backend {
     /// Only one task connects at a time; the others wait and reuse its
     /// connection. Taken only when there is no live connection.
     connecting: tokio::sync::Mutex<()>,
+    /// The last connection's first bytes were an HTTP/1 response: the
+    /// backend does not speak HTTP/2 (`protocol = "h2"` set for an HTTP/1.1
+    /// server), which h2 itself only reports as a broken connection.
+    spoke_http1: Arc<AtomicBool>,
 }
 
 impl H2Backend {
@@ -144,7 +150,13 @@ impl H2Backend {
             connect_timeout: timeouts.connect,
             sender: ArcSwapOption::empty(),
             connecting: tokio::sync::Mutex::new(()),
+            spoke_http1: Arc::default(),
         }
+    }
+
+    /// Whether the backend answered the last connection in HTTP/1.
+    pub fn spoke_http1(&self) -> bool {
+        self.spoke_http1.load(Relaxed)
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -178,7 +190,10 @@ impl H2Backend {
             // Find a dead backend connection before a request does.
             .keep_alive_interval(Duration::from_secs(20))
             .keep_alive_timeout(Duration::from_secs(10))
-            .handshake(TokioIo::new(stream))
+            .handshake(TokioIo::new(FirstBytes {
+                io: stream,
+                spoke_http1: Some(self.spoke_http1.clone()),
+            }))
             .await
             .map_err(H2ConnectError::Handshake)?;
         let addr = self.addr;
@@ -189,5 +204,56 @@ impl H2Backend {
         });
         self.sender.store(Some(Arc::new(sender.clone())));
         Ok(sender)
+    }
+}
+
+/// A backend connection that notes whether the first bytes it reads are
+/// an HTTP/1 status line, then gets out of the way.
+struct FirstBytes {
+    io: Tcp,
+    /// Until the first read that returns bytes.
+    spoke_http1: Option<Arc<AtomicBool>>,
+}
+
+impl AsyncRead for FirstBytes {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before
+            && let Some(flag) = self.spoke_http1.take()
+        {
+            flag.store(buf.filled()[before..].starts_with(b"HTTP/"), Relaxed);
+        }
+        res
+    }
+}
+
+impl AsyncWrite for FirstBytes {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        from: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, from)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        from: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, from)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }

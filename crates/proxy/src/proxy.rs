@@ -1180,7 +1180,15 @@ async fn send_h2(
         pool: pool.name.clone(),
         backend: addr,
     };
-    let reset = |_: hyper::Error| ProxyError::BackendReset { backend: addr };
+    // A connection that broke on an HTTP/1 answer: a backend that does not
+    // speak HTTP/2, which no request reached (so any may go elsewhere).
+    let reset = |_: hyper::Error| {
+        if backend.spoke_http1() {
+            ProxyError::BackendProtocol { backend: addr }
+        } else {
+            ProxyError::BackendReset { backend: addr }
+        }
+    };
     let limit = pool.timeouts.response;
     match tokio::time::timeout(limit, sender.ready()).await {
         Err(_) => return Err(timed_out()),

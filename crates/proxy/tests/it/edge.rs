@@ -481,6 +481,50 @@ async fn h2_pool_to_a_dead_backend_is_502_and_counted() {
     assert_eq!(proxy.plane.counters().backend_connect_failed, 1);
 }
 
+/// An h2 pool whose backend speaks HTTP/1.1 only (`protocol = "h2"` set
+/// by mistake): it answers the preface with an HTTP/1.1 400. That is said
+/// as such (not "closed the connection without a response"), and since no
+/// request reached it, even a POST goes on to the next backend.
+#[tokio::test]
+async fn an_h2_pool_backend_that_speaks_http1_is_named_and_skipped() {
+    // It takes the preface for a request head and answers it, as NGINX
+    // does (then reads on; closing at once could reset the connection
+    // before the answer is read).
+    let h1 = fulcrum_testkit::RawBackend::start(|_| {
+        fulcrum_testkit::RawReply::Send(
+            b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n".to_vec(),
+        )
+    })
+    .await;
+    let b = Backend::start("b").await;
+    let mut p = pool("p", &[h1.addr, b.addr]);
+    p.protocol = Protocol::H2;
+    p.algorithm = fulcrum_config::snapshot::Algorithm::First;
+    p.retries.attempts = 1;
+    let proxy = TestProxy::serving(p).await;
+    let post =
+        b"POST / HTTP/1.1\r\nHost: x.test\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello";
+    let got = crate::raw_until_closed(proxy.addr, post)
+        .await
+        .unwrap_or_default();
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 200 "), "{got}");
+    assert_eq!(b.last().unwrap().body, "hello");
+    let c = proxy.plane.counters();
+    assert_eq!((c.backend_connect_failed, c.backend_reset), (1, 0));
+
+    // Alone in its pool, the 502 names the cause.
+    let mut p = pool("p", &[h1.addr]);
+    p.protocol = Protocol::H2;
+    let proxy = TestProxy::serving(p).await;
+    let got = crate::raw_until_closed(proxy.addr, post)
+        .await
+        .unwrap_or_default();
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 502 "), "{got}");
+    assert!(got.contains("does not accept HTTP/2"), "{got}");
+}
+
 #[tokio::test]
 async fn a_client_that_half_closes_before_its_response_is_taken_to_be_gone() {
     let a = Backend::start("a").await;
