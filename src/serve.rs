@@ -58,8 +58,16 @@ pub fn run(o: Options) -> ExitCode {
     let store = match Local::open(&state_dir) {
         Ok(s) => s,
         Err(e) => {
+            // A file that does not parse may be one a newer fulcrum wrote:
+            // moving the directory aside would abandon its history.
+            let hint = match e {
+                fulcrum_control::store::StoreError::Corrupt { .. } => {
+                    "if a newer fulcrum wrote it, run that version; otherwise restore the file from a backup, or move the directory aside to start a new history"
+                }
+                _ => "pass --state DIR to put it elsewhere",
+            };
             eprintln!(
-                "fulcrum: cannot open the state directory {}: {e} (pass --state DIR to put it elsewhere)",
+                "fulcrum: cannot open the state directory {}: {e} ({hint})",
                 state_dir.display()
             );
             return ExitCode::FAILURE;

@@ -1,5 +1,6 @@
 //! A restart on an existing state directory: what serves after it, and
-//! what the journal says of what the stop cut short.
+//! what the journal says of what the stop cut short; a state directory
+//! that cannot be read.
 
 use fulcrum_testkit::Backend;
 
@@ -221,4 +222,30 @@ fn a_start_refused_at_the_admin_api_journals_no_start() {
     let journal = dir.path().join("fulcrum.state/journal.jsonl");
     let journal = std::fs::read_to_string(journal).unwrap_or_default();
     assert!(!journal.contains("\"start\""), "{journal}");
+}
+
+/// A state directory with a file that does not parse (damaged, or written
+/// by a newer fulcrum) refuses the start in one line, and does not advise
+/// moving the directory aside first: that would abandon its history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_state_directory_refuses_the_start_and_says_what_to_do() {
+    let (a, web) = (Backend::start("a").await, Backend::start("web").await);
+    let mut lb = Lb::start(&config(&[a.addr], web.addr, ""));
+    lb.stop(false).await;
+    let v1 = lb.dir.path().join("fulcrum.state/versions/000001.json");
+    std::fs::write(&v1, r#"{"number":1,"origin":"from-the-future"}"#).unwrap();
+    let out = crate::fulcrum()
+        .args(["serve", "-c"])
+        .arg(&lb.config)
+        .env("FULCRUM_ADMIN_TOKEN", super::TOKEN)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.contains("cannot open the state directory"))
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(line.contains("000001.json"), "{line}");
+    assert!(line.contains("if a newer fulcrum wrote it"), "{line}");
 }
