@@ -310,6 +310,7 @@ async fn http<I>(
             client,
             settings: &settings,
             counters: &plane.counters,
+            plane: &plane,
         };
         let path = RequestPath(info);
         return http1::server::serve(io, read, ctx, &path, &shutdown, epoch).await;

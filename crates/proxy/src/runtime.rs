@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
@@ -204,6 +204,17 @@ pub struct DataPlane {
     registry: Mutex<Registry>,
     health_client: HealthClient,
     pub(crate) counters: Arc<Counters>,
+    /// Counts and announces each new stable config, for connections that
+    /// must see whether their listener's settings changed.
+    pub(crate) reloads: Reloads,
+}
+
+/// Each new stable config: a count (to tell one was missed) and a wakeup
+/// (for connections waiting idle).
+#[derive(Default)]
+pub(crate) struct Reloads {
+    pub generation: AtomicU64,
+    pub notify: tokio::sync::Notify,
 }
 
 /// The one handle that changes what the data plane serves. Made once, with
@@ -229,6 +240,7 @@ impl DataPlane {
             registry: Mutex::new(registry),
             health_client,
             counters: Arc::default(),
+            reloads: Reloads::default(),
         });
         let writer = Writer {
             plane: plane.clone(),
@@ -239,6 +251,18 @@ impl DataPlane {
     /// The stable snapshot: what every request not in a canary gets.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.current.load().stable.snapshot.clone()
+    }
+
+    /// Whether the listener `settings` came from now has others (or is
+    /// gone): the connections it accepted with them should close once
+    /// idle, as an old config's do after a reload of NGINX or HAProxy.
+    pub(crate) fn listener_changed(&self, settings: &fulcrum_config::snapshot::Listener) -> bool {
+        let snapshot = self.snapshot();
+        snapshot
+            .listeners
+            .iter()
+            .find(|l| l.name == settings.name)
+            .is_none_or(|l| l != settings)
     }
 
     /// The canary's snapshot and the share of clients it serves, while a
@@ -356,6 +380,8 @@ impl Writer {
             stable: runtime,
             canary: None,
         }));
+        plane.reloads.generation.fetch_add(1, Ordering::Release);
+        plane.reloads.notify.notify_waiters();
         true
     }
 

@@ -31,6 +31,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime};
 
@@ -91,6 +92,8 @@ pub(crate) struct ConnContext<'a> {
     pub client: SocketAddr,
     pub settings: &'a Listener,
     pub counters: &'a Arc<Counters>,
+    /// For the reloads that may change `settings`.
+    pub plane: &'a crate::DataPlane,
 }
 
 /// Serves HTTP/1.1 on `io` until the client or the listener ends it.
@@ -120,6 +123,9 @@ pub(crate) async fn serve<I, S>(
         header_timeout: settings.header_timeout,
     };
     let counters = ctx.counters;
+    let reloads = &ctx.plane.reloads;
+    // The config generation this connection's settings are from.
+    let mut generation = reloads.generation.load(Ordering::Acquire);
     loop {
         // Boxed: the request's future lives in it, and an idle (parked)
         // connection should not hold that much.
@@ -148,12 +154,28 @@ pub(crate) async fn serve<I, S>(
             let wait = settings.idle_timeout.min(settings.header_timeout);
             (conn.idle_since + wait, false)
         };
+        // A reload that changed this listener's settings (limits,
+        // timeouts) closes its connections once idle, so the next request
+        // comes on a connection that has them: what NGINX's and HAProxy's
+        // old processes do with their idle keep-alive connections.
+        let reloaded = reloads.notify.notified();
+        let now = reloads.generation.load(Ordering::Acquire);
+        if now != generation {
+            generation = now;
+            if ctx.plane.listener_changed(settings) {
+                Counters::inc(&counters.client_closed_on_reload);
+                tracing::debug!(client = %ctx.client, "closing an idle client connection: its listener's settings changed");
+                return;
+            }
+        }
         tokio::select! {
             ready = conn.io.tcp().readable() => {
                 if ready.is_err() {
                     return;
                 }
             }
+            // Looked at again the next time the connection parks.
+            () = reloaded => {}
             _ = tokio::time::sleep_until(deadline) => {
                 if first {
                     counters.head_timed_out(ctx.client);

@@ -240,3 +240,47 @@ async fn access_log_writes_one_json_line_per_request() {
     assert!(line["time"].as_str().unwrap().ends_with('Z'));
     let _ = std::fs::remove_file(&path);
 }
+
+/// One GET on `s`, read to the end of its `ok` body.
+async fn get_on(s: &mut tokio::net::TcpStream) -> String {
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x.test\r\n\r\n")
+        .await
+        .unwrap();
+    let got = crate::read_until(s, |got| got.ends_with(b"\r\n\r\na")).await;
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// A reload that changes a listener's settings (a limit tightened during
+/// an attack, say) closes that listener's idle keep-alive connections, so
+/// their next request comes on a connection that has the new settings. A
+/// reload that leaves the listener as it was keeps them.
+#[tokio::test]
+async fn a_reload_that_changes_a_listener_closes_its_idle_connections() {
+    let a = Backend::start("a").await;
+    let snap = |limit: u64| {
+        SnapshotBuilder::new()
+            .pool(pool("p", &[a.addr]))
+            .catch_all("p")
+            .listener(|l| l.limits.max_body_bytes = limit)
+            .build()
+    };
+    let proxy = TestProxy::start(snap(1 << 20)).await;
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    assert!(get_on(&mut s).await.starts_with("HTTP/1.1 200 "));
+    // The same listener, another pool setting: the connection stays.
+    let mut other = snap(1 << 20);
+    let mut p = pool("p", &[a.addr]);
+    p.timeouts.response = Duration::from_secs(5);
+    other.pools = vec![p].into();
+    proxy.swap(other);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(get_on(&mut s).await.starts_with("HTTP/1.1 200 "));
+    // A tighter body limit: closed once idle.
+    proxy.swap(snap(1000));
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(PATIENCE, s.read_to_end(&mut rest))
+        .await
+        .expect("the idle connection was left open");
+    assert_eq!(n.unwrap(), 0, "{rest:?}");
+    assert_eq!(proxy.plane.counters().client_closed_on_reload, 1);
+}
