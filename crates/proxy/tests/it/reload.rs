@@ -271,7 +271,7 @@ async fn a_reload_that_changes_a_listener_closes_its_idle_connections() {
     let mut other = snap(1 << 20);
     let mut p = pool("p", &[a.addr]);
     p.timeouts.response = Duration::from_secs(5);
-    other.pools = vec![p].into();
+    other.pools = vec![p];
     proxy.swap(other);
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(get_on(&mut s).await.starts_with("HTTP/1.1 200 "));
