@@ -158,34 +158,38 @@ pub(crate) async fn serve<I, S>(
         // timeouts) closes its connections once idle, so the next request
         // comes on a connection that has them: what NGINX's and HAProxy's
         // old processes do with their idle keep-alive connections.
-        let reloaded = reloads.notify.notified();
-        let now = reloads.generation.load(Ordering::Acquire);
-        if now != generation {
-            generation = now;
-            if ctx.plane.listener_changed(settings) {
-                Counters::inc(&counters.client_closed_on_reload);
-                tracing::debug!(client = %ctx.client, "closing an idle client connection: its listener's settings changed");
-                return;
-            }
-        }
-        tokio::select! {
-            ready = conn.io.tcp().readable() => {
-                if ready.is_err() {
+        loop {
+            let reloaded = reloads.notify.notified();
+            let now = reloads.generation.load(Ordering::Acquire);
+            if now != generation {
+                generation = now;
+                if ctx.plane.listener_changed(settings) {
+                    Counters::inc(&counters.client_closed_on_reload);
+                    tracing::debug!(client = %ctx.client, "closing an idle client connection: its listener's settings changed");
                     return;
                 }
             }
-            // Looked at again the next time the connection parks.
-            () = reloaded => {}
-            _ = tokio::time::sleep_until(deadline) => {
-                if first {
-                    counters.head_timed_out(ctx.client);
-                } else {
-                    Counters::inc(&counters.client_idle_closed);
-                    tracing::debug!(client = %ctx.client, "closing idle client connection");
+            tokio::select! {
+                ready = conn.io.tcp().readable() => {
+                    if ready.is_err() {
+                        return;
+                    }
+                    break;
                 }
-                return;
+                // Another config: look again, still parked (and holding
+                // no buffer, however many connections a reload wakes).
+                () = reloaded => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    if first {
+                        counters.head_timed_out(ctx.client);
+                    } else {
+                        Counters::inc(&counters.client_idle_closed);
+                        tracing::debug!(client = %ctx.client, "closing idle client connection");
+                    }
+                    return;
+                }
+                _ = shutdown.cancelled() => return,
             }
-            _ = shutdown.cancelled() => return,
         }
     }
 }
