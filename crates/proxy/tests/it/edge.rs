@@ -226,6 +226,13 @@ async fn h2c_prior_knowledge_end_to_end() {
     );
 }
 
+/// A pool `p` of `backends` spoken to over HTTP/2 (`protocol = "h2"`).
+fn h2_pool(backends: &[SocketAddr]) -> fulcrum_config::snapshot::Pool {
+    let mut p = pool("p", backends);
+    p.protocol = Protocol::H2;
+    p
+}
+
 /// A client's POST over raw HTTP/1.1 with `Connection: close`, 16 KiB at a
 /// time every `every`, and everything the proxy sent back.
 async fn slow_post(proxy: &TestProxy, pieces: usize, every: Duration) -> String {
@@ -254,9 +261,7 @@ async fn slow_post(proxy: &TestProxy, pieces: usize, every: Duration) -> String 
 #[tokio::test]
 async fn h2_response_timeout_runs_from_the_end_of_a_slow_upload() {
     let a = Backend::start("a").await;
-    let mut p = pool("p", &[a.addr]);
-    p.protocol = Protocol::H2;
-    let proxy = TestProxy::serving(p).await;
+    let proxy = TestProxy::serving(h2_pool(&[a.addr])).await;
     let got = slow_post(&proxy, 8, Duration::from_millis(100)).await;
     assert!(got.starts_with("HTTP/1.1 200 "), "{got}");
     let seen = a.last().unwrap();
@@ -273,9 +278,7 @@ async fn h2_response_timeout_runs_from_the_end_of_a_slow_upload() {
 async fn h2_backend_silent_after_the_whole_request_times_out() {
     let a = Backend::start("a").await;
     a.set_mode(Mode::Hang);
-    let mut p = pool("p", &[a.addr]);
-    p.protocol = Protocol::H2;
-    let proxy = TestProxy::serving(p).await;
+    let proxy = TestProxy::serving(h2_pool(&[a.addr])).await;
     let got = slow_post(&proxy, 1, Duration::ZERO).await;
     assert!(got.starts_with("HTTP/1.1 504 "), "{got}");
     assert_eq!(proxy.plane.counters().backend_response_timeout, 1);
@@ -308,9 +311,7 @@ async fn h2_backend_that_never_reads() -> SocketAddr {
 /// closed gets 504, not a request held for as long as the client waits.
 #[tokio::test]
 async fn h2_backend_that_stops_taking_an_upload_times_out() {
-    let mut p = pool("p", &[h2_backend_that_never_reads().await]);
-    p.protocol = Protocol::H2;
-    let proxy = TestProxy::serving(p).await;
+    let proxy = TestProxy::serving(h2_pool(&[h2_backend_that_never_reads().await])).await;
     let s = TcpStream::connect(proxy.addr).await.unwrap();
     let (mut rd, mut wr) = s.into_split();
     let len = 1 << 20;
@@ -339,8 +340,7 @@ async fn h2_backend_that_stops_taking_an_upload_times_out() {
 #[tokio::test]
 async fn h2_pool_a_client_body_over_the_limit_is_413_and_not_the_backends_fault() {
     let a = Backend::start("a").await;
-    let mut p = pool("p", &[a.addr]);
-    p.protocol = Protocol::H2;
+    let mut p = h2_pool(&[a.addr]);
     p.outlier = Some(fulcrum_config::snapshot::Outlier {
         consecutive_failures: 1,
         base_ejection: Duration::from_secs(30),
@@ -379,9 +379,7 @@ async fn h2_pool_a_client_body_over_the_limit_is_413_and_not_the_backends_fault(
 #[tokio::test]
 async fn h2_pool_a_request_without_host_names_the_backend() {
     let a = Backend::start("a").await;
-    let mut p = pool("p", &[a.addr]);
-    p.protocol = Protocol::H2;
-    let proxy = TestProxy::serving(p).await;
+    let proxy = TestProxy::serving(h2_pool(&[a.addr])).await;
     let got = crate::raw_until_closed(proxy.addr, b"GET /old HTTP/1.0\r\n\r\n").await;
     let got = String::from_utf8_lossy(got.as_deref().unwrap_or_default());
     assert!(got.starts_with("HTTP/1.1 200 "), "{got}");
@@ -395,9 +393,7 @@ async fn h2_pool_a_request_without_host_names_the_backend() {
 #[tokio::test]
 async fn h2_pool_gets_the_content_length_normalised() {
     let a = Backend::start("a").await;
-    let mut p = pool("p", &[a.addr]);
-    p.protocol = Protocol::H2;
-    let proxy = TestProxy::serving(p).await;
+    let proxy = TestProxy::serving(h2_pool(&[a.addr])).await;
     let got = crate::raw_until_closed(
         proxy.addr,
         b"POST / HTTP/1.1\r\nHost: x.test\r\nConnection: close\r\nContent-Length: 0005\r\n\r\nhello",
@@ -413,9 +409,7 @@ async fn h2_pool_gets_the_content_length_normalised() {
 async fn h2_backend_gets_authority_and_trailers_come_back() {
     let a = Backend::start("a").await;
     a.set_mode(Mode::Trailers);
-    let mut p = pool("p", &[a.addr]);
-    p.protocol = Protocol::H2;
-    let proxy = TestProxy::serving(p).await;
+    let proxy = TestProxy::serving(h2_pool(&[a.addr])).await;
 
     // An HTTP/1.1 client with hop-by-hop headers, to an h2 backend.
     let io = TcpStream::connect(proxy.addr).await.unwrap();
@@ -473,9 +467,7 @@ async fn h2_pool_to_a_dead_backend_is_502_and_counted() {
     let a = Backend::start("a").await;
     let addr = a.addr;
     drop(a);
-    let mut p = pool("p", &[addr]);
-    p.protocol = Protocol::H2;
-    let proxy = TestProxy::serving(p).await;
+    let proxy = TestProxy::serving(h2_pool(&[addr])).await;
     let r = Client::new(proxy.addr).get("x.test", "/").await;
     assert_eq!(r.status, 502, "{}", r.body);
     assert_eq!(proxy.plane.counters().backend_connect_failed, 1);
@@ -497,8 +489,7 @@ async fn an_h2_pool_backend_that_speaks_http1_is_named_and_skipped() {
     })
     .await;
     let b = Backend::start("b").await;
-    let mut p = pool("p", &[h1.addr, b.addr]);
-    p.protocol = Protocol::H2;
+    let mut p = h2_pool(&[h1.addr, b.addr]);
     p.algorithm = fulcrum_config::snapshot::Algorithm::First;
     p.retries.attempts = 1;
     let proxy = TestProxy::serving(p).await;
@@ -514,9 +505,7 @@ async fn an_h2_pool_backend_that_speaks_http1_is_named_and_skipped() {
     assert_eq!((c.backend_connect_failed, c.backend_reset), (1, 0));
 
     // Alone in its pool, the 502 names the cause.
-    let mut p = pool("p", &[h1.addr]);
-    p.protocol = Protocol::H2;
-    let proxy = TestProxy::serving(p).await;
+    let proxy = TestProxy::serving(h2_pool(&[h1.addr])).await;
     let got = crate::raw_until_closed(proxy.addr, post)
         .await
         .unwrap_or_default();
@@ -1295,8 +1284,7 @@ async fn h2_only_backend() -> (SocketAddr, Arc<std::sync::atomic::AtomicU64>) {
 #[tokio::test]
 async fn health_checks_speak_h2_to_an_h2_pool() {
     let (addr, probes) = h2_only_backend().await;
-    let mut p = pool("p", &[addr]);
-    p.protocol = Protocol::H2;
+    let mut p = h2_pool(&[addr]);
     p.health = Some(fulcrum_testkit::health_check());
     let proxy = TestProxy::serving(p).await;
 
