@@ -344,7 +344,7 @@ pub fn explain_text(
 }
 
 #[cfg(test)]
-mod served_tests {
+mod tests {
     use super::*;
 
     /// `explain` routes what `serve` would: the URL's host is the request's
