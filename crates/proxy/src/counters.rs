@@ -76,8 +76,9 @@ counters! {
     /// Connections closed because the client took none of its response
     /// for `send_timeout` (slow readers, HTTP/1.1 and HTTP/2).
     client_send_timeout,
-    /// Idle HTTP/1.1 keep-alive connections closed because a reload
-    /// changed their listener's settings.
+    /// Client connections closed because a reload changed their
+    /// listener's settings: idle HTTP/1.1 ones at once, busy ones after
+    /// their response, HTTP/2 ones by GOAWAY.
     client_closed_on_reload,
     /// Keep-alive connections closed after `idle_timeout`.
     client_idle_closed,

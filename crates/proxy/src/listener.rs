@@ -7,7 +7,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::Ordering::{self, Relaxed};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
@@ -119,7 +119,9 @@ pub async fn accept(
         client.set_ip(client.ip().to_canonical());
         // A reload may have changed this listener's settings or
         // certificates; if it removed the listener, keep the last ones
-        // until the caller stops us.
+        // until the caller stops us. The generation is read first: a
+        // reload after it is one the connection looks at.
+        let generation = plane.reloads.generation.load(Ordering::Acquire);
         {
             let rt = plane.runtime();
             if let Some(i) = rt.snapshot.listeners.iter().position(|l| l.name == name) {
@@ -138,14 +140,18 @@ pub async fn accept(
             continue;
         };
         let _ = stream.set_nodelay(true);
+        let accepted = Accepted {
+            client,
+            settings: settings.clone(),
+            generation,
+            hold: (done_tx.clone(), slot),
+        };
         tokio::spawn(connection(
             Tcp::new(stream),
-            client,
+            accepted,
             plane.clone(),
-            settings.clone(),
             acceptor.clone(),
             shutdown.clone(),
-            (done_tx.clone(), slot),
         ));
     }
     drop(listener);
@@ -161,34 +167,37 @@ enum Protocols {
     Http2,
 }
 
+/// What the accept loop decided for one connection.
+struct Accepted {
+    client: SocketAddr,
+    /// The listener's settings when the connection was accepted.
+    settings: Arc<Listener>,
+    /// The config generation `settings` are from, for
+    /// [`DataPlane::listener_outdated`].
+    generation: u64,
+    hold: (mpsc::Sender<()>, Admission),
+}
+
 async fn connection(
     stream: Tcp,
-    client: SocketAddr,
+    accepted: Accepted,
     plane: Arc<DataPlane>,
-    settings: Arc<Listener>,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
     shutdown: CancellationToken,
-    hold: (mpsc::Sender<()>, Admission),
 ) {
     match acceptor {
         // A task is as large as its largest state for its whole life: the
         // TLS path is boxed so plain connections are not sized for it.
         Some(acceptor) => {
-            Box::pin(tls_connection(
-                stream, acceptor, client, plane, settings, shutdown, hold,
-            ))
-            .await
+            Box::pin(tls_connection(stream, acceptor, accepted, plane, shutdown)).await
         }
         None => {
-            let protocols = if settings.http2.enabled {
+            let protocols = if accepted.settings.http2.enabled {
                 Protocols::Detect
             } else {
                 Protocols::Http1
             };
-            http(
-                stream, client, false, protocols, plane, settings, shutdown, hold,
-            )
-            .await
+            http(stream, accepted, false, protocols, plane, shutdown).await
         }
     }
 }
@@ -196,12 +205,11 @@ async fn connection(
 async fn tls_connection(
     stream: Tcp,
     acceptor: tokio_rustls::TlsAcceptor,
-    client: SocketAddr,
+    accepted: Accepted,
     plane: Arc<DataPlane>,
-    settings: Arc<Listener>,
     shutdown: CancellationToken,
-    hold: (mpsc::Sender<()>, Admission),
 ) {
+    let (client, settings) = (accepted.client, &accepted.settings);
     // The handshake counts against the header deadline: a client that
     // opens TLS slowly is as much a slowloris as one that sends headers
     // slowly.
@@ -229,10 +237,7 @@ async fn tls_connection(
         }
         _ => Protocols::Http1,
     };
-    http(
-        tls, client, true, protocols, plane, settings, shutdown, hold,
-    )
-    .await
+    http(tls, accepted, true, protocols, plane, shutdown).await
 }
 
 /// The request path, serving the requests of one HTTP/1.1 connection.
@@ -266,19 +271,22 @@ impl http1::server::Service for RequestPath {
 /// HTTP/2's connection preface, which tells h2c from HTTP/1.1.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-#[allow(clippy::too_many_arguments)]
 async fn http<I>(
     mut io: I,
-    client: SocketAddr,
+    accepted: Accepted,
     tls: bool,
     protocols: Protocols,
     plane: Arc<DataPlane>,
-    settings: Arc<Listener>,
     shutdown: CancellationToken,
-    hold: (mpsc::Sender<()>, Admission),
 ) where
     I: Socket + AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let Accepted {
+        client,
+        settings,
+        generation,
+        hold,
+    } = accepted;
     let epoch = Instant::now();
     let info = Arc::new(ConnInfo {
         client,
@@ -311,6 +319,7 @@ async fn http<I>(
             settings: &settings,
             counters: &plane.counters,
             plane: &plane,
+            generation,
         };
         let path = RequestPath(info);
         return http1::server::serve(io, read, ctx, &path, &shutdown, epoch).await;
@@ -335,6 +344,9 @@ async fn http<I>(
     };
     let life = Life {
         state: &state,
+        plane: &plane,
+        settings: &settings,
+        generation,
         counters: &plane.counters,
         client,
         shutdown: &shutdown,
@@ -430,6 +442,11 @@ const H2_PSEUDO_ROOM: u32 = 1024;
 /// What an HTTP/2 connection's lifetime rules need.
 struct Life<'a> {
     state: &'a ConnState,
+    /// For the reloads that may change `settings`.
+    plane: &'a DataPlane,
+    settings: &'a Listener,
+    /// The config generation `settings` are from.
+    generation: u64,
     counters: &'a Counters,
     client: SocketAddr,
     shutdown: &'a CancellationToken,
@@ -449,7 +466,8 @@ enum Stage {
     /// at this deadline if its streams have not ended by then.
     Closing(Instant),
     /// GOAWAY went out because the connection was quiet (no request within
-    /// the header timeout, or idle): closed at this deadline, or later once
+    /// the header timeout, or idle), or because a reload changed its
+    /// listener's settings: closed at this deadline, or later once
     /// a stream that crossed the GOAWAY has finished. Waiting on the
     /// client's PING acknowledgement alone never holds it past the deadline.
     Quiet(Instant),
@@ -468,8 +486,9 @@ impl Life<'_> {
         let state = self.state;
         let mut step = self.idle_timeout;
         let mut stage = Stage::Open;
+        let mut generation = self.generation;
         loop {
-            let event = self.next_event(conn, stage, step).await;
+            let event = self.next_event(conn, stage, step, generation).await;
             let now = Instant::now();
             match event {
                 Event::Conn(res) => {
@@ -487,6 +506,15 @@ impl Life<'_> {
                     // Idle streams close now; busy ones after their response.
                     graceful(conn);
                     stage = Stage::Draining;
+                }
+                Event::Reloaded => {
+                    // The streams in progress finish; the client opens a
+                    // connection with the new settings for the next ones.
+                    if self.plane.listener_outdated(self.settings, &mut generation) {
+                        tracing::debug!(client = %self.client, "its listener's settings changed; GOAWAY");
+                        graceful(conn);
+                        stage = Stage::Quiet(now + SHUTDOWN_WRITE);
+                    }
                 }
                 Event::Glitched => {
                     Counters::inc(&self.counters.client_h2_protocol_error);
@@ -582,8 +610,15 @@ impl Life<'_> {
     }
 
     /// What happens next: the connection ends, the listener shuts down,
-    /// the client resets too many streams, or the check is due.
-    async fn next_event<C>(&self, conn: &mut C, stage: Stage, step: Duration) -> Event
+    /// the client resets too many streams, a config newer than
+    /// `generation` serves, or the check is due.
+    async fn next_event<C>(
+        &self,
+        conn: &mut C,
+        stage: Stage,
+        step: Duration,
+        generation: u64,
+    ) -> Event
     where
         C: Future<Output = hyper::Result<()>> + Unpin,
     {
@@ -591,7 +626,14 @@ impl Life<'_> {
         let sleep = self.next_check(stage, step).map(tokio::time::sleep_until);
         let cancelled = open.then(|| self.shutdown.cancelled());
         let glitched = open.then(|| self.state.glitched.notified());
-        tokio::pin!(sleep, cancelled, glitched);
+        let reloads = &self.plane.reloads;
+        // Made before the generation is read: a reload after the read
+        // wakes it.
+        let reloaded = open.then(|| reloads.notify.notified());
+        if open && reloads.generation.load(Ordering::Acquire) != generation {
+            return Event::Reloaded;
+        }
+        tokio::pin!(sleep, cancelled, glitched, reloaded);
         let mut watch = LazyPoll::default();
         std::future::poll_fn(|cx| {
             if let Poll::Ready(res) = Pin::new(&mut *conn).poll(cx) {
@@ -606,6 +648,11 @@ impl Life<'_> {
                 && g.poll(cx).is_ready()
             {
                 return Poll::Ready(Event::Glitched);
+            }
+            if let Some(r) = reloaded.as_mut().as_pin_mut()
+                && r.poll(cx).is_ready()
+            {
+                return Poll::Ready(Event::Reloaded);
             }
             if let Some(s) = sleep.as_mut().as_pin_mut()
                 && watch.timer(cx, s)
@@ -624,6 +671,8 @@ enum Event {
     Shutdown,
     /// The client reset too many streams before their response.
     Glitched,
+    /// Another config serves: the listener's settings may have changed.
+    Reloaded,
     Timer,
 }
 

@@ -253,16 +253,32 @@ impl DataPlane {
         self.current.load().stable.snapshot.clone()
     }
 
-    /// Whether the listener `settings` came from now has others (or is
-    /// gone): the connections it accepted with them should close once
-    /// idle, as an old config's do after a reload of NGINX or HAProxy.
-    pub(crate) fn listener_changed(&self, settings: &fulcrum_config::snapshot::Listener) -> bool {
+    /// Whether a new stable config since `generation` gives the listener
+    /// `settings` came from other settings (or removes it): the
+    /// connections it accepted with them should close after the response
+    /// in progress, as an old config's do after a reload of NGINX or
+    /// HAProxy (counted). Catches `generation` up either way. One atomic
+    /// load while no config changes, so it can run per request.
+    pub(crate) fn listener_outdated(
+        &self,
+        settings: &fulcrum_config::snapshot::Listener,
+        generation: &mut u64,
+    ) -> bool {
+        let now = self.reloads.generation.load(Ordering::Acquire);
+        if now == *generation {
+            return false;
+        }
+        *generation = now;
         let snapshot = self.snapshot();
-        snapshot
+        let outdated = snapshot
             .listeners
             .iter()
             .find(|l| l.name == settings.name)
-            .is_none_or(|l| l != settings)
+            .is_none_or(|l| l != settings);
+        if outdated {
+            Counters::inc(&self.counters.client_closed_on_reload);
+        }
+        outdated
     }
 
     /// The canary's snapshot and the share of clients it serves, while a

@@ -31,13 +31,12 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime};
 
 use bytes::{Buf, Bytes, BytesMut};
 use fulcrum_config::snapshot::Listener;
-use http::{HeaderMap, Method, Request, Response, Version, header};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Version, header};
 use hyper::body::{Body as _, Frame};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, Sleep};
@@ -94,6 +93,8 @@ pub(crate) struct ConnContext<'a> {
     pub counters: &'a Arc<Counters>,
     /// For the reloads that may change `settings`.
     pub plane: &'a crate::DataPlane,
+    /// The config generation `settings` are from.
+    pub generation: u64,
 }
 
 /// Serves HTTP/1.1 on `io` until the client or the listener ends it.
@@ -121,11 +122,10 @@ pub(crate) async fn serve<I, S>(
         park_after: PARK_AFTER.min(settings.idle_timeout / 2),
         park_wait: Duration::ZERO,
         header_timeout: settings.header_timeout,
+        generation: ctx.generation,
     };
     let counters = ctx.counters;
     let reloads = &ctx.plane.reloads;
-    // The config generation this connection's settings are from.
-    let mut generation = reloads.generation.load(Ordering::Acquire);
     loop {
         // Boxed: the request's future lives in it, and an idle (parked)
         // connection should not hold that much.
@@ -155,19 +155,17 @@ pub(crate) async fn serve<I, S>(
             (conn.idle_since + wait, false)
         };
         // A reload that changed this listener's settings (limits,
-        // timeouts) closes its connections once idle, so the next request
-        // comes on a connection that has them: what NGINX's and HAProxy's
-        // old processes do with their idle keep-alive connections.
+        // timeouts) closes its connections, idle ones at once, busy ones
+        // after their response, so the next request comes on a connection
+        // that has them: what NGINX's and HAProxy's old processes do with
+        // their keep-alive connections.
         loop {
+            // Made before the generation is read: a reload after the
+            // read wakes it.
             let reloaded = reloads.notify.notified();
-            let now = reloads.generation.load(Ordering::Acquire);
-            if now != generation {
-                generation = now;
-                if ctx.plane.listener_changed(settings) {
-                    Counters::inc(&counters.client_closed_on_reload);
-                    tracing::debug!(client = %ctx.client, "closing an idle client connection: its listener's settings changed");
-                    return;
-                }
+            if ctx.plane.listener_outdated(settings, &mut conn.generation) {
+                tracing::debug!(client = %ctx.client, "closing an idle client connection: its listener's settings changed");
+                return;
             }
             tokio::select! {
                 ready = conn.io.tcp().readable() => {
@@ -221,6 +219,8 @@ struct ClientConn<I> {
     /// about once a second, not every `park_after`.
     park_wait: Duration,
     header_timeout: Duration,
+    /// The config generation the connection's settings are from.
+    generation: u64,
 }
 
 /// Why a busy connection stopped.
@@ -475,10 +475,14 @@ where
         tracing::debug!(client = %ctx.client, "client went away mid-request");
         return Some(End::Drop);
     };
-    let reply_to = ReplyTo {
-        close: close || waits.lazy.closing || !pump.finished,
-        ..reply_to
-    };
+    let close = close
+        || waits.lazy.closing
+        || !pump.finished
+        // Its listener's settings changed: this response is the last
+        // (a 101's connection is the tunnel's, whatever they are).
+        || (response.status() != StatusCode::SWITCHING_PROTOCOLS
+            && ctx.plane.listener_outdated(ctx.settings, &mut conn.generation));
+    let reply_to = ReplyTo { close, ..reply_to };
     let (upgrade, close) =
         match respond::<I, S>(conn, &mut response, &mut pump, reply_to, ctx, waits, out).await {
             Ok(how) => how,

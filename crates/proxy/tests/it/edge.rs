@@ -625,7 +625,7 @@ async fn a_websocket_client_that_reads_nothing_is_closed_after_the_send_timeout(
 
 // ---- HTTP/2 abuse ----
 
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     let len = payload.len() as u32;
     let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
     f.extend_from_slice(&stream.to_be_bytes());
@@ -635,16 +635,16 @@ fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-const GOAWAY: u8 = 7;
+pub(crate) const GOAWAY: u8 = 7;
 
 /// A GET / for x.test as a HEADERS block (HPACK: static :method GET,
 /// :scheme http, :path /, and :authority).
-const GET_X_TEST: [u8; 11] = [
+pub(crate) const GET_X_TEST: [u8; 11] = [
     0x82, 0x86, 0x84, 0x41, 0x06, b'x', b'.', b't', b'e', b's', b't',
 ];
 
 /// An h2c connection to `addr`, its preface and an empty SETTINGS sent.
-async fn h2c_open(addr: SocketAddr) -> TcpStream {
+pub(crate) async fn h2c_open(addr: SocketAddr) -> TcpStream {
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(PREFACE).await.unwrap();
     s.write_all(&frame(4, 0, 0, &[])).await.unwrap();
@@ -688,7 +688,7 @@ async fn until_goaway_or_close(s: &mut TcpStream) -> Option<usize> {
 /// Reads the server's frames, as (type, stream id, payload), up to and
 /// including the first for which `last` holds; `None` if the connection
 /// closes, or nothing more comes within `PATIENCE`, before one does.
-async fn frames_until<R: AsyncRead + Unpin>(
+pub(crate) async fn frames_until<R: AsyncRead + Unpin>(
     s: &mut R,
     last: impl Fn(u8, u32) -> bool,
 ) -> Option<Vec<(u8, u32, Vec<u8>)>> {
@@ -722,7 +722,7 @@ async fn frames_until<R: AsyncRead + Unpin>(
 
 /// The error code of the server's GOAWAY; `None` if the connection closed
 /// (or went silent) without one: a plain close is not a GOAWAY.
-async fn goaway<R: AsyncRead + Unpin>(s: &mut R) -> Option<u32> {
+pub(crate) async fn goaway<R: AsyncRead + Unpin>(s: &mut R) -> Option<u32> {
     let frames = frames_until(s, |kind, _| kind == GOAWAY).await?;
     let (_, _, payload) = frames.last()?;
     Some(u32::from_be_bytes(payload.get(4..8)?.try_into().unwrap()))
@@ -906,12 +906,12 @@ async fn rapid_reset_paced_under_the_pending_count_is_cut_off_too() {
 /// Every frame the server sends until it closes the connection, as (type,
 /// stream id), in order. Acknowledges its SETTINGS and PINGs as a client
 /// would (a graceful close waits for the PING after the first GOAWAY).
-async fn frames_until_closed(s: &mut TcpStream) -> Vec<(u8, u32)> {
+pub(crate) async fn frames_until_closed(s: &mut TcpStream) -> Vec<(u8, u32)> {
     frames_until_closed_acking(s, true).await
 }
 
 /// `frames_until_closed`, acknowledging PINGs only when `pings` is set.
-async fn frames_until_closed_acking(s: &mut TcpStream, pings: bool) -> Vec<(u8, u32)> {
+pub(crate) async fn frames_until_closed_acking(s: &mut TcpStream, pings: bool) -> Vec<(u8, u32)> {
     let mut seen = Vec::new();
     let mut frames = Vec::new();
     let mut buf = [0u8; 4096];

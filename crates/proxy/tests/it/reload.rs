@@ -284,3 +284,80 @@ async fn a_reload_that_changes_a_listener_closes_its_idle_connections() {
     assert_eq!(n.unwrap(), 0, "{rest:?}");
     assert_eq!(proxy.plane.counters().client_closed_on_reload, 1);
 }
+
+/// A connection kept busy never idles, so a reload that changes its
+/// listener closes it after the response in progress: that response says
+/// `connection: close`.
+#[tokio::test]
+async fn a_reload_that_changes_a_listener_closes_a_busy_connection_after_its_response() {
+    let a = Backend::start("a").await;
+    let mut p = pool("p", &[a.addr]);
+    p.timeouts.response = Duration::from_secs(5);
+    let snap = |limit: u64| {
+        SnapshotBuilder::new()
+            .pool(p.clone())
+            .catch_all("p")
+            .listener(|l| l.limits.max_body_bytes = limit)
+            .build()
+    };
+    let proxy = TestProxy::start(snap(1 << 20)).await;
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    assert!(get_on(&mut s).await.starts_with("HTTP/1.1 200 "));
+    a.set_mode(Mode::Delay(Duration::from_millis(300)));
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x.test\r\n\r\n")
+        .await
+        .unwrap();
+    eventually(PATIENCE, || a.hits() == 2).await;
+    proxy.swap(snap(1000));
+    let mut rest = Vec::new();
+    tokio::time::timeout(PATIENCE, s.read_to_end(&mut rest))
+        .await
+        .expect("the connection was left open after its response")
+        .unwrap();
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(rest.starts_with("HTTP/1.1 200 "), "{rest}");
+    assert!(rest.contains("\r\nconnection: close\r\n"), "{rest}");
+    assert_eq!(proxy.plane.counters().client_closed_on_reload, 1);
+}
+
+/// An HTTP/2 connection whose listener a reload changed gets a GOAWAY, so
+/// the client's next requests come on a connection with the new settings
+/// (`max_concurrent_streams`, limits). A reload that leaves the listener
+/// as it was keeps the connection.
+#[tokio::test]
+async fn a_reload_that_changes_a_listener_sends_its_http2_connections_a_goaway() {
+    use crate::edge::{GET_X_TEST, GOAWAY, frame, frames_until, goaway, h2c_open};
+    let a = Backend::start("a").await;
+    let snap = |streams: u32| {
+        SnapshotBuilder::new()
+            .pool(pool("p", &[a.addr]))
+            .catch_all("p")
+            .listener(|l| l.http2.max_concurrent_streams = streams)
+            .build()
+    };
+    let proxy = TestProxy::start(snap(100)).await;
+    let mut s = h2c_open(proxy.addr).await;
+    // GET on stream `id` (END_STREAM | END_HEADERS): its frames up to its
+    // response's headers.
+    let get = |id: u32| frame(1, 0x5, id, &GET_X_TEST);
+    s.write_all(&get(1)).await.unwrap();
+    frames_until(&mut s, |kind, id| kind == 1 && id == 1)
+        .await
+        .expect("no response on stream 1");
+    // Another pool setting: the connection stays and serves.
+    let mut other = snap(100);
+    let mut p = pool("p", &[a.addr]);
+    p.timeouts.response = Duration::from_secs(5);
+    other.pools = vec![p];
+    proxy.swap(other);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.write_all(&get(3)).await.unwrap();
+    let frames = frames_until(&mut s, |kind, id| kind == 1 && id == 3)
+        .await
+        .expect("no response on stream 3");
+    assert!(frames.iter().all(|f| f.0 != GOAWAY), "{frames:?}");
+    // Fewer streams allowed: GOAWAY (NO_ERROR).
+    proxy.swap(snap(10));
+    assert_eq!(goaway(&mut s).await, Some(0));
+    assert_eq!(proxy.plane.counters().client_closed_on_reload, 1);
+}
