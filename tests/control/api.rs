@@ -98,6 +98,19 @@ async fn config_answers_the_exact_running_bytes_and_metrics_parse() {
     families.dedup();
     assert_eq!(families.len(), n, "every metric family once: {metrics}");
     assert!(metrics.ends_with("# EOF\n"), "OpenMetrics ends with # EOF");
+    // OpenMetrics spells the last bucket `+Inf`; a strict parser refuses
+    // the whole scrape over `inf`, and a query on `le="+Inf"` finds
+    // nothing.
+    let les: Vec<&str> = metrics
+        .split("le=\"")
+        .skip(1)
+        .map(|rest| &rest[..rest.find('"').unwrap()])
+        .collect();
+    assert!(les.contains(&"+Inf"), "{metrics}");
+    for le in les {
+        let bound: f64 = le.parse().unwrap_or_else(|_| panic!("le=\"{le}\""));
+        assert!(bound.is_finite() || le == "+Inf", "le=\"{le}\"");
+    }
     let lines = metrics.lines().map(|l| Ok(l.to_owned()));
     let scrape = prometheus_parse::Scrape::parse(lines).expect("Prometheus text format");
     let version = fulcrum_config::content_version(&text);

@@ -435,7 +435,9 @@ fn encode_histogram(
             edge *= 2;
         }
     }
-    buckets.push((f64::INFINITY, within));
+    // prometheus-client writes `+Inf` for f64::MAX only (INFINITY comes
+    // out as `inf`, which OpenMetrics refuses).
+    buckets.push((f64::MAX, within));
     e.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
         h.sum().as_secs_f64(),
         total,
