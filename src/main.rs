@@ -224,7 +224,17 @@ pub enum Format {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if !matches!(cli.verb, Verb::Serve { .. }) {
+    // Not for `serve`, nor for the verbs that talk to its admin API
+    // (they print with `say!`, which ends them as quietly).
+    if !matches!(
+        cli.verb,
+        Verb::Serve { .. }
+            | Verb::Apply { .. }
+            | Verb::Rollback { .. }
+            | Verb::History { .. }
+            | Verb::Status { .. }
+            | Verb::Drift { .. }
+    ) {
         die_quietly_on_closed_stdout();
     }
     match cli.verb {
@@ -344,7 +354,8 @@ fn unreadable(path: &std::path::Path, e: &std::io::Error) -> String {
 /// A report piped into `head` ends when its reader goes, as `cat`'s would,
 /// instead of panicking on the next print: Rust ignores SIGPIPE, so give
 /// it back its default action. Not for `serve`, which must outlive any
-/// reader of its access log or stdout.
+/// reader of its access log or stdout, nor for the verbs whose sockets
+/// must report a closed peer as an error.
 fn die_quietly_on_closed_stdout() {
     sigpipe::reset();
 }

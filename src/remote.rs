@@ -38,6 +38,20 @@ pub const DEFAULT_ADMIN: &str = "http://127.0.0.1:9901";
 
 type Step<T> = Result<T, ExitCode>;
 
+/// `println!` for the verbs that talk to the admin API. They keep Rust's
+/// SIGPIPE ignored, so that a TLS alert written to a socket the server
+/// closed is an error to report, not a silent death; so a reader of their
+/// output that went away (`| head`) ends the command here, quietly, with
+/// the status a SIGPIPE death would have given.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if writeln!(std::io::stdout(), $($arg)*).is_err() {
+            std::process::exit(141);
+        }
+    }};
+}
+
 fn usage(msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("fulcrum: {msg}");
     ExitCode::from(EXIT_USAGE)
@@ -303,7 +317,7 @@ pub fn apply(o: ApplyOptions<'_>) -> ExitCode {
             );
             return Ok(ExitCode::from(EXIT_USAGE));
         }
-        print!("{}", render_report(&report));
+        say!("{}", render_report(&report).trim_end_matches('\n'));
         let outcome = report["outcome"].as_str().unwrap_or_default();
         Ok(match outcome {
             "staged" if !o.no_wait => wait_for_bake(
@@ -396,7 +410,7 @@ fn render_report(r: &Value) -> String {
 
 /// Follow a canary until it is promoted or rolled back.
 fn wait_for_bake(api: &Api, number: u64) -> ExitCode {
-    println!("waiting for the canary's bake time (Ctrl-C stops waiting, not the canary)…");
+    say!("waiting for the canary's bake time (Ctrl-C stops waiting, not the canary)…");
     loop {
         std::thread::sleep(Duration::from_millis(500));
         let Ok((_, s)) = api.json(Method::GET, "/status", None) else {
@@ -406,10 +420,10 @@ fn wait_for_bake(api: &Api, number: u64) -> ExitCode {
             continue;
         }
         return if s["version"]["number"].as_u64() == Some(number) {
-            println!("promoted: v{number} serves every request");
+            say!("promoted: v{number} serves every request");
             ExitCode::SUCCESS
         } else {
-            println!(
+            say!(
                 "rolled back: v{number} no longer serves; v{} does (`fulcrum history`, GET /events say why)",
                 s["version"]["number"].as_u64().unwrap_or_default()
             );
@@ -431,7 +445,7 @@ pub fn rollback(target: &Target, to: Option<u64>, reason: Option<String>) -> Exi
         }
         let (code, v) = api.json(Method::POST, &q, None)?;
         if code.is_success() {
-            println!("{}", v["summary"].as_str().unwrap_or("rolled back"));
+            say!("{}", v["summary"].as_str().unwrap_or("rolled back"));
             Ok(ExitCode::SUCCESS)
         } else {
             eprintln!(
@@ -448,7 +462,7 @@ pub fn history(target: &Target, json: bool) -> ExitCode {
         let api = Api::new(target, None)?;
         let v = api.read("/history")?;
         if json {
-            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            say!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             return Ok(ExitCode::SUCCESS);
         }
         for m in v["versions"].as_array().into_iter().flatten() {
@@ -456,7 +470,7 @@ pub fn history(target: &Target, json: bool) -> ExitCode {
                 .as_u64()
                 .map(|p| format!("v{p}"))
                 .unwrap_or_else(|| "-".into());
-            println!(
+            say!(
                 "v{:<4} {:<8} {}  {:<10} {} (from {parent}, hash {}) {}",
                 m["number"].as_u64().unwrap_or_default(),
                 m["state"].as_str().unwrap_or(""),
@@ -476,11 +490,11 @@ pub fn status(target: &Target, json: bool) -> ExitCode {
         let api = Api::new(target, None)?;
         let s = api.read("/status")?;
         if json {
-            println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
+            say!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
             return Ok(ExitCode::SUCCESS);
         }
         let v = &s["version"];
-        println!(
+        say!(
             "serving v{} ({}, hash {}) by {}: {}",
             v["number"].as_u64().unwrap_or_default(),
             s["label"].as_str().unwrap_or(""),
@@ -489,7 +503,7 @@ pub fn status(target: &Target, json: bool) -> ExitCode {
             v["message"].as_str().unwrap_or("")
         );
         if let Some(c) = s["canary"].as_object() {
-            println!(
+            say!(
                 "canary v{} on {:.1}% of clients, {} ms of bake left",
                 c["version"]["number"].as_u64().unwrap_or_default(),
                 c["fraction"].as_f64().unwrap_or_default() * 100.0,
@@ -497,7 +511,7 @@ pub fn status(target: &Target, json: bool) -> ExitCode {
             );
         }
         for p in s["pools"].as_array().into_iter().flatten() {
-            println!(
+            say!(
                 "pool {} ({})",
                 p["name"].as_str().unwrap_or(""),
                 p["algorithm"].as_str().unwrap_or("")
@@ -508,7 +522,7 @@ pub fn status(target: &Target, json: bool) -> ExitCode {
                     (_, Some(true)) => "ejected",
                     _ => "down",
                 };
-                println!(
+                say!(
                     "  {:<22} {:<8} weight {:<4} in flight {:<4} requests {} failures {}",
                     b["addr"].as_str().unwrap_or(""),
                     state,
@@ -520,7 +534,7 @@ pub fn status(target: &Target, json: bool) -> ExitCode {
             }
         }
         for p in s["drift"]["problems"].as_array().into_iter().flatten() {
-            println!("drift: {}", p.as_str().unwrap_or(""));
+            say!("drift: {}", p.as_str().unwrap_or(""));
         }
         Ok(ExitCode::SUCCESS)
     })())
@@ -534,26 +548,26 @@ pub fn drift(target: &Target, json: bool) -> ExitCode {
         let s = api.read("/status")?;
         let d = &s["drift"];
         if json {
-            println!("{}", serde_json::to_string_pretty(d).unwrap_or_default());
+            say!("{}", serde_json::to_string_pretty(d).unwrap_or_default());
         } else {
-            println!(
+            say!(
                 "running:    v{} (hash {})",
                 d["running"]["number"].as_u64().unwrap_or_default(),
                 d["running"]["hash"].as_str().unwrap_or("")
             );
-            println!(
+            say!(
                 "store head: {}",
                 d["store_head"]
                     .as_u64()
                     .map_or_else(|| "none".into(), |h| format!("v{h}"))
             );
-            println!(
+            say!(
                 "file:       {} (hash {})",
                 d["file"]["path"].as_str().unwrap_or(""),
                 d["file"]["hash"].as_str().unwrap_or("unreadable")
             );
             match d["standards"].as_object() {
-                Some(st) => println!(
+                Some(st) => say!(
                     "standards:  {} ({})",
                     st["path"].as_str().unwrap_or(""),
                     if st["ok"].as_bool().unwrap_or(false) {
@@ -562,15 +576,15 @@ pub fn drift(target: &Target, json: bool) -> ExitCode {
                         "broken"
                     }
                 ),
-                None => println!("standards:  none held by the server"),
+                None => say!("standards:  none held by the server"),
             }
             for p in d["problems"].as_array().into_iter().flatten() {
-                println!("drift: {}", p.as_str().unwrap_or(""));
+                say!("drift: {}", p.as_str().unwrap_or(""));
             }
         }
         let clean = d["problems"].as_array().is_none_or(|p| p.is_empty());
         if !json && clean {
-            println!("no drift");
+            say!("no drift");
         }
         Ok(if clean {
             ExitCode::SUCCESS

@@ -181,6 +181,19 @@ async fn the_cli_says_in_one_line_when_the_api_is_unreachable_or_the_token_wrong
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("cannot reach the admin API"), "{err}");
 
+    // TLS to a plain-HTTP admin API: the server closes on the
+    // ClientHello, and the client's alert meets a closed socket (this
+    // used to kill the CLI by SIGPIPE, exit 141 and not a word).
+    let out = super::fulcrum()
+        .args(["status", "--admin", &format!("https://{}", lb.admin)])
+        .env("FULCRUM_ADMIN_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("cannot reach the admin API"), "{err}");
+
     let admin = format!("http://{}", lb.admin);
     for (env, want) in [
         (None, "wants a token"),
@@ -211,6 +224,17 @@ async fn the_cli_says_in_one_line_when_the_api_is_unreachable_or_the_token_wrong
         "{}",
         super::stdout(&out)
     );
+    // A reader that goes away (`| head`) ends it without a word.
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "'{}' history --admin {admin} --token-file '{}' | head -c 0",
+            env!("CARGO_BIN_EXE_fulcrum"),
+            token.display()
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(stderr(&out), "");
 }
 
 /// A sample's value: the parser reads OpenMetrics' `_total` counters as
