@@ -32,6 +32,9 @@ use crate::token::Token;
 /// The OpenAPI 3.1 document of this API.
 pub const OPENAPI: &str = include_str!("openapi.json");
 
+/// The longest bake a canary may ask for.
+pub const MAX_BAKE: Duration = Duration::from_secs(24 * 3600);
+
 pub struct Admin {
     pub controller: Arc<Controller>,
     pub guard: Arc<crate::guard::Guard>,
@@ -86,6 +89,12 @@ pub fn router(admin: Arc<Admin>) -> (Router, Vec<(&'static str, &'static str)>) 
             error(
                 StatusCode::NOT_FOUND,
                 "no such endpoint: GET /openapi.json lists them",
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "this endpoint does not take that method: GET /openapi.json lists what each takes",
             )
         })
         .with_state(admin);
@@ -145,10 +154,13 @@ pub async fn serve(
 
 /// 401 without a token (with `WWW-Authenticate`), 403 with a wrong one.
 async fn authorize(State(admin): State<Arc<Admin>>, req: Request, next: Next) -> Response {
+    // The scheme's name is case-insensitive (RFC 9110 §11.1).
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+        .and_then(|v| v.as_bytes().split_at_checked(7))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case(b"Bearer "))
+        .map(|(_, token)| token);
     match presented {
         None => {
             let mut r = error(
@@ -236,6 +248,12 @@ async fn apply(
     // Over axum's 2 MB limit (413), or cut off: an answer in JSON as any.
     let body = match body {
         Ok(b) => b,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return error(
+                e.status(),
+                "cannot read the config sent: it is over 2 MB, the most the admin API takes",
+            );
+        }
         Err(e) => {
             return error(
                 e.status(),
@@ -256,6 +274,17 @@ async fn apply(
         }
     };
     let bake = match q.bake.as_deref().map(humantime::parse_duration).transpose() {
+        // A bake blocks every other change until it ends.
+        Ok(Some(b)) if b > MAX_BAKE => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "`bake` is at most {}, not {}: a canary blocks every other change while it bakes",
+                    humantime::format_duration(MAX_BAKE),
+                    humantime::format_duration(b)
+                ),
+            );
+        }
         Ok(b) => b.unwrap_or(DEFAULT_BAKE),
         Err(e) => {
             return error(

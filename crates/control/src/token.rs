@@ -53,6 +53,7 @@ impl Token {
                     "{ENV} is set but empty: set it to the token, or unset it to have serve generate one"
                 ));
             }
+            sendable(t).map_err(|why| format!("{ENV} holds {why}: set it to the token alone"))?;
             return Ok((Token(t.as_bytes().to_vec()), Source::Env));
         }
         let path = state_dir.join(GENERATED);
@@ -94,7 +95,24 @@ pub fn read_text(path: &Path) -> Result<String, String> {
             path.display()
         ));
     }
+    sendable(t).map_err(|why| {
+        format!(
+            "the admin token file {} holds {why}: put the token alone on one line",
+            path.display()
+        )
+    })?;
     Ok(t.to_owned())
+}
+
+/// A token no `Authorization` header can carry (a line break, a control
+/// character) would be accepted by `serve` and never match: refused
+/// where it is read, with what is wrong.
+fn sendable(t: &str) -> Result<(), &'static str> {
+    match t.chars().find(|c| c.is_control()) {
+        Some('\n' | '\r') => Err("more than one line"),
+        Some(_) => Err("a control character"),
+        None => Ok(()),
+    }
 }
 
 /// Created with mode 0600 (owner only) before any byte is written, so the
@@ -150,6 +168,23 @@ mod tests {
         assert!(Token::resolve(Some("t"), dir.path(), None, dir.path()).is_err());
         assert!(Token::resolve(Some("nope"), dir.path(), None, dir.path()).is_err());
         assert!(Token::resolve(None, dir.path(), Some("  ".into()), dir.path()).is_err());
+    }
+
+    /// No `Authorization` header carries a line break: such a token would
+    /// start `serve` and never match.
+    #[test]
+    fn a_token_of_two_lines_or_with_a_control_character_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("t"), "abc\ndef\n").unwrap();
+        let e = Token::resolve(Some("t"), dir.path(), None, dir.path())
+            .err()
+            .unwrap();
+        assert!(e.contains("more than one line"), "{e}");
+        assert!(read_text(&dir.path().join("t")).is_err());
+        let e = Token::resolve(None, dir.path(), Some("a\tb".into()), dir.path())
+            .err()
+            .unwrap();
+        assert!(e.contains("control character"), "{e}");
     }
 
     #[test]

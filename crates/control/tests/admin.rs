@@ -260,8 +260,58 @@ async fn a_config_too_large_to_send_is_refused_in_json() {
     let got = String::from_utf8_lossy(&got);
     assert!(got.starts_with("HTTP/1.1 413"), "{got}");
     assert!(
-        got.contains("\"error\":\"cannot read the config sent"),
+        got.contains("\"error\":\"cannot read the config sent: it is over 2 MB"),
         "{got}"
     );
+    stop.cancel();
+}
+
+/// One raw request with a body; the whole answer.
+async fn raw(addr: std::net::SocketAddr, head: &str, body: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "{head}\r\nHost: a\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut got = String::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    got
+}
+
+/// A method an endpoint does not take gets a JSON line like every other
+/// mistake; the scheme's name is case-insensitive; a bake that would
+/// block every change for days is refused before the pipeline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn methods_schemes_and_bakes_the_api_does_not_take_are_answered_in_json() {
+    let backend = Backend::start("web").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, stop) = serve(controller(dir.path(), backend.addr).await).await;
+    let got = raw(
+        addr,
+        "DELETE /config HTTP/1.1\r\nAuthorization: Bearer t",
+        "",
+    )
+    .await;
+    assert!(got.starts_with("HTTP/1.1 405"), "{got}");
+    assert!(
+        got.contains("{\"error\":\"this endpoint does not take"),
+        "{got}"
+    );
+    let got = raw(addr, "GET /status HTTP/1.1\r\nAuthorization: bearer t", "").await;
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    let config = config(backend.addr, "slow bake");
+    let got = raw(
+        addr,
+        "POST /config?canary=0.1&bake=25h HTTP/1.1\r\nAuthorization: Bearer t",
+        &config,
+    )
+    .await;
+    assert!(got.starts_with("HTTP/1.1 400"), "{got}");
+    assert!(got.contains("`bake` is at most 1day, not 1day 1h"), "{got}");
     stop.cancel();
 }
