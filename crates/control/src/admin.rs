@@ -101,6 +101,15 @@ pub fn router(admin: Arc<Admin>) -> (Router, Vec<(&'static str, &'static str)>) 
     (router, routes)
 }
 
+/// How long an admin client has for its TLS handshake, and for each
+/// request head once its connection is open or idle between requests.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Admin connections open at once (dashboards' event streams, the CLI,
+/// Prometheus); more are closed at once, so that a flood of them cannot
+/// take the file descriptors the data plane serves with.
+pub const MAX_CONNECTIONS: usize = 256;
+
 /// Serve `router` on `listener` until `shutdown`; over TLS when `tls` is
 /// given.
 pub async fn serve(
@@ -109,8 +118,11 @@ pub async fn serve(
     router: Router,
     shutdown: CancellationToken,
 ) {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use hyper_util::service::TowerToHyperService;
+    let open = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    // Once per run of refusals, not once per connection of a flood.
+    let mut warned = false;
     loop {
         let (stream, _) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -123,16 +135,30 @@ pub async fn serve(
                 }
             },
         };
+        let Ok(slot) = open.clone().try_acquire_owned() else {
+            if !std::mem::replace(&mut warned, true) {
+                tracing::warn!(
+                    "admin connections refused: {MAX_CONNECTIONS} are open (more dashboards than that, or a flood)"
+                );
+            }
+            continue;
+        };
+        warned = false;
         let service = TowerToHyperService::new(router.clone());
         let tls = tls.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let _slot = slot;
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            // A client that sends its head slowly, or holds its connection
+            // idle, loses it.
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT);
             let served = match tls {
                 Some(acceptor) => {
-                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
-                        .await
-                    {
+                    match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(s)) => {
                             let conn = builder.serve_connection(TokioIo::new(s), service);
                             tokio::select! { r = conn => r, _ = shutdown.cancelled() => Ok(()) }

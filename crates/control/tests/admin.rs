@@ -315,3 +315,56 @@ async fn methods_schemes_and_bakes_the_api_does_not_take_are_answered_in_json() 
     assert!(got.contains("`bake` is at most 1day, not 1day 1h"), "{got}");
     stop.cancel();
 }
+
+/// The admin listener bounds what a client may hold, as the data plane's
+/// listeners do: a head sent slowly, or a connection left idle, is closed
+/// after the header timeout, and connections past the cap are closed at
+/// once, so a flood cannot take the file descriptors the data plane needs.
+#[tokio::test(start_paused = true)]
+async fn slow_idle_and_surplus_admin_connections_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = Backend::start("web").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, stop) = serve(controller(dir.path(), backend.addr).await).await;
+    let closed = |mut s: tokio::net::TcpStream| async move {
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(60), s.read_to_end(&mut rest))
+            .await
+            .is_ok()
+    };
+    let mut half = tokio::net::TcpStream::connect(addr).await.unwrap();
+    half.write_all(b"GET /status HTTP/1.1\r\nHost: a\r\n")
+        .await
+        .unwrap();
+    assert!(closed(half).await, "a half-sent head held its connection");
+    let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = idle.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    assert!(closed(idle).await, "an idle connection was held");
+
+    let mut held = Vec::new();
+    for _ in 0..fulcrum_control::admin::MAX_CONNECTIONS {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        // Each is served, so each is counted.
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        held.push(s);
+    }
+    let surplus = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut rest = Vec::new();
+    let mut surplus = surplus;
+    let n = tokio::time::timeout(Duration::from_secs(1), surplus.read_to_end(&mut rest))
+        .await
+        .expect("the surplus connection was kept")
+        .unwrap();
+    assert_eq!(n, 0);
+    drop(held);
+    stop.cancel();
+}
