@@ -452,9 +452,14 @@ async fn events(
             None => Ok(Vec::new()),
         };
         return match past {
-            Ok(past) => Sse::new(stream(past, live))
-                .keep_alive(KeepAlive::default())
-                .into_response(),
+            Ok(past) => Sse::new(stream(
+                admin.controller.journal().store().clone(),
+                past,
+                limit,
+                live,
+            ))
+            .keep_alive(KeepAlive::default())
+            .into_response(),
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e),
         };
     }
@@ -481,16 +486,36 @@ async fn read_events(
     .map_err(|e| format!("cannot read the journal: {e}"))
 }
 
+/// The events read back (`past`, a page of `limit`), every later one the
+/// journal holds, page by page, then the live ones: a client that
+/// reconnects with `Last-Event-ID` gets all it missed, however many.
 fn stream(
+    store: Arc<dyn crate::store::Store>,
     past: Vec<Event>,
+    limit: usize,
     live: tokio::sync::broadcast::Receiver<Event>,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     let seen = past.last().map_or(0, |e| e.seq);
-    let state = (past.into_iter(), live, seen);
-    futures_util::stream::unfold(state, |(mut past, mut live, mut seen)| async move {
-        let event = match past.next() {
-            Some(e) => e,
-            None => loop {
+    // A full page: the journal may hold more after it.
+    let more = limit > 0 && past.len() == limit;
+    let state = (past.into_iter(), more, live, seen);
+    futures_util::stream::unfold(state, move |(mut past, mut more, mut live, mut seen)| {
+        let store = store.clone();
+        async move {
+            let event = loop {
+                if let Some(e) = past.next() {
+                    break e;
+                }
+                if more {
+                    // Unreadable now: the stream ends, and the client's
+                    // reconnection (with its Last-Event-ID) tries again.
+                    let page = blocking(&store, move |s| s.events(seen, limit))
+                        .await
+                        .ok()?;
+                    more = page.len() == limit;
+                    past = page.into_iter();
+                    continue;
+                }
                 match live.recv().await {
                     Ok(e) if e.seq > seen => break e,
                     Ok(_) => continue,
@@ -500,18 +525,18 @@ fn stream(
                         let lag = SseEvent::default()
                             .event("lagged")
                             .data(format!("{{\"missed\":{n}}}"));
-                        return Some((Ok(lag), (past, live, seen)));
+                        return Some((Ok(lag), (past, more, live, seen)));
                     }
                     Err(_) => return None,
                 }
-            },
-        };
-        seen = event.seq;
-        let sse = SseEvent::default()
-            .id(event.seq.to_string())
-            .event(serde_json::to_value(event.kind).ok()?.as_str()?)
-            .data(serde_json::to_string(&event).ok()?);
-        Some((Ok(sse), (past, live, seen)))
+            };
+            seen = event.seq;
+            let sse = SseEvent::default()
+                .id(event.seq.to_string())
+                .event(serde_json::to_value(event.kind).ok()?.as_str()?)
+                .data(serde_json::to_string(&event).ok()?);
+            Some((Ok(sse), (past, more, live, seen)))
+        }
     })
 }
 

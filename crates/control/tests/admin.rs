@@ -368,3 +368,41 @@ async fn slow_idle_and_surplus_admin_connections_are_closed() {
     drop(held);
     stop.cancel();
 }
+
+/// A client that reconnects gets every event it missed, not only the
+/// first page of them: the stream reads the journal back page by page
+/// (here, pages of one) before it goes live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_stream_replays_every_missed_event_past_its_page() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = Backend::start("web").await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = controller(dir.path(), backend.addr).await;
+    for v in ["v2", "v3"] {
+        c.apply(change(backend.addr, v)).await;
+    }
+    let last = c.journal().store().last_seq().unwrap();
+    assert!(last >= 3, "{last}");
+    let (addr, stop) = serve(c.clone()).await;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /events?stream=true&limit=1 HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer t\r\nLast-Event-ID: 0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !seen.contains(&format!("id: {last}\n")) {
+        let n = tokio::time::timeout_at(deadline, s.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("not every event came: {seen}"))
+            .unwrap();
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    let ids: Vec<u64> = seen
+        .lines()
+        .filter_map(|l| l.strip_prefix("id: "))
+        .map(|id| id.parse().unwrap())
+        .collect();
+    assert_eq!(ids, (1..=last).collect::<Vec<_>>());
+    stop.cancel();
+}
