@@ -36,6 +36,9 @@ pub struct Target {
 
 pub const DEFAULT_ADMIN: &str = "http://127.0.0.1:9901";
 
+/// A call's error when the API took its request and sent no answer.
+const TIMED_OUT: &str = "timed out after 120 s";
+
 type Step<T> = Result<T, ExitCode>;
 
 /// `println!` for the verbs that talk to the admin API. They keep Rust's
@@ -62,6 +65,9 @@ struct Api {
     token: Option<String>,
     /// For an https:// URL: the roots its certificate must chain to.
     tls: Option<rustls::ClientConfig>,
+    /// Where those roots came from, when not the system's: for the hint
+    /// when the certificate does not verify.
+    ca: Option<PathBuf>,
 }
 
 impl Api {
@@ -73,11 +79,11 @@ impl Api {
             .or(fallback)
             .unwrap_or_else(|| DEFAULT_ADMIN.to_owned());
         let base = base.trim_end_matches('/').to_owned();
+        let ca = target
+            .ca_file
+            .clone()
+            .or_else(|| std::env::var_os("FULCRUM_ADMIN_CA").map(PathBuf::from));
         let tls = if base.starts_with("https://") {
-            let ca = target
-                .ca_file
-                .clone()
-                .or_else(|| std::env::var_os("FULCRUM_ADMIN_CA").map(PathBuf::from));
             Some(client_tls(ca.as_deref()).map_err(usage)?)
         } else if base.starts_with("http://") {
             None
@@ -88,12 +94,25 @@ impl Api {
         };
         let token = match &target.token_file {
             Some(f) => Some(fulcrum_control::token::read_text(f).map_err(usage)?),
-            None => std::env::var(fulcrum_control::token::ENV)
-                .ok()
-                .map(|t| t.trim().to_owned())
-                .filter(|t| !t.is_empty()),
+            None => match std::env::var(fulcrum_control::token::ENV) {
+                Ok(t) if !t.trim().is_empty() => {
+                    fulcrum_control::token::sendable(t.trim()).map_err(|why| {
+                        usage(format!(
+                            "{} holds {why}: set it to the token alone",
+                            fulcrum_control::token::ENV
+                        ))
+                    })?;
+                    Some(t.trim().to_owned())
+                }
+                _ => None,
+            },
         };
-        Ok(Api { base, token, tls })
+        Ok(Api {
+            base,
+            token,
+            tls,
+            ca,
+        })
     }
 
     /// Send a request; `Err` (printed, exit 2) when the API cannot be
@@ -126,7 +145,7 @@ impl Api {
                 Client::builder(TokioExecutor::new()).build(connector);
             let resp = tokio::time::timeout(Duration::from_secs(120), client.request(req))
                 .await
-                .map_err(|_| "timed out after 120 s".to_owned())?
+                .map_err(|_| TIMED_OUT.to_owned())?
                 .map_err(|e| {
                     let mut why = e.to_string();
                     let mut src = std::error::Error::source(&e);
@@ -146,10 +165,23 @@ impl Api {
             Ok::<_, String>((status, body))
         });
         let (status, body) = got.map_err(|e| {
-            let hint = if e.contains("certificate") {
-                "pass --ca-file with the admin API's certificate or the CA that signed it"
-            } else {
-                "is `fulcrum serve` running with an [admin] listen? pass --admin URL"
+            if e == TIMED_OUT {
+                // The request went: a change may still land.
+                return usage(format!(
+                    "the admin API at {} did not answer within 120 s (a change sent may still be applied: `fulcrum status` and `fulcrum history` say)",
+                    self.base
+                ));
+            }
+            let hint = match &self.ca {
+                _ if !e.contains("certificate") => {
+                    "is `fulcrum serve` running with an [admin] listen? pass --admin URL".to_owned()
+                }
+                Some(ca) => format!(
+                    "its certificate does not verify against {}: give the certificate it serves or the CA that signed it, for the URL's host",
+                    ca.display()
+                ),
+                None => "pass --ca-file with the admin API's certificate or the CA that signed it"
+                    .to_owned(),
             };
             usage(format!(
                 "cannot reach the admin API at {}: {e} ({hint})",
@@ -274,8 +306,11 @@ pub struct ApplyOptions<'a> {
 pub fn apply(o: ApplyOptions<'_>) -> ExitCode {
     done((|| {
         let source = crate::read_config(o.file).map_err(usage)?;
-        // The new config's own admin address, when no other is given.
-        let own = fulcrum_config::check(&o.file.display().to_string(), &source)
+        // The new config's own admin address, when no other is given,
+        // checked with the files it names (a TLS certificate, `tests`)
+        // read as `check` reads them: without them it is no config.
+        let env = crate::env::FileEnv::for_config(o.file);
+        let own = fulcrum_config::check_with(&o.file.display().to_string(), &source, &env)
             .snapshot
             .and_then(|s| s.admin)
             .map(|a| {

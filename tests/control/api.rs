@@ -400,6 +400,15 @@ async fn the_admin_api_over_tls_still_wants_the_token() {
         err.contains("certificate") && err.contains("--ca-file"),
         "{err}"
     );
+    // With a certificate that is not the one served, the line says so,
+    // not "pass --ca-file" again.
+    let other = rcgen::generate_simple_self_signed(vec!["admin.example.com".into()]).unwrap();
+    lb.file("other.pem", &other.cert.pem());
+    let out = cli(&["--ca-file", "other.pem"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = super::stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("does not verify against other.pem"), "{err}");
 }
 
 /// examples/alerts.yml pages from metric names and labels: each must be
@@ -464,4 +473,32 @@ async fn every_metric_and_label_the_example_alerts_read_is_served() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
+}
+
+/// Without `--admin`, `apply` sends a config to the admin address it
+/// names, also when it names files (here its `tests`), which the CLI must
+/// read to take it as a config at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_finds_the_admin_api_in_a_config_that_names_files() {
+    let auth = Backend::start("auth").await;
+    let web = Backend::start("web").await;
+    let text = config(&[auth.addr], web.addr, "");
+    let lb = Lb::start(&text);
+    lb.file(
+        "t.toml",
+        "[[rule]]\nname = \"logins go to auth\"\nrequest = \"GET http://app.example.com/auth/login\"\nexpect_pool = \"auth\"\n",
+    );
+    let new = text.replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"{}\"", lb.admin),
+    );
+    assert_ne!(new, text);
+    let path = lb.file("new.toml", &format!("tests = [\"t.toml\"]\n{new}"));
+    let out = super::fulcrum()
+        .arg("apply")
+        .arg(&path)
+        .env("FULCRUM_ADMIN_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }

@@ -107,7 +107,7 @@ pub fn read_text(path: &Path) -> Result<String, String> {
 /// A token no `Authorization` header can carry (a line break, a control
 /// character) would be accepted by `serve` and never match: refused
 /// where it is read, with what is wrong.
-fn sendable(t: &str) -> Result<(), &'static str> {
+pub fn sendable(t: &str) -> Result<(), &'static str> {
     match t.chars().find(|c| c.is_control()) {
         Some('\n' | '\r') => Err("more than one line"),
         Some(_) => Err("a control character"),
