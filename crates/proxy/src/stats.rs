@@ -158,6 +158,11 @@ impl VersionStats {
         let Some(pool) = o.pool.and_then(|p| self.pools.get(p as usize)) else {
             return;
         };
+        // What the client caused (its body, its limits) says nothing of
+        // the backend it was going to, nor of the pool.
+        if o.cause == Some(Cause::Client) {
+            return;
+        }
         match o.backend.and_then(|b| pool.backends.get(b as usize)) {
             Some(b) => {
                 let class = if o.cause.is_some() {
@@ -457,11 +462,23 @@ mod tests {
             cause: Some(Cause::Client),
             ..o
         });
+        // The client's fault, before any backend (a body too slow) or on
+        // the way to one (a body too large): the route's, not the pool's
+        // nor the backend's.
+        for backend in [None, Some(0)] {
+            s.record(&Outcome {
+                backend,
+                status: 413,
+                cause: Some(Cause::Client),
+                ..o
+            });
+        }
         let auth = &s.routes[0];
         assert_eq!(
             (auth.status(401), auth.status(503), auth.requests()),
-            (1, 1, 2)
+            (1, 1, 4)
         );
+        assert_eq!(auth.errors(Cause::Client), 2);
         assert_eq!(auth.errors(Cause::Proxy), 1);
         assert_eq!(s.pools[0].backends[1].class(4), 1);
         assert_eq!(s.pools[0].backends[0].requests(), 0);
