@@ -127,7 +127,7 @@ impl Collector for Scrape {
         }
         out.family(
             "access_log_dropped",
-            "Access-log lines dropped because the writer fell behind.",
+            "Access-log lines lost since start: the writer fell behind, or the log could not be opened or written.",
             MetricType::Counter,
             vec![(Vec::new(), Value::Counter(self.access_log_dropped))],
         )?;

@@ -133,11 +133,11 @@ pub struct AccessLog {
 }
 
 impl AccessLog {
-    /// Starts the writer task for `target`. Must run inside a tokio runtime.
-    pub fn start(target: LogTarget) -> AccessLog {
+    /// Starts the writer task for `target`, counting the lines it loses
+    /// in `dropped`. Must run inside a tokio runtime.
+    pub fn start(target: LogTarget, dropped: Arc<AtomicU64>) -> AccessLog {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let dropped = Arc::new(AtomicU64::new(0));
-        tokio::spawn(write_loop(target.clone(), rx));
+        tokio::spawn(write_loop(target.clone(), rx, dropped.clone()));
         AccessLog {
             target,
             tx,
@@ -149,11 +149,8 @@ impl AccessLog {
         &self.target
     }
 
-    /// Entries lost because the writer fell behind.
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Relaxed)
-    }
-
+    /// Queues `entry`; counted as dropped when the writer has fallen
+    /// behind, or is gone (the log could not be opened).
     pub fn send(&self, entry: Entry) {
         if self.tx.try_send(entry).is_err() {
             self.dropped.fetch_add(1, Relaxed);
@@ -161,7 +158,7 @@ impl AccessLog {
     }
 }
 
-async fn write_loop(target: LogTarget, mut rx: mpsc::Receiver<Entry>) {
+async fn write_loop(target: LogTarget, mut rx: mpsc::Receiver<Entry>, dropped: Arc<AtomicU64>) {
     let out: Box<dyn AsyncWrite + Unpin + Send> = match &target {
         LogTarget::Stdout => Box::new(tokio::io::stdout()),
         LogTarget::File(path) => match tokio::fs::OpenOptions::new()
@@ -173,6 +170,12 @@ async fn write_loop(target: LogTarget, mut rx: mpsc::Receiver<Entry>) {
             Ok(f) => Box::new(f),
             Err(e) => {
                 tracing::error!(path = %path.display(), error = %e, "cannot open the access log; requests will not be logged");
+                // What came meanwhile is lost too; later lines are
+                // counted by `send`.
+                rx.close();
+                while rx.try_recv().is_ok() {
+                    dropped.fetch_add(1, Relaxed);
+                }
                 return;
             }
         },
@@ -186,6 +189,7 @@ async fn write_loop(target: LogTarget, mut rx: mpsc::Receiver<Entry>) {
             line.clear();
             format_entry(&e, &mut line);
             if let Err(err) = out.write_all(&line).await {
+                dropped.fetch_add(1, Relaxed);
                 tracing::error!(error = %err, "access log write failed");
             }
             next = rx.try_recv().ok();

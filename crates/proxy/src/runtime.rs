@@ -106,6 +106,9 @@ struct Registry {
     /// stopped serving.
     stats: Vec<Arc<VersionStats>>,
     recent: Arc<Recent>,
+    /// Access-log lines lost, by every log this process has had: a reload
+    /// to another path must not reset the count.
+    log_dropped: Arc<AtomicU64>,
 }
 
 /// Versions whose statistics are kept.
@@ -344,12 +347,11 @@ impl DataPlane {
         self.counters.values()
     }
 
-    /// Access log entries dropped because the writer fell behind.
+    /// Access-log lines lost since start: the writer fell behind, or the
+    /// log could not be opened or written.
     pub fn access_log_dropped(&self) -> u64 {
-        self.runtime()
-            .access_log
-            .as_ref()
-            .map_or(0, |l| l.dropped())
+        let registry = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
+        registry.log_dropped.load(Relaxed)
     }
 }
 
@@ -564,7 +566,7 @@ fn build(snapshot: Arc<Snapshot>, old: Option<&Runtime>, registry: &mut Registry
         old.and_then(|o| o.access_log.as_ref())
             .filter(|l| *l.target() == cfg.target)
             .cloned()
-            .unwrap_or_else(|| AccessLog::start(cfg.target.clone()))
+            .unwrap_or_else(|| AccessLog::start(cfg.target.clone(), registry.log_dropped.clone()))
     });
     let tls = snapshot
         .listeners

@@ -361,3 +361,40 @@ async fn a_reload_that_changes_a_listener_sends_its_http2_connections_a_goaway()
     assert_eq!(goaway(&mut s).await, Some(0));
     assert_eq!(proxy.plane.counters().client_closed_on_reload, 1);
 }
+
+/// The access log's lost lines are counted since start, whichever log lost
+/// them: a log that cannot be opened counts every line it does not write,
+/// and a reload to another path does not reset the count.
+#[tokio::test]
+async fn lost_access_log_lines_are_counted_across_reloads() {
+    let a = Backend::start("a").await;
+    let dir = std::env::temp_dir().join(format!("fulcrum-lost-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir(&dir).unwrap();
+    let snap = |path: std::path::PathBuf| {
+        SnapshotBuilder::new()
+            .pool(pool("p", &[a.addr]))
+            .catch_all("p")
+            .edit(|s| {
+                s.access_log = Some(AccessLog {
+                    target: LogTarget::File(path),
+                    redact: Vec::new(),
+                    headers: Vec::new(),
+                    cookies: Vec::new(),
+                })
+            })
+            .build()
+    };
+    // A directory cannot be opened as the log.
+    let proxy = TestProxy::start(snap(dir.clone())).await;
+    let c = Client::new(proxy.addr);
+    for _ in 0..3 {
+        c.get("x.test", "/").await;
+    }
+    assert!(eventually(PATIENCE, || proxy.plane.access_log_dropped() == 3).await);
+    proxy.swap(snap(dir.join("access.log")));
+    c.get("x.test", "/").await;
+    assert!(eventually(PATIENCE, || dir.join("access.log").exists()).await);
+    assert_eq!(proxy.plane.access_log_dropped(), 3);
+    let _ = std::fs::remove_dir_all(&dir);
+}
