@@ -265,21 +265,75 @@ impl ResponseBody {
     /// the log is on or the request is sampled for the recent-requests
     /// reservoir.
     fn record(&mut self, end: Instant) {
-        let Some(track) = self.track.take() else {
-            return;
-        };
-        let outcome = track.outcome(end);
-        let rt = track.staged.runtime(track.cohort);
-        rt.stats.record(&outcome);
-        if let Some(log) = self.log.take() {
-            let entry = log.ctx.entry(rt, &outcome, track.attempt.count, self.bytes);
-            if log.sampled {
-                rt.recent.push(entry.clone());
-            }
-            if let Some(sink) = &log.sink {
-                sink.send(entry);
-            }
+        if let Some(track) = self.track.take() {
+            record(track, self.log.take(), self.bytes, end);
         }
+    }
+}
+
+/// Records a request's outcome in its version's statistics, and as an
+/// access-log entry when the log is on or the request is sampled for the
+/// recent-requests reservoir.
+fn record(track: Track, log: Option<Box<LogContext>>, bytes: u64, end: Instant) {
+    let outcome = track.outcome(end);
+    let rt = track.staged.runtime(track.cohort);
+    rt.stats.record(&outcome);
+    if let Some(log) = log {
+        let entry = log.ctx.entry(rt, &outcome, track.attempt.count, bytes);
+        if log.sampled {
+            rt.recent.push(entry.clone());
+        }
+        if let Some(sink) = &log.sink {
+            sink.send(entry);
+        }
+    }
+}
+
+/// A request at the pool, whose client may leave before its response
+/// head (the request is then dropped where it waits): its outcome is
+/// still recorded, as `499` (NGINX's "client closed request"), the
+/// client's doing. Holds the request's log context and last attempt until
+/// [`Abandoned::answered`].
+struct Abandoned<'a> {
+    staged: &'a Arc<Staged>,
+    cohort: Cohort,
+    route: Option<u32>,
+    pool: Option<u32>,
+    start: Instant,
+    attempt: Attempt,
+    log: Option<Box<LogContext>>,
+    answered: bool,
+}
+
+/// What NGINX logs for a client that closed its request before the
+/// response: not a status any response carries.
+pub(crate) const CLIENT_CLOSED: u16 = 499;
+
+impl Abandoned<'_> {
+    /// The response head came: the request's log context and last
+    /// attempt, for its response to record.
+    fn answered(mut self) -> (Option<Box<LogContext>>, Attempt) {
+        self.answered = true;
+        (self.log.take(), self.attempt)
+    }
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        let mut track = Track::new(
+            self.staged.clone(),
+            self.cohort,
+            self.route,
+            self.pool,
+            self.start,
+        );
+        track.attempt = self.attempt;
+        track.status = CLIENT_CLOSED;
+        track.cause = Some(Cause::Client);
+        record(track, self.log.take(), 0, Instant::now());
     }
 }
 
@@ -393,8 +447,10 @@ pub(crate) async fn handle(
     if let Err(e) = screen(&req, &scan, &info.settings.limits) {
         count_refusal(&plane.counters, &e);
         tracing::debug!(%client, error = %e, "request refused");
+        let host = host_of(scan.host, req.uri());
+        let log = request_log(rt, &req, host.as_deref(), &request_id, client);
         let track = Track::new(staged, cohort, None, None, start);
-        return error_response(&e, request_id, conn, track, None, None, None, close);
+        return error_response(&e, request_id, conn, track, log, None, None, close);
     }
     // An HTTP/1.1 Upgrade (WebSocket): the request goes to the backend
     // with its Upgrade header intact.
@@ -417,18 +473,7 @@ pub(crate) async fn handle(
             .and_then(|policy| hash_key(policy, &view, client.ip()))
     });
 
-    let sampled = rt.recent.sample();
-    let log = (rt.access_log.is_some() || sampled).then(|| {
-        log_context(
-            rt.access_log.clone(),
-            sampled,
-            rt,
-            &req,
-            host.as_deref(),
-            &request_id,
-            client,
-        )
-    });
+    let log = request_log(rt, &req, host.as_deref(), &request_id, client);
     drop(host);
     let route = routed.map(|(i, _)| i as u32);
     let pool_index = routed.map(|(_, r)| r.pool as u32);
@@ -465,8 +510,27 @@ pub(crate) async fn handle(
     };
 
     let upgrade = upgrade.is_some().then_some(pool.timeouts.tunnel);
-    let mut attempt = Attempt::default();
-    let result = forward(pool, req, &ctx, &request_id, key, &mut rng, &mut attempt).await;
+    let mut pending = Abandoned {
+        staged: &staged,
+        cohort,
+        route,
+        pool: pool_index,
+        start,
+        attempt: Attempt::default(),
+        log,
+        answered: false,
+    };
+    let result = forward(
+        pool,
+        req,
+        &ctx,
+        &request_id,
+        key,
+        &mut rng,
+        &mut pending.attempt,
+    )
+    .await;
+    let (log, attempt) = pending.answered();
     // Moved, not cloned: the request holds what serves until its response
     // ends, with no second count on the one reference every thread shares.
     let track = Track {
@@ -501,6 +565,29 @@ pub(crate) async fn handle(
             )
         }
     }
+}
+
+/// The request's log context, when the access log is on or the request is
+/// sampled for the recent-requests reservoir.
+fn request_log(
+    rt: &Runtime,
+    req: &Request<RawBody>,
+    host: Option<&str>,
+    request_id: &HeaderValue,
+    client: SocketAddr,
+) -> Option<Box<LogContext>> {
+    let sampled = rt.recent.sample();
+    (rt.access_log.is_some() || sampled).then(|| {
+        log_context(
+            rt.access_log.clone(),
+            sampled,
+            rt,
+            req,
+            host,
+            request_id,
+            client,
+        )
+    })
 }
 
 /// What an access-log entry needs of a request, gathered only when the

@@ -398,3 +398,115 @@ async fn lost_access_log_lines_are_counted_across_reloads() {
     assert_eq!(proxy.plane.access_log_dropped(), 3);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A snapshot of one pool whose access log goes to `path`.
+fn logged(a: std::net::SocketAddr, path: &std::path::Path) -> fulcrum_config::Snapshot {
+    let path = path.to_path_buf();
+    SnapshotBuilder::new()
+        .pool(pool("p", &[a]))
+        .catch_all("p")
+        .listener(|l| l.limits.max_body_bytes = 1000)
+        .edit(|s| {
+            s.access_log = Some(AccessLog {
+                target: LogTarget::File(path),
+                redact: Vec::new(),
+                headers: Vec::new(),
+                cookies: Vec::new(),
+            })
+        })
+        .build()
+}
+
+/// The access log's lines, once it holds `n`.
+async fn log_lines(path: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
+    let read = || std::fs::read_to_string(path).unwrap_or_default();
+    assert!(
+        eventually(PATIENCE, || read().lines().count() >= n).await,
+        "{}",
+        read()
+    );
+    read()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// A client that leaves before its response head (it closes, or resets
+/// its HTTP/2 stream) still leaves its record: `499`, the client's doing,
+/// in its route's series and the access log, and in none of the backend's
+/// (which did nothing wrong). It used to leave none, so requests given up
+/// on a slow backend vanished from the statistics.
+#[tokio::test]
+async fn a_client_that_leaves_before_its_response_is_recorded_as_499() {
+    use crate::edge::{GET_X_TEST, frame, h2c_open};
+    let a = Backend::start("a").await;
+    a.set_mode(Mode::Hang);
+    let path = std::env::temp_dir().join(format!("fulcrum-499-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let proxy = TestProxy::start(logged(a.addr, &path)).await;
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"GET /gone HTTP/1.1\r\nHost: x.test\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(eventually(PATIENCE, || a.hits() == 1).await);
+    drop(s);
+    let mut h2 = h2c_open(proxy.addr).await;
+    h2.write_all(&frame(1, 0x5, 1, &GET_X_TEST)).await.unwrap();
+    assert!(eventually(PATIENCE, || a.hits() == 2).await);
+    // RST_STREAM, CANCEL.
+    h2.write_all(&frame(3, 0, 1, &8u32.to_be_bytes()))
+        .await
+        .unwrap();
+    let lines = log_lines(&path, 2).await;
+    for line in &lines {
+        assert_eq!(line["status"], 499, "{line}");
+        assert_eq!(line["route"], "all", "{line}");
+        assert_eq!(line["backend"], a.addr.to_string(), "{line}");
+        assert_eq!(line["attempts"], 1, "{line}");
+    }
+    let stats = proxy.plane.stats();
+    let stats = stats.last().unwrap();
+    assert_eq!(stats.routes[0].status(499), 2);
+    assert_eq!(stats.pools[0].backends[0].requests(), 0);
+    let _ = std::fs::remove_file(&path);
+}
+
+/// What the request path's screen refuses (a declared body over the
+/// limit, two Host headers) is a request: it has its access-log line, as
+/// config.md says (only what the HTTP/1.1 codec refuses before a request
+/// exists has none).
+#[tokio::test]
+async fn a_request_the_screen_refuses_has_its_access_log_line() {
+    let a = Backend::start("a").await;
+    let path = std::env::temp_dir().join(format!("fulcrum-refused-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let proxy = TestProxy::start(logged(a.addr, &path)).await;
+    for (req, status) in [
+        (
+            "POST /up HTTP/1.1\r\nHost: x.test\r\nContent-Length: 5000\r\n\r\n",
+            "413",
+        ),
+        (
+            "GET /two HTTP/1.1\r\nHost: x.test\r\nHost: y.test\r\n\r\n",
+            "400",
+        ),
+    ] {
+        let got = crate::raw_until_closed(proxy.addr, req.as_bytes())
+            .await
+            .unwrap();
+        let got = String::from_utf8_lossy(&got);
+        assert!(got.starts_with(&format!("HTTP/1.1 {status} ")), "{got}");
+    }
+    let lines = log_lines(&path, 2).await;
+    assert_eq!(
+        (&lines[0]["path"], &lines[0]["status"]),
+        (&"/up".into(), &413.into())
+    );
+    assert_eq!(
+        (&lines[1]["path"], &lines[1]["status"]),
+        (&"/two".into(), &400.into())
+    );
+    assert_eq!(lines[0]["route"], serde_json::Value::Null);
+    assert_eq!(a.hits(), 0);
+    let _ = std::fs::remove_file(&path);
+}
