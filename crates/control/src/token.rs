@@ -79,9 +79,25 @@ impl Token {
     }
 }
 
-/// Read a token file: its content, surrounding whitespace ignored.
+/// Read a token file: its content, surrounding whitespace ignored. A file
+/// others may read is used, with a warning: refusing it would stop a
+/// restart, and the operator may have reasons.
 pub fn read(path: &Path) -> Result<Token, String> {
-    read_text(path).map(|t| Token(t.into_bytes()))
+    let token = read_text(path).map(|t| Token(t.into_bytes()))?;
+    if let Some(mode) = readable_by_others(path) {
+        tracing::warn!(
+            path = %path.display(),
+            "the admin token file has mode {mode:o}: others on this machine can read the token; chmod 600 it"
+        );
+    }
+    Ok(token)
+}
+
+/// The file's mode when its group or others may read it.
+fn readable_by_others(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+    (mode & 0o044 != 0).then_some(mode)
 }
 
 /// [`read`], as text, for a client to send.
@@ -185,6 +201,17 @@ mod tests {
             .err()
             .unwrap();
         assert!(e.contains("control character"), "{e}");
+    }
+
+    #[test]
+    fn a_token_file_others_can_read_is_noticed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t");
+        std::fs::write(&path, "s3cret").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(readable_by_others(&path), Some(0o644));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(readable_by_others(&path), None);
     }
 
     #[test]
