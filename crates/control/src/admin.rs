@@ -367,8 +367,15 @@ async fn rollback(
         Ok(q) => q,
         Err(e) => return error(StatusCode::BAD_REQUEST, &format!("bad query: {e}")),
     };
-    let actor = q.author.unwrap_or_else(|| "api".into());
-    let reason = q.reason.unwrap_or_else(|| "rollback requested".into());
+    // Blank is absent, as for `POST /config`: the journal names someone.
+    let actor = q
+        .author
+        .filter(|a| !a.trim().is_empty())
+        .unwrap_or_else(|| "api".into());
+    let reason = q
+        .reason
+        .filter(|r| !r.trim().is_empty())
+        .unwrap_or_else(|| "rollback requested".into());
     match admin.controller.rollback(q.to, &actor, &reason).await {
         Ok(r) => json(
             StatusCode::OK,
