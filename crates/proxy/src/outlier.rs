@@ -12,9 +12,17 @@ use fulcrum_config::snapshot::Outlier;
 use crate::backend::BackendState;
 
 /// Records the outcome of one attempt on `pool[i]` and ejects it when its
-/// failure streak reaches the threshold. Must run inside a tokio runtime
-/// (the re-admission timer is a task).
-pub(crate) fn record(cfg: &Outlier, pool: &[Arc<BackendState>], i: usize, failed: bool) {
+/// failure streak reaches the threshold. `weights`: the pool's, indexed
+/// like `pool`; a drained backend (weight 0) serves nothing, so it counts
+/// in neither side of `max_ejected_fraction`. Must run inside a tokio
+/// runtime (the re-admission timer is a task).
+pub(crate) fn record(
+    cfg: &Outlier,
+    pool: &[Arc<BackendState>],
+    weights: &[u32],
+    i: usize,
+    failed: bool,
+) {
     let backend = &pool[i];
     if !failed {
         // A success clears both the streak and the ejection multiplier.
@@ -26,17 +34,27 @@ pub(crate) fn record(cfg: &Outlier, pool: &[Arc<BackendState>], i: usize, failed
         }
         return;
     }
-    let streak = backend.streak.fetch_add(1, Relaxed) + 1;
-    if streak < cfg.consecutive_failures || backend.is_ejected() {
+    // Requests sent before its ejection that fail after it say nothing
+    // new: the streak starts again once it is back.
+    if backend.is_ejected() {
         return;
     }
-    let ejected = pool.iter().filter(|b| b.is_ejected()).count();
-    if (ejected + 1) as f64 > cfg.max_ejected_fraction * pool.len() as f64 {
-        tracing::warn!(
-            pool = %backend.pool(), backend = %backend.addr(), streak, ejected,
-            "backend not ejected after {streak} failures in a row: {ejected} of {} already ejected, the max_ejected_fraction {} allows no more",
-            pool.len(), cfg.max_ejected_fraction
-        );
+    let streak = backend.streak.fetch_add(1, Relaxed) + 1;
+    if streak < cfg.consecutive_failures {
+        return;
+    }
+    let serving = || (0..pool.len()).filter(|&b| weights[b] > 0);
+    let ejected = serving().filter(|&b| pool[b].is_ejected()).count();
+    let weighted = serving().count();
+    if (ejected + 1) as f64 > cfg.max_ejected_fraction * weighted as f64 {
+        // Once per streak, not once per failed request.
+        if streak == cfg.consecutive_failures {
+            tracing::warn!(
+                pool = %backend.pool(), backend = %backend.addr(), streak, ejected,
+                "backend not ejected after {streak} failures in a row: {ejected} of the {weighted} backends with a weight already ejected, the max_ejected_fraction {} allows no more",
+                cfg.max_ejected_fraction
+            );
+        }
         return;
     }
     let Some(ejection) = backend.eject() else {
@@ -96,7 +114,7 @@ mod tests {
         let (c, p) = (cfg(), pool(2));
         // Each ejection's timer task must start sleeping before the clock moves.
         let fail = async |n| {
-            (0..n).for_each(|_| record(&c, &p, 0, true));
+            (0..n).for_each(|_| record(&c, &p, &[1; 8], 0, true));
             tokio::task::yield_now().await;
         };
         fail(1).await;
@@ -118,7 +136,7 @@ mod tests {
         advance(25).await;
         assert!(!p[0].is_ejected());
 
-        record(&c, &p, 0, false); // success resets the multiplier
+        record(&c, &p, &[1; 8], 0, false); // success resets the multiplier
         fail(2).await;
         advance(10).await;
         assert!(!p[0].is_ejected());
@@ -128,9 +146,42 @@ mod tests {
     async fn never_more_than_the_max_fraction() {
         let (c, p) = (cfg(), pool(4));
         for i in 0..4 {
-            record(&c, &p, i, true);
-            record(&c, &p, i, true);
+            record(&c, &p, &[1; 4], i, true);
+            record(&c, &p, &[1; 4], i, true);
         }
         assert_eq!(p.iter().filter(|b| b.is_ejected()).count(), 2);
+    }
+
+    /// Two backends serving and two drained (weight 0): half of four
+    /// would let both serving ones go, an outage; half of the two that
+    /// serve lets one.
+    #[tokio::test(start_paused = true)]
+    async fn drained_backends_do_not_count_towards_the_max_fraction() {
+        let (c, p) = (cfg(), pool(4));
+        let weights = [1, 1, 0, 0];
+        for i in 0..2 {
+            record(&c, &p, &weights, i, true);
+            record(&c, &p, &weights, i, true);
+        }
+        assert_eq!(p.iter().filter(|b| b.is_ejected()).count(), 1);
+    }
+
+    /// Failures of requests that were in flight when the backend was
+    /// ejected do not count towards its next ejection.
+    #[tokio::test(start_paused = true)]
+    async fn failures_while_ejected_do_not_carry_over() {
+        let (c, p) = (cfg(), pool(2));
+        for _ in 0..6 {
+            record(&c, &p, &[1; 2], 0, true);
+        }
+        tokio::task::yield_now().await;
+        assert!(p[0].is_ejected());
+        advance(10).await;
+        assert!(!p[0].is_ejected());
+        record(&c, &p, &[1; 2], 0, true);
+        assert!(
+            !p[0].is_ejected(),
+            "one failure after re-admission is not a streak"
+        );
     }
 }

@@ -1223,7 +1223,7 @@ fn judge(
         pool.backends[i].count_failure();
     }
     if let Some(cfg) = &pool.outlier {
-        outlier::record(cfg, &pool.backends, i, failed);
+        outlier::record(cfg, &pool.backends, &pool.weights, i, failed);
     }
 }
 
