@@ -316,13 +316,10 @@ impl Abandoned<'_> {
         self.answered = true;
         (self.log.take(), self.attempt)
     }
-}
 
-impl Drop for Abandoned<'_> {
-    fn drop(&mut self) {
-        if self.answered {
-            return;
-        }
+    /// Records the request as its client left it.
+    #[cold]
+    fn record(&mut self) {
         let mut track = Track::new(
             self.staged.clone(),
             self.cohort,
@@ -334,6 +331,15 @@ impl Drop for Abandoned<'_> {
         track.status = CLIENT_CLOSED;
         track.cause = Some(Cause::Client);
         record(track, self.log.take(), 0, Instant::now());
+    }
+}
+
+impl Drop for Abandoned<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        if !self.answered {
+            self.record();
+        }
     }
 }
 
@@ -444,11 +450,11 @@ pub(crate) async fn handle(
     let request_id = headers::request_id(scan.request_id, &mut rng);
     let close = req.version() <= Version::HTTP_11;
     let version = req.version();
+    let host = host_of(scan.host, req.uri());
+    let log = request_log(rt, &req, host.as_deref(), &request_id, client);
     if let Err(e) = screen(&req, &scan, &info.settings.limits) {
         count_refusal(&plane.counters, &e);
         tracing::debug!(%client, error = %e, "request refused");
-        let host = host_of(scan.host, req.uri());
-        let log = request_log(rt, &req, host.as_deref(), &request_id, client);
         let track = Track::new(staged, cohort, None, None, start);
         return error_response(&e, request_id, conn, track, log, None, None, close);
     }
@@ -458,7 +464,6 @@ pub(crate) async fn handle(
     let host_header = scan.host.cloned();
     let connection = scan.connection;
 
-    let host = host_of(scan.host, req.uri());
     let view = RequestView {
         method: req.method(),
         host: host.as_deref(),
@@ -473,7 +478,6 @@ pub(crate) async fn handle(
             .and_then(|policy| hash_key(policy, &view, client.ip()))
     });
 
-    let log = request_log(rt, &req, host.as_deref(), &request_id, client);
     drop(host);
     let route = routed.map(|(i, _)| i as u32);
     let pool_index = routed.map(|(_, r)| r.pool as u32);

@@ -262,15 +262,23 @@ impl DataPlane {
     /// in progress, as an old config's do after a reload of NGINX or
     /// HAProxy (counted). Catches `generation` up either way. One atomic
     /// load while no config changes, so it can run per request.
+    #[inline]
     pub(crate) fn listener_outdated(
         &self,
         settings: &fulcrum_config::snapshot::Listener,
         generation: &mut u64,
     ) -> bool {
         let now = self.reloads.generation.load(Ordering::Acquire);
-        if now == *generation {
-            return false;
-        }
+        now != *generation && self.listener_changed(settings, generation, now)
+    }
+
+    #[cold]
+    fn listener_changed(
+        &self,
+        settings: &fulcrum_config::snapshot::Listener,
+        generation: &mut u64,
+        now: u64,
+    ) -> bool {
         *generation = now;
         let snapshot = self.snapshot();
         let outdated = snapshot
