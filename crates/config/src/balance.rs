@@ -345,6 +345,12 @@ fn ring_lookup(ring: &[(u64, u32)], h: u64, ok: &impl Fn(usize) -> bool) -> Opti
 #[inline]
 pub fn hash_key(policy: &HashPolicy, req: &RequestView<'_>, client_ip: IpAddr) -> Option<u64> {
     match &policy.key {
+        // The host the request names, on every protocol: HTTP/2 carries
+        // it as `:authority`, with no Host header. As routes match it:
+        // lower-cased, without its port.
+        HashKey::Header(name) if name == http::header::HOST => {
+            req.host.map(|h| xxh3_64(h.as_bytes()))
+        }
         HashKey::Header(name) => req.headers.get(name).map(|v| xxh3_64(v.as_bytes())),
         HashKey::Cookie(name) => cookie(req.headers, name).map(xxh3_64),
         HashKey::ClientIp => Some(match client_ip {

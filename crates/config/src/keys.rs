@@ -38,6 +38,8 @@ impl Snapshot {
         for pool in &self.pools {
             if let Algorithm::Hash(policy) = &pool.algorithm {
                 match &policy.key {
+                    // Hashed as the request's host, which every line has.
+                    HashKey::Header(name) if name == http::header::HOST => {}
                     HashKey::Header(name) => keys.headers.push(name.clone()),
                     HashKey::Cookie(name) => keys.cookies.push(name.clone()),
                     HashKey::ClientIp | HashKey::Path => {}

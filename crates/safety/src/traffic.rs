@@ -275,6 +275,7 @@ impl Recording {
             if let Algorithm::Hash(policy) = &p.algorithm {
                 let reader = format!("pool `{}` (hash key)", p.name);
                 match &policy.key {
+                    HashKey::Header(h) if h == http::header::HOST => note("field", "host", reader),
                     HashKey::Header(h) => note("header", h.as_str(), reader),
                     HashKey::Cookie(c) => note("cookie", c, reader),
                     HashKey::ClientIp => note("field", "client_ip", reader),

@@ -143,3 +143,50 @@ async fn hash_missing_key_policies() {
     // P(all 200 on one backend) = 2^-199.
     assert_eq!(t.len(), 2, "{t:?}");
 }
+
+/// `header:host` hashes the host the request names on every protocol:
+/// HTTP/2 sends it as `:authority`, with no Host header, so every HTTP/2
+/// request used to hash as keyless, all on one backend (incident 4's
+/// skew). Each host lands where it lands over HTTP/1.1.
+#[tokio::test]
+async fn hash_on_host_is_the_same_over_http2() {
+    use crate::edge::{frame, frames_until, h2c_open};
+    use tokio::io::AsyncWriteExt;
+    let mut bs = Vec::new();
+    for n in ["a", "b", "c"] {
+        bs.push(Backend::start(n).await);
+    }
+    let addrs: Vec<_> = bs.iter().map(|b| b.addr).collect();
+    let mut p = pool("p", &addrs);
+    p.algorithm = Algorithm::Hash(HashPolicy {
+        key: HashKey::Header(http::header::HOST),
+        on_missing: MissingKey::HashEmpty,
+    });
+    let proxy = TestProxy::start(SnapshotBuilder::new().pool(p).catch_all("p").build()).await;
+    let h1 = Client::new(proxy.addr);
+    let mut h2 = h2c_open(proxy.addr).await;
+    let hits = || bs.iter().map(|b| b.hits()).collect::<Vec<_>>();
+    let mut owners = std::collections::HashSet::new();
+    for (k, stream) in (0..8u32).zip((1..).step_by(2)) {
+        let host = format!("h{k}.test");
+        let over_h1 = h1.get(&host, "/").await.backend().unwrap().to_owned();
+        // GET http://{host}/: static :method GET, :scheme http, :path /,
+        // and a literal :authority.
+        let mut block = vec![0x82, 0x86, 0x84, 0x41, host.len() as u8];
+        block.extend_from_slice(host.as_bytes());
+        let before = hits();
+        h2.write_all(&frame(1, 0x5, stream, &block)).await.unwrap();
+        frames_until(&mut h2, |kind, id| kind == 1 && id == stream)
+            .await
+            .expect("a response");
+        let after = hits();
+        let over_h2 = (0..3).find(|&i| after[i] > before[i]).unwrap();
+        assert_eq!(
+            ["a", "b", "c"][over_h2],
+            over_h1,
+            "{host}: HTTP/2 went elsewhere"
+        );
+        owners.insert(over_h1);
+    }
+    assert!(owners.len() > 1, "every host on one backend: {owners:?}");
+}
