@@ -141,6 +141,7 @@ pub async fn accept(
         };
         let _ = stream.set_nodelay(true);
         let accepted = Accepted {
+            epoch: Instant::now(),
             client,
             settings: settings.clone(),
             generation,
@@ -169,6 +170,9 @@ enum Protocols {
 
 /// What the accept loop decided for one connection.
 struct Accepted {
+    /// When it was accepted: its header deadline runs from here, through
+    /// a TLS handshake too.
+    epoch: Instant,
     client: SocketAddr,
     /// The listener's settings when the connection was accepted.
     settings: Arc<Listener>,
@@ -213,7 +217,11 @@ async fn tls_connection(
     // The handshake counts against the header deadline: a client that
     // opens TLS slowly is as much a slowloris as one that sends headers
     // slowly.
-    let handshake = tokio::time::timeout(settings.header_timeout, acceptor.accept(stream)).await;
+    let handshake = tokio::time::timeout_at(
+        accepted.epoch + settings.header_timeout,
+        acceptor.accept(stream),
+    )
+    .await;
     let tls = match handshake {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
@@ -282,12 +290,12 @@ async fn http<I>(
     I: Socket + AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let Accepted {
+        epoch,
         client,
         settings,
         generation,
         hold,
     } = accepted;
-    let epoch = Instant::now();
     let info = Arc::new(ConnInfo {
         client,
         client_ip: crate::headers::client_ip_value(client.ip()),

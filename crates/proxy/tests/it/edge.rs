@@ -61,6 +61,17 @@ async fn tls_connect(
     roots: &[CertificateDer<'static>],
     alpn: &[&[u8]],
 ) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    tls_handshake(tcp, sni, roots, alpn).await
+}
+
+/// [`tls_connect`] over a connection already open.
+async fn tls_handshake(
+    tcp: TcpStream,
+    sni: &str,
+    roots: &[CertificateDer<'static>],
+    alpn: &[&[u8]],
+) -> tokio_rustls::client::TlsStream<TcpStream> {
     let mut store = rustls::RootCertStore::empty();
     for r in roots {
         store.add(r.clone()).unwrap();
@@ -74,7 +85,6 @@ async fn tls_connect(
     .with_no_client_auth();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = TcpStream::connect(addr).await.unwrap();
     connector
         .connect(ServerName::try_from(sni.to_owned()).unwrap(), tcp)
         .await
@@ -147,6 +157,42 @@ async fn tls_terminates_and_forwards_with_https_proto() {
     let seen = a.last().unwrap();
     assert_eq!(seen.headers["x-forwarded-proto"], "https");
     assert_eq!(seen.headers["host"], "app.test");
+}
+
+/// `header_timeout` runs from when the connection was accepted, through
+/// the TLS handshake: a client that takes most of it to shake hands does
+/// not get it again for its head (a slowloris over TLS held its
+/// connection for up to twice the timeout).
+#[tokio::test]
+async fn the_header_deadline_of_a_tls_connection_counts_its_handshake() {
+    let a = Backend::start("a").await;
+    let (cert, der) = certificate(&["app.test"]);
+    let proxy = TestProxy::start(
+        SnapshotBuilder::new()
+            .pool(pool("p", &[a.addr]))
+            .catch_all("p")
+            .listener_timeouts(Duration::from_millis(400), Duration::from_secs(60))
+            .listener(|l| l.tls = Some(tls_of(vec![cert])))
+            .build(),
+    )
+    .await;
+    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let mut s = tls_handshake(tcp, "app.test", &[der], &[b"http/1.1"]).await;
+    // Past the deadline counted from the accept, within one counted from
+    // the handshake.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let _ = s
+        .write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .await;
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(PATIENCE, s.read_to_end(&mut got)).await;
+    let got = String::from_utf8_lossy(&got);
+    assert!(
+        !got.contains(" 200 "),
+        "served past its header deadline: {got}"
+    );
+    assert_eq!(a.hits(), 0);
 }
 
 #[tokio::test]
