@@ -320,3 +320,39 @@ async fn the_impact_step_says_which_headers_the_recent_requests_did_not_record()
     let warnings = report["warnings"].to_string();
     assert!(warnings.contains("x-beta"), "{report:#}");
 }
+
+/// A backend that pre-flight finds down, added to a pool with a health
+/// check, starts down: its checks bring it in once it passes, as the
+/// warning says. It used to start up and take its share of requests until
+/// its checks failed enough times (and the 5xx it answered were the
+/// change's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_preflight_found_down_takes_no_request_until_its_checks_pass() {
+    let up = Backend::start("up").await;
+    // Its health check fails; requests it would serve.
+    let unchecked = Backend::start("unchecked").await;
+    unchecked.fail_health(true);
+    let web = Backend::start("web").await;
+    let lb = Lb::start(&config(&[up.addr], web.addr, ""));
+    let file = lb.file(
+        "new.toml",
+        &config(&[up.addr, unchecked.addr], web.addr, ""),
+    );
+    let out = lb.cli_ok(&["apply", file.to_str().unwrap()]);
+    assert!(
+        stdout(&out).contains("its health checks keep it out until it passes"),
+        "{}",
+        stdout(&out)
+    );
+    for _ in 0..20 {
+        assert_eq!(lb.get("/auth/login").await, (200, "up".to_owned()));
+    }
+    assert_eq!(unchecked.hits(), 0);
+    // Once its checks pass, it takes its share.
+    unchecked.fail_health(false);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while unchecked.hits() == 0 {
+        assert!(std::time::Instant::now() < deadline, "never joined");
+        lb.get("/auth/login").await;
+    }
+}

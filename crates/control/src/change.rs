@@ -67,6 +67,14 @@ pub struct CanaryView {
     pub bake: Duration,
 }
 
+/// How a canary is staged: its share of clients, its bake, and the
+/// backends pre-flight found down.
+struct Staging<'a> {
+    fraction: f64,
+    bake: Duration,
+    down: &'a [(Arc<str>, std::net::SocketAddr)],
+}
+
 /// One change, as the admin API or SIGHUP asks for it.
 #[derive(Debug, Clone)]
 pub struct ChangeRequest {
@@ -250,10 +258,16 @@ impl Controller {
         };
         let number = serving.meta.number;
         report.version = Some(serving.meta.clone());
+        // Found down by pre-flight: their health checks bring them in.
+        let down = report.probes.as_ref().map(|p| p.down()).unwrap_or_default();
         match (req.canary, bound) {
             (Some(fraction), _) => {
-                self.stage(&mut state, serving, fraction, req.bake, &req.author)
-                    .await;
+                let staging = Staging {
+                    fraction,
+                    bake: req.bake,
+                    down: &down,
+                };
+                self.stage(&mut state, serving, staging, &req.author).await;
                 report.outcome = Outcome::Staged;
                 report.step(
                     "canary",
@@ -266,7 +280,7 @@ impl Controller {
                 );
             }
             (None, Some(bound)) => {
-                state.writer.swap((*serving.snapshot).clone());
+                state.writer.swap_probed((*serving.snapshot).clone(), &down);
                 state
                     .listeners
                     .commit(&serving.snapshot, bound, &self.plane);
@@ -491,17 +505,23 @@ impl Controller {
             .await;
     }
 
-    /// Serve `serving` to `fraction` of clients, and promote it when the
-    /// bake time is over.
+    /// Serve `serving` to `staging.fraction` of clients, and promote it
+    /// when the bake time is over.
     async fn stage(
         self: &Arc<Self>,
         state: &mut State,
         serving: Serving,
-        fraction: f64,
-        bake: Duration,
+        staging: Staging<'_>,
         actor: &str,
     ) {
-        state.writer.stage((*serving.snapshot).clone(), fraction);
+        let Staging {
+            fraction,
+            bake,
+            down,
+        } = staging;
+        state
+            .writer
+            .stage_probed((*serving.snapshot).clone(), fraction, down);
         let number = serving.meta.number;
         let before = self.view();
         self.view.store(Arc::new(View {

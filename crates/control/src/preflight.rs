@@ -65,6 +65,18 @@ pub enum CheckKind {
     Rule,
 }
 
+impl ProbeReport {
+    /// The backends found down (their connect or health request failed),
+    /// by pool name and address.
+    pub fn down(&self) -> Vec<(Arc<str>, SocketAddr)> {
+        self.backends
+            .iter()
+            .filter(|b| b.down().is_some())
+            .map(|b| (Arc::from(b.pool.as_str()), b.addr))
+            .collect()
+    }
+}
+
 impl BackendProbe {
     pub fn passed(&self) -> bool {
         self.checks.iter().all(|c| c.error.is_none())

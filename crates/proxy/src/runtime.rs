@@ -233,7 +233,7 @@ impl DataPlane {
     pub fn new(snapshot: Snapshot) -> (Arc<DataPlane>, Writer) {
         let mut registry = Registry::default();
         let health_client = health::client();
-        let runtime = build(Arc::new(snapshot), None, &mut registry);
+        let runtime = build(Arc::new(snapshot), None, &mut registry, &[]);
         prune(&mut registry, &[&runtime], &health_client);
         let plane = Arc::new(DataPlane {
             current: ArcSwap::from_pointee(Staged {
@@ -374,12 +374,21 @@ impl Writer {
     /// counters; in-flight requests finish on the snapshot they started
     /// with.
     pub fn swap(&self, snapshot: Snapshot) {
+        self.swap_probed(snapshot, &[]);
+    }
+
+    /// [`Writer::swap`], where the backends in `down` (pool name and
+    /// address) were just found down: those new to the data plane in a
+    /// pool with a health check start down, and join once their checks
+    /// pass, rather than take requests until the first checks fail.
+    pub fn swap_probed(&self, snapshot: Snapshot, down: &[(Arc<str>, SocketAddr)]) {
         note_same_label(&self.plane.snapshot(), &snapshot);
         self.serve_alone(|old, registry| {
             Some(Arc::new(build(
                 Arc::new(snapshot),
                 Some(&old.stable),
                 registry,
+                down,
             )))
         });
         let s = self.plane.snapshot();
@@ -417,6 +426,12 @@ impl Writer {
     /// config's check runs until the canary is promoted, so a canary
     /// cannot take a backend down for everyone.
     pub fn stage(&self, snapshot: Snapshot, fraction: f64) {
+        self.stage_probed(snapshot, fraction, &[]);
+    }
+
+    /// [`Writer::stage`], with the backends just found down, as for
+    /// [`Writer::swap_probed`].
+    pub fn stage_probed(&self, snapshot: Snapshot, fraction: f64, down: &[(Arc<str>, SocketAddr)]) {
         let plane = &*self.plane;
         let mut registry = plane
             .registry
@@ -424,7 +439,7 @@ impl Writer {
             .unwrap_or_else(PoisonError::into_inner);
         let old = plane.current.load_full();
         note_same_label(&old.stable.snapshot, &snapshot);
-        let runtime = build(Arc::new(snapshot), Some(&old.stable), &mut registry);
+        let runtime = build(Arc::new(snapshot), Some(&old.stable), &mut registry, down);
         prune(
             &mut registry,
             &[&old.stable, &runtime],
@@ -492,8 +507,14 @@ impl Drop for DataPlane {
 
 /// Compiles `snapshot` into a runtime, reusing state from `registry` and
 /// clients and the access log from `old`. What no runtime uses any more is
-/// left to [`prune`].
-fn build(snapshot: Arc<Snapshot>, old: Option<&Runtime>, registry: &mut Registry) -> Runtime {
+/// left to [`prune`]. A backend new to the registry starts healthy, unless
+/// it is in `down` and its pool has a health check to bring it up.
+fn build(
+    snapshot: Arc<Snapshot>,
+    old: Option<&Runtime>,
+    registry: &mut Registry,
+    down: &[BackendKey],
+) -> Runtime {
     let pools = snapshot
         .pools
         .iter()
@@ -502,10 +523,16 @@ fn build(snapshot: Arc<Snapshot>, old: Option<&Runtime>, registry: &mut Registry
                 .backends
                 .iter()
                 .map(|b| {
+                    let key = (pool.name.clone(), b.addr);
+                    let starts_down = pool.health.is_some() && down.contains(&key);
                     registry
                         .backends
-                        .entry((pool.name.clone(), b.addr))
-                        .or_insert_with(|| Arc::new(BackendState::new(pool.name.clone(), b.addr)))
+                        .entry(key)
+                        .or_insert_with(|| {
+                            let state = BackendState::new(pool.name.clone(), b.addr);
+                            state.set_healthy(!starts_down);
+                            Arc::new(state)
+                        })
                         .clone()
                 })
                 .collect();
