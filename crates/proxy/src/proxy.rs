@@ -426,14 +426,6 @@ impl Drop for RetryGauge {
     }
 }
 
-/// GET, HEAD, OPTIONS, PUT, DELETE, TRACE: safe to send twice.
-fn idempotent(m: &Method) -> bool {
-    matches!(
-        *m,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    )
-}
-
 /// Serves one request. Never fails: every error becomes a response.
 pub(crate) async fn handle(
     plane: &DataPlane,
@@ -951,7 +943,7 @@ async fn forward(
     let (parts, body) = req.into_parts();
     let mut out = Outbound::new(parts, pool, ctx, request_id);
     let mut body = buffered(body, ctx).await?;
-    let idempotent = idempotent(&out.parts.method);
+    let idempotent = h1::idempotent(&out.parts.method);
     let mut tried = [usize::MAX; Retries::MAX_ATTEMPTS as usize + 1];
     let max_attempts = (pool.retries.attempts as usize + 1).min(tried.len());
     let mut last_err = None;

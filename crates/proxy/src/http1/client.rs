@@ -116,8 +116,11 @@ impl H1Backend {
         let (mut upload, asked) = encode(&head, body);
         let now = Instant::now();
         let mut start = now;
+        // Sent again once, on a new connection (below).
+        let mut resent = false;
         loop {
-            let (mut conn, pooled) = match self.checkout(now) {
+            let idle = if resent { None } else { self.checkout(now) };
+            let (mut conn, pooled) = match idle {
                 Some((io, timer)) => (BackendConn::new(io, timer), true),
                 None => {
                     let io = Box::pin(self.connect()).await?;
@@ -144,6 +147,24 @@ impl H1Backend {
                 Some(Ok(head)) => return Ok(self.respond(conn, head, upload)),
                 Some(Err(Error::Io(_) | Error::Closed)) if pooled && !upload.wrote => {
                     upload.broken = None;
+                    continue;
+                }
+                // The backend closed the pooled connection as the request
+                // went out (its keep-alive timeout), and no byte of a
+                // response came: an idempotent request held whole in
+                // `out` goes again, once, on a new connection (RFC 9112
+                // §9.3.1). Another may have been acted on.
+                Some(Err(Error::Io(_) | Error::Closed))
+                    if pooled
+                        && !resent
+                        && conn.buf.is_empty()
+                        && upload.stream.is_none()
+                        && idempotent(head.method) =>
+                {
+                    upload.pos = 0;
+                    upload.wrote = false;
+                    upload.broken = None;
+                    resent = true;
                     continue;
                 }
                 Some(Err(e)) => return Err(H1Error::Send(e)),
@@ -273,6 +294,15 @@ pub(crate) struct Outgoing<'a> {
     /// Headers the Connection header may not name away (Host, and what
     /// routing read).
     pub kept: &'a [http::HeaderName],
+}
+
+/// GET, HEAD, OPTIONS, PUT, DELETE, TRACE: safe to send twice (RFC 9110
+/// §9.2.2).
+pub(crate) fn idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
 }
 
 /// Encodes the request head, and a buffered body after it, into one

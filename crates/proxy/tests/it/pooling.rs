@@ -29,6 +29,9 @@ enum Shape {
     FirstHalfBody,
     /// Keep-alive, each response 100 ms late, so requests overlap.
     Slow,
+    /// Answer a connection's first request, then close it as its second
+    /// arrives: a keep-alive timeout that fires as the request goes out.
+    DropSecond,
 }
 
 struct CountingBackend {
@@ -73,9 +76,14 @@ impl CountingBackend {
 async fn serve(mut s: TcpStream, body: &[u8], shape: Shape) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
+    let mut served = 0;
     loop {
         while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             buf.drain(..end + 4);
+            if shape == Shape::DropSecond && served == 1 {
+                return;
+            }
+            served += 1;
             if shape == Shape::Slow {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -249,4 +257,24 @@ async fn a_backend_answering_before_the_body_is_sent_is_heard() {
         )
         .await;
     assert_eq!((r.status, r.body.as_str()), (413, "early"));
+}
+
+/// A backend that closes a pooled connection just as a request goes out
+/// on it (its keep-alive timeout racing the request): no byte of a
+/// response came, so an idempotent request is sent again on a new
+/// connection, and succeeds (RFC 9112 §9.3.1). A POST is not: the backend
+/// may have acted on it, and it gets 502.
+#[tokio::test]
+async fn a_pooled_connection_closed_as_the_request_goes_out_is_retried_once_if_idempotent() {
+    let b = CountingBackend::start(b"ok", Shape::DropSecond).await;
+    let proxy = TestProxy::serving(pool("p", &[b.addr])).await;
+    let client = Client::new(proxy.addr);
+    assert_eq!(client.get("x.test", "/").await.status, 200);
+    let r = client.get("x.test", "/").await;
+    assert_eq!((r.status, r.body.as_str()), (200, "ok"));
+    assert_eq!(b.accepted.load(SeqCst), 2);
+    let r = client
+        .send(client.request(http::Method::POST, "x.test", "/"), "x")
+        .await;
+    assert_eq!(r.status, 502, "{}", r.body);
 }
