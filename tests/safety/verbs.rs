@@ -354,7 +354,7 @@ fn diff_human_names_the_change() {
 /// what a change touched): a pool's protocol, a route's outcome signal,
 /// the access log and the guard's own settings.
 #[test]
-fn diff_names_protocol_failure_statuses_access_log_and_guard_changes() {
+fn diff_names_protocol_failure_statuses_access_log_guard_and_listener_changes() {
     let old = std::fs::read_to_string(fixture("healthy.toml")).unwrap();
     // The same log file, named from elsewhere: a relative path is its
     // config's directory's.
@@ -373,7 +373,11 @@ fn diff_names_protocol_failure_statuses_access_log_and_guard_changes() {
             "algorithm = \"least_request\"",
             "algorithm = \"least_request\"\nprotocol = \"h2\"",
         )
-        .replace("[admin]", "[guard]\nwindow = \"30s\"\n\n[admin]");
+        .replace("[admin]", "[guard]\nwindow = \"30s\"\n\n[admin]")
+        .replace(
+            "bind = \"127.0.0.1:8080\"\n",
+            "bind = \"127.0.0.1:8080\"\nheader_timeout = \"5s\"\nlimits = { max_body_bytes = 1024 }\n",
+        );
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("new.toml");
     std::fs::write(&path, &new).unwrap();
@@ -385,6 +389,8 @@ fn diff_names_protocol_failure_statuses_access_log_and_guard_changes() {
         "~ pool auth protocol: http1 → h2",
         "~ access_log access_log settings: headers x-user → headers x-user x-tenant",
         "~ guard guard settings: window 10s → window 30s",
+        "~ listener public timeouts: header_timeout 10s → header_timeout 5s",
+        "~ listener public limits: max_body_bytes 10485760 → max_body_bytes 1024",
     ] {
         assert!(text.contains(line), "{line} missing from:\n{text}");
     }

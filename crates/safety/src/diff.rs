@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use fulcrum_config::Snapshot;
 use fulcrum_config::snapshot::{
-    Algorithm, HashKey, HeaderValueMatch, HostMatch, LogTarget, PathMatch, Pool, Protocol, Route,
-    RouteMatch,
+    Algorithm, HashKey, HeaderValueMatch, HostMatch, Http2, Limits, Listener, LogTarget, PathMatch,
+    Pool, Protocol, Route, RouteMatch, Tls, TlsVersion,
 };
 use fulcrum_config::standards::TrafficSpec;
 use serde::Serialize;
@@ -370,15 +370,7 @@ fn listener_changes(old: &Snapshot, new: &Snapshot) -> Vec<Change> {
                 Some(l.bind.to_string()),
                 None,
             )),
-            Some(n) if n != l => out.push(change(
-                "listener",
-                "changed",
-                &l.name,
-                Some("bind"),
-                Some(format!("{:?}", l)),
-                Some(format!("{:?}", n)),
-            )),
-            Some(_) => {}
+            Some(n) => out.extend(listener_setting_changes(l, n)),
         }
     }
     for l in &new.listeners {
@@ -394,6 +386,112 @@ fn listener_changes(old: &Snapshot, new: &Snapshot) -> Vec<Change> {
         }
     }
     out
+}
+
+/// Each setting of a kept listener that differs, showing only the keys
+/// that differ: a certificate renewal reads as its new expiry.
+fn listener_setting_changes(l: &Listener, n: &Listener) -> Vec<Change> {
+    let mut out = Vec::new();
+    for (f, a, b) in [
+        (
+            "bind",
+            vec![("bind", l.bind.to_string())],
+            vec![("bind", n.bind.to_string())],
+        ),
+        ("timeouts", listener_timeouts(l), listener_timeouts(n)),
+        ("limits", limits(&l.limits), limits(&n.limits)),
+        ("http2", http2(&l.http2), http2(&n.http2)),
+        ("tls", tls(l.tls.as_ref()), tls(n.tls.as_ref())),
+    ] {
+        if a != b {
+            let (a, b) = if f == "bind" {
+                (a[0].1.clone(), b[0].1.clone())
+            } else {
+                changed_keys(&a, &b)
+            };
+            out.push(change(
+                "listener",
+                "changed",
+                &l.name,
+                Some(f),
+                Some(a),
+                Some(b),
+            ));
+        }
+    }
+    out
+}
+
+fn listener_timeouts(l: &Listener) -> Settings {
+    vec![
+        ("header_timeout", dur(l.header_timeout)),
+        ("idle_timeout", dur(l.idle_timeout)),
+        ("body_timeout", dur(l.body_timeout)),
+        ("min_body_rate", l.min_body_rate.to_string()),
+        ("send_timeout", dur(l.send_timeout)),
+    ]
+}
+
+fn limits(l: &Limits) -> Settings {
+    vec![
+        ("max_header_bytes", l.max_header_bytes.to_string()),
+        ("max_headers", l.max_headers.to_string()),
+        ("max_uri_bytes", l.max_uri_bytes.to_string()),
+        ("max_body_bytes", l.max_body_bytes.to_string()),
+        ("max_connections", l.max_connections.to_string()),
+    ]
+}
+
+fn http2(h: &Http2) -> Settings {
+    vec![
+        ("enabled", h.enabled.to_string()),
+        ("only", h.only.to_string()),
+        (
+            "max_concurrent_streams",
+            h.max_concurrent_streams.to_string(),
+        ),
+        (
+            "max_pending_reset_streams",
+            h.max_pending_reset_streams.to_string(),
+        ),
+        (
+            "max_local_error_reset_streams",
+            h.max_local_error_reset_streams.to_string(),
+        ),
+        ("keep_alive_interval", dur(h.keep_alive_interval)),
+        ("keep_alive_timeout", dur(h.keep_alive_timeout)),
+    ]
+}
+
+/// Each certificate as its file, names and expiry (a renewal from the
+/// same file shows as a later expiry), and the minimum version.
+fn tls(t: Option<&Tls>) -> Settings {
+    let Some(t) = t else {
+        return vec![("tls", "none".to_owned())];
+    };
+    let certificates = t
+        .certificates
+        .iter()
+        .map(|c| {
+            let until = std::time::UNIX_EPOCH
+                + Duration::from_secs(u64::try_from(c.not_after).unwrap_or(0));
+            format!(
+                "{} ({}, until {})",
+                c.cert_path,
+                c.dns_names.join(" "),
+                humantime::format_rfc3339_seconds(until)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    let min_version = match t.min_version {
+        TlsVersion::Tls12 => "1.2",
+        TlsVersion::Tls13 => "1.3",
+    };
+    vec![
+        ("certificates", certificates),
+        ("min_version", min_version.to_owned()),
+    ]
 }
 
 /// The access log's and the guard's settings, each as one change listing
