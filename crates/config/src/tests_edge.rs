@@ -31,11 +31,20 @@ impl Environment for Env {
 /// A self-signed certificate for `names` valid until `not_after` (y, m, d),
 /// as (cert PEM, key PEM).
 fn cert(names: &[&str], not_after: (i32, u8, u8)) -> (String, String) {
+    cert_from(names, (2025, 1, 1), not_after)
+}
+
+/// [`cert`], valid from `not_before`.
+fn cert_from(
+    names: &[&str],
+    not_before: (i32, u8, u8),
+    not_after: (i32, u8, u8),
+) -> (String, String) {
     let key = rcgen::KeyPair::generate().unwrap();
     let mut params =
         rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
             .unwrap();
-    params.not_before = rcgen::date_time_ymd(2025, 1, 1);
+    params.not_before = rcgen::date_time_ymd(not_before.0, not_before.1, not_before.2);
     params.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
     let c = params.self_signed(&key).unwrap();
     (c.pem(), key.serialize_pem())
@@ -186,6 +195,32 @@ fn expiring_within_14_days_warns_and_expired_is_refused() {
     assert_eq!(
         codes_with(&src, &env(&[("cert.pem", &c), ("key.pem", &k)])),
         vec!["tls-expired"]
+    );
+}
+
+/// Every client would refuse a certificate whose validity has not begun
+/// (a clock wrong where it was issued, or the renewal's date mistyped).
+#[test]
+fn a_certificate_not_valid_yet_is_refused() {
+    let src = with_listener(r#"tls = { cert = "cert.pem", key = "key.pem" }"#);
+    let (c, k) = cert_from(&["a.test"], (2030, 6, 1), (2031, 1, 1));
+    let checked = check_with(
+        "fulcrum.toml",
+        &src,
+        &env(&[("cert.pem", &c), ("key.pem", &k)]),
+    );
+    assert_eq!(
+        checked
+            .diagnostics
+            .iter()
+            .map(|d| d.code)
+            .collect::<Vec<_>>(),
+        vec!["tls-not-yet-valid"]
+    );
+    assert!(
+        checked.diagnostics[0].message.contains("2030-06-01"),
+        "{}",
+        checked.diagnostics[0].message
     );
 }
 

@@ -180,6 +180,7 @@ fn certificate(
         }
     };
     let not_after = parsed.validity().not_after.timestamp();
+    let not_before = parsed.validity().not_before.timestamp();
     let mut dns_names: Vec<String> = Vec::new();
     if let Ok(Some(san)) = parsed.subject_alternative_name() {
         for name in &san.value.general_names {
@@ -229,6 +230,20 @@ fn certificate(
     };
 
     let now = env.now_unix();
+    if not_before > now {
+        d.error(
+            "tls-not-yet-valid",
+            Some(cert.span()),
+            format!("{kp}.cert"),
+            format!(
+                "certificate `{}` is not valid until {}",
+                cert.get_ref(),
+                format_unix(not_before)
+            ),
+        )
+        .hint("use the certificate valid now (or check this machine's clock); every client would refuse this one");
+        return None;
+    }
     let left = not_after - now;
     let expires = format_unix(not_after);
     if left <= 0 {
