@@ -851,6 +851,18 @@ fn out_of_range() {
     ] {
         only(&format!("{BASE}{extra}\n"), "out-of-range");
     }
+    // Both written, beside a key of another shape: still reported, with
+    // the other error, not only once that one is fixed.
+    let src = format!(
+        "{BASE}outlier = {{ base_ejection = \"60s\", max_ejection = \"10s\" }}\nbalance = \"x\"\n"
+    );
+    let codes: Vec<_> = check("t.toml", &src)
+        .diagnostics
+        .iter()
+        .map(|d| d.code)
+        .collect();
+    assert!(codes.contains(&"out-of-range"), "{codes:?}");
+    assert!(codes.len() >= 2, "{codes:?}");
 }
 
 // --- several problems at once ---

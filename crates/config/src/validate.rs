@@ -1523,7 +1523,10 @@ impl Validator<'_, '_> {
             0.5,
         );
         let (base, max) = (base?, max?);
-        if max < base && !self.partial {
+        // Both written: no default stands in for either, so the check
+        // holds even when another key of the pool is broken.
+        let both = raw.is_some_and(|r| r.base_ejection.is_some() && r.max_ejection.is_some());
+        if max < base && (!self.partial || both) {
             let span = raw.and_then(|r| r.max_ejection.as_ref().or(r.base_ejection.as_ref()));
             self.d
                 .error(
