@@ -26,6 +26,19 @@ pub trait PoolView {
     /// Up by active health and not ejected.
     fn healthy(&self, i: usize) -> bool;
     fn in_flight(&self, i: usize) -> u64;
+    /// The share of its weight the backend takes now, above 0 and at most
+    /// 1: below 1 while it warms up (`slow_start`).
+    fn warmth(&self, _i: usize) -> f64 {
+        1.0
+    }
+}
+
+/// Whether a draw that landed on a backend of `warmth` keeps it: always
+/// once warm, else with that probability, so a warming backend takes that
+/// share of its weight and the rest goes to the others by theirs.
+#[inline]
+fn keeps(warmth: f64, rng: &mut Rng) -> bool {
+    warmth >= 1.0 || rng.f64() < warmth
 }
 
 /// The chosen backend, and whether the pool was in panic mode for this pick.
@@ -190,7 +203,7 @@ impl Balancer {
                 let mut found = None;
                 for _ in 0..MAX_DRAWS.min(schedule.len()) {
                     let i = schedule[next.fetch_add(1, Relaxed) % schedule.len()] as usize;
-                    if ok(i) {
+                    if ok(i) && keeps(view.warmth(i), rng) {
                         found = Some(i);
                         break;
                     }
@@ -202,10 +215,10 @@ impl Balancer {
                         .find(|&i| ok(i))
                 })
             }
-            Kind::Random => self.weighted_random(&ok, rng),
+            Kind::Random => self.weighted_random(view, &ok, rng),
             Kind::LeastRequest => {
-                let a = self.weighted_random(&ok, rng)?;
-                let b = self.weighted_random(&ok, rng)?;
+                let a = self.weighted_random(view, &ok, rng)?;
+                let b = self.weighted_random(view, &ok, rng)?;
                 // Lower in_flight / weight wins; cross-multiplied to stay in integers.
                 let load = |x: usize, y: usize| view.in_flight(x) as u128 * view.weight(y) as u128;
                 Some(if load(b, a) < load(a, b) { b } else { a })
@@ -214,7 +227,7 @@ impl Balancer {
                 Some(h) => ring_lookup(ring, h, &ok),
                 None => match policy.on_missing {
                     MissingKey::HashEmpty => ring_lookup(ring, xxh3_64(b""), &ok),
-                    MissingKey::Random => self.weighted_random(&ok, rng),
+                    MissingKey::Random => self.weighted_random(view, &ok, rng),
                 },
             },
             Kind::First => (0..view.len()).find(|&i| ok(i)),
@@ -223,9 +236,14 @@ impl Balancer {
     }
 
     /// A weighted random backend among those `ok` accepts: rejection
-    /// sampling first (exact, and one draw when all are up), then an exact
-    /// linear draw over the acceptable ones.
-    fn weighted_random(&self, ok: &impl Fn(usize) -> bool, rng: &mut Rng) -> Option<usize> {
+    /// sampling first (exact, warmth included, and one draw when all are
+    /// up and warm), then an exact linear draw over the acceptable ones.
+    fn weighted_random(
+        &self,
+        view: &impl PoolView,
+        ok: &impl Fn(usize) -> bool,
+        rng: &mut Rng,
+    ) -> Option<usize> {
         let total = *self.cumulative.last()?;
         if total == 0 {
             return None;
@@ -234,7 +252,7 @@ impl Balancer {
             let r = rng.u64(0..total);
             // First index whose cumulative weight exceeds r.
             let i = self.cumulative.partition_point(|&c| c <= r);
-            if ok(i) {
+            if ok(i) && keeps(view.warmth(i), rng) {
                 return Some(i);
             }
         }
@@ -384,6 +402,7 @@ mod tests {
         weights: Vec<u32>,
         healthy: Vec<bool>,
         in_flight: Vec<u64>,
+        warmth: Vec<f64>,
     }
     impl View {
         fn new(weights: &[u32]) -> View {
@@ -391,6 +410,7 @@ mod tests {
                 weights: weights.to_vec(),
                 healthy: vec![true; weights.len()],
                 in_flight: vec![0; weights.len()],
+                warmth: vec![1.0; weights.len()],
             }
         }
     }
@@ -406,6 +426,30 @@ mod tests {
         }
         fn in_flight(&self, i: usize) -> u64 {
             self.in_flight[i]
+        }
+        fn warmth(&self, i: usize) -> f64 {
+            self.warmth[i]
+        }
+    }
+
+    /// A backend warming at 0.25 takes a quarter of its weight's share,
+    /// and the others take the rest by theirs, whichever algorithm weighs
+    /// its picks.
+    #[test]
+    fn a_warming_backend_takes_its_warmth_of_its_share() {
+        for algorithm in [
+            Algorithm::RoundRobin,
+            Algorithm::Random,
+            Algorithm::LeastRequest,
+        ] {
+            let b = Balancer::new(&pool(algorithm.clone(), &[1, 1, 1]));
+            let mut v = View::new(&[1, 1, 1]);
+            v.warmth[0] = 0.25;
+            let mut rng = Rng::with_seed(7);
+            let t = tally(&picks(&b, &v, 9000, &mut rng), 3);
+            // 0.25 : 1 : 1 → 1000 : 4000 : 4000.
+            assert!((800..1200).contains(&t[0]), "{algorithm:?}: {t:?}");
+            assert!((3600..4400).contains(&t[1]), "{algorithm:?}: {t:?}");
         }
     }
 
@@ -425,6 +469,7 @@ mod tests {
             health: None,
             outlier: None,
             panic_threshold: 0.0,
+            slow_start: None,
             idle_per_backend: Pool::DEFAULT_IDLE_PER_BACKEND,
             timeouts: Timeouts {
                 connect: Duration::from_secs(1),

@@ -154,6 +154,7 @@ pub(crate) struct RawPool {
     pub health: Option<Spanned<RawHealth>>,
     pub outlier: Option<Spanned<RawOutlier>>,
     pub panic_threshold: Option<Spanned<f64>>,
+    pub slow_start: Option<Spanned<String>>,
     pub idle_per_backend: Option<Spanned<i64>>,
     pub timeouts: Option<Spanned<RawTimeouts>>,
     pub retries: Option<Spanned<RawRetries>>,

@@ -116,6 +116,7 @@ pub fn config_schema() -> Value {
                 "enabled": { "type": "boolean" }
             }), &[]),
             "panic_threshold": { "type": "number", "minimum": 0, "maximum": 1 },
+            "slow_start": duration("A backend that comes back or is added ramps up to its weight over this long (round_robin, least_request, random)."),
             "idle_per_backend": { "type": "integer", "minimum": 0, "maximum": 100000 },
             "timeouts": object("Timeouts towards the backends.", json!({
                 "connect": duration("TCP connect."),

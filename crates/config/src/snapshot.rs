@@ -332,6 +332,12 @@ pub struct Pool {
     /// them, healthy or not, rather than overload the few that are left.
     /// 0.0 disables panic mode.
     pub panic_threshold: f64,
+    /// A backend that comes back (its health checks pass again, its
+    /// ejection ends) or is added by a change takes a share of its weight
+    /// growing from 10 % to all of it over this long, so a cold server is
+    /// not handed its whole load at once. `round_robin`, `least_request`
+    /// and `random` pools only.
+    pub slow_start: Option<Duration>,
     /// Idle keep-alive connections kept to each backend (HTTP/1.1 pools,
     /// per worker thread); one released beyond this is closed.
     pub idle_per_backend: u32,

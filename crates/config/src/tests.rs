@@ -594,6 +594,27 @@ fn unused_hash() {
     assert!(run(&src).snapshot.is_some());
 }
 
+/// `slow_start`: off when absent, a positive duration of at most an hour,
+/// and a warning where the algorithm does not weigh its picks.
+#[test]
+fn slow_start() {
+    let with = |v: &str| BASE.replace("[pool.web]\n", &format!("[pool.web]\n{v}\n"));
+    let pool = |src: &str| run(src).snapshot.unwrap().pools[0].slow_start;
+    assert_eq!(pool(BASE), None);
+    assert_eq!(
+        pool(&with("slow_start = \"30s\"")),
+        Some(std::time::Duration::from_secs(30))
+    );
+    assert!(codes(&with("slow_start = \"30s\"")).is_empty());
+    only(&with("slow_start = \"2h\""), "out-of-range");
+    only(&with("slow_start = \"0s\""), "invalid-duration");
+    let d = only(
+        &with("slow_start = \"30s\"\nalgorithm = \"first\""),
+        "unused-slow-start",
+    );
+    assert_eq!(d.severity, Severity::Warning);
+}
+
 #[test]
 fn invalid_hash_key() {
     let src = BASE.replace(

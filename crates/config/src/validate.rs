@@ -58,6 +58,8 @@ const DURATION_HINT: &str = "write a number and a unit, e.g. \"500ms\", \"2s\" o
 /// to 8 KiB) would fail every probe, and the probe's URI stays well inside
 /// what `http` parses.
 const MAX_HEALTH_PATH: usize = 8 * 1024;
+/// The longest `slow_start`.
+const MAX_SLOW_START: Duration = Duration::from_secs(3600);
 
 /// Check `doc`; `None` when any error was reported.
 pub(crate) fn validate(
@@ -1158,6 +1160,7 @@ impl Validator<'_, '_> {
             &format!("{p}.panic_threshold"),
             0.5,
         );
+        let slow_start = self.slow_start(raw, algorithm_name, p);
         let idle_per_backend = self.int(
             raw.idle_per_backend.as_ref(),
             &format!("{p}.idle_per_backend"),
@@ -1187,11 +1190,51 @@ impl Validator<'_, '_> {
             health,
             outlier: outlier?,
             panic_threshold: panic_threshold?,
+            slow_start: slow_start?,
             idle_per_backend: idle_per_backend?,
             timeouts: timeouts?,
             retries: retries?,
         })
         .filter(|_| ok)
+    }
+
+    /// `slow_start`: absent (off), or a positive duration of at most an
+    /// hour; ignored, with a warning, by the algorithms that do not weigh
+    /// a pick (`hash` keeps each key where it hashes, `first` its order).
+    fn slow_start(&mut self, raw: &RawPool, algorithm: &str, p: &str) -> Option<Option<Duration>> {
+        let Some(r) = raw.slow_start.as_ref() else {
+            return Some(None);
+        };
+        let kp = format!("{p}.slow_start");
+        let d = self.duration(Some(r), &kp, Duration::from_secs(30))?;
+        if d > MAX_SLOW_START {
+            self.d
+                .error(
+                    "out-of-range",
+                    Some(r.span()),
+                    kp,
+                    format!(
+                        "`slow_start` is at most {}, not {}",
+                        humantime::format_duration(MAX_SLOW_START),
+                        humantime::format_duration(d)
+                    ),
+                )
+                .hint("a server warms up in seconds or minutes; use e.g. \"30s\"");
+            return None;
+        }
+        if matches!(algorithm, "hash" | "first") && !self.partial {
+            self.d
+                .warning(
+                    "unused-slow-start",
+                    Some(r.span()),
+                    kp,
+                    format!(
+                        "`slow_start` is ignored: a `{algorithm}` pool does not weigh its picks"
+                    ),
+                )
+                .hint("remove it, or use `round_robin`, `least_request` or `random`");
+        }
+        Some(Some(d))
     }
 
     /// Keys an `h2` pool reads nothing of: it keeps one multiplexed

@@ -4,8 +4,9 @@
 //! ejection and the request path, all through atomics.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 /// Live state of one backend of one pool.
 #[derive(Debug)]
@@ -25,6 +26,22 @@ pub struct BackendState {
     /// Counts ejections begun and ended: the timer of an ejection that
     /// ended early (health checks passing) must not end a later one.
     ejection: AtomicU32,
+    /// When it last came back (its health checks pass again, its ejection
+    /// ended, a change added it), for `slow_start`: nanoseconds since
+    /// [`clock`]'s start; 0 once warm.
+    warm_since: AtomicU64,
+}
+
+/// A `slow_start` backend's share of its weight as it comes back: enough
+/// that it is tried at once.
+const MIN_WARMTH: f64 = 0.1;
+
+/// Nanoseconds since the first call, plus one (so never 0): tokio's
+/// clock, so that tests with paused time move it.
+fn clock() -> u64 {
+    static START: OnceLock<tokio::time::Instant> = OnceLock::new();
+    let start = *START.get_or_init(tokio::time::Instant::now);
+    start.elapsed().as_nanos() as u64 + 1
 }
 
 /// A point-in-time copy of a backend's state, for status and metrics.
@@ -52,7 +69,39 @@ impl BackendState {
             streak: AtomicU32::new(0),
             ejections_in_row: AtomicU32::new(0),
             ejection: AtomicU32::new(0),
+            warm_since: AtomicU64::new(0),
         }
+    }
+
+    /// It comes back cold: under `slow_start`, it takes a growing share
+    /// of its weight from now.
+    pub(crate) fn start_warming(&self) {
+        self.warm_since.store(clock(), Relaxed);
+    }
+
+    /// The share of its weight it takes now under a `slow_start` of
+    /// `window`: 10 % as it comes back, growing evenly to all of it
+    /// `window` later.
+    #[inline]
+    pub(crate) fn warmth(&self, window: Option<Duration>) -> f64 {
+        let Some(window) = window else {
+            return 1.0;
+        };
+        match self.warm_since.load(Relaxed) {
+            0 => 1.0,
+            since => self.warmth_since(since, window),
+        }
+    }
+
+    #[cold]
+    fn warmth_since(&self, since: u64, window: Duration) -> f64 {
+        let (elapsed, window) = (clock().saturating_sub(since), window.as_nanos() as u64);
+        if elapsed >= window {
+            // Warm: back to the one load above.
+            let _ = self.warm_since.compare_exchange(since, 0, Relaxed, Relaxed);
+            return 1.0;
+        }
+        (elapsed as f64 / window as f64).max(MIN_WARMTH)
     }
 
     pub fn pool(&self) -> &Arc<str> {
@@ -97,9 +146,14 @@ impl BackendState {
         }
     }
 
-    /// Returns the previous value so callers log only real flips.
+    /// Returns the previous value so callers log only real flips. Coming
+    /// up, it starts warming.
     pub(crate) fn set_healthy(&self, up: bool) -> bool {
-        self.healthy.swap(up, Relaxed)
+        let was = self.healthy.swap(up, Relaxed);
+        if up && !was {
+            self.start_warming();
+        }
+        was
     }
     /// Ejects the backend; the ejection's number, to end it by, or None
     /// when it was ejected already.
@@ -112,10 +166,15 @@ impl BackendState {
 
     /// Ends ejection `n`, if it is still the current one; whether it did.
     pub(crate) fn readmit(&self, n: u32) -> bool {
-        self.ejection
+        let readmitted = self
+            .ejection
             .compare_exchange(n, n + 1, Relaxed, Relaxed)
             .is_ok()
-            && self.ejected.swap(false, Relaxed)
+            && self.ejected.swap(false, Relaxed);
+        if readmitted {
+            self.start_warming();
+        }
+        readmitted
     }
 
     /// The current ejection's number, when the backend is ejected.
@@ -150,5 +209,33 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A backend that comes back (health up again, ejection over) takes a
+    /// tenth of its weight's share at first, half of it half a window
+    /// later, and all of it from the window's end on; without
+    /// `slow_start`, all of it at once.
+    #[tokio::test(start_paused = true)]
+    async fn warmth_grows_over_the_slow_start_window() {
+        let b = BackendState::new("p".into(), ([10, 0, 0, 1], 80).into());
+        let window = Some(Duration::from_secs(60));
+        assert_eq!(b.warmth(window), 1.0, "warm at start");
+        b.set_healthy(false);
+        b.set_healthy(true);
+        assert_eq!(b.warmth(window), MIN_WARMTH);
+        assert_eq!(b.warmth(None), 1.0);
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert!((b.warmth(window) - 0.5).abs() < 0.01);
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert_eq!(b.warmth(window), 1.0);
+        assert_eq!(b.warm_since.load(Relaxed), 0, "back to the fast path");
+        let n = b.eject().unwrap();
+        assert!(b.readmit(n));
+        assert_eq!(b.warmth(window), MIN_WARMTH, "an ejection's end too");
     }
 }

@@ -61,6 +61,7 @@ pub(crate) struct PoolRuntime {
     pub timeouts: Timeouts,
     pub retries: Retries,
     pub outlier: Option<fulcrum_config::snapshot::Outlier>,
+    pub slow_start: Option<std::time::Duration>,
     pub shared: Arc<PoolShared>,
 }
 
@@ -85,6 +86,9 @@ impl PoolView for PoolRuntime {
     }
     fn in_flight(&self, i: usize) -> u64 {
         self.backends[i].in_flight()
+    }
+    fn warmth(&self, i: usize) -> f64 {
+        self.backends[i].warmth(self.slow_start)
     }
 }
 
@@ -531,6 +535,11 @@ fn build(
                         .or_insert_with(|| {
                             let state = BackendState::new(pool.name.clone(), b.addr);
                             state.set_healthy(!starts_down);
+                            // Added by a change: it comes in cold (one
+                            // found down does when its checks pass).
+                            if old.is_some() && !starts_down {
+                                state.start_warming();
+                            }
                             Arc::new(state)
                         })
                         .clone()
@@ -592,6 +601,7 @@ fn build(
                 timeouts: pool.timeouts.clone(),
                 retries: pool.retries.clone(),
                 outlier: pool.outlier.clone(),
+                slow_start: pool.slow_start,
                 shared,
             }
         })

@@ -31,7 +31,7 @@ pub struct Change {
     pub name: String,
     /// What changed, for `changed`: `pool`, `match`, `order`,
     /// `failure_statuses`, `algorithm`, `protocol`, `weight`, `health`,
-    /// `outlier`, `timeouts`, `retries`, `panic_threshold`,
+    /// `outlier`, `timeouts`, `retries`, `panic_threshold`, `slow_start`,
     /// `idle_per_backend`, `settings` (access log and guard).
     pub field: Option<&'static str>,
     pub old: Option<String>,
@@ -296,6 +296,8 @@ fn setting_changes(p: &Pool, n: &Pool) -> Vec<Change> {
         p.panic_threshold.to_string(),
         n.panic_threshold.to_string(),
     );
+    let slow_start = |p: &Pool| p.slow_start.map_or_else(|| "off".to_owned(), dur);
+    field("slow_start", slow_start(p), slow_start(n));
     field(
         "idle_per_backend",
         p.idle_per_backend.to_string(),

@@ -603,6 +603,7 @@ pub fn pool(name: &str, backends: &[SocketAddr]) -> Pool {
         health: None,
         outlier: None,
         panic_threshold: 0.0,
+        slow_start: None,
         idle_per_backend: Pool::DEFAULT_IDLE_PER_BACKEND,
         timeouts: Timeouts {
             connect: Duration::from_millis(300),

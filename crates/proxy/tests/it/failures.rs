@@ -335,3 +335,30 @@ async fn passing_health_checks_end_an_ejection_before_its_time() {
     let t = c.tally(20, "x.test", "/").await;
     assert_eq!((t["a"], t["b"]), (10, 10));
 }
+
+/// With `slow_start`, a backend whose health checks pass again comes back
+/// with a tenth of its weight's share, growing to all of it over the
+/// window; without it (the test above), it takes its whole share at once.
+#[tokio::test]
+async fn slow_start_brings_a_recovered_backend_back_gradually() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let mut p = pool("p", &[a.addr, b.addr]);
+    p.health = Some(health_check());
+    p.slow_start = Some(Duration::from_secs(60));
+    let proxy = TestProxy::serving(p).await;
+    let state = proxy.plane.backend("p", b.addr).unwrap();
+    let c = Client::new(proxy.addr);
+    // At start every backend is warm.
+    let t = c.tally(20, "x.test", "/").await;
+    assert_eq!((t["a"], t["b"]), (10, 10));
+
+    b.fail_health(true);
+    assert!(eventually(PATIENCE, || !state.is_healthy()).await);
+    b.fail_health(false);
+    assert!(eventually(PATIENCE, || state.is_healthy()).await);
+    // A few seconds into a minute: about a tenth of its share, 1 in 11.
+    let t = c.tally(200, "x.test", "/").await;
+    let back = t.get("b").copied().unwrap_or(0);
+    assert!((1..50).contains(&back), "{t:?}");
+}
