@@ -272,6 +272,12 @@ async fn the_dashboard_asks_for_the_token_then_shows_shares_changes_and_rolls_ba
     )
     .await;
     assert_eq!(page.eval(SHOWN_DATA).await, "");
+    // The token's field has a name a screen reader can say.
+    assert_eq!(
+        page.eval("document.getElementById('token').labels[0]?.textContent")
+            .await,
+        "Token"
+    );
     page.sign_in("not-the-token").await;
     let why = page
         .wait(
@@ -335,6 +341,18 @@ async fn the_dashboard_asks_for_the_token_then_shows_shares_changes_and_rolls_ba
         "document.getElementById('serving').dataset.version === '2'",
     )
     .await;
+    // The button says what it does; a baseline of 0 % is shown as one.
+    page.wait(
+        "the button naming v1",
+        "document.getElementById('rollback-ask').textContent === 'Roll back to v1…'",
+    )
+    .await;
+    page.wait(
+        "the auth route's error rate beside its baseline",
+        "document.querySelector('#routes [data-route=\"auth\"]')?.textContent.includes('0.0% (was 0.0%)') || null",
+    )
+    .await;
+    assert_eq!(page.eval("document.getElementById('live').textContent").await, "live");
     page.click("rollback-ask").await;
     let asked = page
         .wait(

@@ -20,7 +20,7 @@ let rollbackTo = null;
 
 function fresh() {
   // guard: undefined until asked, null when the server has no guard.
-  return { status: null, guard: undefined, history: null, events: new Map(), lastSeq: 0, samples: [] };
+  return { status: null, guard: undefined, history: null, events: new Map(), lastSeq: 0, samples: [], polling: null, streaming: null };
 }
 
 // ---------------------------------------------------------------- DOM
@@ -39,7 +39,9 @@ function el(tag, attrs, ...kids) {
 
 const pct = (x) => (x === undefined || x === null ? '–' : (x * 100).toFixed(1) + '%');
 const ms = (x) => (x === undefined || x === null ? '–' : x.toFixed(1) + ' ms');
-const clock = (t) => el('time', { datetime: t, title: t }, new Date(t).toLocaleTimeString());
+// Local date and time (a version from last week must not look like
+// today's); the exact UTC time on hover.
+const clock = (t) => el('time', { datetime: t, title: t }, new Date(t).toLocaleString());
 const badge = (text, kind) => el('span', { class: 'badge ' + (kind || text) }, text);
 const sleep = (n) => new Promise((r) => setTimeout(r, n));
 
@@ -128,8 +130,9 @@ function addEvents(list) {
   for (const e of newestFirst().slice(KEEP_EVENTS)) data.events.delete(e.seq);
   renderTimeline();
   renderIncidents();
+  // Other kinds change no version's state or diff: the list stays as the
+  // reader left it (what is open, where the focus is).
   if (changed) Promise.all([loadStatus(), loadHistory()]).catch(trouble);
-  else renderVersions();
 }
 
 // ---------------------------------------------------------------- live
@@ -137,7 +140,10 @@ function addEvents(list) {
 // Status and the guard, every second, while signed in.
 async function poll(s) {
   while (session === s) {
-    await Promise.all([loadStatus(), loadGuard()]).catch(trouble);
+    await Promise.all([loadStatus(), loadGuard()]).then(
+      () => health('polling', true),
+      (e) => health('polling', false, e),
+    );
     await sleep(1000);
   }
 }
@@ -150,11 +156,11 @@ async function stream(s) {
       const headers = { Accept: 'text/event-stream', 'Last-Event-ID': String(data.lastSeq) };
       const r = await api('/events?stream=true', { headers });
       if (!r.ok) throw new Error(`GET /events: ${r.status} ${await reason(r)}`);
-      live(true);
+      health('streaming', true);
       await readEvents(r.body, dispatch);
-      trouble(new Error('the event stream ended'));
+      health('streaming', false, new Error('the event stream ended'));
     } catch (e) {
-      trouble(e);
+      health('streaming', false, e);
     }
     await sleep(1000);
   }
@@ -217,6 +223,16 @@ function trouble(e) {
   live(false, String(e?.message || e));
 }
 
+// `part` ('polling' or 'streaming') works again, or failed with `e`: live
+// once both work, so a blip that passed does not leave "reconnecting".
+function health(part, ok, e) {
+  if (e instanceof SignedOut || e?.name === 'AbortError') return;
+  data[part] = ok ? null : String(e?.message || e);
+  const why = data.polling || data.streaming;
+  if (why) live(false, why);
+  else live(true);
+}
+
 // ---------------------------------------------------------------- sign in
 
 async function signIn(token) {
@@ -235,12 +251,23 @@ async function signIn(token) {
   $('sign-out').hidden = false;
   poll(s);
   loadHistory().catch(trouble);
-  api(`/events?limit=${KEEP_EVENTS}`)
-    .then((r) => r.json())
-    .then((b) => {
-      addEvents(b.events);
-      stream(s);
-    }, trouble);
+  firstEvents(s).then(() => stream(s));
+}
+
+// The last events, until they come (a failed first read would leave the
+// timeline empty and the stream never started).
+async function firstEvents(s) {
+  while (session === s) {
+    try {
+      const r = await api(`/events?limit=${KEEP_EVENTS}`);
+      if (!r.ok) throw new Error(`GET /events: ${r.status} ${await reason(r)}`);
+      addEvents((await r.json()).events);
+      return;
+    } catch (e) {
+      health('streaming', false, e);
+    }
+    await sleep(1000);
+  }
 }
 
 // Forget the token and every datum shown; show the prompt and why.
@@ -287,9 +314,19 @@ function renderNow() {
   }
   if (st.drift?.problems?.length) rows.push(el('ul', { class: 'drift' }, st.drift.problems.map((p) => el('li', {}, 'drift: ' + p))));
   $('versions-now').replaceChildren(...rows);
+  // A version chosen in the list is not what a rollback does once a
+  // canary runs (the canary is dropped first): ask again.
+  if (st.canary && rollbackTo !== null) {
+    rollbackTo = null;
+    $('rollback-confirm').hidden = true;
+    $('rollback-result').textContent = 'a canary started: choose again';
+    $('rollback-result').className = 'fail';
+  }
   // What the rollback button would do, or the version chosen in the list.
   const target = st.canary ? `drop canary v${st.canary.version.number}; v${v.number} keeps serving`
     : v.parent ? `serve v${v.parent} again instead of v${v.number}` : null;
+  $('rollback-ask').textContent = st.canary ? `Drop canary v${st.canary.version.number}…`
+    : v.parent ? `Roll back to v${v.parent}…` : 'Roll back…';
   const chosen = rollbackTo !== null && !st.canary && rollbackTo !== v.number
     ? `serve v${rollbackTo} again instead of v${v.number}` : null;
   $('rollback-what').textContent = chosen || target ? `Roll back: ${chosen || target}?` : '';
@@ -300,8 +337,9 @@ function renderNow() {
 function renderGuard() {
   const g = data.guard;
   if (g === undefined) return;
-  if (g === null) {
-    $('guard').replaceChildren(el('p', { class: 'muted', id: 'guard-state' }, 'guard: not available'));
+  if (g === null || g.state === 'disabled') {
+    const why = g === null ? 'not available' : 'disabled ([guard] enabled = false)';
+    $('guard').replaceChildren(el('p', { class: 'muted', id: 'guard-state' }, 'guard: ' + why));
     return;
   }
   const change = g.change ? ` watching v${g.change.number} by ${g.change.author}${g.change.message ? ': ' + g.change.message : ''}` : '';
@@ -337,22 +375,21 @@ function renderPools() {
   if (!st) return;
   const guarded = new Map((data.guard?.pools || []).map((p) => [p.name, p]));
   $('pools').replaceChildren(...st.pools.map((p) => {
-    const g = guarded.get(p.name);
+    // The guard judges a pool only with traffic in its window.
+    const g = guarded.get(p.name)?.requests > 0 ? guarded.get(p.name) : null;
     const counted = countedShares(p);
+    // Backends only a canary has (`/status` lists the stable config's).
+    const canaryOnly = (g?.backends || []).filter((gb) => !p.backends.some((b) => b.addr === gb.addr))
+      .map((gb) => el('tr', { 'data-pool': p.name, 'data-backend': gb.addr, 'data-observed': gb.observed ?? '', 'data-expected': gb.expected ?? '' },
+        el('td', {}, gb.addr), el('td', {}, shareBar(gb.observed, gb.expected)), el('td', { class: 'num' }, pct(gb.observed)),
+        el('td', { class: 'num' }, pct(gb.expected)), el('td', { class: 'num' }, '–'), el('td', {}, badge('canary', 'canary')),
+        el('td', { class: 'num' }, '–'), el('td', { class: 'num' }, gb.requests)));
     const rows = p.backends.map((b, i) => {
       const gb = g?.backends?.find((x) => x.addr === b.addr);
       // The guard's window when it judges the pool, else the counted one.
       const observed = gb ? gb.observed : counted.share[i];
       const expected = gb?.expected ?? null;
-      const bar = el('div', { class: 'bar' });
-      const fill = el('div', { class: 'fill' });
-      fill.style.width = ((observed || 0) * 100).toFixed(1) + '%';
-      bar.append(fill);
-      if (expected !== null) {
-        const mark = el('div', { class: 'expected', title: 'expected ' + pct(expected) });
-        mark.style.left = (expected * 100).toFixed(1) + '%';
-        bar.append(mark);
-      }
+      const bar = shareBar(observed, expected);
       const state = b.ejected ? badge('ejected', 'fail') : b.healthy ? badge('healthy', 'pass') : badge('down', 'fail');
       return el('tr', { 'data-pool': p.name, 'data-backend': b.addr, 'data-observed': observed ?? '', 'data-expected': expected ?? '' },
         el('td', {}, b.addr), el('td', {}, bar), el('td', { class: 'num' }, pct(observed)), el('td', { class: 'num' }, pct(expected)),
@@ -362,18 +399,34 @@ function renderPools() {
     return el('div', { class: 'pool', 'data-pool': p.name },
       el('h3', {}, p.name, ' ', el('small', {}, p.algorithm), p.panic ? badge('panic', 'fail') : '', g ? [' ', badge(g.verdict)] : ''),
       el('p', { class: 'muted' }, source, g?.reason ? ` · ${g.reason}` : ''),
-      el('table', {}, el('tr', {}, ['backend', 'share', 'observed', 'expected', 'weight', 'health', 'in flight', 'requests'].map((h) => el('th', {}, h))), rows));
+      el('table', {}, el('tr', {}, ['backend', 'share', 'observed', 'expected', 'weight', 'health', 'in flight', 'requests'].map((h) => el('th', {}, h))), rows, canaryOnly));
   }));
+}
+
+// A backend's observed share as a bar, with its expected share as a mark.
+function shareBar(observed, expected) {
+  const bar = el('div', { class: 'bar' });
+  const fill = el('div', { class: 'fill' });
+  fill.style.width = ((observed || 0) * 100).toFixed(1) + '%';
+  bar.append(fill);
+  if (expected != null) {
+    const mark = el('div', { class: 'expected', title: 'expected ' + pct(expected) });
+    mark.style.left = (expected * 100).toFixed(1) + '%';
+    bar.append(mark);
+  }
+  return bar;
 }
 
 function renderRoutes() {
   const g = data.guard;
   if (g === undefined) return;
-  if (g === null || !g.routes) {
-    $('routes').replaceChildren(el('p', { class: 'muted' }, 'guard: not available (per-route rates and baselines come from it)'));
+  if (g === null || g.state === 'disabled' || !g.routes) {
+    const why = g?.state === 'disabled' ? 'disabled' : 'not available';
+    $('routes').replaceChildren(el('p', { class: 'muted' }, `guard: ${why} (per-route rates and baselines come from it)`));
     return;
   }
-  const cell = (now, base, fmt) => el('td', { class: 'num' }, fmt(now), base ? el('small', {}, ' (was ' + fmt(base) + ')') : '');
+  // A baseline of 0 is one: shown, not taken for none.
+  const cell = (now, base, fmt) => el('td', { class: 'num' }, fmt(now), base != null ? el('small', {}, ' (was ' + fmt(base) + ')') : '');
   const num = (x) => (x === undefined || x === null ? '–' : String(x));
   $('routes').replaceChildren(el('table', {},
     el('tr', {}, ['route', 'pool', 'requests', 'errors', 'outcome signal', 'p99', 'verdict'].map((h) => el('th', {}, h))),
@@ -392,7 +445,7 @@ function versionMeta(n) {
 function renderIncidents() {
   const incidents = newestFirst().filter((e) => (e.kind === 'alert' || e.kind === 'rolled_back') && e.actor === 'guard');
   if (!incidents.length) {
-    $('incidents').replaceChildren(el('p', { class: 'muted' }, 'none'));
+    $('incidents').replaceChildren(el('p', { class: 'muted' }, `none in the last ${KEEP_EVENTS} events`));
     return;
   }
   $('incidents').replaceChildren(...incidents.map((e) => {
@@ -410,8 +463,11 @@ function renderVersions() {
   // Any stored version can serve again, not only the parent (when the
   // parent was bad too); not while a canary runs: that is dropped first.
   const canary = h.versions.some((v) => v.state === 'canary');
+  // What the reader opened or closed stays so.
+  const was = new Map([...$('versions').querySelectorAll('details')].map((d) => [Number(d.dataset.version), d.open]));
+  const open = (v) => was.get(v.number) ?? v.state !== 'stored';
   $('versions').replaceChildren(...h.versions.map((v) =>
-    el('details', { class: 'version', 'data-version': v.number, 'data-state': v.state, open: v.state !== 'stored' ? '' : null },
+    el('details', { class: 'version', 'data-version': v.number, 'data-state': v.state, open: open(v) ? '' : null },
       el('summary', {}, `v${v.number} `, badge(v.state), ` by ${v.author}`, v.message ? `: ${v.message}` : '', ' · ', clock(v.time), ` · ${v.hash}`,
         v.state === 'stored' && !canary ? [' ', el('button', { type: 'button', class: 'serve-again', 'data-serve': v.number }, `Serve v${v.number} again…`)] : null),
       v.parent == null ? el('p', { class: 'muted' }, 'the first version') : diffOf(v.number))));
@@ -429,14 +485,24 @@ function renderTimeline() {
 
 async function rollback() {
   const why = $('rollback-reason').value.trim() || 'rolled back from the dashboard';
-  $('rollback-confirm').hidden = true;
   const query = { author: 'dashboard', reason: why };
   if (rollbackTo !== null) query.to = rollbackTo;
+  const result = $('rollback-result');
+  let r;
+  try {
+    r = await api('/rollback?' + new URLSearchParams(query), { method: 'POST' });
+  } catch (e) {
+    if (e instanceof SignedOut) return;
+    // Nothing was done: the confirmation and the reason stay for a retry.
+    result.textContent = `not sent: ${e.message}; nothing changed`;
+    result.className = 'fail';
+    return;
+  }
+  $('rollback-confirm').hidden = true;
   rollbackTo = null;
-  const r = await api('/rollback?' + new URLSearchParams(query), { method: 'POST' });
   const body = await r.json().catch(() => ({}));
-  $('rollback-result').textContent = r.ok ? body.summary : `refused: ${body.error || r.status}`;
-  $('rollback-result').className = r.ok ? 'pass' : 'fail';
+  result.textContent = r.ok ? body.summary : `refused: ${body.error || r.status}`;
+  result.className = r.ok ? 'pass' : 'fail';
   await Promise.all([loadStatus(), loadHistory()]);
 }
 
