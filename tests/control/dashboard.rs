@@ -352,7 +352,11 @@ async fn the_dashboard_asks_for_the_token_then_shows_shares_changes_and_rolls_ba
         "document.querySelector('#routes [data-route=\"auth\"]')?.textContent.includes('0.0% (was 0.0%)') || null",
     )
     .await;
-    assert_eq!(page.eval("document.getElementById('live').textContent").await, "live");
+    assert_eq!(
+        page.eval("document.getElementById('live').textContent")
+            .await,
+        "live"
+    );
     page.click("rollback-ask").await;
     let asked = page
         .wait(

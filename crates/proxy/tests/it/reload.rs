@@ -250,6 +250,18 @@ async fn get_on(s: &mut tokio::net::TcpStream) -> String {
     String::from_utf8_lossy(&got).into_owned()
 }
 
+/// `snapshot`, its pool `p` (of `backend`) with a longer response
+/// timeout: a reload that leaves the listener as it was.
+fn another_pool_setting(
+    mut snapshot: fulcrum_config::Snapshot,
+    backend: std::net::SocketAddr,
+) -> fulcrum_config::Snapshot {
+    let mut p = pool("p", &[backend]);
+    p.timeouts.response = Duration::from_secs(5);
+    snapshot.pools = vec![p];
+    snapshot
+}
+
 /// A reload that changes a listener's settings (a limit tightened during
 /// an attack, say) closes that listener's idle keep-alive connections, so
 /// their next request comes on a connection that has the new settings. A
@@ -268,11 +280,7 @@ async fn a_reload_that_changes_a_listener_closes_its_idle_connections() {
     let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     assert!(get_on(&mut s).await.starts_with("HTTP/1.1 200 "));
     // The same listener, another pool setting: the connection stays.
-    let mut other = snap(1 << 20);
-    let mut p = pool("p", &[a.addr]);
-    p.timeouts.response = Duration::from_secs(5);
-    other.pools = vec![p];
-    proxy.swap(other);
+    proxy.swap(another_pool_setting(snap(1 << 20), a.addr));
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(get_on(&mut s).await.starts_with("HTTP/1.1 200 "));
     // A tighter body limit: closed once idle.
@@ -345,11 +353,7 @@ async fn a_reload_that_changes_a_listener_sends_its_http2_connections_a_goaway()
         .await
         .expect("no response on stream 1");
     // Another pool setting: the connection stays and serves.
-    let mut other = snap(100);
-    let mut p = pool("p", &[a.addr]);
-    p.timeouts.response = Duration::from_secs(5);
-    other.pools = vec![p];
-    proxy.swap(other);
+    proxy.swap(another_pool_setting(snap(100), a.addr));
     tokio::time::sleep(Duration::from_millis(100)).await;
     s.write_all(&get(3)).await.unwrap();
     let frames = frames_until(&mut s, |kind, id| kind == 1 && id == 3)
