@@ -288,11 +288,10 @@ async fn a_change_cannot_switch_off_the_guard_that_judges_it() {
         Backend::start("web").await,
     );
     let auth = pool("auth", "round_robin", &[(a.addr, 1), (b.addr, 1)], "");
-    let bad = format!(
-        "[guard]\nrollback = false\n\n{}",
-        config("web", &auth, web.addr)
-    );
-    forced_incident(&config("auth", &auth, web.addr), &bad, &[]).await;
+    for own in ["rollback = false", "enabled = false"] {
+        let bad = format!("[guard]\n{own}\n\n{}", config("web", &auth, web.addr));
+        forced_incident(&config("auth", &auth, web.addr), &bad, &[]).await;
+    }
 }
 
 /// A rollback the guard cannot make (the version before no longer

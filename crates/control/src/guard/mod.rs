@@ -193,7 +193,15 @@ async fn run(guard: Arc<Guard>) {
             return;
         };
         let view = c.view();
-        let settings = in_force(&view, watched.as_ref());
+        // A change that took over since the last tick is judged by the
+        // settings before it, even before `follow` watches it: its own
+        // `enabled = false` cannot spare it.
+        let settings = match (&watched, &seen.previous) {
+            (None, Some(previous)) if seen.stable != Some(view.stable.meta.number) => {
+                previous.snapshot.guard.clone()
+            }
+            _ => in_force(&view, watched.as_ref()),
+        };
         if !settings.enabled {
             guard.view.store(Arc::new(View {
                 state: "disabled",
@@ -204,6 +212,12 @@ async fn run(guard: Arc<Guard>) {
                 alerts: alerts.clone(),
             }));
             watched = None;
+            // What serves now is what the next change is judged against.
+            seen = Seen {
+                stable: Some(view.stable.meta.number),
+                canary: view.canary.as_ref().map(|cv| cv.serving.meta.number),
+                previous: Some(view.stable.clone()),
+            };
             continue;
         }
         let now = Instant::now();
