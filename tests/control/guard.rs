@@ -386,6 +386,56 @@ async fn a_promoted_canary_is_on_probation_from_its_promotion() {
     traffic.stop().await;
 }
 
+/// A canary staged while the change before it is on probation, then
+/// dropped, leaves that change on probation: its watch waits under the
+/// canary instead of ending with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_canary_leaves_the_change_under_it_on_probation() {
+    let (a, b, web) = (
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("web").await,
+    );
+    let version = |weight: u32| {
+        config(
+            "auth",
+            &pool("auth", "round_robin", &[(a.addr, 1), (b.addr, weight)], ""),
+            web.addr,
+        )
+    };
+    let lb = Lb::start(&version(1));
+    let v2 = lb.file("v2.toml", &version(2));
+    lb.cli_ok(&["apply", v2.to_str().unwrap()]);
+    let watching = |n: u64| {
+        move |g: &serde_json::Value| g["state"] == "probation" && g["change"]["number"] == n
+    };
+    let guard_is = async |what: &str, want: &dyn Fn(&serde_json::Value) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let (_, g) = lb.json("GET", "/guard", "").await;
+            if want(&g) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{what}: {g}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    guard_is("v2 on probation", &watching(2)).await;
+    let v3 = lb.file("v3.toml", &version(3));
+    lb.cli_ok(&[
+        "apply",
+        v3.to_str().unwrap(),
+        "--canary",
+        "0.5",
+        "--bake",
+        "60s",
+        "--no-wait",
+    ]);
+    guard_is("the canary watched", &|g| g["state"] == "canary").await;
+    lb.cli_ok(&["rollback"]);
+    guard_is("v2 on probation again", &watching(2)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn incident_2_auth_servers_that_do_not_serve_logins() {
     let (a, b, web) = (

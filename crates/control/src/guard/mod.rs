@@ -169,6 +169,9 @@ struct Watched {
     acted: bool,
     /// Detectors already alerted on for this change.
     alerted: Vec<(String, &'static str)>,
+    /// For a canary: the stable change's own watch (its probation), which
+    /// goes on if the canary is dropped.
+    underneath: Option<Box<Watched>>,
 }
 
 /// What the guard remembers of the last tick, to tell what changed since.
@@ -301,11 +304,26 @@ fn follow(
             return watched;
         }
         let settings = view.stable.snapshot.guard.clone();
-        return Some(Watched::new(n, Some(stable), now, None, settings));
+        let mut w = Watched::new(n, Some(stable), now, None, settings);
+        // The stable change's watch (or, for a canary replacing another,
+        // the one kept under it) waits under the canary.
+        w.underneath = watched.and_then(|w| {
+            if w.number == stable {
+                Some(Box::new(w))
+            } else {
+                w.underneath
+            }
+        });
+        return Some(w);
     }
     if seen.stable.is_none() || seen.stable == Some(stable) {
-        // Unchanged, or a canary dropped: nothing of it serves to judge.
-        return if seen.canary.is_some() { None } else { watched };
+        // Unchanged, or a canary dropped: nothing of it serves to judge,
+        // and the stable change's own watch goes on.
+        return if seen.canary.is_some() {
+            watched.and_then(|w| w.underneath.map(|u| *u))
+        } else {
+            watched
+        };
     }
     // A rollback is what the guard asks for, not a change.
     if view.transition.kind != TransitionKind::Changed {
@@ -316,6 +334,8 @@ fn follow(
     let from = now.checked_sub(settings.window);
     match watched.filter(|w| w.number == stable) {
         Some(mut w) => {
+            // The promoted canary replaces the change it ran on.
+            w.underneath = None;
             // The canary's predecessor served beside it: its own counts
             // are what the promoted change is compared with.
             w.baseline = from.and_then(|from| {
@@ -363,6 +383,7 @@ impl Watched {
             fails_in_row: 0,
             acted: false,
             alerted: Vec::new(),
+            underneath: None,
         }
     }
 }
