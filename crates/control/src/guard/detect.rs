@@ -332,6 +332,10 @@ fn conclude(
 pub struct Live<'a> {
     pub health: &'a [BackendStatus],
     pub expected: &'a mut expect::Memo,
+    /// Backends (pool, address) whose health or ejection changed within
+    /// the window judged: their share over it cannot be held to what
+    /// their state now expects.
+    pub flipped: &'a HashSet<(String, String)>,
 }
 
 /// Traffic lost, shares against expectation, skew and health of every pool.
@@ -347,6 +351,7 @@ pub fn pools(
     let Live {
         health,
         expected: memo,
+        flipped,
     } = live;
     let touched = touched(base, new);
     let all = total(counts);
@@ -384,9 +389,20 @@ pub fn pools(
             let n: u64 = observed.iter().sum();
             let per_second = n as f64 / span.as_secs_f64().max(0.001);
             let expected = memo.shares(&new.hash, p, &available, &latency, per_second);
+            let shares = match p
+                .backends
+                .iter()
+                .find(|b| flipped.contains(&(name.clone(), b.addr.to_string())))
+            {
+                Some(b) => (
+                    Verdict::NoData,
+                    format!("{}'s health changed within the window: shares are compared once a window has passed", b.addr),
+                ),
+                None => as_before(fit(&observed, &expected, s), p, &expected, base, s),
+            };
             let mut found = vec![
                 ("shift", shift(&name, counts, all, base, s)),
-                ("shares", fit(&observed, &expected, s)),
+                ("shares", shares),
                 ("skew", skew(p, &observed, &available, base, s)),
                 ("health", healthy(p, &available, s)),
             ];
@@ -480,6 +496,44 @@ fn shift(
         )
     } else {
         (Verdict::Pass, text)
+    }
+}
+
+/// A `shares` failure on a pool the change left balanced as it was (same
+/// algorithm, backends and weights) whose shares before the change failed
+/// the same expectation: the unevenness is not the change's (a `hash` pool
+/// with two active clients), so it is marginal.
+fn as_before(
+    found: (Verdict, String),
+    p: &fulcrum_config::snapshot::Pool,
+    expected: &[f64],
+    base: Option<&(Snapshot, Counts)>,
+    s: &Settings,
+) -> (Verdict, String) {
+    let (Verdict::Fail, text) = &found else {
+        return found;
+    };
+    let Some((old, counts)) = base else {
+        return found;
+    };
+    let same = old
+        .pool(&p.name)
+        .is_some_and(|(_, o)| o.algorithm == p.algorithm && o.backends == p.backends);
+    let before: Vec<u64> = p
+        .backends
+        .iter()
+        .map(|b| {
+            let addr = b.addr.to_string();
+            counts
+                .pools
+                .get(&p.name)
+                .and_then(|c| c.backends.iter().find(|x| x.addr == addr))
+                .map_or(0, |x| x.requests)
+        })
+        .collect();
+    match fit(&before, expected, s) {
+        (Verdict::Fail, _) if same => (Verdict::Marginal, format!("{text}, as before the change")),
+        _ => found,
     }
 }
 
@@ -716,5 +770,78 @@ mod tests {
         assert_eq!(fit(&[100, 0], &[0.5, 0.5], &S).0, Verdict::Fail);
         assert_eq!(fit(&[55, 45], &[0.5, 0.5], &S).0, Verdict::Pass);
         assert_eq!(fit(&[6, 4], &[0.5, 0.5], &S).0, Verdict::NoData);
+    }
+
+    /// The `shares` finding for pool `auth` (backends :1 and :3, round
+    /// robin, both up), its shares now `now` and before `before`.
+    fn shares_of(now: [u64; 2], before: [u64; 2], flipped: &[&str]) -> Verdict {
+        // The change touches the pool (a timeout) and not its balancing.
+        let snapshot = |extra: &str| {
+            let text = format!(
+                "[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\n\n\
+                 [[route]]\nname = \"auth\"\npool = \"auth\"\n\n\
+                 [pool.auth]\nbackends = [{{ addr = \"127.0.0.1:1\" }}, {{ addr = \"127.0.0.1:3\" }}]\n{extra}"
+            );
+            fulcrum_config::check_with("t", &text, &fulcrum_config::NoFiles)
+                .snapshot
+                .unwrap()
+        };
+        let snap = snapshot("timeouts = { response = \"20s\" }\n");
+        let counts = |c: [u64; 2]| {
+            let mut counts = Counts::default();
+            counts.pools.insert(
+                "auth".into(),
+                super::super::window::PoolCounts {
+                    backends: ["127.0.0.1:1", "127.0.0.1:3"]
+                        .iter()
+                        .zip(c)
+                        .map(|(a, n)| super::super::window::BackendCounts {
+                            addr: a.to_string(),
+                            requests: n,
+                            latency_sum_us: n * 1000,
+                        })
+                        .collect(),
+                    unserved: 0,
+                },
+            );
+            counts
+        };
+        let base = (snapshot(""), counts(before));
+        let flipped = flipped
+            .iter()
+            .map(|a| ("auth".to_owned(), a.to_string()))
+            .collect();
+        let mut out = Vec::new();
+        let mut memo = expect::Memo::default();
+        pools(
+            &snap,
+            &counts(now),
+            Duration::from_secs(10),
+            Some(&base),
+            Live {
+                health: &[],
+                expected: &mut memo,
+                flipped: &flipped,
+            },
+            &S,
+            &mut out,
+        );
+        out.iter()
+            .find(|f| f.detector == "shares")
+            .map_or(Verdict::NoData, |f| f.verdict)
+    }
+
+    /// `shares` fails a change that unbalanced a pool, not one that left
+    /// it as uneven as it was (a hash pool with two active clients), nor
+    /// one judged over a window in which a backend's health changed (its
+    /// share over the window cannot match what its state now expects).
+    #[test]
+    fn shares_spare_unevenness_that_predates_the_change_or_a_health_change() {
+        assert_eq!(shares_of([100, 0], [50, 50], &[]), Verdict::Fail);
+        assert_eq!(shares_of([100, 0], [100, 0], &[]), Verdict::Marginal);
+        assert_eq!(
+            shares_of([100, 0], [50, 50], &["127.0.0.1:3"]),
+            Verdict::NoData
+        );
     }
 }

@@ -13,6 +13,7 @@ mod expect;
 pub mod judge;
 mod window;
 
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -185,6 +186,7 @@ struct Seen {
 async fn run(guard: Arc<Guard>) {
     let mut windows = Windows::default();
     let mut memo = expect::Memo::default();
+    let mut flips = Flips::default();
     let mut watched: Option<Watched> = None;
     let mut seen = Seen::default();
     let mut alerts: Vec<Alert> = Vec::new();
@@ -242,7 +244,11 @@ async fn run(guard: Arc<Guard>) {
             (None, Some(w)) if now.duration_since(w.since) < settings.probation => "probation",
             _ => "steady",
         };
-        let judged = judge_now(&c, &windows, watched.as_ref(), &settings, now, &mut memo);
+        let looks = Looks {
+            memo: &mut memo,
+            flips: &mut flips,
+        };
+        let judged = judge_now(&c, &windows, watched.as_ref(), &settings, now, looks);
         let verdict = judged
             .findings
             .iter()
@@ -581,13 +587,54 @@ struct Judged {
     routes: Vec<RouteView>,
 }
 
+/// When each backend's availability (healthy and not ejected) last
+/// changed, as the guard's looks saw it.
+#[derive(Default)]
+struct Flips {
+    last: HashMap<(String, String), (bool, Option<Instant>)>,
+}
+
+impl Flips {
+    fn note(&mut self, health: &[fulcrum_proxy::BackendStatus], now: Instant) {
+        let mut seen = HashMap::with_capacity(health.len());
+        for h in health {
+            let up = h.healthy && !h.ejected;
+            let key = (h.pool.to_string(), h.addr.to_string());
+            let at = match self.last.get(&key) {
+                Some(&(was, at)) if was == up => at,
+                // A first look is no change.
+                Some(_) => Some(now),
+                None => None,
+            };
+            seen.insert(key, (up, at));
+        }
+        self.last = seen;
+    }
+
+    /// Backends whose availability changed at or after `from`.
+    fn since(&self, from: Instant) -> HashSet<(String, String)> {
+        self.last
+            .iter()
+            .filter(|(_, (_, at))| at.is_some_and(|t| t >= from))
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+}
+
+/// What the guard judges by on each look besides the counts: the
+/// expected-share memo and the backends' availability changes.
+struct Looks<'a> {
+    memo: &'a mut expect::Memo,
+    flips: &'a mut Flips,
+}
+
 fn judge_now(
     c: &Controller,
     windows: &Windows,
     watched: Option<&Watched>,
     s: &Settings,
     now: Instant,
-    memo: &mut expect::Memo,
+    looks: Looks<'_>,
 ) -> Judged {
     let view = c.view();
     // What is judged: the canary, else the stable config; since the change
@@ -622,6 +669,8 @@ fn judge_now(
         };
     };
     let health = c.plane().backends();
+    looks.flips.note(&health, now);
+    let flipped = looks.flips.since(from);
     let mut findings = Vec::new();
     let routes = detect::routes(
         &new.snapshot,
@@ -639,7 +688,8 @@ fn judge_now(
         base.as_ref(),
         detect::Live {
             health: &health,
-            expected: memo,
+            expected: looks.memo,
+            flipped: &flipped,
         },
         s,
         &mut findings,
@@ -652,3 +702,38 @@ fn judge_now(
 }
 
 mod detect;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(addr: &str, healthy: bool) -> fulcrum_proxy::BackendStatus {
+        fulcrum_proxy::BackendStatus {
+            pool: "auth".into(),
+            addr: addr.parse().unwrap(),
+            healthy,
+            ejected: false,
+            in_flight: 0,
+            requests: 0,
+            failures: 0,
+        }
+    }
+
+    /// A backend's first look is no change; a flip is, from its look on,
+    /// until the window has moved past it.
+    #[test]
+    fn flips_are_the_availability_changes_within_the_window() {
+        let mut flips = Flips::default();
+        let t0 = Instant::now();
+        flips.note(&[status("127.0.0.1:1", true)], t0);
+        assert!(flips.since(t0).is_empty());
+        let t1 = t0 + Duration::from_secs(1);
+        flips.note(&[status("127.0.0.1:1", false)], t1);
+        let key = ("auth".to_owned(), "127.0.0.1:1".to_owned());
+        assert!(flips.since(t0).contains(&key));
+        let t2 = t1 + Duration::from_secs(1);
+        flips.note(&[status("127.0.0.1:1", false)], t2);
+        assert!(flips.since(t1).contains(&key), "it stays flipped at t1");
+        assert!(flips.since(t2).is_empty(), "a window after the flip");
+    }
+}
