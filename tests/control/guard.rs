@@ -436,6 +436,67 @@ async fn a_dropped_canary_leaves_the_change_under_it_on_probation() {
     guard_is("v2 on probation again", &watching(2)).await;
 }
 
+/// Three clients on each side of a half canary, chosen by the cohort hash.
+fn both_sides() -> Vec<Option<std::net::IpAddr>> {
+    let mut sides = (Vec::new(), Vec::new());
+    for i in 2..=250u8 {
+        let ip = std::net::IpAddr::from([127, 0, 0, i]);
+        let canary = fulcrum_proxy::cohort_hash(ip) < u64::MAX / 2;
+        let side = if canary { &mut sides.0 } else { &mut sides.1 };
+        if side.len() < 3 {
+            side.push(Some(ip));
+        }
+    }
+    sides.0.into_iter().chain(sides.1).collect()
+}
+
+/// With `consecutive = 1`, a canary's first look (before the stable
+/// cohort has counts to compare with) already knows which pools the
+/// change touched: a pool it did not touch, unhealthy all along, does not
+/// drop it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_is_not_dropped_for_an_unhealthy_pool_it_did_not_touch() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let web: Vec<Backend> = vec![
+        Backend::start("web").await,
+        Backend::start("web").await,
+        Backend::start("web").await,
+    ];
+    web[1].fail_health(true);
+    web[2].fail_health(true);
+    let web_pool = pool(
+        "web",
+        "round_robin",
+        &web.iter().map(|w| (w.addr, 1)).collect::<Vec<_>>(),
+        "",
+    );
+    let version = |weight: u32| {
+        let auth = pool("auth", "round_robin", &[(a.addr, 1), (b.addr, weight)], "");
+        let one_web = format!(
+            "[pool.web]\nbackends = [{{ addr = \"{}\" }}]\n",
+            web[0].addr
+        );
+        format!(
+            "[guard]\nconsecutive = 1\n\n{}",
+            config("auth", &auth, web[0].addr).replace(&one_web, &web_pool)
+        )
+    };
+    let lb = Lb::start(&version(1));
+    let traffic = Traffic::from(lb.served.addr, &[], &both_sides());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let file = lb.file("v2.toml", &version(2));
+    let out = lb.cli_ok(&[
+        "apply",
+        file.to_str().unwrap(),
+        "--canary",
+        "0.5",
+        "--bake",
+        "3s",
+    ]);
+    assert!(stdout(&out).contains("promoted"), "{}", stdout(&out));
+    traffic.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn incident_2_auth_servers_that_do_not_serve_logins() {
     let (a, b, web) = (
@@ -748,18 +809,7 @@ async fn a_bad_canary_is_dropped_by_the_guard_and_the_webhook_hears_of_it() {
         )
     );
     let lb = Lb::start(&v1);
-    // Clients on both sides of a half canary, chosen by the cohort hash.
-    let mut sides = (Vec::new(), Vec::new());
-    for i in 2..=250u8 {
-        let ip = std::net::IpAddr::from([127, 0, 0, i]);
-        let canary = fulcrum_proxy::cohort_hash(ip) < u64::MAX / 2;
-        let side = if canary { &mut sides.0 } else { &mut sides.1 };
-        if side.len() < 3 {
-            side.push(Some(ip));
-        }
-    }
-    let clients: Vec<Option<std::net::IpAddr>> = sides.0.into_iter().chain(sides.1).collect();
-    let traffic = Traffic::from(lb.served.addr, &[], &clients);
+    let traffic = Traffic::from(lb.served.addr, &[], &both_sides());
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let file = lb.file("bad.toml", &v2);
     lb.cli_ok(&[

@@ -30,14 +30,21 @@ fn server_errors() -> StatusSet {
     }
 }
 
-/// Names the change touched: routes, and pools (a backend's pool counts).
-/// A change to routing itself (a route added, removed, matching otherwise
-/// or moved) can send requests to any route, so it touches them all.
-fn touched(
-    base: Option<&(Snapshot, Counts)>,
-    new: &Snapshot,
-) -> Option<(HashSet<String>, HashSet<String>)> {
-    let (old, _) = base?;
+/// The names of the routes and pools a change touched, and of the pools
+/// the touched routes sent traffic to before it.
+#[derive(Debug, Default)]
+pub struct Touched {
+    pub routes: HashSet<String>,
+    pub pools: HashSet<String>,
+    pub fed: HashSet<String>,
+}
+
+/// Names the change from `old` to `new` touched: routes, and pools (a
+/// backend's pool counts). A change to routing itself (a route added,
+/// removed, matching otherwise or moved) can send requests to any route,
+/// so it touches them all. Known from the configs alone: a canary's first
+/// look, before its stable cohort has counts, knows it too.
+pub fn touched(old: &Snapshot, new: &Snapshot) -> Touched {
     let mut routes = HashSet::new();
     let mut pools = HashSet::new();
     for c in fulcrum_safety::diff::semantic(old, new) {
@@ -58,7 +65,15 @@ fn touched(
             _ => {}
         }
     }
-    Some((routes, pools))
+    // A pool is the change's business when a route it touched sent it
+    // traffic before (incident 1 changed the route, not the pool).
+    let fed = old
+        .routes
+        .iter()
+        .filter(|r| routes.contains(&*r.name))
+        .map(|r| old.pools[r.pool].name.to_string())
+        .collect();
+    Touched { routes, pools, fed }
 }
 
 fn rate(k: u64, n: u64) -> Option<f64> {
@@ -172,11 +187,10 @@ pub fn routes(
     new: &Snapshot,
     counts: &Counts,
     span: Duration,
-    base: Option<&(Snapshot, Counts)>,
+    (base, touched): (Option<&(Snapshot, Counts)>, Option<&Touched>),
     s: &Settings,
     out: &mut Vec<Finding>,
 ) -> Vec<RouteView> {
-    let touched = touched(base, new);
     let empty = RouteCounts::default();
     new.routes
         .iter()
@@ -212,9 +226,9 @@ pub fn routes(
             ];
             // After a change, a route it did not touch (nor its pool) is not
             // the change's doing as far as before-and-after can tell.
-            if let Some((routes, pools)) = &touched
-                && !routes.contains(&name)
-                && !pools.contains(&pool)
+            if let Some(t) = touched
+                && !t.routes.contains(&name)
+                && !t.pools.contains(&pool)
             {
                 untouched(&mut found, "this route or its pool");
             }
@@ -343,7 +357,7 @@ pub fn pools(
     new: &Snapshot,
     counts: &Counts,
     span: Duration,
-    base: Option<&(Snapshot, Counts)>,
+    (base, touched): (Option<&(Snapshot, Counts)>, Option<&Touched>),
     live: Live<'_>,
     s: &Settings,
     out: &mut Vec<Finding>,
@@ -353,7 +367,6 @@ pub fn pools(
         expected: memo,
         flipped,
     } = live;
-    let touched = touched(base, new);
     let all = total(counts);
     new.pools
         .iter()
@@ -406,18 +419,11 @@ pub fn pools(
                 ("skew", skew(p, &observed, &available, base, s)),
                 ("health", healthy(p, &available, s)),
             ];
-            // A pool is the change's business when the change touched it or
-            // a route that sent it traffic before (incident 1 changed the
-            // route, not the pool).
-            if let Some((routes, pools)) = &touched {
-                let fed_by_touched = base.is_some_and(|(old, _)| {
-                    old.routes
-                        .iter()
-                        .any(|r| old.pools[r.pool].name == p.name && routes.contains(&*r.name))
-                });
-                if !pools.contains(&name) && !fed_by_touched {
-                    untouched(&mut found, "this pool or the routes to it");
-                }
+            if let Some(t) = touched
+                && !t.pools.contains(&name)
+                && !t.fed.contains(&name)
+            {
+                untouched(&mut found, "this pool or the routes to it");
             }
             let weighted = available
                 .iter()
@@ -706,17 +712,13 @@ mod tests {
     #[test]
     fn a_routing_change_touches_every_route_and_pool() {
         let old = snapshot("/auth/");
-        let base = (old.clone(), Counts::default());
         // Nothing changed: nothing touched.
-        let (routes, pools) = touched(Some(&base), &old).unwrap();
-        assert!(routes.is_empty() && pools.is_empty());
+        let t = touched(&old, &old);
+        assert!(t.routes.is_empty() && t.pools.is_empty());
         // The auth route matches less: logins it no longer takes land on
         // `web`, which the change therefore touched too.
-        let (routes, pools) = touched(Some(&base), &snapshot("/auth/v2/")).unwrap();
-        assert!(
-            routes.contains("web") && pools.contains("web"),
-            "{routes:?} {pools:?}"
-        );
+        let t = touched(&old, &snapshot("/auth/v2/"));
+        assert!(t.routes.contains("web") && t.pools.contains("web"), "{t:?}");
     }
 
     #[test]
@@ -807,6 +809,7 @@ mod tests {
             counts
         };
         let base = (snapshot(""), counts(before));
+        let touched = touched(&base.0, &snap);
         let flipped = flipped
             .iter()
             .map(|a| ("auth".to_owned(), a.to_string()))
@@ -817,7 +820,7 @@ mod tests {
             &snap,
             &counts(now),
             Duration::from_secs(10),
-            Some(&base),
+            (Some(&base), Some(&touched)),
             Live {
                 health: &[],
                 expected: &mut memo,
@@ -829,6 +832,56 @@ mod tests {
         out.iter()
             .find(|f| f.detector == "shares")
             .map_or(Verdict::NoData, |f| f.verdict)
+    }
+
+    /// A canary's first look, before its stable cohort has counts, still
+    /// knows what the change touched: a pool it did not touch that is
+    /// unhealthy is only marginal, not a reason to drop the canary.
+    #[test]
+    fn an_untouched_pool_is_spared_before_the_baseline_has_counts() {
+        let snapshot = |auth: &str| {
+            let text = format!(
+                "[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\n\n\
+                 [[route]]\nname = \"auth\"\nmatch = {{ path_prefix = \"/auth/\" }}\npool = \"auth\"\n\n\
+                 [[route]]\nname = \"web\"\npool = \"web\"\n\n\
+                 [pool.auth]\nbackends = [{{ addr = \"127.0.0.1:1\", weight = {auth} }}]\n\n\
+                 [pool.web]\nbackends = [{{ addr = \"127.0.0.1:2\" }}, {{ addr = \"127.0.0.1:4\" }}, {{ addr = \"127.0.0.1:5\" }}]\n"
+            );
+            fulcrum_config::check_with("t", &text, &fulcrum_config::NoFiles)
+                .snapshot
+                .unwrap()
+        };
+        let (old, new) = (snapshot("1"), snapshot("2"));
+        let touched = touched(&old, &new);
+        let down = |addr: &str| BackendStatus {
+            pool: "web".into(),
+            addr: addr.parse().unwrap(),
+            healthy: false,
+            ejected: false,
+            in_flight: 0,
+            requests: 0,
+            failures: 0,
+        };
+        let health = [down("127.0.0.1:4"), down("127.0.0.1:5")];
+        let mut out = Vec::new();
+        pools(
+            &new,
+            &Counts::default(),
+            Duration::from_secs(1),
+            (None, Some(&touched)),
+            Live {
+                health: &health,
+                expected: &mut expect::Memo::default(),
+                flipped: &HashSet::new(),
+            },
+            &S,
+            &mut out,
+        );
+        let web = out
+            .iter()
+            .find(|f| f.detector == "health" && f.pool.as_deref() == Some("web"))
+            .unwrap();
+        assert_eq!(web.verdict, Verdict::Marginal, "{}", web.summary);
     }
 
     /// `shares` fails a change that unbalanced a pool, not one that left

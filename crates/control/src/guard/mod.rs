@@ -639,22 +639,26 @@ fn judge_now(
     let view = c.view();
     // What is judged: the canary, else the stable config; since the change
     // took over, at most one window back.
-    let (new, base): (&Serving, Option<(Snapshot, Counts)>) = match (&view.canary, watched) {
-        (Some(cv), Some(w)) => {
-            let from = w.since.max(now.checked_sub(s.window).unwrap_or(w.since));
-            let base = windows
-                .between(&view.stable.snapshot.hash, from, now)
-                .map(|(counts, _)| ((*view.stable.snapshot).clone(), counts));
-            (&cv.serving, base)
-        }
-        (_, Some(w)) => (
-            &view.stable,
-            w.baseline
-                .as_ref()
-                .map(|(b, counts, _)| ((*b.snapshot).clone(), counts.clone())),
-        ),
-        _ => (&view.stable, None),
-    };
+    // And what it changed from: the snapshot before, whether or not its
+    // counts are there yet (a canary's first look).
+    let (new, before, base): (&Serving, Option<&Snapshot>, Option<(Snapshot, Counts)>) =
+        match (&view.canary, watched) {
+            (Some(cv), Some(w)) => {
+                let from = w.since.max(now.checked_sub(s.window).unwrap_or(w.since));
+                let base = windows
+                    .between(&view.stable.snapshot.hash, from, now)
+                    .map(|(counts, _)| ((*view.stable.snapshot).clone(), counts));
+                (&cv.serving, Some(&*view.stable.snapshot), base)
+            }
+            (_, Some(w)) => (
+                &view.stable,
+                w.baseline.as_ref().map(|(b, _, _)| &*b.snapshot),
+                w.baseline
+                    .as_ref()
+                    .map(|(b, counts, _)| ((*b.snapshot).clone(), counts.clone())),
+            ),
+            _ => (&view.stable, None, None),
+        };
     let from = watched
         .map_or(now.checked_sub(s.window), |w| {
             Some(w.since.max(now.checked_sub(s.window).unwrap_or(w.since)))
@@ -671,12 +675,13 @@ fn judge_now(
     let health = c.plane().backends();
     looks.flips.note(&health, now);
     let flipped = looks.flips.since(from);
+    let touched = before.map(|old| detect::touched(old, &new.snapshot));
     let mut findings = Vec::new();
     let routes = detect::routes(
         &new.snapshot,
         &counts,
         span,
-        base.as_ref(),
+        (base.as_ref(), touched.as_ref()),
         s,
         &mut findings,
     );
@@ -685,7 +690,7 @@ fn judge_now(
         &new.snapshot,
         &counts,
         span,
-        base.as_ref(),
+        (base.as_ref(), touched.as_ref()),
         detect::Live {
             health: &health,
             expected: looks.memo,
