@@ -55,11 +55,19 @@ function diffLine(c) {
   return el('li', { class: 'diff-' + c.op }, s);
 }
 
-// The semantic diff of version `n`, from its `applied` event, else from
-// `fallback` (the diff an alert carries).
-function diffOf(n, fallback) {
-  const applied = [...data.events.values()].find((e) => e.kind === 'applied' && e.version === n);
-  const diff = applied?.detail?.diff || fallback;
+// Each version's `applied` event, by version number: read once per render,
+// not once per version (hundreds of versions times a thousand events).
+function appliedByVersion() {
+  const m = new Map();
+  for (const e of data.events.values()) if (e.kind === 'applied') m.set(e.version, e);
+  return m;
+}
+
+// The semantic diff of version `n`, from its `applied` event (in
+// `applied`, from appliedByVersion), else from `fallback` (the diff an
+// alert carries).
+function diffOf(n, applied, fallback) {
+  const diff = applied.get(n)?.detail?.diff || fallback;
   if (!diff) return el('p', { class: 'muted' }, `no diff: v${n} was not applied in the last ${KEEP_EVENTS} events`);
   if (!diff.length) return el('p', { class: 'muted' }, 'no semantic change');
   return el('ul', { class: 'diff' }, diff.map(diffLine));
@@ -448,10 +456,11 @@ function renderIncidents() {
     $('incidents').replaceChildren(el('p', { class: 'muted' }, `none in the last ${KEEP_EVENTS} events`));
     return;
   }
+  const applied = appliedByVersion();
   $('incidents').replaceChildren(...incidents.map((e) => {
     const v = e.version != null ? versionMeta(e.version) : null;
     const change = e.version == null ? el('p', { class: 'muted' }, 'names no change')
-      : el('div', {}, el('p', {}, `the change: v${e.version}`, v ? ` by ${v.author}${v.message ? ': ' + v.message : ''}` : ''), diffOf(e.version, e.detail?.diff));
+      : el('div', {}, el('p', {}, `the change: v${e.version}`, v ? ` by ${v.author}${v.message ? ': ' + v.message : ''}` : ''), diffOf(e.version, applied, e.detail?.diff));
     return el('article', { class: 'incident kind-' + e.kind, 'data-seq': e.seq, 'data-version': e.version ?? '' },
       el('p', {}, clock(e.time), ' ', badge(e.kind.replace('_', ' '), 'kind-' + e.kind), ' ', e.summary), change);
   }));
@@ -466,11 +475,12 @@ function renderVersions() {
   // What the reader opened or closed stays so.
   const was = new Map([...$('versions').querySelectorAll('details')].map((d) => [Number(d.dataset.version), d.open]));
   const open = (v) => was.get(v.number) ?? v.state !== 'stored';
+  const applied = appliedByVersion();
   $('versions').replaceChildren(...h.versions.map((v) =>
     el('details', { class: 'version', 'data-version': v.number, 'data-state': v.state, open: open(v) ? '' : null },
       el('summary', {}, `v${v.number} `, badge(v.state), ` by ${v.author}`, v.message ? `: ${v.message}` : '', ' · ', clock(v.time), ` · ${v.hash}`,
         v.state === 'stored' && !canary ? [' ', el('button', { type: 'button', class: 'serve-again', 'data-serve': v.number }, `Serve v${v.number} again…`)] : null),
-      v.parent == null ? el('p', { class: 'muted' }, 'the first version') : diffOf(v.number))));
+      v.parent == null ? el('p', { class: 'muted' }, 'the first version') : diffOf(v.number, applied))));
 }
 
 function renderTimeline() {
