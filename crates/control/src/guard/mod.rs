@@ -181,12 +181,44 @@ struct Seen {
     stable: Option<u64>,
     canary: Option<u64>,
     previous: Option<Serving>,
+    /// The canary's content.
+    canary_hash: Option<Arc<str>>,
+}
+
+impl Seen {
+    fn of(view: &crate::change::View) -> Seen {
+        Seen {
+            stable: Some(view.stable.meta.number),
+            canary: view.canary.as_ref().map(|cv| cv.serving.meta.number),
+            previous: Some(view.stable.clone()),
+            canary_hash: view
+                .canary
+                .as_ref()
+                .map(|cv| cv.serving.snapshot.hash.clone()),
+        }
+    }
+
+    /// The content `view` stopped serving by a rollback or a dropped
+    /// canary since this look: unwanted, so no baseline includes it.
+    fn rolled_back(&self, view: &crate::change::View) -> Option<Arc<str>> {
+        let stable = view.stable.meta.number;
+        if self.stable.is_some_and(|s| s != stable)
+            && view.transition.kind == TransitionKind::RolledBack
+        {
+            return self.previous.as_ref().map(|p| p.snapshot.hash.clone());
+        }
+        if view.canary.is_none() && self.stable == Some(stable) {
+            return self.canary_hash.clone();
+        }
+        None
+    }
 }
 
 async fn run(guard: Arc<Guard>) {
     let mut windows = Windows::default();
     let mut memo = expect::Memo::default();
     let mut flips = Flips::default();
+    let mut left_out: Vec<(Arc<str>, Instant)> = Vec::new();
     let mut watched: Option<Watched> = None;
     let mut seen = Seen::default();
     let mut alerts: Vec<Alert> = Vec::new();
@@ -218,11 +250,7 @@ async fn run(guard: Arc<Guard>) {
             }));
             watched = None;
             // What serves now is what the next change is judged against.
-            seen = Seen {
-                stable: Some(view.stable.meta.number),
-                canary: view.canary.as_ref().map(|cv| cv.serving.meta.number),
-                previous: Some(view.stable.clone()),
-            };
+            seen = Seen::of(&view);
             continue;
         }
         let now = Instant::now();
@@ -231,12 +259,15 @@ async fn run(guard: Arc<Guard>) {
             now,
             settings.window * 3 + Duration::from_secs(2),
         );
-        watched = follow(&view, watched, &seen, &windows, now);
-        seen = Seen {
-            stable: Some(view.stable.meta.number),
-            canary: view.canary.as_ref().map(|cv| cv.serving.meta.number),
-            previous: Some(view.stable.clone()),
-        };
+        // Versions rolled back lately: left out of the baseline of a
+        // change that follows within a few windows.
+        if let Some(hash) = seen.rolled_back(&view) {
+            left_out.push((hash, now));
+        }
+        left_out.retain(|(_, at)| now.duration_since(*at) < settings.window * 3);
+        let left: Vec<Arc<str>> = left_out.iter().map(|(h, _)| h.clone()).collect();
+        watched = follow(&view, watched, (&seen, &left), &windows, now);
+        seen = Seen::of(&view);
         let settings = in_force(&view, watched.as_ref());
 
         let state = match (&view.canary, &watched) {
@@ -299,7 +330,7 @@ fn in_force(view: &crate::change::View, watched: Option<&Watched>) -> Settings {
 fn follow(
     view: &crate::change::View,
     watched: Option<Watched>,
-    seen: &Seen,
+    (seen, left_out): (&Seen, &[Arc<str>]),
     windows: &Windows,
     now: Instant,
 ) -> Option<Watched> {
@@ -353,11 +384,13 @@ fn follow(
         }
         None => {
             // Every version of the window before: a reload every second
-            // leaves each too little traffic to compare with alone.
+            // leaves each too little traffic to compare with alone. But
+            // not one rolled back lately: a bad version's errors would
+            // hide the next bad change's.
             let base = from.map(|from| {
                 (
                     previous.clone(),
-                    windows.all_between(from, now),
+                    windows.all_between(from, now, left_out),
                     settings.window,
                 )
             });
@@ -722,6 +755,66 @@ mod tests {
             requests: 0,
             failures: 0,
         }
+    }
+
+    /// Version `n` serving `comment`'s config.
+    fn serving(n: u64, comment: &str) -> Serving {
+        let source = format!(
+            "# {comment}\n[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\n\n\
+             [[route]]\nname = \"web\"\npool = \"web\"\n\n\
+             [pool.web]\nbackends = [{{ addr = \"127.0.0.1:2\" }}]\n"
+        );
+        let snapshot = fulcrum_config::check("t", &source).snapshot.unwrap();
+        Serving {
+            meta: crate::store::VersionMeta {
+                number: n,
+                hash: snapshot.hash.to_string(),
+                parent: None,
+                author: "t".into(),
+                message: String::new(),
+                time: SystemTime::now(),
+                standards_hash: None,
+                origin: crate::store::Origin::Api,
+            },
+            source: source.into(),
+            snapshot: Arc::new(snapshot),
+        }
+    }
+
+    fn view(stable: Serving, canary: Option<Serving>, kind: TransitionKind) -> crate::change::View {
+        crate::change::View {
+            stable,
+            canary: canary.map(|serving| crate::change::CanaryView {
+                serving,
+                fraction: 0.5,
+                since: SystemTime::now(),
+                bake: Duration::from_secs(60),
+            }),
+            transition: crate::change::Transition {
+                kind,
+                at: SystemTime::now(),
+                from: None,
+            },
+        }
+    }
+
+    /// What a rollback or a dropped canary stopped serving is named, so
+    /// no baseline of a change soon after counts its traffic; a change,
+    /// or a canary promoted, names nothing.
+    #[test]
+    fn the_version_rolled_back_is_left_out_of_baselines() {
+        let (v1, v2, v3) = (serving(1, "one"), serving(2, "two"), serving(3, "three"));
+        let hash = |s: &Serving| s.snapshot.hash.clone();
+        let on_v2 = Seen::of(&view(v2.clone(), None, TransitionKind::Changed));
+        let back = view(v1.clone(), None, TransitionKind::RolledBack);
+        assert_eq!(on_v2.rolled_back(&back), Some(hash(&v2)));
+        let on = view(v3.clone(), None, TransitionKind::Changed);
+        assert_eq!(on_v2.rolled_back(&on), None);
+        let canary = Seen::of(&view(v1.clone(), Some(v3.clone()), TransitionKind::Changed));
+        let dropped = view(v1.clone(), None, TransitionKind::RolledBack);
+        assert_eq!(canary.rolled_back(&dropped), Some(hash(&v3)));
+        let promoted = view(v3.clone(), None, TransitionKind::Changed);
+        assert_eq!(canary.rolled_back(&promoted), None);
     }
 
     /// A backend's first look is no change; a flip is, from its look on,

@@ -267,13 +267,14 @@ impl Windows {
         (last_t > t).then(|| (last.minus(base), *last_t - *t))
     }
 
-    /// What every version counted from `from` to `to`, added up by route,
-    /// pool and backend: the traffic before a change, however many
-    /// versions served it (a reload every second leaves each version a
-    /// second of traffic, too little to compare with alone).
-    pub fn all_between(&self, from: Instant, to: Instant) -> Counts {
+    /// What every version but those in `left_out` counted from `from` to
+    /// `to`, added up by route, pool and backend: the traffic before a
+    /// change, however many versions served it (a reload every second
+    /// leaves each version a second of traffic, too little to compare
+    /// with alone).
+    pub fn all_between(&self, from: Instant, to: Instant, left_out: &[Arc<str>]) -> Counts {
         let mut sum = Counts::default();
-        for v in self.samples.keys() {
+        for v in self.samples.keys().filter(|v| !left_out.contains(v)) {
             if let Some((c, _)) = self.between(v, from, to) {
                 sum.add(&c);
             }
