@@ -242,8 +242,18 @@ async fn serve(boot: Boot, o: &Options, state_dir: &Path, serving: Vec<Handle>) 
             _ = hup.recv() => {
                 // A change is gated by the standards as they are now, not
                 // as they were at the last poll.
-                controller.poll_standards().await;
-                controller.reload_file().await;
+                let reload = async {
+                    controller.poll_standards().await;
+                    controller.reload_file().await;
+                };
+                // A stop does not wait behind the reload's pre-flight
+                // (probes of a backend that answers nothing take
+                // seconds): the reload is dropped, and what serves drains.
+                tokio::select! {
+                    _ = reload => {}
+                    _ = term.recv() => break,
+                    _ = tokio::signal::ctrl_c() => break,
+                }
             }
             _ = poll.tick() => controller.poll_standards().await,
             _ = term.recv() => break,

@@ -336,10 +336,14 @@ impl Served {
         assert!(ok, "kill -{sig} failed");
     }
 
-    /// Wait until the log has `n` lines containing `needle`.
     /// How the process ended, once it has (within 5 s).
     async fn exit_status(&mut self) -> std::process::ExitStatus {
-        let deadline = Instant::now() + Duration::from_secs(5);
+        self.exit_within(Duration::from_secs(5)).await
+    }
+
+    /// How the process ended, once it has (within `limit`).
+    async fn exit_within(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
         loop {
             if let Some(s) = self.child.try_wait().unwrap() {
                 return s;
@@ -352,6 +356,7 @@ impl Served {
         }
     }
 
+    /// Wait until the log has `n` lines containing `needle`.
     fn wait_log(&self, needle: &str, n: usize) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {

@@ -249,3 +249,38 @@ async fn a_damaged_state_directory_refuses_the_start_and_says_what_to_do() {
     assert!(line.contains("000001.json"), "{line}");
     assert!(line.contains("if a newer fulcrum wrote it"), "{line}");
 }
+
+/// A stop is not held behind a reload's pre-flight: SIGTERM while a
+/// SIGHUP's probes wait on a backend that takes connections and answers
+/// nothing (5 s, its health timeout) drains and exits at once. The reload
+/// is dropped; the next start finds the edited file and adopts it, as any
+/// file edited while stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_does_not_wait_behind_a_reloads_preflight() {
+    let auth = Backend::start("auth").await;
+    let web = Backend::start("web").await;
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let mut lb = Lb::start(&config(&[auth.addr], web.addr, ""));
+    let slow_checks = config(&[auth.addr, silent_addr], web.addr, "").replace(
+        "interval = \"100ms\"",
+        "interval = \"10s\", timeout = \"5s\"",
+    );
+    std::fs::write(&lb.config, slow_checks).unwrap();
+    lb.served.signal("HUP");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    lb.served.signal("TERM");
+    let status = lb
+        .served
+        .exit_within(std::time::Duration::from_secs(3))
+        .await;
+    assert!(status.success(), "{status}");
+    lb.start_again(&[]);
+    assert_eq!(lb.serving().await, 2, "the edited file, adopted at start");
+}
