@@ -152,6 +152,10 @@ pub fn explain(
             .and_then(|pol| hash_key(pol, req, client_ip));
         let hash = balancer.hash_policy().map(|pol| {
             let (name, value) = match &pol.key {
+                // What `hash_key` hashes: the request's host, for `host`.
+                HashKey::Header(n) if n == http::header::HOST => {
+                    (format!("header:{n}"), req.host.map(str::to_owned))
+                }
                 HashKey::Header(n) => (
                     format!("header:{n}"),
                     req.headers
@@ -393,5 +397,36 @@ backends = [{ addr = "127.0.0.1:9202" }]
         )
         .unwrap_err();
         assert!(err.contains("another host"), "{err}");
+    }
+
+    /// A pool hashed on `header:host` hashes the host the request names,
+    /// and `explain` shows that value: `App.Example.com:80` as
+    /// `app.example.com`, the same as a request without the header.
+    #[test]
+    fn a_host_hash_key_shows_the_host_that_is_hashed() {
+        let text = r#"
+[[listener]]
+name = "public"
+bind = "127.0.0.1:0"
+
+[[route]]
+name = "web"
+pool = "web"
+
+[pool.web]
+algorithm = "hash"
+hash = { key = "header:host" }
+backends = [{ addr = "127.0.0.1:9201" }, { addr = "127.0.0.1:9202" }]
+"#;
+        let snapshot = fulcrum_config::check("t.toml", text).snapshot.unwrap();
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let hash = |url: &str, headers: &[String]| {
+            let e = explain_text(&snapshot, url, headers, ip).unwrap();
+            let h = e.pool.unwrap().hash.unwrap();
+            (h.value, h.hash)
+        };
+        let named = hash("GET /x", &["Host: App.Example.com:80".into()]);
+        assert_eq!(named.0.as_deref(), Some("app.example.com"));
+        assert_eq!(named, hash("GET http://app.example.com/x", &[]));
     }
 }

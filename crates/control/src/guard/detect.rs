@@ -386,11 +386,7 @@ pub fn pools(
                 .backends
                 .iter()
                 .map(|b| {
-                    let addr = b.addr.to_string();
-                    let c = counts
-                        .pools
-                        .get(&p.name)
-                        .and_then(|c| c.backends.iter().find(|x| x.addr == addr));
+                    let c = backend_counts(counts, &p.name, b.addr);
                     c.filter(|x| x.requests > 0).map_or((0, 0.0), |x| {
                         (
                             x.requests,
@@ -525,22 +521,31 @@ fn as_before(
     let same = old
         .pool(&p.name)
         .is_some_and(|(_, o)| o.algorithm == p.algorithm && o.backends == p.backends);
+    if !same {
+        return found;
+    }
     let before: Vec<u64> = p
         .backends
         .iter()
-        .map(|b| {
-            let addr = b.addr.to_string();
-            counts
-                .pools
-                .get(&p.name)
-                .and_then(|c| c.backends.iter().find(|x| x.addr == addr))
-                .map_or(0, |x| x.requests)
-        })
+        .map(|b| backend_counts(counts, &p.name, b.addr).map_or(0, |x| x.requests))
         .collect();
     match fit(&before, expected, s) {
-        (Verdict::Fail, _) if same => (Verdict::Marginal, format!("{text}, as before the change")),
+        (Verdict::Fail, _) => (Verdict::Marginal, format!("{text}, as before the change")),
         _ => found,
     }
+}
+
+/// What backend `addr` of pool `pool` counted in `counts`.
+fn backend_counts<'a>(
+    counts: &'a Counts,
+    pool: &str,
+    addr: std::net::SocketAddr,
+) -> Option<&'a super::window::BackendCounts> {
+    let addr = addr.to_string();
+    counts
+        .pools
+        .get(pool)
+        .and_then(|c| c.backends.iter().find(|x| x.addr == addr))
 }
 
 /// Observed backend shares against the balancer's expectation.

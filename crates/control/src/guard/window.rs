@@ -290,3 +290,47 @@ impl Windows {
         (t1 > t0).then(|| (last.minus(first), *t1 - *t0))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fulcrum_proxy::stats::{Cohort, Outcome};
+
+    /// One version's statistics, `n` requests to route 0 counted.
+    fn counted(comment: &str, n: u32) -> Arc<VersionStats> {
+        let text = format!(
+            "# {comment}\n[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\n\n\
+             [[route]]\nname = \"web\"\npool = \"web\"\n\n\
+             [pool.web]\nbackends = [{{ addr = \"127.0.0.1:2\" }}]\n"
+        );
+        let snapshot = fulcrum_config::check("t", &text).snapshot.unwrap();
+        let stats = Arc::new(VersionStats::of(&snapshot));
+        for _ in 0..n {
+            stats.record(&Outcome {
+                route: Some(0),
+                pool: Some(0),
+                backend: Some(0),
+                status: 500,
+                cause: None,
+                latency: Duration::from_millis(1),
+                cohort: Cohort::Stable,
+            });
+        }
+        stats
+    }
+
+    /// The window before a change adds up every version that served in
+    /// it, but those it is told to leave out (a version rolled back).
+    #[test]
+    fn all_between_leaves_out_what_it_is_told_to() {
+        let keep = Duration::from_secs(60);
+        let (t0, t1) = (Instant::now(), Instant::now() + Duration::from_secs(1));
+        let mut w = Windows::default();
+        w.sample(&[counted("good", 0), counted("bad", 0)], t0, keep);
+        let bad = counted("bad", 5);
+        w.sample(&[counted("good", 3), bad.clone()], t1, keep);
+        let requests = |c: &Counts| c.routes.values().map(|r| r.requests()).sum::<u64>();
+        assert_eq!(requests(&w.all_between(t0, t1, &[])), 8);
+        assert_eq!(requests(&w.all_between(t0, t1, &[bad.hash.clone()])), 3);
+    }
+}
