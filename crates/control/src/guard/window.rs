@@ -331,6 +331,9 @@ mod tests {
         w.sample(&[counted("good", 3), bad.clone()], t1, keep);
         let requests = |c: &Counts| c.routes.values().map(|r| r.requests()).sum::<u64>();
         assert_eq!(requests(&w.all_between(t0, t1, &[])), 8);
-        assert_eq!(requests(&w.all_between(t0, t1, &[bad.hash.clone()])), 3);
+        assert_eq!(
+            requests(&w.all_between(t0, t1, std::slice::from_ref(&bad.hash))),
+            3
+        );
     }
 }
