@@ -245,8 +245,9 @@ pub struct Guard {
     /// The smallest rise of an error or outcome rate that matters (0.05:
     /// five points).
     pub min_effect: f64,
-    /// How much slower (its p99 or median, as a ratio) a change must make a
-    /// route to count.
+    /// How much slower a change must make a route to count: its median as
+    /// a ratio of the baseline's, or its requests past the baseline's p99
+    /// stretched by this ratio.
     pub latency_ratio: f64,
     /// A backend taking more than this share of a pool with other healthy
     /// backends is skew.

@@ -166,20 +166,39 @@ fn latency(
     let (p99, p99b) = (p99_ms(&h).unwrap_or(0.0), p99_ms(&b).unwrap_or(0.0));
     let (p50, p50b) = (median_ms(&h).unwrap_or(0.0), median_ms(&b).unwrap_or(0.0));
     let p = mann_whitney_greater(&h, &b);
-    let text = format!(
-        "p99 {p99:.1} ms against {p99b:.1} ms before, median {p50:.1} ms against {p50b:.1} ms (Mann-Whitney p = {p:.2e})"
-    );
-    // The median as well as the p99: a slow backend weighted up (incident
-    // 3) makes most requests slow while the p99, slow already, stays put.
     let by = |x: f64, xb: f64| x >= xb * s.latency_ratio && x - xb >= LATENCY_FLOOR_MS;
-    let slower = by(p99, p99b) || by(p50, p50b);
-    if p < 1.0 - s.confidence && slower {
+    // The tail, by how many requests are in it rather than by the p99,
+    // which over a few dozen requests is the slowest one: one outlier.
+    let far_ms = (p99b * s.latency_ratio).max(p99b + LATENCY_FLOOR_MS);
+    let far = slower_than(&h, far_ms);
+    let text = format!(
+        "p99 {p99:.1} ms against {p99b:.1} ms before, {far} of {n} requests over {far_ms:.1} ms, median {p50:.1} ms against {p50b:.1} ms (Mann-Whitney p = {p:.2e})"
+    );
+    // The baseline has at most 1 % of its requests over its p99; the tail
+    // grew when the change's share over it stretched is surely above that.
+    let tail = |confidence: f64| wilson(far, n, confidence).0 > 0.01;
+    // The median as well as the tail: a slow backend weighted up
+    // (incident 3) makes most requests slow while the p99, slow already,
+    // stays put.
+    let slower = |confidence: f64| by(p50, p50b) || tail(confidence);
+    if p < 1.0 - s.confidence && slower(s.confidence) {
         (Verdict::Fail, text)
-    } else if p < 0.05 && slower {
+    } else if p < 0.05 && slower(0.95) {
         (Verdict::Marginal, text)
     } else {
         (Verdict::Pass, text)
     }
+}
+
+/// Requests in histogram `h` that surely took over `ms`: those in
+/// buckets that start above it.
+fn slower_than(h: &[u64], ms: f64) -> u64 {
+    let us = (ms * 1000.0).ceil() as u64;
+    h.iter()
+        .enumerate()
+        .filter(|(i, _)| fulcrum_proxy::stats::bucket_floor(*i) >= us)
+        .map(|(_, c)| c)
+        .sum()
 }
 
 /// Error rate, outcome signal and latency of every route.
@@ -770,6 +789,28 @@ mod tests {
         assert_eq!(verdict, Verdict::Fail, "{text}");
         assert_eq!(p99_ms(&after.histogram()), p99_ms(&before.histogram()));
         assert_eq!(latency(&before, Some(&before), long, &S).0, Verdict::Pass);
+    }
+
+    /// A change a little slower throughout (Mann-Whitney sure of it) with
+    /// one slow request among twenty: over twenty requests that one is the
+    /// p99, and it used to fail the change. A tail of many slow requests
+    /// still fails.
+    #[test]
+    fn one_slow_request_is_not_a_slower_tail() {
+        let at = |us| fulcrum_proxy::stats::bucket(us) as u16;
+        let route = |latency: Vec<(u16, u64)>| RouteCounts {
+            latency,
+            ..RouteCounts::default()
+        };
+        let long = Duration::from_secs(5);
+        let before = route(vec![(at(1_000), 200)]);
+        let outlier = route(vec![(at(1_100), 19), (at(100_000), 1)]);
+        let (verdict, text) = latency(&outlier, Some(&before), long, &S);
+        // Marginal at most (one in twenty is suspicious at 95 %): no rollback.
+        assert!(verdict < Verdict::Fail, "{text}");
+        let tail = route(vec![(at(1_100), 80), (at(100_000), 20)]);
+        let (verdict, text) = latency(&tail, Some(&before), long, &S);
+        assert_eq!(verdict, Verdict::Fail, "{text}");
     }
 
     #[test]
