@@ -446,16 +446,30 @@ fn render_report(r: &Value) -> String {
 /// Follow a canary until it is promoted or rolled back.
 fn wait_for_bake(api: &Api, number: u64) -> ExitCode {
     say!("waiting for the canary's bake time (Ctrl-C stops waiting, not the canary)…");
+    // Why the guard held the promotion at the last look, if it did.
+    let mut held: Option<String> = None;
     loop {
         std::thread::sleep(Duration::from_millis(500));
         let Ok((_, s)) = api.json(Method::GET, "/status", None) else {
             return ExitCode::from(EXIT_USAGE);
         };
         if s["canary"]["version"]["number"].as_u64() == Some(number) {
+            let now = s["canary"]["held"].as_str().map(str::to_owned);
+            if let Some(why) = now.as_deref().filter(|_| held.is_none()) {
+                say!(
+                    "held: the bake is over and the guard is not yet sure of v{number}; it waits for more traffic, at most one more bake: {why}"
+                );
+            }
+            held = now;
             continue;
         }
         return if s["version"]["number"].as_u64() == Some(number) {
-            say!("promoted: v{number} serves every request");
+            match held {
+                Some(why) => say!(
+                    "promoted: v{number} serves every request, though the guard was still unsure after twice the bake (it judges v{number} on probation now): {why}"
+                ),
+                None => say!("promoted: v{number} serves every request"),
+            }
             ExitCode::SUCCESS
         } else {
             say!(

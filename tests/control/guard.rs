@@ -497,6 +497,100 @@ async fn a_canary_is_not_dropped_for_an_unhealthy_pool_it_did_not_touch() {
     traffic.stop().await;
 }
 
+/// Incident 5's weights as a canary at a low rate: when its bake is over,
+/// too few requests have passed to be sure of the skew (about 130 at the
+/// default confidence), though it is likely. The promotion waits, and the
+/// canary is dropped once more requests make the skew sure. It used to be
+/// promoted at once (`apply` exit 0) and rolled back on probation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_the_guard_is_unsure_of_waits_past_its_bake() {
+    let (a, b, c) = (
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("c").await,
+    );
+    let web = Backend::start("web").await;
+    let version = |weight: u32| {
+        let backends = [(a.addr, weight), (b.addr, 1), (c.addr, 1)];
+        config(
+            "auth",
+            &pool("auth", "round_robin", &backends, ""),
+            web.addr,
+        )
+    };
+    let lb = Lb::start(&version(1));
+    let sides = both_sides();
+    let (canary_side, stable_side) = (sides[0], sides[3]);
+    // `n` logins from `from`, one after another on one connection.
+    let logins = async |from: Option<std::net::IpAddr>, n| {
+        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        connector.set_local_address(from);
+        connector.set_nodelay(true);
+        let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build(connector);
+        for _ in 0..n {
+            let uri: http::Uri = format!("http://{}/auth/login", lb.served.addr)
+                .parse()
+                .unwrap();
+            let resp = client.get(uri).await.unwrap();
+            assert_eq!(resp.status(), 200);
+            use http_body_util::BodyExt;
+            resp.into_body().collect().await.unwrap();
+        }
+    };
+    logins(canary_side, 10).await;
+    logins(stable_side, 10).await;
+    let file = lb.file("v2.toml", &version(20));
+    // Long enough for the 66 logins below on a slow machine.
+    let bake = "6s";
+    // `apply` waits for the canary's end, and says what held it.
+    let mut apply = lb.cli_command(&[
+        "apply",
+        file.to_str().unwrap(),
+        "--canary",
+        "0.5",
+        "--bake",
+        bake,
+    ]);
+    let apply = tokio::task::spawn_blocking(move || apply.output().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !lb.json("GET", "/status", "").await.1["canary"].is_object() {
+        assert!(Instant::now() < deadline, "never staged");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // 66 logins on the canary, 60 of them to one backend: at 95 % its
+    // share is surely above 0.8, at the default 99.9 % not yet.
+    logins(canary_side, 66).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let held = loop {
+        let (_, s) = lb.json("GET", "/status", "").await;
+        assert!(s["canary"].is_object(), "no longer a canary: {s}");
+        if let Some(why) = s["canary"]["held"].as_str() {
+            break why.to_owned();
+        }
+        assert!(Instant::now() < deadline, "never held: {s}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(held.contains("pool auth: skew"), "{held}");
+    // A hundred more make it sure: the guard drops the canary.
+    logins(canary_side, 100).await;
+    let dropped = lb
+        .wait_event(Duration::from_secs(5), "the canary dropped", |e| {
+            e["kind"] == "rolled_back"
+        })
+        .await;
+    assert_eq!(dropped["actor"], "guard", "{dropped}");
+    assert!(lb.last_event("promoted").await.is_none());
+    let out = apply.await.unwrap();
+    let said = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("held: ") && said.contains("rolled back"),
+        "{said}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn incident_2_auth_servers_that_do_not_serve_logins() {
     let (a, b, web) = (

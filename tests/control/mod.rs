@@ -143,13 +143,17 @@ impl Lb {
 
     /// A CLI verb aimed at this server.
     pub fn cli(&self, args: &[&str]) -> Output {
-        fulcrum()
-            .args(args)
+        self.cli_command(args).output().unwrap()
+    }
+
+    /// The command `cli` runs, to run it beside the test.
+    pub fn cli_command(&self, args: &[&str]) -> std::process::Command {
+        let mut cli = fulcrum();
+        cli.args(args)
             .args(["--admin", &format!("http://{}", self.admin)])
             .env("FULCRUM_ADMIN_TOKEN", TOKEN)
-            .current_dir(self.dir.path())
-            .output()
-            .unwrap()
+            .current_dir(self.dir.path());
+        cli
     }
 
     /// `cli`, which must exit 0 (else the test fails with its output).

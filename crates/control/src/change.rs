@@ -118,7 +118,14 @@ pub struct Controller {
     view: ArcSwap<View>,
     pub(crate) standards: Mutex<Option<Watch>>,
     pub(crate) started: SystemTime,
+    /// The guard's word on the canary at its latest look: its version and
+    /// why the guard is not yet sure of it. Holds the promotion.
+    held: Mutex<Option<(u64, String)>>,
 }
+
+/// How often a canary whose bake is over looks again whether the guard
+/// still holds it.
+const HOLD_LOOK: Duration = Duration::from_millis(250);
 
 /// Held by one change at a time.
 struct State {
@@ -161,11 +168,30 @@ impl Controller {
             }),
             standards: Mutex::new(settings.standards),
             started: SystemTime::now(),
+            held: Mutex::new(None),
         })
     }
 
     pub fn view(&self) -> Arc<View> {
         self.view.load_full()
+    }
+
+    /// The guard's word on canary `number` at its latest look: why it is
+    /// not yet sure of it (a marginal finding on what the canary touched),
+    /// or `None`. A canary whose bake is over is promoted only once the
+    /// guard is sure, or after one more bake.
+    pub fn hold(&self, number: u64, why: Option<String>) {
+        *self.held.lock().unwrap_or_else(PoisonError::into_inner) = why.map(|w| (number, w));
+    }
+
+    /// Why the guard holds canary `number`, if it does.
+    pub fn held(&self, number: u64) -> Option<String> {
+        self.held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .filter(|(n, _)| *n == number)
+            .map(|(_, why)| why.clone())
     }
 
     pub fn plane(&self) -> &Arc<DataPlane> {
@@ -550,17 +576,37 @@ impl Controller {
         let me = Arc::downgrade(self);
         if let Some(old) = state.bake.replace(tokio::spawn(async move {
             tokio::time::sleep(bake).await;
-            if let Some(me) = me.upgrade() {
-                me.promote(number).await;
+            // The guard still unsure of what the canary touched (a low
+            // rate that has not yet shown incident 5's skew, say) holds
+            // the promotion for at most one more bake.
+            let last = tokio::time::Instant::now() + bake;
+            let mut told = false;
+            loop {
+                let Some(me) = me.upgrade() else { return };
+                match me.held(number) {
+                    Some(why) if tokio::time::Instant::now() < last => {
+                        if !told {
+                            told = true;
+                            info!(version = number, "canary v{number} baked; its promotion waits while the guard is unsure: {why}");
+                        }
+                    }
+                    unsure => {
+                        me.promote(number, unsure).await;
+                        return;
+                    }
+                }
+                drop(me);
+                tokio::time::sleep(HOLD_LOOK).await;
             }
         })) {
             old.abort();
         }
     }
 
-    /// The bake time of canary `number` is over: it serves every request.
-    /// Nothing happens when it was rolled back meanwhile.
-    pub async fn promote(&self, number: u64) -> bool {
+    /// The bake time of canary `number` is over: it serves every request,
+    /// though the guard may still be `unsure` of it after the longest
+    /// hold. Nothing happens when it was rolled back meanwhile.
+    pub async fn promote(&self, number: u64, unsure: Option<String>) -> bool {
         let mut state = self.state.lock().await;
         let view = self.view();
         let Some(canary) = view
@@ -573,14 +619,14 @@ impl Controller {
         state.writer.promote();
         state.bake = None;
         let stable = view.stable.meta.number;
-        self.promote_to(
-            &mut state,
-            canary.serving.clone(),
-            stable,
-            "fulcrum",
-            "canary baked",
-        )
-        .await;
+        let why = match unsure {
+            Some(u) => format!(
+                "canary baked; the guard still unsure after twice its bake, it judges it on probation: {u}"
+            ),
+            None => "canary baked".to_owned(),
+        };
+        self.promote_to(&mut state, canary.serving.clone(), stable, "fulcrum", &why)
+            .await;
         true
     }
 

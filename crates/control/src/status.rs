@@ -163,13 +163,16 @@ pub async fn status(c: &Controller) -> Value {
         })
         .collect();
     let canary = view.canary.as_ref().map(|cv| {
+        let remaining = cv.bake.saturating_sub(since(cv.since));
         json!({
             "version": cv.serving.meta,
             "label": &*cv.serving.snapshot.version,
             "fraction": cv.fraction,
             "since": time(cv.since),
             "bake_ms": cv.bake.as_millis() as u64,
-            "remaining_ms": cv.bake.saturating_sub(since(cv.since)).as_millis() as u64,
+            "remaining_ms": remaining.as_millis() as u64,
+            // Why its promotion waits, once the bake is over.
+            "held": remaining.is_zero().then(|| c.held(cv.serving.meta.number)).flatten(),
         })
     });
     let counters: serde_json::Map<String, Value> = plane

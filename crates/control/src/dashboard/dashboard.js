@@ -317,7 +317,8 @@ function renderNow() {
     const c = st.canary;
     rows.push(
       el('p', { class: 'now', id: 'canary' }, badge('canary', 'canary'), ` v${c.version.number} on ${pct(c.fraction)} of clients by ${c.version.author}`,
-        `, ${Math.ceil(c.remaining_ms / 1000)} s of ${Math.round(c.bake_ms / 1000)} s bake left`),
+        c.held ? `, bake over, promotion held: the guard is not yet sure: ${c.held}`
+          : `, ${Math.ceil(c.remaining_ms / 1000)} s of ${Math.round(c.bake_ms / 1000)} s bake left`),
     );
   }
   if (st.drift?.problems?.length) rows.push(el('ul', { class: 'drift' }, st.drift.problems.map((p) => el('li', {}, 'drift: ' + p))));

@@ -123,6 +123,11 @@ struct Finding {
     pool: Option<String>,
     verdict: Verdict,
     summary: String,
+    /// Marginal on what the change touched for want of traffic, not
+    /// explained away (a part the change did not touch, unevenness from
+    /// before it): more requests would decide. It holds a canary's
+    /// promotion.
+    unsure: bool,
 }
 
 pub struct Guard {
@@ -286,6 +291,19 @@ async fn run(guard: Arc<Guard>) {
             .map(|f| f.verdict)
             .max()
             .unwrap_or(Verdict::NoData);
+        // A canary's promotion waits while the guard is unsure of it, or
+        // sure it fails and counting its looks in a row before acting.
+        if let (Some(cv), Some(w)) = (&view.canary, &watched)
+            && cv.serving.meta.number == w.number
+        {
+            let unsure: Vec<&str> = judged
+                .findings
+                .iter()
+                .filter(|f| f.unsure || f.verdict == Verdict::Fail)
+                .map(|f| f.summary.as_str())
+                .collect();
+            c.hold(w.number, (!unsure.is_empty()).then(|| unsure.join("; ")));
+        }
         if let Some(w) = watched.as_mut() {
             act(
                 &c,
