@@ -949,8 +949,21 @@ async fn forward(
     let mut last_err = None;
     let mut _retry: Option<RetryGauge> = None;
     for attempt in 0..max_attempts {
-        let Some(pick) = pool.balancer.pick(pool, key, &tried[..attempt], rng) else {
-            // No other backend to retry on: report what went wrong last.
+        let Some(pick) = pool
+            .balancer
+            .pick(pool, key, &tried[..attempt], rng)
+            .or_else(|| {
+                // No other backend: a backend that dropped the connection
+                // without a response may answer a second one (a restarted
+                // process, a service address with more behind it), as HAProxy
+                // retries on the same server. A refused or timed-out connect
+                // would only fail again.
+                matches!(last_err, Some(ProxyError::BackendReset { .. }))
+                    .then(|| pool.balancer.pick(pool, key, &[], rng))
+                    .flatten()
+            })
+        else {
+            // No backend to retry on: report what went wrong last.
             return Err(last_err.unwrap_or_else(|| no_backend(pool)));
         };
         note_panic(pool, pick.panic);

@@ -201,6 +201,40 @@ async fn get_to_a_resetting_backend_is_retried_elsewhere() {
     assert_eq!((bad.hits(), good.hits()), (1, 1));
 }
 
+/// A pool of one backend (often a service address with more behind it)
+/// that drops a fresh connection without a response: an idempotent
+/// request goes to it again, as HAProxy retries on the same server; a POST
+/// does not.
+#[tokio::test]
+async fn a_reset_on_the_only_backend_is_retried_on_it() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let n = std::sync::Arc::new(AtomicUsize::new(0));
+    let seen = n.clone();
+    let b = fulcrum_testkit::RawBackend::start(move |_| {
+        if seen.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
+            fulcrum_testkit::RawReply::SendAndClose(Vec::new())
+        } else {
+            fulcrum_testkit::RawReply::Send(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+            )
+        }
+    })
+    .await;
+    let mut p = pool("p", &[b.addr]);
+    p.retries.attempts = 1;
+    let proxy = TestProxy::serving(p).await;
+    let c = Client::new(proxy.addr);
+    let r = c.get("x.test", "/").await;
+    assert_eq!((r.status, r.body.as_str()), (200, "ok"), "{r:?}");
+    assert_eq!(n.load(Ordering::SeqCst), 2);
+    // The next attempt is the first of a pair again: a POST is not retried.
+    let r = c
+        .send(c.request(Method::POST, "x.test", "/login"), "user=a")
+        .await;
+    assert_eq!(r.status, 502, "{r:?}");
+    assert_eq!(n.load(Ordering::SeqCst), 3);
+}
+
 #[tokio::test]
 async fn connect_failure_is_retried_even_for_post() {
     let (bad, good, proxy) = retry_setup(Mode::Normal).await;
