@@ -466,7 +466,7 @@ fn wait_for_bake(api: &Api, number: u64) -> ExitCode {
         return if s["version"]["number"].as_u64() == Some(number) {
             match held {
                 Some(why) => say!(
-                    "promoted: v{number} serves every request, though the guard was still unsure after twice the bake (it judges v{number} on probation now): {why}"
+                    "promoted: v{number} serves every request, though the guard still held it after twice the bake (it judges v{number} on probation now): {why}"
                 ),
                 None => say!("promoted: v{number} serves every request"),
             }

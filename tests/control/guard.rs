@@ -591,6 +591,50 @@ async fn a_canary_the_guard_is_unsure_of_waits_past_its_bake() {
     );
 }
 
+/// With `rollback = false` the guard only alerts: a failing canary is
+/// held one more bake, then promoted, and `apply` says it was still held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_held_past_twice_its_bake_is_promoted_and_says_so() {
+    let (a, x, web) = (
+        Backend::start("a").await,
+        Backend::start("x").await,
+        Backend::start("web").await,
+    );
+    x.set_mode(Mode::Status(500));
+    let version = |backends: &[(SocketAddr, u32)]| {
+        format!(
+            "[guard]\nrollback = false\n\n{}",
+            config("auth", &pool("auth", "round_robin", backends, ""), web.addr)
+        )
+    };
+    let lb = Lb::start(&version(&[(a.addr, 1)]));
+    let traffic = Traffic::from(lb.served.addr, &[], &both_sides());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let file = lb.file("v2.toml", &version(&[(a.addr, 1), (x.addr, 1)]));
+    let started = Instant::now();
+    let out = lb.cli_ok(&[
+        "apply",
+        file.to_str().unwrap(),
+        "--canary",
+        "0.5",
+        "--bake",
+        "2s",
+    ]);
+    traffic.stop().await;
+    let said = stdout(&out);
+    assert!(said.contains("held: "), "{said}");
+    assert!(said.contains("though the guard still held it"), "{said}");
+    assert!(started.elapsed() >= Duration::from_secs(4), "{said}");
+    let promoted = lb.last_event("promoted").await.unwrap();
+    assert!(
+        promoted["summary"]
+            .as_str()
+            .unwrap()
+            .contains("route auth: errors"),
+        "{promoted}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn incident_2_auth_servers_that_do_not_serve_logins() {
     let (a, b, web) = (

@@ -576,9 +576,9 @@ impl Controller {
         let me = Arc::downgrade(self);
         if let Some(old) = state.bake.replace(tokio::spawn(async move {
             tokio::time::sleep(bake).await;
-            // The guard still unsure of what the canary touched (a low
-            // rate that has not yet shown incident 5's skew, say) holds
-            // the promotion for at most one more bake.
+            // The guard unsure of what the canary touched (a low rate that
+            // has not yet shown incident 5's skew, say), or counting its
+            // failing looks, holds the promotion for at most one more bake.
             let last = tokio::time::Instant::now() + bake;
             let mut told = false;
             loop {
@@ -587,7 +587,7 @@ impl Controller {
                     Some(why) if tokio::time::Instant::now() < last => {
                         if !told {
                             told = true;
-                            info!(version = number, "canary v{number} baked; its promotion waits while the guard is unsure: {why}");
+                            info!(version = number, "canary v{number} baked; its promotion waits while the guard holds it: {why}");
                         }
                     }
                     unsure => {
@@ -621,7 +621,7 @@ impl Controller {
         let stable = view.stable.meta.number;
         let why = match unsure {
             Some(u) => format!(
-                "canary baked; the guard still unsure after twice its bake, it judges it on probation: {u}"
+                "canary baked; the guard still held it after twice its bake, and judges it on probation: {u}"
             ),
             None => "canary baked".to_owned(),
         };
