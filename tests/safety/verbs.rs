@@ -396,6 +396,62 @@ fn diff_names_protocol_failure_statuses_access_log_guard_and_listener_changes() 
     }
 }
 
+/// Changes a diff used to call "no semantic change": a `first` pool's
+/// backends reordered (another primary), a hash pool's `on_missing`, the
+/// admin API's token file and the config's `tests`.
+#[test]
+fn diff_names_order_on_missing_admin_and_tests_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = fixture("traffic.log").display().to_string();
+    let old = std::fs::read_to_string(fixture("healthy.toml"))
+        .unwrap()
+        .replace("path = \"traffic.log\"", &format!("path = {log:?}"))
+        .replace(
+            "algorithm = \"least_request\"",
+            "algorithm = \"hash\"\nhash = { key = \"header:x-user\" }",
+        )
+        .replace("algorithm = \"round_robin\"", "algorithm = \"first\"");
+    std::fs::write(
+        dir.path().join("t.toml"),
+        TESTS
+            .split("\n[[rule]]\nname = \"logins over")
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    let new = old
+        .replace(
+            "hash = { key = \"header:x-user\" }",
+            "hash = { key = \"header:x-user\", on_missing = \"random\" }",
+        )
+        .replace(
+            "{ addr = \"127.0.0.1:9201\" }, { addr = \"127.0.0.1:9202\" }",
+            "{ addr = \"127.0.0.1:9202\" }, { addr = \"127.0.0.1:9201\" }",
+        )
+        .replace(
+            "listen = \"127.0.0.1:9901\"",
+            "listen = \"127.0.0.1:9901\"\ntoken_file = \"tok\"",
+        )
+        .replace(
+            "version = \"healthy-1\"",
+            "version = \"healthy-1\"\ntests = [\"t.toml\"]",
+        );
+    let (a, b) = (dir.path().join("old.toml"), dir.path().join("new.toml"));
+    std::fs::write(&a, &old).unwrap();
+    std::fs::write(&b, &new).unwrap();
+    let out = run(&["diff", &a.display().to_string(), &b.display().to_string()]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    for line in [
+        "~ pool auth algorithm: hash on header:x-user (on_missing hash_empty) → hash on header:x-user (on_missing random)",
+        "~ pool web order: 127.0.0.1:9201, 127.0.0.1:9202 → 127.0.0.1:9202, 127.0.0.1:9201",
+        "~ admin admin settings: token_file none → token_file tok",
+        "~ tests tests settings: files none",
+    ] {
+        assert!(text.contains(line), "{line} missing from:\n{text}");
+    }
+}
+
 const TESTS: &str = r#"
 [[rule]]
 name = "logins go to auth"
@@ -497,7 +553,7 @@ fn explain_shows_routes_pool_and_hash_ring_position() {
     assert_eq!(doc["route"], "app");
     let pool = &doc["pool"];
     assert_eq!(pool["pool"], "app");
-    assert_eq!(pool["algorithm"], "hash on header:x-user-id");
+    assert_eq!(pool["algorithm"], "hash on header:x-user-id (on_missing random)");
     assert_eq!(pool["backends"].as_array().unwrap().len(), 3);
     let hash = &pool["hash"];
     assert_eq!(hash["key"], "header:x-user-id");

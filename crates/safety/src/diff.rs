@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use fulcrum_config::Snapshot;
 use fulcrum_config::snapshot::{
-    Algorithm, HashKey, HeaderValueMatch, HostMatch, Http2, Limits, Listener, LogTarget, PathMatch,
-    Pool, Protocol, Route, RouteMatch, Tls, TlsVersion,
+    Algorithm, HashKey, HeaderValueMatch, HostMatch, Http2, Limits, Listener, LogTarget,
+    MissingKey, PathMatch, Pool, Protocol, Route, RouteMatch, Tls, TlsVersion,
 };
 use fulcrum_config::standards::TrafficSpec;
 use serde::Serialize;
@@ -22,8 +22,8 @@ use crate::traffic::{Recording, Unrecorded};
 /// One semantic change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Change {
-    /// `route`, `pool`, `backend`, `admin`, `listener`, `access_log` or
-    /// `guard`.
+    /// `route`, `pool`, `backend`, `admin`, `listener`, `access_log`,
+    /// `guard` or `tests`.
     pub kind: &'static str,
     /// `added`, `removed` or `changed`.
     pub op: &'static str,
@@ -32,7 +32,8 @@ pub struct Change {
     /// What changed, for `changed`: `pool`, `match`, `order`,
     /// `failure_statuses`, `algorithm`, `protocol`, `weight`, `health`,
     /// `outlier`, `timeouts`, `retries`, `panic_threshold`, `slow_start`,
-    /// `idle_per_backend`, `settings` (access log and guard).
+    /// `idle_per_backend`, `listen` (admin), `settings` (admin, access
+    /// log, guard and tests).
     pub field: Option<&'static str>,
     pub old: Option<String>,
     pub new: Option<String>,
@@ -344,22 +345,56 @@ fn backend_changes(p: &Pool, n: &Pool) -> Vec<Change> {
             ));
         }
     }
+    // A `first` pool sends every request to its first available backend:
+    // the same backends in another order are another primary.
+    let order = |p: &Pool| {
+        let addrs: Vec<String> = p.backends.iter().map(|b| b.addr.to_string()).collect();
+        addrs.join(", ")
+    };
+    if matches!(n.algorithm, Algorithm::First) && order(p) != order(n) {
+        out.push(change(
+            "pool",
+            "changed",
+            &p.name,
+            Some("order"),
+            Some(order(p)),
+            Some(order(n)),
+        ));
+    }
     out
 }
 
-/// Where Fulcrum listens: the admin API's address, and listeners removed,
-/// rebound or added.
+/// Where Fulcrum listens: the admin API's address, token and TLS, and
+/// listeners removed, rebound or added.
 fn listener_changes(old: &Snapshot, new: &Snapshot) -> Vec<Change> {
     let mut out = Vec::new();
-    let admin = |s: &Snapshot| s.admin.as_ref().map(|a| a.listen.to_string());
-    if admin(old) != admin(new) {
+    let listen = |s: &Snapshot| s.admin.as_ref().map(|a| a.listen.to_string());
+    if listen(old) != listen(new) {
         out.push(change(
             "admin",
             "changed",
             "admin",
             Some("listen"),
-            admin(old),
-            admin(new),
+            listen(old),
+            listen(new),
+        ));
+    }
+    let admin = |s: &Snapshot| -> Settings {
+        let a = s.admin.as_ref();
+        let token = a.and_then(|a| a.token_file.clone());
+        let mut keys = vec![("token_file", token.unwrap_or_else(|| "none".into()))];
+        keys.extend(tls(a.and_then(|a| a.tls.as_ref())));
+        keys
+    };
+    if admin(old) != admin(new) {
+        let (a, b) = changed_keys(&admin(old), &admin(new));
+        out.push(change(
+            "admin",
+            "changed",
+            "admin",
+            Some("settings"),
+            Some(a),
+            Some(b),
         ));
     }
     for l in &old.listeners {
@@ -503,6 +538,7 @@ fn section_changes(old: &Snapshot, new: &Snapshot) -> Vec<Change> {
     for (kind, a, b) in [
         ("access_log", access_log(old), access_log(new)),
         ("guard", guard(old), guard(new)),
+        ("tests", tests(old), tests(new)),
     ] {
         if a != b {
             let (a, b) = changed_keys(&a, &b);
@@ -517,6 +553,37 @@ fn section_changes(old: &Snapshot, new: &Snapshot) -> Vec<Change> {
         }
     }
     out
+}
+
+/// The rule files every change must pass (`tests = [...]`): each by its
+/// name, and whether its rules changed (a file edited under the same name
+/// is another gate).
+fn tests(s: &Snapshot) -> Settings {
+    let files = s.tests.iter().map(|t| t.file.as_str()).collect::<Vec<_>>();
+    let rules = s
+        .tests
+        .iter()
+        .map(|t| {
+            let text = format!("{:?}", (&t.rules, &t.traffic));
+            format!(
+                "{}: {} rule(s), content {}",
+                t.file,
+                t.rules.len(),
+                fulcrum_config::content_version(&text)
+            )
+        })
+        .collect::<Vec<_>>();
+    vec![
+        (
+            "files",
+            if files.is_empty() {
+                "none".into()
+            } else {
+                files.join(", ")
+            },
+        ),
+        ("rules", rules.join("; ")),
+    ]
 }
 
 /// `401, 403, 5xx`.
@@ -575,7 +642,11 @@ pub fn describe_algorithm(p: &Pool) -> String {
                 HashKey::ClientIp => "client_ip".into(),
                 HashKey::Path => "path".into(),
             };
-            format!("hash on {key}")
+            let missing = match h.on_missing {
+                MissingKey::HashEmpty => "hash_empty",
+                MissingKey::Random => "random",
+            };
+            format!("hash on {key} (on_missing {missing})")
         }
         a => a.name().to_owned(),
     }
