@@ -284,3 +284,35 @@ async fn a_stop_does_not_wait_behind_a_reloads_preflight() {
     lb.start_again(&[]);
     assert_eq!(lb.serving().await, 2, "the edited file, adopted at start");
 }
+
+/// A reload the store cannot journal (a full disk, here an immutable
+/// journal) leaves no version behind: the edited file is still new at the
+/// next start, and adopted. It used to stay as a version that never
+/// served, and the start took the file as already seen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_the_journal_refused_leaves_the_file_new_for_the_next_start() {
+    let (a, b, web) = (
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("web").await,
+    );
+    let mut lb = Lb::start(&config(&[a.addr], web.addr, ""));
+    let journal = lb.dir.path().join("fulcrum.state/journal.jsonl");
+    let chattr = |flag: &str| {
+        let ok = std::process::Command::new("chattr")
+            .arg(flag)
+            .arg(&journal)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "chattr {flag} (root on ext4 or tmpfs) is needed");
+    };
+    write_config(&lb.dir, "fulcrum.toml", &config(&[b.addr], web.addr, ""));
+    chattr("+i");
+    lb.served.signal("HUP");
+    lb.served.wait_log("cannot store the change", 1);
+    chattr("-i");
+    assert_eq!(history(&lb).len(), 1, "nothing left stored");
+    lb.restart(false).await;
+    assert_eq!(lb.serving().await, 2, "the edited file, adopted at start");
+    assert_eq!(lb.get("/auth/x").await.1, "b");
+}

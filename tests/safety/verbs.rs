@@ -553,7 +553,10 @@ fn explain_shows_routes_pool_and_hash_ring_position() {
     assert_eq!(doc["route"], "app");
     let pool = &doc["pool"];
     assert_eq!(pool["pool"], "app");
-    assert_eq!(pool["algorithm"], "hash on header:x-user-id (on_missing random)");
+    assert_eq!(
+        pool["algorithm"],
+        "hash on header:x-user-id (on_missing random)"
+    );
     assert_eq!(pool["backends"].as_array().unwrap().len(), 3);
     let hash = &pool["hash"];
     assert_eq!(hash["key"], "header:x-user-id");

@@ -486,6 +486,12 @@ impl Controller {
             )
             .await
         {
+            // Unjournaled, the version is no change: left stored, a
+            // restart would take the file it came from as seen.
+            let number = stored.number;
+            if let Err(d) = blocking(&store, move |s| s.discard(number)).await {
+                error!(error = %d, "cannot take back v{number}, stored but not journaled");
+            }
             self.store_failed(report, &e);
             return None;
         }

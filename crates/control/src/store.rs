@@ -151,6 +151,10 @@ pub trait Store: Send + Sync {
     /// Store a new version; the store assigns its number (last + 1) and
     /// sets its hash from `source`.
     fn put(&self, meta: VersionMeta, source: &str) -> Result<VersionMeta, StoreError>;
+    /// Take back version `number`, the newest, when what was to follow
+    /// its store failed (the journal could not record it): a version no
+    /// change made. Nothing happens to any other version, nor to the head.
+    fn discard(&self, number: u64) -> Result<(), StoreError>;
     /// One version, with its bytes.
     fn get(&self, number: u64) -> Result<Option<Version>, StoreError>;
     /// Every version's metadata, oldest first.
@@ -272,6 +276,20 @@ impl Store for Local {
         replace(&path, &st.versions, &bytes)?;
         st.metas.push(stored.meta.clone());
         Ok(stored.meta)
+    }
+
+    fn discard(&self, number: u64) -> Result<(), StoreError> {
+        let mut st = self.state();
+        if st.metas.last().map(|m| m.number) != Some(number) || st.head == Some(number) {
+            return Ok(());
+        }
+        let path = self.version_path(number);
+        fs::remove_file(&path).map_err(io_at(&path))?;
+        st.versions
+            .sync_all()
+            .map_err(io_at(&self.dir.join(VERSIONS)))?;
+        st.metas.pop();
+        Ok(())
     }
 
     fn get(&self, number: u64) -> Result<Option<Version>, StoreError> {
@@ -496,6 +514,17 @@ fn read_version(path: &Path, number: u64, bytes: &[u8]) -> Result<Version, Store
 fn read_head(path: &Path, metas: &[VersionMeta]) -> Result<Option<u64>, StoreError> {
     let text = match fs::read_to_string(path) {
         Ok(t) => t,
+        // A first start stores one version before it writes the head; with
+        // more stored, the head was lost, and what served is not known.
+        Err(e) if e.kind() == io::ErrorKind::NotFound && metas.len() > 1 => {
+            return Err(StoreError::Corrupt {
+                path: path.to_owned(),
+                reason: format!(
+                    "it is missing, though {} versions are stored: write into it the number of the version to serve (the journal's last `promoted` or `rolled_back` names it)",
+                    metas.len()
+                ),
+            });
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(error) => {
             return Err(StoreError::Io {

@@ -72,6 +72,7 @@ fn numbers_continue_across_reopen() {
     {
         let store = open(tmp.path());
         assert_eq!(store.put(meta(None), "a = 1\n").unwrap().number, 1);
+        store.set_head(1, None).unwrap();
         assert_eq!(store.put(meta(Some(1)), "a = 2\n").unwrap().number, 2);
     }
     let store = open(tmp.path());
@@ -80,6 +81,52 @@ fn numbers_continue_across_reopen() {
     let numbers: Vec<u64> = store.list().unwrap().iter().map(|m| m.number).collect();
     assert_eq!(numbers, [1, 2, 3]);
     assert!(tmp.path().join("versions/000003.json").is_file());
+}
+
+/// A version whose change failed after its store (the journal could not
+/// record it) is taken back, and is gone after a reopen; the head and
+/// older versions never are.
+#[test]
+fn a_discarded_version_is_gone_and_only_the_newest_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let v1 = store.put(meta(None), "a").unwrap();
+    store.set_head(v1.number, None).unwrap();
+    let v2 = store.put(meta(Some(1)), "b").unwrap();
+    store.discard(v1.number).unwrap();
+    store.discard(v2.number).unwrap();
+    assert_eq!(store.list().unwrap().len(), 1);
+    assert!(store.get(2).unwrap().is_none());
+    // The head stays, though it is the newest now.
+    store.discard(v1.number).unwrap();
+    drop(store);
+    let store = open(dir.path());
+    let numbers: Vec<u64> = store.list().unwrap().iter().map(|m| m.number).collect();
+    assert_eq!(numbers, [1]);
+    assert_eq!(store.put(meta(Some(1)), "c").unwrap().number, 2);
+}
+
+/// A missing head with more than a first start's one version stored is
+/// refused: which version served is not known, and a first start's
+/// config would silently replace it.
+#[test]
+fn a_missing_head_over_stored_versions_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store.put(meta(None), "a").unwrap();
+    drop(store);
+    std::fs::remove_file(dir.path().join(HEAD)).ok();
+    // One version and no head: a first start cut short; it goes on.
+    let store = open(dir.path());
+    store.set_head(1, None).unwrap();
+    store.put(meta(Some(1)), "b").unwrap();
+    drop(store);
+    std::fs::remove_file(dir.path().join(HEAD)).unwrap();
+    let e = Local::open(dir.path()).err().expect("refused").to_string();
+    assert!(
+        e.contains("HEAD") && e.contains("2 versions are stored"),
+        "{e}"
+    );
 }
 
 #[test]
