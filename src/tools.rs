@@ -80,7 +80,7 @@ fn config(path: &Path, format: Format) -> Step<(String, String, Checked, Snapsho
                     fulcrum_config::render_human(&label, &source, &checked)
                 ),
                 Format::Json => println!("{}", fulcrum_config::render_json(&label, &checked)),
-                Format::Sarif => println!("{}", sarif::render(&checked.diagnostics, None)),
+                Format::Sarif => println!("{}", sarif::render(&checked.diagnostics, &[])),
             }
             Err(ExitCode::from(EXIT_INVALID))
         }
@@ -120,7 +120,7 @@ pub fn standards(path: &Path, format: Format) -> Step<Standards> {
                     )
                     .unwrap_or_default()
                 ),
-                Format::Sarif => println!("{}", sarif::render(&parsed.diagnostics, None)),
+                Format::Sarif => println!("{}", sarif::render(&parsed.diagnostics, &[])),
             }
             Err(ExitCode::from(EXIT_INVALID))
         }
@@ -227,10 +227,11 @@ pub fn check(
                 doc["tests"] = serde_json::to_value(&own).unwrap_or_default();
                 println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
             }
-            Format::Sarif => println!(
-                "{}",
-                sarif::render(&checked.diagnostics, evaluation.as_ref())
-            ),
+            Format::Sarif => {
+                // The config's own tests gate it as the standards do.
+                let all: Vec<&Evaluation> = evaluation.iter().chain(&own).collect();
+                println!("{}", sarif::render(&checked.diagnostics, &all));
+            }
         }
         let passed =
             evaluation.as_ref().is_none_or(Evaluation::ok) && own.iter().all(Evaluation::ok);
@@ -312,13 +313,8 @@ pub fn test(
                 println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
             }
             Format::Sarif => {
-                let mut merged = all.first().cloned();
-                if let Some(m) = &mut merged {
-                    for e in all.iter().skip(1) {
-                        m.rules.extend(e.rules.iter().cloned());
-                    }
-                }
-                println!("{}", sarif::render(&checked.diagnostics, merged.as_ref()));
+                let all: Vec<&Evaluation> = all.iter().collect();
+                println!("{}", sarif::render(&checked.diagnostics, &all));
             }
         }
         Ok(if failed == 0 {

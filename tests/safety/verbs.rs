@@ -600,3 +600,94 @@ fn serve_refuses_to_start_a_config_that_breaks_the_standards() {
         "{err}"
     );
 }
+
+/// Files for one check: `(name, text)` in a temporary directory; returns
+/// it and the paths of the files in order.
+fn files(list: &[(&str, &str)]) -> (tempfile::TempDir, Vec<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = list
+        .iter()
+        .map(|(name, text)| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            p.display().to_string()
+        })
+        .collect();
+    (dir, paths)
+}
+
+/// healthy.toml with its access log named from anywhere.
+fn healthy() -> String {
+    let log = fixture("traffic.log").display().to_string();
+    std::fs::read_to_string(fixture("healthy.toml"))
+        .unwrap()
+        .replace("path = \"traffic.log\"", &format!("path = {log:?}"))
+}
+
+/// Gates that passed what they should refuse: outlier detection that can
+/// never eject, and a `header:host` pool judged on declared hosts (every
+/// synthetic request used to have none, so it failed as one key).
+#[test]
+fn standards_see_an_outlier_that_never_ejects_and_declared_hosts() {
+    let config = healthy().replace(
+        "algorithm = \"least_request\"",
+        "algorithm = \"hash\"\nhash = { key = \"header:host\" }\noutlier = { max_ejected_fraction = 0.3 }",
+    );
+    let rules = "[traffic]\nheaders = { host = 1000 }\n\n\
+                 [[rule]]\nname = \"ejects\"\npool = \"auth\"\nrequire_outlier_detection = true\n\n\
+                 [[rule]]\nname = \"spread\"\npool = \"auth\"\nmax_backend_share = 0.6\n";
+    let (_dir, p) = files(&[("c.toml", &config), ("s.toml", rules)]);
+    let out = run(&["check", &p[0], "--standards", &p[1], "--format", "json"]);
+    let doc = json(&out);
+    assert_eq!(out.status.code(), Some(1), "{doc:#}");
+    let failures = broken(&doc, "ejects");
+    assert!(
+        failures[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("can never eject"),
+        "{failures:?}"
+    );
+    let spread = doc["standards"]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "spread")
+        .unwrap();
+    assert_eq!(spread["passed"], true, "{spread:#}");
+    let codes: Vec<&str> = doc["diagnostics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["code"].as_str().unwrap())
+        .collect();
+    assert!(codes.contains(&"outlier-never-ejects"), "{codes:?}");
+}
+
+/// `check --format sarif` has a result for each broken rule of the
+/// config's own `tests`, as for `--standards`; and a failure's hint never
+/// says to move a catch-all route up (it would take every request).
+#[test]
+fn sarif_carries_the_configs_own_tests_and_hints_spare_catch_alls() {
+    let tests = "[[rule]]\nname = \"logins to web\"\nrequest = \"GET http://app.example.com/auth/login\"\nexpect_pool = \"web\"\n";
+    let config = healthy().replace(
+        "version = \"healthy-1\"",
+        "version = \"healthy-1\"\ntests = [\"t.toml\"]",
+    );
+    let (_dir, p) = files(&[("t.toml", tests), ("c.toml", &config)]);
+    let out = run(&["check", &p[1], "--format", "sarif"]);
+    assert_eq!(out.status.code(), Some(1));
+    let doc = json(&out);
+    let results = doc["runs"][0]["results"].as_array().unwrap();
+    let broken: Vec<&serde_json::Value> = results
+        .iter()
+        .filter(|r| r["ruleId"] == "standard/expect_pool")
+        .collect();
+    assert_eq!(broken.len(), 1, "{results:#?}");
+    let text = broken[0]["message"]["text"].as_str().unwrap();
+    assert!(text.contains("logins to web"), "{text}");
+    let out = run(&["check", &p[1]]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("FAIL logins to web"), "{text}");
+    assert!(!text.contains("move `web` above"), "{text}");
+}

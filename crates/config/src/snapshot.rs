@@ -439,6 +439,14 @@ pub struct Outlier {
     pub max_ejected_fraction: f64,
 }
 
+impl Outlier {
+    /// Whether `max_ejected_fraction` lets a pool of `weighted` backends
+    /// with a weight eject its first: 0.3 of three never does.
+    pub fn can_eject(&self, weighted: usize) -> bool {
+        self.max_ejected_fraction * weighted as f64 >= 1.0
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Timeouts {
     pub connect: Duration,

@@ -363,6 +363,16 @@ pub fn parse_standards(file: &str, source: &str) -> CheckedStandards {
             }
         }
     }
+    // An emptied or truncated rules file would pass every gate unseen.
+    if standards.rules.is_empty() && !d.has_errors() {
+        d.error(
+            "no-rules",
+            None,
+            "rule",
+            "the file has no `[[rule]]`: it would pass anything",
+        )
+        .hint("add the rules it should hold, or stop naming the file");
+    }
     let failed = d.has_errors();
     let diagnostics = d.into_sorted();
     CheckedStandards {
@@ -448,22 +458,30 @@ fn assertions(d: &Diags<'_>, file: &str, raw: &RawRule) -> Vec<(&'static str, Lo
             }
         };
     }
+    // A flag set to `false` asks nothing: no assertion.
+    macro_rules! flag {
+        ($field:ident) => {
+            if let Some(v) = raw.$field.as_ref().filter(|v| *v.get_ref()) {
+                assertions.push((stringify!($field), loc(d, file, v.span())));
+            }
+        };
+    }
     note!(expect_route);
     note!(expect_pool);
     note!(expect_status);
     note!(min_backends);
     note!(max_backend_share);
     note!(algorithms);
-    note!(require_health_check);
-    note!(require_outlier_detection);
+    flag!(require_health_check);
+    flag!(require_outlier_detection);
     note!(connect_timeout);
     note!(response_timeout);
     note!(idle_timeout);
     note!(allowed_backends);
-    note!(every_pool_used);
-    note!(no_shadowed_routes);
-    note!(admin_on_loopback);
-    note!(require_version);
+    flag!(every_pool_used);
+    flag!(no_shadowed_routes);
+    flag!(admin_on_loopback);
+    flag!(require_version);
     assertions.sort_by_key(|(_, l)| (l.line, l.col));
     assertions
 }
@@ -925,7 +943,16 @@ pub fn parse_request_line(text: &str) -> Result<(Method, Uri, String), String> {
     let (method, url) = text
         .split_once(char::is_whitespace)
         .ok_or("it needs a method and a URL separated by a space")?;
-    let method = Method::from_bytes(method.trim().as_bytes())
+    let method = method.trim();
+    // Methods are case-sensitive (RFC 9110 §9.1): `delete` is not DELETE,
+    // and no route (whose methods are stored in capitals) would take it.
+    if method.bytes().any(|b| b.is_ascii_lowercase()) {
+        return Err(format!(
+            "`{method}` is not a method a client sends: methods are case-sensitive; write `{}`",
+            method.to_ascii_uppercase()
+        ));
+    }
+    let method = Method::from_bytes(method.as_bytes())
         .map_err(|_| format!("`{method}` is not an HTTP method"))?;
     let uri: Uri = url
         .trim()

@@ -1611,11 +1611,63 @@ fn traffic_header_and_cookie_names_are_checked_not_dropped() {
     assert!(d.iter().all(|d| d.hint.is_some()));
     let ok = crate::standards::parse_standards(
         "standards.toml",
-        "[traffic]\nheaders = { X-User = 10 }\ncookies = { session = 5 }\n",
+        "[traffic]\nheaders = { X-User = 10 }\ncookies = { session = 5 }\n\n\
+         [[rule]]\nname = \"used\"\nevery_pool_used = true\n",
     );
     let t = ok.standards.expect("valid names parse").traffic;
     assert_eq!(t.headers.get("x-user"), Some(&10));
     assert_eq!(t.cookies.get("session"), Some(&5));
+}
+
+/// A rules file that would pass anything is refused: an empty (or
+/// truncated) one, a rule whose only flags are `false`, a request whose
+/// method no client sends (`delete` is not DELETE, and matches no route).
+#[test]
+fn rules_files_that_would_pass_anything_are_refused() {
+    let codes = |src: &str| {
+        standards_errors(src)
+            .iter()
+            .map(|d| d.code)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(codes(""), ["no-rules"]);
+    assert_eq!(codes("[traffic]\nrequests = 100\n"), ["no-rules"]);
+    assert_eq!(
+        codes("[[rule]]\nname = \"x\"\nevery_pool_used = false\nrequire_version = false\n"),
+        ["rule-without-assertion"]
+    );
+    let d = standards_errors(
+        "[[rule]]\nname = \"d\"\nrequest = \"delete http://a.test/x\"\nexpect_route = \"web\"\n",
+    );
+    assert_eq!(d[0].code, "invalid-request", "{d:?}");
+    assert!(d[0].message.contains("write `DELETE`"), "{}", d[0].message);
+}
+
+/// Outlier detection on where `max_ejected_fraction` can never let the
+/// first backend go is as good as off: a warning. A pool of one is spared
+/// (ejecting its only backend would serve nothing).
+#[test]
+fn outlier_detection_that_can_never_eject_is_warned_of() {
+    let two = BASE.replace(
+        "backends = [{ addr = \"127.0.0.1:9201\" }]",
+        "backends = [{ addr = \"127.0.0.1:9201\" }, { addr = \"127.0.0.1:9202\" }]",
+    );
+    let with = |src: &str, f: &str| {
+        src.replace(
+            "[pool.web]\n",
+            &format!("[pool.web]\noutlier = {{ max_ejected_fraction = {f} }}\n"),
+        )
+    };
+    let d = only(&with(&two, "0.4"), "outlier-never-ejects");
+    assert_eq!(d.severity, Severity::Warning);
+    assert_eq!(d.key_path, "pool.web.outlier.max_ejected_fraction");
+    assert!(
+        d.hint.as_deref().unwrap().contains("at least 0.5"),
+        "{:?}",
+        d.hint
+    );
+    assert!(codes(&with(&two, "0.5")).is_empty());
+    assert!(codes(&with(BASE, "0.4")).is_empty());
 }
 
 #[test]

@@ -1155,6 +1155,9 @@ impl Validator<'_, '_> {
             raw.outlier.as_ref().map(|o| o.get_ref()),
             &format!("{p}.outlier"),
         );
+        if let (Some(Some(o)), Some(b)) = (&outlier, &backends) {
+            self.outlier_never_ejects(o, b, raw, p);
+        }
         let panic_threshold = self.fraction(
             raw.panic_threshold.as_ref(),
             &format!("{p}.panic_threshold"),
@@ -1596,6 +1599,36 @@ impl Validator<'_, '_> {
             .and_then(|r| r.enabled.as_ref())
             .is_none_or(|e| *e.get_ref());
         Some(enabled.then_some(outlier))
+    }
+
+    /// Outlier detection on, in a pool whose `max_ejected_fraction` can
+    /// never let its first backend go: a pool of one is left alone, as
+    /// ejecting its only backend would serve nothing.
+    fn outlier_never_ejects(&mut self, o: &Outlier, backends: &[Backend], raw: &RawPool, p: &str) {
+        let weighted = backends.iter().filter(|b| b.weight > 0).count();
+        if weighted < 2 || o.can_eject(weighted) || self.partial {
+            return;
+        }
+        let span = raw.outlier.as_ref().map(|r| {
+            r.get_ref()
+                .max_ejected_fraction
+                .as_ref()
+                .map_or_else(|| r.span(), |f| f.span())
+        });
+        self.d
+            .warning(
+                "outlier-never-ejects",
+                span,
+                format!("{p}.outlier.max_ejected_fraction"),
+                format!(
+                    "outlier detection can never eject a backend: `max_ejected_fraction` {} of {weighted} backends with a weight is under one",
+                    o.max_ejected_fraction
+                ),
+            )
+            .hint(format!(
+                "raise it to at least {}, or set `enabled = false` to say it is off",
+                (100.0 / weighted as f64).ceil() / 100.0
+            ));
     }
 
     fn timeouts(&mut self, raw: Option<&RawTimeouts>, p: &str) -> Option<Timeouts> {

@@ -6,7 +6,7 @@
 
 use fulcrum_config::Snapshot;
 use fulcrum_config::locate::locate;
-use fulcrum_config::snapshot::{PathMatch, Pool, RequestView};
+use fulcrum_config::snapshot::{PathMatch, Pool, RequestView, RouteMatch};
 use fulcrum_config::standards::{
     AddrPattern, Location, PoolSelector, Rule, RuleRequest, Standards,
 };
@@ -175,12 +175,22 @@ impl Ctx<'_> {
             return (format!("add a route for it with `pool = \"{want}\"`"), None);
         };
         let taker = &s.routes[i].name;
+        let catch_all = |m: &RouteMatch| {
+            m.host.is_none()
+                && m.methods.is_empty()
+                && m.headers.is_empty()
+                && m.path
+                    .as_ref()
+                    .is_none_or(|p| matches!(p, PathMatch::Prefix(x) if x == "/"))
+        };
+        // Moving a later catch-all up would send it every request.
         let later = s
             .routes
             .iter()
             .enumerate()
             .skip(i + 1)
-            .find(|(_, r)| &*s.pools[r.pool].name == want && r.matcher.matches(view));
+            .find(|(_, r)| &*s.pools[r.pool].name == want && r.matcher.matches(view))
+            .filter(|(_, r)| !catch_all(&r.matcher));
         if let Some((k, r)) = later {
             return (
                 format!(
@@ -190,14 +200,7 @@ impl Ctx<'_> {
                 self.at(&format!("route[{k}]")),
             );
         }
-        let m = &s.routes[i].matcher;
-        let catch_all = m.host.is_none()
-            && m.methods.is_empty()
-            && m.headers.is_empty()
-            && m.path
-                .as_ref()
-                .is_none_or(|p| matches!(p, PathMatch::Prefix(x) if x == "/"));
-        if catch_all {
+        if catch_all(&s.routes[i].matcher) {
             return (
                 format!(
                     "route `{taker}` takes every request, so pointing it at `{want}` would send all traffic there: add a route for this request with `pool = \"{want}\"` before `{taker}`"
@@ -383,8 +386,10 @@ impl Ctx<'_> {
                 None,
             );
         }
-        if rule.require_outlier_detection && p.outlier.is_none() {
-            v.fail(
+        let weighted = p.backends.iter().filter(|b| b.weight > 0).count();
+        match &p.outlier {
+            _ if !rule.require_outlier_detection => {}
+            None => v.fail(
                 "require_outlier_detection",
                 format!(
                     "pool `{}` has outlier detection turned off; remove `outlier.enabled = false`",
@@ -392,7 +397,18 @@ impl Ctx<'_> {
                 ),
                 self.at(&format!("{pk}.outlier")),
                 None,
-            );
+            ),
+            // On, but it can never eject: as good as off.
+            Some(o) if weighted >= 2 && !o.can_eject(weighted) => v.fail(
+                "require_outlier_detection",
+                format!(
+                    "pool `{}` can never eject a backend: `max_ejected_fraction` {} of its {weighted} backends with a weight is under one; raise it",
+                    p.name, o.max_ejected_fraction
+                ),
+                self.at(&format!("{pk}.outlier.max_ejected_fraction")),
+                None,
+            ),
+            Some(_) => {}
         }
         if let Some(allowed) = &rule.allowed_backends {
             self.check_backends(p, &pk, allowed, v);

@@ -62,17 +62,17 @@ fn descriptor(id: &str) -> Value {
 }
 
 /// One SARIF log with one run holding every diagnostic and rule failure.
-pub fn render(diagnostics: &[Diagnostic], evaluation: Option<&Evaluation>) -> String {
-    log(diagnostics, evaluation, true)
+pub fn render(diagnostics: &[Diagnostic], evaluations: &[&Evaluation]) -> String {
+    log(diagnostics, evaluations, true)
 }
 
 /// The SARIF log of a run that could not check anything (an unreadable
 /// file): its one diagnostic, and an invocation that did not succeed.
 pub fn render_failure(diagnostic: &Diagnostic) -> String {
-    log(std::slice::from_ref(diagnostic), None, false)
+    log(std::slice::from_ref(diagnostic), &[], false)
 }
 
-fn log(diagnostics: &[Diagnostic], evaluation: Option<&Evaluation>, ran: bool) -> String {
+fn log(diagnostics: &[Diagnostic], evaluations: &[&Evaluation], ran: bool) -> String {
     let mut results = Vec::new();
     let mut rule_ids: Vec<String> = Vec::new();
     for d in diagnostics {
@@ -91,7 +91,7 @@ fn log(diagnostics: &[Diagnostic], evaluation: Option<&Evaluation>, ran: bool) -
             "locations": [location(&d.file, d.line, d.col, None)]
         }));
     }
-    for r in evaluation.iter().flat_map(|e| e.failures()) {
+    for r in evaluations.iter().flat_map(|e| e.failures()) {
         for f in &r.failures {
             let id = format!("standard/{}", f.assertion);
             if !rule_ids.contains(&id) {

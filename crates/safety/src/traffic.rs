@@ -123,9 +123,15 @@ pub fn synthetic(spec: &TrafficSpec) -> Vec<SampleRequest> {
             {
                 headers.insert(http::header::COOKIE, v);
             }
+            // A declared `host` is the host the requests name, which is
+            // what a `header:host` pool hashes.
+            let host = headers
+                .get(http::header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
             SampleRequest {
                 method: Method::GET,
-                host: None,
+                host,
                 path,
                 headers,
                 client_ip: IpAddr::V4(Ipv4Addr::from(0x0a00_0000 | client)),
