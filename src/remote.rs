@@ -305,7 +305,11 @@ pub struct ApplyOptions<'a> {
 
 pub fn apply(o: ApplyOptions<'_>) -> ExitCode {
     done((|| {
-        let source = crate::read_config(o.file).map_err(usage)?;
+        // Its message is a whole line already.
+        let source = crate::read_config(o.file).map_err(|e| {
+            eprintln!("{e}");
+            ExitCode::from(EXIT_USAGE)
+        })?;
         // The new config's own admin address, when no other is given,
         // checked with the files it names (a TLS certificate, `tests`)
         // read as `check` reads them: without them it is no config.

@@ -316,3 +316,30 @@ async fn a_reload_the_journal_refused_leaves_the_file_new_for_the_next_start() {
     assert_eq!(lb.serving().await, 2, "the edited file, adopted at start");
     assert_eq!(lb.get("/auth/x").await.1, "b");
 }
+
+/// When the store's head no longer compiles (a file it names is gone) and
+/// the config file is refused too, the start says both: fixing the file
+/// alone would not tell the operator the head is broken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_with_a_broken_head_and_a_broken_file_names_both() {
+    let (a, web) = (Backend::start("a").await, Backend::start("web").await);
+    let tests = "[[rule]]\nname = \"used\"\nevery_pool_used = true\n";
+    let text =
+        config(&[a.addr], web.addr, "").replacen("[admin]", "tests = [\"t.toml\"]\n\n[admin]", 1);
+    let mut lb = Lb::start_with(&text, &[("t.toml", tests)], &[]);
+    lb.stop(false).await;
+    std::fs::remove_file(lb.dir.path().join("t.toml")).unwrap();
+    write_config(&lb.dir, "fulcrum.toml", "listener = ");
+    let out = crate::fulcrum()
+        .args(["serve", "-c"])
+        .arg(&lb.config)
+        .env("FULCRUM_ADMIN_TOKEN", super::TOKEN)
+        .output()
+        .unwrap();
+    let said = format!("{}{}", stdout(&out), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(78), "{said}");
+    assert!(
+        said.contains("v1 from the store no longer compiles here") && said.contains("t.toml"),
+        "{said}"
+    );
+}

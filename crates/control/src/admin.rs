@@ -319,6 +319,14 @@ async fn apply(
             );
         }
     };
+    // Out of range is a malformed request, as `max_moved`: it never
+    // enters the pipeline (no probes, no journaled refusal).
+    if let Some(c) = q.canary.filter(|c| !(*c > 0.0 && *c < 1.0)) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            &format!("`canary` is a share of clients above 0 and below 1, not {c}"),
+        );
+    }
     if let Some(m) = q.max_moved.filter(|m| !(0.0..=1.0).contains(m)) {
         return error(
             StatusCode::BAD_REQUEST,

@@ -159,16 +159,22 @@ impl Boot {
             })?;
         let versions = blocking(&store, |s| s.list()).await.map_err(failed)?;
         let cut = blocking(&store, Cut::read).await.map_err(failed)?;
+        let head_checked =
+            fulcrum_config::check_with(&format!("v{head}"), &stored.source, &*settings.env);
+        // Why it no longer compiles, for when the file cannot serve either.
+        let head_error = head_checked
+            .diagnostics
+            .iter()
+            .find(|d| d.is_error())
+            .map(|d| format!("{}: {}", d.key_path, d.message))
+            .unwrap_or_default();
         // `None` when it no longer compiles here (a certificate it names
         // is gone, say): then only the file can serve.
-        let head_serving =
-            fulcrum_config::check_with(&format!("v{head}"), &stored.source, &*settings.env)
-                .snapshot
-                .map(|s| Serving {
-                    meta: stored.meta.clone(),
-                    source: stored.source.as_str().into(),
-                    snapshot: Arc::new(s),
-                });
+        let head_serving = head_checked.snapshot.map(|s| Serving {
+            meta: stored.meta.clone(),
+            source: stored.source.as_str().into(),
+            snapshot: Arc::new(s),
+        });
         let keep_head = |settings: Settings, refused: Option<Report>, why: String| {
             let serving = head_serving
                 .clone()
@@ -225,6 +231,10 @@ impl Boot {
             }
             Err(e) => {
                 if head_serving.is_none() {
+                    // Both are broken: the operator must know the head is too.
+                    error!(
+                        "v{head} from the store no longer compiles here ({head_error}), and the config file is refused (below): fix the file, or give v{head} what it names"
+                    );
                     return Err(e);
                 }
                 error!(
@@ -303,7 +313,8 @@ impl Boot {
             Some(left) => format!(
                 "started serving v{number} ({}); its probation ends here with {} left unjudged: the guard's baseline does not survive a restart (`fulcrum rollback` if it misbehaves)",
                 running.meta.message,
-                humantime::format_duration(*left)
+                // Whole seconds: "4m 58s", not down to the nanosecond.
+                humantime::format_duration(Duration::from_secs(left.as_secs().max(1)))
             ),
         };
         journal

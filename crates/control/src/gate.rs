@@ -145,7 +145,7 @@ pub fn judge(
         .diagnostics
         .iter()
         .filter(|d| d.severity == Severity::Warning)
-        .map(|d| format!("{}: {} [{}]", d.key_path, d.message, d.code))
+        .map(|d| format!("{} [{}]", keyed(d), d.code))
         .collect();
     let Some(snapshot) = checked.snapshot.clone() else {
         report.step("check", false, format!("{} error(s)", checked.errors()));
@@ -154,10 +154,7 @@ pub fn judge(
             .iter()
             .find(|d| d.is_error())
             .map_or_else(String::new, |d| {
-                format!(
-                    "{}:{}:{}: {}: {}",
-                    label, d.line, d.col, d.key_path, d.message
-                )
+                format!("{label}:{}:{}: {}", d.line, d.col, keyed(d))
             });
         report.refuse("check", false, format!("the config is invalid: {first}"));
         report.diagnostics = Some(fulcrum_config::render_human(label, source, &checked));
@@ -225,5 +222,15 @@ fn gate_rules(step: &'static str, e: &Evaluation, report: &mut Report) {
                 format!("rule \"{}\" ({}): {}", rule.name, e.standards, f.message),
             );
         }
+    }
+}
+
+/// A diagnostic's message after its key path, when it has one (a syntax
+/// error has none).
+fn keyed(d: &fulcrum_config::Diagnostic) -> String {
+    if d.key_path.is_empty() {
+        d.message.clone()
+    } else {
+        format!("{}: {}", d.key_path, d.message)
     }
 }

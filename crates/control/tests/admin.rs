@@ -285,7 +285,8 @@ async fn raw(addr: std::net::SocketAddr, head: &str, body: &str) -> String {
 
 /// A method an endpoint does not take gets a JSON line like every other
 /// mistake; the scheme's name is case-insensitive; a bake that would
-/// block every change for days is refused before the pipeline.
+/// block every change for days, and a canary share out of range, are
+/// refused before the pipeline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn methods_schemes_and_bakes_the_api_does_not_take_are_answered_in_json() {
     let backend = Backend::start("web").await;
@@ -313,6 +314,17 @@ async fn methods_schemes_and_bakes_the_api_does_not_take_are_answered_in_json() 
     .await;
     assert!(got.starts_with("HTTP/1.1 400"), "{got}");
     assert!(got.contains("`bake` is at most 1day, not 1day 1h"), "{got}");
+    // A canary share out of range never enters the pipeline either.
+    for share in ["0", "1.5", "NaN"] {
+        let got = raw(
+            addr,
+            &format!("POST /config?canary={share} HTTP/1.1\r\nAuthorization: Bearer t"),
+            &config,
+        )
+        .await;
+        assert!(got.starts_with("HTTP/1.1 400"), "{share}: {got}");
+        assert!(got.contains("`canary` is a share of clients"), "{got}");
+    }
     stop.cancel();
 }
 
