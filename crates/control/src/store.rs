@@ -235,7 +235,8 @@ impl Local {
         let metas = read_versions(&versions_dir)?;
         let head = read_head(&dir.join(HEAD), &metas)?;
         let (journal, ends) = open_journal(dir, &root)?;
-        Ok(Local {
+        let newest = metas.last().map_or(0, |m| m.number);
+        let local = Local {
             dir: dir.to_owned(),
             state: Mutex::new(State {
                 root,
@@ -245,7 +246,35 @@ impl Local {
                 journal,
                 ends,
             }),
-        })
+        };
+        // A newest version file deleted by hand would have its number
+        // given to the next change: two configs called vN in the journal.
+        if let Some(n) = local.newest_applied()?.filter(|&n| n > newest) {
+            return Err(StoreError::Corrupt {
+                path: local.version_path(n),
+                reason: format!(
+                    "it is missing, though the journal records v{n} applied: restore it (from a backup), or a new change would take its number"
+                ),
+            });
+        }
+        Ok(local)
+    }
+
+    /// The version of the journal's last `applied` event: the highest
+    /// number a change was given. Read from the end, a page at a time.
+    fn newest_applied(&self) -> Result<Option<u64>, StoreError> {
+        const PAGE: u64 = 256;
+        let mut end = self.last_seq()?;
+        while end > 0 {
+            let from = end.saturating_sub(PAGE);
+            let page = self.events(from, (end - from) as usize)?;
+            let applied = page.iter().rev().find(|e| e.kind == EventKind::Applied);
+            if let Some(e) = applied {
+                return Ok(e.version);
+            }
+            end = from;
+        }
+        Ok(None)
     }
 
     fn state(&self) -> MutexGuard<'_, State> {

@@ -129,6 +129,24 @@ fn a_missing_head_over_stored_versions_is_reported() {
     );
 }
 
+/// The newest version file deleted by hand is reported at open: the next
+/// change would otherwise take its number, and the journal would name two
+/// configs vN.
+#[test]
+fn a_missing_newest_version_the_journal_applied_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store.put(meta(None), "a").unwrap();
+    store.set_head(1, None).unwrap();
+    store.put(meta(Some(1)), "b").unwrap();
+    store.append(event(EventKind::Applied, Some(2))).unwrap();
+    store.append(event(EventKind::Health, None)).unwrap();
+    drop(store);
+    std::fs::remove_file(dir.path().join("versions/000002.json")).unwrap();
+    let e = Local::open(dir.path()).err().expect("refused").to_string();
+    assert!(e.contains("000002.json") && e.contains("v2 applied"), "{e}");
+}
+
 #[test]
 fn head_moves_only_from_the_expected_version() {
     let tmp = tempfile::tempdir().unwrap();
@@ -168,6 +186,8 @@ fn journal_seq_continues_across_reopen_and_pages() {
     {
         let store = open(tmp.path());
         assert_eq!(store.last_seq().unwrap(), 0);
+        // The version the events name (an applied one must be stored).
+        store.put(meta(None), "a").unwrap();
         for (i, kind) in [EventKind::Start, EventKind::Applied, EventKind::Promoted]
             .into_iter()
             .enumerate()
@@ -199,6 +219,9 @@ fn a_torn_journal_line_is_cut_off_and_the_next_append_follows() {
     let journal = tmp.path().join(JOURNAL);
     {
         let store = open(tmp.path());
+        store.put(meta(None), "a").unwrap();
+        store.set_head(1, None).unwrap();
+        store.put(meta(Some(1)), "b").unwrap();
         store.append(event(EventKind::Start, Some(1))).unwrap();
         store.append(event(EventKind::Applied, Some(2))).unwrap();
     }
