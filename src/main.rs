@@ -76,8 +76,9 @@ enum Verb {
         #[arg(long, value_name = "FILE")]
         standards: Option<PathBuf>,
         /// Simulate `max_backend_share` over this recorded access log
-        /// instead of the standards file's synthetic [traffic].
-        #[arg(long, value_name = "ACCESS_LOG")]
+        /// instead of the standards file's synthetic [traffic] (needs
+        /// --standards: the config's own tests use their own).
+        #[arg(long, value_name = "ACCESS_LOG", requires = "standards")]
         traffic: Option<PathBuf>,
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Human)]

@@ -691,3 +691,24 @@ fn sarif_carries_the_configs_own_tests_and_hints_spare_catch_alls() {
     assert!(text.contains("FAIL logins to web"), "{text}");
     assert!(!text.contains("move `web` above"), "{text}");
 }
+
+/// Methods are a set: the same ones in another order (or case) are no
+/// change, so no routing change for the guard to widen to every route.
+/// And `check --traffic` without `--standards` is refused: nothing would
+/// read the log.
+#[test]
+fn reordered_methods_are_no_change_and_traffic_needs_standards() {
+    let config = healthy();
+    let reordered = config.replace(
+        "methods = [\"GET\", \"POST\"]",
+        "methods = [\"post\", \"GET\"]",
+    );
+    assert_ne!(config, reordered);
+    let (_dir, p) = files(&[("a.toml", &config), ("b.toml", &reordered)]);
+    let out = run(&["diff", &p[0], &p[1]]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("no semantic change"), "{text}");
+    let out = run(&["check", &p[0], "--traffic", &f("traffic.log")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--standards"));
+}

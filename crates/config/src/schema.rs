@@ -256,13 +256,13 @@ pub fn rules_schema() -> Value {
     for &k in RULE_KEYS {
         let v = match k {
             "request" => {
-                json!({ "type": "string", "description": rule_doc(k), "pattern": "^\\s*[A-Za-z]+\\s+\\S+" })
+                json!({ "type": "string", "description": rule_doc(k), "pattern": "^\\s*[A-Z][A-Z0-9_.-]*\\s+\\S+" })
             }
             "headers" => {
                 json!({ "type": "object", "description": rule_doc(k), "additionalProperties": { "type": "string" } })
             }
             "expect_status" => {
-                json!({ "type": "integer", "description": rule_doc(k), "minimum": 100, "maximum": 599 })
+                json!({ "type": "integer", "description": rule_doc(k), "enum": [404] })
             }
             "min_backends" => {
                 json!({ "type": "integer", "description": rule_doc(k), "minimum": 0 })

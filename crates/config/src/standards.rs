@@ -589,16 +589,18 @@ fn request_pairing(d: &mut Diags<'_>, p: &str, raw: &RawRule) {
 fn expect_status(d: &mut Diags<'_>, p: &str, raw: &RawRule) -> Option<u16> {
     raw.expect_status.as_ref().and_then(|s| {
         let v = *s.get_ref();
-        if v == 404 || v == 503 {
+        // 503 would need a pool with no backend of weight above 0, which
+        // no valid config has (`zero-weight`): it could never pass.
+        if v == 404 {
             Some(v as u16)
         } else {
             d.error(
                 "out-of-range",
                 Some(s.span()),
                 format!("{p}.expect_status"),
-                format!("{v} is never a refusal by Fulcrum: only 404 or 503 can pass"),
+                format!("{v} is never a refusal by Fulcrum a rule can see: only 404 can pass"),
             )
-            .hint("write 404 (no route matches) or 503 (no backend with weight above 0); a backend's own status is pre-flight's to probe, not a rule's");
+            .hint("write 404 (no route matches); a backend's own status is pre-flight's to probe, not a rule's");
             None
         }
     })

@@ -616,7 +616,9 @@ pub fn describe_match(m: &RouteMatch) -> String {
         None => {}
     }
     if !m.methods.is_empty() {
-        let ms: Vec<&str> = m.methods.iter().map(|m| m.as_str()).collect();
+        // A set: the same methods in another order match the same requests.
+        let mut ms: Vec<&str> = m.methods.iter().map(|m| m.as_str()).collect();
+        ms.sort_unstable();
         parts.push(format!("methods={}", ms.join(",")));
     }
     for h in &m.headers {

@@ -596,14 +596,11 @@ impl Verdict<'_> {
     }
 }
 
-/// The status Fulcrum answers a request with itself: 404 when no route
-/// takes it, 503 when its pool has no backend with weight above zero.
+/// The status Fulcrum answers a request with itself, as far as a config
+/// shows: 404 when no route takes it (a pool always has a backend with a
+/// weight: `zero-weight` refuses one without).
 fn refusal(pool: Option<&Pool>) -> Option<u16> {
-    match pool {
-        None => Some(404),
-        Some(p) if p.backends.iter().all(|b| b.weight == 0) => Some(503),
-        Some(_) => None,
-    }
+    pool.is_none().then_some(404)
 }
 
 fn pct(x: f64) -> String {
