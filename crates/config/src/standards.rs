@@ -872,10 +872,16 @@ fn request(
             (Ok(n), Ok(v)) => {
                 map.append(n, v);
             }
-            _ => {
+            (n, _) => {
                 ok = false;
+                // A good name with a bad value is the value's fault.
+                let code = if n.is_ok() {
+                    "invalid-value"
+                } else {
+                    "invalid-header-name"
+                };
                 d.error(
-                    "invalid-header-name",
+                    code,
                     Some(value.span()),
                     format!("{}.headers.{name}", kp.trim_end_matches(".request")),
                     format!("`{name}: {}` is not a valid header", value.get_ref()),

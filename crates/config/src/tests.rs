@@ -1641,6 +1641,11 @@ fn rules_files_that_would_pass_anything_are_refused() {
     );
     assert_eq!(d[0].code, "invalid-request", "{d:?}");
     assert!(d[0].message.contains("write `DELETE`"), "{}", d[0].message);
+    // A header's bad value is the value's fault, not its name's.
+    let d = standards_errors(
+        "[[rule]]\nname = \"h\"\nrequest = \"GET http://a.test/x\"\nheaders = { x-ok = \"a\\u0001b\" }\nexpect_route = \"web\"\n",
+    );
+    assert_eq!(d[0].code, "invalid-value", "{d:?}");
 }
 
 /// Outlier detection on where `max_ejected_fraction` can never let the
