@@ -343,3 +343,34 @@ async fn a_start_with_a_broken_head_and_a_broken_file_names_both() {
         "{said}"
     );
 }
+
+/// A routine SIGHUP over a file that holds nothing new since it was last
+/// read does not put the file's config back over a change sent through
+/// the API since, as a start would not; an edited file still reloads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sighup_over_an_unedited_file_keeps_the_change_sent_since() {
+    let (a, b, web) = (
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("web").await,
+    );
+    let lb = Lb::start(&config(&[a.addr], web.addr, ""));
+    let hotfix = lb.file("hotfix.toml", &config(&[b.addr], web.addr, ""));
+    lb.cli_ok(&["apply", hotfix.to_str().unwrap(), "-m", "hotfix"]);
+    assert_eq!(lb.serving().await, 2);
+    lb.served.signal("HUP");
+    lb.served
+        .wait_log("holds nothing new since it was last read", 1);
+    assert_eq!(lb.serving().await, 2, "the hotfix stands");
+    assert_eq!(history(&lb).len(), 2, "nothing stored");
+    assert_eq!(lb.get("/auth/x").await.1, "b");
+    // Edited, it is a change again.
+    write_config(
+        &lb.dir,
+        "fulcrum.toml",
+        &config(&[a.addr, b.addr], web.addr, ""),
+    );
+    lb.served.signal("HUP");
+    lb.served.wait_log("config reloaded", 1);
+    assert_eq!(lb.serving().await, 3);
+}

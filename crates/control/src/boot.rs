@@ -21,7 +21,7 @@ use crate::change::{Controller, Serving, Settings};
 use crate::gate::{Outcome, Report, judge};
 use crate::journal::{Journal, blocking};
 use crate::listeners::Listeners;
-use crate::store::{Event, EventKind, Origin, Store, StoreError, VersionMeta};
+use crate::store::{Event, EventKind, Origin, Store, StoreError, VersionMeta, seen_since_read};
 
 impl BootError {
     /// What went wrong, as printed.
@@ -407,18 +407,6 @@ async fn judged_with(
 fn probation_left(settings: &fulcrum_config::snapshot::Guard, at: SystemTime) -> Option<Duration> {
     let elapsed = SystemTime::now().duration_since(at).unwrap_or_default();
     (settings.enabled && elapsed < settings.probation).then(|| settings.probation - elapsed)
-}
-
-/// Whether the store holds the file's config from since the file was last
-/// read: the newest version read from it, or one after it (sent with
-/// `fulcrum apply`, canaried, rolled back since). Only a config new since
-/// then is an edit made while stopped.
-fn seen_since_read(versions: &[VersionMeta], hash: &str) -> bool {
-    let read = versions
-        .iter()
-        .rposition(|m| m.origin == Origin::File)
-        .unwrap_or(0);
-    versions[read..].iter().any(|m| m.hash == hash)
 }
 
 /// The config file's text. One that is not UTF-8 is an invalid config

@@ -868,7 +868,29 @@ impl Controller {
                 return r;
             }
         };
-        let req = self.file_request(label, source);
+        // A file that holds nothing new since it was last read (an API
+        // change or a rollback came since) is no edit, as at a start: a
+        // routine SIGHUP must not put the file's stale config back. What
+        // serves is reloaded instead, so files it names (a renewed
+        // certificate) are read again.
+        let view = self.view();
+        let hash = content_version(&source);
+        let store = self.journal.store().clone();
+        let stale = hash != view.stable.meta.hash
+            && blocking(&store, |s| s.list())
+                .await
+                .is_ok_and(|versions| crate::store::seen_since_read(&versions, &hash));
+        let mut req = self.file_request(label, source);
+        if stale {
+            let n = view.stable.meta.number;
+            info!(file = %req.label, "the config file holds nothing new since it was last read; v{n} serves on (`fulcrum drift` shows the difference), and the files it names are read again");
+            // Its bytes, its origin: the file's last read stays the mark
+            // of what the file said.
+            req.source = view.stable.source.to_string();
+            req.label = format!("v{n}");
+            req.origin = view.stable.meta.origin;
+            req.message = format!("SIGHUP: the files v{n} names, read again");
+        }
         self.apply(req).await
     }
 

@@ -171,6 +171,18 @@ pub trait Store: Send + Sync {
     fn last_seq(&self) -> Result<u64, StoreError>;
 }
 
+/// Whether `versions` hold the config file's content (`hash`) from since
+/// the file was last read: the newest version read from it, or one after
+/// it (sent with `fulcrum apply`, canaried, rolled back since). Only a
+/// config new since then is an edit, at a start as on SIGHUP.
+pub fn seen_since_read(versions: &[VersionMeta], hash: &str) -> bool {
+    let read = versions
+        .iter()
+        .rposition(|m| m.origin == Origin::File)
+        .unwrap_or(0);
+    versions[read..].iter().any(|m| m.hash == hash)
+}
+
 /// A [`Store`] in a directory (`serve --state DIR`):
 ///
 /// ```text
