@@ -1697,11 +1697,9 @@ fn a_rule_client_ip_is_refused_with_its_reason() {
 
 #[test]
 fn expect_status_is_only_a_status_fulcrum_answers_itself() {
-    for ok in [404] {
-        let src = format!("[[rule]]\nname = \"r\"\nrequest = \"GET /\"\nexpect_status = {ok}\n");
-        let parsed = crate::standards::parse_standards("standards.toml", &src);
-        assert!(parsed.diagnostics.is_empty(), "{:?}", parsed.diagnostics);
-    }
+    let src = "[[rule]]\nname = \"r\"\nrequest = \"GET /\"\nexpect_status = 404\n";
+    let parsed = crate::standards::parse_standards("standards.toml", src);
+    assert!(parsed.diagnostics.is_empty(), "{:?}", parsed.diagnostics);
     // 200 is a valid status, but a rule's request never reaches a backend,
     // so it could never pass.
     // 503 needs a pool with no weighted backend, which `zero-weight` refuses.

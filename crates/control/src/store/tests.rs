@@ -122,7 +122,10 @@ fn a_missing_head_over_stored_versions_is_reported() {
     store.put(meta(Some(1)), "b").unwrap();
     drop(store);
     std::fs::remove_file(dir.path().join(HEAD)).unwrap();
-    let e = Local::open(dir.path()).err().expect("refused").to_string();
+    let Err(e) = Local::open(dir.path()).map(drop) else {
+        panic!("the open was not refused");
+    };
+    let e = e.to_string();
     assert!(
         e.contains("HEAD") && e.contains("2 versions are stored"),
         "{e}"
@@ -143,7 +146,10 @@ fn a_missing_newest_version_the_journal_applied_is_reported() {
     store.append(event(EventKind::Health, None)).unwrap();
     drop(store);
     std::fs::remove_file(dir.path().join("versions/000002.json")).unwrap();
-    let e = Local::open(dir.path()).err().expect("refused").to_string();
+    let Err(e) = Local::open(dir.path()).map(drop) else {
+        panic!("the open was not refused");
+    };
+    let e = e.to_string();
     assert!(e.contains("000002.json") && e.contains("v2 applied"), "{e}");
 }
 
