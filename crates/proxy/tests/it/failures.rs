@@ -211,7 +211,7 @@ async fn a_reset_on_the_only_backend_is_retried_on_it() {
     let n = std::sync::Arc::new(AtomicUsize::new(0));
     let seen = n.clone();
     let b = fulcrum_testkit::RawBackend::start(move |_| {
-        if seen.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
+        if seen.fetch_add(1, Ordering::SeqCst).is_multiple_of(2) {
             fulcrum_testkit::RawReply::SendAndClose(Vec::new())
         } else {
             fulcrum_testkit::RawReply::Send(
