@@ -358,8 +358,11 @@ fn ring_lookup(ring: &[(u64, u32)], h: u64, ok: &impl Fn(usize) -> bool) -> Opti
 }
 
 /// The request's hash key under `policy`, hashed with xxh3; `None` when the
-/// request lacks it. Inlined across the crate boundary: it is on the
-/// request path of every `hash` pool.
+/// request lacks it, or sends it empty (as HAProxy's `hdr()` balancing
+/// takes a header without a value for none: under `on_missing = "random"`
+/// a client that always sends `x-user:` would otherwise pin one backend).
+/// Inlined across the crate boundary: it is on the request path of every
+/// `hash` pool.
 #[inline]
 pub fn hash_key(policy: &HashPolicy, req: &RequestView<'_>, client_ip: IpAddr) -> Option<u64> {
     match &policy.key {
@@ -369,8 +372,14 @@ pub fn hash_key(policy: &HashPolicy, req: &RequestView<'_>, client_ip: IpAddr) -
         HashKey::Header(name) if name == http::header::HOST => {
             req.host.map(|h| xxh3_64(h.as_bytes()))
         }
-        HashKey::Header(name) => req.headers.get(name).map(|v| xxh3_64(v.as_bytes())),
-        HashKey::Cookie(name) => cookie(req.headers, name).map(xxh3_64),
+        HashKey::Header(name) => req
+            .headers
+            .get(name)
+            .filter(|v| !v.is_empty())
+            .map(|v| xxh3_64(v.as_bytes())),
+        HashKey::Cookie(name) => cookie(req.headers, name)
+            .filter(|v| !v.is_empty())
+            .map(xxh3_64),
         HashKey::ClientIp => Some(match client_ip {
             IpAddr::V4(ip) => xxh3_64(&ip.octets()),
             IpAddr::V6(ip) => xxh3_64(&ip.octets()),

@@ -142,6 +142,16 @@ async fn hash_missing_key_policies() {
     let t = c.tally(200, "x.test", "/").await;
     // P(all 200 on one backend) = 2^-199.
     assert_eq!(t.len(), 2, "{t:?}");
+    // A header sent empty is no key either (as HAProxy's hdr() takes
+    // it): a client that always sends `x-user:` must not pin a backend.
+    let mut t = std::collections::HashMap::new();
+    for _ in 0..200 {
+        let r = c
+            .send(c.request(Method::GET, "x.test", "/").header("x-user", ""), "")
+            .await;
+        *t.entry(r.body).or_insert(0) += 1;
+    }
+    assert_eq!(t.len(), 2, "{t:?}");
 }
 
 /// `header:host` hashes the host the request names on every protocol:
