@@ -450,30 +450,25 @@ fn render_report(r: &Value) -> String {
 /// Follow a canary until it is promoted or rolled back.
 fn wait_for_bake(api: &Api, number: u64) -> ExitCode {
     say!("waiting for the canary's bake time (Ctrl-C stops waiting, not the canary)…");
-    // Why the guard held the promotion at the last look, if it did.
-    let mut held: Option<String> = None;
+    // Whether the guard held the promotion at the last look.
+    let mut held = false;
     loop {
         std::thread::sleep(Duration::from_millis(500));
         let Ok((_, s)) = api.json(Method::GET, "/status", None) else {
             return ExitCode::from(EXIT_USAGE);
         };
         if s["canary"]["version"]["number"].as_u64() == Some(number) {
-            let now = s["canary"]["held"].as_str().map(str::to_owned);
-            if let Some(why) = now.as_deref().filter(|_| held.is_none()) {
+            let now = s["canary"]["held"].as_str();
+            if let Some(why) = now.filter(|_| !held) {
                 say!(
-                    "held: the bake is over and the guard is not yet sure of v{number}; it waits for more traffic, at most one more bake: {why}"
+                    "held: the bake is over and the guard holds the promotion of v{number} (at most one more bake): {why}"
                 );
             }
-            held = now;
+            held = now.is_some();
             continue;
         }
         return if s["version"]["number"].as_u64() == Some(number) {
-            match held {
-                Some(why) => say!(
-                    "promoted: v{number} serves every request, though the guard still held it after twice the bake (it judges v{number} on probation now): {why}"
-                ),
-                None => say!("promoted: v{number} serves every request"),
-            }
+            say!("{}", promoted(api, number));
             ExitCode::SUCCESS
         } else {
             say!(
@@ -482,6 +477,37 @@ fn wait_for_bake(api: &Api, number: u64) -> ExitCode {
             );
             ExitCode::FAILURE
         };
+    }
+}
+
+/// The line for canary `number`'s promotion, from its `promoted` event:
+/// whether the guard held it past its bake, and whether it still did.
+fn promoted(api: &Api, number: u64) -> String {
+    let event = api
+        .json(Method::GET, "/events?limit=100", None)
+        .ok()
+        .and_then(|(_, v)| {
+            v["events"]
+                .as_array()?
+                .iter()
+                .rev()
+                .find(|e| e["kind"] == "promoted" && e["version"].as_u64() == Some(number))
+                .cloned()
+        })
+        .unwrap_or_default();
+    let detail = &event["detail"];
+    match (
+        detail["held"].as_str(),
+        detail["held_ms"].as_u64().unwrap_or(0),
+    ) {
+        (Some(why), _) => format!(
+            "promoted: v{number} serves every request, though the guard still held it after twice the bake (it judges v{number} on probation now): {why}"
+        ),
+        (None, ms) if ms > 0 => format!(
+            "promoted: v{number} serves every request, after the guard held it {:.1} s past its bake",
+            ms as f64 / 1000.0
+        ),
+        _ => format!("promoted: v{number} serves every request"),
     }
 }
 

@@ -633,6 +633,10 @@ async fn a_canary_held_past_twice_its_bake_is_promoted_and_says_so() {
             .contains("route auth: errors"),
         "{promoted}"
     );
+    // The journal says so in its detail, which `apply` reads.
+    let detail = &promoted["detail"];
+    assert!(detail["held"].as_str().is_some(), "{promoted}");
+    assert!(detail["held_ms"].as_u64().unwrap() >= 1900, "{promoted}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

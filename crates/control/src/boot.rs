@@ -291,8 +291,8 @@ impl Boot {
                     EventKind::RolledBack,
                     "fulcrum",
                     Some(canary),
-                    format!("canary v{canary} dropped: the process stopped during its bake"),
-                    json!({ "from": canary, "to": to, "reason": "the process stopped during its bake", "canary": true }),
+                    format!("canary v{canary} dropped: the process stopped before its promotion"),
+                    json!({ "from": canary, "to": to, "reason": "the process stopped before its promotion", "canary": true }),
                 )
                 .await
                 .map_err(failed)?;

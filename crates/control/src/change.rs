@@ -127,6 +127,15 @@ pub struct Controller {
 /// still holds it.
 const HOLD_LOOK: Duration = Duration::from_millis(250);
 
+/// How a canary's promotion was held past its bake: for how long, and
+/// why, when it was still held at the longest hold. Journaled with the
+/// `promoted` event (`held_ms`, `held`).
+#[derive(Debug, Default)]
+pub struct Hold {
+    pub ms: u64,
+    pub still: Option<String>,
+}
+
 /// Held by one change at a time.
 struct State {
     writer: Writer,
@@ -315,7 +324,8 @@ impl Controller {
                     Origin::File => "config reloaded",
                     Origin::Api => "applied",
                 };
-                self.promote_to(&mut state, serving, stable, &req.author, why)
+                let from = (stable, Hold::default());
+                self.promote_to(&mut state, serving, from, &req.author, why)
                     .await;
                 report.outcome = Outcome::Applied;
                 report.head = Some(number);
@@ -585,19 +595,22 @@ impl Controller {
             // The guard unsure of what the canary touched (a low rate that
             // has not yet shown incident 5's skew, say), or counting its
             // failing looks, holds the promotion for at most one more bake.
-            let last = tokio::time::Instant::now() + bake;
+            let baked = tokio::time::Instant::now();
             let mut told = false;
             loop {
                 let Some(me) = me.upgrade() else { return };
                 match me.held(number) {
-                    Some(why) if tokio::time::Instant::now() < last => {
+                    Some(why) if baked.elapsed() < bake => {
                         if !told {
                             told = true;
                             info!(version = number, "canary v{number} baked; its promotion waits while the guard holds it: {why}");
                         }
                     }
-                    unsure => {
-                        me.promote(number, unsure).await;
+                    still => {
+                        let ms = baked.elapsed().as_millis() as u64;
+                        // Held at all: the journal says for how long.
+                        let ms = if told { ms } else { 0 };
+                        me.promote(number, Hold { ms, still }).await;
                         return;
                     }
                 }
@@ -612,7 +625,7 @@ impl Controller {
     /// The bake time of canary `number` is over: it serves every request,
     /// though the guard may still be `unsure` of it after the longest
     /// hold. Nothing happens when it was rolled back meanwhile.
-    pub async fn promote(&self, number: u64, unsure: Option<String>) -> bool {
+    pub async fn promote(&self, number: u64, hold: Hold) -> bool {
         let mut state = self.state.lock().await;
         let view = self.view();
         let Some(canary) = view
@@ -625,13 +638,18 @@ impl Controller {
         state.writer.promote();
         state.bake = None;
         let stable = view.stable.meta.number;
-        let why = match unsure {
+        let why = match &hold.still {
             Some(u) => format!(
                 "canary baked; the guard still held it after twice its bake, and judges it on probation: {u}"
             ),
+            None if hold.ms > 0 => format!(
+                "canary baked; the guard held it {:.1} s past its bake",
+                hold.ms as f64 / 1000.0
+            ),
             None => "canary baked".to_owned(),
         };
-        self.promote_to(&mut state, canary.serving.clone(), stable, "fulcrum", &why)
+        let from = (stable, hold);
+        self.promote_to(&mut state, canary.serving.clone(), from, "fulcrum", &why)
             .await;
         true
     }
@@ -642,7 +660,7 @@ impl Controller {
         &self,
         state: &mut State,
         serving: Serving,
-        from: u64,
+        (from, hold): (u64, Hold),
         actor: &str,
         why: &str,
     ) {
@@ -668,7 +686,7 @@ impl Controller {
                 actor,
                 Some(number),
                 format!("v{number} serves every request ({why}); v{from} before"),
-                json!({ "from": from }),
+                json!({ "from": from, "held_ms": hold.ms, "held": hold.still }),
             )
             .await;
     }

@@ -224,6 +224,7 @@ async fn run(guard: Arc<Guard>) {
     let mut memo = expect::Memo::default();
     let mut flips = Flips::default();
     let mut left_out: Vec<(Arc<str>, Instant)> = Vec::new();
+    let mut holding = Holding::default();
     let mut watched: Option<Watched> = None;
     let mut seen = Seen::default();
     let mut alerts: Vec<Alert> = Vec::new();
@@ -302,7 +303,8 @@ async fn run(guard: Arc<Guard>) {
                 .filter(|f| f.unsure || f.verdict == Verdict::Fail)
                 .map(|f| f.summary.as_str())
                 .collect();
-            c.hold(w.number, (!unsure.is_empty()).then(|| unsure.join("; ")));
+            let requests: u64 = judged.routes.iter().map(|r| r.requests).sum();
+            c.hold(w.number, holding.look(w.number, &unsure, requests));
         }
         if let Some(w) = watched.as_mut() {
             act(
@@ -329,6 +331,46 @@ async fn run(guard: Arc<Guard>) {
             routes: judged.routes,
             alerts: alerts.clone(),
         }));
+    }
+}
+
+/// Why a canary's promotion is held, and on how many of its requests the
+/// hold began: requests ageing out of the window are no verdict, so a
+/// finding that passes on fewer requests than that does not end it.
+#[derive(Default)]
+struct Holding {
+    number: u64,
+    why: Option<String>,
+    requests: u64,
+}
+
+impl Holding {
+    /// This look's word on canary `number`: the unsure or failing
+    /// findings, over `requests` of its requests.
+    fn look(&mut self, number: u64, unsure: &[&str], requests: u64) -> Option<String> {
+        if self.number != number {
+            *self = Holding {
+                number,
+                ..Holding::default()
+            };
+        }
+        if !unsure.is_empty() {
+            self.why = Some(unsure.join("; "));
+            self.requests = self.requests.max(requests);
+        } else if requests >= self.requests {
+            self.why = None;
+            self.requests = 0;
+        }
+        self.why.clone().map(|why| {
+            if unsure.is_empty() {
+                format!(
+                    "{why} (now passing on {requests} requests, fewer than the {} it was held on)",
+                    self.requests
+                )
+            } else {
+                why
+            }
+        })
     }
 }
 
@@ -762,6 +804,23 @@ mod detect;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A hold ends on a verdict over at least as many requests as it
+    /// began on: requests ageing out of the window (a burst at a low rate)
+    /// turned a likely skew into a pass, and the canary was promoted.
+    #[test]
+    fn a_hold_ends_on_as_much_traffic_as_it_began_on() {
+        let mut h = Holding::default();
+        assert_eq!(h.look(2, &[], 10), None);
+        assert_eq!(h.look(2, &["skew"], 66).as_deref(), Some("skew"));
+        let aged = h.look(2, &[], 55).unwrap();
+        assert!(aged.contains("fewer than the 66"), "{aged}");
+        assert_eq!(h.look(2, &[], 70), None);
+        assert_eq!(h.look(2, &[], 10), None, "a hold that ended stays ended");
+        // Another canary starts afresh.
+        assert_eq!(h.look(3, &["skew"], 40).as_deref(), Some("skew"));
+        assert_eq!(h.look(4, &[], 0), None);
+    }
 
     fn status(addr: &str, healthy: bool) -> fulcrum_proxy::BackendStatus {
         fulcrum_proxy::BackendStatus {

@@ -147,7 +147,10 @@ async fn hash_missing_key_policies() {
     let mut t = std::collections::HashMap::new();
     for _ in 0..200 {
         let r = c
-            .send(c.request(Method::GET, "x.test", "/").header("x-user", ""), "")
+            .send(
+                c.request(Method::GET, "x.test", "/").header("x-user", ""),
+                "",
+            )
             .await;
         *t.entry(r.body).or_insert(0) += 1;
     }
