@@ -455,6 +455,10 @@ fn wait_for_bake(api: &Api, number: u64) -> ExitCode {
     loop {
         std::thread::sleep(Duration::from_millis(500));
         let Ok((_, s)) = api.json(Method::GET, "/status", None) else {
+            // The reason is printed; the canary is `serve`'s, not ours.
+            eprintln!(
+                "fulcrum: stopped waiting for v{number}'s canary, which goes on in `serve` if it runs: `fulcrum status` and `fulcrum history` show how it ends"
+            );
             return ExitCode::from(EXIT_USAGE);
         };
         if s["canary"]["version"]["number"].as_u64() == Some(number) {

@@ -1010,3 +1010,45 @@ async fn a_bad_canary_is_dropped_by_the_guard_and_the_webhook_hears_of_it() {
     assert_eq!(got["action"], "rollback");
     traffic.stop().await;
 }
+
+/// An `apply` waiting on a canary whose server goes away says what became
+/// of the canary (it is `serve`'s, and `status` shows how it ends), and
+/// exits 2 as for an unreachable API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apply_that_loses_the_api_while_waiting_says_the_canary_goes_on() {
+    let (a, b, web) = (
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("web").await,
+    );
+    let version = |w: u32| {
+        let backends = [(a.addr, 1), (b.addr, w)];
+        config(
+            "auth",
+            &pool("auth", "round_robin", &backends, ""),
+            web.addr,
+        )
+    };
+    let mut lb = Lb::start(&version(1));
+    let file = lb.file("v2.toml", &version(2));
+    let mut apply = lb.cli_command(&[
+        "apply",
+        file.to_str().unwrap(),
+        "--canary",
+        "0.5",
+        "--bake",
+        "60s",
+        "--force",
+    ]);
+    let apply = tokio::task::spawn_blocking(move || apply.output().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !lb.json("GET", "/status", "").await.1["canary"].is_object() {
+        assert!(Instant::now() < deadline, "never staged");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    lb.stop(true).await;
+    let out = apply.await.unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("stopped waiting for v2's canary"), "{err}");
+}
