@@ -497,6 +497,25 @@ async fn a_canary_is_not_dropped_for_an_unhealthy_pool_it_did_not_touch() {
     traffic.stop().await;
 }
 
+/// `apply FILE --canary 0.5 ARGS`, run beside the test (it waits for the
+/// canary's end), once the canary is staged; its output when it ends.
+async fn staged(
+    lb: &Lb,
+    file: &std::path::Path,
+    args: &[&str],
+) -> tokio::task::JoinHandle<std::process::Output> {
+    let mut all = vec!["apply", file.to_str().unwrap(), "--canary", "0.5"];
+    all.extend_from_slice(args);
+    let mut apply = lb.cli_command(&all);
+    let apply = tokio::task::spawn_blocking(move || apply.output().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !lb.json("GET", "/status", "").await.1["canary"].is_object() {
+        assert!(Instant::now() < deadline, "never staged");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    apply
+}
+
 /// Incident 5's weights as a canary at a low rate: when its bake is over,
 /// too few requests have passed to be sure of the skew (about 130 at the
 /// default confidence), though it is likely. The promotion waits, and the
@@ -545,20 +564,7 @@ async fn a_canary_the_guard_is_unsure_of_waits_past_its_bake() {
     // Long enough for the 66 logins below on a slow machine.
     let bake = "6s";
     // `apply` waits for the canary's end, and says what held it.
-    let mut apply = lb.cli_command(&[
-        "apply",
-        file.to_str().unwrap(),
-        "--canary",
-        "0.5",
-        "--bake",
-        bake,
-    ]);
-    let apply = tokio::task::spawn_blocking(move || apply.output().unwrap());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !lb.json("GET", "/status", "").await.1["canary"].is_object() {
-        assert!(Instant::now() < deadline, "never staged");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let apply = staged(&lb, &file, &["--bake", bake]).await;
     // 66 logins on the canary, 60 of them to one backend: at 95 % its
     // share is surely above 0.8, at the default 99.9 % not yet.
     logins(canary_side, 66).await;
@@ -1031,21 +1037,7 @@ async fn an_apply_that_loses_the_api_while_waiting_says_the_canary_goes_on() {
     };
     let mut lb = Lb::start(&version(1));
     let file = lb.file("v2.toml", &version(2));
-    let mut apply = lb.cli_command(&[
-        "apply",
-        file.to_str().unwrap(),
-        "--canary",
-        "0.5",
-        "--bake",
-        "60s",
-        "--force",
-    ]);
-    let apply = tokio::task::spawn_blocking(move || apply.output().unwrap());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !lb.json("GET", "/status", "").await.1["canary"].is_object() {
-        assert!(Instant::now() < deadline, "never staged");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let apply = staged(&lb, &file, &["--bake", "60s", "--force"]).await;
     lb.stop(true).await;
     let out = apply.await.unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
