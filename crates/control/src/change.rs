@@ -119,7 +119,7 @@ pub struct Controller {
     pub(crate) standards: Mutex<Option<Watch>>,
     pub(crate) started: SystemTime,
     /// The guard's word on the canary at its latest look: its version and
-    /// why the guard is not yet sure of it. Holds the promotion.
+    /// why the guard holds its promotion.
     held: Mutex<Option<(u64, String)>>,
 }
 
@@ -185,10 +185,11 @@ impl Controller {
         self.view.load_full()
     }
 
-    /// The guard's word on canary `number` at its latest look: why it is
-    /// not yet sure of it (a marginal finding on what the canary touched),
-    /// or `None`. A canary whose bake is over is promoted only once the
-    /// guard is sure, or after one more bake.
+    /// The guard's word on canary `number` at its latest look: why it
+    /// holds the promotion (a finding on what the canary touched that
+    /// fails, or is marginal for want of traffic), or `None`. A canary
+    /// whose bake is over is promoted once nothing holds it, or after one
+    /// more bake.
     pub fn hold(&self, number: u64, why: Option<String>) {
         *self.held.lock().unwrap_or_else(PoisonError::into_inner) = why.map(|w| (number, w));
     }
@@ -324,8 +325,8 @@ impl Controller {
                     Origin::File => "config reloaded",
                     Origin::Api => "applied",
                 };
-                let from = (stable, Hold::default());
-                self.promote_to(&mut state, serving, from, &req.author, why)
+                let hold = Hold::default();
+                self.promote_to(&mut state, serving, stable, hold, &req.author, why)
                     .await;
                 report.outcome = Outcome::Applied;
                 report.head = Some(number);
@@ -622,9 +623,9 @@ impl Controller {
         }
     }
 
-    /// The bake time of canary `number` is over: it serves every request,
-    /// though the guard may still be `unsure` of it after the longest
-    /// hold. Nothing happens when it was rolled back meanwhile.
+    /// The bake time of canary `number` is over, and any `hold` with it:
+    /// it serves every request. Nothing happens when it was rolled back
+    /// meanwhile.
     pub async fn promote(&self, number: u64, hold: Hold) -> bool {
         let mut state = self.state.lock().await;
         let view = self.view();
@@ -648,8 +649,8 @@ impl Controller {
             ),
             None => "canary baked".to_owned(),
         };
-        let from = (stable, hold);
-        self.promote_to(&mut state, canary.serving.clone(), from, "fulcrum", &why)
+        let serving = canary.serving.clone();
+        self.promote_to(&mut state, serving, stable, hold, "fulcrum", &why)
             .await;
         true
     }
@@ -660,7 +661,8 @@ impl Controller {
         &self,
         state: &mut State,
         serving: Serving,
-        (from, hold): (u64, Hold),
+        from: u64,
+        hold: Hold,
         actor: &str,
         why: &str,
     ) {
